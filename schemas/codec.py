@@ -1,0 +1,376 @@
+"""Encode events to message values and decode message values into checked events.
+
+The checks here are the JSON Schemas in this folder, written out by hand because they sit on
+the hot ingest path (a generic validator costs more than the rest of the ingest together);
+``tests/unit/test_codec_schema.py`` holds the two to the same verdicts. Beyond the schemas the
+codec rejects what JSON Schema cannot say: NaN and infinities (Python's json accepts ``NaN``;
+the contract does not), and instants further ahead of the ingest clock than ``max_future_skew_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from schemas.events import (
+    SCHEMA_VERSION,
+    DecodedMessage,
+    EventKind,
+    OutcomeEvent,
+    PredictionEvent,
+    RejectedInput,
+)
+
+_TIMESTAMP = re.compile(
+    r"2[01][0-9]{2}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+_MAX_ID = 200
+_MAX_TEXT = 10_000
+_MAX_FEATURES = 1000
+_MAX_SEGMENTS = 50
+
+_PREDICTION_REQUIRED = (
+    "schema_version", "prediction_id", "model_name", "model_version",
+    "predicted_at", "features", "prediction",
+)
+_PREDICTION_FIELDS = frozenset(
+    (*_PREDICTION_REQUIRED, "probabilities", "score", "routing_key", "segment", "latency_ms", "error")
+)
+_OUTCOME_REQUIRED = ("schema_version", "prediction_id", "label", "observed_at")
+_OUTCOME_FIELDS = frozenset((*_OUTCOME_REQUIRED, "source"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Bounds on what one input may be.
+
+    >>> Limits().max_event_bytes
+    65536
+    """
+
+    max_event_bytes: int = 64 * 1024
+    max_message_bytes: int = 8 * 1024 * 1024
+    max_future_skew_s: float = 86_400.0
+
+
+class _Invalid(Exception):  # noqa: N818 - internal signal, never escapes this module
+    """One element broke the contract; ``args[0]`` is the one-line reason."""
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding
+
+
+def decode_message(
+    kind: EventKind, value: bytes | None, *, now: datetime, limits: Limits = Limits()
+) -> DecodedMessage:
+    """Decode one message value (an event or a JSON array of events) into checked events.
+
+    Never raises for bad input: what fails the contract comes back in ``rejected`` with its
+    reason, and in a batch only the bad elements are rejected.
+
+    >>> now = datetime(2026, 1, 2, tzinfo=UTC)
+    >>> good = b'{"schema_version":1,"prediction_id":"p","label":1,"observed_at":"2026-01-01T00:00:00Z"}'
+    >>> decoded = decode_message(EventKind.OUTCOME, b"[" + good + b',{"label":NaN}]', now=now)
+    >>> [e.prediction_id for e in decoded.events], [r.reason for r in decoded.rejected]
+    (['p'], ['non_finite: label is NaN or infinite'])
+    """
+    if value is None:
+        return DecodedMessage([], [RejectedInput(index=-1, raw=b"", reason="not_json: empty message value")])
+    size = len(value)
+    if size > limits.max_message_bytes:
+        reason = f"too_large: message of {size} bytes exceeds max_message_bytes={limits.max_message_bytes}"
+        return DecodedMessage([], [RejectedInput(index=-1, raw=value, reason=reason)])
+    try:
+        doc = orjson.loads(value)
+        finite_checked = True  # orjson refuses NaN and Infinity
+    except orjson.JSONDecodeError as exc:
+        doc, finite_checked = _loads_lenient(value, exc)
+        if doc is _NOT_JSON:
+            return DecodedMessage([], [RejectedInput(index=-1, raw=value, reason=f"not_json: {exc}")])
+    check = _check_prediction if kind is EventKind.PREDICTION else _check_outcome
+    horizon = now + timedelta(seconds=limits.max_future_skew_s)
+    if isinstance(doc, list):
+        return _decode_batch(doc, check, horizon, finite_checked, size, limits)
+    if size > limits.max_event_bytes:
+        reason = f"too_large: event of {size} bytes exceeds max_event_bytes={limits.max_event_bytes}"
+        return DecodedMessage([], [RejectedInput(index=-1, raw=value, reason=reason)])
+    try:
+        if not finite_checked:
+            _check_finite(doc, "")
+        return DecodedMessage([check(doc, horizon)], [])
+    except _Invalid as exc:
+        return DecodedMessage([], [RejectedInput(index=-1, raw=value, reason=exc.args[0])])
+
+
+def _decode_batch(
+    doc: list[Any], check: Any, horizon: datetime, finite_checked: bool, size: int, limits: Limits
+) -> DecodedMessage:
+    events: list[Any] = []
+    rejected: list[RejectedInput] = []
+    measure = size > limits.max_event_bytes  # otherwise no element can be over the limit
+    for index, element in enumerate(doc):
+        try:
+            if not finite_checked:
+                _check_finite(element, "")
+            if measure and (n := len(_dumps(element))) > limits.max_event_bytes:
+                msg = f"too_large: event of {n} bytes exceeds max_event_bytes={limits.max_event_bytes}"
+                raise _Invalid(msg)
+            events.append(check(element, horizon))
+        except _Invalid as exc:
+            rejected.append(RejectedInput(index=index, raw=_dumps(element), reason=exc.args[0]))
+    if not doc:
+        rejected.append(RejectedInput(index=-1, raw=b"[]", reason="schema: empty batch"))
+    return DecodedMessage(events, rejected)
+
+
+_NOT_JSON = object()
+
+
+def _loads_lenient(value: bytes, strict_error: Exception) -> tuple[Any, bool]:
+    """Parse what orjson refused but Python's json takes (NaN, Infinity, huge integers).
+
+    Non-finite constants come back as floats, so the finiteness check can name them.
+    """
+    try:
+        return json.loads(value), False
+    except (ValueError, RecursionError):
+        return _NOT_JSON, False
+
+
+def _check_finite(node: Any, path: str) -> None:
+    if isinstance(node, float):
+        if not math.isfinite(node):
+            msg = f"non_finite: {path or 'value'} is NaN or infinite"
+            raise _Invalid(msg)
+    elif isinstance(node, dict):
+        for key, child in node.items():
+            _check_finite(child, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, child in enumerate(node):
+            _check_finite(child, f"{path}[{i}]")
+
+
+def _dumps(node: Any) -> bytes:
+    try:
+        return orjson.dumps(node)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(node, allow_nan=True).encode()
+
+
+def _check_prediction(doc: Any, horizon: datetime) -> PredictionEvent:
+    if type(doc) is not dict:
+        raise _Invalid(f"schema: a prediction must be a JSON object, got {_type_name(doc)}")
+    _check_fields(doc, _PREDICTION_REQUIRED, _PREDICTION_FIELDS, "prediction")
+    features = doc["features"]
+    if type(features) is not dict:
+        raise _Invalid(f"schema: features must be an object, got {_type_name(features)}")
+    if len(features) > _MAX_FEATURES:
+        raise _Invalid(f"schema: features has {len(features)} entries, more than {_MAX_FEATURES}")
+    for name, value in features.items():
+        if not (type(value) in _FEATURE_TYPES or value is None):
+            raise _Invalid(
+                f"schema: features.{name} must be a number, string, bool or null, got {_type_name(value)}"
+            )
+        if type(value) is str:
+            _check_text(value, f"features.{name}", 0, _MAX_TEXT)
+        _check_text(name, "a feature name", 1, _MAX_ID)
+    get = doc.get
+    probabilities = get("probabilities")
+    if probabilities is not None:
+        _check_probabilities(probabilities)
+    segment = get("segment")
+    if segment is not None:
+        _check_segment(segment)
+    score = get("score")
+    if score is not None:
+        _check_number(score, "score")
+    latency_ms = get("latency_ms")
+    if latency_ms is not None:
+        _check_number(latency_ms, "latency_ms")
+        if latency_ms < 0:
+            raise _Invalid(f"schema: latency_ms must be >= 0, got {latency_ms}")
+    routing_key = get("routing_key")
+    if routing_key is not None:
+        _check_text(routing_key, "routing_key", 1, _MAX_ID)
+    error = get("error")
+    if error is not None:
+        _check_text(error, "error", 0, _MAX_TEXT)
+    return PredictionEvent(
+        prediction_id=_check_text(doc["prediction_id"], "prediction_id", 1, _MAX_ID),
+        model_name=_check_text(doc["model_name"], "model_name", 1, _MAX_ID),
+        model_version=_check_text(doc["model_version"], "model_version", 1, _MAX_ID),
+        predicted_at=_check_timestamp(doc["predicted_at"], "predicted_at", horizon),
+        features=features,
+        prediction=_check_value(doc["prediction"], "prediction"),
+        probabilities=probabilities,
+        score=score,
+        routing_key=routing_key,
+        segment=segment,
+        latency_ms=latency_ms,
+        error=error,
+    )
+
+
+def _check_outcome(doc: Any, horizon: datetime) -> OutcomeEvent:
+    if type(doc) is not dict:
+        raise _Invalid(f"schema: an outcome must be a JSON object, got {_type_name(doc)}")
+    _check_fields(doc, _OUTCOME_REQUIRED, _OUTCOME_FIELDS, "outcome")
+    source = doc.get("source")
+    if source is not None or "source" in doc:
+        _check_text(source, "source", 1, _MAX_ID)
+    return OutcomeEvent(
+        prediction_id=_check_text(doc["prediction_id"], "prediction_id", 1, _MAX_ID),
+        label=_check_value(doc["label"], "label"),
+        observed_at=_check_timestamp(doc["observed_at"], "observed_at", horizon),
+        source=source,
+    )
+
+
+_FEATURE_TYPES = frozenset((int, float, str, bool))
+
+
+def _check_fields(doc: dict[str, Any], required: Sequence[str], allowed: frozenset[str], what: str) -> None:
+    if len(doc) < len(required) or not doc.keys() >= set(required):
+        missing = ", ".join(k for k in required if k not in doc)
+        raise _Invalid(f"schema: {what} is missing {missing}")
+    if not doc.keys() <= allowed:
+        extra = ", ".join(sorted(k for k in doc if k not in allowed))
+        raise _Invalid(f"schema: {what} has unknown field(s) {extra}")
+    version = doc["schema_version"]
+    if version != SCHEMA_VERSION or type(version) is bool:
+        raise _Invalid(f"schema: schema_version must be {SCHEMA_VERSION}, got {version!r}")
+    for key in allowed.difference(required):
+        if key in doc and doc[key] is None and key != "error":
+            raise _Invalid(f"schema: {key} must be omitted rather than null")
+
+
+def _check_text(value: Any, what: str, min_len: int, max_len: int) -> str:
+    if type(value) is not str:
+        raise _Invalid(f"schema: {what} must be a string, got {_type_name(value)}")
+    if not min_len <= len(value) <= max_len:
+        raise _Invalid(f"schema: {what} must be {min_len}-{max_len} characters, got {len(value)}")
+    if "\x00" in value:
+        raise _Invalid(f"schema: {what} contains a NUL character")
+    return value
+
+
+def _check_number(value: Any, what: str) -> None:
+    if type(value) not in (int, float):
+        raise _Invalid(f"schema: {what} must be a number, got {_type_name(value)}")
+
+
+def _check_value(value: Any, what: str) -> Any:
+    kind = type(value)
+    if kind is str:
+        return _check_text(value, what, 1, _MAX_ID)
+    if kind in (int, float, bool):
+        return value
+    raise _Invalid(f"schema: {what} must be a number, bool or class label string, got {_type_name(value)}")
+
+
+def _check_probabilities(value: Any) -> None:
+    if type(value) is not dict or not value:
+        raise _Invalid("schema: probabilities must be a non-empty object of class label -> probability")
+    if len(value) > _MAX_FEATURES:
+        raise _Invalid(f"schema: probabilities has {len(value)} entries, more than {_MAX_FEATURES}")
+    for label, p in value.items():
+        _check_text(label, "a probabilities class label", 1, _MAX_ID)
+        _check_number(p, f"probabilities.{label}")
+        if not 0 <= p <= 1:
+            raise _Invalid(f"schema: probabilities.{label} must be in [0, 1], got {p}")
+
+
+def _check_segment(value: Any) -> None:
+    if type(value) is not dict:
+        raise _Invalid(f"schema: segment must be an object of name -> string, got {_type_name(value)}")
+    if len(value) > _MAX_SEGMENTS:
+        raise _Invalid(f"schema: segment has {len(value)} entries, more than {_MAX_SEGMENTS}")
+    for name, v in value.items():
+        _check_text(name, "a segment name", 1, _MAX_ID)
+        _check_text(v, f"segment.{name}", 0, _MAX_TEXT)
+
+
+def _check_timestamp(value: Any, what: str, horizon: datetime) -> datetime:
+    if type(value) is not str:
+        raise _Invalid(f"schema: {what} must be an RFC 3339 string, got {_type_name(value)}")
+    if _TIMESTAMP.fullmatch(value) is None:
+        raise _Invalid(
+            f"timestamp: {what} {value[:40]!r} is not RFC 3339 with an offset between years 2000 and 2199"
+        )
+    try:
+        instant = datetime.fromisoformat(value).astimezone(UTC)
+    except ValueError as exc:
+        raise _Invalid(f"timestamp: {what} {value!r} is not a valid instant ({exc})") from None
+    if instant > horizon:
+        raise _Invalid(f"timestamp: {what} {value} is later than the ingest clock allows ({horizon.isoformat()})")
+    return instant
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {dict: "object", list: "array", str: "string", bool: "bool", int: "number", float: "number"}.get(
+        type(value), type(value).__name__
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# encoding
+
+
+def event_to_dict(event: PredictionEvent | OutcomeEvent) -> dict[str, Any]:
+    """The JSON object of one event, without the optional fields it does not set.
+
+    >>> from datetime import UTC, datetime
+    >>> event_to_dict(OutcomeEvent(prediction_id="p", label=1, observed_at=datetime(2026, 1, 1, tzinfo=UTC)))
+    {'schema_version': 1, 'prediction_id': 'p', 'label': 1, 'observed_at': '2026-01-01T00:00:00+00:00'}
+    """
+    if isinstance(event, PredictionEvent):
+        doc: dict[str, Any] = {
+            "schema_version": event.schema_version,
+            "prediction_id": event.prediction_id,
+            "model_name": event.model_name,
+            "model_version": event.model_version,
+            "predicted_at": _format_instant(event.predicted_at),
+            "features": event.features,
+            "prediction": event.prediction,
+        }
+        for key in ("probabilities", "score", "routing_key", "segment", "latency_ms", "error"):
+            value = getattr(event, key)
+            if value is not None:
+                doc[key] = value
+        return doc
+    doc = {
+        "schema_version": event.schema_version,
+        "prediction_id": event.prediction_id,
+        "label": event.label,
+        "observed_at": _format_instant(event.observed_at),
+    }
+    if event.source is not None:
+        doc["source"] = event.source
+    return doc
+
+
+def encode_event(event: PredictionEvent | OutcomeEvent) -> bytes:
+    """One event as a message value."""
+    return orjson.dumps(event_to_dict(event))
+
+
+def encode_batch(events: Iterable[PredictionEvent | OutcomeEvent]) -> bytes:
+    """Events of one kind as a single message value (a JSON array)."""
+    return orjson.dumps([event_to_dict(e) for e in events])
+
+
+def _format_instant(instant: datetime) -> str:
+    if instant.tzinfo is None:
+        msg = f"naive datetime {instant.isoformat()} in an event: events carry timezone-aware UTC instants"
+        raise ValueError(msg)
+    return instant.astimezone(UTC).isoformat()

@@ -1,0 +1,1 @@
+"""The Faust app: topics and the thin agents that feed `feedback/`."""

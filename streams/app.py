@@ -1,0 +1,76 @@
+"""The Faust app: the input topics, the ingest agent, and the dead-letter topic."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from feedback.ingest import Ingestor, InboundMessage, encode_dead_letter
+from feedback.store import FeedbackStore
+from pitstop.settings import Settings
+from schemas import EventKind
+
+log = logging.getLogger(__name__)
+
+
+def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.App:
+    """The ingest app: one agent consumes predictions and outcomes and writes them to Postgres."""
+    bootstrap, database_url = settings.require_services()
+    topics = settings.topics
+    datadir = settings.state_dir / "faust" / settings.app_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{bootstrap}",
+        datadir=str(datadir),
+        web_enabled=False,
+        broker_session_timeout=6,
+        broker_heartbeat_interval=1,
+        topic_partitions=settings.partitions,
+        topic_allow_declare=False,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+    )
+    inputs = app.topic(topics.predictions, topics.outcomes, value_type=bytes, key_type=bytes,
+                       value_serializer="raw", key_serializer="raw")
+    dead_letter = app.topic(topics.dead_letter, value_type=bytes, key_type=bytes,
+                            value_serializer="raw", key_serializer="raw")
+    store = FeedbackStore(database_url, settings.db_schema)
+    ingestor = Ingestor(
+        store,
+        {topics.predictions: EventKind.PREDICTION, topics.outcomes: EventKind.OUTCOME},
+        limits=settings.limits,
+        max_events_per_txn=settings.max_events_per_txn,
+    )
+
+    @app.agent(inputs, name="ingest", concurrency=1)
+    async def ingest(stream: faust.StreamT[Any]) -> None:
+        # Acked only after the transaction holding the batch has committed (see feedback.ingest).
+        async for events in stream.noack_take(settings.batch_messages, within=settings.batch_within_s):
+            result = await asyncio.to_thread(ingestor.ingest, [_inbound(e.message) for e in events])
+            for letter in result.dead_letters:
+                await (await dead_letter.send(key=letter.key, value=encode_dead_letter(letter)))
+            for event in events:
+                await stream.ack(event)
+
+    @app.on_rebalance_complete.connect
+    async def _mark_ready(sender: faust.App, **_: Any) -> None:
+        if ready_file is not None:
+            ready_file.parent.mkdir(parents=True, exist_ok=True)
+            ready_file.write_text(str(sorted(str(tp) for tp in app.consumer.assignment())))
+
+    @app.on_before_shutdown.connect
+    async def _stop_ingest(sender: faust.App, **_: Any) -> None:
+        ingestor.stop()
+
+    store.open(wait=False)  # connects in the background; the first batch waits for it
+    return app
+
+
+def _inbound(message: Any) -> InboundMessage:
+    return InboundMessage(topic=message.topic, partition=message.partition, offset=message.offset,
+                          key=message.key, value=message.value)
