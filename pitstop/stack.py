@@ -45,10 +45,14 @@ class ProcessRecord:
 
 @dataclass(slots=True)
 class StackRecord:
+    """What `pitstop up` started, saved in ``<state_dir>/stack.json``."""
+
+    supervisor: ProcessRecord | None = None
     broker: ProcessRecord | None = None
     postgres: ProcessRecord | None = None
     pgdata: str = ""
     workers: list[ProcessRecord] = field(default_factory=list)
+    ready: bool = False
 
     @classmethod
     def load(cls, state_dir: Path) -> StackRecord:
@@ -57,15 +61,19 @@ class StackRecord:
         except FileNotFoundError:
             return cls()
         return cls(
+            supervisor=ProcessRecord(**raw["supervisor"]) if raw.get("supervisor") else None,
             broker=ProcessRecord(**raw["broker"]) if raw.get("broker") else None,
             postgres=ProcessRecord(**raw["postgres"]) if raw.get("postgres") else None,
             pgdata=raw.get("pgdata", ""),
             workers=[ProcessRecord(**w) for w in raw.get("workers", [])],
+            ready=bool(raw.get("ready")),
         )
 
     def save(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
-        (state_dir / STACK_FILE).write_text(json.dumps(asdict(self), indent=2))
+        tmp = state_dir / f"{STACK_FILE}.tmp"
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(state_dir / STACK_FILE)  # readers never see half a file
 
 
 # ---------------------------------------------------------------------------------------------

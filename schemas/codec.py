@@ -125,7 +125,7 @@ def _decode_batch(
                 raise _Invalid(msg)
             events.append(check(element, horizon))
         except _Invalid as exc:
-            rejected.append(RejectedInput(index=index, raw=_dumps(element), reason=exc.args[0]))
+            rejected.append(RejectedInput(index=index, raw=_dumps(element, finite_checked), reason=exc.args[0]))
     if not doc:
         rejected.append(RejectedInput(index=-1, raw=b"[]", reason="schema: empty batch"))
     return DecodedMessage(events, rejected)
@@ -158,11 +158,15 @@ def _check_finite(node: Any, path: str) -> None:
             _check_finite(child, f"{path}[{i}]")
 
 
-def _dumps(node: Any) -> bytes:
-    try:
-        return orjson.dumps(node)
-    except (TypeError, orjson.JSONEncodeError):
-        return json.dumps(node, allow_nan=True).encode()
+def _dumps(node: Any, finite_checked: bool = True) -> bytes:
+    # orjson writes NaN as null: a document that may hold NaN is re-serialised by json, which
+    # keeps it, so the dead letter shows what was sent.
+    if finite_checked:
+        try:
+            return orjson.dumps(node)
+        except (TypeError, orjson.JSONEncodeError):
+            pass
+    return json.dumps(node, allow_nan=True, separators=(",", ":")).encode()
 
 
 def _check_prediction(doc: Any, horizon: datetime) -> PredictionEvent:

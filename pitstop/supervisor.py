@@ -1,0 +1,276 @@
+"""Bring the whole stack up (broker, database, migrations, topics, workers), keep workers alive,
+and take down exactly what was brought up."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import psycopg
+
+from feedback.store import migrate
+from pitstop import stack
+from pitstop.errors import StackError
+from pitstop.settings import ENV_FILE_NAME, Settings
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 90.0
+
+
+@dataclass(slots=True)
+class RunningStack:
+    """What ``start_stack`` started, and the addresses to reach it."""
+
+    settings: Settings
+    kafka_bootstrap: str
+    database_url: str
+    record: stack.StackRecord
+    worker_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.settings.state_dir
+
+
+def start_stack(settings: Settings, workers: int, *, on_step: Callable[[str], None] = lambda _: None) -> RunningStack:
+    """Start what is not configured externally, migrate, create topics, start ``workers`` workers."""
+    state_dir = settings.state_dir
+    state_dir.mkdir(parents=True, exist_ok=True)
+    previous = stack.StackRecord.load(state_dir)
+    if previous.supervisor is not None and stack.is_ours(previous.supervisor):
+        msg = f"a Pitstop stack is already running (pid {previous.supervisor.pid}); run `pitstop down` first"
+        raise StackError(msg)
+    stop_recorded(previous)  # leftovers of a stack whose supervisor died
+    (state_dir / ENV_FILE_NAME).unlink(missing_ok=True)
+    record = stack.StackRecord()
+    record.supervisor = stack.ProcessRecord(pid=os.getpid(), name="supervisor",
+                                            marker=" ".join(psutil.Process().cmdline()))
+    running = RunningStack(settings, "", "", record)
+    try:
+        if settings.external_kafka:
+            assert settings.kafka_bootstrap is not None
+            running.kafka_bootstrap = settings.kafka_bootstrap
+        else:
+            record.broker = stack.start_broker(state_dir)
+            running.kafka_bootstrap = record.broker.address
+            on_step(f"broker    Tansu on {record.broker.address} (memory only)")
+        record.save(state_dir)
+        if settings.external_database:
+            assert settings.database_url is not None
+            running.database_url = settings.database_url
+        else:
+            pgdata = state_dir / "pgdata"
+            record.postgres = stack.start_postgres(pgdata)
+            record.pgdata = str(pgdata.resolve())
+            running.database_url = stack.postgres_url(record.postgres.address)
+            on_step(f"database  PostgreSQL on {record.postgres.address} (data in {pgdata})")
+        record.save(state_dir)
+        applied = migrate(running.database_url, settings.db_schema)
+        on_step(f"schema    {settings.db_schema}: {len(applied)} migration(s) applied")
+        stack.ensure_topics(running.kafka_bootstrap, settings.topics.all(), settings.partitions)
+        on_step(f"topics    {', '.join(settings.topics.all())} ({settings.partitions} partitions)")
+        running.worker_env = {
+            **{k: v for k, v in os.environ.items() if k.startswith("PITSTOP_")},
+            "PITSTOP_KAFKA_BOOTSTRAP": running.kafka_bootstrap,
+            "PITSTOP_DATABASE_URL": running.database_url,
+            "PITSTOP_STATE_DIR": str(state_dir.resolve()),
+        }
+        for index in range(workers):
+            record.workers.append(_start_worker(running, index))
+        record.save(state_dir)
+        _wait_ready(running)
+        on_step(f"workers   {workers} ingest worker(s) ready (logs in {state_dir / 'logs'})")
+        (state_dir / ENV_FILE_NAME).write_text(
+            f"PITSTOP_KAFKA_BOOTSTRAP={running.kafka_bootstrap}\nPITSTOP_DATABASE_URL={running.database_url}\n"
+        )
+        record.ready = True
+        record.save(state_dir)
+        return running
+    except BaseException:
+        stop_stack(running)
+        raise
+
+
+def _ready_file(running: RunningStack, index: int) -> Path:
+    return running.state_dir / "run" / f"worker-{index}.ready"
+
+
+def _start_worker(running: RunningStack, index: int) -> stack.ProcessRecord:
+    ready = _ready_file(running, index)
+    ready.parent.mkdir(parents=True, exist_ok=True)
+    ready.unlink(missing_ok=True)
+    logs = running.state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**running.worker_env, "PITSTOP_READY_FILE": str(ready.resolve())}
+    return stack.start_worker(env, logs / f"worker-{index}.log", index)
+
+
+def _wait_ready(running: RunningStack) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    for index, worker in enumerate(running.record.workers):
+        while not _ready_file(running, index).exists():
+            if not stack.is_ours(worker):
+                log_path = running.state_dir / "logs" / f"worker-{index}.log"
+                msg = f"worker {index} exited during start; see {log_path}: {_tail(log_path)}"
+                raise StackError(msg)
+            if time.monotonic() > deadline:
+                msg = f"worker {index} was not ready within {READY_TIMEOUT_S:.0f} s; see its log in .pitstop/logs"
+                raise StackError(msg)
+            time.sleep(0.1)
+
+
+def supervise(running: RunningStack, should_stop: Callable[[], bool]) -> None:
+    """Restart workers that exit (a worker exits on purpose when it cannot go on safely)."""
+    restarts = [0.0] * len(running.record.workers)
+    while not should_stop():
+        for index, worker in enumerate(running.record.workers):
+            if not stack.is_ours(worker) and time.monotonic() >= restarts[index]:
+                log.warning("worker %d (pid %d) exited; restarting it", index, worker.pid)
+                running.record.workers[index] = _start_worker(running, index)
+                running.record.save(running.state_dir)
+                restarts[index] = time.monotonic() + 5.0  # at most one restart per worker every 5 s
+        time.sleep(0.5)
+
+
+def stop_stack(running: RunningStack) -> None:
+    """Stop what this stack started, workers first; leaves the database's data on disk."""
+    stop_recorded(running.record)
+    (running.state_dir / ENV_FILE_NAME).unlink(missing_ok=True)
+    (running.state_dir / stack.STACK_FILE).unlink(missing_ok=True)
+
+
+def stop_recorded(record: stack.StackRecord) -> list[str]:
+    """Stop every process in ``record`` that is still ours; returns what was stopped."""
+    stopped = []
+    for worker in record.workers:
+        if stack.stop_process(worker):
+            stopped.append(worker.name)
+    if record.broker is not None and stack.stop_process(record.broker):
+        stopped.append("broker")
+    if record.postgres is not None and record.pgdata and stack.is_ours(record.postgres):
+        stack.stop_postgres(Path(record.pgdata))
+        stopped.append("postgres")
+    return stopped
+
+
+def run_foreground(settings: Settings, workers: int, say: Callable[[str], None]) -> int:
+    """`pitstop up`: start, then supervise until SIGINT/SIGTERM, then stop everything."""
+    stopping = False
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    running = start_stack(settings, workers, on_step=say)
+    say(f"ready     PITSTOP_KAFKA_BOOTSTRAP={running.kafka_bootstrap}")
+    say(f"          PITSTOP_DATABASE_URL={running.database_url}")
+    try:
+        supervise(running, lambda: stopping)
+    finally:
+        say("stopping ...")
+        stop_stack(running)
+        say("stopped")
+    return 0
+
+
+def run_detached(settings: Settings, workers: int, say: Callable[[str], None]) -> int:
+    """`pitstop up --detach`: run `pitstop up` in the background, return once it is ready."""
+    state_dir = settings.state_dir
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = state_dir / "up.log"
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pitstop.cli", "up", "--workers", str(workers)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    deadline = time.monotonic() + READY_TIMEOUT_S + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            msg = f"`pitstop up` exited with code {proc.returncode}: {_tail(log_path)} (full log: {log_path})"
+            raise StackError(msg)
+        record = stack.StackRecord.load(state_dir)
+        if record.ready and record.supervisor is not None and record.supervisor.pid == proc.pid:
+            env_file = state_dir / ENV_FILE_NAME
+            say(f"Pitstop is up (supervisor pid {proc.pid}); services written to {env_file}:")
+            say(env_file.read_text().rstrip())
+            return 0
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    msg = f"`pitstop up` was not ready in time; see {log_path}"
+    raise StackError(msg)
+
+
+def take_down(settings: Settings) -> list[str]:
+    """`pitstop down`: stop the supervisor (which stops the rest), then any leftovers."""
+    record = stack.StackRecord.load(settings.state_dir)
+    stopped = []
+    if record.supervisor is not None and stack.stop_process(record.supervisor, timeout_s=60):
+        stopped.append("supervisor")
+    stopped += stop_recorded(record)  # whatever the supervisor could not stop
+    (settings.state_dir / ENV_FILE_NAME).unlink(missing_ok=True)
+    (settings.state_dir / stack.STACK_FILE).unlink(missing_ok=True)
+    return stopped
+
+
+def health(settings: Settings) -> list[tuple[str, str, bool, str]]:
+    """(component, address, healthy, detail) for `pitstop status`."""
+    record = stack.StackRecord.load(settings.state_dir)
+    rows: list[tuple[str, str, bool, str]] = []
+    if record.supervisor is not None:
+        alive = stack.is_ours(record.supervisor)
+        rows.append(("supervisor", f"pid {record.supervisor.pid}", alive, "running" if alive else "not running"))
+    bootstrap, database_url = settings.kafka_bootstrap, settings.database_url
+    if bootstrap is None:
+        rows.append(("broker", "-", False, "not configured: run `pitstop up --detach` or set PITSTOP_KAFKA_BOOTSTRAP"))
+    else:
+        kind = "external" if settings.external_kafka else "local Tansu"
+        host, _, port = bootstrap.split(",")[0].rpartition(":")
+        try:
+            stack.wait_for_port(int(port), 1.0, "broker") if host in ("127.0.0.1", "localhost") else None
+            rows.append(("broker", bootstrap, True, f"{kind}, accepting connections"))
+        except StackError:
+            rows.append(("broker", bootstrap, False, f"{kind}, not reachable"))
+    if database_url is None:
+        rows.append(("database", "-", False, "not configured: run `pitstop up --detach` or set PITSTOP_DATABASE_URL"))
+    else:
+        kind = "external" if settings.external_database else "local PostgreSQL"
+        try:
+            with psycopg.connect(database_url, connect_timeout=3) as conn:
+                version = conn.execute("SHOW server_version").fetchone()
+            rows.append(("database", _redact(database_url), True, f"{kind} {version[0] if version else ''}"))
+        except psycopg.Error as exc:
+            rows.append(("database", _redact(database_url), False, f"{kind}, {str(exc).strip().splitlines()[0]}"))
+    for worker in record.workers:
+        alive = stack.is_ours(worker)
+        rows.append((worker.name, f"pid {worker.pid}", alive, "running" if alive else "not running"))
+    return rows
+
+
+def _redact(url: str) -> str:
+    # never print a password
+    head, sep, tail = url.partition("@")
+    if not sep or ":" not in head.split("//", 1)[-1]:
+        return url
+    scheme, _, userinfo = head.partition("//")
+    return f"{scheme}//{userinfo.split(':', 1)[0]}:***@{tail}"
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except FileNotFoundError:
+        return "(no log)"
+    return " | ".join(text[-lines:])
