@@ -238,4 +238,5 @@ _FAR_FUTURE = datetime(2199, 1, 1, tzinfo=UTC)
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    line = f"{type(exc).__name__}: {text[0] if text else ''}"
+    return line if len(line) <= 300 else f"{line[:297]}..."

@@ -80,6 +80,18 @@ class StackRecord:
 # processes
 
 
+#: Children started by this process, kept so they can be reaped (no zombies, no ResourceWarning).
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _spawn(cmd: list[str], log_path: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=None if env is None else dict(env))
+    _CHILDREN[proc.pid] = proc
+    return proc
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
@@ -112,6 +124,7 @@ def is_ours(record: ProcessRecord) -> bool:
 def stop_process(record: ProcessRecord, timeout_s: float = 10.0) -> bool:
     """SIGTERM, then SIGKILL after ``timeout_s``; returns False when it was not running."""
     if not is_ours(record):
+        _reap(record.pid)
         return False
     proc = psutil.Process(record.pid)
     with contextlib.suppress(psutil.NoSuchProcess):
@@ -122,7 +135,23 @@ def stop_process(record: ProcessRecord, timeout_s: float = 10.0) -> bool:
             log.warning("%s (pid %d) ignored SIGTERM for %.0f s; killing it", record.name, record.pid, timeout_s)
             proc.kill()
             proc.wait(5)
+    _reap(record.pid)
     return True
+
+
+def kill_process(record: ProcessRecord) -> None:
+    """SIGKILL, no questions asked (for crash tests); reaps it when it is our child."""
+    if is_ours(record):
+        os.kill(record.pid, signal.SIGKILL)
+        psutil.Process(record.pid).wait(10) if record.pid not in _CHILDREN else None
+    _reap(record.pid)
+
+
+def _reap(pid: int) -> None:
+    child = _CHILDREN.pop(pid, None)
+    if child is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(10)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,9 +175,7 @@ def start_broker(state_dir: Path, port: int | None = None) -> ProcessRecord:
     cmd = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
            "--storage-engine", "memory://tansu/"]
     state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / "broker.log", "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+    proc = _spawn(cmd, state_dir / "broker.log")
     wait_for_port(port, 15, "the Tansu broker", proc)
     return ProcessRecord(pid=proc.pid, name="broker", marker=url, address=f"127.0.0.1:{port}")
 
@@ -268,10 +295,5 @@ def _run(cmd: list[str], what: str, kwargs: Mapping[str, Any]) -> None:
 def start_worker(env: Mapping[str, str], log_path: Path, index: int) -> ProcessRecord:
     """Start one ingest worker process (``python -m streams worker``) with ``env``."""
     marker = f"--pitstop-worker={index}"
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streams", "worker", marker],
-            env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    proc = _spawn([sys.executable, "-m", "streams", "worker", marker], log_path, {**os.environ, **env})
     return ProcessRecord(pid=proc.pid, name=f"worker-{index}", marker=marker)

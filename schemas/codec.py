@@ -365,12 +365,12 @@ def event_to_dict(event: PredictionEvent | OutcomeEvent) -> dict[str, Any]:
 
 def encode_event(event: PredictionEvent | OutcomeEvent) -> bytes:
     """One event as a message value."""
-    return orjson.dumps(event_to_dict(event))
+    return _dumps(event_to_dict(event))
 
 
 def encode_batch(events: Iterable[PredictionEvent | OutcomeEvent]) -> bytes:
     """Events of one kind as a single message value (a JSON array)."""
-    return orjson.dumps([event_to_dict(e) for e in events])
+    return _dumps([event_to_dict(e) for e in events])
 
 
 def _format_instant(instant: datetime) -> str:
