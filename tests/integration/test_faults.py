@@ -1,0 +1,97 @@
+"""Faults with exact counts: the database going away mid-stream, and workers killed with SIGKILL."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from feedback.store import FeedbackStore, migrate
+from pitstop import stack
+from pitstop.client import PitstopProducer
+from pitstop.settings import Topics
+from tests.conftest import Services, wait_until
+from tests.factories import outcome, prediction
+
+
+def _counts(store: FeedbackStore) -> tuple[int, int, int]:
+    row = store.rows(
+        "SELECT (SELECT count(*) FROM predictions), (SELECT count(*) FROM outcomes),"
+        " (SELECT count(*) FROM current_labels)"
+    )[0]
+    return (int(row[0]), int(row[1]), int(row[2]))
+
+
+def _publish(services: Services, topics: Topics, ids: range, batch_size: int = 50) -> None:
+    with PitstopProducer(services.kafka_bootstrap, topics=topics, batch_size=batch_size) as producer:
+        for i in ids:
+            producer.publish(prediction(i))
+            producer.publish(outcome(i, label=i % 2))
+            if i % 10 == 0:  # a correction for every tenth
+                producer.publish(outcome(i, label=5, after_s=99_999))
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[tuple[Path, int, str]]:
+    """A PostgreSQL server of this test's own, so the test can stop it without hurting others."""
+    pgdata, port = tmp_path / "pgdata", stack.free_port()
+    stack.start_postgres(pgdata, port)
+    try:
+        yield pgdata, port, stack.postgres_url(f"127.0.0.1:{port}")
+    finally:
+        stack.stop_postgres(pgdata)
+
+
+def test_database_outage_holds_the_stream_and_loses_nothing(
+    services: Services, topics: Topics, db_schema: str, own_postgres: tuple[Path, int, str],
+    start_worker: Callable[..., Any],
+) -> None:
+    """While Postgres is down the worker retries and holds the stream; after it returns every event lands once."""
+    pgdata, port, url = own_postgres
+    migrate(url, db_schema)
+    worker = start_worker(database_url=url)
+    with FeedbackStore(url, db_schema) as store:
+        _publish(services, topics, range(0, 500))
+        wait_until(lambda: _counts(store) == (500, 550, 500), 60, lambda: f"{_counts(store)}")
+    stack.stop_postgres(pgdata)
+    _publish(services, topics, range(500, 1500))
+    # the outage lasts several retries, with backoff, before the database comes back
+    wait_until(lambda: worker.log_path.read_text().count("database unavailable") >= 4, 60,
+               lambda: f"no retries logged:\n{worker.log_tail()}")
+    stack.start_postgres(pgdata, port)
+    with FeedbackStore(url, db_schema) as store:
+        wait_until(lambda: _counts(store) == (1500, 1650, 1500), 90,
+                   lambda: f"{_counts(store)}\n{worker.log_tail()}")
+        assert store.scalar("SELECT count(*) FROM current_labels WHERE label = '5'") == 150
+        assert store.scalar("SELECT count(*) FROM dead_letters") == 0
+    assert stack.is_ours(worker.record), "the worker must survive the outage"
+
+
+def test_worker_killed_mid_batch_loses_nothing_and_counts_nothing_twice(
+    services: Services, topics: Topics, store: FeedbackStore, start_worker: Callable[..., Any]
+) -> None:
+    """SIGKILL during ingestion, several times over, then a clean run: every row exactly once."""
+    n = 40_000
+    _publish(services, topics, range(n), batch_size=20)  # many messages, many batches
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(4):
+        worker = start_worker(wait=False)
+        target = _counts(store)[0] + rng.randint(1_000, 6_000)
+        wait_until(lambda: _counts(store)[0] >= min(target, n - 1) or not stack.is_ours(worker.record), 90,
+                   lambda: f"{_counts(store)}\n{worker.log_tail()}", interval_s=0.02)
+        if _counts(store)[0] >= n:
+            break
+        stack.kill_process(worker.record)
+        kills += 1
+    assert kills >= 2, "the worker finished before it could be killed twice; publish more"
+    worker = start_worker()
+    expected = (n, n + n // 10, n)
+    wait_until(lambda: _counts(store) == expected, 120, lambda: f"{_counts(store)}\n{worker.log_tail()}")
+    assert store.scalar("SELECT count(*) FROM current_labels WHERE label = '5'") == n // 10
+    assert store.scalar(
+        "SELECT count(*) FROM current_labels l JOIN predictions p USING (prediction_id)"
+        " WHERE l.label <> '5' AND l.label <> to_jsonb(mod(substr(prediction_id, 3)::int, 2))") == 0
