@@ -12,10 +12,10 @@ import base64
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 
 import orjson
 import psycopg
@@ -84,14 +84,14 @@ class Ingestor:
         store: FeedbackStore,
         kinds: Mapping[str, EventKind],
         *,
-        limits: Limits = Limits(),
+        limits: Limits | None = None,
         max_events_per_txn: int = 5000,
         backoff: Backoff = Backoff(),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
         self.kinds = dict(kinds)
-        self.limits = limits
+        self.limits = limits or Limits()
         self.max_events_per_txn = max_events_per_txn
         self.backoff = backoff
         self.clock = clock
@@ -175,7 +175,7 @@ class Ingestor:
             single_p = [event] if type(event) is PredictionEvent else []
             single_o = [event] if type(event) is OutcomeEvent else []
             try:
-                stats += self._with_retry(lambda: self.store.write_batch(single_p, single_o), result)
+                stats += self._with_retry(partial(self.store.write_batch, single_p, single_o), result)
             except DATA_ERRORS as exc:
                 letter = DeadLetterRecord(
                     source_topic=message.topic, source_partition=message.partition,
@@ -183,7 +183,7 @@ class Ingestor:
                     key=message.key, raw=encode_event(event), reason=f"database: {_one_line(exc)}",
                     received_at=self.clock(),
                 )
-                stats += self._with_retry(lambda: self.store.write_batch([], [], [letter]), result)
+                stats += self._with_retry(partial(self.store.write_batch, [], [], [letter]), result)
                 result.dead_letters.append(letter)
         return stats
 

@@ -77,9 +77,11 @@ class Settings:
         kafka = env.get("PITSTOP_KAFKA_BOOTSTRAP") or None
         database = env.get("PITSTOP_DATABASE_URL") or None
         if kafka is not None and not re.fullmatch(r"[^\s,]+:\d+(,[^\s,]+:\d+)*", kafka):
-            raise ConfigError("PITSTOP_KAFKA_BOOTSTRAP", kafka, "host:port[,host:port...]")
+            msg = "PITSTOP_KAFKA_BOOTSTRAP"
+            raise ConfigError(msg, kafka, "host:port[,host:port...]")
         if database is not None and not database.startswith(("postgresql://", "postgres://")):
-            raise ConfigError("PITSTOP_DATABASE_URL", database, "a postgresql:// URL")
+            msg = "PITSTOP_DATABASE_URL"
+            raise ConfigError(msg, database, "a postgresql:// URL")
         limits = Limits(
             max_event_bytes=_read(env, "PITSTOP_MAX_EVENT_BYTES", int, 64 * 1024, "an integer > 0", _positive),
             max_message_bytes=_read(
@@ -91,16 +93,20 @@ class Settings:
         )
         schema = env.get("PITSTOP_DB_SCHEMA", "pitstop")
         if not _SCHEMA.fullmatch(schema):
-            raise ConfigError("PITSTOP_DB_SCHEMA", schema, "a lower-case SQL identifier ([a-z_][a-z0-9_]*)")
+            msg = "PITSTOP_DB_SCHEMA"
+            raise ConfigError(msg, schema, "a lower-case SQL identifier ([a-z_][a-z0-9_]*)")
         prefix = env.get("PITSTOP_TOPIC_PREFIX", "pitstop.")
         if prefix and not _NAME.fullmatch(prefix):
-            raise ConfigError("PITSTOP_TOPIC_PREFIX", prefix, "letters, digits, '.', '_' or '-'")
+            msg = "PITSTOP_TOPIC_PREFIX"
+            raise ConfigError(msg, prefix, "letters, digits, '.', '_' or '-'")
         app_id = env.get("PITSTOP_APP_ID", "pitstop-ingest")
         if not _NAME.fullmatch(app_id):
-            raise ConfigError("PITSTOP_APP_ID", app_id, "letters, digits, '.', '_' or '-'")
+            msg = "PITSTOP_APP_ID"
+            raise ConfigError(msg, app_id, "letters, digits, '.', '_' or '-'")
         level = env.get("PITSTOP_LOG_LEVEL", "INFO").upper()
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise ConfigError("PITSTOP_LOG_LEVEL", level, "DEBUG, INFO, WARNING or ERROR")
+            msg = "PITSTOP_LOG_LEVEL"
+            raise ConfigError(msg, level, "DEBUG, INFO, WARNING or ERROR")
         return cls(
             kafka_bootstrap=kafka or local.get("PITSTOP_KAFKA_BOOTSTRAP"),
             database_url=database or local.get("PITSTOP_DATABASE_URL"),
@@ -122,12 +128,14 @@ class Settings:
     def require_services(self) -> tuple[str, str]:
         """The broker and database addresses, or a ConfigError saying how to get them."""
         if self.kafka_bootstrap is None:
+            msg = "PITSTOP_KAFKA_BOOTSTRAP"
             raise ConfigError(
-                "PITSTOP_KAFKA_BOOTSTRAP", None, "host:port; run `pitstop up --detach` or set it"
+                msg, None, "host:port; run `pitstop up --detach` or set it"
             )
         if self.database_url is None:
+            msg = "PITSTOP_DATABASE_URL"
             raise ConfigError(
-                "PITSTOP_DATABASE_URL", None, "a postgresql:// URL; run `pitstop up --detach` or set it"
+                msg, None, "a postgresql:// URL; run `pitstop up --detach` or set it"
             )
         return self.kafka_bootstrap, self.database_url
 

@@ -1,1 +1,2 @@
-"""The retrain worker: builds training sets from the feedback store, trains, gates and publishes candidates (later issues)."""
+"""The retrain worker: builds training sets from the feedback store, trains, gates and publishes
+candidates (later issues)."""

@@ -171,17 +171,21 @@ def _dumps(node: Any, finite_checked: bool = True) -> bytes:
 
 def _check_prediction(doc: Any, horizon: datetime) -> PredictionEvent:
     if type(doc) is not dict:
-        raise _Invalid(f"schema: a prediction must be a JSON object, got {_type_name(doc)}")
+        msg = f"schema: a prediction must be a JSON object, got {_type_name(doc)}"
+        raise _Invalid(msg)
     _check_fields(doc, _PREDICTION_REQUIRED, _PREDICTION_FIELDS, "prediction")
     features = doc["features"]
     if type(features) is not dict:
-        raise _Invalid(f"schema: features must be an object, got {_type_name(features)}")
+        msg = f"schema: features must be an object, got {_type_name(features)}"
+        raise _Invalid(msg)
     if len(features) > _MAX_FEATURES:
-        raise _Invalid(f"schema: features has {len(features)} entries, more than {_MAX_FEATURES}")
+        msg = f"schema: features has {len(features)} entries, more than {_MAX_FEATURES}"
+        raise _Invalid(msg)
     for name, value in features.items():
         if not (type(value) in _FEATURE_TYPES or value is None):
+            msg = f"schema: features.{name} must be a number, string, bool or null, got {_type_name(value)}"
             raise _Invalid(
-                f"schema: features.{name} must be a number, string, bool or null, got {_type_name(value)}"
+                msg
             )
         if type(value) is str:
             _check_text(value, f"features.{name}", 0, _MAX_TEXT)
@@ -200,7 +204,8 @@ def _check_prediction(doc: Any, horizon: datetime) -> PredictionEvent:
     if latency_ms is not None:
         _check_number(latency_ms, "latency_ms")
         if latency_ms < 0:
-            raise _Invalid(f"schema: latency_ms must be >= 0, got {latency_ms}")
+            msg = f"schema: latency_ms must be >= 0, got {latency_ms}"
+            raise _Invalid(msg)
     routing_key = get("routing_key")
     if routing_key is not None:
         _check_text(routing_key, "routing_key", 1, _MAX_ID)
@@ -225,7 +230,8 @@ def _check_prediction(doc: Any, horizon: datetime) -> PredictionEvent:
 
 def _check_outcome(doc: Any, horizon: datetime) -> OutcomeEvent:
     if type(doc) is not dict:
-        raise _Invalid(f"schema: an outcome must be a JSON object, got {_type_name(doc)}")
+        msg = f"schema: an outcome must be a JSON object, got {_type_name(doc)}"
+        raise _Invalid(msg)
     _check_fields(doc, _OUTCOME_REQUIRED, _OUTCOME_FIELDS, "outcome")
     source = doc.get("source")
     if source is not None or "source" in doc:
@@ -244,31 +250,39 @@ _FEATURE_TYPES = frozenset((int, float, str, bool))
 def _check_fields(doc: dict[str, Any], required: Sequence[str], allowed: frozenset[str], what: str) -> None:
     if len(doc) < len(required) or not doc.keys() >= set(required):
         missing = ", ".join(k for k in required if k not in doc)
-        raise _Invalid(f"schema: {what} is missing {missing}")
+        msg = f"schema: {what} is missing {missing}"
+        raise _Invalid(msg)
     if not doc.keys() <= allowed:
         extra = ", ".join(sorted(k for k in doc if k not in allowed))
-        raise _Invalid(f"schema: {what} has unknown field(s) {extra}")
+        msg = f"schema: {what} has unknown field(s) {extra}"
+        raise _Invalid(msg)
     version = doc["schema_version"]
     if version != SCHEMA_VERSION or type(version) is bool:
-        raise _Invalid(f"schema: schema_version must be {SCHEMA_VERSION}, got {version!r}")
+        msg = f"schema: schema_version must be {SCHEMA_VERSION}, got {version!r}"
+        raise _Invalid(msg)
     for key in allowed.difference(required):
         if key in doc and doc[key] is None and key != "error":
-            raise _Invalid(f"schema: {key} must be omitted rather than null")
+            msg = f"schema: {key} must be omitted rather than null"
+            raise _Invalid(msg)
 
 
 def _check_text(value: Any, what: str, min_len: int, max_len: int) -> str:
     if type(value) is not str:
-        raise _Invalid(f"schema: {what} must be a string, got {_type_name(value)}")
+        msg = f"schema: {what} must be a string, got {_type_name(value)}"
+        raise _Invalid(msg)
     if not min_len <= len(value) <= max_len:
-        raise _Invalid(f"schema: {what} must be {min_len}-{max_len} characters, got {len(value)}")
+        msg = f"schema: {what} must be {min_len}-{max_len} characters, got {len(value)}"
+        raise _Invalid(msg)
     if "\x00" in value:
-        raise _Invalid(f"schema: {what} contains a NUL character")
+        msg = f"schema: {what} contains a NUL character"
+        raise _Invalid(msg)
     return value
 
 
 def _check_number(value: Any, what: str) -> None:
     if type(value) not in (int, float):
-        raise _Invalid(f"schema: {what} must be a number, got {_type_name(value)}")
+        msg = f"schema: {what} must be a number, got {_type_name(value)}"
+        raise _Invalid(msg)
 
 
 def _check_value(value: Any, what: str) -> Any:
@@ -277,26 +291,32 @@ def _check_value(value: Any, what: str) -> Any:
         return _check_text(value, what, 1, _MAX_ID)
     if kind in (int, float, bool):
         return value
-    raise _Invalid(f"schema: {what} must be a number, bool or class label string, got {_type_name(value)}")
+    msg = f"schema: {what} must be a number, bool or class label string, got {_type_name(value)}"
+    raise _Invalid(msg)
 
 
 def _check_probabilities(value: Any) -> None:
     if type(value) is not dict or not value:
-        raise _Invalid("schema: probabilities must be a non-empty object of class label -> probability")
+        msg = "schema: probabilities must be a non-empty object of class label -> probability"
+        raise _Invalid(msg)
     if len(value) > _MAX_FEATURES:
-        raise _Invalid(f"schema: probabilities has {len(value)} entries, more than {_MAX_FEATURES}")
+        msg = f"schema: probabilities has {len(value)} entries, more than {_MAX_FEATURES}"
+        raise _Invalid(msg)
     for label, p in value.items():
         _check_text(label, "a probabilities class label", 1, _MAX_ID)
         _check_number(p, f"probabilities.{label}")
         if not 0 <= p <= 1:
-            raise _Invalid(f"schema: probabilities.{label} must be in [0, 1], got {p}")
+            msg = f"schema: probabilities.{label} must be in [0, 1], got {p}"
+            raise _Invalid(msg)
 
 
 def _check_segment(value: Any) -> None:
     if type(value) is not dict:
-        raise _Invalid(f"schema: segment must be an object of name -> string, got {_type_name(value)}")
+        msg = f"schema: segment must be an object of name -> string, got {_type_name(value)}"
+        raise _Invalid(msg)
     if len(value) > _MAX_SEGMENTS:
-        raise _Invalid(f"schema: segment has {len(value)} entries, more than {_MAX_SEGMENTS}")
+        msg = f"schema: segment has {len(value)} entries, more than {_MAX_SEGMENTS}"
+        raise _Invalid(msg)
     for name, v in value.items():
         _check_text(name, "a segment name", 1, _MAX_ID)
         _check_text(v, f"segment.{name}", 0, _MAX_TEXT)
@@ -304,17 +324,21 @@ def _check_segment(value: Any) -> None:
 
 def _check_timestamp(value: Any, what: str, horizon: datetime) -> datetime:
     if type(value) is not str:
-        raise _Invalid(f"schema: {what} must be an RFC 3339 string, got {_type_name(value)}")
+        msg = f"schema: {what} must be an RFC 3339 string, got {_type_name(value)}"
+        raise _Invalid(msg)
     if _TIMESTAMP.fullmatch(value) is None:
+        msg = f"timestamp: {what} {value[:40]!r} is not RFC 3339 with an offset between years 2000 and 2199"
         raise _Invalid(
-            f"timestamp: {what} {value[:40]!r} is not RFC 3339 with an offset between years 2000 and 2199"
+            msg
         )
     try:
         instant = datetime.fromisoformat(value).astimezone(UTC)
     except ValueError as exc:
-        raise _Invalid(f"timestamp: {what} {value!r} is not a valid instant ({exc})") from None
+        msg = f"timestamp: {what} {value!r} is not a valid instant ({exc})"
+        raise _Invalid(msg) from None
     if instant > horizon:
-        raise _Invalid(f"timestamp: {what} {value} is later than the ingest clock allows ({horizon.isoformat()})")
+        msg = f"timestamp: {what} {value} is later than the ingest clock allows ({horizon.isoformat()})"
+        raise _Invalid(msg)
     return instant
 
 

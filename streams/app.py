@@ -9,7 +9,7 @@ from typing import Any
 
 import faust
 
-from feedback.ingest import Ingestor, InboundMessage, encode_dead_letter
+from feedback.ingest import InboundMessage, Ingestor, encode_dead_letter
 from feedback.store import FeedbackStore
 from pitstop.settings import Settings
 from schemas import EventKind

@@ -80,9 +80,12 @@ def test_worker_killed_mid_batch_loses_nothing_and_counts_nothing_twice(
     kills = 0
     for _ in range(4):
         worker = start_worker(wait=False)
-        target = _counts(store)[0] + rng.randint(1_000, 6_000)
-        wait_until(lambda: _counts(store)[0] >= min(target, n - 1) or not stack.is_ours(worker.record), 90,
-                   lambda: f"{_counts(store)}\n{worker.log_tail()}", interval_s=0.02)
+        target = min(_counts(store)[0] + rng.randint(1_000, 6_000), n - 1)
+
+        def reached(target: int = target, worker: Any = worker) -> bool:
+            return _counts(store)[0] >= target or not stack.is_ours(worker.record)
+
+        wait_until(reached, 90, lambda w=worker: f"{_counts(store)}\n{w.log_tail()}", interval_s=0.02)
         if _counts(store)[0] >= n:
             break
         stack.kill_process(worker.record)

@@ -11,7 +11,7 @@ import pytest
 from schemas import EventKind, Limits, OutcomeEvent, PredictionEvent, decode_message, encode_batch, encode_event
 from tests.factories import NOW, outcome, outcome_dict, prediction, prediction_dict
 
-P, O = EventKind.PREDICTION, EventKind.OUTCOME
+P, OUT = EventKind.PREDICTION, EventKind.OUTCOME
 
 
 def _one(kind: EventKind, doc: object, **kw: object) -> tuple[list, list]:
@@ -31,13 +31,13 @@ def test_prediction_round_trips() -> None:
 def test_outcome_round_trips_in_a_batch() -> None:
     """A JSON array of outcomes decodes to the same outcomes in order."""
     events = [outcome(i, label=i % 3) for i in range(5)]
-    decoded = decode_message(O, encode_batch(events), now=NOW)
+    decoded = decode_message(OUT, encode_batch(events), now=NOW)
     assert decoded.events == events and decoded.rejected == []
 
 
 def test_offsets_are_normalised_to_utc() -> None:
     """An instant with a +02:00 offset is stored as the same instant in UTC."""
-    events, _ = _one(O, outcome_dict(observed_at="2026-03-02T14:00:00.5+02:00"))
+    events, _ = _one(OUT, outcome_dict(observed_at="2026-03-02T14:00:00.5+02:00"))
     assert events[0].observed_at == datetime(2026, 3, 2, 12, 0, 0, 500000, tzinfo=UTC)
     assert events[0].observed_at.tzinfo is UTC
 
@@ -68,11 +68,11 @@ def test_offsets_are_normalised_to_utc() -> None:
         (P, b'{"schema_version":1,"prediction_id":"p","model_name":"m","model_version":"v",'
             b'"predicted_at":"2026-03-01T12:00:00Z","features":{"x":NaN},"prediction":1}',
          "non_finite: features.x"),
-        (O, b'{"schema_version":1,"prediction_id":"p","label":Infinity,"observed_at":"2026-03-01T12:00:00Z"}',
+        (OUT, b'{"schema_version":1,"prediction_id":"p","label":Infinity,"observed_at":"2026-03-01T12:00:00Z"}',
          "non_finite: label"),
-        (O, outcome_dict(label=[1]), "schema: label must be a number"),
-        (O, outcome_dict(observed_at="yesterday"), "timestamp: observed_at"),
-        (O, b"[]", "schema: empty batch"),
+        (OUT, outcome_dict(label=[1]), "schema: label must be a number"),
+        (OUT, outcome_dict(observed_at="yesterday"), "timestamp: observed_at"),
+        (OUT, b"[]", "schema: empty batch"),
     ],
 )
 def test_bad_single_input_is_rejected_with_reason(kind: EventKind, value: object, reason_start: str) -> None:
@@ -130,14 +130,14 @@ def test_future_skew_is_measured_from_the_ingest_clock() -> None:
     limits = Limits(max_future_skew_s=60)
     inside = (NOW + timedelta(seconds=59)).isoformat()
     outside = (NOW + timedelta(seconds=61)).isoformat()
-    assert _one(O, outcome_dict(observed_at=inside), limits=limits)[0]
-    assert _one(O, outcome_dict(observed_at=outside), limits=limits)[1][0].startswith("timestamp")
+    assert _one(OUT, outcome_dict(observed_at=inside), limits=limits)[0]
+    assert _one(OUT, outcome_dict(observed_at=outside), limits=limits)[1][0].startswith("timestamp")
 
 
 def test_labels_keep_their_json_type() -> None:
     """Class labels may be strings, bools or numbers, and come back as given."""
     for label in ("churned", True, 0, 2.5):
-        events, reasons = _one(O, outcome_dict(label=label))
+        events, reasons = _one(OUT, outcome_dict(label=label))
         assert reasons == [] and events[0].label == label and type(events[0].label) is type(label)
 
 
