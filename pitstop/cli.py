@@ -54,6 +54,15 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    from pitstop.stack import ensure_topics
+
+    bootstrap, _ = settings.require_services()
+    ensure_topics(bootstrap, settings.topics.all(), settings.partitions)
+    _say(f"topics {', '.join(settings.topics.all())}: present ({settings.partitions} partitions when created)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from pitstop import demo
 
@@ -74,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
     mig = sub.add_parser("migrate", help="apply the database migrations to the configured database")
     mig.set_defaults(func=cmd_migrate)
+    top = sub.add_parser("topics", help="create the topics on the configured broker (final partition count)")
+    top.set_defaults(func=cmd_topics)
     demo = sub.add_parser("demo", help="a synthetic model whose data drifts; shows the join filling up")
     demo.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
     demo.add_argument("--rate", type=float, default=200.0, help="predictions per wall-clock second")
