@@ -4,10 +4,9 @@ Any Kafka client can publish single events keyed by ``prediction_id`` (see ``sch
 one puts up to ``batch_size`` events of one kind into a message (a JSON array), because the
 ingest pays per message, and confirms delivery on :meth:`PitstopProducer.flush`.
 
-    >>> # doctest: +SKIP
-    >>> with PitstopProducer("127.0.0.1:9092") as producer:
-    ...     producer.publish(prediction)
-    ...     producer.publish(outcome)
+    with PitstopProducer("127.0.0.1:9092") as producer:
+        producer.publish(prediction)
+        producer.publish(outcome)
 """
 
 from __future__ import annotations
