@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 
+from feedback.errors import IngestStopped
 from feedback.ingest import InboundMessage, Ingestor, encode_dead_letter
 from feedback.store import FeedbackStore
 from pitstop.settings import Settings
 from schemas import EventKind
 
 log = logging.getLogger(__name__)
+
+#: Exit status of a worker that stopped on an unexpected error (EX_SOFTWARE).
+EXIT_INGEST_BUG = 70
 
 
 def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.App:
@@ -47,15 +52,29 @@ def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.Ap
         max_events_per_txn=settings.max_events_per_txn,
     )
 
-    @app.agent(inputs, name="ingest", concurrency=1)
-    async def ingest(stream: faust.StreamT[Any]) -> None:
-        # Acked only after the transaction holding the batch has committed (see feedback.ingest).
-        async for events in stream.noack_take(settings.batch_messages, within=settings.batch_within_s):
+    async def write_then_ack(stream: faust.StreamT[Any], events: list[Any]) -> None:
+        try:
             result = await asyncio.to_thread(ingestor.ingest, [_inbound(e.message) for e in events])
             for letter in result.dead_letters:
                 await (await dead_letter.send(key=letter.key, value=encode_dead_letter(letter)))
-            for event in events:
-                await stream.ack(event)
+        except IngestStopped:
+            return  # shutting down: the batch stays unacked and is redelivered
+        except Exception:
+            _exit_unacked(events)
+        for event in events:
+            await stream.ack(event)
+
+    @app.agent(inputs, name="ingest", concurrency=1)
+    async def ingest(stream: faust.StreamT[Any]) -> None:
+        # A batch is acked only after the transaction holding it has committed (feedback.ingest).
+        # One batch is written while the next is read; writes and acks stay in order.
+        writing: asyncio.Future[None] | None = None
+        async for events in stream.noack_take(settings.batch_messages, within=settings.batch_within_s):
+            if writing is not None:
+                await writing
+            writing = asyncio.ensure_future(write_then_ack(stream, events))
+        if writing is not None:
+            await writing
 
     @app.on_rebalance_complete.connect
     async def _mark_ready(sender: faust.App, **_: Any) -> None:
@@ -69,6 +88,21 @@ def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.Ap
 
     store.open(wait=False)  # connects in the background; the first batch waits for it
     return app
+
+
+def _exit_unacked(events: list[Any]) -> NoReturn:
+    """A bug, not bad input: exit at once so that nothing is acked past the batch in hand.
+
+    Faust would ack a message whose agent raised and restart the agent past it; exiting leaves
+    the offsets uncommitted, and the restarted worker (``pitstop up`` restarts it) reads the
+    batch again.
+    """
+    first = events[0].message if events else None
+    where = f"{first.topic}[{first.partition}]@{first.offset}" if first is not None else "?"
+    log.critical("ingest of a batch from %s failed unexpectedly; exiting with the batch unacked", where,
+                 exc_info=True)
+    logging.shutdown()
+    os._exit(EXIT_INGEST_BUG)
 
 
 def _inbound(message: Any) -> InboundMessage:
