@@ -98,3 +98,20 @@ def test_worker_killed_mid_batch_loses_nothing_and_counts_nothing_twice(
     assert store.scalar(
         "SELECT count(*) FROM current_labels l JOIN predictions p USING (prediction_id)"
         " WHERE l.label <> '5' AND l.label <> to_jsonb(mod(substr(prediction_id, 3)::int, 2))") == 0
+
+
+def test_unexpected_error_exits_the_worker_without_acking(
+    services: Services, topics: Topics, store: FeedbackStore, start_worker: Callable[..., Any]
+) -> None:
+    """A failure that is not bad input stops the worker with the batch unacked; a restart ingests it."""
+    with store.pool.connection() as conn:  # a broken deployment: the table is not where the code expects
+        conn.execute("ALTER TABLE predictions RENAME TO predictions_moved")
+    worker = start_worker()
+    _publish(services, topics, range(200))
+    wait_until(lambda: not stack.is_ours(worker.record), 60, lambda: f"worker still running:\n{worker.log_tail()}")
+    assert "exiting with the batch unacked" in worker.log_path.read_text()
+    with store.pool.connection() as conn:
+        conn.execute("ALTER TABLE predictions_moved RENAME TO predictions")
+        assert conn.execute("SELECT count(*) FROM predictions").fetchone() == (0,)
+    start_worker()
+    wait_until(lambda: _counts(store) == (200, 220, 200), 60, lambda: f"{_counts(store)}")
