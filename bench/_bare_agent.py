@@ -16,7 +16,8 @@ Modes (``BENCH_MODE``):
   ``iter`` - ``async for value in stream``, the plainest agent.
 
 When the count reaches ``BENCH_EXPECTED_MESSAGES`` it writes ``BENCH_DONE_FILE`` (JSON with the
-wall-clock times of the first and last message) and keeps running until it is stopped.
+wall-clock times of the first and the last count, and how many the first count was) and keeps
+running until it is stopped.
 """
 
 from __future__ import annotations
@@ -60,17 +61,24 @@ def main() -> int:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
     )
-    channel = app.topic(*topics, value_type=bytes, key_type=bytes, value_serializer="raw",
-                        key_serializer="raw")
-    state: dict[str, Any] = {"messages": 0, "first": None, "done": False}
+    channel = app.topic(
+        *topics, value_type=bytes, key_type=bytes, value_serializer="raw", key_serializer="raw"
+    )
+    state: dict[str, Any] = {"messages": 0, "first": None, "first_count": 0, "done": False}
 
     def count(n: int) -> None:
         if state["first"] is None:
             state["first"] = time.time()
+            state["first_count"] = n
         state["messages"] += n
         if not state["done"] and state["messages"] >= expected:
             state["done"] = True
-            record = {"first": state["first"], "last": time.time(), "messages": state["messages"]}
+            record = {
+                "first": state["first"],
+                "first_count": state["first_count"],
+                "last": time.time(),
+                "messages": state["messages"],
+            }
             tmp = done_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(record))
             tmp.replace(done_file)
@@ -100,8 +108,9 @@ def main() -> int:
         if not ready_file.exists():
             ready_file.write_text(str(sorted(str(tp) for tp in app.consumer.assignment())))
 
-    worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False,
-                          override_logging=True)
+    worker = faust.Worker(
+        app, loglevel="WARNING", quiet=True, redirect_stdouts=False, override_logging=True
+    )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     worker.execute_from_commandline()
     return 0

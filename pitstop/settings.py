@@ -66,6 +66,7 @@ class Settings:
     batch_messages: int = 500
     batch_within_s: float = 0.2
     max_events_per_txn: int = 5000
+    fetch_max_wait_ms: int = 100
     log_level: str = "INFO"
 
     @classmethod
@@ -122,6 +123,8 @@ class Settings:
             batch_messages=_read(env, "PITSTOP_BATCH_MESSAGES", int, 500, "an integer > 0", _positive),
             batch_within_s=_read(env, "PITSTOP_BATCH_WITHIN_S", float, 0.2, "seconds > 0", _positive),
             max_events_per_txn=_read(env, "PITSTOP_MAX_EVENTS_PER_TXN", int, 5000, "an integer > 0", _positive),
+            fetch_max_wait_ms=_read(env, "PITSTOP_FETCH_MAX_WAIT_MS", int, 100, "milliseconds between 1 and 10000",
+                                    lambda v: 1 <= v <= 10_000),
             log_level=level,
         )
 

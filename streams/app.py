@@ -15,6 +15,7 @@ from feedback.ingest import InboundMessage, Ingestor, encode_dead_letter
 from feedback.store import FeedbackStore
 from pitstop.settings import Settings
 from schemas import EventKind
+from streams.consumer import set_fetch_max_wait
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ EXIT_INGEST_BUG = 70
 def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.App:
     """The ingest app: one agent consumes predictions and outcomes and writes them to Postgres."""
     bootstrap, database_url = settings.require_services()
+    set_fetch_max_wait(settings.fetch_max_wait_ms)
     topics = settings.topics
     datadir = settings.state_dir / "faust" / settings.app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
