@@ -69,14 +69,9 @@ def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.Ap
     @app.agent(inputs, name="ingest", concurrency=1)
     async def ingest(stream: faust.StreamT[Any]) -> None:
         # A batch is acked only after the transaction holding it has committed (feedback.ingest).
-        # One batch is written while the next is read; writes and acks stay in order.
-        writing: asyncio.Future[None] | None = None
+        # Reading the next batch while writing this one was measured slower (BENCHMARKS.md).
         async for events in stream.noack_take(settings.batch_messages, within=settings.batch_within_s):
-            if writing is not None:
-                await writing
-            writing = asyncio.ensure_future(write_then_ack(stream, events))
-        if writing is not None:
-            await writing
+            await write_then_ack(stream, events)
 
     @app.on_rebalance_complete.connect
     async def _mark_ready(sender: faust.App, **_: Any) -> None:

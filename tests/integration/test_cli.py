@@ -1,0 +1,82 @@
+"""The operator's commands as a person runs them: up --detach, status, down, and bad configuration."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import psycopg
+
+from pitstop.settings import read_env_file
+
+
+def _pitstop(cwd: Path, *args: str, extra_env: dict[str, str] | None = None,
+             timeout_s: float = 150) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PITSTOP_")}
+    env.update(extra_env or {})
+    return subprocess.run([sys.executable, "-m", "pitstop.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout_s, check=False)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if text in " ".join(proc.info["cmdline"] or []):
+                found.append(proc.info["pid"])
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_up_detach_status_down(tmp_path: Path) -> None:
+    """`up --detach` returns when ready with a usable env file; `status` is healthy; `down` stops all of it."""
+    up = _pitstop(tmp_path, "up", "--detach", "--workers", "2")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        env = read_env_file(tmp_path / ".pitstop" / "env")
+        assert set(env) == {"PITSTOP_KAFKA_BOOTSTRAP", "PITSTOP_DATABASE_URL"}
+        assert env["PITSTOP_KAFKA_BOOTSTRAP"].startswith("127.0.0.1:")
+        with psycopg.connect(env["PITSTOP_DATABASE_URL"]) as conn:  # psycopg accepts the URL
+            tables = {r[0] for r in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'pitstop'")}
+        assert {"predictions", "outcomes", "current_labels", "dead_letters", "feedback"} <= tables
+
+        status = _pitstop(tmp_path, "status", "--json")
+        assert status.returncode == 0, status.stdout + status.stderr
+        rows = {r["component"]: r for r in json.loads(status.stdout)}
+        assert set(rows) == {"supervisor", "broker", "database", "worker-0", "worker-1"}
+        assert all(r["healthy"] for r in rows.values())
+        again = _pitstop(tmp_path, "up", "--detach")
+        assert again.returncode == 1 and "already running" in again.stderr
+        assert len(again.stderr.strip().splitlines()) == 1
+    finally:
+        down = _pitstop(tmp_path, "down")
+    assert down.returncode == 0 and "supervisor" in down.stdout
+    assert _processes_mentioning(str(tmp_path)) == []  # postgres, broker log dir, workers: all gone
+    assert not (tmp_path / ".pitstop" / "env").exists()
+    after = _pitstop(tmp_path, "status")
+    assert after.returncode == 1 and "DOWN" in after.stdout
+
+
+def test_bad_setting_fails_with_one_line_naming_the_key(tmp_path: Path) -> None:
+    """A malformed setting stops the command with one line: the key, the value, what was expected."""
+    result = _pitstop(tmp_path, "status", extra_env={"PITSTOP_PARTITIONS": "four"})
+    assert result.returncode == 1
+    assert result.stderr.strip() == "pitstop status: PITSTOP_PARTITIONS='four': expected an integer between 1 and 1000"
+    bad_url = _pitstop(tmp_path, "migrate", extra_env={"PITSTOP_DATABASE_URL": "mysql://x"})
+    assert bad_url.stderr.strip() == "pitstop migrate: PITSTOP_DATABASE_URL='mysql://x': expected a postgresql:// URL"
+
+
+def test_worker_with_bad_setting_exits_naming_the_key(tmp_path: Path) -> None:
+    """An ingest worker started with a bad setting exits at once, naming it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PITSTOP_")}
+    env["PITSTOP_BATCH_WITHIN_S"] = "-1"
+    result = subprocess.run([sys.executable, "-m", "streams", "worker"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 78
+    assert "PITSTOP_BATCH_WITHIN_S='-1': expected seconds > 0" in result.stderr

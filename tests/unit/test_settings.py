@@ -1,0 +1,48 @@
+"""Settings: defaults, the env file, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pitstop.errors import ConfigError
+from pitstop.settings import Settings
+
+
+def test_defaults_without_services() -> None:
+    """With nothing configured the services are unknown and the topics carry the default prefix."""
+    s = Settings.from_env({"PITSTOP_STATE_DIR": "/nonexistent"})
+    assert (s.kafka_bootstrap, s.database_url, s.external_kafka) == (None, None, False)
+    assert s.topics.all() == ("pitstop.predictions", "pitstop.outcomes", "pitstop.dead-letter")
+    with pytest.raises(ConfigError, match="PITSTOP_KAFKA_BOOTSTRAP"):
+        s.require_services()
+
+
+def test_env_file_fills_in_local_services_and_environment_wins(tmp_path: Path) -> None:
+    """`.pitstop/env` names the local stack; variables in the environment override it and count as external."""
+    (tmp_path / "env").write_text("PITSTOP_KAFKA_BOOTSTRAP=127.0.0.1:1\nPITSTOP_DATABASE_URL=postgresql://a@b/c\n")
+    local = Settings.from_env({"PITSTOP_STATE_DIR": str(tmp_path)})
+    assert (local.kafka_bootstrap, local.external_kafka, local.external_database) == ("127.0.0.1:1", False, False)
+    ext = Settings.from_env({"PITSTOP_STATE_DIR": str(tmp_path), "PITSTOP_KAFKA_BOOTSTRAP": "k1:9092,k2:9092"})
+    assert (ext.kafka_bootstrap, ext.external_kafka, ext.database_url) == ("k1:9092,k2:9092", True, "postgresql://a@b/c")
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("PITSTOP_PARTITIONS", "0", "an integer between 1 and 1000"),
+    ("PITSTOP_PARTITIONS", "x", "an integer between 1 and 1000"),
+    ("PITSTOP_MAX_EVENT_BYTES", "-5", "an integer > 0"),
+    ("PITSTOP_BATCH_WITHIN_S", "soon", "seconds > 0"),
+    ("PITSTOP_DB_SCHEMA", "Robert'); DROP", "a lower-case SQL identifier"),
+    ("PITSTOP_TOPIC_PREFIX", "a b", "letters, digits"),
+    ("PITSTOP_KAFKA_BOOTSTRAP", "localhost", "host:port"),
+    ("PITSTOP_DATABASE_URL", "sqlite:///x", "a postgresql:// URL"),
+    ("PITSTOP_LOG_LEVEL", "LOUD", "DEBUG, INFO, WARNING or ERROR"),
+    ("PITSTOP_FETCH_MAX_WAIT_MS", "0", "milliseconds between 1 and 10000"),
+])
+def test_bad_value_names_key_value_and_expectation(key: str, value: str, expected: str) -> None:
+    """Each bad value fails at once with the key, the value and what was expected."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({key: value, "PITSTOP_STATE_DIR": "/nonexistent"})
+    assert (info.value.key, info.value.value) == (key, value)
+    assert str(info.value).startswith(f"{key}={value!r}: expected {expected}")
