@@ -415,6 +415,16 @@ def _tail(path: Path, chars: int = 3000) -> str:
         return ""
 
 
+def _stack_dump(pid: int) -> str:
+    """Where a stuck process is (py-spy, when installed), for the error message."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        return "(install py-spy for a stack dump)"
+    done = subprocess.run([str(spy), "dump", "--pid", str(pid)], capture_output=True, text=True, check=False,
+                          timeout=60)
+    return done.stdout or done.stderr
+
+
 def wait_ready(
     ready: Path, record: stack.ProcessRecord, log_path: Path, timeout_s: float = 120
 ) -> float:
@@ -423,7 +433,7 @@ def wait_ready(
     while not ready.exists():
         if not stack.is_ours(record) or time.monotonic() > deadline:
             what = f"{record.name} (pid {record.pid})"
-            msg = f"{what} was not ready in {timeout_s:.0f} s:\n{_tail(log_path)}"
+            msg = f"{what} was not ready in {timeout_s:.0f} s:\n{_tail(log_path)}\n{_stack_dump(record.pid)}"
             raise RuntimeError(msg)
         time.sleep(0.02)
     return ready.stat().st_mtime

@@ -121,8 +121,10 @@ def migrate(database_url: str, schema: str) -> list[str]:
     Safe to run from several processes at once: they queue on an advisory lock.
     """
     applied: list[str] = []
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with psycopg.connect(database_url, autocommit=True, connect_timeout=30) as conn:
         with conn.transaction():
+            # a migration stuck behind another session's lock fails loudly instead of hanging
+            conn.execute("SET LOCAL lock_timeout = '60s'")
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATIONS_LOCK,))
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
             conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
