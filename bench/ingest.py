@@ -525,7 +525,7 @@ def run_bare(ctx: Ctx, content: Content, mode: str) -> dict[str, Any]:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    record = stack.ProcessRecord(pid=proc.pid, name=name, marker=marker)
+    record = stack.ProcessRecord.of(proc.pid, name, marker)
     ctx.started.append(record)
     try:
         t_ready = wait_ready(ready, record, log_path)

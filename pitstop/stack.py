@@ -35,12 +35,27 @@ STACK_FILE = "stack.json"
 
 @dataclass(slots=True)
 class ProcessRecord:
-    """A process this stack started: enough to find it again and to be sure it is ours."""
+    """A process this stack started: enough to find it again and to be sure it is ours.
+
+    A recycled PID is told apart by the process's start time (``created``, from /proc/PID/stat,
+    always readable); ``marker``, a string of its command line, is for the log and for records
+    written without a start time.
+    """
 
     pid: int
     name: str
-    marker: str  # a string its command line must contain, so a recycled PID is never stopped
+    marker: str
     address: str = ""
+    created: float = 0.0
+
+    @classmethod
+    def of(cls, pid: int, name: str, marker: str, address: str = "") -> ProcessRecord:
+        """A record of the running process ``pid``, with its start time."""
+        try:
+            created = psutil.Process(pid).create_time()
+        except psutil.Error:
+            created = 0.0
+        return cls(pid=pid, name=name, marker=marker, address=address, created=created)
 
 
 @dataclass(slots=True)
@@ -116,7 +131,11 @@ def is_ours(record: ProcessRecord) -> bool:
     """True when the recorded PID still runs the process we started (not a recycled PID)."""
     try:
         proc = psutil.Process(record.pid)
-        return proc.status() != psutil.STATUS_ZOMBIE and record.marker in " ".join(proc.cmdline())
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if record.created:
+            return abs(proc.create_time() - record.created) < 0.01
+        return record.marker in " ".join(proc.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 
@@ -177,7 +196,7 @@ def start_broker(state_dir: Path, port: int | None = None) -> ProcessRecord:
     state_dir.mkdir(parents=True, exist_ok=True)
     proc = _spawn(cmd, state_dir / "broker.log")
     wait_for_port(port, 15, "the Tansu broker", proc)
-    return ProcessRecord(pid=proc.pid, name="broker", marker=url, address=f"127.0.0.1:{port}")
+    return ProcessRecord.of(proc.pid, "broker", url, f"127.0.0.1:{port}")
 
 
 def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int) -> None:
@@ -264,7 +283,7 @@ def start_postgres(pgdata: Path, port: int | None = None) -> ProcessRecord:
     _run([_pg_bin("pg_ctl"), "-D", str(pgdata), "-w", "-t", "30", "-o", options, "-l", str(pgdata / "server.log"),
           "start"], "pg_ctl start", run_as)
     pid = int((pgdata / "postmaster.pid").read_text().split()[0])
-    return ProcessRecord(pid=pid, name="postgres", marker=str(pgdata), address=f"127.0.0.1:{port}")
+    return ProcessRecord.of(pid, "postgres", str(pgdata), f"127.0.0.1:{port}")
 
 
 def stop_postgres(pgdata: Path, mode: str = "fast") -> None:
@@ -296,4 +315,4 @@ def start_worker(env: Mapping[str, str], log_path: Path, index: int) -> ProcessR
     """Start one ingest worker process (``python -m streams worker``) with ``env``."""
     marker = f"--pitstop-worker={index}"
     proc = _spawn([sys.executable, "-m", "streams", "worker", marker], log_path, {**os.environ, **env})
-    return ProcessRecord(pid=proc.pid, name=f"worker-{index}", marker=marker)
+    return ProcessRecord.of(proc.pid, f"worker-{index}", marker)

@@ -53,8 +53,7 @@ def start_stack(settings: Settings, workers: int, *, on_step: Callable[[str], No
     stop_recorded(previous)  # leftovers of a stack whose supervisor died
     (state_dir / ENV_FILE_NAME).unlink(missing_ok=True)
     record = stack.StackRecord()
-    record.supervisor = stack.ProcessRecord(pid=os.getpid(), name="supervisor",
-                                            marker=" ".join(psutil.Process().cmdline()))
+    record.supervisor = stack.ProcessRecord.of(os.getpid(), "supervisor", " ".join(psutil.Process().cmdline()))
     running = RunningStack(settings, "", "", record)
     try:
         if settings.external_kafka:
