@@ -109,9 +109,11 @@ class Ingestor:
         size = 0
         pending_dead: list[DeadLetterRecord] = []
         for message in messages:
-            decoded = decode_message(self._kind(message.topic), message.value, now=now, limits=self.limits)
-            predictions = [e for e in decoded.events if type(e) is PredictionEvent]
-            outcomes = [e for e in decoded.events if type(e) is OutcomeEvent]
+            kind = self._kind(message.topic)
+            decoded = decode_message(kind, message.value, now=now, limits=self.limits)
+            # a message holds events of its topic's kind only
+            predictions = decoded.events if kind is EventKind.PREDICTION else []
+            outcomes = decoded.events if kind is EventKind.OUTCOME else []
             pending_dead.extend(
                 DeadLetterRecord(
                     source_topic=message.topic, source_partition=message.partition,
