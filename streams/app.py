@@ -69,7 +69,7 @@ def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.Ap
     @app.agent(inputs, name="ingest", concurrency=1)
     async def ingest(stream: faust.StreamT[Any]) -> None:
         # A batch is acked only after the transaction holding it has committed (feedback.ingest).
-        # Reading the next batch while writing this one was measured slower (BENCHMARKS.md).
+        # Reading the next batch while writing this one measured no faster (BENCHMARKS.md).
         async for events in stream.noack_take(settings.batch_messages, within=settings.batch_within_s):
             await write_then_ack(stream, events)
 
