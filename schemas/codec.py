@@ -92,7 +92,7 @@ def decode_message(
         doc = orjson.loads(value)
         finite_checked = True  # orjson refuses NaN and Infinity
     except orjson.JSONDecodeError as exc:
-        doc, finite_checked = _loads_lenient(value, exc)
+        doc, finite_checked = _loads_lenient(value)
         if doc is _NOT_JSON:
             return DecodedMessage([], [RejectedInput(index=-1, raw=value, reason=f"not_json: {exc}")])
     check = _check_prediction if kind is EventKind.PREDICTION else _check_outcome
@@ -134,7 +134,7 @@ def _decode_batch(
 _NOT_JSON = object()
 
 
-def _loads_lenient(value: bytes, strict_error: Exception) -> tuple[Any, bool]:
+def _loads_lenient(value: bytes) -> tuple[Any, bool]:
     """Parse what orjson refused but Python's json takes (NaN, Infinity, huge integers).
 
     Non-finite constants come back as floats, so the finiteness check can name them.
@@ -234,7 +234,7 @@ def _check_outcome(doc: Any, horizon: datetime) -> OutcomeEvent:
         raise _Invalid(msg)
     _check_fields(doc, _OUTCOME_REQUIRED, _OUTCOME_FIELDS, "outcome")
     source = doc.get("source")
-    if source is not None or "source" in doc:
+    if source is not None:
         _check_text(source, "source", 1, _MAX_ID)
     return OutcomeEvent(
         prediction_id=_check_text(doc["prediction_id"], "prediction_id", 1, _MAX_ID),
