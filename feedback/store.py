@@ -14,6 +14,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from feedback.windows import STAGE_TABLES, WindowUpdater
 from schemas import OutcomeEvent, PredictionEvent
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ _STAGE_TABLES = """
 CREATE TEMP TABLE IF NOT EXISTS _in_predictions (
     prediction_id text, model_name text, model_version text, predicted_at timestamptz,
     features jsonb, prediction jsonb, probabilities jsonb, score double precision,
-    routing_key text, segment jsonb, latency_ms double precision, error text
+    routing_key text, segment jsonb, latency_ms double precision, error text, ord integer
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS _in_outcomes (
     prediction_id text, observed_at timestamptz, label jsonb, source text
@@ -34,12 +35,16 @@ CREATE TEMP TABLE IF NOT EXISTS _in_outcomes (
 _COPY_PREDICTIONS = "COPY _in_predictions FROM STDIN"
 _COPY_OUTCOMES = "COPY _in_outcomes FROM STDIN"
 
-# Sorted by key so that concurrent writers take row locks in one order and never deadlock.
+# Sorted by key so that concurrent writers take row locks in one order and never deadlock; of
+# duplicates inside one batch the first wins, as it does across batches.
 _INSERT_PREDICTIONS = """
 INSERT INTO predictions (prediction_id, model_name, model_version, predicted_at, features,
     prediction, probabilities, score, routing_key, segment, latency_ms, error)
-SELECT * FROM _in_predictions ORDER BY prediction_id
+SELECT DISTINCT ON (prediction_id) prediction_id, model_name, model_version, predicted_at, features,
+    prediction, probabilities, score, routing_key, segment, latency_ms, error
+FROM _in_predictions ORDER BY prediction_id, ord
 ON CONFLICT (prediction_id) DO NOTHING
+RETURNING prediction_id
 """
 
 # New history rows only; of those, the latest (observed_at, label) per prediction competes
@@ -61,11 +66,12 @@ WITH new AS (
         SET label = excluded.label, observed_at = excluded.observed_at,
             source = excluded.source, updated_at = now()
         WHERE (excluded.observed_at, excluded.label) > (cur.observed_at, cur.label)
-    RETURNING (xmax = 0) AS inserted
+    RETURNING prediction_id, (xmax = 0) AS inserted
 )
 SELECT (SELECT count(*) FROM new),
        count(*) FILTER (WHERE inserted),
-       count(*) FILTER (WHERE NOT inserted)
+       count(*) FILTER (WHERE NOT inserted),
+       coalesce(array_agg(prediction_id), '{}')
 FROM changed
 """
 
@@ -156,9 +162,19 @@ class FeedbackStore:
     Connections are autocommit; every write opens an explicit transaction.
     """
 
-    def __init__(self, database_url: str, schema: str, *, max_size: int = 4, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        schema: str,
+        *,
+        max_size: int = 4,
+        timeout_s: float = 5.0,
+        windows: WindowUpdater | None = None,
+    ) -> None:
         self.database_url = database_url
         self.schema = schema
+        #: keeps the monitoring windows in step with every write, when models are monitored
+        self.windows = windows if windows is not None and windows.enabled else None
         self.pool = ConnectionPool(
             database_url,
             min_size=1,
@@ -193,15 +209,18 @@ class FeedbackStore:
     ) -> WriteStats:
         """Write one batch in one transaction; a redelivered batch changes nothing."""
         n_outcomes = labels_set = labels_corrected = 0
+        label_ids: list[str] = []
         with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            n_predictions = _insert_predictions(cur, predictions) if predictions else 0
+            new_ids = _insert_predictions(cur, predictions) if predictions else set()
             if outcomes:
                 with cur.copy(_COPY_OUTCOMES) as copy:
                     write = copy.write_row
                     for o in outcomes:
                         write((o.prediction_id, o.observed_at, _json(o.label), o.source))
                 cur.execute(_INSERT_OUTCOMES)
-                n_outcomes, labels_set, labels_corrected = cur.fetchone() or (0, 0, 0)
+                n_outcomes, labels_set, labels_corrected, label_ids = cur.fetchone() or (0, 0, 0, [])
+            if self.windows is not None:
+                self.windows.apply(cur, _first_of_each(predictions, new_ids), label_ids)
             n_dead = 0
             for d in dead_letters:
                 cur.execute(
@@ -210,7 +229,7 @@ class FeedbackStore:
                      d.reason, d.received_at),
                 )
                 n_dead += cur.rowcount
-        return WriteStats(n_predictions, n_outcomes, labels_set, labels_corrected, n_dead)
+        return WriteStats(len(new_ids), n_outcomes, labels_set, labels_corrected, n_dead)
 
     def scalar(self, query: str, params: Sequence[Any] = ()) -> Any:
         """The first column of the first row of a read-only query."""
@@ -226,22 +245,33 @@ class FeedbackStore:
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.execute(_STAGE_TABLES)
+    conn.execute(STAGE_TABLES)
 
 
-def _insert_predictions(cur: psycopg.Cursor[Any], predictions: Sequence[PredictionEvent]) -> int:
+def _insert_predictions(cur: psycopg.Cursor[Any], predictions: Sequence[PredictionEvent]) -> set[str]:
+    """Insert the batch's predictions; returns the ids that were new to the store."""
     with cur.copy(_COPY_PREDICTIONS) as copy:
         write = copy.write_row
-        for p in predictions:
+        for i, p in enumerate(predictions):
             write((
                 p.prediction_id, p.model_name, p.model_version, p.predicted_at,
                 _json(p.features), _json(p.prediction),
                 None if p.probabilities is None else _json(p.probabilities),
                 p.score, p.routing_key,
                 None if p.segment is None else _json(p.segment),
-                p.latency_ms, p.error,
+                p.latency_ms, p.error, i,
             ))
     cur.execute(_INSERT_PREDICTIONS)
-    return cur.rowcount
+    return {row[0] for row in cur.fetchall()}
+
+
+def _first_of_each(predictions: Sequence[PredictionEvent], ids: set[str]) -> list[PredictionEvent]:
+    """The events behind ``ids``: for an id given twice in the batch, the first, as stored."""
+    firsts: dict[str, PredictionEvent] = {}
+    for p in predictions:
+        if p.prediction_id in ids:
+            firsts.setdefault(p.prediction_id, p)
+    return list(firsts.values())
 
 
 def _json(value: Any) -> str:

@@ -1,0 +1,505 @@
+"""The per-model monitoring configuration file, `pitstop.toml`, read once into frozen objects."""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Literal, NoReturn
+
+from feedback.errors import ModelConfigError
+
+FeatureKind = Literal["numeric", "categorical"]
+Task = Literal["classification", "regression"]
+ScoreSource = Literal["probabilities", "score", "none"]
+
+DAY_S = 86_400
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "ece")
+REGRESSION_METRICS = ("mae", "rmse", "r2")
+LOWER_IS_BETTER = frozenset({"log_loss", "ece", "mae", "rmse"})
+# metrics computed from the positive-class probability, so a model with score = "none" cannot have them
+NEEDS_SCORE = frozenset({"roc_auc", "log_loss", "ece"})
+
+_DURATION = re.compile(r"([0-9]+)([smhd])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3_600, "d": DAY_S}
+_DURATION_EXPECTED = "a duration such as '30m', '1h', '1d' or a number of seconds"
+_WINDOW_EXPECTED = "a window that divides 1 day evenly, such as '1m', '5m', '15m', '30m', '1h', '6h' or '1d'"
+_TASKS = ("classification", "regression")
+_KINDS = ("numeric", "categorical")
+_SCORES = ("probabilities", "score", "none")
+_MODEL_KEYS = ("task", "positive_class", "metric", "direction", "segments", "score", "features")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Thresholds:
+    """Drift thresholds per metric: PSI, and the effect floors of the KS, Jensen-Shannon and chi-square tests
+    (the last as Cohen's w)."""
+
+    psi: float = 0.15
+    ks: float = 0.05
+    js: float = 0.1
+    chi2_effect: float = 0.1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PerformanceConfig:
+    """When a window's metric counts as degraded: a relative drop from the baseline, or an absolute limit instead."""
+
+    max_drop: float = 0.05
+    threshold: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DetectorConfig:
+    """Parameters of the streaming detectors (river's ADWIN and Page-Hinkley)."""
+
+    adwin_delta: float = 0.002
+    page_hinkley_threshold: float = 50.0
+    page_hinkley_delta: float = 0.005
+    page_hinkley_alpha: float = 0.9999
+    page_hinkley_min_instances: int = 30
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelConfig:
+    """How one model is monitored, with `[defaults]` and the built-in defaults already applied.
+
+    Mappings are read-only views; plain dicts given to the constructor are copied into them.
+
+    >>> m = ModelConfig(name="churn", task="classification", positive_class=1, metric="accuracy",
+    ...                 higher_is_better=True, score="probabilities",
+    ...                 feature_thresholds={"tenure": Thresholds(psi=0.2)})
+    >>> m.thresholds_for("tenure").psi, m.thresholds_for("plan").psi, m.window_s
+    (0.2, 0.15, 3600)
+    """
+
+    name: str
+    task: Task
+    positive_class: str | int | bool | None = None
+    metric: str
+    higher_is_better: bool
+    segments: tuple[str, ...] = ()
+    score: ScoreSource
+    window_s: int = 3_600
+    span: int = 24
+    min_rows: int = 1_000
+    min_labels: int = 200
+    min_label_coverage: float = 0.5
+    reference_rows: int = 5_000
+    max_segment_values: int = 20
+    confidence: float = 0.95
+    alpha: float = 0.01
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    feature_thresholds: Mapping[str, Thresholds] = field(default_factory=lambda: MappingProxyType({}))
+    features: Mapping[str, FeatureKind] = field(default_factory=lambda: MappingProxyType({}))
+    performance: PerformanceConfig = field(default_factory=PerformanceConfig)
+    detectors: DetectorConfig = field(default_factory=DetectorConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "segments", tuple(self.segments))
+        object.__setattr__(self, "feature_thresholds", MappingProxyType(dict(self.feature_thresholds)))
+        object.__setattr__(self, "features", MappingProxyType(dict(self.features)))
+
+    def thresholds_for(self, feature: str) -> Thresholds:
+        """The thresholds of one feature: its own override if it has one, else the model's."""
+        return self.feature_thresholds.get(feature, self.thresholds)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MonitoringConfig:
+    """Every configured model by name, and the file they came from ("" when there is none).
+
+    >>> EMPTY.model("churn") is None
+    True
+    """
+
+    path: str
+    models: Mapping[str, ModelConfig]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "models", MappingProxyType(dict(self.models)))
+
+    def model(self, name: str) -> ModelConfig | None:
+        """The configuration of one model, or None when the file does not name it."""
+        return self.models.get(name)
+
+
+EMPTY = MonitoringConfig(path="", models={})
+
+
+def parse_duration_s(value: object) -> int:
+    """Seconds in a duration: a string of digits and one unit (s, m, h, d) or a positive integer.
+
+    >>> parse_duration_s("30m"), parse_duration_s("1h"), parse_duration_s("1d"), parse_duration_s("45s")
+    (1800, 3600, 86400, 45)
+    >>> parse_duration_s(600)
+    600
+    >>> parse_duration_s("1x")
+    Traceback (most recent call last):
+    ...
+    ValueError: not a duration: '1x'
+    """
+    seconds = 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value)):
+        seconds = int(match[1]) * _UNIT_S[match[2]]
+    if seconds <= 0:
+        msg = f"not a duration: {value!r}"
+        raise ValueError(msg)
+    return seconds
+
+
+def load_config(path: str | os.PathLike[str]) -> MonitoringConfig:
+    """Read and validate a monitoring configuration file; any fault is one ModelConfigError line.
+
+    >>> load_config("/nonexistent/pitstop.toml")
+    Traceback (most recent call last):
+    ...
+    feedback.errors.ModelConfigError: /nonexistent/pitstop.toml: cannot read it (No such file or directory); \
+expected a readable TOML file
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as file:
+            # utf-8-sig: a byte order mark left by an editor is not worth an error
+            text = file.read().decode("utf-8-sig")
+    except OSError as exc:
+        problem = f"cannot read it ({exc.strerror})"
+        raise ModelConfigError(name, "", None, "a readable TOML file", problem=problem) from None
+    except UnicodeDecodeError as exc:
+        raise ModelConfigError(name, "", None, "UTF-8 text", problem=f"byte {exc.start} is not UTF-8") from None
+    return parse_config(text, path=name)
+
+
+def parse_config(text: str, *, path: str = "pitstop.toml") -> MonitoringConfig:
+    """Validate the text of a monitoring configuration file; ``path`` only names it in errors.
+
+    >>> config = parse_config('''
+    ... [defaults]
+    ... window = "30m"
+    ... [models.churn]
+    ... task = "classification"
+    ... positive_class = 1
+    ... metric = "log_loss"
+    ... ''')
+    >>> m = config.model("churn")
+    >>> m.window_s, m.span, m.metric, m.higher_is_better, m.score
+    (1800, 24, 'log_loss', False, 'probabilities')
+    >>> parse_config('[models.churn]\\ntask = "classification"\\npositive_class = 1\\nwindow = "1x"')
+    Traceback (most recent call last):
+    ...
+    feedback.errors.ModelConfigError: pitstop.toml: models.churn.window = '1x': expected a duration such as \
+'30m', '1h', '1d' or a number of seconds
+    """
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ModelConfigError(path, "", None, "", problem=f"invalid TOML: {exc}") from None
+    return _Parser(path).config(document)
+
+
+class _Expected(Exception):
+    """A value is invalid; carries the "expected ..." phrase to the parser, which names the key."""
+
+    def __init__(self, expected: str) -> None:
+        super().__init__(expected)
+        self.expected = expected
+
+
+_Convert = Callable[[Any], Any]
+
+
+def _integer(low: int, high: int | None = None) -> _Convert:
+    expected = f"an integer >= {low}" if high is None else f"an integer between {low} and {high}"
+
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+            raise _Expected(expected)
+        return value
+
+    return convert
+
+
+def _number(expected: str, valid: Callable[[float], bool] = math.isfinite) -> _Convert:
+    def convert(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _Expected(expected)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise _Expected(expected) from None
+        if not math.isfinite(number) or not valid(number):
+            raise _Expected(expected)
+        return number
+
+    return convert
+
+
+def _window(value: Any) -> int:
+    try:
+        seconds = parse_duration_s(value)
+    except ValueError:
+        raise _Expected(_DURATION_EXPECTED) from None
+    if DAY_S % seconds:
+        # windows are aligned to UTC midnight, so every day must hold a whole number of them
+        raise _Expected(_WINDOW_EXPECTED)
+    return seconds
+
+
+_UNIT_INTERVAL = "a number between 0 and 1"
+_KNOBS: Mapping[str, _Convert] = {
+    "window": _window,
+    "span": _integer(1, 10_000),
+    "min_rows": _integer(1),
+    "min_labels": _integer(1),
+    "min_label_coverage": _number(_UNIT_INTERVAL, lambda x: 0 <= x <= 1),
+    "reference_rows": _integer(100),
+    "max_segment_values": _integer(1),
+    "confidence": _number("a number between 0.5 and 0.999", lambda x: 0.5 <= x <= 0.999),
+    "alpha": _number("a number greater than 0 and less than 1", lambda x: 0 < x < 1),
+}
+_THRESHOLDS: Mapping[str, _Convert] = {
+    "psi": _number("a number >= 0", lambda x: x >= 0),
+    "ks": _number(_UNIT_INTERVAL, lambda x: 0 <= x <= 1),
+    "js": _number(_UNIT_INTERVAL, lambda x: 0 <= x <= 1),
+    "chi2_effect": _number(_UNIT_INTERVAL, lambda x: 0 <= x <= 1),
+}
+_PERFORMANCE: Mapping[str, _Convert] = {
+    "max_drop": _number(_UNIT_INTERVAL, lambda x: 0 <= x <= 1),
+    "threshold": _number("a finite number"),
+}
+_DETECTORS: Mapping[str, _Convert] = {
+    "adwin_delta": _number("a number greater than 0 and less than 1", lambda x: 0 < x < 1),
+    "page_hinkley_threshold": _number("a number > 0", lambda x: x > 0),
+    "page_hinkley_delta": _number("a number >= 0", lambda x: x >= 0),
+    "page_hinkley_alpha": _number("a number greater than 0 and at most 1", lambda x: 0 < x <= 1),
+    "page_hinkley_min_instances": _integer(1),
+}
+_SECTIONS: Mapping[str, Mapping[str, _Convert]] = {
+    "thresholds": _THRESHOLDS, "performance": _PERFORMANCE, "detectors": _DETECTORS,
+}
+# the range an absolute performance limit can take, by metric
+_METRIC_RANGE: Mapping[str, tuple[float, float, str]] = {
+    **{m: (0.0, 1.0, _UNIT_INTERVAL) for m in ("accuracy", "precision", "recall", "f1", "roc_auc", "ece")},
+    **{m: (0.0, math.inf, "a number >= 0") for m in ("log_loss", "mae", "rmse")},
+    "r2": (-math.inf, 1.0, "a number <= 1"),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Layer:
+    """The validated keys one table sets: `[defaults]` or one model's table."""
+
+    at: tuple[str, ...]
+    knobs: Mapping[str, Any]
+    sections: Mapping[str, Mapping[str, Any]]
+
+
+class _Parser:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def config(self, document: Mapping[str, Any]) -> MonitoringConfig:
+        self.check_keys(document, (), ("defaults", "models"))
+        defaults = self.layer(self.table(document.get("defaults", {}), ("defaults",)), ("defaults",), ())
+        models = self.table(document.get("models", {}), ("models",), "a table of [models.<name>] tables")
+        return MonitoringConfig(
+            path=self.path,
+            models={name: self.model(name, table, defaults) for name, table in models.items()},
+        )
+
+    def model(self, name: str, value: Any, defaults: _Layer) -> ModelConfig:
+        at = ("models", name)
+        if not name:
+            self.fail(at, None, "a non-empty model name")
+        table = self.table(value, at)
+        own = self.layer(table, at, _MODEL_KEYS)
+        task = self.task(table, at)
+        classification = task == "classification"
+        positive_class = self.positive_class(table, at, classification)
+        metric = self.metric(table, at, task)
+        higher_is_better = self.direction(table, at, metric)
+        segments = self.segments(table, at)
+        score = self.score(table, at, classification, metric)
+        features = self.features(table, at)
+        performance = PerformanceConfig(**{**defaults.sections["performance"], **own.sections["performance"]})
+        if performance.threshold is not None:
+            source = own if "threshold" in own.sections["performance"] else defaults
+            low, high, expected = _METRIC_RANGE[metric]
+            if not low <= performance.threshold <= high:
+                self.fail((*source.at, "performance", "threshold"), performance.threshold,
+                          f"{expected} for metric {metric!r} of model {name!r}")
+        thresholds = Thresholds(**{**defaults.sections["thresholds"], **own.sections["thresholds"]})
+        knobs = {**defaults.knobs, **own.knobs}
+        if "window" in knobs:
+            knobs["window_s"] = knobs.pop("window")
+        return ModelConfig(
+            name=name,
+            task=task,
+            positive_class=positive_class,
+            metric=metric,
+            higher_is_better=higher_is_better,
+            segments=segments,
+            score=score,
+            thresholds=thresholds,
+            feature_thresholds=self.feature_thresholds(table, at, thresholds),
+            features=features,
+            performance=performance,
+            detectors=DetectorConfig(**{**defaults.sections["detectors"], **own.sections["detectors"]}),
+            **knobs,
+        )
+
+    def layer(self, table: Mapping[str, Any], at: tuple[str, ...], own_keys: Sequence[str]) -> _Layer:
+        knobs = self.values(table, at, _KNOBS, (*own_keys, *_KNOBS, *_SECTIONS))
+        sections = {}
+        for name, spec in _SECTIONS.items():
+            sub = self.table(table.get(name, {}), (*at, name))
+            # per-feature overrides name a model's features, so only a model's table has them
+            extra = ("features",) if name == "thresholds" and at != ("defaults",) else ()
+            sections[name] = self.values(sub, (*at, name), spec, (*spec, *extra))
+        return _Layer(at=at, knobs=knobs, sections=sections)
+
+    def values(
+        self, table: Mapping[str, Any], at: tuple[str, ...], spec: Mapping[str, _Convert], allowed: Sequence[str]
+    ) -> dict[str, Any]:
+        """The converted values of the keys of ``spec`` that ``table`` sets; a key not ``allowed`` is an error."""
+        self.check_keys(table, at, allowed)
+        converted = {}
+        for key, value in table.items():
+            if key in spec:
+                try:
+                    converted[key] = spec[key](value)
+                except _Expected as exc:
+                    self.fail((*at, key), value, exc.expected)
+        return converted
+
+    def task(self, table: Mapping[str, Any], at: tuple[str, ...]) -> Task:
+        expected = "'classification' or 'regression'"
+        if "task" not in table:
+            self.fail((*at, "task"), None, expected, problem="missing")
+        task = table["task"]
+        if task not in _TASKS:
+            self.fail((*at, "task"), task, expected)
+        return task
+
+    def positive_class(
+        self, table: Mapping[str, Any], at: tuple[str, ...], classification: bool
+    ) -> str | int | bool | None:
+        key = (*at, "positive_class")
+        value = table.get("positive_class")
+        if not classification:
+            if value is not None:
+                self.fail(key, value, "no positive_class, since task = 'regression'")
+            return None
+        expected = "the positive label as it appears in events (a non-empty string, an integer or a boolean)"
+        if value is None:
+            self.fail(key, None, f"{expected} for a classification model", problem="missing")
+        if not isinstance(value, str | int) or value == "":
+            self.fail(key, value, expected)
+        return value
+
+    def metric(self, table: Mapping[str, Any], at: tuple[str, ...], task: Task) -> str:
+        options = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+        metric = table.get("metric", options[0])
+        if not isinstance(metric, str) or metric not in options:
+            self.fail((*at, "metric"), metric, f"{_one_of(options)} for task {task!r}")
+        return metric
+
+    def direction(self, table: Mapping[str, Any], at: tuple[str, ...], metric: str) -> bool:
+        natural = "lower" if metric in LOWER_IS_BETTER else "higher"
+        direction = table.get("direction", natural)
+        if direction not in ("higher", "lower"):
+            self.fail((*at, "direction"), direction, "'higher' or 'lower'")
+        if direction != natural:
+            self.fail((*at, "direction"), direction, f"{natural!r} for metric {metric!r} ({natural} is better)")
+        return natural == "higher"
+
+    def segments(self, table: Mapping[str, Any], at: tuple[str, ...]) -> tuple[str, ...]:
+        segments = table.get("segments", [])
+        if not isinstance(segments, list) or not all(isinstance(s, str) and s for s in segments):
+            self.fail((*at, "segments"), segments, "a list of segment attribute names (non-empty strings)")
+        repeated = next((s for i, s in enumerate(segments) if s in segments[:i]), None)
+        if repeated is not None:
+            self.fail((*at, "segments"), segments, f"unique segment attribute names ({repeated!r} repeats)")
+        return tuple(segments)
+
+    def score(self, table: Mapping[str, Any], at: tuple[str, ...], classification: bool, metric: str) -> ScoreSource:
+        score = table.get("score", "probabilities" if classification else "none")
+        if score not in _SCORES:
+            self.fail((*at, "score"), score, _one_of(_SCORES))
+        if not classification and score != "none":
+            self.fail((*at, "score"), score, "'none' for a regression model (there is no positive-class probability)")
+        if score == "none" and metric in NEEDS_SCORE:
+            usable = [m for m in CLASSIFICATION_METRICS if m not in NEEDS_SCORE]
+            self.fail((*at, "metric"), metric, f"{_one_of(usable)}, since score = 'none' gives no probability")
+        return score
+
+    def features(self, table: Mapping[str, Any], at: tuple[str, ...]) -> dict[str, FeatureKind]:
+        at = (*at, "features")
+        features = self.table(table.get("features", {}), at, "a table of feature name = 'numeric' or 'categorical'")
+        for name, kind in features.items():
+            if not name:
+                self.fail((*at, name), kind, "a non-empty feature name")
+            if kind not in _KINDS:
+                self.fail((*at, name), kind, "'numeric' or 'categorical'")
+        return dict(features)
+
+    def feature_thresholds(
+        self, table: Mapping[str, Any], at: tuple[str, ...], thresholds: Thresholds
+    ) -> dict[str, Thresholds]:
+        at = (*at, "thresholds", "features")
+        overrides = self.table(table.get("thresholds", {}).get("features", {}), at,
+                               "a table of [<feature>] tables of thresholds")
+        resolved = {}
+        for name, value in overrides.items():
+            if not name:
+                self.fail((*at, name), None, "a non-empty feature name")
+            sub = self.table(value, (*at, name), f"a table of thresholds ({', '.join(_THRESHOLDS)})")
+            resolved[name] = replace(thresholds, **self.values(sub, (*at, name), _THRESHOLDS, tuple(_THRESHOLDS)))
+        return resolved
+
+    def table(self, value: Any, at: tuple[str, ...], expected: str = "a table") -> Mapping[str, Any]:
+        if not isinstance(value, dict):
+            self.fail(at, value, expected)
+        return value
+
+    def check_keys(self, table: Mapping[str, Any], at: tuple[str, ...], allowed: Sequence[str]) -> None:
+        for key in table:
+            if key not in allowed:
+                expected = f"one of: {', '.join(allowed)}"
+                guess = difflib.get_close_matches(key, allowed, n=1, cutoff=0.75)
+                if guess:
+                    expected += f" (did you mean {guess[0]!r}?)"
+                self.fail((*at, key), None, expected, problem="unknown key")
+
+    def fail(self, at: tuple[str, ...], value: object, expected: str, *, problem: str = "") -> NoReturn:
+        raise ModelConfigError(self.path, _dotted(at), value, expected, problem=problem)
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _dotted(parts: Iterable[str]) -> str:
+    """A TOML dotted key, quoting the parts that are not bare keys.
+
+    >>> _dotted(["models", "churn v2", "window"])
+    'models."churn v2".window'
+    """
+    return ".".join(p if _BARE_KEY.fullmatch(p) else '"' + p.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                    for p in parts)
+
+
+def _one_of(options: Sequence[str]) -> str:
+    """Options as a phrase.
+
+    >>> _one_of(["a", "b"]), _one_of(["a", "b", "c"])
+    ("'a' or 'b'", "one of 'a', 'b', 'c'")
+    """
+    quoted = [repr(o) for o in options]
+    return " or ".join(quoted) if len(quoted) == 2 else f"one of {', '.join(quoted)}"

@@ -1,0 +1,116 @@
+"""Early warning on a model version's per-event error stream: river's ADWIN and Page-Hinkley.
+
+Errors arrive in label arrival order (a late label is an error known late). Classification
+errors are 0/1; regression errors are absolute errors divided by a scale fixed from the
+first ``SCALE_SAMPLES`` errors, so Page-Hinkley's delta and threshold mean the same thing for
+any unit (with river's defaults on raw regression errors it fires every 1-2k labels on stable
+stretches).
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+
+from river import drift
+
+from feedback.config import DetectorConfig
+
+SCALE_SAMPLES = 100
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Detection:
+    """A detector fired on the ``label_index``-th error; ``change_index`` is where it puts the change."""
+
+    detector: str
+    label_index: int
+    change_index: int | None
+    mean_before: float | None
+    mean_after: float | None
+
+
+class ErrorStreamDetectors:
+    """ADWIN and Page-Hinkley over one version's error stream, with state that pickles.
+
+    >>> d = ErrorStreamDetectors(DetectorConfig(), scaled=False)
+    >>> hits = [h for i in range(3000) for h in d.update(0.0 if i < 1500 else 1.0)]
+    >>> sorted({h.detector for h in hits}), 1500 < hits[0].label_index < 1600
+    (['adwin', 'page_hinkley'], True)
+    """
+
+    def __init__(self, config: DetectorConfig, *, scaled: bool) -> None:
+        self.config = config
+        self.scaled = scaled
+        self._reset()
+
+    def _reset(self) -> None:
+        self.n = 0
+        self.scale: float | None = None if self.scaled else 1.0
+        self._warmup: list[float] = []
+        self.adwin = drift.ADWIN(delta=self.config.adwin_delta)
+        self.page_hinkley = self._new_page_hinkley()
+        self._ph_sum = 0.0
+        self._ph_count = 0
+
+    def _new_page_hinkley(self) -> drift.PageHinkley:
+        c = self.config
+        return drift.PageHinkley(
+            min_instances=c.page_hinkley_min_instances,
+            delta=c.page_hinkley_delta,
+            threshold=c.page_hinkley_threshold,
+            alpha=c.page_hinkley_alpha,
+            mode="up",  # errors rising is the warning; errors falling is not
+        )
+
+    def update(self, error: float) -> list[Detection]:
+        """Feed one error; returns the detections it caused."""
+        self.n += 1
+        if self.scale is None:
+            # the regression scale is learnt from the first errors; they are fed once it is known
+            self._warmup.append(error)
+            if len(self._warmup) < SCALE_SAMPLES:
+                return []
+            mean = sum(self._warmup) / len(self._warmup)
+            self.scale = mean if mean > 0 else 1.0
+            pending, self._warmup = self._warmup, []
+            first = self.n - len(pending) + 1
+            return [d for i, e in enumerate(pending) for d in self._feed(e / self.scale, first + i)]
+        return self._feed(error / self.scale, self.n)
+
+    def _feed(self, x: float, index: int) -> list[Detection]:
+        found = []
+        before = self.adwin.estimation
+        width_before = self.adwin.width
+        self.adwin.update(x)
+        if self.adwin.drift_detected:
+            kept = int(self.adwin.width)
+            found.append(Detection(
+                detector="adwin", label_index=index, change_index=index - kept + 1,
+                mean_before=float(before) if width_before else None, mean_after=float(self.adwin.estimation),
+            ))
+        ph_before = self._ph_sum / self._ph_count if self._ph_count else None
+        self.page_hinkley.update(x)
+        self._ph_sum += x
+        self._ph_count += 1
+        if self.page_hinkley.drift_detected:
+            found.append(Detection(
+                detector="page_hinkley", label_index=index, change_index=None, mean_before=ph_before,
+                mean_after=None,
+            ))
+            # river resets Page-Hinkley itself after a detection; so does the running mean
+            self._ph_sum, self._ph_count = 0.0, 0
+        return found
+
+    def dumps(self) -> bytes:
+        """The whole state, to checkpoint with the batch that produced it."""
+        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @staticmethod
+    def loads(state: bytes) -> ErrorStreamDetectors:
+        # only ever state this process family wrote into its own table (see the README)
+        obj = pickle.loads(state)  # noqa: S301
+        if not isinstance(obj, ErrorStreamDetectors):
+            msg = f"detector_state holds a {type(obj).__name__}, not ErrorStreamDetectors"
+            raise TypeError(msg)
+        return obj

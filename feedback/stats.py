@@ -1,0 +1,460 @@
+"""Drift statistics computed from bin counts, vectorised over features and windows, and their registry.
+
+Every statistic takes a reference and a current array of counts of shape ``(..., B)`` that broadcast
+against each other (typically ``(F, 1, B)`` and ``(F, W, B)``) and returns arrays of the broadcast
+leading shape (0-d for 1-D input; use ``float()``). Features have different numbers of bins, so the
+bin axis is padded: ``valid`` (boolean, broadcastable against the counts) marks the real bins, and
+padded bins are ignored entirely. A window with no counts has no distribution: its statistics are nan.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from scipy import special, stats
+
+__all__ = [
+    "DRIFT_TESTS",
+    "PSI_BANDS",
+    "ChiSquareResult",
+    "DriftTest",
+    "KsResult",
+    "chi_square",
+    "holm",
+    "js_distance",
+    "ks_from_grid",
+    "psi",
+    "psi_band",
+    "smoothed_proportions",
+    "threshold_sentence",
+]
+
+FloatArray = npt.NDArray[np.float64]
+
+PSI_BANDS = (0.1, 0.25)
+"""PSI below the first edge is stable, below the second worth watching, at or above it drift."""
+
+
+@dataclass(frozen=True, slots=True)
+class KsResult:
+    """Two-sample Kolmogorov-Smirnov test on binned values (see `ks_from_grid`)."""
+
+    statistic: FloatArray
+    pvalue: FloatArray
+    max_error: FloatArray
+
+
+@dataclass(frozen=True, slots=True)
+class ChiSquareResult:
+    """Chi-square test of homogeneity of two count vectors (see `chi_square`)."""
+
+    statistic: FloatArray
+    pvalue: FloatArray
+    dof: npt.NDArray[np.int64]
+
+
+def _counts(counts: npt.ArrayLike, valid: npt.ArrayLike | None, name: str) -> FloatArray:
+    """The counts as floats with padded bins zeroed; bad counts fail here, naming the argument."""
+    arr = np.asarray(counts, dtype=np.float64)
+    if arr.ndim == 0:
+        msg = f"{name} must have a bin axis, got a scalar {arr!r}"
+        raise ValueError(msg)
+    if not np.all(np.isfinite(arr) & (arr >= 0)):
+        msg = f"{name} must be finite and non-negative, got {arr[~(np.isfinite(arr) & (arr >= 0))][:5]!r}"
+        raise ValueError(msg)
+    if valid is None:
+        return arr
+    return np.where(np.asarray(valid, dtype=bool), arr, 0.0)
+
+
+def _nan_where(mask: npt.NDArray[np.bool_], values: FloatArray) -> FloatArray:
+    return np.asarray(np.where(mask, np.nan, values), dtype=np.float64)
+
+
+def smoothed_proportions(
+    counts: npt.ArrayLike,
+    *,
+    valid: npt.ArrayLike | None = None,
+    alpha: float = 0.5,
+    floor: float = 1e-3,
+) -> FloatArray:
+    """Proportions of the valid bins with additive smoothing and a floor, summing to 1 along the last axis.
+
+    ``p_i = (c_i + alpha) / (n + alpha * k)`` over the ``k`` valid bins (alpha=0.5 is the Jeffreys
+    prior), then every proportion is raised to at least ``floor`` and the valid bins renormalised.
+    Padded bins get no mass and stay 0; a row with no counts gets nan in every bin.
+
+    Why: PSI divides by proportions, so an empty bin must not count as (near) zero. With the seed
+    code's 1e-10 epsilon, one brand-new category holding 1% of the current traffic contributes
+    0.01 * ln(0.01 / 1e-10) = 0.184 to PSI on its own, over the 0.15 alert threshold. Smoothed and
+    floored (10 000 reference rows), the same bin contributes about 0.021: visible, not an alarm.
+
+    >>> smoothed_proportions(np.array([3, 1, 0])).round(3)
+    array([0.636, 0.273, 0.091])
+    >>> smoothed_proportions(np.array([3, 1, 0, 0]), valid=np.array([True, True, True, False])).round(3)
+    array([0.636, 0.273, 0.091, 0.   ])
+    """
+    if not (alpha >= 0 and floor >= 0):
+        msg = f"alpha and floor must be non-negative, got alpha={alpha!r}, floor={floor!r}"
+        raise ValueError(msg)
+    arr = _counts(counts, valid, "counts")
+    is_valid = np.ones(arr.shape, dtype=bool) if valid is None else np.broadcast_to(np.asarray(valid, bool), arr.shape)
+    k = is_valid.sum(axis=-1, keepdims=True)
+    n = arr.sum(axis=-1, keepdims=True)
+    empty = n <= 0
+    # a safe denominator keeps empty rows (set to nan below) from warning
+    p = np.where(is_valid, (arr + alpha) / np.where(empty, 1.0, n + alpha * k), 0.0)
+    p = np.where(is_valid, np.maximum(p, floor), 0.0)
+    total = p.sum(axis=-1, keepdims=True)
+    p = p / np.where(total > 0, total, 1.0)
+    return _nan_where(empty, p)
+
+
+def psi(
+    ref_counts: npt.ArrayLike,
+    cur_counts: npt.ArrayLike,
+    *,
+    valid: npt.ArrayLike | None = None,
+    alpha: float = 0.5,
+    floor: float = 1e-3,
+) -> FloatArray:
+    """Population Stability Index ``sum((q - p) * ln(q / p))`` of the smoothed proportions.
+
+    ``p`` is the reference and ``q`` the current distribution, both from `smoothed_proportions`
+    with the same ``alpha`` and ``floor``. nan where either side has no counts.
+
+    >>> ref = np.array([500, 300, 200])
+    >>> round(float(psi(ref, ref)), 6)
+    0.0
+    >>> round(float(psi(ref, np.array([300, 300, 400]))), 3)
+    0.24
+    """
+    p = smoothed_proportions(ref_counts, valid=valid, alpha=alpha, floor=floor)
+    q = smoothed_proportions(cur_counts, valid=valid, alpha=alpha, floor=floor)
+    # (q - p) ln(q/p) = q ln(q/p) + p ln(p/q); rel_entr is 0 for the padded 0/0 bins, without warnings
+    return np.asarray(np.sum(special.rel_entr(q, p) + special.rel_entr(p, q), axis=-1), dtype=np.float64)
+
+
+def js_distance(
+    ref_counts: npt.ArrayLike,
+    cur_counts: npt.ArrayLike,
+    *,
+    valid: npt.ArrayLike | None = None,
+) -> FloatArray:
+    """Jensen-Shannon distance in base 2 (in [0, 1]) of the raw proportions, as scipy's ``jensenshannon``.
+
+    No smoothing: ``0 * log(0) = 0``, so disjoint supports give exactly 1. nan where either side has
+    no counts.
+
+    >>> round(float(js_distance(np.array([1, 1, 0]), np.array([0, 1, 1]))), 4)
+    0.7071
+    >>> float(js_distance(np.array([1, 0]), np.array([0, 1])))
+    1.0
+    """
+    ref = _counts(ref_counts, valid, "ref_counts")
+    cur = _counts(cur_counts, valid, "cur_counts")
+    n = ref.sum(axis=-1, keepdims=True)
+    m = cur.sum(axis=-1, keepdims=True)
+    p = ref / np.where(n > 0, n, 1.0)
+    q = cur / np.where(m > 0, m, 1.0)
+    mid = (p + q) / 2.0
+    # same order of operations as scipy.spatial.distance.jensenshannon, so results agree to rounding
+    js = np.sum(special.rel_entr(p, mid), axis=-1) + np.sum(special.rel_entr(q, mid), axis=-1)
+    dist = np.sqrt(js / np.log(2.0) / 2.0)
+    return _nan_where((n[..., 0] <= 0) | (m[..., 0] <= 0), dist)
+
+
+def ks_from_grid(
+    ref_counts: npt.ArrayLike,
+    cur_counts: npt.ArrayLike,
+    *,
+    valid: npt.ArrayLike | None = None,
+) -> KsResult:
+    """Two-sample Kolmogorov-Smirnov test from counts over a fine grid of ordered value bins.
+
+    The bins must be ordered value intervals only: no "missing" or "other" bin (leave those to the
+    caller). ``statistic`` is ``max |F_ref - F_cur|`` over the bin edges; ``pvalue`` is
+    ``kstwo.sf(statistic, round(n * m / (n + m)))``, exactly what ``scipy.stats.ks_2samp(...,
+    method="asymp")`` computes. When no bin mixes two distinct raw values both equal scipy's.
+
+    ``max_error`` bounds how far the KS statistic of the raw values can lie above the grid one:
+    ``0 <= true - statistic <= max_k min(p_ref_k, p_cur_k)``. Proof: inside bin k both CDFs are
+    monotone, so D = F_ref - F_cur can rise at most p_ref_k above its value at the left edge and
+    at most p_cur_k above its value at the right edge, hence at most min(p_ref_k, p_cur_k) above
+    the grid maximum; the same holds for -D.
+
+    nan (all three fields) where either side has no counts.
+
+    >>> r = ks_from_grid(np.array([40, 30, 20, 10]), np.array([10, 20, 30, 40]))
+    >>> round(float(r.statistic), 3), round(float(r.max_error), 3)
+    (0.4, 0.2)
+    >>> float(r.pvalue) < 1e-6
+    True
+    """
+    ref = _counts(ref_counts, valid, "ref_counts")
+    cur = _counts(cur_counts, valid, "cur_counts")
+    n = ref.sum(axis=-1)
+    m = cur.sum(axis=-1)
+    safe_n = np.where(n > 0, n, 1.0)[..., None]
+    safe_m = np.where(m > 0, m, 1.0)[..., None]
+    # integer cumulative counts over n, like ks_2samp's searchsorted(...) / n, so ties agree exactly
+    gap = np.abs(np.cumsum(ref, axis=-1) / safe_n - np.cumsum(cur, axis=-1) / safe_m)
+    statistic = np.max(gap, axis=-1, initial=0.0)
+    max_error = np.max(np.minimum(ref / safe_n, cur / safe_m), axis=-1, initial=0.0)
+    empty = (n <= 0) | (m <= 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        en = np.round(n * m / (n + m))
+    pvalue = np.clip(_kstwo_sf(np.where(empty, 0.0, statistic), np.where(empty, 0.0, en)), 0.0, 1.0)
+    return KsResult(
+        statistic=_nan_where(empty, statistic),
+        pvalue=_nan_where(empty, pvalue),
+        max_error=_nan_where(empty, max_error),
+    )
+
+
+def _kstwo_sf(d: FloatArray, n: FloatArray) -> FloatArray:
+    """``scipy.stats.kstwo.sf(d, n)``, with scipy's own branches vectorised.
+
+    scipy evaluates kstwo one element at a time in Python (about 0.3 ms each), too slow for 480
+    windows. Its branches that are closed forms or short series are done here on whole arrays; only
+    the Durbin-matrix and Pomeranz branches (small n, or a tiny statistic with p near 1) still go
+    through scipy element by element. Mirrors scipy.stats._ksstats._kolmogn (scipy 1.14-1.17).
+    """
+    d, n = np.broadcast_arrays(np.asarray(d, dtype=np.float64), np.asarray(n, dtype=np.float64))
+    out = np.full(d.shape, np.nan)
+    ok = (n >= 1) & (n == np.round(n)) & ~np.isnan(d)
+    out[ok & (d >= 1.0)] = 0.0
+    t = n * d
+    out[ok & (d < 1.0) & (t <= 0.5)] = 1.0
+    todo = ok & (d < 1.0) & (t > 0.5)
+    # n * d**2 is the shape of the Kolmogorov limit; scipy switches algorithm on it
+    nx2 = t * d
+    small = n <= 140
+    rubin_low = todo & (t <= 1.0)  # n!/n^n (2t-1)^n: tiny statistic, p ~ 1
+    rest = todo & ~rubin_low
+    rubin_high = rest & (t >= n - 1)
+    rest &= ~rubin_high
+    with np.errstate(over="ignore", under="ignore"):
+        out[rubin_high] = 2.0 * (1.0 - d[rubin_high]) ** n[rubin_high]
+    smirnov = rest & ((d >= 0.5) | (small & (nx2 > 4.0)) | (~small & (nx2 >= 2.2) & (nx2 < 370.0)))
+    out[rest & ~small & (d < 0.5) & (nx2 >= 370.0)] = 0.0
+    out[smirnov] = 2.0 * special.smirnov(n[smirnov].astype(np.int64), d[smirnov])
+    series = rest & (d < 0.5) & ~small & (nx2 < 2.2)
+    dmtw = series & (n <= 100_000) & (n * d**1.5 <= 1.4)
+    pelz_good = series & ~dmtw
+    out[pelz_good] = 1.0 - _pelz_good_cdf(n[pelz_good], d[pelz_good])
+    slow = rubin_low | dmtw | (rest & small & (d < 0.5) & (nx2 <= 4.0))
+    if slow.any():
+        out[slow] = stats.kstwo.sf(d[slow], n[slow])
+    return np.clip(out, 0.0, 1.0)
+
+
+_PI2, _PI4, _PI6 = math.pi**2, math.pi**4, math.pi**6
+_SQRT2PI = math.sqrt(2 * math.pi)
+
+
+def _pelz_good_cdf(n: FloatArray, x: FloatArray) -> FloatArray:
+    """Pelz-Good approximation of the Kolmogorov CDF, scipy's ``_kolmogn_PelzGood`` on arrays."""
+    z = np.sqrt(n) * x
+    z2, z3, z4, z6 = z**2, z**3, z**4, z**6
+    qlog = -_PI2 / 8 / z2
+    q = np.exp(qlog)
+    k1a, k1b = -z2, _PI2 / 4
+    k2a, k2b, k2c = 6 * z6 + 2 * z4, (2 * z4 - 5 * z2) * _PI2 / 4, _PI4 * (1 - 2 * z2) / 16
+    k3d = _PI6 * (5 - 30 * z2) / 64
+    k3c = _PI4 * (-60 * z2 + 212 * z4) / 16
+    k3b = _PI2 * (135 * z4 - 96 * z6) / 4
+    k3a = -30 * z6 - 90 * z**8
+    maxk = np.ceil(16 * z / np.pi).astype(np.int64)
+    terms = np.zeros((4, z.size))
+    # Horner over k from each element's own maxk down, as scipy does; k above an element's maxk adds nothing
+    for k in range(int(maxk.max(initial=0)), 0, -1):
+        m2 = (2 * k - 1) ** 2
+        active = k <= maxk
+        coeffs = np.stack([np.ones_like(z), k1a + k1b * m2, k2a + k2b * m2 + k2c * m2**2,
+                           k3a + k3b * m2 + k3c * m2**2 + k3d * m2**3])
+        terms = terms * q ** (8 * k) + np.where(active, coeffs, 0.0)
+    terms *= q * _SQRT2PI
+    terms /= np.stack([z, 6 * z4, 72 * z**7, 6480 * z**10])
+    q = np.exp(-_PI2 / 2 / z2)
+    ks = np.arange(1, int(maxk.max(initial=0)) + 1)[:, None]
+    weights = np.where(ks <= maxk, ks**2 * q ** (ks**2), 0.0)
+    terms[2] += weights.sum(axis=0) * _PI2 * _SQRT2PI / (-36 * z3)
+    root3z = math.sqrt(3) * z
+    terms[3] += ((root3z + np.pi * ks) * (root3z - np.pi * ks) * weights).sum(axis=0) * _PI2 * _SQRT2PI / (216 * z6)
+    terms /= n ** (np.arange(4)[:, None] / 2.0)
+    # scipy returns cdf 0 when q underflows (z below ~0.042)
+    return np.where(qlog < -708, 0.0, terms.sum(axis=0))
+
+
+def chi_square(
+    ref_counts: npt.ArrayLike,
+    cur_counts: npt.ArrayLike,
+    *,
+    valid: npt.ArrayLike | None = None,
+) -> ChiSquareResult:
+    """Chi-square test of homogeneity of the 2 x k table [ref; cur], without continuity correction.
+
+    Bins empty in both rows are left out, so ``dof = k_nonempty - 1``; this equals
+    ``scipy.stats.chi2_contingency(table[:, nonempty], correction=False)``, including its
+    statistic 0 and p-value 1 when only one bin is non-empty. Statistic and p-value are nan where
+    either side has no counts (scipy raises there); ``dof`` is still the count above, at least 0.
+
+    >>> r = chi_square(np.array([30, 20, 0]), np.array([20, 30, 0]))
+    >>> float(r.statistic), int(r.dof), round(float(r.pvalue), 4)
+    (4.0, 1, 0.0455)
+    """
+    ref = _counts(ref_counts, valid, "ref_counts")
+    cur = _counts(cur_counts, valid, "cur_counts")
+    ref, cur = np.broadcast_arrays(ref, cur)
+    n = ref.sum(axis=-1, keepdims=True)
+    m = cur.sum(axis=-1, keepdims=True)
+    column = ref + cur
+    nonempty = column > 0
+    dof = np.maximum(nonempty.sum(axis=-1) - 1, 0).astype(np.int64)
+    total = np.where(n + m > 0, n + m, 1.0)
+    expected_ref = n * column / total
+    expected_cur = m * column / total
+    # expected is 0 in bins dropped from the table and in empty rows; both are masked out below
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cells = (ref - expected_ref) ** 2 / expected_ref + (cur - expected_cur) ** 2 / expected_cur
+    statistic = np.sum(np.where(nonempty, cells, 0.0), axis=-1)
+    statistic = np.where(dof == 0, 0.0, statistic)
+    pvalue = np.where(dof == 0, 1.0, special.chdtrc(np.maximum(dof, 1), statistic))
+    empty = (n[..., 0] <= 0) | (m[..., 0] <= 0)
+    return ChiSquareResult(statistic=_nan_where(empty, statistic), pvalue=_nan_where(empty, pvalue), dof=dof)
+
+
+def holm(pvalues: npt.ArrayLike) -> FloatArray:
+    """Holm-Bonferroni adjusted p-values of any shape; nan entries stay nan and are not counted as tests.
+
+    Why Holm: it controls the family-wise error rate under any dependence between the tests. The
+    windows of one model version share one reference profile, so their tests are positively
+    dependent, and the assumptions behind Benjamini-Hochberg are not guaranteed. Holm is also
+    uniformly more powerful than plain Bonferroni.
+
+    >>> holm(np.array([0.01, 0.04, np.nan, 0.03]))
+    array([0.03, 0.06,  nan, 0.06])
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    flat = p.ravel()
+    tested = ~np.isnan(flat)
+    if not np.all((flat[tested] >= 0) & (flat[tested] <= 1)):
+        msg = f"p-values must lie in [0, 1], got {flat[tested][(flat[tested] < 0) | (flat[tested] > 1)][:5]!r}"
+        raise ValueError(msg)
+    index = np.flatnonzero(tested)
+    order = index[np.argsort(flat[index], kind="stable")]
+    count = order.size
+    # step-down: the i-th smallest is multiplied by the number of hypotheses not yet rejected
+    stepped = np.maximum.accumulate((count - np.arange(count)) * flat[order])
+    adjusted = np.full(flat.shape, np.nan)
+    adjusted[order] = np.minimum(stepped, 1.0)
+    return adjusted.reshape(p.shape)
+
+
+@dataclass(frozen=True, slots=True)
+class DriftTest:
+    """A drift statistic and what is needed to read it: threshold, feature kinds, direction."""
+
+    name: str
+    func: Callable[..., object]
+    default_threshold: float
+    kinds: frozenset[str]
+    higher_is_drift: bool
+    description: str
+    pvalue_threshold: float | None = None
+
+
+NUMERIC, CATEGORICAL = "numeric", "categorical"
+
+DRIFT_TESTS: dict[str, DriftTest] = {
+    "psi": DriftTest(
+        name="psi",
+        func=psi,
+        default_threshold=0.15,
+        kinds=frozenset({NUMERIC, CATEGORICAL}),
+        higher_is_drift=True,
+        description="Population Stability Index of smoothed bin proportions; < 0.1 stable, 0.1-0.25 watch, "
+        ">= 0.25 drift",
+    ),
+    "ks": DriftTest(
+        name="ks",
+        func=ks_from_grid,
+        default_threshold=0.05,
+        kinds=frozenset({NUMERIC}),
+        higher_is_drift=True,
+        description="Kolmogorov-Smirnov statistic on a fine value grid; drift needs the statistic >= the effect "
+        "floor and the p-value < pvalue_threshold",
+        pvalue_threshold=0.01,
+    ),
+    "js": DriftTest(
+        name="js",
+        func=js_distance,
+        default_threshold=0.1,
+        kinds=frozenset({NUMERIC, CATEGORICAL}),
+        higher_is_drift=True,
+        description="Jensen-Shannon distance (base 2, in [0, 1]) of raw bin proportions",
+    ),
+    "chi2": DriftTest(
+        name="chi2",
+        func=chi_square,
+        default_threshold=0.01,
+        kinds=frozenset({CATEGORICAL}),
+        higher_is_drift=False,
+        description="chi-square test of homogeneity of category counts; the threshold is on the p-value",
+        pvalue_threshold=0.01,
+    ),
+}
+
+
+def psi_band(value: float) -> str:
+    """The PSI band of a value: "stable" below 0.1, "watch" below 0.25, "drift" from 0.25 up.
+
+    >>> psi_band(0.03), psi_band(0.1), psi_band(0.25)
+    ('stable', 'watch', 'drift')
+    """
+    if math.isnan(value):
+        msg = f"psi is undefined (nan), so it has no band; got {value!r}"
+        raise ValueError(msg)
+    if value < PSI_BANDS[0]:
+        return "stable"
+    return "watch" if value < PSI_BANDS[1] else "drift"
+
+
+def _format_pvalue(value: float) -> str:
+    if value != 0 and abs(value) < 1e-3:
+        mantissa, exponent = f"{value:.2e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{exponent}"
+    return f"{value:.3f}"
+
+
+def threshold_sentence(metric: str, value: float, threshold: float, *, higher_is_drift: bool = True) -> str:
+    """The comparison a drift decision made, as a sentence, e.g. "psi 0.212 >= 0.150".
+
+    Drift is ``value >= threshold`` when ``higher_is_drift`` and ``value < threshold`` otherwise
+    (p-values), so the relation printed is always ">=" or "<". Values are written with 3 decimals;
+    p-values (``higher_is_drift=False`` or a metric named "... p-value") with 3 significant digits in
+    scientific notation below 0.001, and their threshold as given.
+
+    >>> threshold_sentence("psi", 0.2123, 0.15)
+    'psi 0.212 >= 0.150'
+    >>> threshold_sentence("psi", 0.031, 0.15)
+    'psi 0.031 < 0.150'
+    >>> threshold_sentence("ks p-value", 2.1e-05, 0.01, higher_is_drift=False)
+    'ks p-value 2.1e-05 < 0.01'
+    """
+    if math.isnan(value):
+        return f"{metric} undefined (nan), threshold {threshold:g}"
+    relation = ">=" if value >= threshold else "<"
+    if not higher_is_drift or metric.endswith("p-value"):
+        shown, limit = _format_pvalue(value), f"{threshold:g}"
+    else:
+        shown, limit = f"{value:.3f}", f"{threshold:.3f}"
+    if shown == limit and value != threshold:
+        # rounding must not make a sentence read "0.150 < 0.150"
+        shown, limit = f"{value:.6g}", f"{threshold:.6g}"
+    return f"{metric} {shown} {relation} {limit}"

@@ -1,0 +1,520 @@
+"""Window accumulators, updated inside the ingest's transaction for the rows that transaction adds.
+
+Per monitored model version, segment and tumbling window of ``predicted_at``:
+
+* ``window_counts``: counts per reference bin of every feature, the prediction, the score,
+  the label, and the row count, from predictions new to the store;
+* ``window_performance``: additive performance aggregates (feedback/performance.py) of the
+  labelled predictions;
+* ``detector_state``: river detectors on the version's error stream, in label arrival order.
+
+Replays count nothing twice because only rows the transaction actually inserted are counted,
+and a label is counted through ``current_labels.counted_label``: the label whose contribution
+the windows hold. Counting a label moves the contribution from ``counted_label`` to ``label``
+in the same statement that sets one to the other, so a correction moves a prediction from its
+old label to its new one exactly once. A prediction and its label written at the same moment
+by two workers can each miss the other; the pair then stays in the ``current_labels_uncounted``
+index and :func:`count_uncounted` (run before every evaluation) counts it.
+
+Nothing is counted for a version until it has a reference profile; creating the profile
+counts everything stored so far (:func:`rebuild_version`), under an exclusive advisory lock
+that every ingest transaction writing that version holds shared.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+import psycopg
+
+from feedback import performance
+from feedback.config import ModelConfig, MonitoringConfig
+from feedback.detectors import ErrorStreamDetectors
+from feedback.profile import (
+    LABEL,
+    PREDICTION,
+    ROWS,
+    SCORE,
+    FeatureKind,
+    ReferenceProfile,
+    build_profile,
+    category_key,
+)
+from schemas import PredictionEvent
+
+log = logging.getLogger(__name__)
+
+ALL = "*"  # the segment of all traffic
+PROFILE_LOCK_CLASS = 0x5052  # advisory lock class of "a version's profile and its windows"
+
+STAGE_TABLES = """
+CREATE TEMP TABLE IF NOT EXISTS _in_counts (
+    model_name text, model_version text, window_s integer, segment text, window_start timestamptz,
+    series text, counts bigint[]
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS _in_stats (
+    model_name text, model_version text, window_s integer, segment text, window_start timestamptz,
+    stats jsonb
+) ON COMMIT DELETE ROWS;
+"""
+
+_UPSERT_COUNTS = """
+INSERT INTO window_counts AS w
+SELECT * FROM _in_counts ORDER BY model_name, model_version, window_s, segment, window_start, series
+ON CONFLICT (model_name, model_version, window_s, segment, window_start, series)
+DO UPDATE SET counts = add_counts(w.counts, excluded.counts)
+"""
+
+_UPSERT_STATS = """
+INSERT INTO window_performance AS w
+SELECT * FROM _in_stats ORDER BY model_name, model_version, window_s, segment, window_start
+ON CONFLICT (model_name, model_version, window_s, segment, window_start)
+DO UPDATE SET stats = add_stats(w.stats, excluded.stats)
+"""
+
+# Moves each listed prediction's contribution from the label it counted to its current label;
+# predictions not stored yet, or of versions without a profile, are left for later.
+_COUNT_LABELS = """
+UPDATE current_labels c SET counted_label = c.label
+FROM predictions p
+WHERE c.prediction_id = ANY(%(ids)s)
+  AND p.prediction_id = c.prediction_id
+  AND c.counted_label IS DISTINCT FROM c.label
+  AND p.model_name = ANY(%(models)s)
+  AND EXISTS (SELECT 1 FROM reference_profiles r
+              WHERE r.model_name = p.model_name AND r.model_version = p.model_version)
+RETURNING c.prediction_id, old.counted_label, new.label, c.observed_at, p.model_name, p.model_version,
+          p.predicted_at, p.prediction, p.probabilities, p.score, p.segment
+"""
+
+_UNCOUNTED = """
+SELECT c.prediction_id FROM current_labels c JOIN predictions p USING (prediction_id)
+WHERE c.counted_label IS DISTINCT FROM c.label AND p.model_name = ANY(%s)
+ORDER BY c.prediction_id
+"""
+
+_PROFILE_STAMPS = """
+SELECT model_name, model_version, created_at FROM reference_profiles
+WHERE (model_name, model_version) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
+"""
+
+_PROFILES = """
+SELECT model_name, model_version, source, n_rows, profile, created_at FROM reference_profiles
+WHERE (model_name, model_version) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
+"""
+
+# Every transaction that counts holds its models' locks shared; installing a profile holds its
+# model's lock exclusively, so it never interleaves with counting.
+_LOCK_SHARED = """
+SELECT count(pg_advisory_xact_lock_shared(%s, hashtext(m)))
+FROM (SELECT m FROM unnest(%s::text[]) AS t(m) ORDER BY m) AS sorted
+"""
+
+_DETECTOR_STATE = """
+SELECT model_name, model_version, n_updates, state FROM detector_state
+WHERE (model_name, model_version) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
+ORDER BY model_name, model_version
+FOR UPDATE
+"""
+
+_SAVE_DETECTOR = """
+INSERT INTO detector_state (model_name, model_version, n_updates, state, updated_at)
+VALUES (%s, %s, %s, %s, now())
+ON CONFLICT (model_name, model_version) DO UPDATE
+SET n_updates = excluded.n_updates, state = excluded.state, updated_at = now()
+"""
+
+_DETECTOR_EVENT = """
+INSERT INTO detector_events (model_name, model_version, detector, label_index, change_index, prediction_id,
+    predicted_at, observed_at, error_mean_before, error_mean_after)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT DO NOTHING
+"""
+
+Version = tuple[str, str]
+WindowKey = tuple[str, str, str, datetime]  # model, version, segment, window start
+
+
+@dataclass(slots=True)
+class WindowDelta:
+    """Everything one transaction adds to the accumulators, before it is written."""
+
+    counts: dict[tuple[str, str, str, datetime, str], np.ndarray] = field(default_factory=dict)
+    stats: dict[WindowKey, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
+    errors: dict[Version, list[tuple[float, str, datetime, datetime]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+
+    def add_counts(self, key: tuple[str, str, str, datetime, str], counts: np.ndarray) -> None:
+        have = self.counts.get(key)
+        self.counts[key] = counts if have is None else have + counts
+
+
+def window_start(at: datetime, window_s: int) -> datetime:
+    """The start of the tumbling window holding ``at`` (windows align to the Unix epoch, so to UTC days).
+
+    >>> window_start(datetime(2026, 3, 1, 10, 59, tzinfo=UTC), 3600)
+    datetime.datetime(2026, 3, 1, 10, 0, tzinfo=datetime.timezone.utc)
+    """
+    ts = int(at.timestamp())
+    return datetime.fromtimestamp(ts - ts % window_s, tz=UTC)
+
+
+def segments_of(config: ModelConfig, segment: Mapping[str, str] | None) -> list[str]:
+    """The segments an event counts in: all traffic, and one per declared attribute."""
+    values = segment or {}
+    return [ALL, *(f"{a}={values.get(a, '__missing__')}" for a in config.segments)]
+
+
+class WindowUpdater:
+    """Computes and writes accumulator deltas for the monitored models of a :class:`MonitoringConfig`."""
+
+    def __init__(self, config: MonitoringConfig) -> None:
+        self.config = config
+        self._profiles: dict[Version, ReferenceProfile] = {}
+        self._stamps: dict[Version, datetime] = {}
+        self._detectors: dict[Version, tuple[int, ErrorStreamDetectors]] = {}
+        #: versions seen without a profile, for the profile builder to look at
+        self.unprofiled: set[Version] = set()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.config.models)
+
+    # --- the ingest transaction -------------------------------------------------------------
+
+    def apply(
+        self, cur: psycopg.Cursor[Any], new_predictions: Sequence[PredictionEvent], label_ids: Sequence[str]
+    ) -> None:
+        """Add the effect of this transaction's new predictions and changed labels."""
+        monitored = [p for p in new_predictions if p.model_name in self.config.models]
+        versions = sorted({(p.model_name, p.model_version) for p in monitored})
+        if not monitored and not label_ids:
+            return
+        self.lock_shared(cur)
+        profiles = self.profiles(cur, versions)
+        delta = WindowDelta()
+        by_version: dict[Version, list[PredictionEvent]] = defaultdict(list)
+        for p in monitored:
+            by_version[(p.model_name, p.model_version)].append(p)
+        for version, events in by_version.items():
+            profile = profiles.get(version)
+            if profile is None:
+                self.unprofiled.add(version)
+                continue
+            self._count_predictions(delta, self.config.models[version[0]], profile, events)
+        ids = [p.prediction_id for p in monitored if (p.model_name, p.model_version) in profiles]
+        ids.extend(label_ids)
+        if ids:
+            self.count_labels(cur, ids, delta)
+        self.write(cur, delta)
+
+    def count_labels(
+        self, cur: psycopg.Cursor[Any], ids: Sequence[str], delta: WindowDelta, *, detectors: bool = True
+    ) -> int:
+        """Count the labels of ``ids`` whose counted label differs from their label; returns how many."""
+        cur.execute(_COUNT_LABELS, {"ids": list(ids), "models": sorted(self.config.models)})
+        rows = cur.fetchall()
+        self.profiles(cur, {(r[4], r[5]) for r in rows})
+        # label arrival order, for the detectors (the order rows come back in is arbitrary)
+        rows.sort(key=lambda r: (r[3], r[0]))
+        for (prediction_id, old_label, new_label, observed_at, model, version, predicted_at, prediction,
+             probabilities, score, segment) in rows:
+            config = self.config.models[model]
+            profile = self._profiles[(model, version)]
+            start = window_start(predicted_at, config.window_s)
+            p_pos = _positive_probability(config, probabilities, score)
+            label_series = profile.series.get(LABEL)
+            for seg in segments_of(config, segment):
+                key = (model, version, seg, start)
+                stats = delta.stats[key]
+                for label, sign in ((old_label, -1), (new_label, 1)):
+                    if label is None:
+                        continue
+                    performance.add(stats, _contribution(config, label, prediction, p_pos), sign)
+                    if label_series is not None:
+                        counts = np.zeros(label_series.n_bins, dtype=np.int64)
+                        counts[label_series.bin_values([label])[0]] = sign
+                        delta.add_counts((*key, LABEL), counts)
+            if detectors:
+                delta.errors[(model, version)].append(
+                    (_error(config, new_label, prediction), prediction_id, predicted_at, observed_at)
+                )
+        return len(rows)
+
+    def write(self, cur: psycopg.Cursor[Any], delta: WindowDelta) -> None:
+        """Write a delta's counts, aggregates and detector updates."""
+        counts = [
+            (m, v, self.config.models[m].window_s, seg, start, series, c.tolist())
+            for (m, v, seg, start, series), c in sorted(delta.counts.items(), key=lambda kv: kv[0])
+            if c.any()
+        ]
+        if counts:
+            with cur.copy("COPY _in_counts FROM STDIN") as copy:
+                copy.set_types(["text", "text", "int4", "text", "timestamptz", "text", "int8[]"])
+                for row in counts:
+                    copy.write_row(row)
+            cur.execute(_UPSERT_COUNTS)
+        stats = [
+            (m, v, self.config.models[m].window_s, seg, start, orjson.dumps(s).decode())
+            for (m, v, seg, start), s in sorted(delta.stats.items(), key=lambda kv: kv[0])
+            if any(s.values())
+        ]
+        if stats:
+            with cur.copy("COPY _in_stats FROM STDIN") as copy:
+                for row in stats:
+                    copy.write_row(row)
+            cur.execute(_UPSERT_STATS)
+        if delta.errors:
+            self._update_detectors(cur, delta.errors)
+
+    # --- counting -----------------------------------------------------------------------------
+
+    def _count_predictions(
+        self, delta: WindowDelta, config: ModelConfig, profile: ReferenceProfile, events: Sequence[PredictionEvent]
+    ) -> None:
+        starts = [window_start(p.predicted_at, config.window_s) for p in events]
+        groups = sorted(
+            {(seg, s) for p, s in zip(events, starts, strict=True) for seg in segments_of(config, p.segment)}
+        )
+        index = {g: i for i, g in enumerate(groups)}
+        # each event belongs to one group per segment dimension
+        gid = np.array(
+            [[index[(seg, s)] for seg in segments_of(config, p.segment)] for p, s in zip(events, starts, strict=True)],
+            dtype=np.int64,
+        ).T
+        key_base = (config.name, events[0].model_version)
+        for name, series in profile.series.items():
+            if name == LABEL:
+                continue
+            values = _series_values(config, name, events)
+            bins = series.bin_values(values)
+            flat = (gid * series.n_bins + bins).ravel()
+            table = np.bincount(flat, minlength=len(groups) * series.n_bins).reshape(len(groups), series.n_bins)
+            for (seg, s), i in index.items():
+                if table[i].any():
+                    delta.add_counts((*key_base, seg, s, name), table[i])
+        rows = np.bincount(gid.ravel(), minlength=len(groups))
+        for (seg, s), i in index.items():
+            delta.add_counts((*key_base, seg, s, ROWS), rows[i : i + 1].copy())
+
+    # --- profiles -------------------------------------------------------------------------------
+
+    def lock_shared(self, cur: psycopg.Cursor[Any]) -> None:
+        """Hold every monitored model's profile lock shared until the transaction ends."""
+        cur.execute(_LOCK_SHARED, (PROFILE_LOCK_CLASS, sorted(self.config.models)))
+
+    def profiles(self, cur: psycopg.Cursor[Any], versions: Iterable[Version]) -> dict[Version, ReferenceProfile]:
+        """The current profiles of ``versions`` that exist; a profile replaced since it was cached is reloaded."""
+        versions = sorted(versions)
+        if not versions:
+            return {}
+        models, names = [m for m, _ in versions], [v for _, v in versions]
+        cur.execute(_PROFILE_STAMPS, (models, names))
+        stamps = {(m, v): at for m, v, at in cur.fetchall()}
+        stale = [v for v, at in stamps.items() if self._stamps.get(v) != at]
+        if stale:
+            cur.execute(_PROFILES, ([m for m, _ in stale], [v for _, v in stale]))
+            for model, version, source, n_rows, doc, at in cur.fetchall():
+                self._profiles[(model, version)] = ReferenceProfile.from_row(model, version, source, n_rows, doc)
+                self._stamps[(model, version)] = at
+        return {v: self._profiles[v] for v in versions if v in stamps}
+
+    # --- detectors ------------------------------------------------------------------------------
+
+    def _update_detectors(
+        self, cur: psycopg.Cursor[Any], errors: Mapping[Version, list[tuple[float, str, datetime, datetime]]]
+    ) -> None:
+        versions = sorted(errors)
+        cur.execute(_DETECTOR_STATE, ([m for m, _ in versions], [v for _, v in versions]))
+        stored = {(m, v): (n, state) for m, v, n, state in cur.fetchall()}
+        for version in versions:
+            config = self.config.models[version[0]]
+            n_stored, state = stored.get(version, (0, None))
+            cached = self._detectors.get(version)
+            if cached is not None and cached[0] == n_stored:
+                detectors = cached[1]
+            elif state is not None:
+                detectors = ErrorStreamDetectors.loads(state)
+            else:
+                detectors = ErrorStreamDetectors(config.detectors, scaled=config.task == "regression")
+            for error, prediction_id, predicted_at, observed_at in errors[version]:
+                for hit in detectors.update(error):
+                    cur.execute(_DETECTOR_EVENT, (
+                        *version, hit.detector, hit.label_index, hit.change_index, prediction_id, predicted_at,
+                        observed_at, hit.mean_before, hit.mean_after,
+                    ))
+            cur.execute(_SAVE_DETECTOR, (*version, detectors.n, detectors.dumps()))
+            self._detectors[version] = (detectors.n, detectors)
+
+
+def count_uncounted(cur: psycopg.Cursor[Any], updater: WindowUpdater) -> int:
+    """Count labels whose prediction was stored by a concurrent transaction; returns how many."""
+    updater.lock_shared(cur)
+    cur.execute(_UNCOUNTED, (sorted(updater.config.models),))
+    ids = [r[0] for r in cur.fetchall()]
+    if not ids:
+        return 0
+    delta = WindowDelta()
+    n = updater.count_labels(cur, ids, delta)
+    updater.write(cur, delta)
+    return n
+
+
+def _series_values(config: ModelConfig, name: str, events: Sequence[PredictionEvent]) -> list[Any]:
+    if name == PREDICTION:
+        return [p.prediction for p in events]
+    if name == SCORE:
+        return [_positive_probability(config, p.probabilities, p.score) for p in events]
+    return [p.features.get(name) for p in events]
+
+
+def _positive_probability(config: ModelConfig, probabilities: Mapping[str, float] | None, score: float | None):
+    if config.score == "score":
+        return score
+    if config.score == "probabilities" and probabilities is not None:
+        return probabilities.get(category_key(config.positive_class))
+    return None
+
+
+def _contribution(config: ModelConfig, label: Any, prediction: Any, p_pos: float | None) -> dict[str, int]:
+    if config.task == "classification":
+        return performance.classification_contributions(
+            [label], [prediction], [p_pos], positive=config.positive_class
+        )[0]
+    if type(label) not in (int, float) or type(prediction) not in (int, float):
+        return {}
+    return performance.regression_contributions([float(label)], [float(prediction)])[0]
+
+
+def _error(config: ModelConfig, label: Any, prediction: Any) -> float:
+    if config.task == "classification":
+        return 0.0 if performance._same_label(label, prediction) else 1.0
+    if type(label) not in (int, float) or type(prediction) not in (int, float):
+        return 0.0
+    return abs(float(prediction) - float(label))
+
+
+# --- profiles: installing one recounts the version ---------------------------------------------
+
+_LOCK_EXCLUSIVE = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
+
+_SAVE_PROFILE = """
+INSERT INTO reference_profiles (model_name, model_version, source, n_rows, profile)
+VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (model_name, model_version) DO UPDATE
+SET source = excluded.source, n_rows = excluded.n_rows, profile = excluded.profile, created_at = now()
+"""
+
+_FORGET_WINDOWS = (
+    "DELETE FROM window_counts WHERE model_name = %(m)s AND model_version = %(v)s",
+    "DELETE FROM window_performance WHERE model_name = %(m)s AND model_version = %(v)s",
+    """UPDATE current_labels c SET counted_label = NULL FROM predictions p
+    WHERE p.prediction_id = c.prediction_id AND p.model_name = %(m)s AND p.model_version = %(v)s
+      AND c.counted_label IS NOT NULL""",
+)
+
+_VERSION_PREDICTIONS = """
+SELECT prediction_id, model_name, model_version, predicted_at, features, prediction, probabilities, score, segment
+FROM predictions WHERE model_name = %s AND model_version = %s
+"""
+
+_FIRST_PREDICTIONS = """
+SELECT features, prediction, probabilities, score, l.label
+FROM predictions p LEFT JOIN current_labels l USING (prediction_id)
+WHERE model_name = %s AND model_version = %s
+ORDER BY predicted_at, prediction_id
+LIMIT %s
+"""
+
+REBUILD_CHUNK = 5000
+
+
+def install_profile(conn: psycopg.Connection[Any], updater: WindowUpdater, profile: ReferenceProfile) -> int:
+    """Store ``profile`` for its version and recount every stored row of the version in its bins.
+
+    Runs in one transaction under the version's exclusive lock, so no ingest transaction
+    writes the version meanwhile; returns the number of predictions counted.
+    """
+    version = (profile.model_name, profile.model_version)
+    config = updater.config.models[profile.model_name]
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(_LOCK_EXCLUSIVE, (PROFILE_LOCK_CLASS, version[0]))
+        cur.execute(_SAVE_PROFILE, (*version, profile.source, profile.n_rows, profile.to_json().decode()))
+        for statement in _FORGET_WINDOWS:
+            cur.execute(statement, {"m": version[0], "v": version[1]})
+        updater.profiles(cur, [version])
+        n = 0
+        with conn.cursor(name="pitstop_rebuild") as rows:
+            rows.execute(_VERSION_PREDICTIONS, version)
+            while chunk := rows.fetchmany(REBUILD_CHUNK):
+                events = [_event_of(r) for r in chunk]
+                delta = WindowDelta()
+                updater._count_predictions(delta, config, updater._profiles[version], events)
+                updater.count_labels(cur, [e.prediction_id for e in events], delta, detectors=False)
+                updater.write(cur, delta)
+                n += len(events)
+        updater.unprofiled.discard(version)
+    return n
+
+
+def profile_from_first_predictions(
+    cur: psycopg.Cursor[Any], config: ModelConfig, model_version: str
+) -> ReferenceProfile | None:
+    """The version's profile from its first ``reference_rows`` predictions, once that many are stored."""
+    cur.execute(_FIRST_PREDICTIONS, (config.name, model_version, config.reference_rows))
+    rows = cur.fetchall()
+    if len(rows) < config.reference_rows:
+        return None
+    columns = reference_columns(
+        config,
+        features=[r[0] for r in rows],
+        predictions=[r[1] for r in rows],
+        scores=[_positive_probability(config, r[2], r[3]) for r in rows],
+        labels=[r[4] for r in rows],
+    )
+    return build_profile(config.name, model_version, columns, _kinds(config),
+                         source=f"first {len(rows)} predictions")
+
+
+def reference_columns(
+    config: ModelConfig,
+    *,
+    features: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]],
+    predictions: Sequence[Any] | None,
+    scores: Sequence[Any] | None,
+    labels: Sequence[Any] | None,
+) -> dict[str, Sequence[Any]]:
+    """The columns a profile is built from: features, prediction, score and label (when present)."""
+    if isinstance(features, Mapping):
+        columns: dict[str, Sequence[Any]] = dict(features)
+    else:
+        names = sorted({k for f in features for k in f})
+        columns = {n: [f.get(n) for f in features] for n in names}
+    if predictions is not None:
+        columns[PREDICTION] = predictions
+    if scores is not None and config.score != "none":
+        columns[SCORE] = scores
+    if labels is not None and any(v is not None for v in labels):
+        columns[LABEL] = labels
+    return columns
+
+
+def _kinds(config: ModelConfig) -> dict[str, FeatureKind]:
+    outcome: FeatureKind = "categorical" if config.task == "classification" else "numeric"
+    return {**config.features, PREDICTION: outcome, LABEL: outcome, SCORE: "numeric"}
+
+
+def _event_of(row: Sequence[Any]) -> PredictionEvent:
+    pid, model, version, predicted_at, features, prediction, probabilities, score, segment = row
+    return PredictionEvent(
+        prediction_id=pid, model_name=model, model_version=version, predicted_at=predicted_at, features=features,
+        prediction=prediction, probabilities=probabilities, score=score, segment=segment,
+    )

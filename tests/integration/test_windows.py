@@ -1,0 +1,228 @@
+"""Window accumulators against the rows they summarise: counts, performance, replays, races, profiles."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sklearn import metrics as skm
+
+from feedback import performance
+from feedback.config import parse_config
+from feedback.profile import LABEL, PREDICTION, ROWS, SCORE, build_profile
+from feedback.store import FeedbackStore
+from feedback.windows import WindowUpdater, count_uncounted, install_profile, profile_from_first_predictions
+from tests.factories import T0, outcome, prediction
+
+CONFIG = parse_config("""
+[models.churn]
+task = "classification"
+positive_class = 1
+segments = ["region"]
+window = "1h"
+reference_rows = 100
+""")
+CHURN = CONFIG.models["churn"]
+
+
+def events(n: int, seed: int = 1) -> list:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        p1 = round(rng.random(), 3)
+        out.append(prediction(
+            i,
+            predicted_at=T0 + timedelta(minutes=7 * i),
+            features={"age": rng.randint(18, 80), "income": round(rng.gauss(3000, 800), 2),
+                      "plan": rng.choice(["basic", "pro", "max", "new"]), "active": rng.random() < 0.5},
+            prediction=int(p1 > 0.5),
+            probabilities={"0": round(1 - p1, 3), "1": p1},
+            segment={"region": rng.choice(["eu", "us"])},
+        ))
+    return out
+
+
+def reference(n: int = 400):
+    ev = events(n, seed=99)
+    columns: dict[str, list[Any]] = {k: [e.features[k] for e in ev] for k in ("age", "income", "plan", "active")}
+    columns[PREDICTION] = [e.prediction for e in ev]
+    columns[SCORE] = [e.probabilities["1"] for e in ev]
+    columns[LABEL] = [e.prediction for e in ev]
+    return build_profile("churn", "v1", columns, {PREDICTION: "categorical", LABEL: "categorical"}, source="test")
+
+
+@pytest.fixture
+def monitored(services, db_schema) -> Iterator[FeedbackStore]:
+    with FeedbackStore(services.database_url, db_schema, windows=WindowUpdater(CONFIG)) as s:
+        with s.pool.connection() as conn:
+            install_profile(conn, s.windows, reference())
+        yield s
+
+
+def window_tables(store: FeedbackStore) -> tuple[dict, dict]:
+    counts = {
+        (seg, start, series): tuple(c)
+        for seg, start, series, c in store.rows(
+            "SELECT segment, window_start, series, counts FROM window_counts WHERE counts <> '{}'"
+        )
+        if any(c)
+    }
+    stats = {
+        (seg, start): {k: int(v) for k, v in s.items()}
+        for seg, start, s in store.rows("SELECT segment, window_start, stats FROM window_performance")
+        if s
+    }
+    return counts, stats
+
+
+def test_feature_counts_equal_a_recount_of_the_stored_rows(monitored: FeedbackStore) -> None:
+    """Every window's feature counts equal the stored predictions binned afresh with numpy."""
+    ev = events(300)
+    for i in range(0, 300, 70):
+        monitored.write_batch(ev[i : i + 70], [])
+    profile = reference()
+    counts, _ = window_tables(monitored)
+    rows = monitored.rows("SELECT predicted_at, features, segment FROM predictions")
+    for name in ("age", "income", "plan", "active"):
+        series = profile.series[name]
+        expected: dict[tuple[str, Any], np.ndarray] = {}
+        for at, features, segment in rows:
+            start = at.replace(minute=0, second=0, microsecond=0)
+            for seg in ("*", f"region={segment['region']}"):
+                c = expected.setdefault((seg, start), np.zeros(series.n_bins, dtype=np.int64))
+                value = features[name]
+                if series.kind == "numeric":
+                    c[int(np.searchsorted(series.edges, value, side="right"))] += 1
+                else:
+                    cats = list(series.categories)
+                    key = {True: "true", False: "false"}.get(value, value)
+                    c[cats.index(key) if key in cats else len(cats)] += 1
+        got = {(seg, start): c for (seg, start, s), c in counts.items() if s == name}
+        assert {k: tuple(v) for k, v in expected.items()} == got
+    total = sum(c[0] for (seg, _, s), c in counts.items() if s == ROWS and seg == "*")
+    assert total == 300
+
+
+def test_performance_matches_sklearn_on_rows_queried_back(monitored: FeedbackStore) -> None:
+    """Pooled window aggregates give sklearn's metrics on the joined rows read back from Postgres."""
+    ev = events(400)
+    rng = random.Random(5)
+    labels = [outcome(i, label=int(rng.random() < 0.4), after_s=rng.uniform(-600, 86400 * 30)) for i in range(400)]
+    order = [*ev, *labels]
+    rng.shuffle(order)
+    for i in range(0, len(order), 90):
+        part = order[i : i + 90]
+        monitored.write_batch([e for e in part if hasattr(e, "features")], [e for e in part if hasattr(e, "label")])
+    acc: dict[str, int] = {}
+    for (seg, _), s in window_tables(monitored)[1].items():
+        if seg == "*":
+            performance.add(acc, s)
+    got = performance.classification_metrics(acc)
+    rows = monitored.rows(
+        "SELECT label::int, prediction::int, (probabilities->>'1')::float8 FROM feedback WHERE label IS NOT NULL"
+    )
+    y, yhat, p = (np.array(c) for c in zip(*rows, strict=True))
+    assert len(y) == 400
+    assert got["accuracy"].value == pytest.approx(skm.accuracy_score(y, yhat), abs=1e-12)
+    assert got["f1"].value == pytest.approx(skm.f1_score(y, yhat), abs=1e-12)
+    assert got["precision"].value == pytest.approx(skm.precision_score(y, yhat), abs=1e-12)
+    assert got["recall"].value == pytest.approx(skm.recall_score(y, yhat), abs=1e-12)
+    assert got["log_loss"].value == pytest.approx(skm.log_loss(y, np.clip(p, 1e-15, 1 - 1e-15)), abs=1e-6)
+    assert abs(got["roc_auc"].value - skm.roc_auc_score(y, p)) <= performance.auc_max_error(acc) + 1e-12
+
+
+def test_a_corrected_label_moves_its_contribution(monitored: FeedbackStore) -> None:
+    """A correction moves the prediction from its old label to its new one; a stale one changes nothing."""
+    ev = events(50)
+    monitored.write_batch(ev, [outcome(i, label=0) for i in range(50)])
+    before = window_tables(monitored)
+    monitored.write_batch([], [outcome(3, label=1, after_s=7200)])
+    monitored.write_batch([], [outcome(3, label=0, after_s=5000)])  # older than the correction: ignored
+    counts, stats = window_tables(monitored)
+    start = T0 + timedelta(minutes=21)
+    key = ("*", start.replace(minute=0))
+    label_counts_before = np.array(before[0][("*", key[1], LABEL)])
+    label_counts_after = np.array(counts[("*", key[1], LABEL)])
+    assert (label_counts_after - label_counts_before).tolist() == [-1, 1, 0, 0]
+    assert stats[key]["n"] == before[1][key]["n"]
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10_000), batch=st.integers(1, 60))
+def test_any_order_duplicates_and_batching_give_identical_windows(monitored: FeedbackStore, seed: int,
+                                                                   batch: int) -> None:
+    """Shuffled, duplicated, re-batched events with corrections leave the same windows as one clean pass."""
+    ev = events(120)
+    labels = [outcome(i, label=i % 3 % 2) for i in range(0, 120, 2)]
+    corrections = [outcome(i, label=1 - i % 3 % 2, after_s=90_000) for i in range(0, 120, 6)]
+    rng = random.Random(seed)
+    stream = [*ev, *labels, *corrections, *rng.sample(ev, 30), *rng.sample(labels, 20)]
+    rng.shuffle(stream)
+    _reset(monitored)
+    for i in range(0, len(stream), batch):
+        part = stream[i : i + batch]
+        monitored.write_batch([e for e in part if hasattr(e, "features")], [e for e in part if hasattr(e, "label")])
+    got = window_tables(monitored)
+    _reset(monitored)
+    monitored.write_batch(ev, labels)
+    monitored.write_batch([], corrections)
+    assert got == window_tables(monitored)
+
+
+def _reset(store: FeedbackStore) -> None:
+    with store.pool.connection() as conn:
+        conn.execute("TRUNCATE predictions, outcomes, current_labels, window_counts, window_performance,"
+                     " detector_state, detector_events")
+
+
+def test_a_label_missed_by_a_concurrent_writer_is_counted_later(services, db_schema, monitored) -> None:
+    """A label stored without counting (as when its prediction's writer ran concurrently) is counted by the sweep."""
+    ev = events(20)
+    monitored.write_batch(ev, [])
+    with FeedbackStore(services.database_url, db_schema) as plain:  # writes rows, counts nothing
+        plain.write_batch([], [outcome(i, label=1) for i in range(20)])
+    assert all(s.get("n", 0) == 0 for s in window_tables(monitored)[1].values())
+    with monitored.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        assert count_uncounted(cur, monitored.windows) == 20
+    assert sum(s["n"] for (seg, _), s in window_tables(monitored)[1].items() if seg == "*") == 20
+
+
+def test_first_predictions_profile_counts_what_came_before(services, db_schema) -> None:
+    """Without an imported reference, the first N predictions become the profile and are counted then."""
+    with FeedbackStore(services.database_url, db_schema, windows=WindowUpdater(CONFIG)) as s:
+        ev = events(150)
+        s.write_batch(ev[:60], [outcome(i) for i in range(10)])
+        assert s.windows.unprofiled == {("churn", "v1")}
+        with s.pool.connection() as conn, conn.cursor() as cur:
+            assert profile_from_first_predictions(cur, CHURN, "v1") is None
+            s.write_batch(ev[60:120], [])
+            profile = profile_from_first_predictions(cur, CHURN, "v1")
+        assert profile is not None and profile.source == "first 100 predictions"
+        with s.pool.connection() as conn:
+            assert install_profile(conn, s.windows, profile) == 120
+        s.write_batch(ev[120:], [outcome(i) for i in range(10, 20)])
+        counts, stats = window_tables(s)
+        assert sum(c[0] for (seg, _, name), c in counts.items() if name == ROWS and seg == "*") == 150
+        assert sum(st["n"] for (seg, _), st in stats.items() if seg == "*") == 20
+
+
+def test_detector_state_survives_a_restart(services, db_schema, monitored) -> None:
+    """A new process continues the stored detectors: same detections as one process that never stopped."""
+    ev = events(600)
+    labels = [outcome(i, label=int(ev[i].prediction) if i < 300 else 1 - int(ev[i].prediction)) for i in range(600)]
+    monitored.write_batch(ev, [])
+    for i in range(0, 300, 50):
+        monitored.write_batch([], labels[i : i + 50])
+    with FeedbackStore(services.database_url, db_schema, windows=WindowUpdater(CONFIG)) as restarted:
+        for i in range(300, 600, 50):
+            restarted.write_batch([], labels[i : i + 50])
+    found = monitored.rows("SELECT detector, label_index FROM detector_events ORDER BY label_index")
+    n = monitored.scalar("SELECT n_updates FROM detector_state")
+    assert n == 600
+    assert found and all(300 < idx <= 600 for _, idx in found), found
