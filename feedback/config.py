@@ -51,6 +51,8 @@ class PerformanceConfig:
     """When a window's metric counts as degraded: a relative drop from the baseline, or an absolute limit instead."""
 
     max_drop: float = 0.05
+    #: the version's earliest judged windows, pooled, are its baseline
+    baseline_windows: int = 4
     threshold: float | None = None
 
 
@@ -273,6 +275,7 @@ _THRESHOLDS: Mapping[str, _Convert] = {
 _PERFORMANCE: Mapping[str, _Convert] = {
     "max_drop": _number(_UNIT_INTERVAL, lambda x: 0 <= x <= 1),
     "threshold": _number("a finite number"),
+    "baseline_windows": _integer(1),
 }
 _DETECTORS: Mapping[str, _Convert] = {
     "adwin_delta": _number("a number greater than 0 and less than 1", lambda x: 0 < x < 1),

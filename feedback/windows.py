@@ -502,8 +502,10 @@ def reference_columns(
         columns[PREDICTION] = predictions
     if scores is not None and config.score != "none":
         columns[SCORE] = scores
-    if labels is not None and any(v is not None for v in labels):
-        columns[LABEL] = labels
+    # a prediction without a label has no label yet (it is not a missing value): left out
+    present = [v for v in labels or () if v is not None]
+    if present:
+        columns[LABEL] = present
     return columns
 
 

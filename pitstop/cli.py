@@ -1,4 +1,4 @@
-"""`pitstop`: the operator's command line (up, down, status, migrate, demo)."""
+"""`pitstop`: the operator's command line (up, down, status, migrate, topics, demo, monitor, reference)."""
 
 from __future__ import annotations
 
@@ -69,6 +69,22 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return demo.run(settings, duration_s=args.duration, rate=args.rate, speed=args.speed, workers=args.workers)
 
 
+def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
+    from pitstop.monitoring_cli import monitor_report
+
+    return monitor_report(settings, args.model, version=args.version, segment=args.segment, windows=args.windows,
+                          as_json=args.json, say=_say)
+
+
+def cmd_reference_import(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from pitstop.monitoring_cli import import_reference
+
+    return import_reference(settings, args.model, args.version, Path(args.file), label_column=args.label_column,
+                            prediction_column=args.prediction_column, score_column=args.score_column, say=_say)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pitstop", description="Keep production models fresh.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +107,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--speed", type=float, default=3600.0, help="event-time seconds per wall-clock second")
     demo.add_argument("--workers", type=int, default=1)
     demo.set_defaults(func=cmd_demo)
+    mon = sub.add_parser("monitor", help="the current drift and performance tables of a model")
+    mon.add_argument("--model", required=True)
+    mon.add_argument("--version", default=None, help="one version (default: every version with a profile)")
+    mon.add_argument("--segment", default="*", help="'*' for all traffic, or attribute=value")
+    mon.add_argument("--windows", type=int, default=12, help="performance windows to show")
+    mon.add_argument("--json", action="store_true")
+    mon.set_defaults(func=cmd_monitor)
+    ref = sub.add_parser("reference", help="reference profiles")
+    ref_sub = ref.add_subparsers(dest="reference_command", required=True)
+    imp = ref_sub.add_parser("import", help="profile a training set (CSV or Parquet) as a version's reference")
+    imp.add_argument("--model", required=True)
+    imp.add_argument("--version", required=True)
+    imp.add_argument("--label-column", default=None, help="default: 'label' when present")
+    imp.add_argument("--prediction-column", default=None, help="default: 'prediction' when present")
+    imp.add_argument("--score-column", default=None)
+    imp.add_argument("file")
+    imp.set_defaults(func=cmd_reference_import)
     return parser
 
 

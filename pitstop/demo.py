@@ -6,6 +6,7 @@ import heapq
 import json
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -13,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 from types import FrameType
 from typing import Any
 
@@ -89,6 +91,24 @@ DISPLAY_EVERY_S = 1.0
 HEADER_EVERY_LINES = 20
 ACCURACY_WINDOW = timedelta(hours=12)
 DRAIN_TIMEOUT_S = 15.0
+MONITOR_EVERY_LINES = 5
+#: the monitoring configuration of the demo's model (used unless PITSTOP_CONFIG names another)
+DEMO_CONFIG = "demo.toml"
+
+_MONITOR_DRIFT = """
+SELECT window_start, array_agg(feature ORDER BY feature) FILTER (WHERE status = 'drift'), count(*)
+FROM monitor_results
+WHERE model_name = %s AND model_version = %s AND segment = '*' AND kind = 'drift' AND metric = 'drift'
+  AND status <> 'unjudged' AND feature NOT LIKE '\_\_%%'
+GROUP BY window_start ORDER BY window_start DESC LIMIT 1
+"""
+
+_MONITOR_PERFORMANCE = """
+SELECT window_start, metric, value, ci_low, ci_high, status FROM performance_by_window
+WHERE model_name = %s AND model_version = %s AND segment = '*' AND metric = 'accuracy'
+  AND status <> 'unjudged'
+ORDER BY window_start DESC LIMIT 1
+"""
 
 
 def drift_fraction(
@@ -587,6 +607,7 @@ class _LiveDemo:
     def __init__(self, settings: Settings, bootstrap: str, database_url: str, *, rate: float,
                  speed: float) -> None:
         self.settings = settings
+        self.database_url = database_url
         self.rate = rate
         self.speed = speed
         self.wall_start = datetime.now(UTC)
@@ -722,6 +743,24 @@ class _LiveDemo:
             "-" if accuracy is None else f"{accuracy:.1%}",
             f"{rate:,.0f}",
         ]))
+        if self.lines % MONITOR_EVERY_LINES == 0:
+            self._monitor_line()
+
+    def _monitor_line(self) -> None:
+        """The monitor's verdict on the newest judged window, as the workers last stored it."""
+        drift = self.store.rows(_MONITOR_DRIFT, (MODEL_NAME, MODEL_VERSION))
+        perf = self.store.rows(_MONITOR_PERFORMANCE, (MODEL_NAME, MODEL_VERSION))
+        if not drift and not perf:
+            return
+        parts = []
+        if drift:
+            start, flagged, judged = drift[0]
+            flagged_text = ", ".join(flagged) if flagged else "none"
+            parts.append(f"window {start:%m-%d %Hh}: drifting features: {flagged_text} (of {judged})")
+        if perf:
+            start, metric, value, low, high, status = perf[0]
+            parts.append(f"{metric} {value:.3f} [{low:.3f}, {high:.3f}] {status} (window {start:%m-%d %Hh})")
+        _say("monitor   " + "; ".join(parts))
 
     def _recent_accuracy(self) -> float | None:
         since = self.event_now - ACCURACY_WINDOW
@@ -796,12 +835,40 @@ class _LiveDemo:
         for line in lines:
             _say(line)
 
+    def monitor_report(self) -> None:
+        """The monitor's tables, as `pitstop monitor --model churn` prints them."""
+        if self.settings.monitoring.model(MODEL_NAME) is None:
+            return
+        from pitstop.monitoring_cli import monitor_report
+
+        _say()
+        _say(f"pitstop monitor --model {MODEL_NAME} --version {MODEL_VERSION}:")
+        try:
+            monitor_report(self.settings, MODEL_NAME, version=MODEL_VERSION, segment="*", windows=12, as_json=False,
+                           say=lambda line: _say(f"  {line}"), database_url=self.database_url)
+        except psycopg.Error as exc:
+            _say(f"  the feedback store did not answer: {str(exc).strip().splitlines()[0]}")
+
     def close(self) -> None:
         for close in self._closers:
             try:
                 close()
             except Exception:  # a clean-up failure must not hide the original error
                 log.exception("demo clean-up failed")
+
+
+def demo_config_path() -> str:
+    """The demo model's pitstop.toml, shipped with the package."""
+    return str(resources.files("pitstop") / DEMO_CONFIG)
+
+
+def with_demo_monitoring(settings: Settings) -> Settings:
+    """Settings whose workers monitor the demo model: PITSTOP_CONFIG unless one is set, rounds every 3 s."""
+    if settings.monitoring.model(MODEL_NAME) is not None:
+        return settings
+    os.environ["PITSTOP_CONFIG"] = demo_config_path()
+    os.environ.setdefault("PITSTOP_MONITOR_INTERVAL_S", "3")
+    return Settings.from_env()
 
 
 def _check_args(duration_s: float | None, rate: float, speed: float, workers: int) -> None:
@@ -876,7 +943,11 @@ def run(
         if _detached_stack_running(settings):
             bootstrap, database_url = settings.require_services()
             _say(f"stack     using the running stack (broker {bootstrap}); it stays up afterwards")
+            if settings.monitoring.model(MODEL_NAME) is None:
+                _say(f"note      no monitoring configuration for {MODEL_NAME}: start the stack with "
+                     f"PITSTOP_CONFIG={demo_config_path()} to see drift")
         else:
+            settings = with_demo_monitoring(settings)
             running = supervisor.start_stack(settings, workers, on_step=_say)
             bootstrap, database_url = running.kafka_bootstrap, running.database_url
         stop = _StopRequest()
@@ -890,6 +961,7 @@ def run(
             demo.flush()
             demo.drain(stop)
             demo.summary(elapsed)
+            demo.monitor_report()
             _say()
             view = f"{settings.db_schema}.label_coverage"
             query = f"psql \"$PITSTOP_DATABASE_URL\" -c 'select * from {view}'"

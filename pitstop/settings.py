@@ -9,12 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from pitstop.errors import ConfigError
+from feedback.config import EMPTY, MonitoringConfig, load_config
+from feedback.errors import ModelConfigError
+from pitstop.errors import ConfigError, ConfigFileError
 from schemas import Limits
 
 T = TypeVar("T")
 
 ENV_FILE_NAME = "env"
+DEFAULT_CONFIG = "pitstop.toml"
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -37,8 +40,12 @@ class Topics:
     def dead_letter(self) -> str:
         return f"{self.prefix}dead-letter"
 
+    @property
+    def monitoring(self) -> str:
+        return f"{self.prefix}monitoring"
+
     def all(self) -> tuple[str, ...]:
-        return (self.predictions, self.outcomes, self.dead_letter)
+        return (self.predictions, self.outcomes, self.dead_letter, self.monitoring)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,6 +75,9 @@ class Settings:
     max_events_per_txn: int = 5000
     fetch_max_wait_ms: int = 100
     log_level: str = "INFO"
+    #: the models to monitor, from PITSTOP_CONFIG (default ./pitstop.toml when it exists)
+    monitoring: MonitoringConfig = EMPTY
+    monitor_interval_s: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -108,7 +118,16 @@ class Settings:
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             msg = "PITSTOP_LOG_LEVEL"
             raise ConfigError(msg, level, "DEBUG, INFO, WARNING or ERROR")
+        config_path = env.get("PITSTOP_CONFIG") or None
+        if config_path is None and Path(DEFAULT_CONFIG).is_file():
+            config_path = DEFAULT_CONFIG
+        try:
+            monitoring = load_config(config_path) if config_path else EMPTY
+        except ModelConfigError as exc:
+            raise ConfigFileError(str(exc)) from None
         return cls(
+            monitoring=monitoring,
+            monitor_interval_s=_read(env, "PITSTOP_MONITOR_INTERVAL_S", float, 10.0, "seconds > 0", _positive),
             kafka_bootstrap=kafka or local.get("PITSTOP_KAFKA_BOOTSTRAP"),
             database_url=database or local.get("PITSTOP_DATABASE_URL"),
             external_kafka=kafka is not None,

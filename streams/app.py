@@ -1,4 +1,4 @@
-"""The Faust app: the input topics, the ingest agent, and the dead-letter topic."""
+"""The Faust app: the input topics, the ingest agent, the dead-letter topic, and the monitor's timer."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import faust
+import orjson
 
 from feedback.errors import IngestStopped
-from feedback.ingest import InboundMessage, Ingestor, encode_dead_letter
+from feedback.ingest import TRANSIENT_ERRORS, InboundMessage, Ingestor, encode_dead_letter
+from feedback.monitor import Monitor
 from feedback.store import FeedbackStore
+from feedback.windows import WindowUpdater
 from pitstop.settings import Settings
 from schemas import EventKind
 from streams.consumer import set_fetch_max_wait
@@ -46,7 +49,8 @@ def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.Ap
                        value_serializer="raw", key_serializer="raw")
     dead_letter = app.topic(topics.dead_letter, value_type=bytes, key_type=bytes,
                             value_serializer="raw", key_serializer="raw")
-    store = FeedbackStore(database_url, settings.db_schema)
+    windows = WindowUpdater(settings.monitoring)
+    store = FeedbackStore(database_url, settings.db_schema, windows=windows)
     ingestor = Ingestor(
         store,
         {topics.predictions: EventKind.PREDICTION, topics.outcomes: EventKind.OUTCOME},
@@ -73,6 +77,16 @@ def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.Ap
         async for events in stream.noack_take(settings.batch_messages, within=settings.batch_within_s):
             await write_then_ack(stream, events)
 
+    if windows.enabled:
+        monitoring = app.topic(topics.monitoring, value_type=bytes, key_type=bytes,
+                               value_serializer="raw", key_serializer="raw")
+        monitor = Monitor(store, windows)
+
+        @app.timer(interval=settings.monitor_interval_s)
+        async def monitor_round() -> None:
+            for model, value in await asyncio.to_thread(run_monitor_round, monitor):
+                await monitoring.send(key=model.encode(), value=value)
+
     @app.on_rebalance_complete.connect
     async def _mark_ready(sender: faust.App, **_: Any) -> None:
         if ready_file is not None:
@@ -85,6 +99,24 @@ def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.Ap
 
     store.open(wait=False)  # connects in the background; the first batch waits for it
     return app
+
+
+def run_monitor_round(monitor: Monitor) -> list[tuple[str, bytes]]:
+    """One monitor round; its summaries as (model, message) pairs. A failed round is logged and skipped:
+    it consumes no events, and the next round recomputes everything from the store."""
+    try:
+        result = monitor.run_once()
+    except TRANSIENT_ERRORS as exc:
+        log.warning("monitor round skipped, database unavailable: %s", exc)
+        return []
+    except Exception:
+        log.exception("monitor round failed; the next round starts afresh")
+        return []
+    if result is None:
+        return []
+    for model, version in result.profiles_built:
+        log.info("reference profile built for %s %s from its first predictions", model, version)
+    return [(s["model_name"], orjson.dumps(s)) for s in result.summaries]
 
 
 def _exit_unacked(events: list[Any]) -> NoReturn:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pitstop.errors import ConfigError
+from pitstop.errors import ConfigError, ConfigFileError
 from pitstop.settings import Settings
 
 
@@ -14,7 +14,7 @@ def test_defaults_without_services() -> None:
     """With nothing configured the services are unknown and the topics carry the default prefix."""
     s = Settings.from_env({"PITSTOP_STATE_DIR": "/nonexistent"})
     assert (s.kafka_bootstrap, s.database_url, s.external_kafka) == (None, None, False)
-    assert s.topics.all() == ("pitstop.predictions", "pitstop.outcomes", "pitstop.dead-letter")
+    assert s.topics.all() == ("pitstop.predictions", "pitstop.outcomes", "pitstop.dead-letter", "pitstop.monitoring")
     with pytest.raises(ConfigError, match="PITSTOP_KAFKA_BOOTSTRAP"):
         s.require_services()
 
@@ -46,3 +46,13 @@ def test_bad_value_names_key_value_and_expectation(key: str, value: str, expecte
         Settings.from_env({key: value, "PITSTOP_STATE_DIR": "/nonexistent"})
     assert (info.value.key, info.value.value) == (key, value)
     assert str(info.value).startswith(f"{key}={value!r}: expected {expected}")
+
+
+def test_a_bad_model_config_fails_at_start_naming_the_key(tmp_path) -> None:
+    """PITSTOP_CONFIG pointing at a malformed file fails Settings with one line naming file and key."""
+    bad = tmp_path / "pitstop.toml"
+    bad.write_text('[models.churn]\ntask = "classification"\npositive_class = 1\nwindow = "7m"\n')
+    with pytest.raises(ConfigFileError) as info:
+        Settings.from_env({"PITSTOP_CONFIG": str(bad)})
+    assert str(info.value).count("\n") == 0
+    assert "models.churn.window = '7m'" in str(info.value)

@@ -1,0 +1,360 @@
+"""Judging windows: drift of every series and performance of the labelled predictions, from the accumulators.
+
+Drift. Each series of each window is compared with the version's reference: PSI and the
+Jensen-Shannon distance on the decile bins (categories for a categorical series), the KS
+statistic on the fine grid for a numeric series, the chi-square test of homogeneity for a
+categorical one. A series is flagged ``drift`` when the change is both
+
+* significant: its KS or chi-square p-value, adjusted with Holm's method over every test of
+  the evaluation (all series, windows and segments of the version), is below ``alpha``; Holm
+  controls the chance of any false alarm in the whole table under any dependence between the
+  tests (the windows share one reference), and
+* large enough to matter: the KS statistic, PSI, Jensen-Shannon distance or, for a
+  categorical series, Cohen's w reaches its threshold. Significance alone flags trivial
+  shifts once windows hold tens of thousands of rows; the effect floor alone misses real
+  shifts in small windows or cries wolf in them.
+
+A window with fewer than ``min_rows`` rows (``min_labels`` for the label) is ``unjudged``.
+
+Performance. Each window's metrics come from its aggregates (feedback/performance.py) with
+confidence intervals. A window is judged once it has ``min_labels`` labels and
+``min_label_coverage``; the version's baseline is its earliest ``performance.baseline_windows``
+judged windows pooled,
+and a later window is ``degraded`` when its whole confidence interval is worse than the
+baseline by ``max_drop`` (or than the absolute ``performance.threshold``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+from feedback import performance, stats
+from feedback.config import ModelConfig
+from feedback.profile import LABEL, ROWS, ReferenceProfile, SeriesProfile
+
+SIGNIFICANCE = {"numeric": "ks", "categorical": "chi2"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DriftResult:
+    """One metric of one series in one window, or (metric ``drift``) the series' verdict."""
+
+    segment: str
+    window_start: datetime
+    window_end: datetime
+    feature: str
+    metric: str
+    value: float | None
+    threshold: float | None
+    p_value: float | None
+    status: str
+    sample_size: int
+    sentence: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PerformanceResult:
+    """One performance metric of one window, with its confidence interval and verdict."""
+
+    segment: str
+    window_start: datetime
+    window_end: datetime
+    metric: str
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+    threshold: float | None
+    status: str
+    sample_size: int
+    label_coverage: float | None
+    sentence: str
+
+
+@dataclass(slots=True, kw_only=True)
+class Evaluation:
+    """Everything one evaluation of a model version found."""
+
+    model_name: str
+    model_version: str
+    evaluated_at: datetime
+    drift: list[DriftResult] = field(default_factory=list)
+    performance: list[PerformanceResult] = field(default_factory=list)
+    tests: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WindowData:
+    """The accumulators of the evaluated windows of one segment: counts per series, (W, bins)."""
+
+    starts: tuple[datetime, ...]
+    counts: Mapping[str, np.ndarray]
+    rows: np.ndarray  # (W,)
+    perf: tuple[Mapping[str, int], ...]  # per window
+
+
+def evaluate_drift(
+    config: ModelConfig, profile: ReferenceProfile, segments: Mapping[str, WindowData]
+) -> tuple[list[DriftResult], int]:
+    """Drift results for every series, window and segment; returns them and the number of tests corrected for."""
+    staged = []  # (segment, data, series, metrics dict of arrays (W,))
+    for segment, data in segments.items():
+        for name, series in profile.series.items():
+            counts = data.counts.get(name)
+            if counts is None:
+                counts = np.zeros((len(data.starts), series.n_bins), dtype=np.int64)
+            staged.append((segment, data, series, _series_metrics(series, counts)))
+    # Holm over every judged test of this evaluation
+    pvals = []
+    for _segment, _data, series, m in staged:
+        minimum = config.min_labels if series.name == LABEL else config.min_rows
+        m["judged"] = m["n"] >= minimum
+        pvals.append(np.where(m["judged"], m["p"], np.nan))
+    flat = np.concatenate(pvals) if pvals else np.array([])
+    adjusted = stats.holm(flat) if flat.size else flat
+    tests = int(np.count_nonzero(~np.isnan(flat)))
+    out: list[DriftResult] = []
+    offset = 0
+    window = timedelta(seconds=config.window_s)
+    for segment, data, series, m in staged:
+        w = len(data.starts)
+        m["p_adj"] = adjusted[offset : offset + w]
+        offset += w
+        out.extend(_drift_rows(config, segment, data, series, m, window, tests))
+    return out, tests
+
+
+def _series_metrics(series: SeriesProfile, counts: np.ndarray) -> dict[str, np.ndarray]:
+    ref = np.asarray(series.counts, dtype=np.float64)
+    cur = counts.astype(np.float64)
+    n = cur.sum(axis=1)
+    if series.kind == "numeric":
+        to_coarse = series.fine_to_coarse()
+        n_coarse = int(to_coarse.max()) + 1
+        onehot = np.zeros((series.n_bins, n_coarse))
+        onehot[np.arange(series.n_bins), to_coarse] = 1.0
+        ref_c, cur_c = ref @ onehot, cur @ onehot
+        ks = stats.ks_from_grid(ref[:-1], cur[:, :-1])  # value bins only; missingness is in PSI and JS
+        sig_stat, p, effect = ks.statistic, ks.pvalue, ks.statistic
+    else:
+        ref_c, cur_c = ref, cur
+        chi = stats.chi_square(ref, cur)
+        sig_stat, p = chi.statistic, chi.pvalue
+        effect = cohens_w(ref, cur)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        psi = stats.psi(ref_c, cur_c)
+        js = stats.js_distance(ref_c, cur_c)
+    return {"n": n, "psi": np.atleast_1d(psi), "js": np.atleast_1d(js), "stat": np.atleast_1d(sig_stat),
+            "p": np.atleast_1d(p), "effect": np.atleast_1d(effect)}
+
+
+def cohens_w(ref_counts: np.ndarray, cur_counts: np.ndarray) -> np.ndarray:
+    """Cohen's w of the current proportions against the reference's (smoothed), per window.
+
+    >>> float(cohens_w(np.array([50, 50]), np.array([[60, 40]]))[0])
+    0.2
+    """
+    p = stats.smoothed_proportions(ref_counts, floor=0.0)
+    n = cur_counts.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = cur_counts / n
+        return np.sqrt(np.sum((q - p) ** 2 / p, axis=-1))
+
+
+def _drift_rows(
+    config: ModelConfig, segment: str, data: WindowData, series: SeriesProfile, m: dict[str, np.ndarray],
+    window: timedelta, tests: int,
+) -> list[DriftResult]:
+    th = config.thresholds_for(series.name)
+    sig_name = SIGNIFICANCE[series.kind]
+    effect_name, effect_th = ("ks", th.ks) if series.kind == "numeric" else ("cohens_w", th.chi2_effect)
+    rows: list[DriftResult] = []
+    for i, start in enumerate(data.starts):
+        n = int(m["n"][i])
+        base = {"segment": segment, "window_start": start, "window_end": start + window, "feature": series.name,
+                "sample_size": n}
+        if not m["judged"][i]:
+            minimum = config.min_labels if series.name == LABEL else config.min_rows
+            rows.append(DriftResult(
+                **base, metric="drift", value=None, threshold=None, p_value=None, status="unjudged",
+                sentence=f"{series.name}: not judged, {n} rows < minimum {minimum}",
+            ))
+            continue
+        psi, js, eff, p_adj = (float(m[k][i]) for k in ("psi", "js", "effect", "p_adj"))
+        significant = p_adj < config.alpha
+        large = {"psi": psi >= th.psi, "js": js >= th.js, effect_name: eff >= effect_th}
+        drifted = significant and any(large.values())
+        if drifted:
+            why = ", ".join(
+                stats.threshold_sentence(k, v, t)
+                for k, v, t in (("psi", psi, th.psi), ("js", js, th.js), (effect_name, eff, effect_th))
+                if large[k]
+            )
+            sentence = (f"{series.name}: drift, {why}; {sig_name} p-value {p_adj:.3g} < {config.alpha} "
+                        f"after Holm over {tests} tests")
+        elif significant:
+            sentence = (f"{series.name}: stable, significant ({sig_name} p-value {p_adj:.3g}) but every effect "
+                        f"is below its floor ({stats.threshold_sentence(effect_name, eff, effect_th)})")
+        else:
+            sentence = (f"{series.name}: stable, {sig_name} p-value {p_adj:.3g} >= {config.alpha} "
+                        f"after Holm over {tests} tests")
+        rows.append(DriftResult(**base, metric="drift", value=psi, threshold=th.psi, p_value=p_adj,
+                                status="drift" if drifted else "stable", sentence=sentence))
+        rows.append(DriftResult(**base, metric="psi", value=psi, threshold=th.psi, p_value=None,
+                                status=stats.psi_band(psi), sentence=stats.threshold_sentence("psi", psi, th.psi)))
+        rows.append(DriftResult(**base, metric="js", value=js, threshold=th.js, p_value=None,
+                                status="drift" if large["js"] else "stable",
+                                sentence=stats.threshold_sentence("js", js, th.js)))
+        rows.append(DriftResult(**base, metric=effect_name, value=eff, threshold=effect_th, p_value=p_adj,
+                                status="drift" if large[effect_name] and significant else "stable",
+                                sentence=stats.threshold_sentence(effect_name, eff, effect_th)))
+        if sig_name == "chi2":
+            rows.append(DriftResult(**base, metric="chi2", value=float(m["stat"][i]), threshold=None,
+                                    p_value=p_adj, status="drift" if significant else "stable",
+                                    sentence=f"chi-square {float(m['stat'][i]):.1f}, p-value {p_adj:.3g} after Holm"))
+    return rows
+
+
+# --- performance ------------------------------------------------------------------------------------
+
+
+def metrics_of(config: ModelConfig, acc: Mapping[str, int]) -> dict[str, performance.MetricValue]:
+    if config.task == "classification":
+        return performance.classification_metrics(acc, confidence=config.confidence)
+    return performance.regression_metrics(acc, confidence=config.confidence)
+
+
+def judged_performance(config: ModelConfig, acc: Mapping[str, int], rows: int) -> bool:
+    n = int(acc.get("n", 0))
+    return n >= config.min_labels and rows > 0 and n / rows >= config.min_label_coverage
+
+
+def evaluate_performance(
+    config: ModelConfig, segment: str, data: WindowData, baseline: Mapping[str, int] | None,
+    baseline_starts: Sequence[datetime],
+) -> list[PerformanceResult]:
+    """Performance results for every window of one segment against the version's baseline."""
+    window = timedelta(seconds=config.window_s)
+    base_metrics = metrics_of(config, baseline) if baseline else {}
+    base = base_metrics.get(config.metric)
+    if config.performance.threshold is not None:
+        limit: float | None = config.performance.threshold
+        limit_text = f"the limit {limit:.4g}"
+    elif base is not None:
+        factor = (1 - config.performance.max_drop) if config.higher_is_better else (1 + config.performance.max_drop)
+        limit = base.value * factor
+        limit_text = f"{factor:.2f} x baseline {base.value:.4g} = {limit:.4g}"
+    else:
+        limit, limit_text = None, "no baseline yet"
+    out: list[PerformanceResult] = []
+    for i, start in enumerate(data.starts):
+        acc = data.perf[i]
+        rows = int(data.rows[i])
+        n = int(acc.get("n", 0))
+        coverage = n / rows if rows else None
+        common = {"segment": segment, "window_start": start, "window_end": start + window, "sample_size": n,
+                  "label_coverage": coverage}
+        if not judged_performance(config, acc, rows):
+            cov = "n/a" if coverage is None else f"{coverage:.0%}"
+            out.append(PerformanceResult(
+                **common, metric=config.metric, value=None, ci_low=None, ci_high=None, threshold=limit,
+                status="unjudged",
+                sentence=(f"{config.metric}: not judged, {n} labels (minimum {config.min_labels}), coverage {cov} "
+                          f"(minimum {config.min_label_coverage:.0%})"),
+            ))
+            continue
+        for name, mv in metrics_of(config, acc).items():
+            is_main = name == config.metric
+            status, sentence = "ok", f"{name} {mv.value:.4g} [{mv.ci_low:.4g}, {mv.ci_high:.4g}]"
+            if is_main and start in baseline_starts:
+                status, sentence = "baseline", f"{sentence}: part of the baseline"
+            elif is_main and limit is not None:
+                worse = mv.ci_high < limit if config.higher_is_better else mv.ci_low > limit
+                op = "<" if config.higher_is_better else ">"
+                bound = mv.ci_high if config.higher_is_better else mv.ci_low
+                if worse:
+                    status = "degraded"
+                    sentence = f"{sentence}: degraded, CI bound {bound:.4g} {op} {limit_text}"
+                else:
+                    sentence = f"{sentence}: ok against {limit_text}"
+            out.append(PerformanceResult(
+                **common, metric=name, value=mv.value, ci_low=mv.ci_low, ci_high=mv.ci_high,
+                threshold=limit if is_main else None, status=status, sentence=sentence,
+            ))
+    return out
+
+
+def baseline_of(
+    config: ModelConfig, windows: Sequence[tuple[datetime, Mapping[str, int], int]]
+) -> tuple[dict[str, int] | None, list[datetime]]:
+    """The pooled aggregates of the version's earliest ``performance.baseline_windows`` judged windows."""
+    acc: dict[str, int] = {}
+    starts: list[datetime] = []
+    for start, stats_, rows in sorted(windows, key=lambda w: w[0]):
+        if judged_performance(config, stats_, rows):
+            performance.add(acc, stats_)
+            starts.append(start)
+            if len(starts) == config.performance.baseline_windows:
+                break
+    return (acc or None), starts
+
+
+def to_window_data(
+    starts: Sequence[datetime], counts: Mapping[tuple[datetime, str], Sequence[int]],
+    perf: Mapping[datetime, Mapping[str, int]], profile: ReferenceProfile,
+) -> WindowData:
+    """Arrange one segment's stored rows as arrays over the windows ``starts``."""
+    index = {s: i for i, s in enumerate(starts)}
+    arrays: dict[str, np.ndarray] = {}
+    for name, series in profile.series.items():
+        arrays[name] = np.zeros((len(starts), series.n_bins), dtype=np.int64)
+    rows = np.zeros(len(starts), dtype=np.int64)
+    for (start, name), c in counts.items():
+        i = index.get(start)
+        if i is None:
+            continue
+        if name == ROWS:
+            rows[i] = c[0]
+        elif name in arrays and len(c) == arrays[name].shape[1]:
+            arrays[name][i] = c
+    return WindowData(tuple(starts), arrays, rows, tuple(perf.get(s, {}) for s in starts))
+
+
+def summary(evaluation: Evaluation, config: ModelConfig) -> dict[str, Any]:
+    """The compact event published on the monitoring topic (schemas/monitoring.schema.json)."""
+    all_drift = [r for r in evaluation.drift if r.segment == "*" and r.metric == "drift"]
+    latest = max((r.window_start for r in all_drift if r.status != "unjudged"), default=None)
+    in_latest = [r for r in all_drift if r.window_start == latest]
+    flagged = sorted(r.feature for r in in_latest if r.status == "drift")
+    perf = [r for r in evaluation.performance if r.segment == "*" and r.metric == config.metric]
+    judged = [r for r in perf if r.status != "unjudged"]
+    last_perf = max(judged, key=lambda r: r.window_start) if judged else None
+    return {
+        "schema_version": 1,
+        "model_name": evaluation.model_name,
+        "model_version": evaluation.model_version,
+        "evaluated_at": evaluation.evaluated_at.isoformat(),
+        "drift": {
+            "window_start": latest.isoformat() if latest else None,
+            "status": "unjudged" if latest is None else ("drift" if flagged else "stable"),
+            "flagged": flagged,
+            "tests": evaluation.tests,
+            "windows_flagged": len({(r.segment, r.window_start) for r in evaluation.drift
+                                    if r.metric == "drift" and r.status == "drift"}),
+        },
+        "performance": None if last_perf is None else {
+            "window_start": last_perf.window_start.isoformat(),
+            "metric": last_perf.metric,
+            "value": last_perf.value,
+            "ci_low": last_perf.ci_low,
+            "ci_high": last_perf.ci_high,
+            "status": last_perf.status,
+            "sample_size": last_perf.sample_size,
+            "label_coverage": last_perf.label_coverage,
+        },
+        "degraded_windows": sum(1 for r in perf if r.status == "degraded"),
+    }

@@ -1,0 +1,206 @@
+"""The monitor's round: build missing profiles, count stray labels, judge every version's windows, store results."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from feedback.config import ModelConfig
+from feedback.evaluate import (
+    Evaluation,
+    baseline_of,
+    evaluate_drift,
+    evaluate_performance,
+    summary,
+    to_window_data,
+)
+from feedback.profile import ROWS, ReferenceProfile
+from feedback.store import FeedbackStore
+from feedback.windows import ALL, WindowUpdater, count_uncounted, install_profile, profile_from_first_predictions
+
+log = logging.getLogger(__name__)
+
+MONITOR_LOCK = 0x5049_4D4E  # one monitor round at a time across workers
+
+_VERSIONS = """
+SELECT model_name, model_version FROM reference_profiles WHERE model_name = ANY(%s) ORDER BY 1, 2
+"""
+
+_WATERMARK = """
+SELECT max(window_start) FROM window_counts
+WHERE model_name = %s AND model_version = %s AND window_s = %s AND segment = '*' AND series = %s
+"""
+
+_WINDOW_COUNTS = """
+SELECT segment, window_start, series, counts FROM window_counts
+WHERE model_name = %s AND model_version = %s AND window_s = %s AND window_start >= %s AND window_start <= %s
+"""
+
+_WINDOW_PERF = """
+SELECT segment, window_start, stats FROM window_performance
+WHERE model_name = %s AND model_version = %s AND window_s = %s AND window_start >= %s AND window_start <= %s
+"""
+
+# the earliest windows, for the baseline: their performance and row counts
+_EARLY_WINDOWS = """
+SELECT c.window_start, coalesce(p.stats, '{}'::jsonb), c.counts[1]
+FROM window_counts c
+LEFT JOIN window_performance p USING (model_name, model_version, window_s, segment, window_start)
+WHERE c.model_name = %s AND c.model_version = %s AND c.window_s = %s AND c.segment = '*' AND c.series = %s
+ORDER BY c.window_start
+LIMIT %s
+"""
+
+_STAGE_RESULTS = """
+CREATE TEMP TABLE IF NOT EXISTS _in_results (LIKE monitor_results INCLUDING DEFAULTS) ON COMMIT DELETE ROWS
+"""
+
+_RESULT_COLUMNS = (
+    "model_name, model_version, segment, window_start, window_end, kind, metric, feature, value, threshold, "
+    "p_value, ci_low, ci_high, status, sample_size, label_coverage, sentence, evaluated_at"
+)
+
+_UPSERT_RESULTS = f"""
+INSERT INTO monitor_results AS r ({_RESULT_COLUMNS})
+SELECT {_RESULT_COLUMNS} FROM _in_results
+ORDER BY model_name, model_version, segment, window_start, kind, metric, feature
+ON CONFLICT (model_name, model_version, segment, window_start, kind, metric, feature) DO UPDATE SET
+    window_end = excluded.window_end, value = excluded.value, threshold = excluded.threshold,
+    p_value = excluded.p_value, ci_low = excluded.ci_low, ci_high = excluded.ci_high, status = excluded.status,
+    sample_size = excluded.sample_size, label_coverage = excluded.label_coverage, sentence = excluded.sentence,
+    evaluated_at = excluded.evaluated_at, recorded_at = now()
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RoundResult:
+    """What one monitor round did."""
+
+    evaluations: list[Evaluation]
+    summaries: list[dict[str, Any]]
+    profiles_built: list[tuple[str, str]]
+    labels_swept: int
+
+
+class Monitor:
+    """Runs monitor rounds against one store; safe to run from every worker (one round at a time)."""
+
+    def __init__(self, store: FeedbackStore, updater: WindowUpdater) -> None:
+        self.store = store
+        self.updater = updater
+
+    def run_once(self, *, models: Sequence[str] | None = None, write: bool = True) -> RoundResult | None:
+        """One round; ``None`` when another process holds the round."""
+        config = self.updater.config
+        names = sorted(models if models is not None else config.models)
+        with self.store.pool.connection() as conn:
+            if not conn.execute("SELECT pg_try_advisory_lock(%s)", (MONITOR_LOCK,)).fetchone()[0]:
+                return None
+            try:
+                built = self._build_profiles(conn)
+                with conn.transaction(), conn.cursor() as cur:
+                    swept = count_uncounted(cur, self.updater)
+                evaluations, summaries = [], []
+                with conn.cursor() as cur:
+                    for model, version in cur.execute(_VERSIONS, (names,)).fetchall():
+                        mc = config.models[model]
+                        profile = self.updater.profiles(cur, [(model, version)]).get((model, version))
+                        if profile is None:
+                            continue
+                        evaluation = evaluate_version(cur, mc, profile)
+                        if evaluation is None:
+                            continue
+                        evaluations.append(evaluation)
+                        summaries.append(summary(evaluation, mc))
+                if write and evaluations:
+                    with conn.transaction(), conn.cursor() as cur:
+                        write_results(cur, evaluations)
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (MONITOR_LOCK,))
+        return RoundResult(evaluations, summaries, built, swept)
+
+    def _build_profiles(self, conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+        built = []
+        for model, version in sorted(self.updater.unprofiled):
+            config = self.updater.config.models.get(model)
+            if config is None:
+                continue
+            with conn.cursor() as cur:
+                if self.updater.profiles(cur, [(model, version)]):
+                    self.updater.unprofiled.discard((model, version))
+                    continue
+                profile = profile_from_first_predictions(cur, config, version)
+            if profile is not None:
+                n = install_profile(conn, self.updater, profile)
+                log.info("reference profile for %s %s from its %s; %d predictions counted",
+                         model, version, profile.source, n)
+                built.append((model, version))
+        return built
+
+
+def evaluate_version(cur: psycopg.Cursor[Any], config: ModelConfig, profile: ReferenceProfile) -> Evaluation | None:
+    """Judge the version's last ``span`` windows, up to its newest window with data."""
+    key = (config.name, profile.model_version, config.window_s)
+    newest = cur.execute(_WATERMARK, (*key, ROWS)).fetchone()[0]
+    if newest is None:
+        return None
+    step = timedelta(seconds=config.window_s)
+    first = newest - step * (config.span - 1)
+    starts = [first + step * i for i in range(config.span)]
+    counts: dict[str, dict[tuple[datetime, str], Sequence[int]]] = defaultdict(dict)
+    for segment, start, series, c in cur.execute(_WINDOW_COUNTS, (*key, first, newest)).fetchall():
+        counts[segment][(start, series)] = c
+    perf: dict[str, dict[datetime, dict[str, int]]] = defaultdict(dict)
+    for segment, start, s in cur.execute(_WINDOW_PERF, (*key, first, newest)).fetchall():
+        perf[segment][start] = {k: int(v) for k, v in s.items()}
+    limit = config.performance.baseline_windows * 8
+    early = [
+        (start, {k: int(v) for k, v in s.items()}, int(rows or 0))
+        for start, s, rows in cur.execute(_EARLY_WINDOWS, (*key, ROWS, limit)).fetchall()
+    ]
+    baseline, baseline_starts = baseline_of(config, early)
+    segments = {
+        seg: to_window_data(starts, counts[seg], perf.get(seg, {}), profile)
+        for seg in sorted(counts, key=lambda s: (s != ALL, s))
+    }
+    drift, tests = evaluate_drift(config, profile, segments)
+    evaluation = Evaluation(
+        model_name=config.name, model_version=profile.model_version, evaluated_at=newest + step, drift=drift,
+        tests=tests,
+    )
+    for seg, data in segments.items():
+        evaluation.performance.extend(evaluate_performance(config, seg, data, baseline, baseline_starts))
+    return evaluation
+
+
+def write_results(cur: psycopg.Cursor[Any], evaluations: Sequence[Evaluation]) -> int:
+    """Store every result row (the latest evaluation of a window replaces the previous one)."""
+    cur.execute(_STAGE_RESULTS)
+    n = 0
+    with cur.copy(f"COPY _in_results ({_RESULT_COLUMNS}) FROM STDIN") as copy:
+        for ev in evaluations:
+            head = (ev.model_name, ev.model_version)
+            for d in ev.drift:
+                copy.write_row((*head, d.segment, d.window_start, d.window_end, "drift", d.metric, d.feature,
+                                _finite(d.value), d.threshold, _finite(d.p_value), None, None, d.status,
+                                d.sample_size, None, d.sentence, ev.evaluated_at))
+                n += 1
+            for p in ev.performance:
+                copy.write_row((*head, p.segment, p.window_start, p.window_end, "performance", p.metric, "",
+                                _finite(p.value), p.threshold, None, _finite(p.ci_low), _finite(p.ci_high), p.status,
+                                p.sample_size, p.label_coverage, p.sentence, ev.evaluated_at))
+                n += 1
+    cur.execute(_UPSERT_RESULTS)
+    return n
+
+
+def _finite(x: float | None) -> float | None:
+    if x is None or x != x or x in (float("inf"), float("-inf")):
+        return None
+    return float(x)

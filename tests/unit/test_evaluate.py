@@ -1,0 +1,110 @@
+"""Drift and performance verdicts from window counts: no false alarms on stable data, the shifted set exactly."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from feedback import performance
+from feedback.config import parse_config
+from feedback.evaluate import WindowData, baseline_of, evaluate_drift, evaluate_performance
+from feedback.profile import build_profile
+
+CONFIG = parse_config("""
+[models.m]
+task = "classification"
+positive_class = 1
+window = "1h"
+span = 24
+""").models["m"]
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+NUMERIC = [f"n{i:02d}" for i in range(15)]
+CATEGORICAL = [f"c{i}" for i in range(5)]
+CATS = np.array(["a", "b", "c", "d"])
+CAT_P = np.array([0.4, 0.3, 0.2, 0.1])
+
+
+def sample(rng: np.random.Generator, n: int, shifted: frozenset[str] = frozenset()) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for i, name in enumerate(NUMERIC):
+        draw = [rng.normal, rng.lognormal, rng.exponential][i % 3]
+        x = draw(size=n) if draw is not rng.exponential else draw(1.0, size=n)
+        sd = {0: 1.0, 1: np.sqrt((np.e - 1) * np.e), 2: 1.0}[i % 3]
+        if name in shifted:
+            x = x + 0.2 * sd
+        out[name] = (np.round(x, 1) if i == 14 else x).tolist()  # one with heavy ties
+    for name in CATEGORICAL:
+        p = np.array([0.35, 0.3, 0.2, 0.15]) if name in shifted else CAT_P
+        out[name] = rng.choice(CATS, size=n, p=p).tolist()
+    return out
+
+
+def windows_of(profile, chunks: list[dict[str, list]]) -> WindowData:
+    starts = tuple(T0 + timedelta(hours=i) for i in range(len(chunks)))
+    counts = {
+        name: np.stack([np.bincount(s.bin_values(c[name]), minlength=s.n_bins) for c in chunks])
+        for name, s in profile.series.items()
+    }
+    rows = np.array([len(c[NUMERIC[0]]) for c in chunks])
+    return WindowData(starts, counts, rows, tuple({} for _ in chunks))
+
+
+def flagged(results) -> set[tuple[int, str]]:
+    return {(r.window_start.hour + 24 * (r.window_start.day - 1), r.feature)
+            for r in results if r.metric == "drift" and r.status == "drift"}
+
+
+def test_stable_features_raise_no_alarm_over_many_windows() -> None:
+    """20 stable features, 10 evaluations of 24 windows of 1,000 rows: not one drift verdict."""
+    rng = np.random.default_rng(2026)
+    profile = build_profile("m", "v1", sample(rng, 5000), {}, source="first 5000 predictions")
+    alarms = []
+    for _ in range(10):
+        data = windows_of(profile, [sample(rng, 1000) for _ in range(24)])
+        results, tests = evaluate_drift(CONFIG, profile, {"*": data})
+        assert tests == 24 * 20
+        alarms += [r.sentence for r in results if r.metric == "drift" and r.status == "drift"]
+    assert alarms == []
+
+
+def test_exactly_the_shifted_features_are_flagged() -> None:
+    """0.2 SD shifts and a 5-point category move are flagged in every 5,000-row window; nothing else is."""
+    rng = np.random.default_rng(7)
+    shifted = frozenset({"n01", "n04", "n09", "n14", "c2"})
+    profile = build_profile("m", "v1", sample(rng, 50_000), {}, source="import:test")
+    chunks = [sample(rng, 5000) for _ in range(4)] + [sample(rng, 5000, shifted) for _ in range(4)]
+    results, _ = evaluate_drift(CONFIG, profile, {"*": windows_of(profile, chunks)})
+    assert flagged(results) == {(w, f) for w in range(4, 8) for f in shifted}
+
+
+def test_small_windows_are_unjudged_not_healthy() -> None:
+    """A window under the minimum says it was not judged, whatever its values."""
+    rng = np.random.default_rng(1)
+    profile = build_profile("m", "v1", sample(rng, 2000), {}, source="test")
+    data = windows_of(profile, [sample(rng, 999, frozenset(NUMERIC))])
+    results, tests = evaluate_drift(CONFIG, profile, {"*": data})
+    verdicts = {r.status for r in results if r.metric == "drift"}
+    assert verdicts == {"unjudged"} and tests == 0
+    assert "999 rows < minimum 1000" in results[0].sentence
+
+
+def test_performance_degrades_only_when_the_interval_clears_the_limit() -> None:
+    """Accuracy 0.75 baseline; a 0.67 window of 2,000 labels is degraded, a 0.74 one is not."""
+    def window(acc: float, n: int, rng) -> dict[str, int]:
+        y = rng.integers(0, 2, n)
+        yhat = np.where(rng.random(n) < acc, y, 1 - y)
+        s: dict[str, int] = {}
+        for c in performance.classification_contributions(y.tolist(), yhat.tolist(), [None] * n, positive=1):
+            performance.add(s, c)
+        return s
+
+    rng = np.random.default_rng(3)
+    early = [(T0 + timedelta(hours=i), window(0.75, 2000, rng), 2000) for i in range(24)]
+    baseline, starts = baseline_of(CONFIG, early)
+    assert len(starts) == CONFIG.performance.baseline_windows
+    later = [window(0.67, 2000, rng), window(0.74, 2000, rng), window(0.5, 100, rng)]
+    data = WindowData(tuple(T0 + timedelta(days=2, hours=i) for i in range(3)), {}, np.array([2000, 2000, 2000]),
+                      tuple(later))
+    results = [r for r in evaluate_performance(CONFIG, "*", data, baseline, starts) if r.metric == "accuracy"]
+    assert [r.status for r in results] == ["degraded", "ok", "unjudged"]
