@@ -99,7 +99,7 @@ _MONITOR_DRIFT = """
 SELECT window_start, array_agg(feature ORDER BY feature) FILTER (WHERE status = 'drift'), count(*)
 FROM monitor_results
 WHERE model_name = %s AND model_version = %s AND segment = '*' AND kind = 'drift' AND metric = 'drift'
-  AND status <> 'unjudged' AND feature NOT LIKE '\_\_%%'
+  AND status <> 'unjudged' AND left(feature, 2) <> '__'
 GROUP BY window_start ORDER BY window_start DESC LIMIT 1
 """
 

@@ -30,7 +30,7 @@ WHERE d.model_name = %s AND d.model_version = %s AND d.segment = %s AND d.kind =
   AND d.window_start = (
       SELECT max(window_start) FROM monitor_results
       WHERE model_name = %s AND model_version = %s AND segment = %s AND kind = 'drift' AND metric = 'drift'
-        AND status <> 'unjudged' AND feature NOT LIKE '\_\_%%')
+        AND status <> 'unjudged' AND left(feature, 2) <> '__')
 ORDER BY d.status = 'drift' DESC, d.feature
 """
 
