@@ -26,6 +26,7 @@ baseline by ``max_drop`` (or than the absolute ``performance.threshold``).
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -101,68 +102,166 @@ def evaluate_drift(
     config: ModelConfig, profile: ReferenceProfile, segments: Mapping[str, WindowData]
 ) -> tuple[list[DriftResult], int]:
     """Drift results for every series, window and segment; returns them and the number of tests corrected for."""
-    staged = []  # (segment, data, series, metrics dict of arrays (W,))
-    for segment, data in segments.items():
-        for name, series in profile.series.items():
-            counts = data.counts.get(name)
-            if counts is None:
-                counts = np.zeros((len(data.starts), series.n_bins), dtype=np.int64)
-            staged.append((segment, data, series, _series_metrics(series, counts)))
-    # Holm over every judged test of this evaluation
-    pvals = []
-    for _segment, _data, series, m in staged:
-        minimum = config.min_labels if series.name == LABEL else config.min_rows
-        m["judged"] = m["n"] >= minimum
-        pvals.append(np.where(m["judged"], m["p"], np.nan))
-    flat = np.concatenate(pvals) if pvals else np.array([])
-    adjusted = stats.holm(flat) if flat.size else flat
-    tests = int(np.count_nonzero(~np.isnan(flat)))
+    arrays = drift_arrays(config, profile, segments)
+    tests = int(np.count_nonzero(arrays.judged))
     out: list[DriftResult] = []
-    offset = 0
     window = timedelta(seconds=config.window_s)
-    for segment, data, series, m in staged:
-        w = len(data.starts)
-        m["p_adj"] = adjusted[offset : offset + w]
-        offset += w
-        out.extend(_drift_rows(config, segment, data, series, m, window, tests))
+    for j, (segment, name) in enumerate(arrays.rows):
+        series = profile.series[name]
+        m = {k: getattr(arrays, k)[j] for k in ("n", "psi", "js", "stat", "effect", "p_adj", "judged")}
+        out.extend(_drift_rows(config, segment, segments[segment], series, m, window, tests))
     return out, tests
 
 
-def _series_metrics(series: SeriesProfile, counts: np.ndarray) -> dict[str, np.ndarray]:
-    ref = np.asarray(series.counts, dtype=np.float64)
-    cur = counts.astype(np.float64)
-    n = cur.sum(axis=1)
-    if series.kind == "numeric":
-        to_coarse = series.fine_to_coarse()
-        n_coarse = int(to_coarse.max()) + 1
-        onehot = np.zeros((series.n_bins, n_coarse))
-        onehot[np.arange(series.n_bins), to_coarse] = 1.0
-        ref_c, cur_c = ref @ onehot, cur @ onehot
-        ks = stats.ks_from_grid(ref[:-1], cur[:, :-1])  # value bins only; missingness is in PSI and JS
-        sig_stat, p, effect = ks.statistic, ks.pvalue, ks.statistic
-    else:
-        ref_c, cur_c = ref, cur
-        chi = stats.chi_square(ref, cur)
-        sig_stat, p = chi.statistic, chi.pvalue
-        effect = cohens_w(ref, cur)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        psi = stats.psi(ref_c, cur_c)
-        js = stats.js_distance(ref_c, cur_c)
-    return {"n": n, "psi": np.atleast_1d(psi), "js": np.atleast_1d(js), "stat": np.atleast_1d(sig_stat),
-            "p": np.atleast_1d(p), "effect": np.atleast_1d(effect)}
+@dataclass(frozen=True, slots=True)
+class DriftArrays:
+    """Every drift number of an evaluation: row j is (segment, series) ``rows[j]``, column i window i."""
+
+    rows: tuple[tuple[str, str], ...]
+    n: np.ndarray
+    psi: np.ndarray
+    js: np.ndarray
+    stat: np.ndarray  # KS statistic or chi-square statistic
+    effect: np.ndarray  # KS statistic or Cohen's w
+    p_adj: np.ndarray  # after Holm over every judged test
+    judged: np.ndarray
+    drift: np.ndarray  # significant and past an effect floor
 
 
-def cohens_w(ref_counts: np.ndarray, cur_counts: np.ndarray) -> np.ndarray:
-    """Cohen's w of the current proportions against the reference's (smoothed), per window.
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A profile's series stacked for vectorised evaluation (numeric and categorical apart)."""
 
-    >>> float(cohens_w(np.array([50, 50]), np.array([[60, 40]]))[0])
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+    num_ref_fine: np.ndarray  # (F, B) value bins, padded
+    num_valid_fine: np.ndarray
+    num_to_coarse: np.ndarray  # (F, B + 1, C): fine bins (with the missing bin last) to PSI bins
+    num_ref_coarse: np.ndarray  # (F, C)
+    num_valid_coarse: np.ndarray
+    num_fine_width: int
+    cat_ref: np.ndarray  # (F, K) padded
+    cat_valid: np.ndarray
+
+
+_PREPARED: dict[int, tuple[ReferenceProfile, _Prepared]] = {}
+
+
+def _prepare(profile: ReferenceProfile) -> _Prepared:
+    hit = _PREPARED.get(id(profile))
+    if hit is not None and hit[0] is profile:
+        return hit[1]
+    numeric = tuple(n for n, s in profile.series.items() if s.kind == "numeric")
+    categorical = tuple(n for n, s in profile.series.items() if s.kind == "categorical")
+    width = max((profile.series[n].n_bins - 1 for n in numeric), default=1)
+    coarse_width = max((int(profile.series[n].fine_to_coarse().max()) + 1 for n in numeric), default=1)
+    ref_fine = np.zeros((len(numeric), width))
+    valid_fine = np.zeros((len(numeric), width), dtype=bool)
+    to_coarse = np.zeros((len(numeric), width + 1, coarse_width))
+    valid_coarse = np.zeros((len(numeric), coarse_width), dtype=bool)
+    for f, name in enumerate(numeric):
+        s = profile.series[name]
+        values = s.n_bins - 1
+        ref_fine[f, :values] = s.counts[:-1]
+        valid_fine[f, :values] = True
+        mapping = s.fine_to_coarse()
+        to_coarse[f, np.arange(values), mapping[:-1]] = 1.0
+        to_coarse[f, width, mapping[-1]] = 1.0  # the missing bin sits in the last row
+        valid_coarse[f, : int(mapping.max()) + 1] = True
+    ref_all = np.concatenate((ref_fine, np.array(
+        [[profile.series[n].counts[-1]] for n in numeric]).reshape(len(numeric), 1)), axis=1)
+    ref_coarse = np.einsum("fb,fbc->fc", ref_all, to_coarse)
+    cat_width = max((profile.series[n].n_bins for n in categorical), default=1)
+    cat_ref = np.zeros((len(categorical), cat_width))
+    cat_valid = np.zeros((len(categorical), cat_width), dtype=bool)
+    for f, name in enumerate(categorical):
+        s = profile.series[name]
+        cat_ref[f, : s.n_bins] = s.counts
+        cat_valid[f, : s.n_bins] = True
+    prepared = _Prepared(numeric, categorical, ref_fine, valid_fine, to_coarse, ref_coarse, valid_coarse, width,
+                         cat_ref, cat_valid)
+    if len(_PREPARED) > 64:
+        _PREPARED.clear()
+    _PREPARED[id(profile)] = (profile, prepared)
+    return prepared
+
+
+def drift_arrays(
+    config: ModelConfig, profile: ReferenceProfile, segments: Mapping[str, WindowData]
+) -> DriftArrays:
+    """Every drift statistic, Holm-adjusted p-value and verdict, computed on whole arrays at once."""
+    prep = _prepare(profile)
+    rows: list[tuple[str, str]] = []
+    parts: dict[str, list[np.ndarray]] = defaultdict(list)
+    for segment, data in segments.items():
+        w = len(data.starts)
+        if prep.numeric:
+            cur = np.zeros((len(prep.numeric), w, prep.num_fine_width + 1))
+            for f, name in enumerate(prep.numeric):
+                c = data.counts.get(name)
+                if c is not None:
+                    cur[f, :, : c.shape[1] - 1] = c[:, :-1]
+                    cur[f, :, -1] = c[:, -1]
+            ks = stats.ks_from_grid(prep.num_ref_fine[:, None, :], cur[:, :, :-1],
+                                    valid=prep.num_valid_fine[:, None, :])
+            coarse = np.einsum("fwb,fbc->fwc", cur, prep.num_to_coarse)
+            valid = prep.num_valid_coarse[:, None, :]
+            parts["psi"].append(stats.psi(prep.num_ref_coarse[:, None, :], coarse, valid=valid))
+            parts["js"].append(stats.js_distance(prep.num_ref_coarse[:, None, :], coarse, valid=valid))
+            parts["stat"].append(ks.statistic)
+            parts["effect"].append(ks.statistic)
+            parts["p"].append(ks.pvalue)
+            parts["n"].append(cur.sum(axis=-1))
+            rows.extend((segment, name) for name in prep.numeric)
+        if prep.categorical:
+            cur = np.zeros((len(prep.categorical), w, prep.cat_ref.shape[1]))
+            for f, name in enumerate(prep.categorical):
+                c = data.counts.get(name)
+                if c is not None:
+                    cur[f, :, : c.shape[1]] = c
+            ref = prep.cat_ref[:, None, :]
+            valid = prep.cat_valid[:, None, :]
+            chi = stats.chi_square(ref, cur, valid=valid)
+            parts["psi"].append(stats.psi(ref, cur, valid=valid))
+            parts["js"].append(stats.js_distance(ref, cur, valid=valid))
+            parts["stat"].append(chi.statistic)
+            parts["effect"].append(cohens_w(ref, cur, valid=valid))
+            parts["p"].append(chi.pvalue)
+            parts["n"].append(cur.sum(axis=-1))
+            rows.extend((segment, name) for name in prep.categorical)
+    if not rows:
+        empty = np.zeros((0, 0))
+        return DriftArrays((), empty, empty, empty, empty, empty, empty, empty.astype(bool), empty.astype(bool))
+    got = {k: np.concatenate(v, axis=0) for k, v in parts.items()}
+    minimum = np.array([config.min_labels if name == LABEL else config.min_rows for _, name in rows])[:, None]
+    judged = got["n"] >= minimum
+    p_adj = stats.holm(np.where(judged, got["p"], np.nan))
+    th = [config.thresholds_for(name) for _, name in rows]
+    kinds = [profile.series[name].kind for _, name in rows]
+    psi_th = np.array([t.psi for t in th])[:, None]
+    js_th = np.array([t.js for t in th])[:, None]
+    effect_th = np.array([t.ks if k == "numeric" else t.chi2_effect for t, k in zip(th, kinds, strict=True)])[:, None]
+    with np.errstate(invalid="ignore"):
+        large = (got["psi"] >= psi_th) | (got["js"] >= js_th) | (got["effect"] >= effect_th)
+        drift = judged & (p_adj < config.alpha) & large
+    return DriftArrays(tuple(rows), got["n"], got["psi"], got["js"], got["stat"], got["effect"], p_adj, judged,
+                       drift)
+
+
+def cohens_w(ref_counts: np.ndarray, cur_counts: np.ndarray, *, valid: np.ndarray | None = None) -> np.ndarray:
+    """Cohen's w of the current proportions against the reference's (smoothed, no floor), per window.
+
+    An effect size for the chi-square test that does not grow with the sample: 0.1 is "small".
+
+    >>> round(float(cohens_w(np.array([50, 50]), np.array([[60, 40]]))[0]), 6)
     0.2
     """
-    p = stats.smoothed_proportions(ref_counts, floor=0.0)
+    p = stats.smoothed_proportions(ref_counts, floor=0.0, valid=valid)
     n = cur_counts.sum(axis=-1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         q = cur_counts / n
-        return np.sqrt(np.sum((q - p) ** 2 / p, axis=-1))
+        terms = np.where(p > 0, (q - p) ** 2 / np.where(p > 0, p, 1.0), 0.0)
+        return np.sqrt(np.sum(terms, axis=-1))
 
 
 def _drift_rows(

@@ -118,10 +118,11 @@ def _print_report(r: dict[str, Any], say: Callable[[str], None]) -> None:
     say(f"{r['model']} {r['version']}  segment {r['segment']}  reference: {ref['source']} ({ref['rows']} rows)")
     if r["drift"]:
         say(f"drift, window starting {r['drift'][0]['window_start']:%Y-%m-%d %H:%M} UTC:")
-        say(f"  {'feature':<18} {'status':<9} {'psi':>7} {'js':>7} {'effect':>15} {'p (Holm)':>10} {'rows':>7}")
+        width = max(len("feature"), *(len(d["feature"]) for d in r["drift"]))
+        say(f"  {'feature':<{width}} {'status':<9} {'psi':>7} {'js':>7} {'effect':>15} {'p (Holm)':>10} {'rows':>7}")
         for d in r["drift"]:
             effect = "" if d["effect"] is None else f"{d['effect_metric']} {d['effect']:.3f}"
-            say(f"  {d['feature']:<18} {d['status']:<9} {_num(d['psi'])} {_num(d['js'])} {effect:>15} "
+            say(f"  {d['feature']:<{width}} {d['status']:<9} {_num(d['psi'])} {_num(d['js'])} {effect:>15} "
                 f"{_p(d['p_value']):>10} {d['sample_size']:>7}")
     else:
         say("drift: no window judged yet")

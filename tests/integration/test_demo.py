@@ -12,10 +12,11 @@ from pathlib import Path
 
 import psutil
 
-from pitstop import stack, supervisor
+from pitstop import demo, stack, supervisor
 
-DEMO_SECONDS = 25
-TIMEOUT_S = 120.0
+# drift starts 24 s in and is complete at 30 s; a 6-hour window fills in 21.6 s
+DEMO_SECONDS = 60
+TIMEOUT_S = 180.0
 
 
 def _number(pattern: str, text: str) -> int:
@@ -45,9 +46,9 @@ def _processes_mentioning(text: str) -> list[str]:
 
 
 def test_demo_joins_outcomes_and_leaves_nothing_running(tmp_path: Path) -> None:
-    """`pitstop demo --duration 25` without configured services starts a stack, stores and joins
-    predictions with their outcomes, dead-letters the malformed messages, exits 0, and stops
-    every process it started."""
+    """`pitstop demo --duration 60` without configured services starts a stack, stores and joins
+    predictions with their outcomes, dead-letters the malformed messages, shows drift on exactly
+    the shifted features, exits 0, and stops every process it started."""
     state_dir = (tmp_path / "state").resolve()
     env = {k: v for k, v in os.environ.items()
            if k not in ("PITSTOP_KAFKA_BOOTSTRAP", "PITSTOP_DATABASE_URL")}
@@ -85,6 +86,11 @@ def test_demo_joins_outcomes_and_leaves_nothing_running(tmp_path: Path) -> None:
     assert 0 < joined <= stored
     assert dead_letters > 0
     assert re.search(r"^stopped$", text, re.MULTILINE), text
+    # the monitor's drift table: status per feature in the newest judged window
+    table = dict(re.findall(r"^\s{4}([a-z][a-z_]*)\s+(drift|stable)\s", text, re.MULTILINE))
+    assert set(table) == set(demo.NUMERIC_FEATURES) | {"region", "plan"}, text
+    assert {f for f, status in table.items() if status == "drift"} == set(demo.DRIFTING_FEATURES), text
+    assert re.search(r"accuracy\s+0\.\d+ \[0\.\d+, 0\.\d+\]", text), text
 
     assert {"broker", "postgres", "worker-0"} <= {p.name for p in seen.values()}, seen
     still_running = [f"{p.name} (pid {p.pid})" for p in seen.values() if stack.is_ours(p)]
