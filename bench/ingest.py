@@ -56,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -68,7 +69,10 @@ import psycopg
 from kafka import KafkaProducer
 from psycopg import sql
 
+from feedback.config import ModelConfig, MonitoringConfig, load_config
+from feedback.profile import LABEL, PREDICTION, ROWS, SCORE, ReferenceProfile, build_profile, category_key
 from feedback.store import FeedbackStore, migrate
+from feedback.windows import WindowUpdater, install_profile, reference_columns
 from pitstop import stack
 from pitstop.client import PitstopProducer
 from pitstop.settings import Topics
@@ -83,6 +87,7 @@ from schemas import (
 
 BENCH_DIR = Path(__file__).resolve().parent
 BARE_AGENT = BENCH_DIR / "_bare_agent.py"
+MONITOR_CONFIG = BENCH_DIR / "monitoring.toml"
 
 BATCH_EVENTS = 500  # events a batched message holds (PitstopProducer's default)
 COPY_CHUNK_EVENTS = 5000  # events per write_batch in the COPY reference (the worker's default)
@@ -97,6 +102,7 @@ TARGET_BATCHED_VS_COPY = 0.5
 TARGET_SINGLE_VS_BARE = 0.8
 TARGET_P99_S = 1.0
 TARGET_MEMORY_GROWTH = 0.10  # RSS at 100% within 10% of RSS at 25% (after warm-up)
+TARGET_MONITORED_VS_PLAIN = 0.85  # monitoring on costs under 15% of the worker's throughput
 
 # ---------------------------------------------------------------------------------------------
 # the events
@@ -597,16 +603,133 @@ def verify(conn: psycopg.Connection[Any], stats: StreamStats) -> dict[str, Any]:
     return counts
 
 
+# ---------------------------------------------------------------------------------------------
+# monitoring: the reference profiles installed up front, the windows checked exactly
+
+REFERENCE_SEED_OFFSET = 1000  # the profiles' sample is generated with seed + this
+
+
+def monitoring_config() -> MonitoringConfig:
+    return load_config(MONITOR_CONFIG)
+
+
+def _positive_score(model: ModelConfig, p: PredictionEvent) -> Any:
+    """The positive-class probability the monitoring counts, as feedback.windows reads it."""
+    if model.score == "probabilities" and p.probabilities is not None:
+        return p.probabilities.get(category_key(model.positive_class))
+    return p.score if model.score == "score" else None
+
+
+def reference_profiles(config: MonitoringConfig, seed: int) -> list[ReferenceProfile]:
+    """Each model version's profile from ``reference_rows`` predictions (with their labels) of a
+    sample generated with another seed than the benchmark's, built as the monitor round builds
+    one from the first stored predictions (``profile_from_first_predictions``)."""
+    model = config.model("churn")
+    assert model is not None, f"{MONITOR_CONFIG} does not declare the model 'churn'"
+    rng = random.Random(seed)
+    sample: dict[str, list[tuple[PredictionEvent, OutcomeEvent]]] = defaultdict(list)
+    versions = {"v7", "v8"}  # as _pair assigns them
+    i = 0
+    while any(len(sample[v]) < model.reference_rows for v in versions):
+        pair = _pair(i, rng)
+        i += 1
+        rows = sample[pair[0].model_version]
+        if len(rows) < model.reference_rows:
+            rows.append(pair)
+    outcome = "categorical" if model.task == "classification" else "numeric"
+    kinds = {**model.features, PREDICTION: outcome, LABEL: outcome, SCORE: "numeric"}
+    profiles = []
+    for version, rows in sorted(sample.items()):
+        columns = reference_columns(
+            model,
+            features=[p.features for p, _ in rows],
+            predictions=[p.prediction for p, _ in rows],
+            scores=[_positive_score(model, p) for p, _ in rows],
+            labels=[o.label for _, o in rows],
+        )
+        source = f"bench sample, seed {seed}"
+        profiles.append(build_profile(model.name, version, columns, kinds, source=source))  # type: ignore[arg-type]
+    return profiles
+
+
+def install_reference_profiles(ctx: Ctx, schema: str, config: MonitoringConfig, seed: int) -> None:
+    """Migrate ``schema`` and install the profiles, so the windows count from the first batch
+    (the worker's monitor round would build them only after ``reference_rows`` predictions)."""
+    migrate(ctx.database_url, schema)
+    updater = WindowUpdater(config)
+    with (
+        FeedbackStore(ctx.database_url, schema, max_size=1, windows=updater) as store,
+        store.pool.connection() as conn,
+    ):
+        for profile in reference_profiles(config, seed + REFERENCE_SEED_OFFSET):
+            install_profile(conn, updater, profile)
+
+
+WINDOW_SERIES_SQL = """
+SELECT series, sum(x)::bigint FROM window_counts, unnest(counts) AS x
+WHERE segment = '*' GROUP BY series ORDER BY series
+"""
+
+WINDOW_TOTALS_SQL = """
+SELECT (SELECT count(DISTINCT (model_version, window_start)) FROM window_counts WHERE segment = '*'),
+       (SELECT coalesce(sum((stats->>'n')::bigint), 0)::bigint FROM window_performance WHERE segment = '*'),
+       (SELECT coalesce(sum(n_updates), 0)::bigint FROM detector_state),
+       (SELECT count(*) FROM predictions p JOIN current_labels c USING (prediction_id)
+        WHERE c.counted_label IS DISTINCT FROM c.label)
+"""
+
+
+def verify_windows(conn: psycopg.Connection[Any], counts: dict[str, Any]) -> dict[str, Any]:
+    """The accumulators against the rows (segment '*'): the __rows__ series sums to the distinct
+    predictions, every other series but the label to the same, the label series and the
+    performance aggregates' n to the labelled predictions; the detectors saw one error per label
+    (this data has no label corrections) and no stored prediction has a label left uncounted."""
+    series = dict(conn.execute(WINDOW_SERIES_SQL).fetchall())  # type: ignore[arg-type]
+    windows, stats_n, detector_updates, uncounted = conn.execute(WINDOW_TOTALS_SQL).fetchone()  # type: ignore[misc]
+    rows, labelled = counts["distinct_ids"], counts["labels"]
+    others = {k: v for k, v in series.items() if k not in (ROWS, LABEL)}
+    checks = {
+        "rows_series": series.get(ROWS, 0) == rows,
+        "feature_series": bool(others) and all(v == rows for v in others.values()),
+        "label_series": series.get(LABEL, 0) == labelled,
+        "stats_n": stats_n == labelled,
+        "detector_updates": detector_updates == labelled,
+        "uncounted": uncounted == 0,
+    }
+    return {
+        "windows": windows,
+        "rows_series": series.get(ROWS, 0),
+        "series_sums": series,
+        "stats_n": stats_n,
+        "detector_updates": detector_updates,
+        "uncounted": uncounted,
+        "expected": {"rows": rows, "labelled": labelled},
+        "checks": checks,
+        "exact": all(checks.values()),
+    }
+
+
 def run_worker_drain(
-    ctx: Ctx, content: Content, extra_env: dict[str, str] | None = None, suffix: str = ""
+    ctx: Ctx,
+    content: Content,
+    extra_env: dict[str, str] | None = None,
+    suffix: str = "",
+    monitor: MonitoringConfig | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Start a worker over preloaded topics; time ready -> every prediction has its label."""
+    """Start a worker over preloaded topics; time ready -> every prediction has its label.
+
+    With ``monitor`` the worker monitors (PITSTOP_CONFIG=bench/monitoring.toml, its monitor
+    round at the default interval), its schema has the reference profiles before it starts,
+    and the windows are checked exactly at the end."""
     name = f"{content.name}{suffix}"
     _, schema, app_id = ctx.names(f"w_{name}")
     n = content.stats.predictions
-    record, t_ready, log_path = start_worker(
-        ctx, content.topics, schema, app_id, name, extra_env=extra_env
-    )
+    env = dict(extra_env or {})
+    if monitor is not None:
+        install_reference_profiles(ctx, schema, monitor, seed)
+        env["PITSTOP_CONFIG"] = monitor.path
+    record, t_ready, log_path = start_worker(ctx, content.topics, schema, app_id, name, extra_env=env)
     meter = CpuMeter(ctx, record.pid)
     rss_peak = rss_start = _rss_mb(record.pid)
     polls = 0
@@ -632,6 +755,7 @@ def run_worker_drain(
                     raise RuntimeError(msg)
             cpu = meter.percent()
             counts = verify(conn, content.stats)
+            windows = verify_windows(conn, counts) if monitor is not None else None
             first, last = conn.execute(
                 "SELECT extract(epoch FROM min(ingested_at))::float8,"
                 " extract(epoch FROM max(ingested_at))::float8 FROM predictions"
@@ -656,20 +780,29 @@ def run_worker_drain(
         "rss_peak_mb": rss_peak,
         "poll_interval_s": 0.2,
         "counts": counts,
+        "monitor": monitor is not None,
+        "windows": windows,
     }
 
 
-def run_copy_reference(ctx: Ctx, content: Content) -> dict[str, Any]:
-    """Decode the same message values here and write them with FeedbackStore.write_batch."""
-    _, schema, _ = ctx.names(f"copy_{content.name}")
-    migrate(ctx.database_url, schema)
+def run_copy_reference(
+    ctx: Ctx, content: Content, monitor: MonitoringConfig | None = None, seed: int = 0
+) -> dict[str, Any]:
+    """Decode the same message values here and write them with FeedbackStore.write_batch; with
+    ``monitor``, through a store that keeps the windows (profiles installed first)."""
+    _, schema, _ = ctx.names(f"copy_{content.name}{'_mon' if monitor is not None else ''}")
+    if monitor is not None:
+        install_reference_profiles(ctx, schema, monitor, seed)
+    else:
+        migrate(ctx.database_url, schema)
     kinds = {
         content.topics.predictions: EventKind.PREDICTION,
         content.topics.outcomes: EventKind.OUTCOME,
     }
     now = datetime.now(UTC)
     decode_s = write_s = 0.0
-    store = FeedbackStore(ctx.database_url, schema, max_size=1).open()
+    windows = WindowUpdater(monitor) if monitor is not None else None
+    store = FeedbackStore(ctx.database_url, schema, max_size=1, windows=windows).open()
     try:
         preds: list[PredictionEvent] = []
         outs: list[OutcomeEvent] = []
@@ -695,6 +828,7 @@ def run_copy_reference(ctx: Ctx, content: Content) -> dict[str, Any]:
             flush()
         with ctx.connect(schema) as conn:
             counts = verify(conn, content.stats)
+            window_check = verify_windows(conn, counts) if monitor is not None else None
     finally:
         store.close()
     return {
@@ -706,6 +840,8 @@ def run_copy_reference(ctx: Ctx, content: Content) -> dict[str, Any]:
         "decode_write_events_per_s": content.events / (decode_s + write_s),
         "decode_events_per_s": content.events / decode_s,
         "counts": counts,
+        "monitor": monitor is not None,
+        "windows": window_check,
     }
 
 
@@ -1132,7 +1268,7 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                     _verdict(ratio >= TARGET_BATCHED_VS_COPY),
                 )
             )
-        else:
+        elif "take" in bare:
             ref = bare["take"]["events_per_s"]
             ratio = w["events_per_s"] / ref
             add(
@@ -1166,6 +1302,8 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                         "",
                     )
                 )
+        if r.get("monitor_ab"):
+            rows.extend(_monitor_rows(r["monitor_ab"], copy, r["copy_monitored"]))
     for key in ("latency", "latency_diag"):
         lat = results.get(key)
         if not lat:
@@ -1267,6 +1405,54 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
+def _monitor_rows(
+    drains: list[dict[str, Any]], copy: dict[str, Any], copy_mon: dict[str, Any]
+) -> list[tuple[str, str, str, str, str]]:
+    """The monitoring A/B of one throughput scenario: every drain, the windows' checks, the
+    COPY reference with the windows, and the target on the medians."""
+    plain = [d for d in drains if not d["monitor"]]
+    mon = [d for d in drains if d["monitor"]]
+    order = " ".join("B" if d["monitor"] else "A" for d in drains)
+
+    def rates(ds: list[dict[str, Any]]) -> str:
+        return " / ".join(f"{d['events_per_s']:,.0f}" for d in ds)
+
+    def mean_cpu(ds: list[dict[str, Any]]) -> dict[str, float]:
+        return {k: float(np.mean([d["cpu_percent"][k] for d in ds])) for k in ds[0]["cpu_percent"]}
+
+    ratio = float(np.median([d["events_per_s"] for d in mon]) / np.median([d["events_per_s"] for d in plain]))
+    windows = [d["windows"] for d in mon]
+    w = windows[0]
+    exact = all(x["exact"] for x in windows) and all(d["counts"]["exact"] for d in drains)
+    copy_ratio = copy_mon["write_events_per_s"] / copy["write_events_per_s"]
+    return [
+        ("", "monitoring off (A): joined events/s", rates(plain), f"order {order}", ""),
+        ("", "monitoring on (B): joined events/s", rates(mon), "bench/monitoring.toml", ""),
+        ("", "CPU % of one core, off (A) / on (B)", _cpu(mean_cpu(plain)), _cpu(mean_cpu(mon)), ""),
+        (
+            "",
+            "windows: rows, labels (stats n), windows",
+            f"{w['rows_series']:,}, {w['stats_n']:,}, {w['windows']}",
+            f"{w['expected']['rows']:,}, {w['expected']['labelled']:,} (every B drain)",
+            _verdict(exact),
+        ),
+        (
+            "",
+            "ref COPY upsert + windows: events/s",
+            f"{copy_mon['write_events_per_s']:,.0f}",
+            f"= {copy_ratio:.2f}x COPY; windows exact {copy_mon['windows']['exact']}",
+            "",
+        ),
+        (
+            "",
+            "target: monitored / plain worker",
+            f"{ratio:.2f}x",
+            f">= {TARGET_MONITORED_VS_PLAIN}x (medians)",
+            _verdict(ratio >= TARGET_MONITORED_VS_PLAIN),
+        ),
+    ]
+
+
 def print_table(rows: list[tuple[str, str, str, str, str]]) -> None:
     head = ("scenario", "figure", "value", "target / note", "result")
     widths = [max(len(r[i]) for r in (head, *rows)) for i in range(5)]
@@ -1301,11 +1487,39 @@ def machine() -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
+def run_monitor_ab(
+    ctx: Ctx,
+    content: Content,
+    plain: dict[str, Any],
+    monitor: MonitoringConfig,
+    rounds: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Drains of the same topics with monitoring off (A) and on (B), ``rounds`` of each, in the
+    order A B B A A B ...: the scenario's own drain (``plain``) is the first A."""
+    drains = [plain]
+    for k in range(2 * rounds - 1):
+        monitored = (k // 2) % 2 == 0
+        label = "mon" if monitored else "plain"
+        drain = run_worker_drain(
+            ctx, content, suffix=f"_{label}{k}", monitor=monitor if monitored else None, seed=seed
+        )
+        windows = drain["windows"]
+        _log(
+            f"{content.name}: worker, monitoring {'on' if monitored else 'off'}: "
+            + f"{drain['events_per_s']:,.0f} events/s, rows exact {drain['counts']['exact']}"
+            + (f", windows {windows['checks']}" if windows else "")
+        )
+        drains.append(drain)
+    return drains
+
+
 def run(args: argparse.Namespace, ctx: Ctx) -> dict[str, Any]:
     only = set(args.only.split(",")) if args.only else {"batched", "single", "latency"}
     if args.memory_events and not args.only:
         only.add("memory")
     results: dict[str, Any] = {"machine": machine(), "args": vars(args), "external": ctx.external}
+    monitor = monitoring_config() if args.monitor else None
     for content_name, batch_size in (("batched", BATCH_EVENTS), ("single", 1)):
         if content_name not in only:
             continue
@@ -1317,7 +1531,7 @@ def run(args: argparse.Namespace, ctx: Ctx) -> dict[str, Any]:
             f"published in {content.publish_s:.1f} s"
         )
         bare = {}
-        for mode in args.bare_modes.split(","):
+        for mode in [m for m in args.bare_modes.split(",") if m]:
             bare[mode] = run_bare(ctx, content, mode)
             _log(f"{content_name}: bare agent ({mode}) {bare[mode]['msgs_per_s']:,.0f} msg/s")
         worker = run_worker_drain(ctx, content)
@@ -1325,6 +1539,9 @@ def run(args: argparse.Namespace, ctx: Ctx) -> dict[str, Any]:
             f"{content_name}: worker {worker['events_per_s']:,.0f} events/s, "
             + f"counts {worker['counts']}"
         )
+        ab: list[dict[str, Any]] = []
+        if monitor is not None:
+            ab = run_monitor_ab(ctx, content, worker, monitor, args.monitor_rounds, args.seed)
         diag = None
         if content_name == "single" and args.diag_batch_messages:
             diag = run_worker_drain(
@@ -1343,6 +1560,14 @@ def run(args: argparse.Namespace, ctx: Ctx) -> dict[str, Any]:
             f"{content_name}: COPY reference {copy['write_events_per_s']:,.0f} events/s "
             + "(write only)"
         )
+        copy_mon = None
+        if monitor is not None:
+            copy_mon = run_copy_reference(ctx, content, monitor, args.seed)
+            _log(
+                f"{content_name}: COPY reference with windows "
+                + f"{copy_mon['write_events_per_s']:,.0f} events/s (write only), "
+                + f"windows exact {copy_mon['windows']['exact']}"
+            )
         results[content_name] = {
             "events": content.events,
             "predictions": content.stats.predictions,
@@ -1353,6 +1578,8 @@ def run(args: argparse.Namespace, ctx: Ctx) -> dict[str, Any]:
             "worker": worker,
             "copy": copy,
             "worker_diag": diag,
+            "monitor_ab": ab,
+            "copy_monitored": copy_mon,
         }
         content.messages.clear()
     if "latency" in only:
@@ -1414,6 +1641,19 @@ def main(argv: list[str] | None = None) -> int:
         "--bare-modes",
         default="take,iter",
         help="bare agent shapes to measure (take = the worker's noack_take; iter)",
+    )
+    parser.add_argument(
+        "--monitor",
+        action="store_true",
+        help="also drain each throughput scenario with monitoring on (PITSTOP_CONFIG="
+        "bench/monitoring.toml, reference profiles installed first), alternating with plain "
+        "drains of the same topics, and run the COPY reference with the windows too",
+    )
+    parser.add_argument(
+        "--monitor-rounds",
+        type=int,
+        default=2,
+        help="with --monitor: drains with monitoring off and on, this many of each (order A B B A ...)",
     )
     parser.add_argument(
         "--only", default="", help="comma-separated subset of batched,single,latency,memory"

@@ -65,7 +65,7 @@ def monitor_report(settings: Settings, model: str, *, version: str | None, segme
     """Run a monitor round for ``model`` (or read the stored one if a worker is running it) and print it."""
     config = model_config(settings, model)
     if database_url is None:
-        _, database_url = settings.require_services()
+        database_url = settings.require_database()
     updater = WindowUpdater(settings.monitoring)
     with FeedbackStore(database_url, settings.db_schema, windows=updater) as store:
         monitor = Monitor(store, updater)
@@ -178,7 +178,7 @@ def import_reference(settings: Settings, model: str, version: str, path: Path, *
     outcome = "categorical" if config.task == "classification" else "numeric"
     profile = build_profile(model, version, columns, {**kinds, "__prediction__": outcome, "__label__": outcome,
                                                       "__score__": "numeric"}, source=f"import:{path.name}")
-    _, database_url = settings.require_services()
+    database_url = settings.require_database()
     updater = WindowUpdater(settings.monitoring)
     with FeedbackStore(database_url, settings.db_schema, windows=updater) as store, store.pool.connection() as conn:
         n = install_profile(conn, updater, profile)

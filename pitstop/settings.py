@@ -147,6 +147,13 @@ class Settings:
             log_level=level,
         )
 
+    def require_database(self) -> str:
+        """The database address, or a ConfigError saying how to get one."""
+        if self.database_url is None:
+            msg = "PITSTOP_DATABASE_URL"
+            raise ConfigError(msg, None, "a postgresql:// URL; run `pitstop up --detach` or set it")
+        return self.database_url
+
     def require_services(self) -> tuple[str, str]:
         """The broker and database addresses, or a ConfigError saying how to get them."""
         if self.kafka_bootstrap is None:
