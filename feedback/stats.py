@@ -101,12 +101,15 @@ def smoothed_proportions(
     >>> smoothed_proportions(np.array([3, 1, 0, 0]), valid=np.array([True, True, True, False])).round(3)
     array([0.636, 0.273, 0.091, 0.   ])
     """
+    return _smooth(_counts(counts, valid, "counts"), valid, alpha, floor)
+
+
+def _smooth(arr: FloatArray, valid: npt.ArrayLike | None, alpha: float, floor: float) -> FloatArray:
     if not (alpha >= 0 and floor >= 0):
         msg = f"alpha and floor must be non-negative, got alpha={alpha!r}, floor={floor!r}"
         raise ValueError(msg)
-    arr = _counts(counts, valid, "counts")
     if valid is None:
-        mask: FloatArray | float = 1.0
+        mask: npt.NDArray[np.bool_] | float = 1.0
         k: FloatArray | int = arr.shape[-1]
     else:
         mask = np.asarray(valid, dtype=bool)
@@ -138,8 +141,8 @@ def psi(
     >>> round(float(psi(ref, np.array([300, 300, 400]))), 3)
     0.24
     """
-    p = smoothed_proportions(ref_counts, valid=valid, alpha=alpha, floor=floor)
-    q = smoothed_proportions(cur_counts, valid=valid, alpha=alpha, floor=floor)
+    p = _smooth(_counts(ref_counts, valid, "ref_counts"), valid, alpha, floor)
+    q = _smooth(_counts(cur_counts, valid, "cur_counts"), valid, alpha, floor)
     # padded bins are 0/0 and equal bins contribute exactly 0; both are dropped by the p == q test
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = (q - p) * np.log(q / p)
@@ -196,11 +199,11 @@ def ks_from_grid(
     ``scipy.stats.ks_2samp(..., method="asymp")`` computes; when no bin mixes two distinct raw
     values, statistic and p-value both equal scipy's on the raw values.
 
-    Cost: scipy's kstwo is exact for the effective size and costs about 1 microsecond per unit of
-    that size for each window with p below ~0.03, and ~0.5 ms for each window with a tiny statistic
-    or a size up to 140. ``method="stephens"`` is the Kolmogorov limit at
-    ``(sqrt(en) + 0.12 + 0.11 / sqrt(en)) * statistic``: one ufunc call, within ~3% (relative) of
-    the asymp p-value for p in [1e-4, 0.5] and effective sizes from 50 up.
+    Cost: scipy's kstwo is exact for the effective size ``en = round(n * m / (n + m))``. Each window
+    with p below ~0.03 costs about 1 microsecond per unit of en, and each window with en <= 140 or
+    a tiny statistic (p near 1) about 0.5-3 ms; the rest are vectorised. ``method="stephens"`` is
+    the Kolmogorov limit at ``(sqrt(en) + 0.12 + 0.11 / sqrt(en)) * statistic``: one ufunc call,
+    within 3% (relative) of the asymp p-value for p from 1e-4 up and en from 50 up.
 
     ``max_error`` bounds how far the KS statistic of the raw values can lie above the grid one:
     ``0 <= true - statistic <= max_k min(p_ref_k, p_cur_k)``. Proof: inside bin k both CDFs are
@@ -228,9 +231,9 @@ def ks_from_grid(
     statistic = np.max(cdf_gap, axis=-1, initial=0.0)
     max_error = np.max(np.minimum(ref / per_n, cur / per_m), axis=-1, initial=0.0)
     # the nan totals of an empty window make all three fields nan there
-    en = (per_n * per_m / (per_n + per_m))[..., 0]
+    en = np.round(per_n * per_m / (per_n + per_m))[..., 0]
     if method == "asymp":
-        pvalue = _kstwo_sf(statistic, np.round(en))
+        pvalue = _kstwo_sf(statistic, en)
     else:
         root = np.sqrt(en)
         pvalue = np.clip(special.kolmogorov((root + 0.12 + 0.11 / root) * statistic), 0.0, 1.0)
@@ -240,10 +243,11 @@ def ks_from_grid(
 def _kstwo_sf(d: FloatArray, n: FloatArray) -> FloatArray:
     """``scipy.stats.kstwo.sf(d, n)``, with scipy's own branches vectorised.
 
-    scipy evaluates kstwo one element at a time in Python (about 0.3 ms each), too slow for 480
-    windows. Its branches that are closed forms or short series are done here on whole arrays; only
-    the Durbin-matrix and Pomeranz branches (small n, or a tiny statistic with p near 1) still go
-    through scipy element by element. Mirrors scipy.stats._ksstats._kolmogn (scipy 1.14-1.17).
+    scipy evaluates kstwo one element at a time in Python (0.3-3 ms each), too slow for 480 windows.
+    The branches that are closed forms or short series run here on whole arrays. Three stay costly:
+    the Durbin-matrix and Pomeranz branches (n <= 140, or a tiny statistic with p near 1) go through
+    scipy element by element, and ``special.smirnov`` (p below ~0.03) is a ufunc but costs O(n) per
+    element. Mirrors scipy.stats._ksstats._kolmogn (scipy 1.14-1.17); the tests pin it to scipy.
     """
     d, n = np.broadcast_arrays(np.asarray(d, dtype=np.float64), np.asarray(n, dtype=np.float64))
     out = np.full(d.shape, np.nan)
@@ -280,6 +284,11 @@ _SQRT2PI = math.sqrt(2 * math.pi)
 
 def _pelz_good_cdf(n: FloatArray, x: FloatArray) -> FloatArray:
     """Pelz-Good approximation of the Kolmogorov CDF, scipy's ``_kolmogn_PelzGood`` on arrays."""
+    with np.errstate(all="ignore"):  # a z so small that q underflows is answered by the last line
+        return _pelz_good_terms(n, x)
+
+
+def _pelz_good_terms(n: FloatArray, x: FloatArray) -> FloatArray:
     z = np.sqrt(n) * x
     z2, z3, z4, z6 = z**2, z**3, z**4, z**6
     qlog = -_PI2 / 8 / z2
