@@ -28,6 +28,21 @@ log = logging.getLogger(__name__)
 
 MONITOR_LOCK = 0x5049_4D4E  # one monitor round at a time across workers
 
+# a loose index scan over predictions_model_time: the model's versions without a profile
+_UNPROFILED = """
+WITH RECURSIVE v AS (
+    (SELECT model_version FROM predictions WHERE model_name = %(m)s ORDER BY model_version LIMIT 1)
+    UNION ALL
+    SELECT (SELECT p.model_version FROM predictions p
+            WHERE p.model_name = %(m)s AND p.model_version > v.model_version
+            ORDER BY p.model_version LIMIT 1)
+    FROM v WHERE v.model_version IS NOT NULL
+)
+SELECT model_version FROM v
+WHERE model_version IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM reference_profiles r WHERE r.model_name = %(m)s AND r.model_version = v.model_version)
+"""
+
 _VERSIONS = """
 SELECT model_name, model_version FROM reference_profiles WHERE model_name = ANY(%s) ORDER BY 1, 2
 """
@@ -127,6 +142,10 @@ class Monitor:
 
     def _build_profiles(self, conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
         built = []
+        with conn.cursor() as cur:
+            for model in sorted(self.updater.config.models):
+                for (version,) in cur.execute(_UNPROFILED, {"m": model}).fetchall():
+                    self.updater.unprofiled.add((model, version))
         for model, version in sorted(self.updater.unprofiled):
             config = self.updater.config.models.get(model)
             if config is None:

@@ -100,6 +100,10 @@ WHERE c.counted_label IS DISTINCT FROM c.label AND p.model_name = ANY(%s)
 ORDER BY c.prediction_id
 """
 
+_SEGMENTS = """
+SELECT DISTINCT segment FROM window_counts WHERE model_name = %s AND series = '__rows__' AND segment <> '*'
+"""
+
 _PROFILE_STAMPS = """
 SELECT model_name, model_version, created_at FROM reference_profiles
 WHERE (model_name, model_version) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
@@ -167,10 +171,40 @@ def window_start(at: datetime, window_s: int) -> datetime:
     return datetime.fromtimestamp(ts - ts % window_s, tz=UTC)
 
 
-def segments_of(config: ModelConfig, segment: Mapping[str, str] | None) -> list[str]:
-    """The segments an event counts in: all traffic, and one per declared attribute."""
+OTHER_SEGMENT = "__other__"
+MISSING_SEGMENT = "__missing__"
+
+
+def segments_of(
+    config: ModelConfig, segment: Mapping[str, str] | None, known: Mapping[str, set[str]] | None = None
+) -> list[str]:
+    r"""The segments an event counts in: all traffic, and one per declared attribute.
+
+    With ``known`` (the values each attribute has had), a value beyond the attribute's first
+    ``max_segment_values`` is pooled as ``__other__``, so a high-cardinality attribute (a user
+    id declared by mistake) cannot multiply the windows without bound.
+
+    >>> from feedback.config import parse_config
+    >>> c = parse_config('[models.m]\ntask = "regression"\nsegments = ["region"]').models["m"]
+    >>> segments_of(c, {"region": "eu"}), segments_of(c, None)
+    (['*', 'region=eu'], ['*', 'region=__missing__'])
+    >>> capped = parse_config('[models.m]\ntask = "regression"\nsegments = ["r"]\nmax_segment_values = 2').models["m"]
+    >>> known = {}
+    >>> [segments_of(capped, {"r": v}, known)[1] for v in "abca"]
+    ['r=a', 'r=b', 'r=__other__', 'r=a']
+    """
     values = segment or {}
-    return [ALL, *(f"{a}={values.get(a, '__missing__')}" for a in config.segments)]
+    out = [ALL]
+    for a in config.segments:
+        value = values.get(a, MISSING_SEGMENT)
+        if known is not None:
+            seen = known.setdefault(a, set())
+            if value not in seen:
+                if len(seen) >= config.max_segment_values:
+                    value = OTHER_SEGMENT
+                seen.add(value)
+        out.append(f"{a}={value}")
+    return out
 
 
 class WindowUpdater:
@@ -180,6 +214,7 @@ class WindowUpdater:
         self.config = config
         self._profiles: dict[Version, ReferenceProfile] = {}
         self._stamps: dict[Version, datetime] = {}
+        self._segments: dict[str, dict[str, set[str]]] = {}
         self._detectors: dict[Version, tuple[int, ErrorStreamDetectors]] = {}
         #: versions seen without a profile, for the profile builder to look at
         self.unprofiled: set[Version] = set()
@@ -209,7 +244,7 @@ class WindowUpdater:
             if profile is None:
                 self.unprofiled.add(version)
                 continue
-            self._count_predictions(delta, self.config.models[version[0]], profile, events)
+            self._count_predictions(cur, delta, self.config.models[version[0]], profile, events)
         ids = [p.prediction_id for p in monitored if (p.model_name, p.model_version) in profiles]
         ids.extend(label_ids)
         if ids:
@@ -232,7 +267,7 @@ class WindowUpdater:
             start = window_start(predicted_at, config.window_s)
             p_pos = _positive_probability(config, probabilities, score)
             label_series = profile.series.get(LABEL)
-            for seg in segments_of(config, segment):
+            for seg in segments_of(config, segment, self._known_segments(cur, model)):
                 key = (model, version, seg, start)
                 stats = delta.stats[key]
                 for label, sign in ((old_label, -1), (new_label, 1)):
@@ -278,18 +313,17 @@ class WindowUpdater:
     # --- counting -----------------------------------------------------------------------------
 
     def _count_predictions(
-        self, delta: WindowDelta, config: ModelConfig, profile: ReferenceProfile, events: Sequence[PredictionEvent]
+        self, cur: psycopg.Cursor[Any], delta: WindowDelta, config: ModelConfig, profile: ReferenceProfile,
+        events: Sequence[PredictionEvent],
     ) -> None:
         starts = [window_start(p.predicted_at, config.window_s) for p in events]
-        groups = sorted(
-            {(seg, s) for p, s in zip(events, starts, strict=True) for seg in segments_of(config, p.segment)}
-        )
+        known = self._known_segments(cur, config.name)
+        segs = [segments_of(config, p.segment, known) for p in events]
+        groups = sorted({(seg, s) for ss, s in zip(segs, starts, strict=True) for seg in ss})
         index = {g: i for i, g in enumerate(groups)}
         # each event belongs to one group per segment dimension
-        gid = np.array(
-            [[index[(seg, s)] for seg in segments_of(config, p.segment)] for p, s in zip(events, starts, strict=True)],
-            dtype=np.int64,
-        ).T
+        gid = np.array([[index[(seg, s)] for seg in ss] for ss, s in zip(segs, starts, strict=True)],
+                       dtype=np.int64).T
         key_base = (config.name, events[0].model_version)
         for name, series in profile.series.items():
             if name == LABEL:
@@ -304,6 +338,22 @@ class WindowUpdater:
         rows = np.bincount(gid.ravel(), minlength=len(groups))
         for (seg, s), i in index.items():
             delta.add_counts((*key_base, seg, s, ROWS), rows[i : i + 1].copy())
+
+    def _known_segments(self, cur: psycopg.Cursor[Any], model: str) -> dict[str, set[str]]:
+        """The values each segment attribute of ``model`` has had (loaded once, then kept up to date here).
+
+        Other workers' new values are not seen until restart, so past the cap two workers can pool
+        a value differently; below it every value is its own segment everywhere.
+        """
+        known = self._segments.get(model)
+        if known is None:
+            known = {}
+            cur.execute(_SEGMENTS, (model,))
+            for (segment,) in cur.fetchall():
+                attribute, _, value = segment.partition("=")
+                known.setdefault(attribute, set()).add(value)
+            self._segments[model] = known
+        return known
 
     # --- profiles -------------------------------------------------------------------------------
 
@@ -457,7 +507,7 @@ def install_profile(conn: psycopg.Connection[Any], updater: WindowUpdater, profi
             while chunk := rows.fetchmany(REBUILD_CHUNK):
                 events = [_event_of(r) for r in chunk]
                 delta = WindowDelta()
-                updater._count_predictions(delta, config, updater._profiles[version], events)
+                updater._count_predictions(cur, delta, config, updater._profiles[version], events)
                 updater.count_labels(cur, [e.prediction_id for e in events], delta, detectors=False)
                 updater.write(cur, delta)
                 n += len(events)
