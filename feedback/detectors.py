@@ -1,10 +1,11 @@
 """Early warning on a model version's per-event error stream: river's ADWIN and Page-Hinkley.
 
 Errors arrive in label arrival order (a late label is an error known late). Classification
-errors are 0/1; regression errors are absolute errors divided by a scale fixed from the
-first ``SCALE_SAMPLES`` errors, so Page-Hinkley's delta and threshold mean the same thing for
-any unit (with river's defaults on raw regression errors it fires every 1-2k labels on stable
-stretches).
+errors are 0/1, regression errors absolute. Both are divided by the standard deviation of the
+version's first ``SCALE_SAMPLES`` errors, so Page-Hinkley's delta and threshold are in standard
+deviations whatever the unit or the error rate: with river's defaults (delta 0.005, threshold
+50) on raw regression errors it fires every 1-2k labels on stable stretches, and on 0/1
+errors it cannot see a rise from 20% to 40% for thousands of labels.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from river import drift
 
 from feedback.config import DetectorConfig
 
-SCALE_SAMPLES = 100
+SCALE_SAMPLES = 200
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,13 +34,15 @@ class Detection:
 class ErrorStreamDetectors:
     """ADWIN and Page-Hinkley over one version's error stream, with state that pickles.
 
-    >>> d = ErrorStreamDetectors(DetectorConfig(), scaled=False)
-    >>> hits = [h for i in range(3000) for h in d.update(0.0 if i < 1500 else 1.0)]
-    >>> sorted({h.detector for h in hits}), 1500 < hits[0].label_index < 1600
+    >>> import random
+    >>> rng = random.Random(1)
+    >>> d = ErrorStreamDetectors(DetectorConfig())
+    >>> hits = [h for i in range(4000) for h in d.update(float(rng.random() < (0.1 if i < 2000 else 0.5)))]
+    >>> sorted({h.detector for h in hits}), 2000 < hits[0].label_index < 2100
     (['adwin', 'page_hinkley'], True)
     """
 
-    def __init__(self, config: DetectorConfig, *, scaled: bool) -> None:
+    def __init__(self, config: DetectorConfig, *, scaled: bool = True) -> None:
         self.config = config
         self.scaled = scaled
         self._reset()
@@ -67,12 +70,13 @@ class ErrorStreamDetectors:
         """Feed one error; returns the detections it caused."""
         self.n += 1
         if self.scale is None:
-            # the regression scale is learnt from the first errors; they are fed once it is known
+            # the scale is learnt from the first errors; they are fed once it is known
             self._warmup.append(error)
             if len(self._warmup) < SCALE_SAMPLES:
                 return []
             mean = sum(self._warmup) / len(self._warmup)
-            self.scale = mean if mean > 0 else 1.0
+            sd = (sum((e - mean) ** 2 for e in self._warmup) / (len(self._warmup) - 1)) ** 0.5
+            self.scale = sd if sd > 0 else 1.0
             pending, self._warmup = self._warmup, []
             first = self.n - len(pending) + 1
             return [d for i, e in enumerate(pending) for d in self._feed(e / self.scale, first + i)]

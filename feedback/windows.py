@@ -394,7 +394,7 @@ class WindowUpdater:
             elif state is not None:
                 detectors = ErrorStreamDetectors.loads(state)
             else:
-                detectors = ErrorStreamDetectors(config.detectors, scaled=config.task == "regression")
+                detectors = ErrorStreamDetectors(config.detectors)
             for error, prediction_id, predicted_at, observed_at in errors[version]:
                 for hit in detectors.update(error):
                     cur.execute(_DETECTOR_EVENT, (
