@@ -80,7 +80,8 @@ def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.Ap
     if windows.enabled:
         monitoring = app.topic(topics.monitoring, value_type=bytes, key_type=bytes,
                                value_serializer="raw", key_serializer="raw")
-        monitor = Monitor(store, windows)
+        # its own caches: rounds run in another thread than the ingest's writes
+        monitor = Monitor(store, WindowUpdater(settings.monitoring))
 
         @app.timer(interval=settings.monitor_interval_s)
         async def monitor_round() -> None:
