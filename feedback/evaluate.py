@@ -202,12 +202,14 @@ def drift_arrays(
                 if c is not None:
                     cur[f, :, : c.shape[1] - 1] = c[:, :-1]
                     cur[f, :, -1] = c[:, -1]
-            ks = stats.ks_from_grid(prep.num_ref_fine[:, None, :], cur[:, :, :-1], method="stephens",
-                                    valid=prep.num_valid_fine[:, None, :])
+            _check_counts(cur, profile)
+            ks = stats.ks_from_grid(prep.num_ref_fine[:, None, :], cur[:, :, :-1], method="stephens", bound=False,
+                                    valid=prep.num_valid_fine[:, None, :], trusted=True)
             coarse = np.matmul(cur, prep.num_to_coarse)  # batched over features; einsum was 5x slower
             valid = prep.num_valid_coarse[:, None, :]
-            parts["psi"].append(stats.psi(prep.num_ref_coarse[:, None, :], coarse, valid=valid))
-            parts["js"].append(stats.js_distance(prep.num_ref_coarse[:, None, :], coarse, valid=valid))
+            parts["psi"].append(stats.psi(prep.num_ref_coarse[:, None, :], coarse, valid=valid, trusted=True))
+            parts["js"].append(stats.js_distance(prep.num_ref_coarse[:, None, :], coarse, valid=valid,
+                                                 trusted=True))
             parts["stat"].append(ks.statistic)
             parts["effect"].append(ks.statistic)
             parts["p"].append(ks.pvalue)
@@ -219,11 +221,12 @@ def drift_arrays(
                 c = data.counts.get(name)
                 if c is not None:
                     cur[f, :, : c.shape[1]] = c
+            _check_counts(cur, profile)
             ref = prep.cat_ref[:, None, :]
             valid = prep.cat_valid[:, None, :]
-            chi = stats.chi_square(ref, cur, valid=valid)
-            parts["psi"].append(stats.psi(ref, cur, valid=valid))
-            parts["js"].append(stats.js_distance(ref, cur, valid=valid))
+            chi = stats.chi_square(ref, cur, valid=valid, trusted=True)
+            parts["psi"].append(stats.psi(ref, cur, valid=valid, trusted=True))
+            parts["js"].append(stats.js_distance(ref, cur, valid=valid, trusted=True))
             parts["stat"].append(chi.statistic)
             parts["effect"].append(cohens_w(ref, cur, valid=valid))
             parts["p"].append(chi.pvalue)
@@ -246,6 +249,14 @@ def drift_arrays(
         drift = judged & (p_adj < config.alpha) & large
     return DriftArrays(tuple(rows), got["n"], got["psi"], got["js"], got["stat"], got["effect"], p_adj, judged,
                        drift)
+
+
+def _check_counts(counts: np.ndarray, profile: ReferenceProfile) -> None:
+    # once per round instead of in every statistic: a negative count means the accumulators are broken
+    if counts.size and counts.min() < 0:
+        msg = (f"window counts of {profile.model_name} {profile.model_version} hold a negative count; "
+               "reinstall the profile (pitstop reference import) to recount them")
+        raise ValueError(msg)
 
 
 def cohens_w(ref_counts: np.ndarray, cur_counts: np.ndarray, *, valid: np.ndarray | None = None) -> np.ndarray:

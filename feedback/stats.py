@@ -58,9 +58,14 @@ class ChiSquareResult:
     dof: npt.NDArray[np.int64]
 
 
-def _counts(counts: npt.ArrayLike, valid: npt.ArrayLike | None, name: str) -> FloatArray:
-    """The counts as floats with padded bins zeroed; bad counts fail here, naming the argument."""
+def _counts(counts: npt.ArrayLike, valid: npt.ArrayLike | None, name: str, trusted: bool = False) -> FloatArray:
+    """The counts as floats with padded bins zeroed; bad counts fail here, naming the argument.
+
+    ``trusted``: the caller has checked them (the monitor checks a whole round's counts at once).
+    """
     arr = np.asarray(counts, dtype=np.float64)
+    if trusted:
+        return arr if valid is None else arr * np.asarray(valid, dtype=bool)
     if arr.ndim == 0:
         msg = f"{name} must have a bin axis, got the scalar {arr!r}"
         raise ValueError(msg)
@@ -126,6 +131,7 @@ def psi(
     cur_counts: npt.ArrayLike,
     *,
     valid: npt.ArrayLike | None = None,
+    trusted: bool = False,
     alpha: float = 0.5,
     floor: float = 1e-3,
 ) -> FloatArray:
@@ -141,8 +147,8 @@ def psi(
     >>> round(float(psi(ref, np.array([300, 300, 400]))), 3)
     0.24
     """
-    p = _smooth(_counts(ref_counts, valid, "ref_counts"), valid, alpha, floor)
-    q = _smooth(_counts(cur_counts, valid, "cur_counts"), valid, alpha, floor)
+    p = _smooth(_counts(ref_counts, valid, "ref_counts", trusted), valid, alpha, floor)
+    q = _smooth(_counts(cur_counts, valid, "cur_counts", trusted), valid, alpha, floor)
     # padded bins are 0/0 and equal bins contribute exactly 0; both are dropped by the p == q test
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = (q - p) * np.log(q / p)
@@ -160,6 +166,7 @@ def js_distance(
     cur_counts: npt.ArrayLike,
     *,
     valid: npt.ArrayLike | None = None,
+    trusted: bool = False,
 ) -> FloatArray:
     """Jensen-Shannon distance in base 2 (in [0, 1]) of the raw proportions, as scipy's ``jensenshannon``.
 
@@ -171,8 +178,8 @@ def js_distance(
     >>> float(js_distance(np.array([1, 0]), np.array([0, 1])))
     1.0
     """
-    ref = _counts(ref_counts, valid, "ref_counts")
-    cur = _counts(cur_counts, valid, "cur_counts")
+    ref = _counts(ref_counts, valid, "ref_counts", trusted)
+    cur = _counts(cur_counts, valid, "cur_counts", trusted)
     per_n, per_m = _totals(ref)[1], _totals(cur)[1]
     p, q = ref / per_n, cur / per_m
     mid = (p + q) / 2.0
@@ -189,7 +196,9 @@ def ks_from_grid(
     cur_counts: npt.ArrayLike,
     *,
     valid: npt.ArrayLike | None = None,
+    trusted: bool = False,
     method: Literal["asymp", "stephens"] = "asymp",
+    bound: bool = True,
 ) -> KsResult:
     """Two-sample Kolmogorov-Smirnov test from counts over a fine grid of ordered value bins.
 
@@ -211,7 +220,9 @@ def ks_from_grid(
     at most p_cur_k above its value at the right edge, hence at most min(p_ref_k, p_cur_k) above
     the grid maximum; the same holds for -D.
 
-    All three fields are nan where either side has no counts.
+    All three fields are nan where either side has no counts; ``bound=False`` skips ``max_error``
+    (nan) for callers that do not use it. ``trusted=True`` (every function here) skips the check
+    that counts are finite and non-negative, for a caller that has checked them already.
 
     >>> r = ks_from_grid(np.array([40, 30, 20, 10]), np.array([10, 20, 30, 40]))
     >>> round(float(r.statistic), 3), round(float(r.max_error), 3)
@@ -222,14 +233,14 @@ def ks_from_grid(
     if method not in ("asymp", "stephens"):
         msg = f"method must be 'asymp' or 'stephens', got {method!r}"
         raise ValueError(msg)
-    ref = _counts(ref_counts, valid, "ref_counts")
-    cur = _counts(cur_counts, valid, "cur_counts")
+    ref = _counts(ref_counts, valid, "ref_counts", trusted)
+    cur = _counts(cur_counts, valid, "cur_counts", trusted)
     n, per_n = _totals(ref)
     m, per_m = _totals(cur)
     # integer cumulative counts over n, like ks_2samp's searchsorted(...) / n, so ties agree exactly
     cdf_gap = np.abs(np.cumsum(ref, axis=-1) / per_n - np.cumsum(cur, axis=-1) / per_m)
     statistic = np.max(cdf_gap, axis=-1, initial=0.0)
-    max_error = np.max(np.minimum(ref / per_n, cur / per_m), axis=-1, initial=0.0)
+    max_error = np.max(np.minimum(ref / per_n, cur / per_m), axis=-1, initial=0.0) if bound else np.nan
     # the nan totals of an empty window make all three fields nan there
     en = np.round(per_n * per_m / (per_n + per_m))[..., 0]
     if method == "asymp":
@@ -237,7 +248,9 @@ def ks_from_grid(
     else:
         root = np.sqrt(en)
         pvalue = np.clip(special.kolmogorov((root + 0.12 + 0.11 / root) * statistic), 0.0, 1.0)
-    return KsResult(statistic=np.asarray(statistic), pvalue=np.asarray(pvalue), max_error=np.asarray(max_error))
+    return KsResult(
+        statistic=np.asarray(statistic), pvalue=np.asarray(pvalue), max_error=np.asarray(max_error, dtype=np.float64)
+    )
 
 
 def _kstwo_sf(d: FloatArray, n: FloatArray) -> FloatArray:
@@ -327,6 +340,7 @@ def chi_square(
     cur_counts: npt.ArrayLike,
     *,
     valid: npt.ArrayLike | None = None,
+    trusted: bool = False,
 ) -> ChiSquareResult:
     """Chi-square test of homogeneity of the 2 x k table [ref; cur], without continuity correction.
 
@@ -339,8 +353,8 @@ def chi_square(
     >>> float(r.statistic), int(r.dof), round(float(r.pvalue), 4)
     (4.0, 1, 0.0455)
     """
-    ref = _counts(ref_counts, valid, "ref_counts")
-    cur = _counts(cur_counts, valid, "cur_counts")
+    ref = _counts(ref_counts, valid, "ref_counts", trusted)
+    cur = _counts(cur_counts, valid, "cur_counts", trusted)
     n, per_n = _totals(ref)
     m, per_m = _totals(cur)
     column = ref + cur
