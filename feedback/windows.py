@@ -268,34 +268,61 @@ class WindowUpdater:
         self, cur: psycopg.Cursor[Any], ids: Sequence[str], delta: WindowDelta, *, detectors: bool = True
     ) -> int:
         """Count the labels of ``ids`` whose counted label differs from their label; returns how many."""
-        cur.execute(_COUNT_LABELS, {"ids": list(ids), "models": sorted(self.config.models)})
+        # never prepared: a generic plan cannot see how many ids there are (measured 0.12x vs 0.48x
+        # of the plain ingest with plan_cache_mode=force_custom_plan)
+        cur.execute(_COUNT_LABELS, {"ids": list(ids), "models": sorted(self.config.models)}, prepare=False)
         rows = cur.fetchall()
         self.profiles(cur, {(r[4], r[5]) for r in rows})
-        # label arrival order, for the detectors (the order rows come back in is arbitrary)
-        rows.sort(key=lambda r: (r[3], r[0]))
-        for (prediction_id, old_label, new_label, observed_at, model, version, predicted_at, prediction,
-             probabilities, score, segment) in rows:
-            config = self.config.models[model]
-            profile = self._profiles[(model, version)]
-            start = window_start(predicted_at, config.window_s)
-            p_pos = _positive_probability(config, probabilities, score)
-            label_series = profile.series.get(LABEL)
-            for seg in segments_of(config, segment, self._known_segments(cur, model)):
-                key = (model, version, seg, start)
-                stats = delta.stats[key]
-                for label, sign in ((old_label, -1), (new_label, 1)):
-                    if label is None:
-                        continue
-                    performance.add(stats, _contribution(config, label, prediction, p_pos), sign)
-                    if label_series is not None:
-                        counts = np.zeros(label_series.n_bins, dtype=np.int64)
-                        counts[label_series.bin_values([label])[0]] = sign
-                        delta.add_counts((*key, LABEL), counts)
-            if detectors:
+        by_version: dict[Version, list[Any]] = defaultdict(list)
+        for row in rows:
+            by_version[(row[4], row[5])].append(row)
+        for (model, version), group in by_version.items():
+            self._count_label_group(cur, delta, self.config.models[model], self._profiles[(model, version)], group)
+        if detectors:
+            # label arrival order (the order rows come back in is arbitrary)
+            rows.sort(key=lambda r: (r[3], r[0]))
+            for prediction_id, _, new_label, observed_at, model, version, predicted_at, prediction, *_ in rows:
                 delta.errors[(model, version)].append(
-                    (_error(config, new_label, prediction), prediction_id, predicted_at, observed_at)
+                    (_error(self.config.models[model], new_label, prediction), prediction_id, predicted_at,
+                     observed_at)
                 )
         return len(rows)
+
+    def _count_label_group(
+        self, cur: psycopg.Cursor[Any], delta: WindowDelta, config: ModelConfig, profile: ReferenceProfile,
+        rows: Sequence[Any],
+    ) -> None:
+        """One version's label changes: each prediction leaves its old label's cells and joins its new one's."""
+        predictions = [r[7] for r in rows]
+        p_pos = [_positive_probability(config, r[8], r[9]) for r in rows]
+        new = _contributions(config, [r[2] for r in rows], predictions, p_pos)
+        had_old = [i for i, r in enumerate(rows) if r[1] is not None]
+        old = dict(zip(had_old, _contributions(
+            config, [rows[i][1] for i in had_old], [predictions[i] for i in had_old], [p_pos[i] for i in had_old]
+        ), strict=True))
+        label_series = profile.series.get(LABEL)
+        if label_series is not None:
+            new_bins = label_series.bin_values([r[2] for r in rows]).tolist()
+            old_bins = dict(zip(had_old, label_series.bin_values([rows[i][1] for i in had_old]).tolist(),
+                                strict=True))
+        known = self._known_segments(cur, config.name)
+        version = profile.model_version
+        for i, row in enumerate(rows):
+            start = window_start(row[6], config.window_s)
+            for seg in segments_of(config, row[10], known):
+                key = (config.name, version, seg, start)
+                stats = delta.stats[key]
+                performance.add(stats, new[i])
+                if i in old:
+                    performance.add(stats, old[i], -1)
+                if label_series is not None:
+                    cell = (*key, LABEL)
+                    counts = delta.counts.get(cell)
+                    if counts is None:
+                        counts = delta.counts[cell] = np.zeros(label_series.n_bins, dtype=np.int64)
+                    counts[new_bins[i]] += 1
+                    if i in old_bins:
+                        counts[old_bins[i]] -= 1
 
     def write(self, cur: psycopg.Cursor[Any], delta: WindowDelta) -> None:
         """Write a delta's counts, aggregates and detector updates."""
@@ -447,14 +474,20 @@ def _positive_probability(config: ModelConfig, probabilities: Mapping[str, float
     return None
 
 
-def _contribution(config: ModelConfig, label: Any, prediction: Any, p_pos: float | None) -> dict[str, int]:
+def _contributions(
+    config: ModelConfig, labels: Sequence[Any], predictions: Sequence[Any], p_pos: Sequence[float | None]
+) -> list[dict[str, int]]:
+    """Each labelled prediction's performance aggregates; a non-numeric regression pair contributes nothing."""
     if config.task == "classification":
-        return performance.classification_contributions(
-            [label], [prediction], [p_pos], positive=config.positive_class
-        )[0]
-    if type(label) not in (int, float) or type(prediction) not in (int, float):
-        return {}
-    return performance.regression_contributions([float(label)], [float(prediction)])[0]
+        return performance.classification_contributions(labels, predictions, p_pos, positive=config.positive_class)
+    numeric = [i for i, (y, f) in enumerate(zip(labels, predictions, strict=True))
+               if type(y) in (int, float) and type(f) in (int, float)]
+    out: list[dict[str, int]] = [{} for _ in labels]
+    found = performance.regression_contributions([float(labels[i]) for i in numeric],
+                                                 [float(predictions[i]) for i in numeric])
+    for i, c in zip(numeric, found, strict=True):
+        out[i] = c
+    return out
 
 
 def _error(config: ModelConfig, label: Any, prediction: Any) -> float:
