@@ -307,22 +307,29 @@ class WindowUpdater:
                                 strict=True))
         known = self._known_segments(cur, config.name)
         version = profile.model_version
+        # rows sharing every segment and the window share every cell: sum them once per such
+        # group, then add the group to each of its cells (all traffic, one per attribute)
+        groups: dict[tuple[tuple[str, ...], datetime], tuple[dict[str, int], np.ndarray | None]] = {}
         for i, row in enumerate(rows):
-            start = window_start(row[6], config.window_s)
-            for seg in segments_of(config, row[10], known):
-                key = (config.name, version, seg, start)
-                stats = delta.stats[key]
-                performance.add(stats, new[i])
-                if i in old:
-                    performance.add(stats, old[i], -1)
-                if label_series is not None:
-                    cell = (*key, LABEL)
-                    counts = delta.counts.get(cell)
-                    if counts is None:
-                        counts = delta.counts[cell] = np.zeros(label_series.n_bins, dtype=np.int64)
-                    counts[new_bins[i]] += 1
-                    if i in old_bins:
-                        counts[old_bins[i]] -= 1
+            key = (tuple(segments_of(config, row[10], known)), window_start(row[6], config.window_s))
+            group = groups.get(key)
+            if group is None:
+                counts = None if label_series is None else np.zeros(label_series.n_bins, dtype=np.int64)
+                group = groups[key] = ({}, counts)
+            stats, counts = group
+            performance.add(stats, new[i])
+            if i in old:
+                performance.add(stats, old[i], -1)
+            if counts is not None:
+                counts[new_bins[i]] += 1
+                if i in old_bins:
+                    counts[old_bins[i]] -= 1
+        for (segments, start), (stats, counts) in groups.items():
+            for seg in segments:
+                cell = (config.name, version, seg, start)
+                performance.add(delta.stats[cell], stats)
+                if counts is not None:
+                    delta.add_counts((*cell, LABEL), counts.copy())
 
     def write(self, cur: psycopg.Cursor[Any], delta: WindowDelta) -> None:
         """Write a delta's counts, aggregates and detector updates."""
