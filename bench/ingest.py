@@ -23,6 +23,18 @@ What it measures (see BENCHMARKS.md for the targets and the latest figures):
   the rows' ``ingested_at`` (transaction start) gives a lower bound beside it.
 * Memory (``--memory-events``): that many events streamed through one worker while its RSS is
   sampled every 2 s; RSS at 0/25/50/75/100% of the events and the slope after 25%.
+* Monitoring (``--monitor``): each throughput scenario's topics are drained again by workers
+  with ``PITSTOP_CONFIG=bench/monitoring.toml`` (the churn model, 3-minute windows; the monitor
+  round at its default interval), alternating with plain drains, ``--monitor-rounds`` of each in
+  the order A B B A ... (A off, B on); the target is the median monitored rate over the median
+  plain one. Before a monitored worker starts, its schema gets each version's reference profile,
+  built from 5,000 predictions of a sample with another seed, so every event is counted from the
+  first batch (left to itself the worker's monitor round builds the profile only once 5,000
+  predictions are stored, then recounts). Afterwards the windows are checked exactly against the
+  rows: the ``__rows__`` series of segment '*' sums to the distinct predictions, every feature,
+  prediction and score series to the same, the label series and the performance aggregates' n to
+  the labelled predictions, the detectors saw one error per label, and no label is left
+  uncounted. The COPY reference is run a second time through a store that keeps the windows.
 * Diagnostics, not targets: the latency run again with the worker's ``PITSTOP_FETCH_MAX_WAIT_MS``
   set to Faust's own 1500 ms (``--diag-fetch-wait-ms``, on by default), and the
   single-event drain with a larger ``PITSTOP_BATCH_MESSAGES`` (``--diag-batch-messages``).
@@ -39,6 +51,7 @@ Run from the repository root::
     .venv/bin/python bench/ingest.py --n 20000             # a quick check
     .venv/bin/python bench/ingest.py --only memory --memory-events 5000000   # about 4 minutes
     .venv/bin/python bench/ingest.py --diag-batch-messages 5000 --json /tmp/ingest.json
+    .venv/bin/python bench/ingest.py --only batched --monitor --bare-modes "" --n 100000
 """
 
 from __future__ import annotations
@@ -338,6 +351,23 @@ def start_stack(args: argparse.Namespace) -> Ctx:
     ctx.bootstrap = ctx.broker.address
     ctx.database_url = stack.postgres_url(ctx.postgres.address)
     return ctx
+
+
+def set_pg_settings(ctx: Ctx, settings: list[str]) -> None:
+    """``NAME=VALUE`` server parameters for every later connection (diagnostics only)."""
+    if not settings:
+        return
+    if ctx.external:
+        msg = "--diag-pg-set needs the bench's own PostgreSQL (PITSTOP_DATABASE_URL is set)"
+        raise SystemExit(msg)
+    with psycopg.connect(ctx.database_url, autocommit=True) as conn:
+        for setting in settings:
+            name, _, value = setting.partition("=")
+            conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+        conn.execute("SELECT pg_reload_conf()")
+        for setting in settings:
+            name = setting.partition("=")[0]
+            _log(f"postgres: {name} = {scalar(conn, f'SHOW {name}')}")  # type: ignore[misc]
 
 
 def stop_stack(ctx: Ctx, *, keep: bool) -> None:
@@ -1431,7 +1461,7 @@ def _monitor_rows(
         ("", "CPU % of one core, off (A) / on (B)", _cpu(mean_cpu(plain)), _cpu(mean_cpu(mon)), ""),
         (
             "",
-            "windows: rows, labels (stats n), windows",
+            "windows: rows, labels (stats n), ver-windows",
             f"{w['rows_series']:,}, {w['stats_n']:,}, {w['windows']}",
             f"{w['expected']['rows']:,}, {w['expected']['labelled']:,} (every B drain)",
             _verdict(exact),
@@ -1638,9 +1668,17 @@ def main(argv: list[str] | None = None) -> int:
         "this (1500 is what Faust hard-codes); 0 = skip",
     )
     parser.add_argument(
+        "--diag-pg-set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a server parameter on the bench's own PostgreSQL (ALTER SYSTEM) for the whole "
+        "run, e.g. plan_cache_mode=force_custom_plan; a diagnostic, not the product's setup",
+    )
+    parser.add_argument(
         "--bare-modes",
         default="take,iter",
-        help="bare agent shapes to measure (take = the worker's noack_take; iter)",
+        help="bare agent shapes to measure (take = the worker's noack_take; iter); empty = none",
     )
     parser.add_argument(
         "--monitor",
@@ -1668,7 +1706,9 @@ def main(argv: list[str] | None = None) -> int:
     ctx = start_stack(args)
     _log(f"broker {ctx.bootstrap}, postgres {ctx.database_url}, state {ctx.state_dir}")
     try:
+        set_pg_settings(ctx, args.diag_pg_set)
         results = run(args, ctx)
+        results["pg_settings"] = args.diag_pg_set
     finally:
         stop_stack(ctx, keep=args.keep_state)
     if args.json:
@@ -1678,6 +1718,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\nmachine: {m['nproc']} cpu ({m['cpu']}), {m['ram_gb']} GB, Python {m['python']}, "
         f"load avg at start {m['loadavg_start'][0]:.2f}, at end {m['loadavg_end'][0]:.2f}"
     )
+    if results["pg_settings"]:
+        print(f"diagnostic: the bench's PostgreSQL with {', '.join(results['pg_settings'])}")
     print_table(table(results))
     return 0
 

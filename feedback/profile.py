@@ -102,9 +102,12 @@ class SeriesProfile:
         True
         """
         if self.kind == "numeric":
-            x = np.fromiter(
-                (v if type(v) in (int, float) else math.nan for v in values), dtype=np.float64, count=len(values)
-            )
+            try:  # the common case, every value a number: one C loop (a bool counts as 0 or 1)
+                x = np.fromiter(values, dtype=np.float64, count=len(values))
+            except (TypeError, ValueError):
+                x = np.fromiter(
+                    (v if type(v) in (int, float) else math.nan for v in values), dtype=np.float64, count=len(values)
+                )
             bins = np.searchsorted(np.asarray(self.edges), x, side="right")
             bins[np.isnan(x)] = self.missing_bin
             return bins

@@ -15,7 +15,7 @@ from psycopg import sql
 from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool
 
-from feedback.windows import STAGE_TABLES, WindowUpdater
+from feedback.windows import OUTCOMES_COUNTED, STAGE_TABLES, WindowUpdater, parse_counted
 from schemas import OutcomeEvent, PredictionEvent
 
 log = logging.getLogger(__name__)
@@ -67,12 +67,11 @@ WITH new AS (
         SET label = excluded.label, observed_at = excluded.observed_at,
             source = excluded.source, updated_at = now()
         WHERE (excluded.observed_at, excluded.label) > (cur.observed_at, cur.label)
-    RETURNING prediction_id, (xmax = 0) AS inserted
+    RETURNING (xmax = 0) AS inserted
 )
 SELECT (SELECT count(*) FROM new),
        count(*) FILTER (WHERE inserted),
-       count(*) FILTER (WHERE NOT inserted),
-       coalesce(array_agg(prediction_id), '{}')
+       count(*) FILTER (WHERE NOT inserted)
 FROM changed
 """
 
@@ -210,18 +209,26 @@ class FeedbackStore:
     ) -> WriteStats:
         """Write one batch in one transaction; a redelivered batch changes nothing."""
         n_outcomes = labels_set = labels_corrected = 0
-        label_ids: list[str] = []
+        counted: list[Any] = []
+        windows = self.windows
         with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            if windows is not None:
+                windows.lock_shared(cur)
             new_ids = _insert_predictions(cur, predictions) if predictions else set()
             if outcomes:
                 with cur.copy(_COPY_OUTCOMES) as copy:
                     write = copy.write_row
                     for o in outcomes:
                         write((o.prediction_id, o.observed_at, _json(o.label), o.source))
-                cur.execute(_INSERT_OUTCOMES)
-                n_outcomes, labels_set, labels_corrected, label_ids = cur.fetchone() or (0, 0, 0, [])
-            if self.windows is not None:
-                self.windows.apply(cur, _first_of_each(predictions, new_ids), label_ids)
+                if windows is None:
+                    cur.execute(_INSERT_OUTCOMES)
+                    n_outcomes, labels_set, labels_corrected = cur.fetchone() or (0, 0, 0)
+                else:
+                    cur.execute(OUTCOMES_COUNTED, {"models": sorted(windows.config.models)}, prepare=False)
+                    n_outcomes, labels_set, labels_corrected, doc = cur.fetchone() or (0, 0, 0, [])
+                    counted = parse_counted(doc)
+            if windows is not None:
+                windows.apply(cur, _first_of_each(predictions, new_ids), counted)
             n_dead = 0
             for d in dead_letters:
                 cur.execute(
