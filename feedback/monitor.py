@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -58,13 +59,13 @@ WHERE model_name = %s AND model_version = %s AND window_s = %s AND window_start 
 """
 
 _WINDOW_PERF = """
-SELECT segment, window_start, stats FROM window_performance
+SELECT segment, window_start, stats::text FROM window_performance
 WHERE model_name = %s AND model_version = %s AND window_s = %s AND window_start >= %s AND window_start <= %s
 """
 
 # the earliest windows, for the baseline: their performance and row counts
 _EARLY_WINDOWS = """
-SELECT c.window_start, coalesce(p.stats, '{}'::jsonb), c.counts[1]
+SELECT c.window_start, coalesce(p.stats, '{}'::jsonb)::text, c.counts[1]
 FROM window_counts c
 LEFT JOIN window_performance p USING (model_name, model_version, window_s, segment, window_start)
 WHERE c.model_name = %s AND c.model_version = %s AND c.window_s = %s AND c.segment = '*' AND c.series = %s
@@ -177,10 +178,10 @@ def evaluate_version(cur: psycopg.Cursor[Any], config: ModelConfig, profile: Ref
         counts[segment][(start, series)] = c
     perf: dict[str, dict[datetime, dict[str, int]]] = defaultdict(dict)
     for segment, start, s in cur.execute(_WINDOW_PERF, (*key, first, newest)).fetchall():
-        perf[segment][start] = {k: int(v) for k, v in s.items()}
+        perf[segment][start] = exact_stats(s)
     limit = config.performance.baseline_windows * 8
     early = [
-        (start, {k: int(v) for k, v in s.items()}, int(rows or 0))
+        (start, exact_stats(s), int(rows or 0))
         for start, s, rows in cur.execute(_EARLY_WINDOWS, (*key, ROWS, limit)).fetchall()
     ]
     baseline, baseline_starts = baseline_of(config, early)
@@ -217,6 +218,16 @@ def write_results(cur: psycopg.Cursor[Any], evaluations: Sequence[Evaluation]) -
                 n += 1
     cur.execute(_UPSERT_RESULTS)
     return n
+
+
+def exact_stats(text: str) -> dict[str, int]:
+    """Stored aggregates as exact integers: read as text and parsed by the stdlib (orjson, the pool's
+    jsonb parser, turns integers past 64 bits into floats).
+
+    >>> exact_stats('{"n": 3, "sq_err_sq_sum": 240000000000000000001}')["sq_err_sq_sum"]
+    240000000000000000001
+    """
+    return {k: int(v) for k, v in json.loads(text).items()}
 
 
 def _finite(x: float | None) -> float | None:

@@ -23,6 +23,7 @@ that every ingest transaction writing that version holds shared.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -396,7 +397,8 @@ class WindowUpdater:
                     copy.write_row(row)
             cur.execute(_UPSERT_COUNTS)
         stats = [
-            (m, v, self.config.models[m].window_s, seg, start, orjson.dumps(s).decode())
+            # the stdlib writes integers of any size (a regression's e**4 sums pass 2**64; orjson refuses)
+            (m, v, self.config.models[m].window_s, seg, start, json.dumps(s))
             for (m, v, seg, start), s in sorted(delta.stats.items(), key=lambda kv: kv[0])
             if any(s.values())
         ]

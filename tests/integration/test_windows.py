@@ -15,6 +15,7 @@ from sklearn import metrics as skm
 
 from feedback import performance
 from feedback.config import parse_config
+from feedback.monitor import exact_stats
 from feedback.profile import LABEL, PREDICTION, ROWS, SCORE, build_profile
 from feedback.store import FeedbackStore
 from feedback.windows import WindowUpdater, count_uncounted, install_profile, profile_from_first_predictions
@@ -74,9 +75,9 @@ def window_tables(store: FeedbackStore) -> tuple[dict, dict]:
         if any(c)
     }
     stats = {
-        (seg, start): {k: int(v) for k, v in s.items()}
-        for seg, start, s in store.rows("SELECT segment, window_start, stats FROM window_performance")
-        if s
+        (seg, start): exact_stats(s)
+        for seg, start, s in store.rows("SELECT segment, window_start, stats::text FROM window_performance")
+        if s != "{}"
     }
     return counts, stats
 
@@ -226,3 +227,33 @@ def test_detector_state_survives_a_restart(services, db_schema, monitored) -> No
     n = monitored.scalar("SELECT n_updates FROM detector_state")
     assert n == 600
     assert found and all(300 < idx <= 600 for _, idx in found), found
+
+
+def test_regression_windows_match_sklearn_on_rows_queried_back(services, db_schema) -> None:
+    """A regression model's windows give sklearn's MAE, RMSE and R^2 on the joined rows read back from Postgres."""
+    config = parse_config('[models.price]\ntask = "regression"\nwindow = "1h"\nreference_rows = 100\n')
+    rng = random.Random(9)
+    ev = [prediction(i, model_name="price", predicted_at=T0 + timedelta(minutes=3 * i),
+                     features={"area": rng.uniform(20, 200)}, prediction=round(rng.gauss(300, 80), 2),
+                     probabilities=None, segment=None)
+          for i in range(300)]
+    labels = [outcome(i, label=round(ev[i].prediction + rng.gauss(5, 30), 2)) for i in range(300)]
+    with FeedbackStore(services.database_url, db_schema, windows=WindowUpdater(config)) as s:
+        profile = build_profile("price", "v1", {"area": [rng.uniform(20, 200) for _ in range(500)]}, {},
+                                source="test")
+        with s.pool.connection() as conn:
+            install_profile(conn, s.windows, profile)
+        s.write_batch(ev[:150], labels[100:])
+        s.write_batch(ev[150:], labels[:100])
+        s.write_batch([], [outcome(7, label=1000.0, after_s=9000)])  # a correction
+        acc: dict[str, int] = {}
+        for (seg, _), st in window_tables(s)[1].items():
+            if seg == "*":
+                performance.add(acc, st)
+        rows = s.rows("SELECT label_value, prediction_value FROM feedback WHERE label IS NOT NULL")
+    y, yhat = (np.array(c) for c in zip(*rows, strict=True))
+    got = performance.regression_metrics(acc)
+    assert len(y) == 300 and acc["n"] == 300
+    assert got["mae"].value == pytest.approx(skm.mean_absolute_error(y, yhat), abs=1e-6)
+    assert got["rmse"].value == pytest.approx(np.sqrt(skm.mean_squared_error(y, yhat)), abs=1e-6)
+    assert got["r2"].value == pytest.approx(skm.r2_score(y, yhat), abs=1e-6)
