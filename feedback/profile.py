@@ -113,12 +113,17 @@ class SeriesProfile:
             return bins
         index = {c: i for i, c in enumerate(self.categories)}
         other = len(self.categories)
-        missing = self.missing_bin
-        return np.fromiter(
-            (missing if v is None else index.get(category_key(v), other) for v in values),
-            dtype=np.int64,
-            count=len(values),
-        )
+        # raw value -> bin, keyed by type too (True and 1 are different categories); most
+        # batches repeat a handful of values, so category_key runs once per distinct value
+        memo: dict[tuple[type, Any], int] = {}
+        out = np.empty(len(values), dtype=np.int64)
+        for i, v in enumerate(values):
+            key = (v.__class__, v)
+            found = memo.get(key)
+            if found is None:
+                found = memo[key] = self.missing_bin if v is None else index.get(category_key(v), other)
+            out[i] = found
+        return out
 
     def fine_to_coarse(self) -> np.ndarray:
         """For a numeric series, the PSI bin of each fine bin (the missing bin stays last).

@@ -224,6 +224,32 @@ def window_start(at: datetime, window_s: int) -> datetime:
     return datetime.fromtimestamp(ts - ts % window_s, tz=UTC)
 
 
+class _Cells:
+    """Window starts and segment lists for one batch, each computed once per distinct input."""
+
+    def __init__(self, config: ModelConfig, known: dict[str, set[str]]) -> None:
+        self.config = config
+        self.known = known
+        self._starts: dict[int, datetime] = {}
+        self._segments: dict[tuple[Any, ...], list[str]] = {}
+
+    def start(self, at: datetime) -> datetime:
+        ts = int(at.timestamp())
+        bucket = ts - ts % self.config.window_s
+        found = self._starts.get(bucket)
+        if found is None:
+            found = self._starts[bucket] = datetime.fromtimestamp(bucket, tz=UTC)
+        return found
+
+    def segments(self, segment: Mapping[str, str] | None) -> list[str]:
+        values = segment or {}
+        key = tuple(values.get(a) for a in self.config.segments)
+        found = self._segments.get(key)
+        if found is None:
+            found = self._segments[key] = segments_of(self.config, segment, self.known)
+        return found
+
+
 OTHER_SEGMENT = "__other__"
 MISSING_SEGMENT = "__missing__"
 
@@ -357,13 +383,13 @@ class WindowUpdater:
             new_bins = label_series.bin_values([r[2] for r in rows]).tolist()
             old_bins = dict(zip(had_old, label_series.bin_values([rows[i][1] for i in had_old]).tolist(),
                                 strict=True))
-        known = self._known_segments(cur, config.name)
+        cells = _Cells(config, self._known_segments(cur, config.name))
         version = profile.model_version
         # rows sharing every segment and the window share every cell: sum them once per such
         # group, then add the group to each of its cells (all traffic, one per attribute)
         groups: dict[tuple[tuple[str, ...], datetime], tuple[dict[str, int], np.ndarray | None]] = {}
         for i, row in enumerate(rows):
-            key = (tuple(segments_of(config, row[10], known)), window_start(row[6], config.window_s))
+            key = (tuple(cells.segments(row[10])), cells.start(row[6]))
             group = groups.get(key)
             if group is None:
                 counts = None if label_series is None else np.zeros(label_series.n_bins, dtype=np.int64)
@@ -416,9 +442,9 @@ class WindowUpdater:
         self, cur: psycopg.Cursor[Any], delta: WindowDelta, config: ModelConfig, profile: ReferenceProfile,
         events: Sequence[PredictionEvent],
     ) -> None:
-        starts = [window_start(p.predicted_at, config.window_s) for p in events]
-        known = self._known_segments(cur, config.name)
-        segs = [segments_of(config, p.segment, known) for p in events]
+        cells = _Cells(config, self._known_segments(cur, config.name))
+        starts = [cells.start(p.predicted_at) for p in events]
+        segs = [cells.segments(p.segment) for p in events]
         groups = sorted({(seg, s) for ss, s in zip(segs, starts, strict=True) for seg in ss})
         index = {g: i for i, g in enumerate(groups)}
         # each event belongs to one group per segment dimension
