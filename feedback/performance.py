@@ -64,7 +64,12 @@ def _is_bool(x: object) -> bool:
     return t is bool or t is np.bool_
 
 
-def _same_label(a: object, b: object) -> bool:
+def same_label(a: object, b: object) -> bool:
+    """Labels compared as JSON values.
+
+    >>> same_label(1, 1.0), same_label(True, 1), same_label(True, True)
+    (True, False, True)
+    """
     # Labels compare as JSON values: Python's True == 1 must not make a boolean label match a number.
     if _is_bool(a) or _is_bool(b):
         return _is_bool(a) and _is_bool(b) and bool(a) == bool(b)
@@ -115,9 +120,9 @@ def classification_contributions(
     _check_lengths(y_true=y_true, y_pred=y_pred, p_pos=p_pos)
     out: list[dict[str, int]] = []
     for truth, guess, p in zip(y_true, y_pred, p_pos, strict=True):
-        actual, predicted = _same_label(truth, positive), _same_label(guess, positive)
+        actual, predicted = same_label(truth, positive), same_label(guess, positive)
         c: dict[str, int] = {"n": 1}
-        _put(c, "correct", int(_same_label(truth, guess)))
+        _put(c, "correct", int(same_label(truth, guess)))
         cell = ("tp" if predicted else "fn") if actual else ("fp" if predicted else "tn")
         c[cell] = 1
         if p is not None:

@@ -15,7 +15,7 @@ from psycopg import sql
 from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool
 
-from feedback.windows import OUTCOMES_COUNTED, STAGE_TABLES, WindowUpdater, parse_counted
+from feedback.windows import STAGE_TABLES, WindowUpdater, parse_counted
 from schemas import OutcomeEvent, PredictionEvent
 
 log = logging.getLogger(__name__)
@@ -45,13 +45,14 @@ SELECT DISTINCT ON (prediction_id) prediction_id, model_name, model_version, pre
     prediction, probabilities, score, routing_key, segment, latency_ms, error
 FROM _in_predictions ORDER BY prediction_id, ord
 ON CONFLICT (prediction_id) DO NOTHING
-RETURNING prediction_id
 """
+# a monitored store counts the new ones (feedback/windows.py)
+_INSERT_PREDICTIONS_RETURNING = _INSERT_PREDICTIONS + "RETURNING prediction_id\n"
 
 # New history rows only; of those, the latest (observed_at, label) per prediction competes
 # with the stored current label and replaces it only when it is later, so any arrival order,
 # duplicates and redeliveries end in the same current label.
-_INSERT_OUTCOMES = """
+_NEW_OUTCOMES = """
 WITH new AS (
     INSERT INTO outcomes (prediction_id, observed_at, label, source)
     SELECT * FROM _in_outcomes ORDER BY prediction_id, observed_at, label
@@ -60,7 +61,9 @@ WITH new AS (
 ), latest AS (
     SELECT DISTINCT ON (prediction_id) prediction_id, label, observed_at, source
     FROM new ORDER BY prediction_id, observed_at DESC, label DESC
-), changed AS (
+)"""
+
+_INSERT_OUTCOMES = _NEW_OUTCOMES + """, changed AS (
     INSERT INTO current_labels AS cur (prediction_id, label, observed_at, source)
     SELECT * FROM latest ORDER BY prediction_id
     ON CONFLICT (prediction_id) DO UPDATE
@@ -73,6 +76,37 @@ SELECT (SELECT count(*) FROM new),
        count(*) FILTER (WHERE inserted),
        count(*) FILTER (WHERE NOT inserted)
 FROM changed
+"""
+
+# The same for a monitored store, which also counts in the windows (feedback/windows.py) every
+# changed label whose prediction is stored, of a monitored model with a profile: counted_label is
+# set in this upsert (one row version instead of an insert and an update) and the counted rows
+# come back as JSON; the rest wait for their prediction.
+_INSERT_OUTCOMES_COUNTED = _NEW_OUTCOMES + """, joined AS (
+    SELECT l.*, p.model_name, p.model_version, p.predicted_at, p.prediction, p.probabilities, p.score, p.segment,
+           p.model_name = ANY(%(models)s) AND EXISTS (
+               SELECT 1 FROM reference_profiles r
+               WHERE r.model_name = p.model_name AND r.model_version = p.model_version) AS countable
+    FROM latest l
+    LEFT JOIN LATERAL (SELECT * FROM predictions p WHERE p.prediction_id = l.prediction_id OFFSET 0) p ON true
+), changed AS (
+    INSERT INTO current_labels AS cur (prediction_id, label, observed_at, source, counted_label)
+    SELECT prediction_id, label, observed_at, source, CASE WHEN countable THEN label END
+    FROM joined ORDER BY prediction_id
+    ON CONFLICT (prediction_id) DO UPDATE
+        SET label = excluded.label, observed_at = excluded.observed_at, source = excluded.source, updated_at = now(),
+            counted_label = coalesce(excluded.counted_label, cur.counted_label)
+        WHERE (excluded.observed_at, excluded.label) > (cur.observed_at, cur.label)
+    RETURNING prediction_id, (xmax = 0) AS inserted, old.counted_label AS old_counted,
+              new.counted_label IS NOT DISTINCT FROM new.label AS counted
+)
+SELECT (SELECT count(*) FROM new),
+       count(*) FILTER (WHERE c.inserted),
+       count(*) FILTER (WHERE NOT c.inserted),
+       coalesce(json_agg(json_build_array(
+           c.prediction_id, c.old_counted, j.label, j.observed_at, j.model_name, j.model_version, j.predicted_at,
+           j.prediction, j.probabilities, j.score, j.segment)) FILTER (WHERE c.counted AND j.countable), '[]')
+FROM changed c JOIN joined j USING (prediction_id)
 """
 
 _INSERT_DEAD_LETTER = """
@@ -214,7 +248,9 @@ class FeedbackStore:
         with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             if windows is not None:
                 windows.lock_shared(cur)
-            new_ids = _insert_predictions(cur, predictions) if predictions else set()
+            n_predictions, new_ids = (
+                _insert_predictions(cur, predictions, returning=windows is not None) if predictions else (0, set())
+            )
             if outcomes:
                 with cur.copy(_COPY_OUTCOMES) as copy:
                     write = copy.write_row
@@ -224,7 +260,7 @@ class FeedbackStore:
                     cur.execute(_INSERT_OUTCOMES)
                     n_outcomes, labels_set, labels_corrected = cur.fetchone() or (0, 0, 0)
                 else:
-                    cur.execute(OUTCOMES_COUNTED, {"models": sorted(windows.config.models)}, prepare=False)
+                    cur.execute(_INSERT_OUTCOMES_COUNTED, {"models": sorted(windows.config.models)}, prepare=False)
                     n_outcomes, labels_set, labels_corrected, doc = cur.fetchone() or (0, 0, 0, [])
                     counted = parse_counted(doc)
             if windows is not None:
@@ -237,7 +273,7 @@ class FeedbackStore:
                      d.reason, d.received_at),
                 )
                 n_dead += cur.rowcount
-        return WriteStats(len(new_ids), n_outcomes, labels_set, labels_corrected, n_dead)
+        return WriteStats(n_predictions, n_outcomes, labels_set, labels_corrected, n_dead)
 
     def scalar(self, query: str, params: Sequence[Any] = ()) -> Any:
         """The first column of the first row of a read-only query."""
@@ -258,8 +294,10 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.execute(STAGE_TABLES)
 
 
-def _insert_predictions(cur: psycopg.Cursor[Any], predictions: Sequence[PredictionEvent]) -> set[str]:
-    """Insert the batch's predictions; returns the ids that were new to the store."""
+def _insert_predictions(
+    cur: psycopg.Cursor[Any], predictions: Sequence[PredictionEvent], *, returning: bool
+) -> tuple[int, set[str]]:
+    """Insert the batch's predictions; returns how many were new, and (``returning``) their ids."""
     with cur.copy(_COPY_PREDICTIONS) as copy:
         write = copy.write_row
         for i, p in enumerate(predictions):
@@ -271,8 +309,12 @@ def _insert_predictions(cur: psycopg.Cursor[Any], predictions: Sequence[Predicti
                 None if p.segment is None else _json(p.segment),
                 p.latency_ms, p.error, i,
             ))
-    cur.execute(_INSERT_PREDICTIONS)
-    return {row[0] for row in cur.fetchall()}
+    if not returning:
+        cur.execute(_INSERT_PREDICTIONS)
+        return cur.rowcount, set()
+    cur.execute(_INSERT_PREDICTIONS_RETURNING)
+    ids = {row[0] for row in cur.fetchall()}
+    return len(ids), ids
 
 
 def _first_of_each(predictions: Sequence[PredictionEvent], ids: set[str]) -> list[PredictionEvent]:

@@ -17,7 +17,7 @@ by two workers can each miss the other; the pair then stays in the ``current_lab
 index and :func:`count_uncounted` (run before every evaluation) counts it.
 
 Nothing is counted for a version until it has a reference profile; creating the profile
-counts everything stored so far (:func:`rebuild_version`), under an exclusive advisory lock
+counts everything stored so far (:func:`install_profile`), under an exclusive advisory lock
 that every ingest transaction writing that version holds shared.
 """
 
@@ -109,45 +109,6 @@ RETURNING c.prediction_id, old.counted_label, new.label, c.observed_at, t.model_
 
 # the partial index holds exactly these: labels not counted yet, including outcomes whose
 # prediction has not arrived (count_labels skips those); a round takes a bounded share
-# The outcome write of a monitored store (feedback/store.py's, plus counting): a changed label
-# whose prediction is stored, of a monitored model with a profile, is counted in the same upsert
-# (one row version instead of an insert and an update); the rest wait for their prediction.
-OUTCOMES_COUNTED = """
-WITH new AS (
-    INSERT INTO outcomes (prediction_id, observed_at, label, source)
-    SELECT * FROM _in_outcomes ORDER BY prediction_id, observed_at, label
-    ON CONFLICT DO NOTHING
-    RETURNING prediction_id, observed_at, label, source
-), latest AS (
-    SELECT DISTINCT ON (prediction_id) prediction_id, label, observed_at, source
-    FROM new ORDER BY prediction_id, observed_at DESC, label DESC
-), joined AS (
-    SELECT l.*, p.model_name, p.model_version, p.predicted_at, p.prediction, p.probabilities, p.score, p.segment,
-           p.model_name = ANY(%(models)s) AND EXISTS (
-               SELECT 1 FROM reference_profiles r
-               WHERE r.model_name = p.model_name AND r.model_version = p.model_version) AS countable
-    FROM latest l
-    LEFT JOIN LATERAL (SELECT * FROM predictions p WHERE p.prediction_id = l.prediction_id OFFSET 0) p ON true
-), changed AS (
-    INSERT INTO current_labels AS cur (prediction_id, label, observed_at, source, counted_label)
-    SELECT prediction_id, label, observed_at, source, CASE WHEN countable THEN label END
-    FROM joined ORDER BY prediction_id
-    ON CONFLICT (prediction_id) DO UPDATE
-        SET label = excluded.label, observed_at = excluded.observed_at, source = excluded.source, updated_at = now(),
-            counted_label = coalesce(excluded.counted_label, cur.counted_label)
-        WHERE (excluded.observed_at, excluded.label) > (cur.observed_at, cur.label)
-    RETURNING prediction_id, (xmax = 0) AS inserted, old.counted_label AS old_counted,
-              new.counted_label IS NOT DISTINCT FROM new.label AS counted
-)
-SELECT (SELECT count(*) FROM new),
-       count(*) FILTER (WHERE c.inserted),
-       count(*) FILTER (WHERE NOT c.inserted),
-       coalesce(json_agg(json_build_array(
-           c.prediction_id, c.old_counted, j.label, j.observed_at, j.model_name, j.model_version, j.predicted_at,
-           j.prediction, j.probabilities, j.score, j.segment)) FILTER (WHERE c.counted AND j.countable), '[]')
-FROM changed c JOIN joined j USING (prediction_id)
-"""
-
 _UNCOUNTED = """
 SELECT prediction_id FROM current_labels WHERE counted_label IS DISTINCT FROM label
 ORDER BY prediction_id LIMIT 50000
@@ -234,11 +195,10 @@ class _Cells:
         self._segments: dict[tuple[Any, ...], list[str]] = {}
 
     def start(self, at: datetime) -> datetime:
-        ts = int(at.timestamp())
-        bucket = ts - ts % self.config.window_s
+        bucket = int(at.timestamp()) // self.config.window_s
         found = self._starts.get(bucket)
         if found is None:
-            found = self._starts[bucket] = datetime.fromtimestamp(bucket, tz=UTC)
+            found = self._starts[bucket] = window_start(at, self.config.window_s)
         return found
 
     def segments(self, segment: Mapping[str, str] | None) -> list[str]:
@@ -309,14 +269,15 @@ class WindowUpdater:
     ) -> None:
         """Add the effect of this transaction's new predictions and of the labels it counted.
 
-        ``counted``: label rows :data:`OUTCOMES_COUNTED` counted (:func:`parse_counted`). The caller
-        holds the shared locks (:meth:`lock_shared`) since before that statement.
+        ``counted``: the label rows the store's outcome upsert counted (:func:`parse_counted`). The
+        caller holds the shared locks (:meth:`lock_shared`) since before that statement.
         """
         monitored = [p for p in new_predictions if p.model_name in self.config.models]
-        versions = sorted({(p.model_name, p.model_version) for p in monitored})
         if not monitored and not counted:
             return
-        profiles = self.profiles(cur, versions)
+        versions = {(p.model_name, p.model_version) for p in monitored}
+        # one look at the profiles per batch: the labels counted below are of profiled versions
+        profiles = self.profiles(cur, versions | {(r[4], r[5]) for r in counted})
         delta = WindowDelta()
         by_version: dict[Version, list[PredictionEvent]] = defaultdict(list)
         for p in monitored:
@@ -338,6 +299,7 @@ class WindowUpdater:
     ) -> int:
         """Count the labels of ``ids`` whose counted label differs from their label; returns how many."""
         rows = self._count_label_rows(cur, ids)
+        self.profiles(cur, {(r[4], r[5]) for r in rows})
         self._add_label_rows(cur, delta, rows, detectors=detectors)
         return len(rows)
 
@@ -349,9 +311,9 @@ class WindowUpdater:
 
     def _add_label_rows(self, cur: psycopg.Cursor[Any], delta: WindowDelta, rows: list[Any], *,
                         detectors: bool) -> None:
+        """Count label rows of versions whose profiles are loaded."""
         if not rows:
             return
-        self.profiles(cur, {(r[4], r[5]) for r in rows})
         by_version: dict[Version, list[Any]] = defaultdict(list)
         for row in rows:
             by_version[(row[4], row[5])].append(row)
@@ -532,7 +494,8 @@ class WindowUpdater:
 
 
 def parse_counted(doc: Any) -> list[tuple[Any, ...]]:
-    """The label rows of :data:`OUTCOMES_COUNTED`'s JSON, shaped as the label-counting statement returns them."""
+    """The label rows the store's counting outcome upsert returns as JSON, shaped as the label-counting
+    statement returns them."""
     rows = orjson.loads(doc) if isinstance(doc, str | bytes) else doc
     return [
         (pid, old, new, datetime.fromisoformat(observed), model, version, datetime.fromisoformat(predicted), prediction,
@@ -588,7 +551,7 @@ def _contributions(
 
 def _error(config: ModelConfig, label: Any, prediction: Any) -> float:
     if config.task == "classification":
-        return 0.0 if performance._same_label(label, prediction) else 1.0
+        return 0.0 if performance.same_label(label, prediction) else 1.0
     if type(label) not in (int, float) or type(prediction) not in (int, float):
         return 0.0
     return abs(float(prediction) - float(label))
@@ -672,7 +635,7 @@ def profile_from_first_predictions(
         scores=[_positive_probability(config, r[2], r[3]) for r in rows],
         labels=[r[4] for r in rows],
     )
-    return build_profile(config.name, model_version, columns, _kinds(config),
+    return build_profile(config.name, model_version, columns, series_kinds(config),
                          source=f"first {len(rows)} predictions")
 
 
@@ -701,7 +664,8 @@ def reference_columns(
     return columns
 
 
-def _kinds(config: ModelConfig) -> dict[str, FeatureKind]:
+def series_kinds(config: ModelConfig) -> dict[str, FeatureKind]:
+    """The declared kind of every series: the features', and the outcome's and score's by the task."""
     outcome: FeatureKind = "categorical" if config.task == "classification" else "numeric"
     return {**config.features, PREDICTION: outcome, LABEL: outcome, SCORE: "numeric"}
 

@@ -12,7 +12,7 @@ from feedback.config import ModelConfig
 from feedback.monitor import Monitor
 from feedback.profile import build_profile
 from feedback.store import FeedbackStore
-from feedback.windows import WindowUpdater, install_profile, reference_columns
+from feedback.windows import WindowUpdater, install_profile, reference_columns, series_kinds
 from pitstop.errors import PitstopError
 from pitstop.settings import Settings
 
@@ -174,10 +174,7 @@ def import_reference(settings: Settings, model: str, version: str, path: Path, *
         scores=_values(frame[score_column]) if score_column else None,
         labels=_values(frame[label]) if label else None,
     )
-    kinds = {**config.features}
-    outcome = "categorical" if config.task == "classification" else "numeric"
-    profile = build_profile(model, version, columns, {**kinds, "__prediction__": outcome, "__label__": outcome,
-                                                      "__score__": "numeric"}, source=f"import:{path.name}")
+    profile = build_profile(model, version, columns, series_kinds(config), source=f"import:{path.name}")
     database_url = settings.require_database()
     updater = WindowUpdater(settings.monitoring)
     with FeedbackStore(database_url, settings.db_schema, windows=updater) as store, store.pool.connection() as conn:
