@@ -82,10 +82,10 @@ import psycopg
 from kafka import KafkaProducer
 from psycopg import sql
 
-from feedback.config import ModelConfig, MonitoringConfig, load_config
-from feedback.profile import LABEL, PREDICTION, ROWS, SCORE, ReferenceProfile, build_profile, category_key
+from feedback.monitoring.config import ModelConfig, MonitoringConfig, load_config
+from feedback.monitoring.profile import LABEL, PREDICTION, ROWS, SCORE, ReferenceProfile, build_profile, category_key
+from feedback.monitoring.windows import WindowUpdater, install_profile, reference_columns
 from feedback.store import FeedbackStore, migrate
-from feedback.windows import WindowUpdater, install_profile, reference_columns
 from pitstop import stack
 from pitstop.client import PitstopProducer
 from pitstop.settings import Topics
@@ -644,7 +644,7 @@ def monitoring_config() -> MonitoringConfig:
 
 
 def _positive_score(model: ModelConfig, p: PredictionEvent) -> Any:
-    """The positive-class probability the monitoring counts, as feedback.windows reads it."""
+    """The positive-class probability the monitoring counts, as feedback.monitoring.windows reads it."""
     if model.score == "probabilities" and p.probabilities is not None:
         return p.probabilities.get(category_key(model.positive_class))
     return p.score if model.score == "score" else None

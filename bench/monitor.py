@@ -10,7 +10,7 @@ points of category mass); the other 13 are independent draws of the same distrib
   into one window, and split into 24 windows of N/24 rows (``np.array_split``: sizes differ by at
   most one row) counted one window at a time. Counting is timed separately: in production it
   happens at ingest, row by row into Postgres, and is not part of evaluation. Then
-  ``feedback.evaluate.drift_arrays`` (every statistic, Holm over every test, the verdicts) is
+  ``feedback.monitoring.evaluate.drift_arrays`` (every statistic, Holm over every test, the verdicts) is
   timed on the 1-window and on the 24-window accumulators, and ``evaluate_drift`` (the same plus
   one result row with its sentence per metric) on the 24 windows: ``timeit`` with one call per
   sample, the median (and min / p90) of ``--samples`` samples after ``--warmup`` untimed calls
@@ -83,9 +83,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import _drift_data  # noqa: E402
 
-from feedback.config import ModelConfig, parse_config  # noqa: E402
-from feedback.evaluate import WindowData, drift_arrays, evaluate_drift  # noqa: E402
-from feedback.profile import ReferenceProfile, build_profile  # noqa: E402
+from feedback.monitoring.config import ModelConfig, parse_config  # noqa: E402
+from feedback.monitoring.evaluate import WindowData, drift_arrays, evaluate_drift  # noqa: E402
+from feedback.monitoring.profile import ReferenceProfile, build_profile  # noqa: E402
 
 CONFIG_TOML = """
 [models.m]

@@ -8,11 +8,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from feedback.config import ModelConfig
-from feedback.monitor import Monitor
-from feedback.profile import build_profile
+from feedback.monitoring.config import ModelConfig
+from feedback.monitoring.profile import build_profile
+from feedback.monitoring.round import Monitor
+from feedback.monitoring.windows import WindowUpdater, install_profile, reference_columns, series_kinds
 from feedback.store import FeedbackStore
-from feedback.windows import WindowUpdater, install_profile, reference_columns, series_kinds
 from pitstop.errors import PitstopError
 from pitstop.settings import Settings
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from feedback.config import EMPTY, MonitoringConfig, load_config
 from feedback.errors import ModelConfigError
+from feedback.monitoring.config import EMPTY, MonitoringConfig, load_config
 from pitstop.errors import ConfigError, ConfigFileError
 from schemas import Limits
 

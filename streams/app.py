@@ -12,10 +12,10 @@ import faust
 import orjson
 
 from feedback.errors import IngestStopped
-from feedback.ingest import TRANSIENT_ERRORS, InboundMessage, Ingestor, encode_dead_letter
-from feedback.monitor import Monitor
+from feedback.monitoring.round import Monitor
+from feedback.monitoring.windows import WindowUpdater
 from feedback.store import FeedbackStore
-from feedback.windows import WindowUpdater
+from feedback.store.ingest import TRANSIENT_ERRORS, InboundMessage, Ingestor, encode_dead_letter
 from pitstop.settings import Settings
 from schemas import EventKind
 from streams.consumer import set_fetch_max_wait
@@ -72,7 +72,7 @@ def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.Ap
 
     @app.agent(inputs, name="ingest", concurrency=1)
     async def ingest(stream: faust.StreamT[Any]) -> None:
-        # A batch is acked only after the transaction holding it has committed (feedback.ingest).
+        # A batch is acked only after the transaction holding it has committed (feedback.store.ingest).
         # Reading the next batch while writing this one measured no faster (BENCHMARKS.md).
         async for events in stream.noack_take(settings.batch_messages, within=settings.batch_within_s):
             await write_then_ack(stream, events)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import psutil
 
-from pitstop import demo, stack, supervisor
+from pitstop import stack, supervisor
+from pitstop.demo import world
 
 # drift starts 24 s in and is complete at 30 s; a 6-hour window fills in 21.6 s
 DEMO_SECONDS = 60
@@ -88,8 +89,8 @@ def test_demo_joins_outcomes_and_leaves_nothing_running(tmp_path: Path) -> None:
     assert re.search(r"^stopped$", text, re.MULTILINE), text
     # the monitor's drift table: status per feature in the newest judged window
     table = dict(re.findall(r"^\s{4}([a-z][a-z_]*)\s+(drift|stable)\s", text, re.MULTILINE))
-    assert set(table) == set(demo.NUMERIC_FEATURES) | {"region", "plan"}, text
-    assert {f for f, status in table.items() if status == "drift"} == set(demo.DRIFTING_FEATURES), text
+    assert set(table) == set(world.NUMERIC_FEATURES) | {"region", "plan"}, text
+    assert {f for f, status in table.items() if status == "drift"} == set(world.DRIFTING_FEATURES), text
     assert re.search(r"accuracy\s+0\.\d+ \[0\.\d+, 0\.\d+\]", text), text
 
     assert {"broker", "postgres", "worker-0"} <= {p.name for p in seen.values()}, seen

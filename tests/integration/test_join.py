@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from feedback.ingest import InboundMessage, Ingestor
 from feedback.store import FeedbackStore
+from feedback.store.ingest import InboundMessage, Ingestor
 from schemas import EventKind, OutcomeEvent, PredictionEvent, encode_batch, encode_event
 from tests.factories import NOW, T0, outcome, prediction
 

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feedback.config import load_config
-from feedback.monitor import Monitor
+from feedback.monitoring.config import load_config
+from feedback.monitoring.round import Monitor
+from feedback.monitoring.windows import WindowUpdater
 from feedback.store import FeedbackStore
-from feedback.windows import WindowUpdater
 from tests.factories import T0, outcome, prediction
 
 TOML = """

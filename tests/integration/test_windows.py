@@ -13,12 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn import metrics as skm
 
-from feedback import performance
-from feedback.config import parse_config
-from feedback.monitor import exact_stats
-from feedback.profile import LABEL, PREDICTION, ROWS, SCORE, build_profile
+from feedback.monitoring import performance
+from feedback.monitoring.config import parse_config
+from feedback.monitoring.profile import LABEL, PREDICTION, ROWS, SCORE, build_profile
+from feedback.monitoring.round import exact_stats
+from feedback.monitoring.windows import WindowUpdater, count_uncounted, install_profile, profile_from_first_predictions
 from feedback.store import FeedbackStore
-from feedback.windows import WindowUpdater, count_uncounted, install_profile, profile_from_first_predictions
 from tests.factories import T0, outcome, prediction
 
 CONFIG = parse_config("""

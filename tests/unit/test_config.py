@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from feedback.config import (
+from feedback.errors import ModelConfigError
+from feedback.monitoring.config import (
     EMPTY,
     DetectorConfig,
     ModelConfig,
@@ -17,7 +18,6 @@ from feedback.config import (
     parse_config,
     parse_duration_s,
 )
-from feedback.errors import ModelConfigError
 
 FULL = """
 [defaults]

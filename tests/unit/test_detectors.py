@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from feedback.config import DetectorConfig
-from feedback.detectors import ErrorStreamDetectors
+from feedback.monitoring.config import DetectorConfig
+from feedback.monitoring.detectors import ErrorStreamDetectors
 
 
 def run(det: ErrorStreamDetectors, errors: np.ndarray) -> list[tuple[str, int]]:

@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from feedback import performance
-from feedback.config import parse_config
-from feedback.evaluate import WindowData, baseline_of, evaluate_drift, evaluate_performance
-from feedback.profile import build_profile
+from feedback.monitoring import performance
+from feedback.monitoring.config import parse_config
+from feedback.monitoring.evaluate import WindowData, baseline_of, evaluate_drift, evaluate_performance
+from feedback.monitoring.profile import build_profile
 
 CONFIG = parse_config("""
 [models.m]

@@ -22,7 +22,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from feedback.performance import (
+from feedback.monitoring.performance import (
     ECE_BINS,
     SCORE_BINS,
     MetricValue,

@@ -14,7 +14,7 @@ from hypothesis.extra import numpy as hnp
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from feedback.stats import (
+from feedback.monitoring.stats import (
     DRIFT_TESTS,
     PSI_BANDS,
     ChiSquareResult,

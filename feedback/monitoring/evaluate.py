@@ -16,7 +16,7 @@ categorical one. A series is flagged ``drift`` when the change is both
 
 A window with fewer than ``min_rows`` rows (``min_labels`` for the label) is ``unjudged``.
 
-Performance. Each window's metrics come from its aggregates (feedback/performance.py) with
+Performance. Each window's metrics come from its aggregates (feedback/monitoring/performance.py) with
 confidence intervals. A window is judged once it has ``min_labels`` labels and
 ``min_label_coverage``; the version's baseline is its earliest ``performance.baseline_windows``
 judged windows pooled,
@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from feedback import performance, stats
-from feedback.config import ModelConfig
-from feedback.profile import LABEL, ROWS, ReferenceProfile, SeriesProfile
+from feedback.monitoring import performance, stats
+from feedback.monitoring.config import ModelConfig
+from feedback.monitoring.profile import LABEL, ROWS, ReferenceProfile, SeriesProfile
 
 SIGNIFICANCE = {"numeric": "ks", "categorical": "chi2"}
 

@@ -22,7 +22,7 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 from feedback.errors import IngestStopped
-from feedback.store import DeadLetterRecord, FeedbackStore, WriteStats
+from feedback.store.database import DeadLetterRecord, FeedbackStore, WriteStats
 from schemas import EventKind, Limits, OutcomeEvent, PredictionEvent, decode_message, encode_event
 
 log = logging.getLogger(__name__)

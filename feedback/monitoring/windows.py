@@ -4,7 +4,7 @@ Per monitored model version, segment and tumbling window of ``predicted_at``:
 
 * ``window_counts``: counts per reference bin of every feature, the prediction, the score,
   the label, and the row count, from predictions new to the store;
-* ``window_performance``: additive performance aggregates (feedback/performance.py) of the
+* ``window_performance``: additive performance aggregates (feedback/monitoring/performance.py) of the
   labelled predictions;
 * ``detector_state``: river detectors on the version's error stream, in label arrival order.
 
@@ -32,13 +32,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import orjson
 import psycopg
 
-from feedback import performance
-from feedback.config import ModelConfig, MonitoringConfig
-from feedback.detectors import ErrorStreamDetectors
-from feedback.profile import (
+from feedback.monitoring import performance
+from feedback.monitoring.config import ModelConfig, MonitoringConfig
+from feedback.monitoring.detectors import ErrorStreamDetectors
+from feedback.monitoring.profile import (
     LABEL,
     PREDICTION,
     ROWS,
@@ -223,7 +222,7 @@ def segments_of(
     ``max_segment_values`` is pooled as ``__other__``, so a high-cardinality attribute (a user
     id declared by mistake) cannot multiply the windows without bound.
 
-    >>> from feedback.config import parse_config
+    >>> from feedback.monitoring.config import parse_config
     >>> c = parse_config('[models.m]\ntask = "regression"\nsegments = ["region"]').models["m"]
     >>> segments_of(c, {"region": "eu"}), segments_of(c, None)
     (['*', 'region=eu'], ['*', 'region=__missing__'])
@@ -258,9 +257,16 @@ class WindowUpdater:
         #: versions seen without a profile, for the profile builder to look at
         self.unprofiled: set[Version] = set()
 
+    #: the staging tables :meth:`write` copies into, on every connection of the store
+    connection_setup = STAGE_TABLES
+
     @property
     def enabled(self) -> bool:
         return bool(self.config.models)
+
+    @property
+    def counted_models(self) -> list[str]:
+        return sorted(self.config.models)
 
     # --- the ingest transaction -------------------------------------------------------------
 
@@ -269,8 +275,8 @@ class WindowUpdater:
     ) -> None:
         """Add the effect of this transaction's new predictions and of the labels it counted.
 
-        ``counted``: the label rows the store's outcome upsert counted (:func:`parse_counted`). The
-        caller holds the shared locks (:meth:`lock_shared`) since before that statement.
+        ``counted``: the label rows the store's outcome upsert counted (``feedback.store.CountedLabel``).
+        The caller holds the shared locks (:meth:`lock_shared`) since before that statement.
         """
         monitored = [p for p in new_predictions if p.model_name in self.config.models]
         if not monitored and not counted:
@@ -491,17 +497,6 @@ class WindowUpdater:
                     ))
             cur.execute(_SAVE_DETECTOR, (*version, detectors.n, detectors.dumps()))
             self._detectors[version] = (detectors.n, detectors)
-
-
-def parse_counted(doc: Any) -> list[tuple[Any, ...]]:
-    """The label rows the store's counting outcome upsert returns as JSON, shaped as the label-counting
-    statement returns them."""
-    rows = orjson.loads(doc) if isinstance(doc, str | bytes) else doc
-    return [
-        (pid, old, new, datetime.fromisoformat(observed), model, version, datetime.fromisoformat(predicted), prediction,
-         probabilities, score, segment)
-        for pid, old, new, observed, model, version, predicted, prediction, probabilities, score, segment in rows
-    ]
 
 
 def count_uncounted(cur: psycopg.Cursor[Any], updater: WindowUpdater) -> int:

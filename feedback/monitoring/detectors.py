@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from river import drift
 
-from feedback.config import DetectorConfig
+from feedback.monitoring.config import DetectorConfig
 
 SCALE_SAMPLES = 200
 

@@ -6,8 +6,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import psycopg
@@ -15,7 +16,6 @@ from psycopg import sql
 from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool
 
-from feedback.windows import STAGE_TABLES, WindowUpdater, parse_counted
 from schemas import OutcomeEvent, PredictionEvent
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ SELECT DISTINCT ON (prediction_id) prediction_id, model_name, model_version, pre
 FROM _in_predictions ORDER BY prediction_id, ord
 ON CONFLICT (prediction_id) DO NOTHING
 """
-# a monitored store counts the new ones (feedback/windows.py)
+# a monitored store counts the new ones (feedback/monitoring/windows.py)
 _INSERT_PREDICTIONS_RETURNING = _INSERT_PREDICTIONS + "RETURNING prediction_id\n"
 
 # New history rows only; of those, the latest (observed_at, label) per prediction competes
@@ -78,7 +78,7 @@ SELECT (SELECT count(*) FROM new),
 FROM changed
 """
 
-# The same for a monitored store, which also counts in the windows (feedback/windows.py) every
+# The same for a monitored store, which also counts in the windows (feedback/monitoring/windows.py) every
 # changed label whose prediction is stored, of a monitored model with a profile: counted_label is
 # set in this upsert (one row version instead of an insert and an update) and the counted rows
 # come back as JSON; the rest wait for their prediction.
@@ -114,6 +114,42 @@ INSERT INTO dead_letters (source_topic, source_partition, source_offset, element
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT DO NOTHING
 """
+
+
+#: A label the counting outcome upsert counted: (prediction_id, old counted label, new label, observed_at,
+#: model_name, model_version, predicted_at, prediction, probabilities, score, segment).
+CountedLabel = tuple[Any, ...]
+
+
+class BatchObserver(Protocol):
+    """What a batch write notifies, inside its transaction (monitoring's window accumulators implement it).
+
+    The store knows nothing of what the observer keeps; it tells it which predictions were new to the
+    store and which labels its outcome upsert counted, so that every effect of a batch commits together.
+    """
+
+    #: SQL run once on every new connection (the observer's staging tables)
+    connection_setup: str
+
+    @property
+    def enabled(self) -> bool:
+        """Whether anything is observed at all (no monitored model: the plain, faster write)."""
+        ...
+
+    @property
+    def counted_models(self) -> Sequence[str]:
+        """Models whose labels the outcome upsert counts (when their version has a reference profile)."""
+        ...
+
+    def lock_shared(self, cur: psycopg.Cursor[Any]) -> None:
+        """Take the observer's shared locks before the batch writes anything."""
+        ...
+
+    def apply(
+        self, cur: psycopg.Cursor[Any], new_predictions: Sequence[PredictionEvent], counted: Sequence[CountedLabel]
+    ) -> None:
+        """Add the effect of the batch's new predictions and of the labels it counted."""
+        ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -203,7 +239,7 @@ class FeedbackStore:
         *,
         max_size: int = 4,
         timeout_s: float = 5.0,
-        windows: WindowUpdater | None = None,
+        windows: BatchObserver | None = None,
     ) -> None:
         self.database_url = database_url
         self.schema = schema
@@ -214,7 +250,7 @@ class FeedbackStore:
             min_size=1,
             max_size=max_size,
             kwargs=connect_kwargs(schema),
-            configure=_configure,
+            configure=partial(_configure, setup=self.windows.connection_setup if self.windows else ""),
             check=ConnectionPool.check_connection,
             timeout=timeout_s,
             reconnect_timeout=0,  # keep trying while the database is away: the ingest waits for it
@@ -260,7 +296,7 @@ class FeedbackStore:
                     cur.execute(_INSERT_OUTCOMES)
                     n_outcomes, labels_set, labels_corrected = cur.fetchone() or (0, 0, 0)
                 else:
-                    cur.execute(_INSERT_OUTCOMES_COUNTED, {"models": sorted(windows.config.models)}, prepare=False)
+                    cur.execute(_INSERT_OUTCOMES_COUNTED, {"models": sorted(windows.counted_models)}, prepare=False)
                     n_outcomes, labels_set, labels_corrected, doc = cur.fetchone() or (0, 0, 0, [])
                     counted = parse_counted(doc)
             if windows is not None:
@@ -287,11 +323,22 @@ class FeedbackStore:
             return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
 
 
-def _configure(conn: psycopg.Connection[Any]) -> None:
+def _configure(conn: psycopg.Connection[Any], *, setup: str) -> None:
     # jsonb read back (the monitor's label counting) parsed by orjson, several times faster than json
     set_json_loads(orjson.loads, conn)
     conn.execute(_STAGE_TABLES)
-    conn.execute(STAGE_TABLES)
+    if setup:
+        conn.execute(setup)  # type: ignore[arg-type]  # the observer's own constant SQL
+
+
+def parse_counted(doc: Any) -> list[CountedLabel]:
+    """The label rows the counting outcome upsert returns as JSON, shaped as :data:`CountedLabel`."""
+    rows = orjson.loads(doc) if isinstance(doc, str | bytes) else doc
+    return [
+        (pid, old, new, datetime.fromisoformat(observed), model, version, datetime.fromisoformat(predicted), prediction,
+         probabilities, score, segment)
+        for pid, old, new, observed, model, version, predicted, prediction, probabilities, score, segment in rows
+    ]
 
 
 def _insert_predictions(

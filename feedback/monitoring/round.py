@@ -12,8 +12,8 @@ from typing import Any
 
 import psycopg
 
-from feedback.config import ModelConfig
-from feedback.evaluate import (
+from feedback.monitoring.config import ModelConfig
+from feedback.monitoring.evaluate import (
     Evaluation,
     baseline_of,
     evaluate_drift,
@@ -21,9 +21,15 @@ from feedback.evaluate import (
     summary,
     to_window_data,
 )
-from feedback.profile import ROWS, ReferenceProfile
+from feedback.monitoring.profile import ROWS, ReferenceProfile
+from feedback.monitoring.windows import (
+    ALL,
+    WindowUpdater,
+    count_uncounted,
+    install_profile,
+    profile_from_first_predictions,
+)
 from feedback.store import FeedbackStore
-from feedback.windows import ALL, WindowUpdater, count_uncounted, install_profile, profile_from_first_predictions
 
 log = logging.getLogger(__name__)
 

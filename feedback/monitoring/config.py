@@ -61,7 +61,7 @@ class DetectorConfig:
     """Parameters of the streaming detectors (river's ADWIN and Page-Hinkley)."""
 
     adwin_delta: float = 0.002
-    # in standard deviations of the version's first errors (feedback/detectors.py); measured on
+    # in standard deviations of the version's first errors (feedback/monitoring/detectors.py); measured on
     # 0/1 and absolute errors: about one false alarm per 25,000 stable labels, and a rise of half
     # a standard deviation found within 70-160 labels (river's 50 / 0.005 on raw regression
     # errors fired every 1-2k labels)

@@ -1,0 +1,24 @@
+"""The join: the feedback store (pool, migrations, COPY + upserts) and the ingest (decode, dead letters, retry).
+
+Knows nothing of monitoring: a batch write notifies a :class:`BatchObserver`, which monitoring implements.
+"""
+
+from feedback.store.database import (
+    BatchObserver,
+    CountedLabel,
+    DeadLetterRecord,
+    FeedbackStore,
+    WriteStats,
+    connect_kwargs,
+    migrate,
+)
+
+__all__ = [
+    "BatchObserver",
+    "CountedLabel",
+    "DeadLetterRecord",
+    "FeedbackStore",
+    "WriteStats",
+    "connect_kwargs",
+    "migrate",
+]

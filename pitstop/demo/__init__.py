@@ -1,0 +1,6 @@
+"""`pitstop demo`: the simulated world (world.py), the scenario that runs it against a stack (scenario.py),
+and the console that shows what happens (console.py)."""
+
+from pitstop.demo.scenario import run
+
+__all__ = ["run"]

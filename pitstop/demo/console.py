@@ -1,0 +1,165 @@
+"""The demo's console: what it reads from the store and how it prints it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from feedback.store import FeedbackStore
+
+ACCURACY_WINDOW = timedelta(hours=12)
+
+_MONITOR_DRIFT = """
+SELECT window_start, array_agg(feature ORDER BY feature) FILTER (WHERE status = 'drift'), count(*)
+FROM monitor_results
+WHERE model_name = %s AND model_version = %s AND segment = '*' AND kind = 'drift' AND metric = 'drift'
+  AND status <> 'unjudged' AND left(feature, 2) <> '__'
+GROUP BY window_start ORDER BY window_start DESC LIMIT 1
+"""
+
+_MONITOR_PERFORMANCE = """
+SELECT window_start, metric, value, ci_low, ci_high, status FROM performance_by_window
+WHERE model_name = %s AND model_version = %s AND segment = '*' AND metric = 'accuracy'
+  AND status <> 'unjudged'
+ORDER BY window_start DESC LIMIT 1
+"""
+
+
+_COUNTS = """
+SELECT (SELECT count(*) FROM predictions),
+       (SELECT count(*) FROM outcomes),
+       (SELECT count(*) FROM current_labels),
+       (SELECT count(*) FROM unmatched_outcomes),
+       (SELECT count(*) FROM dead_letters)
+"""
+
+_ACCURACY = """
+SELECT count(*), avg((prediction_value = label_value)::int)
+FROM feedback
+WHERE model_name = %s AND model_version = %s AND predicted_at > %s AND predicted_at <= %s
+  AND label_value IS NOT NULL AND prediction_id LIKE %s
+"""
+
+_ACCURACY_BY_PHASE = """
+SELECT CASE WHEN predicted_at < %s THEN 'before drift'
+            WHEN predicted_at < %s THEN 'while drifting'
+            ELSE 'after drift' END,
+       count(*), avg((prediction_value = label_value)::int), min(predicted_at)
+FROM feedback
+WHERE model_name = %s AND model_version = %s AND label_value IS NOT NULL
+  AND prediction_id LIKE %s
+GROUP BY 1 ORDER BY 4
+"""
+
+_COVERAGE = """
+SELECT model_name, model_version, predictions, labeled, coverage, median_label_delay
+FROM label_coverage ORDER BY model_name, model_version
+"""
+
+_DEAD_LETTER_REASONS = """
+SELECT count(*), min(reason)
+FROM dead_letters WHERE received_at >= %s
+GROUP BY split_part(reason, ':', 1) ORDER BY 1 DESC LIMIT 6
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCounts:
+    """Row counts of the feedback store, all from one snapshot.
+
+    >>> c = StoreCounts(predictions=10, outcomes=9, labels=8, waiting=1, dead_letters=2)
+    >>> c.joined, c.corrected, (c - c).rows
+    (7, 1, 0)
+    """
+
+    predictions: int = 0
+    outcomes: int = 0  # outcome history rows (identical duplicates are stored once)
+    labels: int = 0  # current labels, one per prediction_id
+    waiting: int = 0  # current labels whose prediction has not arrived yet
+    dead_letters: int = 0
+
+    @property
+    def joined(self) -> int:
+        """Stored predictions that have a label."""
+        return self.labels - self.waiting
+
+    @property
+    def corrected(self) -> int:
+        """Outcomes that replaced an earlier label of the same prediction."""
+        return self.outcomes - self.labels
+
+    @property
+    def rows(self) -> int:
+        return self.predictions + self.outcomes + self.dead_letters
+
+    def __sub__(self, other: StoreCounts) -> StoreCounts:
+        return StoreCounts(
+            self.predictions - other.predictions, self.outcomes - other.outcomes,
+            self.labels - other.labels, self.waiting - other.waiting,
+            self.dead_letters - other.dead_letters,
+        )
+
+
+def read_counts(store: FeedbackStore) -> StoreCounts:
+    """The store's row counts (a handful of count(*): fine at demo scale)."""
+    return StoreCounts(*(int(v) for v in store.rows(_COUNTS)[0]))
+
+
+
+def _say(line: str = "") -> None:
+    print(line, flush=True)
+
+
+def _hours(delta: timedelta) -> str:
+    return f"{delta.total_seconds() / 3600:g}h"
+
+
+def _span(seconds: float) -> str:
+    """A stretch of time in the unit that reads best.
+
+    >>> _span(3600.0), _span(100_000.0), _span(90.0), _span(20.0)
+    ('1 hour', '1.16 days', '1.5 minutes', '20 seconds')
+    """
+    for unit, size in (("day", 86_400.0), ("hour", 3600.0), ("minute", 60.0)):
+        if seconds >= size:
+            value = seconds / size
+            return f"{value:.3g} {unit}{'' if value == 1 else 's'}"
+    return f"{seconds:.3g} second{'' if seconds == 1 else 's'}"
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+_COLUMNS = (  # (title, width); every value is right-aligned but the event time
+    ("wall", 5), ("event time UTC", 14), ("drift", 5), ("sent p", 7), ("sent o", 7),
+    ("stored", 7), ("joined", 7), ("cover", 6), ("fixed", 5), ("early", 5), ("dead", 5),
+    (f"acc{_hours(ACCURACY_WINDOW)}", 6), ("in/s", 5),
+)
+
+
+def _table_row(values: Sequence[str]) -> str:
+    """One line of the live table.
+
+    >>> header = _table_row([title for title, _ in _COLUMNS])
+    >>> header[:48], len(header)
+    (' wall event time UTC drift  sent p  sent o  stor', 96)
+    """
+    cells = [
+        f"{value:<{width}}" if i == 1 else f"{value:>{width}}"
+        for i, (value, (_, width)) in enumerate(zip(values, _COLUMNS, strict=True))
+    ]
+    return " ".join(cells)
+
+
+def _format_delay(delay: timedelta | None) -> str:
+    """A label delay the way people say it.
+
+    >>> _format_delay(timedelta(hours=3, minutes=20, seconds=20.6)), _format_delay(None)
+    ('3h20m', '-')
+    """
+    if delay is None:
+        return "-"
+    minutes = int(delay.total_seconds() // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m"

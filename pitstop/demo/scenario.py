@@ -1,0 +1,491 @@
+"""`pitstop demo`: runs the simulated world (world.py) against a stack and shows it live (console.py)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from types import FrameType
+from typing import Any
+
+import psycopg
+from kafka import KafkaProducer
+
+from feedback.store import FeedbackStore
+from pitstop import stack
+from pitstop.client import PitstopProducer
+from pitstop.demo.console import (
+    _ACCURACY,
+    _ACCURACY_BY_PHASE,
+    _COLUMNS,
+    _COVERAGE,
+    _DEAD_LETTER_REASONS,
+    _MONITOR_DRIFT,
+    _MONITOR_PERFORMANCE,
+    ACCURACY_WINDOW,
+    _clip,
+    _format_delay,
+    _hours,
+    _say,
+    _span,
+    _table_row,
+    read_counts,
+)
+from pitstop.demo.world import (
+    BAD_MESSAGE_SHARE,
+    CORRECTED_OUTCOME_SHARE,
+    DRIFT_RAMP_S,
+    DRIFT_SHIFT_SD,
+    DRIFT_STARTS_AFTER_S,
+    DRIFTING_FEATURES,
+    DUPLICATE_OUTCOME_SHARE,
+    EARLY_OUTCOME_SHARE,
+    EVENT_TIME_BACK,
+    LABEL_DELAY_MEDIAN_S,
+    MODEL_NAME,
+    MODEL_VERSION,
+    NUMERIC_FEATURES,
+    DemoFeed,
+    drift_fraction,
+    event_clock,
+)
+from pitstop.errors import ConfigError, StackError
+from pitstop.settings import ENV_FILE_NAME, Settings
+from schemas import EventKind
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------------
+# how the demo runs
+
+PUBLISH_BATCH_SIZE = 200
+TICK_S = 0.5
+DISPLAY_EVERY_S = 1.0
+HEADER_EVERY_LINES = 20
+DRAIN_TIMEOUT_S = 15.0
+MONITOR_EVERY_LINES = 5
+#: the monitoring configuration of the demo's model (used unless PITSTOP_CONFIG names another)
+DEMO_CONFIG = "demo.toml"
+
+
+class _StopRequest:
+    """Counts SIGINT/SIGTERM; the loop checks it, so every stop goes through the clean-up."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1  # no printing here: the handler may run in the middle of a print
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+_Handler = Callable[[int, FrameType | None], Any] | int | None
+
+
+def _set_handlers(handler: _Handler) -> dict[int, _Handler]:
+    """Route SIGINT and SIGTERM to ``handler``; returns the previous handlers (none off the
+    main thread, where Python cannot install handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_handlers(previous: dict[int, _Handler]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+class _LiveDemo:
+    """Publishes what the feed says against a running stack, and shows the store filling up."""
+
+    def __init__(self, settings: Settings, bootstrap: str, database_url: str, *, rate: float,
+                 speed: float) -> None:
+        self.settings = settings
+        self.database_url = database_url
+        self.rate = rate
+        self.speed = speed
+        self.wall_start = datetime.now(UTC)
+        clock_start = (self.wall_start - EVENT_TIME_BACK).replace(minute=0, second=0, microsecond=0)
+        # A prefix of its own per run: a reused store may hold earlier runs' predictions.
+        self.id_prefix = f"demo-{self.wall_start:%Y%m%d%H%M%S}-"
+        self.feed = DemoFeed(clock_start, id_prefix=self.id_prefix)
+        self.drift_starts_at = clock_start + timedelta(seconds=DRIFT_STARTS_AFTER_S)
+        self.drift_full_at = self.drift_starts_at + timedelta(seconds=DRIFT_RAMP_S)
+        self.sent = dict.fromkeys(
+            ("prediction", "late_prediction", "outcome", "duplicate", "correction", "malformed"), 0
+        )
+        self.caught_up = False
+        self.lines = 0
+        self.recent: deque[tuple[float, int]] = deque(maxlen=4)
+        self._closers: list[Callable[[], None]] = []
+        try:
+            self.store = FeedbackStore(database_url, settings.db_schema, max_size=2)
+            self.store.open()
+            self._closers.append(self.store.close)
+            self.baseline = read_counts(self.store)
+            self.producer = PitstopProducer(bootstrap, topics=settings.topics,
+                                            batch_size=PUBLISH_BATCH_SIZE, client_id="pitstop-demo")
+            self._closers.insert(0, self.producer.close)
+            # Malformed messages go around the client, which only ever sends valid events.
+            self.raw_producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                              client_id="pitstop-demo-malformed")
+            self._closers.insert(0, lambda: self.raw_producer.close(timeout=10))
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def clock_start(self) -> datetime:
+        return self.feed.clock_start
+
+    @property
+    def event_now(self) -> datetime:
+        return self.feed.event_now
+
+    @property
+    def predictions_sent(self) -> int:
+        return self.sent["prediction"] + self.sent["late_prediction"]
+
+    @property
+    def outcomes_sent(self) -> int:
+        return self.sent["outcome"] + self.sent["duplicate"] + self.sent["correction"]
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def tick(self, elapsed_s: float) -> None:
+        """Move the clock to ``elapsed_s`` wall seconds in, publish what is due, and flush."""
+        unbounded = self.clock_start + timedelta(seconds=elapsed_s * self.speed)
+        event_now = event_clock(self.clock_start, elapsed_s, self.speed, datetime.now(UTC))
+        if event_now < unbounded and not self.caught_up:
+            self.caught_up = True
+            _say(f"note      event time has caught up with the wall clock "
+                 f"({event_now:%Y-%m-%d %H:%M} UTC); from now on it runs at 1x")
+        step = self.feed.advance(event_now, int(self.rate * elapsed_s) - self.feed.generated)
+        for delivery in step.deliveries:
+            self.producer.publish(delivery.event)
+            self.sent[delivery.kind] += 1
+        topics = self.settings.topics
+        for bad in step.malformed:
+            topic = topics.predictions if bad.kind is EventKind.PREDICTION else topics.outcomes
+            self.raw_producer.send(topic, key=bad.key, value=bad.value)
+            self.sent["malformed"] += 1
+        self.flush()
+
+    def flush(self) -> None:
+        self.producer.flush()
+        self.raw_producer.flush(timeout=30)
+
+    # -- display ------------------------------------------------------------------------------
+
+    def show_intro(self) -> None:
+        window = _hours(ACCURACY_WINDOW)
+        lines = (
+            f"model     {MODEL_NAME} {MODEL_VERSION}: {len(NUMERIC_FEATURES)} numeric and 2 "
+            f"categorical features, {self.rate:g} predictions per second",
+            f"clock     event time from {self.clock_start:%Y-%m-%d %H:%M} UTC, "
+            f"{_span(self.speed)} of it per second",
+            f"drift     {', '.join(DRIFTING_FEATURES)} move +{DRIFT_SHIFT_SD:g} sd from "
+            f"{self.drift_starts_at:%Y-%m-%d %H:%M} (fully by {self.drift_full_at:%H:%M});",
+            "          what drives churn changes too, so accuracy falls once the late labels land",
+            f"outcomes  {LABEL_DELAY_MEDIAN_S / 3600:g} h after their prediction (median), a tail "
+            f"of days; {EARLY_OUTCOME_SHARE:.0%} arrive before it,",
+            f"          {DUPLICATE_OUTCOME_SHARE:.0%} twice, {CORRECTED_OUTCOME_SHARE:.0%} "
+            f"corrected later; {BAD_MESSAGE_SHARE:.1%} of all messages are malformed (dead "
+            "letters)",
+            "columns   sent p/o: predictions/outcomes published   stored: predictions in the "
+            "store",
+            "          joined: stored predictions with a label     cover: joined / stored",
+            "          fixed: labels replaced by a correction      early: outcomes whose "
+            "prediction is still to come",
+            f"          dead: dead letters     acc{window}: accuracy of the labelled predictions "
+            f"of the last {window} (event time)",
+            "          in/s: rows stored per second (wall time)",
+            "          Ctrl-C stops",
+        )
+        for line in lines:
+            _say(line)
+
+    def display(self, elapsed_s: float) -> None:
+        """One line of live figures, all of this run (the store may hold earlier runs too)."""
+        try:
+            counts = read_counts(self.store) - self.baseline
+            accuracy = self._recent_accuracy()
+        except psycopg.Error as exc:
+            first_line = str(exc).strip().splitlines()[0]
+            _say(f"{elapsed_s:>4.0f}s  the feedback store did not answer: {first_line}")
+            return
+        # The workers write in batches: a rate over a few seconds reads steadier.
+        self.recent.append((elapsed_s, counts.rows))
+        then, rows_then = self.recent[0]
+        rate = (counts.rows - rows_then) / (elapsed_s - then) if elapsed_s > then else 0.0
+        if self.lines % HEADER_EVERY_LINES == 0:
+            _say(_table_row([title for title, _ in _COLUMNS]))
+        self.lines += 1
+        drift = float(drift_fraction((self.event_now - self.clock_start).total_seconds()))
+        _say(_table_row([
+            f"{elapsed_s:.0f}s",
+            f"{self.event_now:%Y-%m-%d %Hh}",
+            f"{drift:.0%}",
+            f"{self.predictions_sent:,}",
+            f"{self.outcomes_sent:,}",
+            f"{counts.predictions:,}",
+            f"{counts.joined:,}",
+            f"{counts.joined / counts.predictions:.1%}" if counts.predictions else "-",
+            f"{counts.corrected:,}",
+            f"{counts.waiting:,}",
+            f"{counts.dead_letters:,}",
+            "-" if accuracy is None else f"{accuracy:.1%}",
+            f"{rate:,.0f}",
+        ]))
+        if self.lines % MONITOR_EVERY_LINES == 0:
+            self._monitor_line()
+
+    def _monitor_line(self) -> None:
+        """The monitor's verdict on the newest judged window, as the workers last stored it."""
+        drift = self.store.rows(_MONITOR_DRIFT, (MODEL_NAME, MODEL_VERSION))
+        perf = self.store.rows(_MONITOR_PERFORMANCE, (MODEL_NAME, MODEL_VERSION))
+        if not drift and not perf:
+            return
+        parts = []
+        if drift:
+            start, flagged, judged = drift[0]
+            flagged_text = ", ".join(flagged) if flagged else "none"
+            parts.append(f"window {start:%m-%d %Hh}: drifting features: {flagged_text} (of {judged})")
+        if perf:
+            start, metric, value, low, high, status = perf[0]
+            parts.append(f"{metric} {value:.3f} [{low:.3f}, {high:.3f}] {status} (window {start:%m-%d %Hh})")
+        _say("monitor   " + "; ".join(parts))
+
+    def _recent_accuracy(self) -> float | None:
+        since = self.event_now - ACCURACY_WINDOW
+        n, accuracy = self.store.rows(
+            _ACCURACY, (MODEL_NAME, MODEL_VERSION, since, self.event_now, f"{self.id_prefix}%")
+        )[0]
+        return float(accuracy) if n >= 50 else None
+
+    # -- the end ------------------------------------------------------------------------------
+
+    def drain(self, stop: _StopRequest, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        """Wait (briefly) until the workers have stored what was published; a second Ctrl-C
+        stops waiting."""
+        deadline = time.monotonic() + timeout_s
+        previous, stable = None, 0
+        while time.monotonic() < deadline and stop.count < 2 and stable < 3:
+            try:
+                counts = read_counts(self.store)
+            except psycopg.Error:
+                return
+            stable = stable + 1 if counts == previous else 0
+            previous = counts
+            time.sleep(0.3)
+
+    def summary(self, elapsed_s: float) -> None:
+        """What was published, what the store made of it, and where to look further."""
+        try:
+            self._summary(elapsed_s)
+        except psycopg.Error as exc:
+            first_line = str(exc).strip().splitlines()[0]
+            _say(f"summary   the feedback store did not answer: {first_line}")
+
+    def _summary(self, elapsed_s: float) -> None:
+        counts = read_counts(self.store) - self.baseline
+        sent = self.sent
+        cover = f" ({counts.joined / counts.predictions:.1%})" if counts.predictions else ""
+        lines = [
+            "",
+            f"published {self.predictions_sent:,} predictions ({sent['late_prediction']:,} of them "
+            f"after their outcome) and {self.outcomes_sent:,} outcomes",
+            f"          ({sent['duplicate']:,} duplicates, {sent['correction']:,} corrections), "
+            f"plus {sent['malformed']:,} malformed messages, in {elapsed_s:.0f} s",
+            f"          event time {self.clock_start:%Y-%m-%d %H:%M} -> "
+            f"{self.event_now:%Y-%m-%d %H:%M} UTC",
+            f"stored    {counts.predictions:,} predictions; {counts.joined:,} with a label{cover}; "
+            f"{counts.corrected:,} labels corrected;",
+            f"          {counts.waiting:,} outcomes still waiting for their prediction; "
+            f"{counts.dead_letters:,} dead letters",
+        ]
+        phases = self.store.rows(_ACCURACY_BY_PHASE, (
+            self.drift_starts_at, self.drift_full_at, MODEL_NAME, MODEL_VERSION,
+            f"{self.id_prefix}%",
+        ))
+        if phases:
+            lines.append("accuracy  of the labelled predictions, by when they were made:")
+            lines.append("          " + ", ".join(
+                f"{phase} {float(acc):.1%} (n={n:,})" for phase, n, acc, _ in phases
+            ))
+        lines += [
+            "",
+            f"{self.settings.db_schema}.label_coverage (the whole store, earlier runs included):",
+            f"  {'model':<8} {'version':<8} {'predictions':>11} {'labeled':>9} {'coverage':>8}  "
+            "median label delay",
+        ]
+        for name, version, n, labeled, coverage, delay in self.store.rows(_COVERAGE):
+            lines.append(f"  {name:<8} {version:<8} {n:>11,} {labeled:>9,} {coverage:>8.1%}  "
+                         f"{_format_delay(delay)}")
+        reasons = self.store.rows(_DEAD_LETTER_REASONS, (self.wall_start,))
+        if reasons:
+            lines += ["", "dead letters of this run, by reason (one example each):"]
+            lines += [f"  {n:>5,} x {_clip(example, 88)}" for n, example in reasons]
+        for line in lines:
+            _say(line)
+
+    def monitor_report(self) -> None:
+        """The monitor's tables, as `pitstop monitor --model churn` prints them."""
+        if self.settings.monitoring.model(MODEL_NAME) is None:
+            return
+        from pitstop.monitoring_cli import monitor_report
+
+        _say()
+        _say(f"pitstop monitor --model {MODEL_NAME} --version {MODEL_VERSION}:")
+        try:
+            monitor_report(self.settings, MODEL_NAME, version=MODEL_VERSION, segment="*", windows=12, as_json=False,
+                           say=lambda line: _say(f"  {line}"), database_url=self.database_url)
+        except psycopg.Error as exc:
+            _say(f"  the feedback store did not answer: {str(exc).strip().splitlines()[0]}")
+
+    def close(self) -> None:
+        for close in self._closers:
+            try:
+                close()
+            except Exception:  # a clean-up failure must not hide the original error
+                log.exception("demo clean-up failed")
+
+
+def demo_config_path() -> str:
+    """The demo model's pitstop.toml, shipped with the package."""
+    return str(resources.files("pitstop.demo") / DEMO_CONFIG)
+
+
+def with_demo_monitoring(settings: Settings) -> Settings:
+    """Settings whose workers monitor the demo model: PITSTOP_CONFIG unless one is set, rounds every 3 s."""
+    if settings.monitoring.model(MODEL_NAME) is not None:
+        return settings
+    os.environ["PITSTOP_CONFIG"] = demo_config_path()
+    os.environ.setdefault("PITSTOP_MONITOR_INTERVAL_S", "3")
+    return Settings.from_env()
+
+
+def _check_args(duration_s: float | None, rate: float, speed: float, workers: int) -> None:
+    checks = (
+        ("--duration", duration_s, duration_s is None or duration_s > 0, "seconds > 0"),
+        ("--rate", rate, rate > 0, "predictions per wall second, > 0"),
+        ("--speed", speed, speed > 0, "event-time seconds per wall second, > 0"),
+        ("--workers", workers, workers >= 1, "an integer >= 1"),
+    )
+    for key, value, ok, expected in checks:
+        if not ok:
+            raise ConfigError(key, value, expected)
+
+
+def _detached_stack_running(settings: Settings) -> bool:
+    """True when `pitstop up --detach` runs a stack for this state dir.
+
+    Another demo's stack is not borrowed: it goes away when that demo ends.
+    """
+    record = stack.StackRecord.load(settings.state_dir)
+    running = record.supervisor
+    if running is None or not record.ready or not stack.is_ours(running):
+        return False
+    if " demo" in running.marker:
+        msg = (f"another `pitstop demo` (pid {running.pid}) runs a stack in {settings.state_dir}; "
+               "stop it, or set PITSTOP_STATE_DIR to another folder")
+        raise StackError(msg)
+    return True
+
+
+def _loop(demo: _LiveDemo, stop: _StopRequest, duration_s: float | None) -> float:
+    """Tick and display until ``duration_s`` or a stop request; returns the wall seconds run."""
+    started = time.monotonic()
+    next_tick = started
+    next_display = started + DISPLAY_EVERY_S
+    elapsed = 0.0
+    while not stop:
+        elapsed = time.monotonic() - started
+        if duration_s is not None and elapsed >= duration_s:
+            break
+        demo.tick(elapsed)
+        if time.monotonic() >= next_display:
+            demo.display(elapsed)
+            next_display += DISPLAY_EVERY_S
+        next_tick += TICK_S
+        while not stop and (left := next_tick - time.monotonic()) > 0:
+            time.sleep(min(0.05, left))
+    return elapsed
+
+
+def run(
+    settings: Settings,
+    *,
+    duration_s: float | None = None,
+    rate: float = 200.0,
+    speed: float = 3600.0,
+    workers: int = 1,
+) -> int:
+    """Run the demo for ``duration_s`` wall seconds, or until Ctrl-C/SIGTERM; returns 0.
+
+    Uses the stack `pitstop up --detach` runs, and leaves it running; otherwise starts one
+    (``workers`` ingest workers) and stops it at the end.
+    """
+    from pitstop import supervisor
+
+    _check_args(duration_s, rate, speed, workers)
+    if logging.getLogger().getEffectiveLevel() >= logging.INFO:
+        logging.getLogger("kafka").setLevel(logging.WARNING)  # its chatter would break the table
+    previous = _set_handlers(_raise_interrupt)  # while starting, SIGTERM interrupts as Ctrl-C does
+    running = None
+    try:
+        if _detached_stack_running(settings):
+            bootstrap, database_url = settings.require_services()
+            _say(f"stack     using the running stack (broker {bootstrap}); it stays up afterwards")
+            if settings.monitoring.model(MODEL_NAME) is None:
+                _say(f"note      no monitoring configuration for {MODEL_NAME}: start the stack with "
+                     f"PITSTOP_CONFIG={demo_config_path()} to see drift")
+        else:
+            settings = with_demo_monitoring(settings)
+            running = supervisor.start_stack(settings, workers, on_step=_say)
+            bootstrap, database_url = running.kafka_bootstrap, running.database_url
+        stop = _StopRequest()
+        _set_handlers(stop)
+        demo = _LiveDemo(settings, bootstrap, database_url, rate=rate, speed=speed)
+        try:
+            demo.show_intro()
+            elapsed = _loop(demo, stop, duration_s)
+            _say()
+            _say("stopping  flushing the producer, letting the workers catch up ...")
+            demo.flush()
+            demo.drain(stop)
+            demo.summary(elapsed)
+            demo.monitor_report()
+            _say()
+            view = f"{settings.db_schema}.label_coverage"
+            query = f"psql \"$PITSTOP_DATABASE_URL\" -c 'select * from {view}'"
+            env_file = settings.state_dir / ENV_FILE_NAME
+            if running is None:
+                _say(f"query it  {query}")
+                _say(f"          (PITSTOP_DATABASE_URL is in {env_file})")
+            else:
+                _say(f"query it  the data stays in {settings.state_dir / 'pgdata'}: after "
+                     "`pitstop up --detach`,")
+                _say(f"          {query}")
+                _say(f"          (PITSTOP_DATABASE_URL is then in {env_file})")
+        finally:
+            demo.close()
+    finally:
+        if running is not None:
+            _say("stopping  the stack this demo started ...")
+            supervisor.stop_stack(running)
+            _say("stopped")
+        _restore_handlers(previous)
+    return 0

@@ -1,0 +1,376 @@
+"""The demo's simulated world: a churn model whose inputs and truth drift, its late, duplicated and
+corrected outcomes, and deliberately malformed messages. Decides what to publish; publishes nothing."""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta  # noqa: F401  (UTC: the doctests use it)
+from typing import Any
+
+import numpy as np
+
+from schemas import EventKind, OutcomeEvent, PredictionEvent, event_to_dict
+
+SEED = 20260611
+MODEL_NAME = "churn"
+MODEL_VERSION = "v1"
+#: The simulated clock starts this long before the wall clock.
+EVENT_TIME_BACK = timedelta(days=30)
+
+#: Numeric features as (mean, standard deviation) of the values the model server sees.
+NUMERIC_FEATURES: dict[str, tuple[float, float]] = {
+    "tenure_months": (24.0, 12.0),
+    "monthly_charges": (70.0, 20.0),
+    "support_calls": (1.5, 1.2),
+    "usage_gb": (30.0, 10.0),
+    "days_since_login": (7.0, 4.0),
+    "contract_months_left": (6.0, 4.0),
+}
+#: The model's logistic weights per standardised numeric feature (in the order above).
+MODEL_WEIGHTS = np.array([-0.9, 0.7, 0.8, -0.5, 0.6, -0.4])
+MODEL_INTERCEPT = -0.6
+REGIONS = ("north", "south", "east", "west")
+REGION_SHARES = (0.30, 0.25, 0.25, 0.20)
+REGION_EFFECTS = np.array([0.0, 0.1, -0.1, 0.2])
+PLANS = ("basic", "standard", "premium")
+PLAN_SHARES = (0.50, 0.35, 0.15)
+PLAN_EFFECTS = np.array([0.3, 0.0, -0.4])
+
+#: Drift begins this long (event time) after the clock starts: a third into the first 3 days.
+DRIFT_STARTS_AFTER_S = 86_400.0
+#: ... and has reached its full size this much later.
+DRIFT_RAMP_S = 6 * 3600.0
+#: The features whose distribution moves, by this many standard deviations at full drift.
+DRIFTING_FEATURES = ("monthly_charges", "usage_gb", "days_since_login")
+DRIFT_SHIFT_SD = 1.0
+#: How the true relationship moves at full drift (added to the model's weights and intercept):
+#: the model's accuracy falls from about 76% to about 68% once the late labels land.
+TRUTH_WEIGHT_CHANGE = np.array([0.0, -0.7, 0.0, 1.0, 0.5, 0.0])
+TRUTH_INTERCEPT_CHANGE = -0.5
+
+#: Outcome delay in event time: lognormal, median 4 h, about 5% later than a day.
+LABEL_DELAY_MEDIAN_S = 4 * 3600.0
+LABEL_DELAY_SIGMA = 1.1
+#: Shares of outcomes that arrive before their prediction, twice, or corrected later.
+EARLY_OUTCOME_SHARE = 0.05
+DUPLICATE_OUTCOME_SHARE = 0.03
+CORRECTED_OUTCOME_SHARE = 0.02
+#: Share of published messages that are deliberately malformed (they end as dead letters).
+BAD_MESSAGE_SHARE = 0.005
+BAD_FLAWS = ("not_json", "nan_feature", "naive_timestamp", "missing_field")
+
+
+def drift_fraction(
+    elapsed_s: np.ndarray | float,
+    *,
+    starts_after_s: float = DRIFT_STARTS_AFTER_S,
+    ramp_s: float = DRIFT_RAMP_S,
+) -> np.ndarray:
+    """How far the drift has gone (0 to 1), ``elapsed_s`` event seconds after the clock started.
+
+    >>> drift_fraction(np.array([0.0, 86_400.0 + 3 * 3600, 5 * 86_400.0]))
+    array([0. , 0.5, 1. ])
+    """
+    return np.clip((np.asarray(elapsed_s, dtype=float) - starts_after_s) / ramp_s, 0.0, 1.0)
+
+
+def event_clock(start_at: datetime, elapsed_s: float, speed: float, now: datetime) -> datetime:
+    """The simulated time ``elapsed_s`` wall seconds after ``start_at``; never later than ``now``.
+
+    Once it has caught up with the wall clock it follows it, so no event is from the future.
+
+    >>> start = datetime(2026, 1, 1, tzinfo=UTC)
+    >>> event_clock(start, 10.0, 3600.0, now=datetime(2026, 2, 1, tzinfo=UTC)).isoformat()
+    '2026-01-01T10:00:00+00:00'
+    >>> event_clock(start, 10.0, 3600.0, now=datetime(2026, 1, 1, 5, tzinfo=UTC)).hour
+    5
+    """
+    return min(start_at + timedelta(seconds=elapsed_s * speed), now)
+
+
+def sample_label_delays_s(
+    rng: np.random.Generator,
+    n: int,
+    *,
+    median_s: float = LABEL_DELAY_MEDIAN_S,
+    sigma: float = LABEL_DELAY_SIGMA,
+) -> np.ndarray:
+    """Event seconds from a prediction to its outcome: lognormal, a few hours, a tail of days.
+
+    >>> delays = sample_label_delays_s(np.random.default_rng(0), 100_000)
+    >>> round(float(np.median(delays)) / 3600, 1), 0.03 < float((delays > 86_400).mean()) < 0.08
+    (4.0, True)
+    """
+    return rng.lognormal(mean=math.log(median_s), sigma=sigma, size=n)
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedRow:
+    """One served prediction, the outcome the world will reveal for it, and the drift it saw."""
+
+    prediction: PredictionEvent
+    label: int
+    drift: float
+
+
+def generate_predictions(
+    rng: np.random.Generator,
+    n: int,
+    *,
+    start_at: datetime,
+    end_at: datetime,
+    clock_start: datetime,
+    id_prefix: str,
+    first_index: int = 0,
+) -> list[GeneratedRow]:
+    """``n`` predictions of the churn model spread over ``[start_at, end_at)``, in time order.
+
+    Features drift with :func:`drift_fraction` of the time since ``clock_start``; the true label
+    comes from a logistic ground truth whose weights move away from the model's as they drift.
+
+    >>> t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    >>> rows = generate_predictions(np.random.default_rng(1), 3, start_at=t0,
+    ...     end_at=t0 + timedelta(hours=1), clock_start=t0, id_prefix="demo-")
+    >>> [r.prediction.prediction_id for r in rows]
+    ['demo-00000000', 'demo-00000001', 'demo-00000002']
+    >>> p = rows[0].prediction
+    >>> sorted(p.features)[:3], p.probabilities["1"] == p.score, rows[0].drift
+    (['contract_months_left', 'days_since_login', 'monthly_charges'], True, 0.0)
+    """
+    if n <= 0:
+        return []
+    names = list(NUMERIC_FEATURES)
+    calls = names.index("support_calls")
+    offsets_s = np.sort(rng.uniform(0.0, (end_at - start_at).total_seconds(), size=n))
+    drift = drift_fraction(offsets_s + (start_at - clock_start).total_seconds())
+    shift = np.array([DRIFT_SHIFT_SD if name in DRIFTING_FEATURES else 0.0 for name in names])
+    z = rng.standard_normal((n, len(names))) + drift[:, None] * shift[None, :]
+    region = rng.choice(len(REGIONS), size=n, p=REGION_SHARES)
+    plan = rng.choice(len(PLANS), size=n, p=PLAN_SHARES)
+    means = np.array([NUMERIC_FEATURES[name][0] for name in names])
+    sds = np.array([NUMERIC_FEATURES[name][1] for name in names])
+    values = np.round(np.maximum(means + sds * z, 0.0), 2)
+    values[:, calls] = np.round(values[:, calls])
+    # The model sees the served values (clipped, rounded); the world acts on the latent ones.
+    effects = REGION_EFFECTS[region] + PLAN_EFFECTS[plan]
+    model_logit = MODEL_INTERCEPT + ((values - means) / sds) @ MODEL_WEIGHTS + effects
+    truth_weights = MODEL_WEIGHTS[None, :] + drift[:, None] * TRUTH_WEIGHT_CHANGE[None, :]
+    truth_logit = (MODEL_INTERCEPT + drift * TRUTH_INTERCEPT_CHANGE + effects
+                   + np.einsum("ij,ij->i", z, truth_weights))
+    p_churn = 1.0 / (1.0 + np.exp(-model_logit))
+    labels = rng.random(n) < 1.0 / (1.0 + np.exp(-truth_logit))
+    latency_ms = rng.lognormal(math.log(12.0), 0.4, size=n)
+    customers = rng.integers(0, 50_000, size=n)
+    rows = []
+    for i in range(n):
+        features: dict[str, Any] = {name: float(values[i, j]) for j, name in enumerate(names)}
+        features["support_calls"] = int(values[i, calls])
+        features["region"] = REGIONS[region[i]]
+        features["plan"] = PLANS[plan[i]]
+        p1 = round(float(p_churn[i]), 4)
+        event = PredictionEvent(
+            prediction_id=f"{id_prefix}{first_index + i:08d}",
+            model_name=MODEL_NAME,
+            model_version=MODEL_VERSION,
+            predicted_at=start_at + timedelta(seconds=float(offsets_s[i])),
+            features=features,
+            prediction=int(p1 >= 0.5),
+            probabilities={"0": round(1.0 - p1, 4), "1": p1},
+            score=p1,
+            routing_key=f"customer-{customers[i]}",
+            segment={"region": REGIONS[region[i]]},
+            latency_ms=round(float(latency_ms[i]), 2),
+        )
+        rows.append(GeneratedRow(event, int(labels[i]), float(drift[i])))
+    return rows
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Delivery:
+    """One event to publish once the simulated clock reaches ``due_at``.
+
+    ``kind`` is ``prediction``, ``late_prediction`` (held back until after its outcome),
+    ``outcome``, ``duplicate`` (the same outcome again) or ``correction`` (a later outcome with
+    the other label).
+    """
+
+    due_at: datetime
+    seq: int
+    kind: str = field(compare=False)
+    event: PredictionEvent | OutcomeEvent = field(compare=False)
+
+
+def plan_deliveries(
+    rng: np.random.Generator, rows: Sequence[GeneratedRow], first_seq: int = 0
+) -> list[Delivery]:
+    """When each prediction and outcome reaches the broker, with the quirks of real label feeds.
+
+    Outcomes come a :func:`sample_label_delays_s` delay after their prediction; some arrive
+    before their prediction (whose publication is held back an hour or more), some twice, and
+    some first with the wrong label and later corrected (the correction carries the true label).
+
+    >>> t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    >>> rows = generate_predictions(np.random.default_rng(2), 2000, start_at=t0,
+    ...     end_at=t0 + timedelta(hours=10), clock_start=t0, id_prefix="d-")
+    >>> plan = plan_deliveries(np.random.default_rng(3), rows)
+    >>> kinds = {k: sum(d.kind == k for d in plan) for k in ("prediction", "late_prediction")}
+    >>> kinds["prediction"] + kinds["late_prediction"], 60 < kinds["late_prediction"] < 140
+    (2000, True)
+    >>> outcomes = [d for d in plan if d.kind in ("outcome", "correction")]
+    >>> all(d.due_at == d.event.observed_at for d in outcomes)
+    True
+    """
+    n = len(rows)
+    if n == 0:
+        return []
+    delays_s = sample_label_delays_s(rng, n)
+    early = rng.random(n) < EARLY_OUTCOME_SHARE
+    duplicated = rng.random(n) < DUPLICATE_OUTCOME_SHARE
+    corrected = rng.random(n) < CORRECTED_OUTCOME_SHARE
+    held_back_s = rng.uniform(3600.0, 6 * 3600.0, size=n)
+    duplicate_after_s = rng.uniform(0.0, 2 * 3600.0, size=n)
+    correction_after_s = rng.lognormal(math.log(86_400.0), 0.5, size=n)
+    out: list[Delivery] = []
+    seq = first_seq
+    for i, row in enumerate(rows):
+        p = row.prediction
+        observed_at = p.predicted_at + timedelta(seconds=float(delays_s[i]))
+        first_label = 1 - row.label if corrected[i] else row.label
+        outcome = OutcomeEvent(prediction_id=p.prediction_id, label=first_label,
+                               observed_at=observed_at, source="billing")
+        if early[i]:
+            held_until = observed_at + timedelta(seconds=float(held_back_s[i]))
+            out.append(Delivery(held_until, seq, "late_prediction", p))
+        else:
+            out.append(Delivery(p.predicted_at, seq, "prediction", p))
+        out.append(Delivery(observed_at, seq + 1, "outcome", outcome))
+        seq += 2
+        if duplicated[i]:
+            again_at = observed_at + timedelta(seconds=float(duplicate_after_s[i]))
+            out.append(Delivery(again_at, seq, "duplicate", outcome))
+            seq += 1
+        if corrected[i]:
+            fixed_at = observed_at + timedelta(seconds=float(correction_after_s[i]))
+            fix = OutcomeEvent(prediction_id=p.prediction_id, label=row.label, observed_at=fixed_at,
+                               source="billing-correction")
+            out.append(Delivery(fixed_at, seq, "correction", fix))
+            seq += 1
+    return out
+
+
+def bad_message(flaw: str, prediction: PredictionEvent) -> tuple[EventKind, bytes]:
+    """A message value that breaks the contract in one way (a ``BAD_FLAWS`` name), made from a
+    good prediction, and the kind of topic it goes to.
+
+    >>> p = PredictionEvent(prediction_id="bad-1", model_name="churn", model_version="v1",
+    ...     predicted_at=datetime(2026, 1, 1, tzinfo=UTC), features={"usage_gb": 3.5},
+    ...     prediction=1)
+    >>> [bad_message(flaw, p)[0].value for flaw in BAD_FLAWS]
+    ['prediction', 'prediction', 'prediction', 'outcome']
+    >>> bad_message("not_json", p)[1].endswith(b"}")
+    False
+    >>> bad_message("nan_feature", p)[1].split(b'"features": ')[1]
+    b'{"usage_gb": NaN}, "prediction": 1}'
+    >>> bad_message("naive_timestamp", p)[1].split(b'"predicted_at": ')[1][:21]
+    b'"2026-01-01T00:00:00"'
+    >>> b'"label"' in bad_message("missing_field", p)[1]
+    False
+    """
+    doc = event_to_dict(prediction)
+    if flaw == "not_json":
+        return EventKind.PREDICTION, json.dumps(doc).encode()[:-16]  # cut short in transit
+    if flaw == "nan_feature":
+        first = next(iter(doc["features"]))
+        doc["features"] = {**doc["features"], first: float("nan")}
+        return EventKind.PREDICTION, json.dumps(doc, allow_nan=True).encode()
+    if flaw == "naive_timestamp":
+        doc["predicted_at"] = prediction.predicted_at.strftime("%Y-%m-%dT%H:%M:%S")  # no offset
+        return EventKind.PREDICTION, json.dumps(doc).encode()
+    if flaw == "missing_field":
+        outcome = {"schema_version": 1, "prediction_id": prediction.prediction_id,
+                   "observed_at": doc["predicted_at"]}  # no label
+        return EventKind.OUTCOME, json.dumps(outcome).encode()
+    msg = f"unknown flaw {flaw!r}: expected one of {', '.join(BAD_FLAWS)}"
+    raise ValueError(msg)
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedMessage:
+    """A deliberately bad message: where it goes, its key and its bytes."""
+
+    kind: EventKind
+    key: bytes
+    value: bytes
+    flaw: str
+
+
+@dataclass(frozen=True, slots=True)
+class FeedStep:
+    """What the model server and the label source publish in one step of the simulated clock."""
+
+    deliveries: list[Delivery]
+    malformed: list[MalformedMessage]
+
+
+class DemoFeed:
+    """The simulated model server and label source; decides what to publish, publishes nothing.
+
+    >>> t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    >>> feed = DemoFeed(t0, id_prefix="demo-")
+    >>> step = feed.advance(t0 + timedelta(hours=1), predictions=100)
+    >>> sum(d.kind == "prediction" for d in step.deliveries) > 90
+    True
+    >>> step = feed.advance(t0 + timedelta(days=3), predictions=0)
+    >>> sum(d.kind in ("outcome", "late_prediction") for d in step.deliveries) > 90
+    True
+    """
+
+    def __init__(self, clock_start: datetime, *, id_prefix: str, seed: int = SEED) -> None:
+        self.clock_start = clock_start
+        self.id_prefix = id_prefix
+        self.rng = np.random.default_rng(seed)
+        self.event_now = clock_start
+        self.generated = 0
+        self._seq = 0
+        self._malformed = 0
+        self._queue: list[Delivery] = []
+
+    @property
+    def pending(self) -> int:
+        """Events planned but not due yet."""
+        return len(self._queue)
+
+    def advance(self, event_now: datetime, predictions: int) -> FeedStep:
+        """Serve ``predictions`` predictions between the last step and ``event_now``; return
+        everything due by ``event_now``, and malformed messages at ``BAD_MESSAGE_SHARE``."""
+        if event_now > self.event_now and predictions > 0:
+            rows = generate_predictions(
+                self.rng, predictions, start_at=self.event_now, end_at=event_now,
+                clock_start=self.clock_start, id_prefix=self.id_prefix, first_index=self.generated,
+            )
+            self.generated += predictions
+            planned = plan_deliveries(self.rng, rows, self._seq)
+            self._seq += len(planned)
+            for delivery in planned:
+                heapq.heappush(self._queue, delivery)
+        self.event_now = max(self.event_now, event_now)
+        due = []
+        while self._queue and self._queue[0].due_at <= self.event_now:
+            due.append(heapq.heappop(self._queue))
+        n_bad = int(self.rng.binomial(len(due), BAD_MESSAGE_SHARE)) if due else 0
+        return FeedStep(due, [self._malformed_message() for _ in range(n_bad)])
+
+    def _malformed_message(self) -> MalformedMessage:
+        flaw = BAD_FLAWS[int(self.rng.integers(len(BAD_FLAWS)))]
+        row = generate_predictions(
+            self.rng, 1, start_at=self.event_now - timedelta(seconds=1), end_at=self.event_now,
+            clock_start=self.clock_start, id_prefix=f"{self.id_prefix}bad-",
+            first_index=self._malformed,
+        )[0]
+        self._malformed += 1
+        kind, value = bad_message(flaw, row.prediction)
+        return MalformedMessage(kind, row.prediction.prediction_id.encode(), value, flaw)
