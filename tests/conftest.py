@@ -4,6 +4,8 @@ by PITSTOP_KAFKA_BOOTSTRAP / PITSTOP_DATABASE_URL. A service that cannot start f
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,11 +27,13 @@ class Services:
 
 
 @pytest.fixture(scope="session")
-def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+def services() -> Iterator[Services]:
     """The broker and database every integration test uses."""
     kafka = os.environ.get("PITSTOP_KAFKA_BOOTSTRAP")
     database = os.environ.get("PITSTOP_DATABASE_URL")
-    root = tmp_path_factory.mktemp("stack")
+    # not under pytest's basetemp: every pytest session resets /tmp/pytest-of-<user> to mode 0700, which
+    # locks the database's system user out of a data directory another session started there
+    root = Path(tempfile.mkdtemp(prefix="pitstop-test-stack-"))
     started: list[stack.ProcessRecord] = []
     pgdata = root / "pgdata"
     try:
@@ -48,6 +52,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
                 stack.stop_postgres(pgdata)
             else:
                 stack.stop_process(record)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
