@@ -65,16 +65,20 @@ CREATE TEMP TABLE IF NOT EXISTS _in_stats (
 ) ON COMMIT DELETE ROWS;
 """
 
+# The staged rows are taken out as they are upserted: a transaction that writes several deltas (installing a
+# profile recounts a backlog chunk by chunk) must not upsert one chunk's rows again with the next.
 _UPSERT_COUNTS = """
+WITH staged AS (DELETE FROM _in_counts RETURNING *)
 INSERT INTO window_counts AS w
-SELECT * FROM _in_counts ORDER BY model_name, model_version, window_s, segment, window_start, series
+SELECT * FROM staged ORDER BY model_name, model_version, window_s, segment, window_start, series
 ON CONFLICT (model_name, model_version, window_s, segment, window_start, series)
 DO UPDATE SET counts = add_counts(w.counts, excluded.counts)
 """
 
 _UPSERT_STATS = """
+WITH staged AS (DELETE FROM _in_stats RETURNING *)
 INSERT INTO window_performance AS w
-SELECT * FROM _in_stats ORDER BY model_name, model_version, window_s, segment, window_start
+SELECT * FROM staged ORDER BY model_name, model_version, window_s, segment, window_start
 ON CONFLICT (model_name, model_version, window_s, segment, window_start)
 DO UPDATE SET stats = add_stats(w.stats, excluded.stats)
 """

@@ -257,3 +257,62 @@ def test_regression_windows_match_sklearn_on_rows_queried_back(services, db_sche
     assert got["mae"].value == pytest.approx(skm.mean_absolute_error(y, yhat), abs=1e-6)
     assert got["rmse"].value == pytest.approx(np.sqrt(skm.mean_squared_error(y, yhat)), abs=1e-6)
     assert got["r2"].value == pytest.approx(skm.r2_score(y, yhat), abs=1e-6)
+
+
+BACKLOG = 50_000
+
+
+def _backlog(store: FeedbackStore) -> None:
+    """``BACKLOG`` predictions (every third labelled) stored before their version has a profile."""
+    ev = events(BACKLOG, seed=3)
+    labels = [outcome(i, label=i % 2) for i in range(0, BACKLOG, 3)]
+    for i in range(0, BACKLOG, 10_000):
+        store.write_batch(ev[i : i + 10_000], [o for o in labels if i <= int(o.prediction_id[2:]) < i + 10_000])
+
+
+def _assert_counted_once(store: FeedbackStore) -> None:
+    """Every window's row count and label count equal a recount of the stored rows with SQL."""
+    expected_rows = dict(store.rows(
+        "SELECT date_trunc('hour', predicted_at), count(*) FROM predictions GROUP BY 1"))
+    expected_labels = dict(store.rows(
+        "SELECT date_trunc('hour', predicted_at), count(*) FROM feedback WHERE label IS NOT NULL GROUP BY 1"))
+    counts, stats = window_tables(store)
+    rows = {start: c[0] for (seg, start, name), c in counts.items() if name == ROWS and seg == "*"}
+    labelled = {start: s["n"] for (seg, start), s in stats.items() if seg == "*"}
+    assert sum(rows.values()) == BACKLOG and rows == expected_rows
+    assert labelled == expected_labels
+
+
+def test_a_first_n_profile_over_a_large_backlog_counts_every_row_once(services, db_schema) -> None:
+    """A profile built from the first N predictions over a backlog of many recount chunks counts each row once."""
+    with FeedbackStore(services.database_url, db_schema, windows=WindowUpdater(CONFIG)) as s:
+        _backlog(s)
+        with s.pool.connection() as conn:
+            with conn.cursor() as cur:
+                profile = profile_from_first_predictions(cur, CHURN, "v1")
+            assert profile is not None
+            assert install_profile(conn, s.windows, profile) == BACKLOG
+        _assert_counted_once(s)
+
+
+def test_an_imported_reference_over_a_large_backlog_counts_every_row_once(services, db_schema, tmp_path) -> None:
+    """`pitstop reference import` over a backlog of many recount chunks counts each row once, and again when re-run."""
+    import pandas as pd
+
+    from pitstop.monitoring_cli import import_reference
+    from pitstop.settings import Settings
+
+    config = tmp_path / "pitstop.toml"
+    config.write_text('[models.churn]\ntask = "classification"\npositive_class = 1\nsegments = ["region"]\n'
+                      'window = "1h"\nreference_rows = 100\n')
+    settings = Settings.from_env({"PITSTOP_CONFIG": str(config), "PITSTOP_DATABASE_URL": services.database_url,
+                                  "PITSTOP_DB_SCHEMA": db_schema, "PITSTOP_STATE_DIR": str(tmp_path / "state")})
+    ref = events(400, seed=99)
+    csv = tmp_path / "train.csv"
+    pd.DataFrame([{**e.features, "prediction": e.prediction} for e in ref]).to_csv(csv, index=False)
+    with FeedbackStore(services.database_url, db_schema, windows=WindowUpdater(settings.monitoring)) as s:
+        _backlog(s)
+        for _ in range(2):  # the same command twice
+            assert import_reference(settings, "churn", "v1", csv, label_column=None, prediction_column=None,
+                                    score_column=None, say=lambda _: None) == 0
+            _assert_counted_once(s)
