@@ -34,6 +34,8 @@ from feedback.store import FeedbackStore
 log = logging.getLogger(__name__)
 
 MONITOR_LOCK = 0x5049_4D4E  # one monitor round at a time across workers
+#: chunks of the stray-label sweep per round (feedback.monitoring.windows.SWEEP_CHUNK labels each)
+SWEEP_CHUNKS = 4
 
 # a loose index scan over predictions_model_time: the model's versions without a profile
 _UNPROFILED = """
@@ -126,8 +128,7 @@ class Monitor:
                 return None
             try:
                 built = self._build_profiles(conn)
-                with conn.transaction(), conn.cursor() as cur:
-                    swept = count_uncounted(cur, self.updater)
+                swept = self._sweep(conn)
                 evaluations, summaries = [], []
                 with conn.cursor() as cur:
                     for model, version in cur.execute(_VERSIONS, (names,)).fetchall():
@@ -146,6 +147,16 @@ class Monitor:
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (MONITOR_LOCK,))
         return RoundResult(evaluations, summaries, built, swept)
+
+    def _sweep(self, conn: psycopg.Connection[Any]) -> int:
+        """Count labels a race left uncounted: up to ``SWEEP_CHUNKS`` chunks a round, one transaction each."""
+        swept = 0
+        for _ in range(SWEEP_CHUNKS):
+            with conn.transaction(), conn.cursor() as cur:
+                swept += count_uncounted(cur, self.updater)
+            if not self.updater.sweep_after:
+                break  # the whole index was seen
+        return swept
 
     def _build_profiles(self, conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
         built = []

@@ -110,12 +110,14 @@ RETURNING c.prediction_id, old.counted_label, new.label, c.observed_at, t.model_
           t.predicted_at, t.prediction, t.probabilities, t.score, t.segment
 """
 
-# the partial index holds exactly these: labels not counted yet, including outcomes whose
-# prediction has not arrived (count_labels skips those); a round takes a bounded share
+# the partial index holds exactly these: labels not counted yet, including outcomes whose prediction has
+# not arrived or is of an unmonitored model (count_labels skips those, and they may stay for ever); the
+# sweep walks the index in chunks from a cursor, so such labels never hide the ones after them
 _UNCOUNTED = """
-SELECT prediction_id FROM current_labels WHERE counted_label IS DISTINCT FROM label
-ORDER BY prediction_id LIMIT 50000
+SELECT prediction_id FROM current_labels WHERE counted_label IS DISTINCT FROM label AND prediction_id > %s
+ORDER BY prediction_id LIMIT %s
 """
+SWEEP_CHUNK = 50_000
 
 _SEGMENTS = """
 SELECT DISTINCT segment FROM window_counts WHERE model_name = %s AND series = '__rows__' AND segment <> '*'
@@ -260,6 +262,8 @@ class WindowUpdater:
         self._detectors: dict[Version, tuple[int, ErrorStreamDetectors]] = {}
         #: versions seen without a profile, for the profile builder to look at
         self.unprofiled: set[Version] = set()
+        #: where the stray-label sweep (:func:`count_uncounted`) goes on from
+        self.sweep_after = ""
 
     #: the staging tables :meth:`write` copies into, on every connection of the store
     connection_setup = STAGE_TABLES
@@ -503,11 +507,16 @@ class WindowUpdater:
             self._detectors[version] = (detectors.n, detectors)
 
 
-def count_uncounted(cur: psycopg.Cursor[Any], updater: WindowUpdater) -> int:
-    """Count labels whose prediction was stored by a concurrent transaction; returns how many."""
+def count_uncounted(cur: psycopg.Cursor[Any], updater: WindowUpdater, *, chunk: int = SWEEP_CHUNK) -> int:
+    """Count labels whose prediction was stored by a concurrent transaction; returns how many.
+
+    Looks at the next ``chunk`` uncounted labels after ``updater.sweep_after``, and moves that cursor on
+    (back to the start once the end is reached: ``updater.sweep_after == ""``).
+    """
     updater.lock_shared(cur)
-    cur.execute(_UNCOUNTED)
+    cur.execute(_UNCOUNTED, (updater.sweep_after, chunk))
     ids = [r[0] for r in cur.fetchall()]
+    updater.sweep_after = ids[-1] if len(ids) == chunk else ""
     if not ids:
         return 0
     delta = WindowDelta()

@@ -316,3 +316,17 @@ def test_an_imported_reference_over_a_large_backlog_counts_every_row_once(servic
             assert import_reference(settings, "churn", "v1", csv, label_column=None, prediction_column=None,
                                     score_column=None, say=lambda _: None) == 0
             _assert_counted_once(s)
+
+
+def test_the_sweep_reaches_a_missed_label_behind_many_uncountable_ones(services, db_schema, monitored) -> None:
+    """Labels that can never be counted (their prediction never comes) do not hide a missed pair from the sweep."""
+    from feedback.monitoring.round import Monitor
+
+    with monitored.pool.connection() as conn:  # 60,000 outcomes whose predictions never come, sorting first
+        conn.execute("INSERT INTO current_labels (prediction_id, label, observed_at) "
+                     "SELECT 'a-' || lpad(i::text, 6, '0'), '1', %s FROM generate_series(1, 60000) AS i", (T0,))
+    monitored.write_batch(events(20), [])
+    with FeedbackStore(services.database_url, db_schema) as plain:  # writes rows, counts nothing
+        plain.write_batch([], [outcome(i, label=1) for i in range(20)])
+    Monitor(monitored, monitored.windows).run_once()
+    assert sum(s["n"] for (seg, _), s in window_tables(monitored)[1].items() if seg == "*") == 20
