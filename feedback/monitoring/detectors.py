@@ -11,13 +11,16 @@ errors it cannot see a rise from 20% to 40% for thousands of labels.
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from river import drift
 
 from feedback.monitoring.config import DetectorConfig
 
 SCALE_SAMPLES = 200
+#: the layout of :meth:`ErrorStreamDetectors.dumps`; state of another layout is rebuilt from the store
+STATE_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,14 +110,41 @@ class ErrorStreamDetectors:
         return found
 
     def dumps(self) -> bytes:
-        """The whole state, to checkpoint with the batch that produced it."""
-        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+        """The learnt state, to checkpoint with the batch that produced it.
 
-    @staticmethod
-    def loads(state: bytes) -> ErrorStreamDetectors:
-        # only ever state this process family wrote into its own table (see the README)
-        obj = pickle.loads(state)  # noqa: S301
-        if not isinstance(obj, ErrorStreamDetectors):
-            msg = f"detector_state holds a {type(obj).__name__}, not ErrorStreamDetectors"
+        The configuration is not in it: it is stored beside the state (:func:`config_document`), so a
+        changed ``pitstop.toml`` is noticed and the state rebuilt under the new parameters.
+        """
+        state = {
+            "state_version": STATE_VERSION, "n": self.n, "scale": self.scale, "warmup": self._warmup,
+            "adwin": self.adwin, "page_hinkley": self.page_hinkley, "ph_sum": self._ph_sum, "ph_count": self._ph_count,
+        }
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def loads(cls, state: bytes, config: DetectorConfig) -> ErrorStreamDetectors:
+        """Detectors with ``config`` continuing from ``state``; raises when the state cannot be read.
+
+        Only state this process family wrote into its own table (detector_state) is ever read.
+        """
+        doc = pickle.loads(state)  # noqa: S301
+        if not isinstance(doc, dict) or doc.get("state_version") != STATE_VERSION:
+            msg = f"detector state is not version {STATE_VERSION} of ErrorStreamDetectors' state"
             raise TypeError(msg)
-        return obj
+        if not isinstance(doc["adwin"], drift.ADWIN) or not isinstance(doc["page_hinkley"], drift.PageHinkley):
+            msg = "detector state does not hold river's ADWIN and PageHinkley"
+            raise TypeError(msg)
+        detectors = cls(config, scaled=True)
+        detectors.n, detectors.scale, detectors._warmup = int(doc["n"]), doc["scale"], list(doc["warmup"])
+        detectors.adwin, detectors.page_hinkley = doc["adwin"], doc["page_hinkley"]
+        detectors._ph_sum, detectors._ph_count = float(doc["ph_sum"]), int(doc["ph_count"])
+        return detectors
+
+
+def config_document(config: DetectorConfig) -> dict[str, Any]:
+    """What a stored state was built with: compared with the current config before the state is used.
+
+    >>> config_document(DetectorConfig())["adwin_delta"]
+    0.002
+    """
+    return {"state_version": STATE_VERSION, **asdict(config)}

@@ -33,10 +33,11 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg.types.json import Jsonb
 
 from feedback.monitoring import performance
-from feedback.monitoring.config import ModelConfig, MonitoringConfig
-from feedback.monitoring.detectors import ErrorStreamDetectors
+from feedback.monitoring.config import DetectorConfig, ModelConfig, MonitoringConfig
+from feedback.monitoring.detectors import ErrorStreamDetectors, config_document
 from feedback.monitoring.profile import (
     LABEL,
     PREDICTION,
@@ -140,18 +141,32 @@ SELECT count(pg_advisory_xact_lock_shared(%s, hashtext(m)))
 FROM (SELECT m FROM unnest(%s::text[]) AS t(m) ORDER BY m) AS sorted
 """
 
+# A version's detectors are updated by one transaction at a time: the lock is taken before the state is
+# read, so it also covers the first write, when there is no row yet for FOR UPDATE to lock.
+_LOCK_DETECTORS = """
+SELECT count(pg_advisory_xact_lock(%s, hashtext(m || '/' || v)))
+FROM (SELECT * FROM unnest(%s::text[], %s::text[]) AS t(m, v) ORDER BY m, v) AS sorted
+"""
+DETECTOR_LOCK_CLASS = 0x5044  # advisory lock class of "a version's detector state"
+
 _DETECTOR_STATE = """
-SELECT model_name, model_version, n_updates, state FROM detector_state
+SELECT model_name, model_version, n_updates, state, config FROM detector_state
 WHERE (model_name, model_version) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
-ORDER BY model_name, model_version
-FOR UPDATE
 """
 
 _SAVE_DETECTOR = """
-INSERT INTO detector_state (model_name, model_version, n_updates, state, updated_at)
-VALUES (%s, %s, %s, %s, now())
+INSERT INTO detector_state (model_name, model_version, n_updates, state, config, updated_at)
+VALUES (%s, %s, %s, %s, %s, now())
 ON CONFLICT (model_name, model_version) DO UPDATE
-SET n_updates = excluded.n_updates, state = excluded.state, updated_at = now()
+SET n_updates = excluded.n_updates, state = excluded.state, config = excluded.config, updated_at = now()
+"""
+
+# the version's counted labels in label arrival order, but those of the transaction at hand
+_ERROR_STREAM = """
+SELECT c.counted_label, p.prediction FROM current_labels c JOIN predictions p USING (prediction_id)
+WHERE p.model_name = %s AND p.model_version = %s AND c.counted_label IS NOT NULL
+  AND NOT c.prediction_id = ANY(%s)
+ORDER BY c.observed_at, c.prediction_id
 """
 
 _DETECTOR_EVENT = """
@@ -485,26 +500,53 @@ class WindowUpdater:
         self, cur: psycopg.Cursor[Any], errors: Mapping[Version, list[tuple[float, str, datetime, datetime]]]
     ) -> None:
         versions = sorted(errors)
-        cur.execute(_DETECTOR_STATE, ([m for m, _ in versions], [v for _, v in versions]))
-        stored = {(m, v): (n, state) for m, v, n, state in cur.fetchall()}
+        names = ([m for m, _ in versions], [v for _, v in versions])
+        cur.execute(_LOCK_DETECTORS, (DETECTOR_LOCK_CLASS, *names))
+        cur.execute(_DETECTOR_STATE, names)
+        stored = {(m, v): (n, state, config) for m, v, n, state, config in cur.fetchall()}
         for version in versions:
-            config = self.config.models[version[0]]
-            n_stored, state = stored.get(version, (0, None))
+            config = self.config.models[version[0]].detectors
+            wanted = config_document(config)
+            n_stored, state, stored_config = stored.get(version, (0, None, None))
             cached = self._detectors.get(version)
-            if cached is not None and cached[0] == n_stored:
+            if cached is not None and cached[0] == n_stored and stored_config == wanted:
                 detectors = cached[1]
-            elif state is not None:
-                detectors = ErrorStreamDetectors.loads(state)
+            elif state is None:
+                detectors = ErrorStreamDetectors(config)
             else:
-                detectors = ErrorStreamDetectors(config.detectors)
+                detectors = self._restore(cur, version, config, state, stored_config,
+                                          [pid for _, pid, _, _ in errors[version]])
             for error, prediction_id, predicted_at, observed_at in errors[version]:
                 for hit in detectors.update(error):
                     cur.execute(_DETECTOR_EVENT, (
                         *version, hit.detector, hit.label_index, hit.change_index, prediction_id, predicted_at,
                         observed_at, hit.mean_before, hit.mean_after,
                     ))
-            cur.execute(_SAVE_DETECTOR, (*version, detectors.n, detectors.dumps()))
+            cur.execute(_SAVE_DETECTOR, (*version, detectors.n, detectors.dumps(), Jsonb(wanted)))
             self._detectors[version] = (detectors.n, detectors)
+
+    def _restore(
+        self, cur: psycopg.Cursor[Any], version: Version, config: DetectorConfig, state: bytes,
+        stored_config: Mapping[str, Any], batch_ids: Sequence[str],
+    ) -> ErrorStreamDetectors:
+        """The stored detectors, or, when their config changed or their state cannot be read, new ones fed the
+        version's stored error stream (without the batch at hand, which the caller feeds)."""
+        if stored_config == config_document(config):
+            try:
+                return ErrorStreamDetectors.loads(state, config)
+            except Exception as exc:  # a river upgrade can break unpickling in many ways; the store has the errors
+                why = f"its state cannot be read ({type(exc).__name__}: {exc})"
+        else:
+            why = "its configuration changed"
+        model_config = self.config.models[version[0]]
+        detectors = ErrorStreamDetectors(config)
+        with cur.connection.cursor(name="pitstop_error_stream") as stream:  # server side: never one giant fetch
+            stream.execute(_ERROR_STREAM, (*version, list(batch_ids)))
+            while rows := stream.fetchmany(10_000):
+                for label, prediction in rows:
+                    detectors.update(_error(model_config, label, prediction))  # past detections: not re-recorded
+        log.warning("detectors of %s %s rebuilt from %d stored labels: %s", *version, detectors.n, why)
+        return detectors
 
 
 def count_uncounted(cur: psycopg.Cursor[Any], updater: WindowUpdater, *, chunk: int = SWEEP_CHUNK) -> int:

@@ -21,14 +21,15 @@ from feedback.monitoring.windows import WindowUpdater, count_uncounted, install_
 from feedback.store import FeedbackStore
 from tests.factories import T0, outcome, prediction
 
-CONFIG = parse_config("""
+CONFIG_TEXT = """
 [models.churn]
 task = "classification"
 positive_class = 1
 segments = ["region"]
 window = "1h"
 reference_rows = 100
-""")
+"""
+CONFIG = parse_config(CONFIG_TEXT)
 CHURN = CONFIG.models["churn"]
 
 
@@ -330,3 +331,58 @@ def test_the_sweep_reaches_a_missed_label_behind_many_uncountable_ones(services,
         plain.write_batch([], [outcome(i, label=1) for i in range(20)])
     Monitor(monitored, monitored.windows).run_once()
     assert sum(s["n"] for (seg, _), s in window_tables(monitored)[1].items() if seg == "*") == 20
+
+
+def _errors(delta_errors: int, start: int) -> Any:
+    from feedback.monitoring.windows import WindowDelta
+
+    delta = WindowDelta()
+    delta.errors[("churn", "v1")] = [(float(i % 2), f"p-{i}", T0, T0) for i in range(start, start + delta_errors)]
+    return delta
+
+
+def test_two_workers_creating_the_first_detector_state_both_count(services, db_schema, monitored) -> None:
+    """The first detector state of a version, written by two transactions at once, holds both of their errors."""
+    import threading
+
+    second = WindowUpdater(CONFIG)  # another worker: its own caches
+    with FeedbackStore(services.database_url, db_schema, windows=second) as other:
+        with monitored.pool.connection() as conn:
+            with conn.transaction(), conn.cursor() as cur:
+                monitored.windows.write(cur, _errors(50, 0))
+
+                def concurrent() -> None:
+                    with other.pool.connection() as c2, c2.transaction(), c2.cursor() as cur2:
+                        second.write(cur2, _errors(30, 50))
+
+                thread = threading.Thread(target=concurrent)
+                thread.start()
+                thread.join(timeout=1.0)  # it waits for this transaction, or (the defect) goes ahead alone
+            thread.join(timeout=30)
+    assert monitored.scalar("SELECT n_updates FROM detector_state") == 80
+
+
+def test_a_changed_detector_config_reaches_existing_state(services, db_schema, monitored) -> None:
+    """State written under one detector config continues under a changed pitstop.toml, with the new parameters."""
+    from feedback.monitoring.detectors import ErrorStreamDetectors
+
+    ev = events(300)
+    monitored.write_batch(ev, [outcome(i, label=i % 2) for i in range(200)])
+    changed = parse_config(CONFIG_TEXT + "[models.churn.detectors]\nadwin_delta = 0.1\npage_hinkley_threshold = 12\n")
+    with FeedbackStore(services.database_url, db_schema, windows=WindowUpdater(changed)) as s:
+        s.write_batch([], [outcome(i, label=i % 2) for i in range(200, 300)])
+        (state,) = s.rows("SELECT n_updates, state FROM detector_state")
+    detectors = ErrorStreamDetectors.loads(state[1], changed.models["churn"].detectors)
+    assert state[0] == 300 and detectors.n == 300
+    assert detectors.adwin.delta == 0.1 and detectors.page_hinkley.threshold == 12
+
+
+def test_unreadable_detector_state_is_rebuilt_from_the_store(services, db_schema, monitored) -> None:
+    """Detector state that cannot be unpickled (a river upgrade) is rebuilt from the stored labels, not fatal."""
+    ev = events(300)
+    monitored.write_batch(ev, [outcome(i, label=i % 2) for i in range(200)])
+    with monitored.pool.connection() as conn:
+        conn.execute("UPDATE detector_state SET state = 'not a pickle'")
+    with FeedbackStore(services.database_url, db_schema, windows=WindowUpdater(CONFIG)) as s:
+        s.write_batch([], [outcome(i, label=i % 2) for i in range(200, 300)])
+        assert s.scalar("SELECT n_updates FROM detector_state") == 300

@@ -45,6 +45,6 @@ def test_checkpointed_state_continues_exactly() -> None:
     whole = run(ErrorStreamDetectors(DetectorConfig()), errors)
     first = ErrorStreamDetectors(DetectorConfig())
     hits = run(first, errors[:2500])
-    restored = ErrorStreamDetectors.loads(first.dumps())
+    restored = ErrorStreamDetectors.loads(first.dumps(), DetectorConfig())
     hits += run(restored, errors[2500:])
     assert hits == whole and whole
