@@ -81,6 +81,10 @@ ORDER BY c.window_start
 LIMIT %s
 """
 
+_FORGET_RESULTS = """
+DELETE FROM monitor_results WHERE model_name = %s AND model_version = %s AND window_start = ANY(%s)
+"""
+
 _STAGE_RESULTS = """
 CREATE TEMP TABLE IF NOT EXISTS _in_results (LIKE monitor_results INCLUDING DEFAULTS) ON COMMIT DELETE ROWS
 """
@@ -188,19 +192,20 @@ def evaluate_version(cur: psycopg.Cursor[Any], config: ModelConfig, profile: Ref
     if newest is None:
         return None
     step = timedelta(seconds=config.window_s)
-    first = newest - step * (config.span - 1)
-    starts = [first + step * i for i in range(config.span)]
+    limit = config.performance.baseline_windows * 8
+    early = [
+        (start, exact_stats(s), int(rows or 0))
+        for start, s, rows in cur.execute(_EARLY_WINDOWS, (*key, ROWS, limit)).fetchall()
+    ]
+    # the span, but no window before the version's first: those hold nothing to judge
+    first = max(newest - step * (config.span - 1), early[0][0])
+    starts = [first + step * i for i in range(int((newest - first) / step) + 1)]
     counts: dict[str, dict[tuple[datetime, str], Sequence[int]]] = defaultdict(dict)
     for segment, start, series, c in cur.execute(_WINDOW_COUNTS, (*key, first, newest)).fetchall():
         counts[segment][(start, series)] = c
     perf: dict[str, dict[datetime, dict[str, int]]] = defaultdict(dict)
     for segment, start, s in cur.execute(_WINDOW_PERF, (*key, first, newest)).fetchall():
         perf[segment][start] = exact_stats(s)
-    limit = config.performance.baseline_windows * 8
-    early = [
-        (start, exact_stats(s), int(rows or 0))
-        for start, s, rows in cur.execute(_EARLY_WINDOWS, (*key, ROWS, limit)).fetchall()
-    ]
     baseline, baseline_starts = baseline_of(config, early)
     segments = {
         seg: to_window_data(starts, counts[seg], perf.get(seg, {}), profile)
@@ -217,8 +222,12 @@ def evaluate_version(cur: psycopg.Cursor[Any], config: ModelConfig, profile: Ref
 
 
 def write_results(cur: psycopg.Cursor[Any], evaluations: Sequence[Evaluation]) -> int:
-    """Store every result row (the latest evaluation of a window replaces the previous one)."""
+    """Store every result row; the latest evaluation of a window replaces all of the previous one's rows (a
+    window that falls back to unjudged keeps no metric of its earlier verdict)."""
     cur.execute(_STAGE_RESULTS)
+    for ev in evaluations:
+        starts = sorted({r.window_start for r in ev.drift} | {r.window_start for r in ev.performance})
+        cur.execute(_FORGET_RESULTS, (ev.model_name, ev.model_version, starts))
     n = 0
     with cur.copy(f"COPY _in_results ({_RESULT_COLUMNS}) FROM STDIN") as copy:
         for ev in evaluations:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -109,10 +110,18 @@ SELECT (SELECT count(*) FROM new),
 FROM changed c JOIN joined j USING (prediction_id)
 """
 
+# A redelivery (same coordinates, same bytes) finds the row it already has; a different message at
+# coordinates that repeat (a broker or topic that started its offsets again) is a row of its own.
 _INSERT_DEAD_LETTER = """
 INSERT INTO dead_letters (source_topic, source_partition, source_offset, element_index, key, raw, reason, received_at)
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT DO NOTHING
+ON CONFLICT (source_topic, source_partition, source_offset, element_index, raw_sha256) DO NOTHING
+RETURNING id
+"""
+_DEAD_LETTER_ID = """
+SELECT id FROM dead_letters
+WHERE source_topic = %s AND source_partition = %s AND source_offset = %s AND element_index = %s
+    AND raw_sha256 = %s
 """
 
 
@@ -164,17 +173,21 @@ class DeadLetterRecord:
     raw: bytes
     reason: str
     received_at: datetime
+    #: the ``dead_letters`` row holding it, once written
+    dead_letter_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class WriteStats:
-    """What one batch write changed: rows new to the store (redeliveries count zero)."""
+    """What one batch write changed: rows new to the store (redeliveries count zero), and the ids of the
+    rows holding the batch's dead letters, in their order (new rows or the ones a redelivery found)."""
 
     predictions: int = 0
     outcomes: int = 0
     labels_set: int = 0
     labels_corrected: int = 0
     dead_letters: int = 0
+    dead_letter_ids: tuple[int, ...] = ()
 
     def __add__(self, other: WriteStats) -> WriteStats:
         return WriteStats(
@@ -183,6 +196,7 @@ class WriteStats:
             self.labels_set + other.labels_set,
             self.labels_corrected + other.labels_corrected,
             self.dead_letters + other.dead_letters,
+            self.dead_letter_ids + other.dead_letter_ids,
         )
 
 
@@ -301,15 +315,8 @@ class FeedbackStore:
                     counted = parse_counted(doc)
             if windows is not None:
                 windows.apply(cur, _first_of_each(predictions, new_ids), counted)
-            n_dead = 0
-            for d in dead_letters:
-                cur.execute(
-                    _INSERT_DEAD_LETTER,
-                    (d.source_topic, d.source_partition, d.source_offset, d.element_index, d.key, d.raw,
-                     d.reason, d.received_at),
-                )
-                n_dead += cur.rowcount
-        return WriteStats(n_predictions, n_outcomes, labels_set, labels_corrected, n_dead)
+            n_dead, dead_ids = _insert_dead_letters(cur, dead_letters)
+        return WriteStats(n_predictions, n_outcomes, labels_set, labels_corrected, n_dead, dead_ids)
 
     def scalar(self, query: str, params: Sequence[Any] = ()) -> Any:
         """The first column of the first row of a read-only query."""
@@ -362,6 +369,27 @@ def _insert_predictions(
     cur.execute(_INSERT_PREDICTIONS_RETURNING)
     ids = {row[0] for row in cur.fetchall()}
     return len(ids), ids
+
+
+def _insert_dead_letters(cur: psycopg.Cursor[Any], letters: Sequence[DeadLetterRecord]) -> tuple[int, tuple[int, ...]]:
+    """Insert the dead letters not stored yet; returns how many were new, and every letter's row id."""
+    n_new, ids = 0, []
+    for d in letters:
+        cur.execute(_INSERT_DEAD_LETTER, (d.source_topic, d.source_partition, d.source_offset, d.element_index,
+                                          d.key, d.raw, d.reason, d.received_at))
+        row = cur.fetchone()
+        if row is None:  # a redelivery: the row is there (a new statement sees one another worker just committed)
+            cur.execute(_DEAD_LETTER_ID, (d.source_topic, d.source_partition, d.source_offset, d.element_index,
+                                          hashlib.sha256(d.raw).digest()))
+            row = cur.fetchone()
+        else:
+            n_new += 1
+        if row is None:
+            msg = (f"dead letter {d.source_topic}[{d.source_partition}]@{d.source_offset} element {d.element_index}"
+                   " was neither inserted nor found (deleted meanwhile?)")
+            raise RuntimeError(msg)
+        ids.append(int(row[0]))
+    return n_new, tuple(ids)
 
 
 def _first_of_each(predictions: Sequence[PredictionEvent], ids: set[str]) -> list[PredictionEvent]:

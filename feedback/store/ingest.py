@@ -9,11 +9,12 @@ nothing new.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 
@@ -152,17 +153,17 @@ class Ingestor:
         predictions = [p for _, ps, _ in chunk for p in ps]
         outcomes = [o for _, _, os_ in chunk for o in os_]
         try:
-            stats = self._with_retry(lambda: self.store.write_batch(predictions, outcomes, dead), result)
+            stats = written = self._with_retry(lambda: self.store.write_batch(predictions, outcomes, dead), result)
         except DATA_ERRORS as exc:
             # Not transient: some event the contract allowed, the database refuses. Find it
             # by writing message by message, then event by event, and dead-letter it alone.
             log.warning("batch of %d events refused (%s); isolating the refused events", len(predictions)
                         + len(outcomes), _one_line(exc))
-            stats = self._with_retry(lambda: self.store.write_batch([], [], dead), result)
+            stats = written = self._with_retry(lambda: self.store.write_batch([], [], dead), result)
             for message, ps, os_ in chunk:
                 stats += self._write_isolating(message, ps, os_, result)
         result.stats += stats
-        result.dead_letters.extend(dead)
+        result.dead_letters.extend(_with_ids(dead, written))
 
     def _write_isolating(
         self, message: InboundMessage, predictions: list[PredictionEvent], outcomes: list[OutcomeEvent],
@@ -185,8 +186,9 @@ class Ingestor:
                     key=message.key, raw=encode_event(event), reason=f"database: {_one_line(exc)}",
                     received_at=self.clock(),
                 )
-                stats += self._with_retry(partial(self.store.write_batch, [], [], [letter]), result)
-                result.dead_letters.append(letter)
+                written = self._with_retry(partial(self.store.write_batch, [], [], [letter]), result)
+                stats += written
+                result.dead_letters.extend(_with_ids([letter], written))
         return stats
 
     def _with_retry(self, write: Callable[[], WriteStats], result: IngestResult) -> WriteStats:
@@ -205,18 +207,69 @@ class Ingestor:
                     raise IngestStopped(msg) from exc
 
 
-def encode_dead_letter(letter: DeadLetterRecord) -> bytes:
-    """The dead-letter topic's message value (schemas/dead_letter.schema.json)."""
+#: Raw bytes a dead-letter event carries at most, as a prefix: the whole input stays in the ``dead_letters``
+#: row the event names. Base64 makes it 4/3 larger, still far below the 1 MiB a Kafka producer sends by
+#: default, where the whole of an 8 MiB message was not (the worker could not publish it, exited unacked,
+#: and was restarted into the same batch forever).
+DEAD_LETTER_RAW_PREFIX_BYTES = 64 * 1024
+#: Bytes of the original Kafka key the dead-letter message is keyed by at most (the table keeps it whole).
+DEAD_LETTER_KEY_BYTES = 1024
+#: Characters of the reason an event carries at most (a reason may quote a long field of the input).
+DEAD_LETTER_REASON_CHARS = 1000
+#: What a dead-letter message (value and key) can reach at most, whatever the input.
+DEAD_LETTER_MAX_BYTES = 128 * 1024
+DEAD_LETTER_SCHEMA_VERSION = 2
+
+
+def dead_letter_key(letter: DeadLetterRecord) -> bytes | None:
+    """The dead-letter message's key: the original key, cut to :data:`DEAD_LETTER_KEY_BYTES`."""
+    return None if letter.key is None else letter.key[:DEAD_LETTER_KEY_BYTES]
+
+
+def encode_dead_letter(letter: DeadLetterRecord, *, raw_prefix_bytes: int = DEAD_LETTER_RAW_PREFIX_BYTES) -> bytes:
+    """The dead-letter topic's message value (schemas/dead_letter.schema.json): where the input came from, why
+    it was refused, and the ``dead_letters`` row that holds it whole; of the bytes, at most a prefix.
+
+    >>> letter = DeadLetterRecord(source_topic="in", source_partition=0, source_offset=7, element_index=-1,
+    ...     key=b"k" * 5000, raw=b"x" * 8_000_000, reason="not_json: " + "y" * 9000,
+    ...     received_at=datetime(2026, 1, 1, tzinfo=UTC), dead_letter_id=42)
+    >>> value = encode_dead_letter(letter)
+    >>> len(value) + len(dead_letter_key(letter) or b"") <= DEAD_LETTER_MAX_BYTES
+    True
+    >>> event = orjson.loads(value)
+    >>> event["dead_letter_id"], event["raw_size"], event["raw_truncated"], event["key_size"], event["key_truncated"]
+    (42, 8000000, True, 5000, True)
+    >>> len(base64.b64decode(event["raw_base64"])) == DEAD_LETTER_RAW_PREFIX_BYTES, len(event["reason"])
+    (True, 1000)
+    """
+    if letter.dead_letter_id is None:
+        msg = f"dead letter {letter.source_topic}[{letter.source_partition}]@{letter.source_offset} has no row id yet"
+        raise ValueError(msg)
+    prefix = letter.raw[: max(0, min(raw_prefix_bytes, DEAD_LETTER_RAW_PREFIX_BYTES))]
+    reason = letter.reason
+    if len(reason) > DEAD_LETTER_REASON_CHARS:
+        reason = reason[: DEAD_LETTER_REASON_CHARS - 3] + "..."
     return orjson.dumps({
-        "schema_version": 1,
+        "schema_version": DEAD_LETTER_SCHEMA_VERSION,
+        "dead_letter_id": letter.dead_letter_id,
         "source_topic": letter.source_topic,
         "source_partition": letter.source_partition,
         "source_offset": letter.source_offset,
         "element_index": letter.element_index,
-        "raw_base64": base64.b64encode(letter.raw).decode(),
-        "reason": letter.reason,
+        "raw_base64": base64.b64encode(prefix).decode(),
+        "raw_size": len(letter.raw),
+        "raw_sha256": hashlib.sha256(letter.raw).hexdigest(),
+        "raw_truncated": len(prefix) < len(letter.raw),
+        "key_size": None if letter.key is None else len(letter.key),
+        "key_truncated": letter.key is not None and len(letter.key) > DEAD_LETTER_KEY_BYTES,
+        "reason": reason,
         "received_at": letter.received_at.isoformat(),
     })
+
+
+def _with_ids(letters: Sequence[DeadLetterRecord], written: WriteStats) -> list[DeadLetterRecord]:
+    """``letters`` with the ids of the rows their write stored them in."""
+    return [replace(d, dead_letter_id=i) for d, i in zip(letters, written.dead_letter_ids, strict=True)]
 
 
 def _index_in(message: InboundMessage, event: PredictionEvent | OutcomeEvent, limits: Limits) -> int:

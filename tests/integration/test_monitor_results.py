@@ -1,0 +1,53 @@
+"""Monitor results as analysts read them: one current verdict per window, no rows for windows before the data."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from feedback.monitoring.config import parse_config
+from feedback.monitoring.round import Monitor
+from feedback.monitoring.windows import WindowUpdater
+from feedback.store import FeedbackStore
+from tests.factories import T0, outcome, prediction
+
+CONFIG = parse_config("""
+[models.churn]
+task = "classification"
+positive_class = 1
+window = "1h"
+span = 6
+min_rows = 50
+min_labels = 40
+min_label_coverage = 0.5
+reference_rows = 100
+[models.churn.performance]
+baseline_windows = 1
+""")
+
+
+def _hour(store: FeedbackStore, hour: int, n: int, first_id: int, *, labelled: bool = True) -> None:
+    ids = range(first_id, first_id + n)
+    preds = [prediction(i, predicted_at=T0 + timedelta(hours=hour, seconds=30 * (i - first_id)),
+                        features={"age": 20 + i % 50}, prediction=i % 2,
+                        probabilities={"0": 0.4, "1": 0.6} if i % 2 else {"0": 0.6, "1": 0.4}) for i in ids]
+    store.write_batch(preds, [outcome(i, label=(i // 3) % 2) for i in ids] if labelled else [])
+
+
+def test_performance_by_window_shows_each_windows_latest_verdict_only(services, db_schema) -> None:
+    """A window that falls back to unjudged shows only that verdict, and no window before the data has rows."""
+    updater = WindowUpdater(CONFIG)
+    with FeedbackStore(services.database_url, db_schema, windows=updater) as store:
+        for hour in range(3):
+            _hour(store, hour, 100, 1000 * hour)
+        monitor = Monitor(store, updater)
+        monitor.run_once()
+        judged = store.rows("SELECT DISTINCT metric FROM performance_by_window WHERE window_start = %s", (T0,))
+        assert len(judged) > 1  # the first window was judged: every metric has a row
+        _hour(store, 0, 300, 50_000, labelled=False)  # late predictions: its label coverage falls to 25%
+        monitor.run_once()
+        rows = store.rows("SELECT window_start, metric, status FROM performance_by_window ORDER BY 1, 2")
+        first_window = [(metric, status) for start, metric, status in rows if start == T0]
+        assert first_window == [("accuracy", "unjudged")], first_window
+        assert min(start for start, _, _ in rows) == T0, rows
+        drift_before = store.scalar("SELECT count(*) FROM monitor_results WHERE window_start < %s", (T0,))
+        assert drift_before == 0
