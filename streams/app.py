@@ -10,12 +10,20 @@ from typing import Any, NoReturn
 
 import faust
 import orjson
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
 from feedback.errors import IngestStopped
 from feedback.monitoring.round import Monitor
 from feedback.monitoring.windows import WindowUpdater
-from feedback.store import FeedbackStore
-from feedback.store.ingest import TRANSIENT_ERRORS, InboundMessage, Ingestor, encode_dead_letter
+from feedback.store import DeadLetterRecord, FeedbackStore
+from feedback.store.ingest import (
+    DEAD_LETTER_RAW_PREFIX_BYTES,
+    TRANSIENT_ERRORS,
+    InboundMessage,
+    Ingestor,
+    dead_letter_key,
+    encode_dead_letter,
+)
 from pitstop.settings import Settings
 from schemas import EventKind
 from streams.consumer import set_fetch_max_wait
@@ -61,8 +69,7 @@ def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.Ap
     async def write_then_ack(stream: faust.StreamT[Any], events: list[Any]) -> None:
         try:
             result = await asyncio.to_thread(ingestor.ingest, [_inbound(e.message) for e in events])
-            for letter in result.dead_letters:
-                await (await dead_letter.send(key=letter.key, value=encode_dead_letter(letter)))
+            await publish_dead_letters(dead_letter, result.dead_letters)
         except IngestStopped:
             return  # shutting down: the batch stays unacked and is redelivered
         except Exception:
@@ -100,6 +107,42 @@ def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.Ap
 
     store.open(wait=False)  # connects in the background; the first batch waits for it
     return app
+
+
+async def publish_dead_letters(topic: faust.TopicT, letters: list[DeadLetterRecord]) -> None:
+    """Publish the dead letters of a batch, already committed to the table, on the dead-letter topic.
+
+    An event is bounded (feedback.store.ingest.DEAD_LETTER_MAX_BYTES); should the topic still refuse it as too
+    large (a broker or topic configured for smaller messages), it goes again without the bytes' prefix, and
+    failing that is left to the table, logged: a refusal that every retry meets must not stop the stream.
+    """
+    for letter in letters:
+        key = dead_letter_key(letter)
+        for raw_prefix_bytes in (DEAD_LETTER_RAW_PREFIX_BYTES, 0):
+            try:
+                await (await topic.send(key=key, value=encode_dead_letter(letter, raw_prefix_bytes=raw_prefix_bytes)))
+                break
+            except Exception as exc:
+                if not _too_large(exc):
+                    raise
+                log.warning("dead letter %d (%s[%d]@%d) too large for %s with %d bytes of its input: %s",
+                            letter.dead_letter_id, letter.source_topic, letter.source_partition,
+                            letter.source_offset, topic.get_topic_name(), raw_prefix_bytes, exc)
+        else:
+            log.error("dead letter %d is in the dead_letters table only: the dead-letter topic refused it",
+                      letter.dead_letter_id)
+
+
+def _too_large(exc: BaseException | None) -> bool:
+    # Faust wraps the producer's own refusal in ProducerSendError; the broker's comes back as it is
+    while exc is not None:
+        if isinstance(exc, _TOO_LARGE):
+            return True
+        exc = exc.__cause__
+    return False
+
+
+_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
 
 
 def run_monitor_round(monitor: Monitor) -> list[tuple[str, bytes]]:
