@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,46 @@ class ProcessRecord:
 
 
 @dataclass(slots=True)
+class RestartRecord:
+    """The supervisor's restarts of one worker: how many, the recent ones, and how the last run ended.
+
+    >>> r = RestartRecord()
+    >>> r.add(datetime(2026, 1, 1, 12, tzinfo=UTC), exit_code=70, log_lines=["boom"], keep_s=600)
+    >>> r.add(datetime(2026, 1, 1, 12, 20, tzinfo=UTC), exit_code=-9, log_lines=[], keep_s=600)
+    >>> r.count, r.since(datetime(2026, 1, 1, 12, 10, tzinfo=UTC)), r.last_exit_code
+    (2, 1, -9)
+    """
+
+    count: int = 0
+    #: the restarts of the last ``keep_s`` seconds (as of the newest), oldest first
+    restarted_at: list[datetime] = field(default_factory=list)
+    #: the exit status of the run before the last restart (negative: the signal), None when unknown
+    last_exit_code: int | None = None
+    #: the last lines that run wrote to its log
+    last_log_lines: list[str] = field(default_factory=list)
+
+    def add(self, at: datetime, *, exit_code: int | None, log_lines: list[str], keep_s: float) -> None:
+        """Count a restart at ``at``, forgetting the instants of restarts more than ``keep_s`` older."""
+        self.count += 1
+        self.restarted_at = [t for t in self.restarted_at if (at - t).total_seconds() <= keep_s] + [at]
+        self.last_exit_code = exit_code
+        self.last_log_lines = list(log_lines)
+
+    def since(self, start: datetime) -> int:
+        """How many of the recorded restarts were at or after ``start``."""
+        return sum(1 for t in self.restarted_at if t >= start)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> RestartRecord:
+        return cls(
+            count=int(raw.get("count", 0)),
+            restarted_at=[_aware(datetime.fromisoformat(t)) for t in raw.get("restarted_at", [])],
+            last_exit_code=raw.get("last_exit_code"),
+            last_log_lines=[str(line) for line in raw.get("last_log_lines", [])],
+        )
+
+
+@dataclass(slots=True)
 class StackRecord:
     """What `pitstop up` started, saved in ``<state_dir>/stack.json``."""
 
@@ -68,6 +109,8 @@ class StackRecord:
     pgdata: str = ""
     workers: list[ProcessRecord] = field(default_factory=list)
     ready: bool = False
+    #: per worker name, the supervisor's restarts of it (absent from files written before they were recorded)
+    restarts: dict[str, RestartRecord] = field(default_factory=dict)
 
     @classmethod
     def load(cls, state_dir: Path) -> StackRecord:
@@ -82,13 +125,25 @@ class StackRecord:
             pgdata=raw.get("pgdata", ""),
             workers=[ProcessRecord(**w) for w in raw.get("workers", [])],
             ready=bool(raw.get("ready")),
+            restarts={name: RestartRecord.from_json(r) for name, r in (raw.get("restarts") or {}).items()},
         )
 
     def save(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         tmp = state_dir / f"{STACK_FILE}.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.write_text(json.dumps(asdict(self), indent=2, default=_isoformat))
         tmp.replace(state_dir / STACK_FILE)  # readers never see half a file
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _isoformat(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    msg = f"{type(value).__name__} is not JSON serializable: {value!r}"
+    raise TypeError(msg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,6 +219,16 @@ def kill_process(record: ProcessRecord) -> None:
         os.kill(record.pid, signal.SIGKILL)
         psutil.Process(record.pid).wait(10) if record.pid not in _CHILDREN else None
     _reap(record.pid)
+
+
+def exit_code(record: ProcessRecord) -> int | None:
+    """The exit status of a child of this process that has exited, reaping it (negative: killed by that
+    signal); None while it runs, or when it is not this process's child (its status is not ours to read)."""
+    child = _CHILDREN.get(record.pid)
+    if child is None or child.poll() is None:
+        return None
+    del _CHILDREN[record.pid]
+    return child.returncode
 
 
 def _reap(pid: int) -> None:

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
@@ -26,6 +27,14 @@ from pitstop.settings import ENV_FILE_NAME, Settings
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 90.0
+#: A worker that exits is restarted, at most once in this many seconds.
+RESTART_INTERVAL_S = 5.0
+#: `pitstop status` calls a worker unhealthy once it was restarted this many times ...
+UNHEALTHY_RESTARTS = 3
+#: ... within this many seconds (the supervisor keeps the instants of this long).
+RESTART_WINDOW_S = 600.0
+#: Lines of a worker's log kept from the run before its last restart.
+RESTART_LOG_LINES = 5
 
 
 @dataclass(slots=True)
@@ -105,14 +114,18 @@ def _ready_file(running: RunningStack, index: int) -> Path:
     return running.state_dir / "run" / f"worker-{index}.ready"
 
 
+def _log_path(running: RunningStack, index: int) -> Path:
+    return running.state_dir / "logs" / f"worker-{index}.log"
+
+
 def _start_worker(running: RunningStack, index: int) -> stack.ProcessRecord:
     ready = _ready_file(running, index)
     ready.parent.mkdir(parents=True, exist_ok=True)
     ready.unlink(missing_ok=True)
-    logs = running.state_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    log_path = _log_path(running, index)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**running.worker_env, "PITSTOP_READY_FILE": str(ready.resolve())}
-    return stack.start_worker(env, logs / f"worker-{index}.log", index)
+    return stack.start_worker(env, log_path, index)
 
 
 def _wait_ready(running: RunningStack) -> None:
@@ -130,16 +143,21 @@ def _wait_ready(running: RunningStack) -> None:
 
 
 def supervise(running: RunningStack, should_stop: Callable[[], bool]) -> None:
-    """Restart workers that exit (a worker exits on purpose when it cannot go on safely)."""
+    """Restart workers that exit (a worker exits on purpose when it cannot go on safely), and record each
+    restart in stack.json with the exit status and the last log lines of the run that ended."""
     restarts = [0.0] * len(running.record.workers)
     while not should_stop():
         for index, worker in enumerate(running.record.workers):
             if not stack.is_ours(worker) and time.monotonic() >= restarts[index]:
-                log.warning("worker %d (pid %d) exited; restarting it", index, worker.pid)
+                code = stack.exit_code(worker)
+                lines = _last_lines(_log_path(running, index), RESTART_LOG_LINES)
+                log.warning("worker %d (pid %d) exited (%s); restarting it", index, worker.pid, _exit_text(code))
+                history = running.record.restarts.setdefault(worker.name, stack.RestartRecord())
+                history.add(datetime.now(UTC), exit_code=code, log_lines=lines, keep_s=RESTART_WINDOW_S)
                 running.record.workers[index] = _start_worker(running, index)
                 running.record.save(running.state_dir)
-                restarts[index] = time.monotonic() + 5.0  # at most one restart per worker every 5 s
-        time.sleep(0.5)
+                restarts[index] = time.monotonic() + RESTART_INTERVAL_S
+        time.sleep(min(0.5, RESTART_INTERVAL_S))
 
 
 def stop_stack(running: RunningStack) -> None:
@@ -225,8 +243,10 @@ def take_down(settings: Settings) -> list[str]:
     return stopped
 
 
-def health(settings: Settings) -> list[tuple[str, str, bool, str]]:
-    """(component, address, healthy, detail) for `pitstop status`."""
+def health(settings: Settings, *, now: datetime | None = None) -> list[tuple[str, str, bool, str]]:
+    """(component, address, healthy, detail) for `pitstop status`; ``now`` (default: the clock) judges how
+    recent a worker's restarts are."""
+    now = datetime.now(UTC) if now is None else now
     record = stack.StackRecord.load(settings.state_dir)
     rows: list[tuple[str, str, bool, str]] = []
     if record.supervisor is not None:
@@ -254,9 +274,57 @@ def health(settings: Settings) -> list[tuple[str, str, bool, str]]:
         except psycopg.Error as exc:
             rows.append(("database", _redact(database_url), False, f"{kind}, {str(exc).strip().splitlines()[0]}"))
     for worker in record.workers:
-        alive = stack.is_ours(worker)
-        rows.append((worker.name, f"pid {worker.pid}", alive, "running" if alive else "not running"))
+        healthy, detail = _worker_health(worker, record.restarts.get(worker.name), now)
+        rows.append((worker.name, f"pid {worker.pid}", healthy, detail))
     return rows
+
+
+def _worker_health(
+    worker: stack.ProcessRecord, history: stack.RestartRecord | None, now: datetime
+) -> tuple[bool, str]:
+    """A worker is healthy when it runs and was not restarted UNHEALTHY_RESTARTS times in RESTART_WINDOW_S: a
+    worker that keeps exiting on the same batch runs most of the time, and ingests nothing."""
+    alive = stack.is_ours(worker)
+    detail = "running" if alive else "not running"
+    recent = 0 if history is None else history.since(now - timedelta(seconds=RESTART_WINDOW_S))
+    if history is None or recent == 0:
+        return alive, detail
+    restarts = (f"restarted {recent} time{'' if recent == 1 else 's'} in the last {RESTART_WINDOW_S / 60:.0f} min"
+                f" (last {_exit_text(history.last_exit_code)})")
+    if recent < UNHEALTHY_RESTARTS:
+        return alive, f"{detail}; {restarts}"
+    last_line = next((line for line in reversed(history.last_log_lines) if line.strip()), "(none)")
+    if len(last_line) > 300:
+        last_line = f"{last_line[:297]}..."
+    return False, f"{restarts}; last log line: {last_line.strip()}"
+
+
+def _exit_text(code: int | None) -> str:
+    """How a worker's run ended, in words.
+
+    >>> _exit_text(70), _exit_text(-9), _exit_text(None)
+    ('exit code 70', 'killed by SIGKILL', 'exit status unknown')
+    """
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _last_lines(path: Path, n: int) -> list[str]:
+    """The last ``n`` lines of a log, reading only its end (a worker's log grows over every restart)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16 * 1024))
+            tail = f.read()
+    except FileNotFoundError:
+        return []
+    return tail.decode(errors="replace").splitlines()[-n:]
 
 
 def _redact(url: str) -> str:
