@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from feedback.store import FeedbackStore
 
@@ -151,6 +152,28 @@ def _table_row(values: Sequence[str]) -> str:
         for i, (value, (_, width)) in enumerate(zip(values, _COLUMNS, strict=True))
     ]
     return " ".join(cells)
+
+
+def _coverage_lines(rows: Sequence[Sequence[Any]], this_version: str) -> list[str]:
+    """The label_coverage rows as a table, its columns as wide as the versions, this run's row marked.
+
+    >>> rows = [("churn", "v1", 8000, 7000, 0.875, timedelta(hours=4)),
+    ...         ("churn", "v1-20261130T102603", 120, 30, 0.25, None)]
+    >>> print("\\n".join(_coverage_lines(rows, "v1-20261130T102603")))
+      model    version            predictions   labeled coverage  median label delay
+      churn    v1                       8,000     7,000    87.5%  4h00m
+      churn    v1-20261130T102603         120        30    25.0%  -                   <- this run
+    """
+    name_w = max([8, *(len(r[0]) for r in rows)])
+    version_w = max([len("version"), *(len(r[1]) for r in rows)])
+    lines = [f"  {'model':<{name_w}} {'version':<{version_w}} {'predictions':>11} {'labeled':>9} "
+             f"{'coverage':>8}  median label delay"]
+    for name, version, n, labeled, coverage, delay in rows:
+        mark = "<- this run" if version == this_version else ""
+        line = (f"  {name:<{name_w}} {version:<{version_w}} {n:>11,} {labeled:>9,} {coverage:>8.1%}  "
+                f"{_format_delay(delay):<18}  {mark}")
+        lines.append(line.rstrip())
+    return lines
 
 
 def _format_delay(delay: timedelta | None) -> str:

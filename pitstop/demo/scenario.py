@@ -30,7 +30,7 @@ from pitstop.demo.console import (
     _MONITOR_PERFORMANCE,
     ACCURACY_WINDOW,
     _clip,
-    _format_delay,
+    _coverage_lines,
     _hours,
     _say,
     _span,
@@ -46,14 +46,12 @@ from pitstop.demo.world import (
     DRIFTING_FEATURES,
     DUPLICATE_OUTCOME_SHARE,
     EARLY_OUTCOME_SHARE,
-    EVENT_TIME_BACK,
     LABEL_DELAY_MEDIAN_S,
     MODEL_NAME,
-    MODEL_VERSION,
     NUMERIC_FEATURES,
-    DemoFeed,
     drift_fraction,
     event_clock,
+    feed_for_run,
 )
 from pitstop.errors import ConfigError, StackError
 from pitstop.settings import ENV_FILE_NAME, Settings
@@ -117,11 +115,11 @@ class _LiveDemo:
         self.rate = rate
         self.speed = speed
         self.wall_start = datetime.now(UTC)
-        clock_start = (self.wall_start - EVENT_TIME_BACK).replace(minute=0, second=0, microsecond=0)
-        # A prefix of its own per run: a reused store may hold earlier runs' predictions.
-        self.id_prefix = f"demo-{self.wall_start:%Y%m%d%H%M%S}-"
-        self.feed = DemoFeed(clock_start, id_prefix=self.id_prefix)
-        self.drift_starts_at = clock_start + timedelta(seconds=DRIFT_STARTS_AFTER_S)
+        # Ids and a model version of its own: a reused store holds the earlier runs, at the same event times.
+        self.feed = feed_for_run(self.wall_start)
+        self.id_prefix = self.feed.id_prefix
+        self.model_version = self.feed.model_version
+        self.drift_starts_at = self.clock_start + timedelta(seconds=DRIFT_STARTS_AFTER_S)
         self.drift_full_at = self.drift_starts_at + timedelta(seconds=DRIFT_RAMP_S)
         self.sent = dict.fromkeys(
             ("prediction", "late_prediction", "outcome", "duplicate", "correction", "malformed"), 0
@@ -192,7 +190,7 @@ class _LiveDemo:
     def show_intro(self) -> None:
         window = _hours(ACCURACY_WINDOW)
         lines = (
-            f"model     {MODEL_NAME} {MODEL_VERSION}: {len(NUMERIC_FEATURES)} numeric and 2 "
+            f"model     {MODEL_NAME} {self.model_version}: {len(NUMERIC_FEATURES)} numeric and 2 "
             f"categorical features, {self.rate:g} predictions per second",
             f"clock     event time from {self.clock_start:%Y-%m-%d %H:%M} UTC, "
             f"{_span(self.speed)} of it per second",
@@ -254,8 +252,8 @@ class _LiveDemo:
 
     def _monitor_line(self) -> None:
         """The monitor's verdict on the newest judged window, as the workers last stored it."""
-        drift = self.store.rows(_MONITOR_DRIFT, (MODEL_NAME, MODEL_VERSION))
-        perf = self.store.rows(_MONITOR_PERFORMANCE, (MODEL_NAME, MODEL_VERSION))
+        drift = self.store.rows(_MONITOR_DRIFT, (MODEL_NAME, self.model_version))
+        perf = self.store.rows(_MONITOR_PERFORMANCE, (MODEL_NAME, self.model_version))
         if not drift and not perf:
             return
         parts = []
@@ -271,7 +269,7 @@ class _LiveDemo:
     def _recent_accuracy(self) -> float | None:
         since = self.event_now - ACCURACY_WINDOW
         n, accuracy = self.store.rows(
-            _ACCURACY, (MODEL_NAME, MODEL_VERSION, since, self.event_now, f"{self.id_prefix}%")
+            _ACCURACY, (MODEL_NAME, self.model_version, since, self.event_now, f"{self.id_prefix}%")
         )[0]
         return float(accuracy) if n >= 50 else None
 
@@ -317,7 +315,7 @@ class _LiveDemo:
             f"{counts.dead_letters:,} dead letters",
         ]
         phases = self.store.rows(_ACCURACY_BY_PHASE, (
-            self.drift_starts_at, self.drift_full_at, MODEL_NAME, MODEL_VERSION,
+            self.drift_starts_at, self.drift_full_at, MODEL_NAME, self.model_version,
             f"{self.id_prefix}%",
         ))
         if phases:
@@ -327,13 +325,9 @@ class _LiveDemo:
             ))
         lines += [
             "",
-            f"{self.settings.db_schema}.label_coverage (the whole store, earlier runs included):",
-            f"  {'model':<8} {'version':<8} {'predictions':>11} {'labeled':>9} {'coverage':>8}  "
-            "median label delay",
+            f"{self.settings.db_schema}.label_coverage (the whole store: each demo run is a version of its own):",
+            *_coverage_lines(self.store.rows(_COVERAGE), self.model_version),
         ]
-        for name, version, n, labeled, coverage, delay in self.store.rows(_COVERAGE):
-            lines.append(f"  {name:<8} {version:<8} {n:>11,} {labeled:>9,} {coverage:>8.1%}  "
-                         f"{_format_delay(delay)}")
         reasons = self.store.rows(_DEAD_LETTER_REASONS, (self.wall_start,))
         if reasons:
             lines += ["", "dead letters of this run, by reason (one example each):"]
@@ -342,16 +336,16 @@ class _LiveDemo:
             _say(line)
 
     def monitor_report(self) -> None:
-        """The monitor's tables, as `pitstop monitor --model churn` prints them."""
+        """The monitor's tables of this run's version, as `pitstop monitor --model churn --version V` prints them."""
         if self.settings.monitoring.model(MODEL_NAME) is None:
             return
         from pitstop.monitoring_cli import monitor_report
 
         _say()
-        _say(f"pitstop monitor --model {MODEL_NAME} --version {MODEL_VERSION}:")
+        _say(f"pitstop monitor --model {MODEL_NAME} --version {self.model_version}:")
         try:
-            monitor_report(self.settings, MODEL_NAME, version=MODEL_VERSION, segment="*", windows=12, as_json=False,
-                           say=lambda line: _say(f"  {line}"), database_url=self.database_url)
+            monitor_report(self.settings, MODEL_NAME, version=self.model_version, segment="*", windows=12,
+                           as_json=False, say=lambda line: _say(f"  {line}"), database_url=self.database_url)
         except psycopg.Error as exc:
             _say(f"  the feedback store did not answer: {str(exc).strip().splitlines()[0]}")
 

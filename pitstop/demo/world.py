@@ -17,7 +17,8 @@ from schemas import EventKind, OutcomeEvent, PredictionEvent, event_to_dict
 
 SEED = 20260611
 MODEL_NAME = "churn"
-MODEL_VERSION = "v1"
+#: The demo model's version; each run serves it under a version of its own (:func:`run_version`).
+BASE_VERSION = "v1"
 #: The simulated clock starts this long before the wall clock.
 EVENT_TIME_BACK = timedelta(days=30)
 
@@ -125,6 +126,7 @@ def generate_predictions(
     end_at: datetime,
     clock_start: datetime,
     id_prefix: str,
+    model_version: str,
     first_index: int = 0,
 ) -> list[GeneratedRow]:
     """``n`` predictions of the churn model spread over ``[start_at, end_at)``, in time order.
@@ -134,7 +136,7 @@ def generate_predictions(
 
     >>> t0 = datetime(2026, 1, 1, tzinfo=UTC)
     >>> rows = generate_predictions(np.random.default_rng(1), 3, start_at=t0,
-    ...     end_at=t0 + timedelta(hours=1), clock_start=t0, id_prefix="demo-")
+    ...     end_at=t0 + timedelta(hours=1), clock_start=t0, id_prefix="demo-", model_version="v1")
     >>> [r.prediction.prediction_id for r in rows]
     ['demo-00000000', 'demo-00000001', 'demo-00000002']
     >>> p = rows[0].prediction
@@ -175,7 +177,7 @@ def generate_predictions(
         event = PredictionEvent(
             prediction_id=f"{id_prefix}{first_index + i:08d}",
             model_name=MODEL_NAME,
-            model_version=MODEL_VERSION,
+            model_version=model_version,
             predicted_at=start_at + timedelta(seconds=float(offsets_s[i])),
             features=features,
             prediction=int(p1 >= 0.5),
@@ -215,7 +217,7 @@ def plan_deliveries(
 
     >>> t0 = datetime(2026, 1, 1, tzinfo=UTC)
     >>> rows = generate_predictions(np.random.default_rng(2), 2000, start_at=t0,
-    ...     end_at=t0 + timedelta(hours=10), clock_start=t0, id_prefix="d-")
+    ...     end_at=t0 + timedelta(hours=10), clock_start=t0, id_prefix="d-", model_version="v1")
     >>> plan = plan_deliveries(np.random.default_rng(3), rows)
     >>> kinds = {k: sum(d.kind == k for d in plan) for k in ("prediction", "late_prediction")}
     >>> kinds["prediction"] + kinds["late_prediction"], 60 < kinds["late_prediction"] < 140
@@ -320,7 +322,7 @@ class DemoFeed:
     """The simulated model server and label source; decides what to publish, publishes nothing.
 
     >>> t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    >>> feed = DemoFeed(t0, id_prefix="demo-")
+    >>> feed = DemoFeed(t0, id_prefix="demo-", model_version="v1")
     >>> step = feed.advance(t0 + timedelta(hours=1), predictions=100)
     >>> sum(d.kind == "prediction" for d in step.deliveries) > 90
     True
@@ -329,9 +331,11 @@ class DemoFeed:
     True
     """
 
-    def __init__(self, clock_start: datetime, *, id_prefix: str, seed: int = SEED) -> None:
+    def __init__(self, clock_start: datetime, *, id_prefix: str, model_version: str, seed: int = SEED) -> None:
         self.clock_start = clock_start
         self.id_prefix = id_prefix
+        #: the version every prediction of this feed is served as
+        self.model_version = model_version
         self.rng = np.random.default_rng(seed)
         self.event_now = clock_start
         self.generated = 0
@@ -350,7 +354,8 @@ class DemoFeed:
         if event_now > self.event_now and predictions > 0:
             rows = generate_predictions(
                 self.rng, predictions, start_at=self.event_now, end_at=event_now,
-                clock_start=self.clock_start, id_prefix=self.id_prefix, first_index=self.generated,
+                clock_start=self.clock_start, id_prefix=self.id_prefix, model_version=self.model_version,
+                first_index=self.generated,
             )
             self.generated += predictions
             planned = plan_deliveries(self.rng, rows, self._seq)
@@ -368,9 +373,38 @@ class DemoFeed:
         flaw = BAD_FLAWS[int(self.rng.integers(len(BAD_FLAWS)))]
         row = generate_predictions(
             self.rng, 1, start_at=self.event_now - timedelta(seconds=1), end_at=self.event_now,
-            clock_start=self.clock_start, id_prefix=f"{self.id_prefix}bad-",
+            clock_start=self.clock_start, id_prefix=f"{self.id_prefix}bad-", model_version=self.model_version,
             first_index=self._malformed,
         )[0]
         self._malformed += 1
         kind, value = bad_message(flaw, row.prediction)
         return MalformedMessage(kind, row.prediction.prediction_id.encode(), value, flaw)
+
+
+def run_version(wall_start: datetime, base: str = BASE_VERSION) -> str:
+    """The model version a demo run started at ``wall_start`` serves: ``base`` and the start, to the second.
+
+    Runs in the same hour make the same event times: a version of its own keeps each run's windows,
+    reference profile and tables apart from the earlier runs' in a reused store.
+
+    >>> run_version(datetime(2026, 11, 30, 10, 26, 3, 500_000, tzinfo=UTC))
+    'v1-20261130T102603'
+    """
+    if wall_start.tzinfo is None:
+        msg = f"wall_start {wall_start.isoformat()} has no time zone: expected an aware instant"
+        raise ValueError(msg)
+    return f"{base}-{wall_start.astimezone(UTC):%Y%m%dT%H%M%S}"
+
+
+def feed_for_run(wall_start: datetime, *, base_version: str = BASE_VERSION) -> DemoFeed:
+    """The feed of a demo run started at ``wall_start``: its event clock starts ``EVENT_TIME_BACK``
+    earlier, on the hour; its prediction ids and its model version (:func:`run_version`) carry the start,
+    since a reused store may hold earlier runs.
+
+    >>> feed = feed_for_run(datetime(2026, 11, 30, 10, 26, 3, tzinfo=UTC))
+    >>> feed.clock_start.isoformat(), feed.id_prefix, feed.model_version
+    ('2026-10-31T10:00:00+00:00', 'demo-20261130102603-', 'v1-20261130T102603')
+    """
+    clock_start = (wall_start - EVENT_TIME_BACK).replace(minute=0, second=0, microsecond=0)
+    return DemoFeed(clock_start, id_prefix=f"demo-{wall_start:%Y%m%d%H%M%S}-",
+                    model_version=run_version(wall_start, base_version))

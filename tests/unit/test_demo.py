@@ -1,0 +1,76 @@
+"""The demo's runs: each run serves its model under a version of its own, carried by every event it makes."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from pitstop.demo import world
+from schemas import EventKind, OutcomeEvent, PredictionEvent, decode_message, encode_event
+
+WALL_START = datetime(2026, 11, 30, 10, 26, 3, 512_000, tzinfo=UTC)
+#: a second run ten minutes later: the same hour, so the same event clock as the first
+LATER = WALL_START + timedelta(minutes=10)
+
+
+def _run_events(feed: world.DemoFeed) -> tuple[list[PredictionEvent], list[OutcomeEvent], list[dict]]:
+    """Everything the feed publishes over three event days: predictions, outcomes, malformed documents."""
+    predictions: list[PredictionEvent] = []
+    outcomes: list[OutcomeEvent] = []
+    malformed: list[dict] = []
+    for hours, n in ((6, 400), (12, 400), (72, 0)):
+        step = feed.advance(feed.clock_start + timedelta(hours=hours), n)
+        for d in step.deliveries:
+            (predictions if isinstance(d.event, PredictionEvent) else outcomes).append(d.event)
+        for bad in step.malformed:
+            try:
+                malformed.append(json.loads(bad.value))
+            except ValueError:
+                pass  # the cut-short one
+    return predictions, outcomes, malformed
+
+
+def test_runs_started_at_different_times_serve_different_versions() -> None:
+    """Two runs started at different wall times (even within the hour) get different model versions."""
+    first, second = world.feed_for_run(WALL_START), world.feed_for_run(LATER)
+    assert first.clock_start == second.clock_start  # the same event times: only the version tells them apart
+    assert first.model_version != second.model_version
+    assert world.feed_for_run(WALL_START).model_version == first.model_version
+
+
+def test_version_is_readable_and_valid_in_an_event() -> None:
+    """The run's version is the base version and the run's wall start, and survives the event contract."""
+    version = world.feed_for_run(WALL_START).model_version
+    assert version == "v1-20261130T102603"
+    assert re.fullmatch(r"[A-Za-z0-9._-]{1,64}", version)
+    event = PredictionEvent(prediction_id="p-1", model_name=world.MODEL_NAME, model_version=version,
+                            predicted_at=WALL_START, features={"usage_gb": 3.5}, prediction=1)
+    decoded = decode_message(EventKind.PREDICTION, encode_event(event), now=LATER)
+    assert decoded.rejected == []
+    assert decoded.events[0].model_version == version
+
+
+def test_every_event_of_a_run_carries_its_version() -> None:
+    """Every prediction a run's feed publishes, malformed ones included, is of the run's model and version,
+    and every outcome is for one of them."""
+    feed = world.feed_for_run(WALL_START)
+    predictions, outcomes, malformed = _run_events(feed)
+    assert len(predictions) == 800 and len(outcomes) >= 800
+    assert {(p.model_name, p.model_version) for p in predictions} == {("churn", feed.model_version)}
+    assert {o.prediction_id for o in outcomes} <= {p.prediction_id for p in predictions}
+    versions = {doc.get("model_version") for doc in malformed if "model_name" in doc}
+    assert versions <= {feed.model_version}
+
+
+def test_runs_differ_only_in_ids_and_version() -> None:
+    """Two runs within the same hour publish the same world: same times, features, predictions and labels."""
+    first, second = world.feed_for_run(WALL_START), world.feed_for_run(LATER)
+    (p1, o1, _), (p2, o2, _) = _run_events(first), _run_events(second)
+
+    def same_world(e: PredictionEvent | OutcomeEvent, feed: world.DemoFeed) -> PredictionEvent | OutcomeEvent:
+        e = replace(e, prediction_id=e.prediction_id.removeprefix(feed.id_prefix))
+        return replace(e, model_version="-") if isinstance(e, PredictionEvent) else e
+
+    assert [same_world(e, first) for e in (*p1, *o1)] == [same_world(e, second) for e in (*p2, *o2)]
