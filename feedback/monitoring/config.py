@@ -9,8 +9,11 @@ import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Literal, NoReturn
+
+from cronsim import CronSim, CronSimError
 
 from feedback.errors import ModelConfigError
 
@@ -72,6 +75,62 @@ class DetectorConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DriftTrigger:
+    """When drift counts for a retrain decision: ``windows`` judged windows in a row, each with at least
+    ``min_series`` features flagged after Holm's correction; drift that persists ``unjudged_windows`` windows
+    while labels are too few to judge performance raises an "unjudged drift" alert."""
+
+    windows: int = 2
+    min_series: int = 1
+    unjudged_windows: int = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PerformanceTrigger:
+    """Performance levels, judged on each window's confidence interval against the version's baseline: a relative
+    drop of ``elevated`` / ``critical`` (in the metric's direction: a rising MAE is a drop), or past the absolute
+    ``floor`` (an SLA: critical). An elevated drop without drift retrains after ``persist`` windows in a row."""
+
+    elevated: float = 0.05
+    critical: float = 0.10
+    floor: float | None = None
+    persist: int = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DetectorTrigger:
+    """The early-warning detectors as a trigger (off by default): a detection counts only when ADWIN and
+    Page-Hinkley both fire within ``confirm_labels`` labels of each other."""
+
+    enabled: bool = False
+    confirm_labels: int = 1000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TriggerConfig:
+    """When a model is retrained (`[models.M.triggers]`), and what stops a retraining storm."""
+
+    enabled: bool = True
+    #: a cron expression in UTC, evaluated in event time (feedback/triggers/calendar.py)
+    calendar: str | None = None
+    #: retrain after this many new labelled predictions since the last training
+    volume: int | None = None
+    #: a drift or performance decision waits for this many labels since the change point
+    min_labels_since_change: int = 1000
+    #: a critical drop waits for them too (default: it fires at once)
+    critical_waits: bool = False
+    cooldown_s: int = 6 * 3_600
+    daily_cap: int = 2
+    #: automatic retraining stops after this many rejected candidates in a row, until a person resets it
+    circuit_breaker: int = 3
+    #: a fired trigger without an outcome counts as a training still running for this long (event time)
+    max_training_s: int = DAY_S
+    drift: DriftTrigger = field(default_factory=DriftTrigger)
+    performance: PerformanceTrigger = field(default_factory=PerformanceTrigger)
+    detectors: DetectorTrigger = field(default_factory=DetectorTrigger)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ModelConfig:
     """How one model is monitored, with `[defaults]` and the built-in defaults already applied.
 
@@ -105,6 +164,7 @@ class ModelConfig:
     features: Mapping[str, FeatureKind] = field(default_factory=lambda: MappingProxyType({}))
     performance: PerformanceConfig = field(default_factory=PerformanceConfig)
     detectors: DetectorConfig = field(default_factory=DetectorConfig)
+    triggers: TriggerConfig = field(default_factory=TriggerConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "segments", tuple(self.segments))
@@ -288,6 +348,54 @@ _DETECTORS: Mapping[str, _Convert] = {
     "page_hinkley_alpha": _number("a number greater than 0 and at most 1", lambda x: 0 < x <= 1),
     "page_hinkley_min_instances": _integer(1),
 }
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        msg = "true or false"
+        raise _Expected(msg)
+    return value
+
+
+def _duration(value: Any) -> int:
+    try:
+        return parse_duration_s(value)
+    except ValueError:
+        raise _Expected(_DURATION_EXPECTED) from None
+
+
+def _cron(value: Any) -> str:
+    expected = "a cron expression in UTC such as '0 3 * * 1' (Mondays 03:00)"
+    if not isinstance(value, str):
+        raise _Expected(expected)
+    try:
+        CronSim(value, datetime(2000, 1, 1, tzinfo=UTC))
+    except CronSimError as exc:
+        msg = f"{expected}; {str(exc).lower() or 'invalid'}"
+        raise _Expected(msg) from None
+    return value
+
+
+_TRIGGERS: Mapping[str, _Convert] = {
+    "enabled": _boolean,
+    "calendar": _cron,
+    "volume": _integer(1),
+    "min_labels_since_change": _integer(0),
+    "critical_waits": _boolean,
+    "cooldown": _duration,
+    "daily_cap": _integer(1),
+    "circuit_breaker": _integer(1),
+    "max_training": _duration,
+}
+_TRIGGER_SECTIONS: Mapping[str, Mapping[str, _Convert]] = {
+    "drift": {"windows": _integer(1, 1000), "min_series": _integer(1), "unjudged_windows": _integer(1, 1000)},
+    "performance": {
+        "elevated": _number("a number greater than 0 and less than 1", lambda x: 0 < x < 1),
+        "critical": _number("a number greater than 0 and less than 1", lambda x: 0 < x < 1),
+        "floor": _number("a finite number"),
+        "persist": _integer(1, 1000),
+    },
+    "detectors": {"enabled": _boolean, "confirm_labels": _integer(1)},
+}
+
 _SECTIONS: Mapping[str, Mapping[str, _Convert]] = {
     "thresholds": _THRESHOLDS, "performance": _PERFORMANCE, "detectors": _DETECTORS,
 }
@@ -306,6 +414,7 @@ class _Layer:
     at: tuple[str, ...]
     knobs: Mapping[str, Any]
     sections: Mapping[str, Mapping[str, Any]]
+    triggers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 class _Parser:
@@ -359,18 +468,52 @@ class _Parser:
             features=features,
             performance=performance,
             detectors=DetectorConfig(**{**defaults.sections["detectors"], **own.sections["detectors"]}),
+            triggers=self.triggers(table, at, metric, defaults),
             **knobs,
         )
 
+    def triggers(self, table: Mapping[str, Any], at: tuple[str, ...], metric: str, defaults: _Layer) -> TriggerConfig:
+        """`[models.M.triggers]` over `[defaults.triggers]`; the floor is checked against the model's metric."""
+        own = self.trigger_layer(table, at)
+        knobs = {**defaults.triggers["knobs"], **own["knobs"]}
+        for key in ("cooldown", "max_training"):
+            if key in knobs:
+                knobs[f"{key}_s"] = knobs.pop(key)
+        sections = {
+            name: {**defaults.triggers[name], **own[name]} for name in _TRIGGER_SECTIONS
+        }
+        performance = PerformanceTrigger(**sections["performance"])
+        where = (*at, "triggers", "performance")
+        if performance.critical < performance.elevated:
+            self.fail((*where, "critical"), performance.critical,
+                      f"a drop at least the elevated level {performance.elevated}")
+        if performance.floor is not None:
+            low, high, expected = _METRIC_RANGE[metric]
+            if not low <= performance.floor <= high:
+                self.fail((*where, "floor"), performance.floor, f"{expected} for metric {metric!r}")
+        return TriggerConfig(
+            drift=DriftTrigger(**sections["drift"]), performance=performance,
+            detectors=DetectorTrigger(**sections["detectors"]), **knobs,
+        )
+
+    def trigger_layer(self, table: Mapping[str, Any], at: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+        at = (*at, "triggers")
+        sub = self.table(table.get("triggers", {}), at)
+        layer = {"knobs": self.values(sub, at, _TRIGGERS, (*_TRIGGERS, *_TRIGGER_SECTIONS))}
+        for name, spec in _TRIGGER_SECTIONS.items():
+            layer[name] = self.values(self.table(sub.get(name, {}), (*at, name)), (*at, name), spec, tuple(spec))
+        return layer
+
     def layer(self, table: Mapping[str, Any], at: tuple[str, ...], own_keys: Sequence[str]) -> _Layer:
-        knobs = self.values(table, at, _KNOBS, (*own_keys, *_KNOBS, *_SECTIONS))
+        knobs = self.values(table, at, _KNOBS, (*own_keys, *_KNOBS, *_SECTIONS, "triggers"))
         sections = {}
         for name, spec in _SECTIONS.items():
             sub = self.table(table.get(name, {}), (*at, name))
             # per-feature overrides name a model's features, so only a model's table has them
             extra = ("features",) if name == "thresholds" and at != ("defaults",) else ()
             sections[name] = self.values(sub, (*at, name), spec, (*spec, *extra))
-        return _Layer(at=at, knobs=knobs, sections=sections)
+        triggers = self.trigger_layer(table, at) if at == ("defaults",) else {}
+        return _Layer(at=at, knobs=knobs, sections=sections, triggers=triggers)
 
     def values(
         self, table: Mapping[str, Any], at: tuple[str, ...], spec: Mapping[str, _Convert], allowed: Sequence[str]

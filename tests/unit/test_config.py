@@ -261,3 +261,42 @@ def test_parse_duration_rejects_anything_but_positive_whole_durations(value: obj
 def test_parse_duration_multiplies_by_the_unit(value: object, seconds: int) -> None:
     """A duration string is its number times the seconds in its unit."""
     assert parse_duration_s(value) == seconds
+
+
+def test_trigger_settings_merge_defaults_and_convert_durations() -> None:
+    """[defaults.triggers] applies to every model, a model's own [models.M.triggers] wins, durations are seconds."""
+    config = parse_config("""
+[defaults.triggers]
+cooldown = "2h"
+daily_cap = 5
+[models.a]
+task = "regression"
+[models.a.triggers]
+calendar = "0 3 * * 1"
+daily_cap = 1
+[models.a.triggers.performance]
+floor = 4.5
+[models.b]
+task = "classification"
+positive_class = 1
+""")
+    a, b = config.models["a"].triggers, config.models["b"].triggers
+    assert (a.cooldown_s, a.daily_cap, a.calendar, a.performance.floor) == (7200, 1, "0 3 * * 1", 4.5)
+    assert (b.cooldown_s, b.daily_cap, b.calendar, b.performance.elevated) == (7200, 5, None, 0.05)
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ('[models.m.triggers]\ncalendar = "61 * * * *"', "models.m.triggers.calendar = '61 * * * *': expected a cron"),
+    ('[models.m.triggers]\ncalendar = "0 3 * *"', "models.m.triggers.calendar = '0 3 * *'"),
+    ('[models.m.triggers]\ncooldown = "soon"', "models.m.triggers.cooldown = 'soon': expected a duration"),
+    ('[models.m.triggers]\ncalendr = "0 3 * * 1"', "unknown key; expected one of: enabled, calendar"),
+    ("[models.m.triggers.performance]\nfloor = 1.5", "floor = 1.5: expected a number between 0 and 1"),
+    ("[models.m.triggers.performance]\nelevated = 0.2\ncritical = 0.1", "critical = 0.1: expected a drop at least"),
+    ("[models.m.triggers.drift]\nwindows = 0", "models.m.triggers.drift.windows = 0: expected an integer between"),
+])
+def test_bad_trigger_settings_fail_naming_the_key(table: str, message: str) -> None:
+    """An invalid cron expression or threshold fails at start, naming the key and what was expected."""
+    text = f'[models.m]\ntask = "classification"\npositive_class = 1\n{table}\n'
+    with pytest.raises(ModelConfigError) as raised:
+        parse_config(text)
+    assert message in str(raised.value)

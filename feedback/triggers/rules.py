@@ -1,0 +1,334 @@
+"""The retrain decision rules: pure functions over a version's judged windows, tested without a database.
+
+The rule is seed 003's prose (not its code, which divides by a zero baseline, ignores the metric's
+direction and never retrains on a drop without drift):
+
+* a **critical** performance drop retrains at once (urgency ``critical``);
+* drift confirmed by an **elevated** drop retrains (``elevated``);
+* an elevated drop **without** feature drift that persists ``persist`` windows retrains (``elevated``:
+  concept drift shows in the labels, not in the features);
+* drift with stable performance is ``watch``: logged, no retraining;
+* drift that persists while labels are too few to judge performance is ``unjudged``: an alert, not silence.
+
+Many drifting features make one decision. A drift or performance decision carries its **change point**, the
+start of the first window of the episode, and the labels since then; the retrain worker trains on the new
+concept, so a decision whose post-change labels are still too few is ``pending`` until they suffice (a critical
+drop fires at once unless ``critical_waits``). Levels are judged on each window's confidence interval, so a
+window is "critical" only when even its favourable CI bound is 10% worse than the baseline.
+
+Storm control (:func:`suppression`) then decides whether a retrain that should fire may: cooldown, daily cap,
+a training already running, and the circuit breaker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from feedback.monitoring.config import ModelConfig, TriggerConfig
+
+Kind = Literal["calendar", "drift", "performance", "volume", "manual", "detector"]
+Urgency = Literal["routine", "elevated", "critical"]
+#: fired: an event was published; pending: waits for labels since the change; watch: drift, performance
+#: stable; unjudged: drift, labels too few to judge; suppressed: storm control held it back
+Status = Literal["fired", "pending", "watch", "unjudged", "suppressed"]
+LevelName = Literal["ok", "elevated", "critical"]
+
+_RANK: Mapping[str, int] = {"ok": 0, "elevated": 1, "critical": 2}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DriftedSeries:
+    """One feature flagged as drifting in a window (after Holm's correction)."""
+
+    feature: str
+    psi: float | None
+    p_value: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PerfPoint:
+    """A judged window's main metric with its confidence interval."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+    labels: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WindowSignal:
+    """What the rules need of one window of the version (segment ``*``)."""
+
+    start: datetime
+    drift_judged: bool
+    series: int  # features judged for drift
+    drifted: tuple[DriftedSeries, ...] = ()
+    perf: PerfPoint | None = None  # None: not judged (too few labels or coverage)
+    labels: int = 0  # labelled predictions in the window
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Level:
+    """A window's performance against the baseline and the floor, as a level and a sentence."""
+
+    name: LevelName
+    drop: float | None  # relative change of the point value in the bad direction (None: baseline 0)
+    sentence: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verdict:
+    """What the windows say about retraining a version, before storm control."""
+
+    kind: Kind
+    urgency: Urgency
+    status: Status
+    change_point: datetime | None
+    labels_since_change: int
+    labels_needed: int
+    sentence: str
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def wants_retrain(self) -> bool:
+        return self.status in ("fired", "pending")
+
+
+def relative_drop(value: float, baseline: float, *, higher_is_better: bool) -> float | None:
+    """How much worse ``value`` is than ``baseline``, as a share of it, in the metric's direction.
+
+    Positive is worse: a falling accuracy and a rising MAE are both drops. None when the baseline is 0
+    (nothing to divide by: only the absolute floor can judge such a version).
+
+    >>> accuracy = relative_drop(0.72, 0.80, higher_is_better=True)
+    >>> mae = relative_drop(4.61, 4.02, higher_is_better=False)
+    >>> round(accuracy, 6), round(mae, 6)
+    (0.1, 0.146766)
+    >>> relative_drop(0.5, 0.0, higher_is_better=False) is None
+    True
+    """
+    if baseline == 0:
+        return None
+    change = (baseline - value) if higher_is_better else (value - baseline)
+    return change / abs(baseline)
+
+
+def performance_level(
+    point: PerfPoint, baseline: float | None, *, metric: str, higher_is_better: bool, config: TriggerConfig
+) -> Level:
+    """The level of one judged window: the favourable end of its CI against the baseline's drop limits and the floor.
+
+    >>> from feedback.monitoring.config import TriggerConfig
+    >>> mae = PerfPoint(value=4.61, ci_low=4.50, ci_high=4.72, labels=900)
+    >>> level = performance_level(mae, 4.02, metric="mae", higher_is_better=False, config=TriggerConfig())
+    >>> level.name, level.sentence
+    ('critical', 'mae 4.61 rose 14.7% above baseline 4.02 (critical >= 10%; CI [4.5, 4.72])')
+    """
+    perf = config.performance
+    bound = point.ci_high if higher_is_better else point.ci_low  # the end most favourable to the model
+    worse_word = "fell" if higher_is_better else "rose"
+    side = "below" if higher_is_better else "above"
+    ci = f"CI [{point.ci_low:.4g}, {point.ci_high:.4g}]"
+    if perf.floor is not None and (bound < perf.floor if higher_is_better else bound > perf.floor):
+        return Level(name="critical", drop=_drop(point.value, baseline, higher_is_better),
+                     sentence=f"{metric} {point.value:.4g} is {side} the floor {perf.floor:.4g} ({ci})")
+    if baseline is None:
+        return Level(name="ok", drop=None, sentence=f"{metric} {point.value:.4g}: no baseline yet ({ci})")
+    drop = relative_drop(point.value, baseline, higher_is_better=higher_is_better)
+    bound_drop = relative_drop(bound, baseline, higher_is_better=higher_is_better)
+    if drop is None or bound_drop is None:
+        return Level(name="ok", drop=None, sentence=(
+            f"{metric} {point.value:.4g} against baseline 0: a relative drop is undefined, only the floor judges"))
+    name: LevelName = "ok"
+    for level, limit in (("critical", perf.critical), ("elevated", perf.elevated)):
+        if bound_drop >= limit:
+            name = level  # type: ignore[assignment]
+            break
+    if name == "ok":
+        how = f"{abs(drop):.1%} {'worse' if drop > 0 else 'better'} than"
+        return Level(name="ok", drop=drop, sentence=(
+            f"{metric} {point.value:.4g} is {how} baseline {baseline:.4g}: within {perf.elevated:.0%} ({ci})"))
+    limit = perf.critical if name == "critical" else perf.elevated
+    return Level(name=name, drop=drop, sentence=(
+        f"{metric} {point.value:.4g} {worse_word} {drop:.1%} {side} baseline {baseline:.4g} "
+        f"({name} >= {limit:.0%}; {ci})"))
+
+
+def _drop(value: float, baseline: float | None, higher_is_better: bool) -> float | None:
+    return None if baseline is None else relative_drop(value, baseline, higher_is_better=higher_is_better)
+
+
+def decide(
+    signals: Sequence[WindowSignal], baseline: float | None, model: ModelConfig, *, window_s: int | None = None
+) -> Verdict | None:
+    """The retrain verdict on a version's windows (oldest first), or None when nothing is worth a record.
+
+    The newest window is usually still filling: runs are counted over judged windows only, so an unjudged
+    tail neither breaks nor extends them.
+    """
+    config = model.triggers
+    step = timedelta(seconds=window_s or model.window_s)
+    drift_run = _drift_run(signals, config.drift.min_series)
+    levels = {
+        s.start: performance_level(s.perf, baseline, metric=model.metric, higher_is_better=model.higher_is_better,
+                                   config=config)
+        for s in signals if s.perf is not None
+    }
+    perf_run = _perf_run(signals, levels)
+    newest_level = _newest_level(signals, levels)
+    drift_confirmed = len(drift_run) >= config.drift.windows
+    drift_text = _drift_sentence(drift_run) if drift_run else ""
+
+    kind: Kind
+    urgency: Urgency
+    run_start: datetime
+    if newest_level is not None and newest_level.name == "critical":
+        kind, urgency, status = "performance", "critical", "fired"
+        run_start = _earliest(perf_run, drift_run if drift_confirmed else [])
+        sentence = newest_level.sentence + (f"; {drift_text}" if drift_confirmed else "")
+    elif drift_confirmed and newest_level is not None and newest_level.name == "elevated":
+        kind, urgency, status = "drift", "elevated", "fired"
+        run_start = _earliest(perf_run, drift_run)
+        sentence = f"{newest_level.sentence}; {drift_text}"
+    elif len(perf_run) >= config.performance.persist and newest_level is not None:
+        kind, urgency, status = "performance", "elevated", "fired"
+        run_start = perf_run[0].start
+        sentence = (f"{newest_level.sentence}, for {len(perf_run)} windows in a row "
+                    f"(persist >= {config.performance.persist}) without feature drift")
+    elif drift_confirmed and not any(s.perf is not None for s in drift_run):
+        if len(drift_run) < config.drift.unjudged_windows:
+            return None
+        kind, urgency, status = "drift", "elevated", "unjudged"
+        run_start = drift_run[0].start
+        sentence = (f"{drift_text}, for {len(drift_run)} windows, and no window since has enough labels to judge "
+                    f"{model.metric} (minimum {model.min_labels} labels, {model.min_label_coverage:.0%} coverage)")
+    elif drift_confirmed:
+        kind, urgency, status = "drift", "routine", "watch"
+        run_start = drift_run[0].start
+        perf_text = newest_level.sentence if newest_level is not None else f"{model.metric} not judged"
+        sentence = f"{drift_text}; performance stable: {perf_text}"
+    else:
+        return None
+
+    labels_since = sum(s.labels for s in signals if s.start >= run_start)
+    needed = config.min_labels_since_change
+    if status == "fired" and labels_since < needed and (urgency != "critical" or config.critical_waits):
+        status = "pending"
+        sentence += (f"; {labels_since:,} of {needed:,} labels since the change "
+                     f"({run_start:%Y-%m-%d %H:%M} UTC): waiting for them")
+    evidence = {
+        "windows": [_window_evidence(s, levels.get(s.start)) for s in signals if s.start >= run_start],
+        "baseline": baseline,
+        "metric": model.metric,
+        "window_s": int(step.total_seconds()),
+    }
+    return Verdict(kind=kind, urgency=urgency, status=status, change_point=run_start, labels_since_change=labels_since,
+                   labels_needed=needed, sentence=sentence, evidence=evidence)
+
+
+def _drift_run(signals: Sequence[WindowSignal], min_series: int) -> list[WindowSignal]:
+    """The newest judged windows in a row with drift (oldest first); empty if the newest judged one is stable."""
+    run: list[WindowSignal] = []
+    for s in reversed(signals):
+        if not s.drift_judged:
+            continue
+        if len(s.drifted) < min_series:
+            break
+        run.append(s)
+    return run[::-1]
+
+
+def _perf_run(signals: Sequence[WindowSignal], levels: Mapping[datetime, Level]) -> list[WindowSignal]:
+    """The newest judged performance windows in a row at elevated or worse (oldest first)."""
+    run: list[WindowSignal] = []
+    for s in reversed(signals):
+        level = levels.get(s.start)
+        if level is None:
+            continue
+        if _RANK[level.name] < _RANK["elevated"]:
+            break
+        run.append(s)
+    return run[::-1]
+
+
+def _newest_level(signals: Sequence[WindowSignal], levels: Mapping[datetime, Level]) -> Level | None:
+    for s in reversed(signals):
+        if s.start in levels:
+            return levels[s.start]
+    return None
+
+
+def _earliest(*runs: Sequence[WindowSignal]) -> datetime:
+    return min(run[0].start for run in runs if run)
+
+
+def _drift_sentence(run: Sequence[WindowSignal]) -> str:
+    """'drift on 3 of 20 features (PSI 0.31 income, 0.27 age, 0.18 plan)' for the newest window of a run."""
+    newest = run[-1]
+    top = sorted(newest.drifted, key=lambda d: -(d.psi or 0.0))
+    shown = ", ".join(f"{d.psi:.2f} {d.feature}" if d.psi is not None else d.feature for d in top[:5])
+    more = f", +{len(top) - 5} more" if len(top) > 5 else ""
+    since = f" since {run[0].start:%Y-%m-%d %H:%M} UTC" if len(run) > 1 else ""
+    return f"drift on {len(newest.drifted)} of {newest.series} features{since} (PSI {shown}{more})"
+
+
+def _window_evidence(s: WindowSignal, level: Level | None) -> dict[str, Any]:
+    return {
+        "window_start": s.start.isoformat(),
+        "drifted": [{"feature": d.feature, "psi": d.psi, "p_value": d.p_value} for d in s.drifted],
+        "features_judged": s.series if s.drift_judged else 0,
+        "performance": None if s.perf is None else {
+            "value": s.perf.value, "ci_low": s.perf.ci_low, "ci_high": s.perf.ci_high, "labels": s.perf.labels,
+            "level": level.name if level else None,
+        },
+        "labels": s.labels,
+    }
+
+
+# --- storm control ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class History:
+    """What storm control needs to know of a model's past retrains, at the decision's event time."""
+
+    last_fired_at: datetime | None = None
+    fired_last_day: int = 0
+    running: str | None = None  # the trigger id of a training without an outcome yet
+    rejected_in_row: int = 0
+    breaker_reset: bool = False  # a person reset the breaker since the last rejection
+
+
+def suppression(kind: Kind, at: datetime, history: History, config: TriggerConfig) -> str | None:
+    """Why a retrain that should fire may not (one sentence), or None when it may.
+
+    A manual request passes cooldown, cap and breaker (a person decided) but not a running training.
+
+    >>> from datetime import UTC
+    >>> from feedback.monitoring.config import TriggerConfig
+    >>> t = datetime(2026, 3, 2, 14, tzinfo=UTC)
+    >>> suppression("drift", t, History(last_fired_at=t - timedelta(hours=2)), TriggerConfig())
+    'cooldown: the last retrain fired 2.0 h ago, cooldown 6.0 h (until 2026-03-02 18:00 UTC)'
+    >>> suppression("manual", t, History(last_fired_at=t - timedelta(hours=2)), TriggerConfig()) is None
+    True
+    """
+    if history.running is not None:
+        return f"a training for this model is already running (trigger {history.running})"
+    if kind == "manual":
+        return None
+    if history.rejected_in_row >= config.circuit_breaker and not history.breaker_reset:
+        return (f"circuit breaker: {history.rejected_in_row} rejected candidates in a row "
+                f"(limit {config.circuit_breaker}); reset it with `pitstop triggers reset --model M`")
+    if history.last_fired_at is not None:
+        since = at - history.last_fired_at
+        cooldown = timedelta(seconds=config.cooldown_s)
+        if since < cooldown:
+            return (f"cooldown: the last retrain fired {since.total_seconds() / 3600:.1f} h ago, cooldown "
+                    f"{cooldown.total_seconds() / 3600:.1f} h (until {history.last_fired_at + cooldown:%Y-%m-%d %H:%M} "
+                    "UTC)")
+    if history.fired_last_day >= config.daily_cap:
+        return f"daily cap: {history.fired_last_day} retrains fired in the last 24 h (cap {config.daily_cap})"
+    return None

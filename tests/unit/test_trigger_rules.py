@@ -1,0 +1,176 @@
+"""The retrain decision rules, table-driven: drift x performance level x persistence x labels, both metric
+directions, a zero baseline, the absolute floor, and storm control."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from feedback.monitoring.config import parse_config
+from feedback.triggers.rules import (
+    DriftedSeries,
+    History,
+    PerfPoint,
+    WindowSignal,
+    decide,
+    performance_level,
+    suppression,
+)
+
+T0 = datetime(2026, 3, 2, 0, tzinfo=UTC)
+CHURN = parse_config('[models.churn]\ntask = "classification"\npositive_class = 1\nwindow = "1h"\n').models["churn"]
+PRICE = parse_config('[models.price]\ntask = "regression"\nmetric = "mae"\nwindow = "1h"\n').models["price"]
+
+
+def w(i: int, *, drift: int = 0, judged: bool = True, value: float | None = None, half_ci: float = 0.01,
+      labels: int = 600, series: int = 20) -> WindowSignal:
+    """Window ``i`` (hours after T0): ``drift`` features flagged; ``value`` the metric (None: not judged)."""
+    perf = None if value is None else PerfPoint(value=value, ci_low=value - half_ci, ci_high=value + half_ci,
+                                                labels=labels)
+    drifted = tuple(DriftedSeries(feature=f"f{k}", psi=0.3 - k * 0.01, p_value=1e-6) for k in range(drift))
+    return WindowSignal(start=T0 + timedelta(hours=i), drift_judged=judged, series=series, drifted=drifted,
+                        perf=perf, labels=labels if value is not None or judged else 0)
+
+
+def history(windows: list[tuple[int, int, float | None]]) -> list[WindowSignal]:
+    """(drifting features, judged 1/0, accuracy or None) per window, from hour 0."""
+    return [w(i, drift=d, judged=bool(j), value=v) for i, (d, j, v) in enumerate(windows)]
+
+
+OK, ELEV, CRIT = 0.80, 0.74, 0.70  # against a baseline of 0.80: 7.5% and 12.5% drops (CI +-0.01)
+
+CASES = [
+    # name, windows, expected (kind, urgency, status) or None
+    ("stable", [(0, 1, OK)] * 6, None),
+    ("drift one window is not confirmed", [(0, 1, OK)] * 5 + [(3, 1, OK)], None),
+    ("drift with stable performance is watch", [(0, 1, OK)] * 4 + [(3, 1, OK)] * 2, ("drift", "routine", "watch")),
+    ("drift confirmed by an elevated drop", [(0, 1, OK)] * 4 + [(3, 1, ELEV)] * 2, ("drift", "elevated", "fired")),
+    ("critical drop without drift", [(0, 1, OK)] * 5 + [(0, 1, CRIT)], ("performance", "critical", "fired")),
+    ("critical drop with drift", [(0, 1, OK)] * 4 + [(3, 1, CRIT)] * 2, ("performance", "critical", "fired")),
+    ("elevated without drift, not yet persistent", [(0, 1, OK)] * 4 + [(0, 1, ELEV)] * 2, None),
+    ("elevated without drift persists", [(0, 1, OK)] * 3 + [(0, 1, ELEV)] * 3, ("performance", "elevated", "fired")),
+    ("elevated broken by an ok window", [(0, 1, ELEV)] * 2 + [(0, 1, OK)] + [(0, 1, ELEV)] * 2, None),
+    ("drift while labels are too few", [(0, 1, OK)] * 3 + [(3, 1, None)] * 3, ("drift", "elevated", "unjudged")),
+    ("unjudged drift not yet persistent", [(0, 1, OK)] * 4 + [(3, 1, None)] * 2, None),
+    ("an unjudged tail neither breaks nor extends a run",
+     [(0, 1, OK)] * 3 + [(3, 1, ELEV)] * 2 + [(0, 0, None)], ("drift", "elevated", "fired")),
+    ("a wide CI keeps a point drop from counting",
+     [(0, 1, OK)] * 4 + [(3, 1, 0.755)] * 2, ("drift", "routine", "watch")),
+]
+
+
+@pytest.mark.parametrize(("name", "windows", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_rule_table(name: str, windows: list, expected: tuple | None) -> None:
+    """Each combination of drift, performance level and persistence gives the decision seed 003's prose asks."""
+    signals = [replace(s, perf=None if s.perf is None else replace(
+        s.perf, ci_low=s.perf.value - (0.03 if "wide" in name else 0.01),
+        ci_high=s.perf.value + (0.03 if "wide" in name else 0.01))) for s in history(windows)]
+    verdict = decide(signals, 0.80, CHURN)
+    got = None if verdict is None else (verdict.kind, verdict.urgency, verdict.status)
+    assert got == expected, verdict
+
+
+def test_many_drifting_features_make_one_decision_that_names_them() -> None:
+    """Twelve drifting features give one verdict whose sentence counts them and names the largest."""
+    signals = [w(i, value=OK) for i in range(4)] + [w(i, drift=12, value=ELEV) for i in range(4, 6)]
+    verdict = decide(signals, 0.80, CHURN)
+    assert verdict is not None and verdict.kind == "drift"
+    assert "drift on 12 of 20 features since 2026-03-02 04:00 UTC (PSI 0.30 f0, 0.29 f1" in verdict.sentence
+    assert "+7 more" in verdict.sentence
+
+
+@pytest.mark.parametrize(("labels", "critical_waits", "urgency", "status"), [
+    (300, False, "elevated", "pending"),
+    (600, False, "elevated", "fired"),
+    (300, False, "critical", "fired"),
+    (300, True, "critical", "pending"),
+])
+def test_too_few_labels_since_the_change_make_it_pending(labels: int, critical_waits: bool, urgency: str,
+                                                          status: str) -> None:
+    """A retrain waits for min_labels_since_change labels after the change point; a critical drop need not."""
+    value = ELEV if urgency == "elevated" else CRIT
+    model = replace(CHURN, triggers=replace(CHURN.triggers, critical_waits=critical_waits))
+    signals = [w(i, value=OK) for i in range(4)] + [w(i, drift=3, value=value, labels=labels) for i in (4, 5)]
+    verdict = decide(signals, 0.80, model)
+    assert verdict is not None and (verdict.urgency, verdict.status) == (urgency, status)
+    assert verdict.change_point == T0 + timedelta(hours=4)
+    assert verdict.labels_since_change == 2 * labels
+    if status == "pending":
+        assert f"{2 * labels:,} of 1,000 labels since the change (2026-03-02 04:00 UTC)" in verdict.sentence
+
+
+@pytest.mark.parametrize(("value", "baseline", "floor", "level"), [
+    (4.61, 4.02, None, "critical"),  # MAE rose 14.7%: a drop
+    (4.30, 4.02, None, "elevated"),  # rose 7%
+    (3.20, 4.02, None, "ok"),  # MAE fell: better, never a drop
+    (0.50, 0.0, None, "ok"),  # baseline 0: no relative drop, no division by zero
+    (0.50, 0.0, 0.3, "critical"),  # ... but the floor still judges
+    (3.90, 4.02, 3.5, "critical"),  # past the SLA although better than the baseline
+])
+def test_levels_respect_the_metric_direction(value: float, baseline: float, floor: float | None, level: str) -> None:
+    """For a lower-is-better metric a rise is the drop; a zero baseline defers to the floor."""
+    config = replace(PRICE.triggers, performance=replace(PRICE.triggers.performance, floor=floor))
+    got = performance_level(PerfPoint(value=value, ci_low=value - 0.05, ci_high=value + 0.05, labels=500),
+                            baseline, metric="mae", higher_is_better=False, config=config)
+    assert got.name == level, got.sentence
+
+
+@pytest.mark.parametrize(("value", "floor", "level"), [(0.88, 0.90, "critical"), (0.95, 0.90, "ok")])
+def test_an_absolute_floor_on_a_higher_is_better_metric(value: float, floor: float, level: str) -> None:
+    """"accuracy below 0.90" is critical whatever the baseline says."""
+    config = replace(CHURN.triggers, performance=replace(CHURN.triggers.performance, floor=floor))
+    got = performance_level(PerfPoint(value=value, ci_low=value - 0.01, ci_high=value + 0.01, labels=500), 0.88,
+                            metric="accuracy", higher_is_better=True, config=config)
+    assert got.name == level, got.sentence
+
+
+def test_a_regression_model_retrains_on_a_rising_mae() -> None:
+    """The rule runs on MAE rows: a critical rise retrains, a fall never does."""
+    rise = [w(i, value=4.0, half_ci=0.05) for i in range(5)] + [w(5, value=4.7, half_ci=0.05)]
+    fall = [w(i, value=4.0, half_ci=0.05) for i in range(5)] + [w(5, value=3.0, half_ci=0.05)]
+    verdict = decide(rise, 4.0, PRICE)
+    assert verdict is not None and (verdict.kind, verdict.urgency) == ("performance", "critical")
+    assert "mae 4.7 rose 17.5% above baseline 4 (critical >= 10%" in verdict.sentence
+    assert decide(fall, 4.0, PRICE) is None
+
+
+def test_change_point_of_an_abrupt_change_is_its_first_window() -> None:
+    """At an abrupt change, drift and degradation start in one window: the change point is that window."""
+    signals = [w(i, value=OK) for i in range(10)] + [w(i, drift=4, value=ELEV) for i in range(10, 13)]
+    verdict = decide(signals, 0.80, CHURN)
+    assert verdict is not None and verdict.change_point == T0 + timedelta(hours=10)
+
+
+def test_change_point_of_a_gradual_change_is_where_drift_began() -> None:
+    """In a gradual change the features drift before labels show a drop: the change point is the first drift."""
+    signals = ([w(i, value=OK) for i in range(10)] + [w(i, drift=1 + i - 10, value=OK) for i in range(10, 13)]
+               + [w(i, drift=4, value=ELEV) for i in range(13, 15)])
+    verdict = decide(signals, 0.80, CHURN)
+    assert verdict is not None and verdict.kind == "drift"
+    assert verdict.change_point == T0 + timedelta(hours=10)
+    assert verdict.labels_since_change == 5 * 600
+
+
+AT = T0 + timedelta(days=3)
+STORM = [
+    # name, kind, history, expected reason prefix or None
+    ("nothing holds it", "drift", History(), None),
+    ("a running training", "drift", History(running="churn/drift/v1/x"), "a training for this model"),
+    ("a running training holds even manual", "manual", History(running="t"), "a training for this model"),
+    ("cooldown", "drift", History(last_fired_at=AT - timedelta(hours=5, minutes=59)), "cooldown"),
+    ("cooldown over", "drift", History(last_fired_at=AT - timedelta(hours=6)), None),
+    ("daily cap", "calendar", History(fired_last_day=2), "daily cap"),
+    ("circuit breaker", "performance", History(rejected_in_row=3), "circuit breaker"),
+    ("breaker reset", "performance", History(rejected_in_row=3, breaker_reset=True), None),
+    ("manual passes cooldown, cap and breaker", "manual",
+     History(last_fired_at=AT - timedelta(minutes=1), fired_last_day=9, rejected_in_row=9), None),
+]
+
+
+@pytest.mark.parametrize(("name", "kind", "past", "expected"), STORM, ids=[c[0] for c in STORM])
+def test_storm_control(name: str, kind: str, past: History, expected: str | None) -> None:
+    """Cooldown, daily cap, a running training and the circuit breaker hold back automatic retrains."""
+    reason = suppression(kind, AT, past, CHURN.triggers)  # type: ignore[arg-type]
+    assert (reason is None) if expected is None else (reason is not None and reason.startswith(expected)), reason
