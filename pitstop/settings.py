@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,8 @@ class Settings:
     #: the models to monitor, from PITSTOP_CONFIG (default ./pitstop.toml when it exists)
     monitoring: MonitoringConfig = EMPTY
     monitor_interval_s: float = 10.0
+    #: where alerts are POSTed as JSON, besides the log (PITSTOP_ALERT_WEBHOOK); None: the log only
+    alert_webhook: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -118,6 +121,10 @@ class Settings:
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             msg = "PITSTOP_LOG_LEVEL"
             raise ConfigError(msg, level, "DEBUG, INFO, WARNING or ERROR")
+        webhook = env.get("PITSTOP_ALERT_WEBHOOK") or None
+        if webhook is not None and not _is_http_url(webhook):
+            msg = "PITSTOP_ALERT_WEBHOOK"
+            raise ConfigError(msg, webhook, "an http:// or https:// URL")
         config_path = env.get("PITSTOP_CONFIG") or None
         if config_path is None and Path(DEFAULT_CONFIG).is_file():
             config_path = DEFAULT_CONFIG
@@ -145,6 +152,7 @@ class Settings:
             fetch_max_wait_ms=_read(env, "PITSTOP_FETCH_MAX_WAIT_MS", int, 100, "milliseconds between 1 and 10000",
                                     lambda v: 1 <= v <= 10_000),
             log_level=level,
+            alert_webhook=webhook,
         )
 
     def require_database(self) -> str:
@@ -167,6 +175,16 @@ class Settings:
                 msg, None, "a postgresql:// URL; run `pitstop up --detach` or set it"
             )
         return self.kafka_bootstrap, self.database_url
+
+
+def _is_http_url(value: str) -> bool:
+    """An http:// or https:// URL with a host.
+
+    >>> _is_http_url("https://hooks.example.com/x"), _is_http_url("hooks.example.com/x"), _is_http_url("http://")
+    (True, False, False)
+    """
+    parts = urllib.parse.urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and not any(c.isspace() for c in value)
 
 
 def _positive(value: float) -> bool:

@@ -56,3 +56,17 @@ def test_a_bad_model_config_fails_at_start_naming_the_key(tmp_path) -> None:
         Settings.from_env({"PITSTOP_CONFIG": str(bad)})
     assert str(info.value).count("\n") == 0
     assert "models.churn.window = '7m'" in str(info.value)
+
+
+def test_alert_webhook_is_an_http_url_or_nothing() -> None:
+    """PITSTOP_ALERT_WEBHOOK is kept as given when http(s), None when absent or empty, else fails naming it."""
+    base = {"PITSTOP_STATE_DIR": "/nonexistent"}
+    assert Settings.from_env(base).alert_webhook is None
+    assert Settings.from_env({**base, "PITSTOP_ALERT_WEBHOOK": ""}).alert_webhook is None
+    url = "https://hooks.example.com/services/T0/B0/x"
+    assert Settings.from_env({**base, "PITSTOP_ALERT_WEBHOOK": url}).alert_webhook == url
+    for bad in ("ftp://hooks.example.com/x", "hooks.example.com/x", "http://", "https://a b/c"):
+        with pytest.raises(ConfigError) as info:
+            Settings.from_env({**base, "PITSTOP_ALERT_WEBHOOK": bad})
+        assert (info.value.key, info.value.value) == ("PITSTOP_ALERT_WEBHOOK", bad)
+        assert str(info.value) == f"PITSTOP_ALERT_WEBHOOK={bad!r}: expected an http:// or https:// URL"
