@@ -366,6 +366,10 @@ def _cron(value: Any) -> str:
     expected = "a cron expression in UTC such as '0 3 * * 1' (Mondays 03:00)"
     if not isinstance(value, str):
         raise _Expected(expected)
+    fields = len(value.split())
+    if fields != 5:  # cronsim would read a sixth field as seconds (feedback/triggers/calendar.py refuses it)
+        msg = f"{expected}; 5 fields (minute hour day-of-month month day-of-week), got {fields}"
+        raise _Expected(msg)
     try:
         CronSim(value, datetime(2000, 1, 1, tzinfo=UTC))
     except CronSimError as exc:

@@ -86,6 +86,8 @@ class Evaluation:
     drift: list[DriftResult] = field(default_factory=list)
     performance: list[PerformanceResult] = field(default_factory=list)
     tests: int = 0
+    #: the main metric's baseline (the version's earliest judged windows pooled), when there is one
+    baseline: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,6 +413,14 @@ def baseline_of(
             if len(starts) == config.performance.baseline_windows:
                 break
     return (acc or None), starts
+
+
+def baseline_value(config: ModelConfig, baseline: Mapping[str, int] | None) -> float | None:
+    """The main metric of the pooled baseline aggregates, or None without a baseline."""
+    if not baseline:
+        return None
+    found = metrics_of(config, baseline).get(config.metric)
+    return None if found is None else found.value
 
 
 def to_window_data(

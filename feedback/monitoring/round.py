@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,6 +16,7 @@ from feedback.monitoring.config import ModelConfig
 from feedback.monitoring.evaluate import (
     Evaluation,
     baseline_of,
+    baseline_value,
     evaluate_drift,
     evaluate_performance,
     summary,
@@ -106,6 +107,10 @@ ON CONFLICT (model_name, model_version, segment, window_start, kind, metric, fea
 """
 
 
+#: what runs at the end of a round, under its lock: (connection, the round's evaluations)
+AfterRound = Callable[[psycopg.Connection[Any], list[Evaluation]], object]
+
+
 @dataclass(frozen=True, slots=True)
 class RoundResult:
     """What one monitor round did."""
@@ -123,8 +128,14 @@ class Monitor:
         self.store = store
         self.updater = updater
 
-    def run_once(self, *, models: Sequence[str] | None = None, write: bool = True) -> RoundResult | None:
-        """One round; ``None`` when another process holds the round."""
+    def run_once(
+        self, *, models: Sequence[str] | None = None, write: bool = True, after: AfterRound | None = None
+    ) -> RoundResult | None:
+        """One round; ``None`` when another process holds the round.
+
+        ``after`` runs at the end of the round, still under its lock, with the round's evaluations (the
+        trigger engine decides there: one decider at a time across workers).
+        """
         config = self.updater.config
         names = sorted(models if models is not None else config.models)
         with self.store.pool.connection() as conn:
@@ -148,6 +159,8 @@ class Monitor:
                 if write and evaluations:
                     with conn.transaction(), conn.cursor() as cur:
                         write_results(cur, evaluations)
+                if after is not None:
+                    after(conn, evaluations)
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (MONITOR_LOCK,))
         return RoundResult(evaluations, summaries, built, swept)
@@ -185,10 +198,14 @@ class Monitor:
         return built
 
 
-def evaluate_version(cur: psycopg.Cursor[Any], config: ModelConfig, profile: ReferenceProfile) -> Evaluation | None:
-    """Judge the version's last ``span`` windows, up to its newest window with data."""
+def evaluate_version(
+    cur: psycopg.Cursor[Any], config: ModelConfig, profile: ReferenceProfile, *, newest: datetime | None = None
+) -> Evaluation | None:
+    """Judge the version's last ``span`` windows, up to its newest window with data (or up to the window
+    starting at ``newest``: `pitstop triggers replay` walks history this way)."""
     key = (config.name, profile.model_version, config.window_s)
-    newest = cur.execute(_WATERMARK, (*key, ROWS)).fetchone()[0]
+    if newest is None:
+        newest = cur.execute(_WATERMARK, (*key, ROWS)).fetchone()[0]
     if newest is None:
         return None
     step = timedelta(seconds=config.window_s)
@@ -197,6 +214,8 @@ def evaluate_version(cur: psycopg.Cursor[Any], config: ModelConfig, profile: Ref
         (start, exact_stats(s), int(rows or 0))
         for start, s, rows in cur.execute(_EARLY_WINDOWS, (*key, ROWS, limit)).fetchall()
     ]
+    if not early or early[0][0] > newest:
+        return None
     # the span, but no window before the version's first: those hold nothing to judge
     first = max(newest - step * (config.span - 1), early[0][0])
     starts = [first + step * i for i in range(int((newest - first) / step) + 1)]
@@ -214,7 +233,7 @@ def evaluate_version(cur: psycopg.Cursor[Any], config: ModelConfig, profile: Ref
     drift, tests = evaluate_drift(config, profile, segments)
     evaluation = Evaluation(
         model_name=config.name, model_version=profile.model_version, evaluated_at=newest + step, drift=drift,
-        tests=tests,
+        tests=tests, baseline=baseline_value(config, baseline),
     )
     for seg, data in segments.items():
         evaluation.performance.extend(evaluate_performance(config, seg, data, baseline, baseline_starts))

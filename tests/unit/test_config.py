@@ -288,6 +288,7 @@ positive_class = 1
 @pytest.mark.parametrize(("table", "message"), [
     ('[models.m.triggers]\ncalendar = "61 * * * *"', "models.m.triggers.calendar = '61 * * * *': expected a cron"),
     ('[models.m.triggers]\ncalendar = "0 3 * *"', "models.m.triggers.calendar = '0 3 * *'"),
+    ('[models.m.triggers]\ncalendar = "0 0 3 * * 1"', "5 fields (minute hour day-of-month month day-of-week), got 6"),
     ('[models.m.triggers]\ncooldown = "soon"', "models.m.triggers.cooldown = 'soon': expected a duration"),
     ('[models.m.triggers]\ncalendr = "0 3 * * 1"', "unknown key; expected one of: enabled, calendar"),
     ("[models.m.triggers.performance]\nfloor = 1.5", "floor = 1.5: expected a number between 0 and 1"),

@@ -1,0 +1,444 @@
+"""The trigger engine: monitoring results, the calendar, label volume and manual requests -> retrain decisions.
+
+A round looks at each model with triggers: the rules' verdict on its live version's windows (the version with
+the newest traffic), the calendar in event time, and the labels gathered since the last training. Every
+verdict worth a record becomes a :class:`Decision` with a deterministic id; storm control may hold a retrain
+back (recorded as ``suppressed``, with the reason). A fired decision's event is written to the outbox in the
+same transaction as the decision (feedback/triggers/outbox.py publishes it after commit), so an event exists
+if and only if its decision was committed, and a replayed or repeated input never makes a second event for
+an id: a fired decision is final.
+
+The engine reads and writes through a :class:`Ledger`: the database for the live engine, memory for
+`pitstop triggers replay`, which re-runs the rules over stored windows and writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from feedback.monitoring.config import ModelConfig, MonitoringConfig
+from feedback.monitoring.evaluate import Evaluation
+from feedback.triggers.alerts import Alert, AlertSink
+from feedback.triggers.calendar import EventClock, Schedule, parse_schedule
+from feedback.triggers.rules import History, Kind, Status, Urgency, Verdict, decide, suppression, wait_for_labels
+from feedback.triggers.signals import window_signals
+
+log = logging.getLogger(__name__)
+
+TRIGGER_TOPIC = "retrain-triggers"
+TRIGGER_LOCK_CLASS = 0x5452  # advisory lock class of "a model's retrain decisions"
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    """A retrain decision as stored in ``retrain_decisions`` and, once fired, published as a trigger event."""
+
+    decision_id: str
+    model_name: str
+    model_version: str | None
+    kind: Kind
+    urgency: Urgency
+    status: Status
+    sentence: str
+    decided_at: datetime
+    first_decided_at: datetime | None = None
+    fired_at: datetime | None = None
+    suppressed_by: str | None = None
+    change_point: datetime | None = None
+    labels_since_change: int | None = None
+    labels_needed: int | None = None
+    requested_by: str | None = None
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+    def same_as(self, other: Decision) -> bool:
+        """The same verdict, whatever time it was looked at."""
+        keys = ("status", "urgency", "sentence", "suppressed_by", "change_point", "labels_since_change")
+        return all(getattr(self, k) == getattr(other, k) for k in keys)
+
+
+def decision_id(model: str, kind: str, *parts: str | datetime | None) -> str:
+    """A readable, deterministic id: the same decision in a replay or a redelivery gets the same one.
+
+    >>> decision_id("churn", "drift", "v1", datetime(2026, 3, 2, 13, tzinfo=UTC))
+    'churn/drift/v1/2026-03-02T13:00:00Z'
+    """
+    shown = [p.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(p, datetime) else (p or "-")
+             for p in parts]
+    return "/".join([model, kind, *shown])
+
+
+def trigger_event(d: Decision) -> dict[str, Any]:
+    """The event on `pitstop.retrain-triggers` (schemas/retrain_trigger.schema.json)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "trigger_id": d.decision_id,
+        "model_name": d.model_name,
+        "model_version": d.model_version,
+        "kind": d.kind,
+        "urgency": d.urgency,
+        "decided_at": _iso(d.decided_at),
+        "change_point": _iso(d.change_point) if d.change_point else None,
+        "labels_since_change": d.labels_since_change,
+        "reason": d.sentence,
+        "requested_by": d.requested_by,
+        "evidence": dict(d.evidence),
+    }
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class Ledger(Protocol):
+    """Where decisions are read and written: the database, or memory for a replay."""
+
+    def history(self, model: str, at: datetime) -> History: ...
+
+    def decision(self, decision_id: str) -> Decision | None: ...
+
+    def latest(self, model: str, version: str | None, kind: str) -> Decision | None: ...
+
+    def save(self, decision: Decision) -> None: ...
+
+    def publish(self, decision: Decision) -> None: ...
+
+    def calendar_slot(self, model: str) -> datetime | None: ...
+
+    def set_calendar_slot(self, model: str, slot: datetime) -> None: ...
+
+    def labels_since(self, model: ModelConfig, version: str | None, since: datetime | None, until: datetime) -> int:
+        """Labelled predictions of ``version`` (every version when None) made in [since, until)."""
+        ...
+
+
+class Decider:
+    """Turns a model's evaluation and clocks into decisions, through a ledger. Keeps the calendar's clocks."""
+
+    def __init__(self, config: MonitoringConfig, *, idle_after: timedelta = timedelta(hours=1)) -> None:
+        self.config = config
+        self.schedules: dict[str, Schedule] = {
+            name: parse_schedule(m.triggers.calendar) for name, m in config.models.items() if m.triggers.calendar
+        }
+        self.clocks: dict[str, EventClock] = {name: EventClock(idle_after) for name in config.models}
+
+    def decide(self, ledger: Ledger, model: ModelConfig, evaluation: Evaluation | None, *,
+               wall_now: datetime) -> list[Decision]:
+        """Every decision of this look at ``model`` that is new or changed (fired, pending, suppressed, ...)."""
+        if not model.triggers.enabled:
+            return []
+        watermark = evaluation.evaluated_at if evaluation is not None else None
+        now = self.clocks[model.name].now(watermark, wall_now)
+        if now is None:
+            return []  # no event yet: nothing to decide on, not even the calendar
+        out: list[Decision] = []
+        if evaluation is not None:
+            found = self._windows(ledger, model, evaluation, now)
+            if found is not None:
+                out += self._settle(ledger, model, found)
+        calendar = self._calendar(ledger, model, now)
+        if calendar is not None:
+            out += self._settle(ledger, model, calendar)
+        volume = self._volume(ledger, model, now)
+        if volume is not None:
+            out += self._settle(ledger, model, volume)
+        return out
+
+    def manual(self, ledger: Ledger, model: ModelConfig, *, reason: str, requested_by: str, request_id: str,
+               at: datetime) -> Decision:
+        """A person's retrain request: it passes cooldown, cap and breaker, but waits for a running training."""
+        candidate = Decision(
+            decision_id=decision_id(model.name, "manual", request_id), model_name=model.name, model_version=None,
+            kind="manual", urgency="routine", status="fired", sentence=f"manual request by {requested_by}: {reason}",
+            decided_at=at, requested_by=requested_by, evidence={"reason": reason},
+        )
+        settled = self._settle(ledger, model, candidate)
+        return settled[0] if settled else (ledger.decision(candidate.decision_id) or candidate)
+
+    # --- the three automatic sources ------------------------------------------------------------------
+
+    def _windows(self, ledger: Ledger, model: ModelConfig, evaluation: Evaluation, now: datetime) -> Decision | None:
+        verdict = decide(window_signals(evaluation, model), evaluation.baseline, model)
+        if verdict is None or verdict.change_point is None:
+            return None
+        step = timedelta(seconds=model.window_s)
+        version = evaluation.model_version
+        change_point = verdict.change_point
+        prior = ledger.latest(model.name, version, verdict.kind)
+        if (prior is not None and prior.change_point is not None
+                and prior.change_point <= change_point <= prior.decided_at + step):
+            change_point = prior.change_point  # the same episode, seen from a span that has moved on
+        labels = ledger.labels_since(model, version, change_point, evaluation.evaluated_at)
+        verdict = wait_for_labels(replace(verdict, change_point=change_point), labels, model.triggers)
+        return _from_verdict(model, version, verdict, now)
+
+    def _calendar(self, ledger: Ledger, model: ModelConfig, now: datetime) -> Decision | None:
+        schedule = self.schedules.get(model.name)
+        if schedule is None:
+            return None
+        slot = schedule.latest_slot(now)
+        if slot is None:
+            return None
+        last = ledger.calendar_slot(model.name)
+        if last is not None and slot <= last:
+            return None
+        ledger.set_calendar_slot(model.name, slot)
+        if last is None:
+            return None  # first sight of this schedule: the slot before it is not ours to fire
+        return Decision(
+            decision_id=decision_id(model.name, "calendar", slot), model_name=model.name, model_version=None,
+            kind="calendar", urgency="routine", status="fired", decided_at=now,
+            sentence=f"calendar: slot {slot:%Y-%m-%d %H:%M} UTC of '{schedule.expression}' (event time)",
+            evidence={"slot": _iso(slot), "expression": schedule.expression},
+        )
+
+    def _volume(self, ledger: Ledger, model: ModelConfig, now: datetime) -> Decision | None:
+        k = model.triggers.volume
+        if k is None:
+            return None
+        since = ledger.history(model.name, now).last_fired_at
+        labels = ledger.labels_since(model, None, since, now)
+        if labels < k:
+            return None
+        where = f"since the last training ({since:%Y-%m-%d %H:%M} UTC)" if since else "since the first prediction"
+        return Decision(
+            decision_id=decision_id(model.name, "volume", since), model_name=model.name, model_version=None,
+            kind="volume", urgency="routine", status="fired", decided_at=now,
+            sentence=f"volume: {labels:,} new labelled predictions {where} >= {k:,}",
+            evidence={"labels": labels, "volume": k, "since": _iso(since) if since else None},
+        )
+
+    # --- storm control and the record -----------------------------------------------------------------
+
+    def _settle(self, ledger: Ledger, model: ModelConfig, candidate: Decision) -> list[Decision]:
+        """Record ``candidate`` (a fired one through storm control); returns it when something changed."""
+        stored = ledger.decision(candidate.decision_id)
+        if stored is not None and stored.status == "fired":
+            if stored.decided_at < candidate.decided_at:
+                ledger.save(replace(stored, decided_at=candidate.decided_at))  # still going: seen now
+            return []  # a fired decision is final: no second event for an id
+        first = stored.first_decided_at if stored is not None else candidate.decided_at
+        decision = replace(candidate, first_decided_at=first, suppressed_by=None)
+        if decision.status == "fired":
+            reason = suppression(decision.kind, decision.decided_at, ledger.history(model.name, decision.decided_at),
+                                 model.triggers)
+            if reason is not None:
+                decision = replace(decision, status="suppressed", suppressed_by=reason)
+            else:
+                decision = replace(decision, fired_at=decision.decided_at)
+        ledger.save(decision)
+        if decision.status == "fired":
+            ledger.publish(decision)
+        if stored is not None and stored.same_as(decision):
+            return []
+        return [decision]
+
+
+def _from_verdict(model: ModelConfig, version: str, verdict: Verdict, now: datetime) -> Decision:
+    return Decision(
+        decision_id=decision_id(model.name, verdict.kind, version, verdict.change_point), model_name=model.name,
+        model_version=version, kind=verdict.kind, urgency=verdict.urgency, status=verdict.status,
+        sentence=verdict.sentence, decided_at=now, change_point=verdict.change_point,
+        labels_since_change=verdict.labels_since_change, labels_needed=verdict.labels_needed,
+        evidence=verdict.evidence,
+    )
+
+
+def alerts_for(decision: Decision) -> list[Alert]:
+    """The alerts a changed decision raises: a critical retrain, unjudged drift, a suppression by the breaker."""
+    out = []
+    if decision.urgency == "critical" and decision.status in ("fired", "pending"):
+        out.append(("critical", decision.sentence))
+    if decision.status == "unjudged":
+        out.append(("unjudged_drift", decision.sentence))
+    if decision.status == "suppressed" and (decision.suppressed_by or "").startswith("circuit breaker"):
+        out.append(("circuit_breaker", f"{decision.suppressed_by}; held back: {decision.sentence}"))
+    return [
+        Alert(alert_id=f"{decision.decision_id}/{kind}/{decision.status}", model_name=decision.model_name, kind=kind,
+              sentence=sentence, at=decision.decided_at,
+              details={"decision_id": decision.decision_id, "status": decision.status, "urgency": decision.urgency})
+        for kind, sentence in out
+    ]
+
+
+# --- the database ledger -------------------------------------------------------------------------------
+
+_COLUMNS = (
+    "decision_id, model_name, model_version, kind, urgency, status, sentence, suppressed_by, change_point, "
+    "labels_since_change, labels_needed, first_decided_at, decided_at, fired_at, requested_by, evidence"
+)
+_SELECT = f"SELECT {_COLUMNS} FROM retrain_decisions"
+_UPSERT = f"""
+INSERT INTO retrain_decisions ({_COLUMNS}) VALUES ({", ".join(["%s"] * 16)})
+ON CONFLICT (decision_id) DO UPDATE SET
+    urgency = excluded.urgency, status = excluded.status, sentence = excluded.sentence,
+    suppressed_by = excluded.suppressed_by, change_point = excluded.change_point,
+    labels_since_change = excluded.labels_since_change, labels_needed = excluded.labels_needed,
+    decided_at = excluded.decided_at, fired_at = excluded.fired_at, evidence = excluded.evidence, updated_at = now()
+WHERE retrain_decisions.status <> 'fired' OR excluded.status = 'fired'
+"""
+_OUTBOX = """
+INSERT INTO outbox (event_id, topic, key, payload) VALUES (%s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING
+"""
+_HISTORY = """
+SELECT max(fired_at) FILTER (WHERE fired_at <= %(at)s),
+       count(*) FILTER (WHERE fired_at > %(at)s - interval '1 day' AND fired_at <= %(at)s),
+       (SELECT d.decision_id FROM retrain_decisions d
+        WHERE d.model_name = %(m)s AND d.status = 'fired' AND d.fired_at > %(at)s - %(running)s * interval '1 second'
+          AND NOT EXISTS (SELECT 1 FROM retrain_outcomes o WHERE o.trigger_id = d.decision_id)
+        ORDER BY d.fired_at DESC LIMIT 1)
+FROM retrain_decisions WHERE model_name = %(m)s AND status = 'fired'
+"""
+_OUTCOMES = """
+SELECT outcome, recorded_at FROM retrain_outcomes WHERE model_name = %s ORDER BY recorded_at DESC LIMIT %s
+"""
+_LAST_RESET = "SELECT max(reset_at) FROM trigger_resets WHERE model_name = %s"
+_LABELS = """
+SELECT coalesce(sum((stats->>'n')::bigint), 0) FROM window_performance
+WHERE model_name = %s AND (%s::text IS NULL OR model_version = %s) AND window_s = %s AND segment = '*'
+  AND window_start >= coalesce(%s, '-infinity'::timestamptz) AND window_start < %s
+"""
+
+
+class PostgresLedger:
+    """The ledger of the live engine: retrain_decisions, retrain_outcomes, trigger_state and the outbox, read and
+    written through one cursor inside the caller's transaction (which holds the model's lock)."""
+
+    def __init__(self, cur: psycopg.Cursor[Any], *, circuit_breaker: Mapping[str, int],
+                 max_training_s: Mapping[str, int]) -> None:
+        self.cur = cur
+        self.circuit_breaker = circuit_breaker
+        self.max_training_s = max_training_s
+
+    def lock(self, model: str) -> None:
+        """Serialise this model's decisions (monitor rounds, manual requests) until the transaction ends."""
+        self.cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (TRIGGER_LOCK_CLASS, model))
+
+    def history(self, model: str, at: datetime) -> History:
+        last, day, running = self.cur.execute(
+            _HISTORY, {"m": model, "at": at, "running": self.max_training_s.get(model, 86_400)}).fetchone()
+        limit = self.circuit_breaker.get(model, 3)
+        outcomes = self.cur.execute(_OUTCOMES, (model, limit)).fetchall()
+        rejected = 0
+        for outcome, _ in outcomes:
+            if outcome != "rejected":
+                break
+            rejected += 1
+        reset_at = self.cur.execute(_LAST_RESET, (model,)).fetchone()[0]
+        reset = reset_at is not None and bool(outcomes) and reset_at > outcomes[0][1]
+        return History(last_fired_at=last, fired_last_day=int(day), running=running, rejected_in_row=rejected,
+                       breaker_reset=reset)
+
+    def decision(self, decision_id: str) -> Decision | None:
+        row = self.cur.execute(f"{_SELECT} WHERE decision_id = %s", (decision_id,)).fetchone()
+        return None if row is None else _decision(row)
+
+    def latest(self, model: str, version: str | None, kind: str) -> Decision | None:
+        row = self.cur.execute(
+            f"{_SELECT} WHERE model_name = %s AND model_version IS NOT DISTINCT FROM %s AND kind = %s "
+            "ORDER BY decided_at DESC LIMIT 1", (model, version, kind)).fetchone()
+        return None if row is None else _decision(row)
+
+    def save(self, d: Decision) -> None:
+        self.cur.execute(_UPSERT, (
+            d.decision_id, d.model_name, d.model_version, d.kind, d.urgency, d.status, d.sentence, d.suppressed_by,
+            d.change_point, d.labels_since_change, d.labels_needed, d.first_decided_at or d.decided_at, d.decided_at,
+            d.fired_at, d.requested_by, Jsonb(dict(d.evidence)),
+        ))
+
+    def publish(self, d: Decision) -> None:
+        self.cur.execute(_OUTBOX, (d.decision_id, TRIGGER_TOPIC, d.model_name, Jsonb(trigger_event(d))))
+
+    def calendar_slot(self, model: str) -> datetime | None:
+        row = self.cur.execute("SELECT calendar_slot FROM trigger_state WHERE model_name = %s", (model,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_calendar_slot(self, model: str, slot: datetime) -> None:
+        self.cur.execute(
+            "INSERT INTO trigger_state (model_name, calendar_slot) VALUES (%s, %s) ON CONFLICT (model_name) "
+            "DO UPDATE SET calendar_slot = excluded.calendar_slot, updated_at = now()", (model, slot))
+
+    def labels_since(self, model: ModelConfig, version: str | None, since: datetime | None, until: datetime) -> int:
+        found = self.cur.execute(_LABELS, (model.name, version, version, model.window_s, since, until)).fetchone()
+        return int(found[0])
+
+
+def _decision(row: Sequence[Any]) -> Decision:
+    (did, model, version, kind, urgency, status, sentence, suppressed_by, change_point, labels_since, labels_needed,
+     first, decided, fired, requested_by, evidence) = row
+    return Decision(decision_id=did, model_name=model, model_version=version, kind=kind, urgency=urgency,
+                    status=status, sentence=sentence, suppressed_by=suppressed_by, change_point=change_point,
+                    labels_since_change=labels_since, labels_needed=labels_needed, first_decided_at=first,
+                    decided_at=decided, fired_at=fired, requested_by=requested_by, evidence=evidence or {})
+
+
+class TriggerEngine:
+    """The live engine: one look at every model with triggers after each monitor round, in one transaction per
+    model; alerts go out after commit."""
+
+    def __init__(self, config: MonitoringConfig, alerts: AlertSink) -> None:
+        self.config = config
+        self.decider = Decider(config)
+        self.alerts = alerts
+
+    def _ledger(self, cur: psycopg.Cursor[Any]) -> PostgresLedger:
+        return PostgresLedger(
+            cur, circuit_breaker={n: m.triggers.circuit_breaker for n, m in self.config.models.items()},
+            max_training_s={n: m.triggers.max_training_s for n, m in self.config.models.items()})
+
+    def run(self, conn: psycopg.Connection[Any], evaluations: Iterable[Evaluation], *,
+            wall_now: datetime | None = None) -> list[Decision]:
+        """Decide for every model with triggers; returns the decisions that are new or changed."""
+        wall_now = wall_now or datetime.now(UTC)
+        live = live_evaluations(evaluations)
+        changed: list[Decision] = []
+        for name, model in sorted(self.config.models.items()):
+            if not model.triggers.enabled:
+                continue
+            with conn.transaction(), conn.cursor() as cur:
+                ledger = self._ledger(cur)
+                ledger.lock(name)
+                found = self.decider.decide(ledger, model, live.get(name), wall_now=wall_now)
+            changed += found
+        for decision in changed:
+            log.info("retrain decision %s: %s (%s, %s): %s", decision.decision_id, decision.status, decision.kind,
+                     decision.urgency, decision.sentence)
+            for alert in alerts_for(decision):
+                self.alerts.send(alert)
+        return changed
+
+    def manual(self, conn: psycopg.Connection[Any], model: str, *, reason: str, requested_by: str, request_id: str,
+               at: datetime | None = None) -> Decision:
+        """Record a manual retrain request (its event goes to the outbox when it fires)."""
+        config = self.config.models[model]
+        with conn.transaction(), conn.cursor() as cur:
+            ledger = self._ledger(cur)
+            ledger.lock(model)
+            at = at or _event_now(cur, model) or datetime.now(UTC)
+            return self.decider.manual(ledger, config, reason=reason, requested_by=requested_by,
+                                       request_id=request_id, at=at)
+
+
+def live_evaluations(evaluations: Iterable[Evaluation]) -> dict[str, Evaluation]:
+    """Per model, the evaluation of its live version: the one with the newest traffic."""
+    live: dict[str, Evaluation] = {}
+    for ev in evaluations:
+        have = live.get(ev.model_name)
+        if have is None or (ev.evaluated_at, ev.model_version) > (have.evaluated_at, have.model_version):
+            live[ev.model_name] = ev
+    return live
+
+
+def _event_now(cur: psycopg.Cursor[Any], model: str) -> datetime | None:
+    """The model's event time: the newest window end of its counted predictions."""
+    row = cur.execute(
+        "SELECT max(window_start + window_s * interval '1 second') FROM window_counts "
+        "WHERE model_name = %s AND segment = '*' AND series = '__rows__'", (model,)).fetchone()
+    return row[0] if row else None

@@ -1,0 +1,221 @@
+"""The trigger engine against a real store: a drifting workload decides once (pending, then fired), a stable one
+never; replays and repeated rounds make no second event; storm control and manual requests; the outbox."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from feedback.monitoring.config import MonitoringConfig, parse_config
+from feedback.monitoring.round import Monitor
+from feedback.monitoring.windows import WindowUpdater
+from feedback.store import FeedbackStore
+from feedback.triggers.alerts import Alert
+from feedback.triggers.engine import Decision, TriggerEngine
+from feedback.triggers.outbox import relay
+from tests.factories import T0, outcome, prediction
+
+TOML = """
+[models.churn]
+task = "classification"
+positive_class = 1
+window = "1h"
+span = 12
+min_rows = 500
+min_labels = 300
+reference_rows = 1000
+[models.churn.performance]
+baseline_windows = 2
+[models.churn.triggers]
+min_labels_since_change = 5000
+cooldown = "6h"
+[models.churn.triggers.drift]
+windows = 2
+"""
+PER_HOUR = 2000
+DRIFT_HOUR = 5
+
+
+class Alerts:
+    """An alert sink that keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[Alert] = []
+
+    def send(self, alert: Alert) -> None:
+        self.sent.append(alert)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        pass
+
+
+def hour_of_events(hour: int, *, drift: bool, seed: int) -> tuple[list[Any], list[Any]]:
+    """PER_HOUR labelled predictions of one hour; from DRIFT_HOUR (when ``drift``) two features shift by one sd
+    and accuracy falls from about 90% to about 83% (an elevated drop, not a critical one)."""
+    rng = random.Random(seed * 1000 + hour)
+    shifted = drift and hour >= DRIFT_HOUR
+    preds, labels = [], []
+    for k in range(PER_HOUR):
+        i = hour * PER_HOUR + k
+        p1 = rng.random()
+        preds.append(prediction(
+            i, predicted_at=T0 + timedelta(hours=hour, seconds=k * 3600 / PER_HOUR),
+            features={"age": rng.gauss(40 + (10 if shifted else 0), 10), "income": rng.gauss(3000, 500),
+                      "tenure": rng.gauss(24 + (12 if shifted else 0), 12), "plan": rng.choice("abc")},
+            prediction=int(p1 > 0.5), probabilities={"0": 1 - p1, "1": p1}))
+        right = rng.random() < (0.83 if shifted else 0.90)
+        labels.append(outcome(i, label=int(p1 > 0.5) if right else 1 - int(p1 > 0.5)))
+    return preds, labels
+
+
+@pytest.fixture
+def config() -> MonitoringConfig:
+    return parse_config(TOML)
+
+
+@pytest.fixture
+def store(services, db_schema, config) -> Iterator[FeedbackStore]:
+    with FeedbackStore(services.database_url, db_schema, windows=WindowUpdater(config)) as s:
+        yield s
+
+
+def run_hours(store: FeedbackStore, config: MonitoringConfig, engine: TriggerEngine, hours: range, *,
+              drift: bool, seed: int = 1) -> list[list[Decision]]:
+    """Write each hour, then run a monitor round with the engine; the changed decisions of each round."""
+    monitor = Monitor(store, store.windows)
+    rounds = []
+    for hour in hours:
+        preds, labels = hour_of_events(hour, drift=drift, seed=seed)
+        store.write_batch(preds, labels)
+        found: list[Decision] = []
+        wall_now = T0 + timedelta(hours=hour + 1)
+        monitor.run_once(after=lambda conn, evs, found=found, wall_now=wall_now: found.extend(
+            engine.run(conn, evs, wall_now=wall_now)))
+        rounds.append(found)
+    return rounds
+
+
+def decisions(store: FeedbackStore) -> list[tuple[str, str, str, str]]:
+    return store.rows("SELECT decision_id, kind, urgency, status FROM retrain_decisions ORDER BY first_decided_at")
+
+
+def test_a_drift_decides_once_pending_then_fired(store: FeedbackStore, config: MonitoringConfig) -> None:
+    """Drift confirmed by an elevated drop is pending until 5,000 labels since the change, then fires once."""
+    alerts = Alerts()
+    engine = TriggerEngine(config, alerts)
+    rounds = run_hours(store, config, engine, range(10), drift=True)
+    change = T0 + timedelta(hours=DRIFT_HOUR)
+    expected_id = f"churn/drift/v1/{change:%Y-%m-%dT%H:%M:%SZ}"
+    assert decisions(store) == [(expected_id, "drift", "elevated", "fired")]
+    statuses = [[(d.decision_id, d.status) for d in r] for r in rounds]
+    pending_at = next(i for i, r in enumerate(statuses) if (expected_id, "pending") in r)
+    fired_at = next(i for i, r in enumerate(statuses) if (expected_id, "fired") in r)
+    assert DRIFT_HOUR + 1 <= pending_at < fired_at <= DRIFT_HOUR + 3, statuses
+    row = store.rows("SELECT change_point, labels_since_change, sentence, evidence FROM retrain_decisions")[0]
+    assert row[0] == change and row[1] >= 5000
+    assert "drift on 2 of 4 features" in row[2] and "accuracy" in row[2], row[2]
+    fired_windows = [w["window_start"] for w in row[3]["windows"]]
+    assert fired_windows[0] == change.isoformat()
+    assert {d["feature"] for d in row[3]["windows"][0]["drifted"]} == {"age", "tenure"}
+    outbox = store.rows("SELECT event_id, topic, key, payload FROM outbox")
+    assert [(e, t, k) for e, t, k, _ in outbox] == [(expected_id, "retrain-triggers", "churn")]
+    assert outbox[0][3]["change_point"] == change.isoformat().replace("+00:00", "Z")
+    assert not alerts.sent  # elevated, judged: no alert
+
+
+def test_a_stable_workload_of_the_same_size_decides_nothing(store: FeedbackStore, config: MonitoringConfig) -> None:
+    """Without drift no decision is recorded and nothing is published."""
+    engine = TriggerEngine(config, Alerts())
+    run_hours(store, config, engine, range(10), drift=False)
+    assert decisions(store) == []
+    assert store.scalar("SELECT count(*) FROM outbox") == 0
+
+
+def test_rounds_replayed_over_the_same_windows_make_no_second_event(store: FeedbackStore,
+                                                                     config: MonitoringConfig) -> None:
+    """Re-running rounds (a replay, a second worker, a restart with a fresh engine) adds no decision or event."""
+    run_hours(store, config, TriggerEngine(config, Alerts()), range(10), drift=True)
+    before = decisions(store)
+    for _ in range(3):
+        fresh = TriggerEngine(config, Alerts())  # a restarted process: no memory
+        Monitor(store, store.windows).run_once(after=lambda conn, evs, e=fresh: e.run(
+            conn, evs, wall_now=T0 + timedelta(hours=11)))
+    assert decisions(store) == before
+    assert store.scalar("SELECT count(*) FROM outbox") == 1
+
+
+def test_storm_control_records_what_it_holds_back(store: FeedbackStore, config: MonitoringConfig) -> None:
+    """A manual retrain after a fired trigger waits for the running training; after 3 rejected candidates the
+    breaker holds back an automatic one (recorded, alerted) until a person resets it."""
+    alerts = Alerts()
+    engine = TriggerEngine(config, alerts)
+    run_hours(store, config, engine, range(10), drift=True)
+    with store.pool.connection() as conn:
+        manual = engine.manual(conn, "churn", reason="new features", requested_by="ana", request_id="r1")
+    assert manual.status == "suppressed"
+    assert (manual.suppressed_by or "").startswith("a training for this model is already running")
+    with store.pool.connection() as conn:
+        [(fired,)] = conn.execute("SELECT decision_id FROM retrain_decisions WHERE status = 'fired'").fetchall()
+        for i, trigger in enumerate([fired, "x/1", "x/2"]):
+            conn.execute("INSERT INTO retrain_outcomes (trigger_id, model_name, outcome, recorded_at) "
+                         "VALUES (%s, 'churn', 'rejected', %s)", (trigger, datetime.now(UTC) + timedelta(seconds=i)))
+        again = engine.manual(conn, "churn", reason="new features", requested_by="ana", request_id="r1")
+    assert again.status == "fired"  # a person decided: the breaker holds back automatic retrains only
+    assert store.scalar("SELECT count(*) FROM outbox") == 2
+
+
+def test_the_relay_republishes_after_a_crash_between_publish_and_mark(store: FeedbackStore,
+                                                                       config: MonitoringConfig) -> None:
+    """A relay that dies after sending but before marking leaves the event unsent; the next sends the same id."""
+    run_hours(store, config, TriggerEngine(config, Alerts()), range(10), drift=True)
+    sent: list[tuple[str, bytes | None, bytes]] = []
+
+    def crash() -> None:
+        msg = "killed between publish and commit"
+        raise ConnectionError(msg)
+
+    with store.pool.connection() as conn:
+        with pytest.raises(ConnectionError):
+            relay(conn, lambda t, k, v: sent.append((t, k, v)), crash)
+        assert conn.execute("SELECT sent_at, attempts, last_error FROM outbox").fetchone()[0] is None
+        assert relay(conn, lambda t, k, v: sent.append((t, k, v)), lambda: None) == 1
+        assert relay(conn, lambda t, k, v: sent.append((t, k, v)), lambda: None) == 0
+    assert len(sent) == 2 and sent[0] == sent[1]
+    assert sent[0][0] == "pitstop.retrain-triggers" and sent[0][1] == b"churn"
+
+
+def test_calendar_cooldown_breaker_and_reset(store: FeedbackStore) -> None:
+    """An hourly schedule fires, is held back by the cooldown, then by the circuit breaker after three rejected
+    candidates (alerted), and fires again after a person resets the breaker."""
+    config = parse_config(TOML.split("[models.churn.triggers]")[0] + '[models.churn.triggers]\ncalendar = "0 * * * *"\n'
+                          'cooldown = "2h"\ndaily_cap = 10\nmax_training = "30m"\n')
+    alerts = Alerts()
+    engine = TriggerEngine(config, alerts)
+
+    def calendar() -> list[tuple[str, str, str]]:
+        rows = store.rows("SELECT decision_id, status, coalesce(suppressed_by, '') FROM retrain_decisions "
+                          "ORDER BY first_decided_at")
+        return [(d.rsplit("T", 1)[1][:5], status, why.split(":")[0]) for d, status, why in rows]
+
+    run_hours(store, config, engine, range(4), drift=False)  # slots 13:00 (first sight: not fired) to 16:00
+    assert calendar() == [("14:00", "fired", ""), ("15:00", "suppressed", "cooldown"), ("16:00", "fired", "")]
+    with store.pool.connection() as conn:
+        fired = [r[0] for r in conn.execute("SELECT decision_id FROM retrain_decisions WHERE status = 'fired' "
+                                            "ORDER BY fired_at").fetchall()]
+        for i, trigger in enumerate([*fired, "churn/manual/x"]):
+            conn.execute("INSERT INTO retrain_outcomes (trigger_id, model_name, outcome, recorded_at) "
+                         "VALUES (%s, 'churn', 'rejected', %s)", (trigger, datetime.now(UTC) + timedelta(seconds=i)))
+    run_hours(store, config, engine, range(4, 7), drift=False)  # 17:00 to 19:00
+    assert calendar()[3:] == [(f"{h}:00", "suppressed", "circuit breaker") for h in (17, 18, 19)]
+    assert [a.kind for a in alerts.sent] == ["circuit_breaker"] * 3
+    assert "3 rejected candidates in a row" in alerts.sent[0].sentence
+    with store.pool.connection() as conn:
+        conn.execute("INSERT INTO trigger_resets (model_name, reset_at) VALUES ('churn', %s)",
+                     (datetime.now(UTC) + timedelta(minutes=1),))
+    run_hours(store, config, engine, range(7, 9), drift=False)  # 20:00 fires (4 h after 16:00), 21:00 cooldown
+    assert calendar()[6:] == [("20:00", "fired", ""), ("21:00", "suppressed", "cooldown")]
+    assert store.scalar("SELECT count(*) FROM outbox") == 3
