@@ -23,7 +23,7 @@ a training already running, and the circuit breaker.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -166,6 +166,9 @@ def decide(
 ) -> Verdict | None:
     """The retrain verdict on a version's windows (oldest first), or None when nothing is worth a record.
 
+    Labels since the change are counted over ``signals``; the engine recounts them from the store when the
+    episode began before the evaluated span (:func:`wait_for_labels`).
+
     The newest window is usually still filling: runs are counted over judged windows only, so an unjudged
     tail neither breaks nor extends them.
     """
@@ -213,20 +216,37 @@ def decide(
     else:
         return None
 
-    labels_since = sum(s.labels for s in signals if s.start >= run_start)
-    needed = config.min_labels_since_change
-    if status == "fired" and labels_since < needed and (urgency != "critical" or config.critical_waits):
-        status = "pending"
-        sentence += (f"; {labels_since:,} of {needed:,} labels since the change "
-                     f"({run_start:%Y-%m-%d %H:%M} UTC): waiting for them")
     evidence = {
         "windows": [_window_evidence(s, levels.get(s.start)) for s in signals if s.start >= run_start],
         "baseline": baseline,
         "metric": model.metric,
         "window_s": int(step.total_seconds()),
     }
-    return Verdict(kind=kind, urgency=urgency, status=status, change_point=run_start, labels_since_change=labels_since,
-                   labels_needed=needed, sentence=sentence, evidence=evidence)
+    verdict = Verdict(kind=kind, urgency=urgency, status=status, change_point=run_start, labels_since_change=0,
+                      labels_needed=config.min_labels_since_change, sentence=sentence, evidence=evidence)
+    return wait_for_labels(verdict, sum(s.labels for s in signals if s.start >= run_start), config)
+
+
+def wait_for_labels(verdict: Verdict, labels_since_change: int, config: TriggerConfig) -> Verdict:
+    """A retrain whose post-change labels are still too few becomes ``pending`` (a critical one fires at once
+    unless ``critical_waits``): the worker trains on the new concept, and needs enough of it.
+
+    >>> from datetime import UTC
+    >>> from feedback.monitoring.config import TriggerConfig
+    >>> v = Verdict(kind="drift", urgency="elevated", status="fired", change_point=datetime(2026, 3, 2, 14, tzinfo=UTC),
+    ...             labels_since_change=0, labels_needed=1000, sentence="drift on 3 of 20 features")
+    >>> print(wait_for_labels(v, 312, TriggerConfig()).sentence)
+    drift on 3 of 20 features; 312 of 1,000 labels since the change (2026-03-02 14:00 UTC): waiting for them
+    """
+    needed = config.min_labels_since_change
+    status, sentence = verdict.status, verdict.sentence
+    if (status == "fired" and labels_since_change < needed and verdict.change_point is not None
+            and (verdict.urgency != "critical" or config.critical_waits)):
+        status = "pending"
+        sentence += (f"; {labels_since_change:,} of {needed:,} labels since the change "
+                     f"({verdict.change_point:%Y-%m-%d %H:%M} UTC): waiting for them")
+    return replace(verdict, status=status, sentence=sentence, labels_since_change=labels_since_change,
+                   labels_needed=needed)
 
 
 def _drift_run(signals: Sequence[WindowSignal], min_series: int) -> list[WindowSignal]:
