@@ -45,8 +45,12 @@ class Topics:
     def monitoring(self) -> str:
         return f"{self.prefix}monitoring"
 
+    @property
+    def retrain_triggers(self) -> str:
+        return f"{self.prefix}retrain-triggers"
+
     def all(self) -> tuple[str, ...]:
-        return (self.predictions, self.outcomes, self.dead_letter, self.monitoring)
+        return (self.predictions, self.outcomes, self.dead_letter, self.monitoring, self.retrain_triggers)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,7 +14,8 @@ def test_defaults_without_services() -> None:
     """With nothing configured the services are unknown and the topics carry the default prefix."""
     s = Settings.from_env({"PITSTOP_STATE_DIR": "/nonexistent"})
     assert (s.kafka_bootstrap, s.database_url, s.external_kafka) == (None, None, False)
-    assert s.topics.all() == ("pitstop.predictions", "pitstop.outcomes", "pitstop.dead-letter", "pitstop.monitoring")
+    assert s.topics.all() == ("pitstop.predictions", "pitstop.outcomes", "pitstop.dead-letter", "pitstop.monitoring",
+                              "pitstop.retrain-triggers")
     with pytest.raises(ConfigError, match="PITSTOP_KAFKA_BOOTSTRAP"):
         s.require_services()
 
