@@ -1,4 +1,5 @@
-"""The Faust app: the input topics, the ingest agent, the dead-letter topic, and the monitor's timer."""
+"""The Faust app: the input topics, the ingest agent, the dead-letter topic, the monitor's timer (with the retrain
+decisions after each round) and the outbox relay."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ from feedback.store.ingest import (
     dead_letter_key,
     encode_dead_letter,
 )
+from feedback.triggers.alerts import alert_sink
+from feedback.triggers.engine import TriggerEngine
+from pitstop.outbox_relay import OutboxPublisher
 from pitstop.settings import Settings
 from schemas import EventKind
 from streams.consumer import set_fetch_max_wait
@@ -32,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: Exit status of a worker that stopped on an unexpected error (EX_SOFTWARE).
 EXIT_INGEST_BUG = 70
+#: seconds between looks at the outbox for events to publish
+OUTBOX_INTERVAL_S = 2.0
 
 
 def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.App:
@@ -89,11 +95,25 @@ def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.Ap
                                value_serializer="raw", key_serializer="raw")
         # its own caches: rounds run in another thread than the ingest's writes
         monitor = Monitor(store, WindowUpdater(settings.monitoring))
+        alerts = alert_sink(settings.alert_webhook)
+        engine = TriggerEngine(settings.monitoring, alerts)
+        outbox = OutboxPublisher(bootstrap, topics.prefix, client_id=f"{settings.app_id}-outbox")
 
         @app.timer(interval=settings.monitor_interval_s)
         async def monitor_round() -> None:
-            for model, value in await asyncio.to_thread(run_monitor_round, monitor):
+            for model, value in await asyncio.to_thread(run_monitor_round, monitor, engine):
                 await monitoring.send(key=model.encode(), value=value)
+            await asyncio.to_thread(publish_outbox, outbox, store)
+
+        @app.timer(interval=OUTBOX_INTERVAL_S)
+        async def relay_outbox() -> None:
+            # decisions of other processes too (a manual `pitstop retrain` without a broker)
+            await asyncio.to_thread(publish_outbox, outbox, store)
+
+        @app.on_before_shutdown.connect
+        async def _stop_deciding(sender: faust.App, **_: Any) -> None:
+            await asyncio.to_thread(outbox.close)
+            await asyncio.to_thread(alerts.close)
 
     @app.on_rebalance_complete.connect
     async def _mark_ready(sender: faust.App, **_: Any) -> None:
@@ -145,11 +165,13 @@ def _too_large(exc: BaseException | None) -> bool:
 _TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
 
 
-def run_monitor_round(monitor: Monitor) -> list[tuple[str, bytes]]:
-    """One monitor round; its summaries as (model, message) pairs. A failed round is logged and skipped:
-    it consumes no events, and the next round recomputes everything from the store."""
+def run_monitor_round(monitor: Monitor, engine: TriggerEngine | None = None) -> list[tuple[str, bytes]]:
+    """One monitor round, then the retrain decisions on its evaluations (under the round's lock); its summaries
+    as (model, message) pairs. A failed round is logged and skipped: it consumes no events, and the next round
+    recomputes everything from the store (a decision already fired stays fired)."""
+    after = None if engine is None else (lambda conn, evaluations: engine.run(conn, evaluations))
     try:
-        result = monitor.run_once()
+        result = monitor.run_once(after=after)
     except TRANSIENT_ERRORS as exc:
         log.warning("monitor round skipped, database unavailable: %s", exc)
         return []
@@ -161,6 +183,15 @@ def run_monitor_round(monitor: Monitor) -> list[tuple[str, bytes]]:
     for model, version in result.profiles_built:
         log.info("reference profile built for %s %s from its first predictions", model, version)
     return [(s["model_name"], orjson.dumps(s)) for s in result.summaries]
+
+
+def publish_outbox(outbox: OutboxPublisher, store: FeedbackStore) -> int:
+    """Publish committed decisions' events; a failure is logged and retried on the next tick (the rows stay)."""
+    try:
+        return outbox.publish(store)
+    except Exception as exc:  # the broker or the database away: the outbox keeps the events
+        log.warning("outbox not published yet, retried on the next tick: %s", exc)
+        return 0
 
 
 def _exit_unacked(events: list[Any]) -> NoReturn:

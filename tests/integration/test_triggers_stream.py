@@ -1,0 +1,95 @@
+"""End to end on the real broker and database: a worker streams a drifting workload and publishes exactly one
+retrain trigger with its evidence and change point; a stable workload of the same size publishes none."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from kafka import KafkaConsumer
+
+from feedback.store import FeedbackStore
+from pitstop.client import PitstopProducer
+from pitstop.settings import Topics
+from tests.conftest import Services, wait_until
+from tests.factories import T0
+from tests.integration.test_triggers import DRIFT_HOUR, PER_HOUR, TOML, hour_of_events
+
+HOURS = 10
+SCHEMA = json.loads((Path(__file__).parents[2] / "schemas" / "retrain_trigger.schema.json").read_text())
+
+
+def _stream(services: Services, topics: Topics, *, drift: bool) -> None:
+    with PitstopProducer(services.kafka_bootstrap, topics=topics, batch_size=500) as producer:
+        for hour in range(HOURS):
+            preds, labels = hour_of_events(hour, drift=drift, seed=7)
+            producer.publish_many([*preds, *labels])
+
+
+def _settled(store: FeedbackStore) -> Callable[[], bool]:
+    """Every event counted and a round has judged the last window."""
+    def check() -> bool:
+        labelled = store.scalar("SELECT coalesce(sum((stats->>'n')::int), 0) FROM window_performance"
+                                " WHERE segment = '*'")
+        judged = store.scalar("SELECT max(window_start) FROM monitor_results WHERE kind = 'performance' "
+                              "AND status <> 'unjudged'")
+        return labelled == HOURS * PER_HOUR and judged == T0 + timedelta(hours=HOURS - 1)
+    return check
+
+
+def _triggers(services: Services, topics: Topics) -> list[dict[str, Any]]:
+    consumer = KafkaConsumer(topics.retrain_triggers, bootstrap_servers=services.kafka_bootstrap,
+                             auto_offset_reset="earliest", consumer_timeout_ms=1500)
+    try:
+        return [json.loads(m.value) | {"_key": m.key} for m in consumer]
+    finally:
+        consumer.close()
+
+
+def test_a_drifting_stream_publishes_exactly_one_trigger(
+    services: Services, topics: Topics, store: FeedbackStore, start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The worker decides on its rounds and its relay publishes one schema-valid trigger whose change point is the
+    drift's first window and whose evidence names the drifted features."""
+    config = tmp_path / "pitstop.toml"
+    config.write_text(TOML)
+    worker = start_worker(PITSTOP_CONFIG=str(config), PITSTOP_MONITOR_INTERVAL_S="1")
+    _stream(services, topics, drift=True)
+    wait_until(_settled(store), 120, lambda: worker.log_tail())
+    wait_until(lambda: store.scalar("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL") == 1, 30,
+               lambda: f"{store.rows('SELECT * FROM retrain_decisions')}\n{worker.log_tail()}")
+    time.sleep(3)  # more rounds: still one
+    events = _triggers(services, topics)
+    assert len(events) == 1, events
+    event = events[0]
+    jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.FormatChecker()).validate(
+        {k: v for k, v in event.items() if k != "_key"})
+    change = T0 + timedelta(hours=DRIFT_HOUR)
+    assert event["_key"] == b"churn" and event["kind"] == "drift" and event["urgency"] == "elevated"
+    assert event["trigger_id"] == f"churn/drift/v1/{change:%Y-%m-%dT%H:%M:%SZ}"
+    assert event["change_point"] == change.isoformat().replace("+00:00", "Z")
+    assert event["labels_since_change"] >= 5000
+    first = event["evidence"]["windows"][0]
+    assert first["window_start"] == change.isoformat()
+    assert {d["feature"] for d in first["drifted"]} == {"age", "tenure"}
+    assert "drift on 2 of 4 features" in event["reason"]
+    assert store.scalar("SELECT count(*) FROM retrain_decisions") == 1
+
+
+def test_a_stable_stream_of_the_same_size_publishes_none(
+    services: Services, topics: Topics, store: FeedbackStore, start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Without drift, the same volume of traffic through the same worker decides nothing and publishes nothing."""
+    config = tmp_path / "pitstop.toml"
+    config.write_text(TOML)
+    worker = start_worker(PITSTOP_CONFIG=str(config), PITSTOP_MONITOR_INTERVAL_S="1")
+    _stream(services, topics, drift=False)
+    wait_until(_settled(store), 120, lambda: worker.log_tail())
+    time.sleep(3)  # several rounds on the complete data
+    assert store.rows("SELECT decision_id, status, sentence FROM retrain_decisions") == []
+    assert _triggers(services, topics) == []
