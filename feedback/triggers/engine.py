@@ -27,7 +27,18 @@ from feedback.monitoring.config import ModelConfig, MonitoringConfig
 from feedback.monitoring.evaluate import Evaluation
 from feedback.triggers.alerts import Alert, AlertSink
 from feedback.triggers.calendar import EventClock, Schedule, parse_schedule
-from feedback.triggers.rules import History, Kind, Status, Urgency, Verdict, decide, suppression, wait_for_labels
+from feedback.triggers.rules import (
+    Detection,
+    History,
+    Kind,
+    Status,
+    Urgency,
+    Verdict,
+    decide,
+    decide_detectors,
+    suppression,
+    wait_for_labels,
+)
 from feedback.triggers.signals import window_signals
 
 log = logging.getLogger(__name__)
@@ -118,6 +129,10 @@ class Ledger(Protocol):
         """Labelled predictions of ``version`` (every version when None) made in [since, until)."""
         ...
 
+    def detections(self, model: str, version: str) -> list[Detection]:
+        """The version's recorded detector events, in label order."""
+        ...
+
 
 class Decider:
     """Turns a model's evaluation and clocks into decisions, through a ledger. Keeps the calendar's clocks."""
@@ -165,7 +180,13 @@ class Decider:
     # --- the three automatic sources ------------------------------------------------------------------
 
     def _windows(self, ledger: Ledger, model: ModelConfig, evaluation: Evaluation, now: datetime) -> Decision | None:
-        verdict = decide(window_signals(evaluation, model), evaluation.baseline, model)
+        signals = window_signals(evaluation, model)
+        verdict = decide(signals, evaluation.baseline, model)
+        if (verdict is None or not verdict.wants_retrain) and model.triggers.detectors.enabled:
+            # the early warning: the error stream has changed before the windows' CIs can say so
+            early = decide_detectors(signals, evaluation.baseline, model,
+                                     ledger.detections(model.name, evaluation.model_version))
+            verdict = early or verdict
         if verdict is None or verdict.change_point is None:
             return None
         step = timedelta(seconds=model.window_s)
@@ -365,9 +386,24 @@ class PostgresLedger:
             "INSERT INTO trigger_state (model_name, calendar_slot) VALUES (%s, %s) ON CONFLICT (model_name) "
             "DO UPDATE SET calendar_slot = excluded.calendar_slot, updated_at = now()", (model, slot))
 
+    def detections(self, model: str, version: str) -> list[Detection]:
+        return detections_of(self.cur, model, version)
+
     def labels_since(self, model: ModelConfig, version: str | None, since: datetime | None, until: datetime) -> int:
         found = self.cur.execute(_LABELS, (model.name, version, version, model.window_s, since, until)).fetchone()
         return int(found[0])
+
+
+_DETECTIONS = """
+SELECT detector, label_index, predicted_at, error_mean_before, error_mean_after FROM detector_events
+WHERE model_name = %s AND model_version = %s ORDER BY label_index
+"""
+
+
+def detections_of(cur: psycopg.Cursor[Any], model: str, version: str) -> list[Detection]:
+    """The version's detector events (read-only: the replay uses it too)."""
+    return [Detection(detector=d, label_index=int(i), predicted_at=at, mean_before=b, mean_after=a)
+            for d, i, at, b, a in cur.execute(_DETECTIONS, (model, version)).fetchall()]
 
 
 def _decision(row: Sequence[Any]) -> Decision:

@@ -10,11 +10,14 @@ import pytest
 
 from feedback.monitoring.config import parse_config
 from feedback.triggers.rules import (
+    Detection,
     DriftedSeries,
     History,
     PerfPoint,
     WindowSignal,
+    confirmed,
     decide,
+    decide_detectors,
     performance_level,
     suppression,
 )
@@ -174,3 +177,77 @@ def test_storm_control(name: str, kind: str, past: History, expected: str | None
     """Cooldown, daily cap, a running training and the circuit breaker hold back automatic retrains."""
     reason = suppression(kind, AT, past, CHURN.triggers)  # type: ignore[arg-type]
     assert (reason is None) if expected is None else (reason is not None and reason.startswith(expected)), reason
+
+
+# --- the detectors as a trigger: confirmation, and the change point from the windows -------------------------
+
+def _error_stream(rates: list[float], per_window: int, seed: int) -> tuple[list[WindowSignal], list[Detection]]:
+    """Hourly windows whose error rate is ``rates[h]``; labels arrive in prediction order; the real detectors run
+    on the error stream and their detections carry the prediction time of the label that made them fire."""
+    import numpy as np
+
+    from feedback.monitoring.config import DetectorConfig
+    from feedback.monitoring.detectors import ErrorStreamDetectors
+
+    rng = np.random.default_rng(seed)
+    detectors = ErrorStreamDetectors(DetectorConfig())
+    signals, found = [], []
+    for h, rate in enumerate(rates):
+        errors = rng.random(per_window) < rate
+        for k, e in enumerate(errors):
+            at = T0 + timedelta(hours=h, seconds=k * 3600 / per_window)
+            found += [Detection(detector=d.detector, label_index=d.label_index, predicted_at=at,
+                                mean_before=d.mean_before, mean_after=d.mean_after) for d in detectors.update(float(e))]
+        acc = 1 - errors.mean()
+        half = 1.96 * (acc * (1 - acc) / per_window) ** 0.5
+        signals.append(WindowSignal(start=T0 + timedelta(hours=h), drift_judged=True, series=20,
+                                    perf=PerfPoint(value=acc, ci_low=acc - half, ci_high=acc + half, labels=per_window),
+                                    labels=per_window))
+    return signals, found
+
+
+DETECTING = replace(CHURN, triggers=replace(CHURN.triggers, detectors=replace(CHURN.triggers.detectors, enabled=True),
+                                            min_labels_since_change=300))
+
+
+def test_detector_trigger_places_an_abrupt_change_at_its_window() -> None:
+    """An abrupt change at 13:00: ADWIN and Page-Hinkley agree, and the change point is exactly the 13:00 window,
+    whatever label the detectors place it at."""
+    signals, found = _error_stream([0.1] * 13 + [0.3] * 3, per_window=400, seed=4)
+    verdict = decide_detectors(signals[:14], 0.9, DETECTING, [d for d in found if d.predicted_at < T0 + timedelta(
+        hours=14)])
+    assert verdict is not None and verdict.kind == "detector"
+    assert verdict.change_point == T0 + timedelta(hours=13)
+    assert "confirmed by Page-Hinkley" in verdict.sentence
+
+
+def test_detector_trigger_places_a_gradual_change_where_it_first_shows() -> None:
+    """A gradual rise from 13:00: the change point is the first window whose point estimate is already an
+    elevated drop, not later than the detection."""
+    rates = [0.1] * 13 + [0.1 + 0.03 * k for k in range(1, 9)]
+    signals, found = _error_stream(rates, per_window=400, seed=5)
+    verdict = decide_detectors(signals, 0.9, DETECTING, found)
+    assert verdict is not None
+    pair = confirmed(found, DETECTING.triggers.detectors.confirm_labels)
+    assert pair is not None
+    assert T0 + timedelta(hours=13) <= verdict.change_point <= max(d.predicted_at for d in pair)
+    assert verdict.change_point <= T0 + timedelta(hours=15)
+
+
+def test_one_detector_alone_does_not_trigger() -> None:
+    """A Page-Hinkley alarm without ADWIN (or ADWIN on a falling error) makes no decision; nor do disabled ones."""
+    at = T0 + timedelta(hours=3)
+    ph = Detection(detector="page_hinkley", label_index=9000, predicted_at=at)
+    falling = Detection(detector="adwin", label_index=9100, predicted_at=at, mean_before=0.3, mean_after=0.1)
+    far = Detection(detector="adwin", label_index=12000, predicted_at=at, mean_before=0.1, mean_after=0.3)
+    signals = [w(i, value=OK) for i in range(6)]
+    for detections in ([ph], [ph, falling], [ph, far]):
+        assert decide_detectors(signals, 0.80, DETECTING, detections) is None
+    assert decide_detectors(signals, 0.80, CHURN, [ph, replace(far, label_index=9100)]) is None  # not enabled
+
+
+def test_stable_error_streams_make_no_detector_decision() -> None:
+    """On 27,000 labels of a stable model, whatever one detector does alone, no confirmed pair fires."""
+    for seed in range(4):
+        signals, found = _error_stream([0.2] * 45, per_window=600, seed=100 + seed)
+        assert decide_detectors(signals, 0.8, DETECTING, found) is None, found
