@@ -149,8 +149,13 @@ def performance_level(
             break
     if name == "ok":
         how = f"{abs(drop):.1%} {'worse' if drop > 0 else 'better'} than"
+        if drop >= perf.elevated:  # the point is past the limit, the interval is not
+            verdict = (f"not yet a drop, the CI's better end is {max(bound_drop, 0.0):.1%} worse "
+                       f"(elevated >= {perf.elevated:.0%})")
+        else:
+            verdict = f"within {perf.elevated:.0%}"
         return Level(name="ok", drop=drop, sentence=(
-            f"{metric} {point.value:.4g} is {how} baseline {baseline:.4g}: within {perf.elevated:.0%} ({ci})"))
+            f"{metric} {point.value:.4g} is {how} baseline {baseline:.4g}: {verdict} ({ci})"))
     limit = perf.critical if name == "critical" else perf.elevated
     return Level(name=name, drop=drop, sentence=(
         f"{metric} {point.value:.4g} {worse_word} {drop:.1%} {side} baseline {baseline:.4g} "

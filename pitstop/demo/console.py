@@ -19,6 +19,13 @@ WHERE model_name = %s AND model_version = %s AND segment = '*' AND kind = 'drift
 GROUP BY window_start ORDER BY window_start DESC LIMIT 1
 """
 
+# the run's retrain decisions: of its version, or of the model as a whole (calendar, volume, manual) since it began
+_DECISIONS = """
+SELECT decision_id, status, kind, urgency, sentence, coalesce(suppressed_by, '') FROM retrain_decisions
+WHERE model_name = %s AND (model_version = %s OR (model_version IS NULL AND recorded_at >= %s))
+ORDER BY updated_at, decision_id
+"""
+
 _MONITOR_PERFORMANCE = """
 SELECT window_start, metric, value, ci_low, ci_high, status FROM performance_by_window
 WHERE model_name = %s AND model_version = %s AND segment = '*' AND metric = 'accuracy'

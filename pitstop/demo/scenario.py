@@ -26,6 +26,7 @@ from pitstop.demo.console import (
     _COLUMNS,
     _COVERAGE,
     _DEAD_LETTER_REASONS,
+    _DECISIONS,
     _MONITOR_DRIFT,
     _MONITOR_PERFORMANCE,
     ACCURACY_WINDOW,
@@ -127,6 +128,7 @@ class _LiveDemo:
         self.caught_up = False
         self.lines = 0
         self.recent: deque[tuple[float, int]] = deque(maxlen=4)
+        self.decisions_seen: set[tuple[str, str]] = set()
         self._closers: list[Callable[[], None]] = []
         try:
             self.store = FeedbackStore(database_url, settings.db_schema, max_size=2)
@@ -249,6 +251,17 @@ class _LiveDemo:
         ]))
         if self.lines % MONITOR_EVERY_LINES == 0:
             self._monitor_line()
+        self._decision_lines()
+
+    def _decision_lines(self) -> None:
+        """Each retrain decision of this run as its status changes: watch, pending, fired, suppressed."""
+        for decision_id, status, kind, urgency, sentence, why in self.store.rows(
+                _DECISIONS, (MODEL_NAME, self.model_version, self.wall_start)):
+            if (decision_id, status) in self.decisions_seen:
+                continue
+            self.decisions_seen.add((decision_id, status))
+            held = f" ({why})" if why else ""
+            _say(f"decision  {status.upper()} {kind} retrain, {urgency}{held}: {sentence}")
 
     def _monitor_line(self) -> None:
         """The monitor's verdict on the newest judged window, as the workers last stored it."""
@@ -348,6 +361,25 @@ class _LiveDemo:
                            as_json=False, say=lambda line: _say(f"  {line}"), database_url=self.database_url)
         except psycopg.Error as exc:
             _say(f"  the feedback store did not answer: {str(exc).strip().splitlines()[0]}")
+
+    def decisions_report(self) -> None:
+        """This run's retrain decisions, where each ended (the worker's trigger events are in the outbox)."""
+        try:
+            rows = self.store.rows(_DECISIONS, (MODEL_NAME, self.model_version, self.wall_start))
+            published = {r[0] for r in self.store.rows("SELECT event_id FROM outbox WHERE sent_at IS NOT NULL")}
+        except psycopg.Error as exc:
+            _say(f"decisions the feedback store did not answer: {str(exc).strip().splitlines()[0]}")
+            return
+        _say()
+        if not rows:
+            _say("decisions none: nothing in this run called for a retrain")
+            return
+        _say(f"retrain decisions of this run (`pitstop triggers list --model {MODEL_NAME}` shows them all):")
+        for decision_id, status, kind, urgency, sentence, why in rows:
+            event = "; trigger event published" if decision_id in published else ""
+            held = f" ({why})" if why else ""
+            _say(f"  {status:<10} {kind} {urgency}{held}{event}: {decision_id}")
+            _say(f"             {sentence}")
 
     def close(self) -> None:
         for close in self._closers:
@@ -462,6 +494,7 @@ def run(
             demo.drain(stop)
             demo.summary(elapsed)
             demo.monitor_report()
+            demo.decisions_report()
             _say()
             view = f"{settings.db_schema}.label_coverage"
             query = f"psql \"$PITSTOP_DATABASE_URL\" -c 'select * from {view}'"

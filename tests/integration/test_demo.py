@@ -92,6 +92,12 @@ def test_demo_joins_outcomes_and_leaves_nothing_running(tmp_path: Path) -> None:
     assert set(table) == set(world.NUMERIC_FEATURES) | {"region", "plan"}, text
     assert {f for f, status in table.items() if status == "drift"} == set(world.DRIFTING_FEATURES), text
     assert re.search(r"accuracy\s+0\.\d+ \[0\.\d+, 0\.\d+\]", text), text
+    # the drift makes one retrain decision: it fires once (pending first, unless a round saw every label at once)
+    fired = re.findall(r"^decision  FIRED drift retrain, elevated: (.*)$", text, re.MULTILINE)
+    assert len(fired) == 1 and "drift on 3 of 8 features" in fired[0], text
+    pending = text.find("decision  PENDING drift retrain")
+    assert pending == -1 or pending < text.find("decision  FIRED drift retrain"), text
+    assert re.search(r"^  fired +drift elevated; trigger event published: churn/drift/v1-", text, re.MULTILINE), text
 
     assert {"broker", "postgres", "worker-0"} <= {p.name for p in seen.values()}, seen
     still_running = [f"{p.name} (pid {p.pid})" for p in seen.values() if stack.is_ours(p)]
