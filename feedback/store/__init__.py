@@ -10,6 +10,7 @@ from feedback.store.database import (
     FeedbackStore,
     WriteStats,
     connect_kwargs,
+    insert_dead_letters,
     migrate,
 )
 
@@ -20,5 +21,6 @@ __all__ = [
     "FeedbackStore",
     "WriteStats",
     "connect_kwargs",
+    "insert_dead_letters",
     "migrate",
 ]

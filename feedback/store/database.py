@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
 from importlib import resources
@@ -369,6 +369,13 @@ def _insert_predictions(
     cur.execute(_INSERT_PREDICTIONS_RETURNING)
     ids = {row[0] for row in cur.fetchall()}
     return len(ids), ids
+
+
+def insert_dead_letters(cur: psycopg.Cursor[Any], letters: Sequence[DeadLetterRecord]) -> list[DeadLetterRecord]:
+    """Store dead letters inside the caller's transaction (other consumers' bad input: the trigger topic's);
+    returns them with their row ids. A redelivery (same coordinates, same bytes) keeps its first row."""
+    _, ids = _insert_dead_letters(cur, letters)
+    return [replace(d, dead_letter_id=i) for d, i in zip(letters, ids, strict=True)]
 
 
 def _insert_dead_letters(cur: psycopg.Cursor[Any], letters: Sequence[DeadLetterRecord]) -> tuple[int, tuple[int, ...]]:

@@ -1,0 +1,154 @@
+"""The retrain worker's intake: trigger events from `pitstop.retrain-triggers`, checked against their schema and
+taken once per trigger id; a malformed event goes to the dead-letter table and topic with its reason.
+
+The relay republishes an event whose sent mark did not commit (feedback/triggers/outbox.py), so the same id can
+arrive twice: ``retrain_intake`` remembers the ids taken, in the transaction that takes them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+import jsonschema
+import orjson
+
+from feedback.store import DeadLetterRecord, FeedbackStore, insert_dead_letters
+from feedback.store.ingest import InboundMessage, dead_letter_key, encode_dead_letter
+from schemas import SCHEMA_DIR
+
+_TAKE = """
+INSERT INTO retrain_intake (trigger_id, model_name, source_partition, source_offset)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::bigint[]) ON CONFLICT (trigger_id) DO NOTHING
+RETURNING trigger_id
+"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TriggerEvent:
+    """A retrain trigger as published (schemas/retrain_trigger.schema.json)."""
+
+    trigger_id: str
+    model_name: str
+    model_version: str | None
+    kind: str
+    urgency: str
+    decided_at: datetime
+    change_point: datetime | None
+    labels_since_change: int | None
+    reason: str
+    requested_by: str | None
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+
+class TriggerRejected(ValueError):
+    """A message on the trigger topic that is not a valid trigger event; ``str()`` is the one-line reason."""
+
+
+@cache
+def _validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads((SCHEMA_DIR / "retrain_trigger.schema.json").read_text())
+    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+
+
+def decode_trigger(value: bytes | None) -> TriggerEvent:
+    """The trigger event in a message value, or :class:`TriggerRejected` saying what is wrong.
+
+    >>> decode_trigger(b'{"schema_version": 1}')
+    Traceback (most recent call last):
+    ...
+    retrain_worker.intake.TriggerRejected: schema: 'trigger_id' is a required property (at the top level)
+    """
+    if value is None:
+        msg = "not_json: the message has no value"
+        raise TriggerRejected(msg)
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        msg = f"not_json: {exc}"
+        raise TriggerRejected(msg) from None
+    error = next(iter(sorted(_validator().iter_errors(doc), key=lambda e: list(e.path))), None)
+    if error is not None:
+        where = "/".join(str(p) for p in error.path) or "the top level"
+        message = error.message if len(error.message) <= 200 else error.message[:197] + "..."
+        msg = f"schema: {message} (at {where})"
+        raise TriggerRejected(msg)
+    times = {}
+    for key in ("decided_at", "change_point"):
+        text = doc[key]
+        if text is None:
+            times[key] = None
+            continue
+        try:
+            at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            msg = f"timestamp: {key} {text!r} is not RFC 3339"
+            raise TriggerRejected(msg) from None
+        if at.tzinfo is None:
+            msg = f"timestamp: {key} {text!r} has no offset"
+            raise TriggerRejected(msg)
+        times[key] = at.astimezone(UTC)
+    return TriggerEvent(
+        trigger_id=doc["trigger_id"], model_name=doc["model_name"], model_version=doc["model_version"],
+        kind=doc["kind"], urgency=doc["urgency"], decided_at=times["decided_at"], change_point=times["change_point"],
+        labels_since_change=doc["labels_since_change"], reason=doc["reason"], requested_by=doc["requested_by"],
+        evidence=doc["evidence"],
+    )
+
+
+@dataclass(slots=True)
+class IntakeResult:
+    """What one batch of trigger messages gave: triggers new to the worker, redeliveries, dead letters."""
+
+    triggers: list[TriggerEvent] = field(default_factory=list)
+    duplicates: int = 0
+    dead_letters: list[DeadLetterRecord] = field(default_factory=list)
+
+
+class TriggerIntake:
+    """Takes batches of trigger messages: records the new trigger ids and the dead letters in one transaction."""
+
+    def __init__(self, store: FeedbackStore, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.store = store
+        self.clock = clock
+
+    def receive(self, messages: Sequence[InboundMessage]) -> IntakeResult:
+        """Decode ``messages``; returns the triggers seen for the first time, in message order."""
+        result = IntakeResult()
+        good: list[tuple[InboundMessage, TriggerEvent]] = []
+        now = self.clock()
+        for m in messages:
+            try:
+                good.append((m, decode_trigger(m.value)))
+            except TriggerRejected as exc:
+                result.dead_letters.append(DeadLetterRecord(
+                    source_topic=m.topic, source_partition=m.partition, source_offset=m.offset, element_index=-1,
+                    key=m.key, raw=m.value or b"", reason=str(exc), received_at=now))
+        with self.store.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            taken: set[str] = set()
+            if good:
+                rows = cur.execute(_TAKE, (
+                    [t.trigger_id for _, t in good], [t.model_name for _, t in good],
+                    [m.partition for m, _ in good], [m.offset for m, _ in good])).fetchall()
+                taken = {r[0] for r in rows}
+            if result.dead_letters:
+                result.dead_letters = insert_dead_letters(cur, result.dead_letters)
+        seen: set[str] = set()
+        for _, trigger in good:
+            if trigger.trigger_id in taken and trigger.trigger_id not in seen:
+                seen.add(trigger.trigger_id)
+                result.triggers.append(trigger)
+            else:
+                result.duplicates += 1
+        return result
+
+
+def publish_dead_letters(send: Callable[[str, bytes | None, bytes], Any], topic: str,
+                         letters: Sequence[DeadLetterRecord]) -> None:
+    """Hand each dead letter (already in the table) to ``send`` as its bounded dead-letter event."""
+    for letter in letters:
+        send(topic, dead_letter_key(letter), encode_dead_letter(letter))
