@@ -181,11 +181,11 @@ class Decider:
 
     def _windows(self, ledger: Ledger, model: ModelConfig, evaluation: Evaluation, now: datetime) -> Decision | None:
         signals = window_signals(evaluation, model)
-        verdict = decide(signals, evaluation.baseline, model)
+        verdict = decide(signals, evaluation.baseline, model, wait=False)
         if (verdict is None or not verdict.wants_retrain) and model.triggers.detectors.enabled:
             # the early warning: the error stream has changed before the windows' CIs can say so
             early = decide_detectors(signals, evaluation.baseline, model,
-                                     ledger.detections(model.name, evaluation.model_version))
+                                     ledger.detections(model.name, evaluation.model_version), wait=False)
             verdict = early or verdict
         if verdict is None or verdict.change_point is None:
             return None

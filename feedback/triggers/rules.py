@@ -167,12 +167,14 @@ def _drop(value: float, baseline: float | None, higher_is_better: bool) -> float
 
 
 def decide(
-    signals: Sequence[WindowSignal], baseline: float | None, model: ModelConfig, *, window_s: int | None = None
+    signals: Sequence[WindowSignal], baseline: float | None, model: ModelConfig, *, window_s: int | None = None,
+    wait: bool = True,
 ) -> Verdict | None:
     """The retrain verdict on a version's windows (oldest first), or None when nothing is worth a record.
 
-    Labels since the change are counted over ``signals``; the engine recounts them from the store when the
-    episode began before the evaluated span (:func:`wait_for_labels`).
+    With ``wait``, labels since the change are counted over ``signals`` and too few make it pending; the engine
+    passes ``wait=False`` and applies :func:`wait_for_labels` itself with the labels counted in the store, since
+    an episode may have begun before the evaluated span.
 
     The newest window is usually still filling: runs are counted over judged windows only, so an unjudged
     tail neither breaks nor extends them.
@@ -229,6 +231,8 @@ def decide(
     }
     verdict = Verdict(kind=kind, urgency=urgency, status=status, change_point=run_start, labels_since_change=0,
                       labels_needed=config.min_labels_since_change, sentence=sentence, evidence=evidence)
+    if not wait:
+        return verdict
     return wait_for_labels(verdict, sum(s.labels for s in signals if s.start >= run_start), config)
 
 
@@ -352,7 +356,8 @@ def confirmed(detections: Sequence[Detection], confirm_labels: int) -> tuple[Det
 
 
 def decide_detectors(
-    signals: Sequence[WindowSignal], baseline: float | None, model: ModelConfig, detections: Sequence[Detection]
+    signals: Sequence[WindowSignal], baseline: float | None, model: ModelConfig, detections: Sequence[Detection],
+    *, wait: bool = True,
 ) -> Verdict | None:
     """A retrain on the detectors' early warning, when both agree, placed by the windows.
 
@@ -397,6 +402,8 @@ def decide_detectors(
     verdict = Verdict(kind="detector", urgency="elevated", status="fired", change_point=change_point,
                       labels_since_change=0, labels_needed=config.min_labels_since_change, sentence=sentence,
                       evidence=evidence)
+    if not wait:
+        return verdict
     return wait_for_labels(verdict, sum(s.labels for s in signals if s.start >= change_point), config)
 
 

@@ -219,3 +219,18 @@ def test_calendar_cooldown_breaker_and_reset(store: FeedbackStore) -> None:
     run_hours(store, config, engine, range(7, 9), drift=False)  # 20:00 fires (4 h after 16:00), 21:00 cooldown
     assert calendar()[6:] == [("20:00", "fired", ""), ("21:00", "suppressed", "cooldown")]
     assert store.scalar("SELECT count(*) FROM outbox") == 3
+
+
+def test_an_episode_longer_than_the_span_keeps_its_id_and_counts_labels_in_the_store(services, db_schema) -> None:
+    """With a span of 4 windows, a drift from 05:00 still has one decision placed at 05:00 once the span has moved
+    past it, and fires when the store holds 9,000 labels since then (more than any span of 4 windows holds)."""
+    config = parse_config(TOML.replace("span = 12", "span = 4").replace("min_labels_since_change = 5000",
+                                                                          "min_labels_since_change = 9000"))
+    assert config.models["churn"].span == 4
+    with FeedbackStore(services.database_url, db_schema, windows=WindowUpdater(config)) as store:
+        run_hours(store, config, TriggerEngine(config, Alerts()), range(12), drift=True)
+        rows = store.rows("SELECT decision_id, status, change_point, labels_since_change FROM retrain_decisions")
+    change = T0 + timedelta(hours=DRIFT_HOUR)
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        (f"churn/drift/v1/{change:%Y-%m-%dT%H:%M:%SZ}", "fired", change)], rows
+    assert rows[0][3] >= 9000
