@@ -26,14 +26,27 @@ class Services:
     database_url: str
 
 
+def stack_root() -> Path:
+    """A folder for a PostgreSQL data directory, outside pytest's basetemp: every pytest session resets
+    /tmp/pytest-of-<user> to mode 0700, which locks the database's system user out of a data directory that
+    another session (a second `pytest` run at the same time) started there."""
+    return Path(tempfile.mkdtemp(prefix="pitstop-test-stack-"))
+
+
+@pytest.fixture
+def stack_dir() -> Iterator[Path]:
+    """A test's own folder for a local stack (broker and PostgreSQL), removed afterwards."""
+    root = stack_root()
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def services() -> Iterator[Services]:
     """The broker and database every integration test uses."""
     kafka = os.environ.get("PITSTOP_KAFKA_BOOTSTRAP")
     database = os.environ.get("PITSTOP_DATABASE_URL")
-    # not under pytest's basetemp: every pytest session resets /tmp/pytest-of-<user> to mode 0700, which
-    # locks the database's system user out of a data directory another session started there
-    root = Path(tempfile.mkdtemp(prefix="pitstop-test-stack-"))
+    root = stack_root()
     started: list[stack.ProcessRecord] = []
     pgdata = root / "pgdata"
     try:

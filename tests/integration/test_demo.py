@@ -46,11 +46,11 @@ def _processes_mentioning(text: str) -> list[str]:
     return hits
 
 
-def test_demo_joins_outcomes_and_leaves_nothing_running(tmp_path: Path) -> None:
+def test_demo_joins_outcomes_and_leaves_nothing_running(tmp_path: Path, stack_dir: Path) -> None:
     """`pitstop demo --duration 60` without configured services starts a stack, stores and joins
     predictions with their outcomes, dead-letters the malformed messages, shows drift on exactly
     the shifted features, exits 0, and stops every process it started."""
-    state_dir = (tmp_path / "state").resolve()
+    state_dir = (stack_dir / "state").resolve()
     env = {k: v for k, v in os.environ.items()
            if k not in ("PITSTOP_KAFKA_BOOTSTRAP", "PITSTOP_DATABASE_URL")}
     env["PITSTOP_STATE_DIR"] = str(state_dir)

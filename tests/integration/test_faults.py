@@ -35,9 +35,9 @@ def _publish(services: Services, topics: Topics, ids: range, batch_size: int = 5
 
 
 @pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[tuple[Path, int, str]]:
+def own_postgres(stack_dir: Path) -> Iterator[tuple[Path, int, str]]:
     """A PostgreSQL server of this test's own, so the test can stop it without hurting others."""
-    pgdata, port = tmp_path / "pgdata", stack.free_port()
+    pgdata, port = stack_dir / "pgdata", stack.free_port()
     stack.start_postgres(pgdata, port)
     try:
         yield pgdata, port, stack.postgres_url(f"127.0.0.1:{port}")
