@@ -85,6 +85,31 @@ def cmd_reference_import(args: argparse.Namespace, settings: Settings) -> int:
                             prediction_column=args.prediction_column, score_column=args.score_column, say=_say)
 
 
+def cmd_triggers_list(args: argparse.Namespace, settings: Settings) -> int:
+    from pitstop.triggers_cli import list_decisions
+
+    return list_decisions(settings, args.model, limit=args.limit, as_json=args.json, say=_say)
+
+
+def cmd_triggers_reset(args: argparse.Namespace, settings: Settings) -> int:
+    from pitstop.triggers_cli import reset_breaker
+
+    return reset_breaker(settings, args.model, by=args.by, say=_say)
+
+
+def cmd_triggers_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from pitstop.triggers_cli import replay_triggers
+
+    return replay_triggers(settings, args.model, start=args.start, end=args.end, version=args.version,
+                           overrides=args.overrides, as_json=args.json, say=_say)
+
+
+def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
+    from pitstop.triggers_cli import request_retrain
+
+    return request_retrain(settings, args.model, reason=args.reason, request_id=args.id, by=args.by, say=_say)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pitstop", description="Keep production models fresh.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +149,40 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--score-column", default=None)
     imp.add_argument("file")
     imp.set_defaults(func=cmd_reference_import)
+    trig = sub.add_parser("triggers", help="retrain decisions: list them, reset the circuit breaker, replay the rules")
+    trig_sub = trig.add_subparsers(dest="triggers_command", required=True)
+    tlist = trig_sub.add_parser("list", help="the model's retrain decisions, newest first")
+    tlist.add_argument("--model", required=True)
+    tlist.add_argument("--limit", type=int, default=20, help="decisions to show (default 20)")
+    tlist.add_argument("--json", action="store_true")
+    tlist.set_defaults(func=cmd_triggers_list)
+    treset = trig_sub.add_parser("reset", help="reset the circuit breaker: automatic retraining resumes")
+    treset.add_argument("--model", required=True)
+    treset.add_argument("--by", default=None, help="who resets it (default: the database user)")
+    treset.set_defaults(func=cmd_triggers_reset)
+    treplay = trig_sub.add_parser(
+        "replay", help="re-run the decision rules over stored windows and say when they would have fired; "
+        "writes nothing")
+    treplay.add_argument("--model", required=True)
+    treplay.add_argument("--from", dest="start", required=True, metavar="T1",
+                         help="event time: RFC 3339 or YYYY-MM-DD[THH:MM], UTC; each window within [T1, T2] is "
+                         "looked at, at its end")
+    treplay.add_argument("--to", dest="end", required=True, metavar="T2", help="event time, same forms")
+    treplay.add_argument("--version", default=None,
+                         help="the version to replay (default: the one with the newest windows in the range)")
+    treplay.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a setting of the model's table for this replay, e.g. "
+                         "triggers.performance.elevated=0.08 (repeatable)")
+    treplay.add_argument("--json", action="store_true")
+    treplay.set_defaults(func=cmd_triggers_replay)
+    retrain = sub.add_parser("retrain", help="request a retrain by hand (exit code 1 when storm control holds it "
+                             "back)")
+    retrain.add_argument("--model", required=True)
+    retrain.add_argument("--reason", required=True, help="why, in one line of at most 500 characters")
+    retrain.add_argument("--id", default=None, help="request id (default: the UTC minute and a hash of the reason, "
+                         "so a repeat within the minute is the same request)")
+    retrain.add_argument("--by", default=None, help="who asks (default: the login name)")
+    retrain.set_defaults(func=cmd_retrain)
     return parser
 
 
