@@ -1,4 +1,5 @@
-"""`pitstop`: the operator's command line (up, down, status, migrate, topics, demo, monitor, reference)."""
+"""`pitstop`: the operator's command line (up, down, status, migrate, topics, demo, monitor, reference, triggers,
+retrain)."""
 
 from __future__ import annotations
 

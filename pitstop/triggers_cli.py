@@ -57,8 +57,6 @@ LIMIT %s
 _LIST_KEYS = ("decision_id", "model_version", "kind", "urgency", "status", "decided_at", "fired_at", "change_point",
               "labels_since_change", "labels_needed", "sentence", "suppressed_by", "outcome", "outcome_sentence",
               "published_at", "in_outbox")
-_OUTCOMES = "SELECT outcome, recorded_at FROM retrain_outcomes WHERE model_name = %s ORDER BY recorded_at DESC LIMIT %s"
-_LAST_RESET = "SELECT max(reset_at) FROM trigger_resets WHERE model_name = %s"
 _RESET = """
 INSERT INTO trigger_resets (model_name, reset_by) VALUES (%s, coalesce(%s, current_user)) ON CONFLICT DO NOTHING
 """
@@ -125,25 +123,16 @@ def reset_breaker(settings: Settings, model: str, *, by: str | None, say: Say) -
     config = model_config(settings, model)
     if by is not None:
         by = _check_by(by)
-    from feedback.triggers.engine import TRIGGER_LOCK_CLASS
+    from feedback.triggers.engine import PostgresLedger
 
     limit = config.triggers.circuit_breaker
     with _database(settings) as conn, conn.transaction(), conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (TRIGGER_LOCK_CLASS, model))
-        outcomes = cur.execute(_OUTCOMES, (model, 10_000)).fetchall()
-        rejected = 0
-        for outcome, _ in outcomes:
-            if outcome != "rejected":
-                break
-            rejected += 1
-        last_reset = cur.execute(_LAST_RESET, (model,)).fetchone()[0]  # type: ignore[index]
-        already = last_reset is not None and bool(outcomes) and last_reset > outcomes[0][1]
+        ledger = PostgresLedger(cur, max_training_s={model: config.triggers.max_training_s})
+        ledger.lock(model)
+        rejected = ledger.history(model, datetime.now(UTC)).rejected_in_row  # since the last reset
         cur.execute(_RESET, (model, by))
-    in_row = f"{rejected} rejected candidate{'s' if rejected != 1 else ''} in a row, limit {limit}"
-    if rejected >= limit and already:
-        say(f"{model}: circuit breaker was already reset at {_second(last_reset)} UTC ({in_row}); reset again: "
-            "automatic retraining resumes")
-    elif rejected >= limit:
+    in_row = f"{rejected} rejected candidate{'s' if rejected != 1 else ''} in a row since the last reset, limit {limit}"
+    if rejected >= limit:
         say(f"{model}: circuit breaker was tripped ({in_row}); reset: automatic retraining resumes")
     else:
         say(f"{model}: circuit breaker was not tripped ({in_row}); reset recorded: automatic retraining goes on")

@@ -317,10 +317,13 @@ SELECT max(fired_at) FILTER (WHERE fired_at <= %(at)s),
         ORDER BY d.fired_at DESC LIMIT 1)
 FROM retrain_decisions WHERE model_name = %(m)s AND status = 'fired'
 """
+# the outcomes since the last reset of the breaker, newest first (a reset starts the count again)
 _OUTCOMES = """
-SELECT outcome, recorded_at FROM retrain_outcomes WHERE model_name = %s ORDER BY recorded_at DESC LIMIT %s
+SELECT outcome FROM retrain_outcomes
+WHERE model_name = %(m)s
+  AND recorded_at > coalesce((SELECT max(reset_at) FROM trigger_resets WHERE model_name = %(m)s), '-infinity')
+ORDER BY recorded_at DESC LIMIT %(limit)s
 """
-_LAST_RESET = "SELECT max(reset_at) FROM trigger_resets WHERE model_name = %s"
 _LABELS = """
 SELECT coalesce(sum((stats->>'n')::bigint), 0) FROM window_performance
 WHERE model_name = %s AND (%s::text IS NULL OR model_version = %s) AND window_s = %s AND segment = '*'
@@ -332,10 +335,8 @@ class PostgresLedger:
     """The ledger of the live engine: retrain_decisions, retrain_outcomes, trigger_state and the outbox, read and
     written through one cursor inside the caller's transaction (which holds the model's lock)."""
 
-    def __init__(self, cur: psycopg.Cursor[Any], *, circuit_breaker: Mapping[str, int],
-                 max_training_s: Mapping[str, int]) -> None:
+    def __init__(self, cur: psycopg.Cursor[Any], *, max_training_s: Mapping[str, int]) -> None:
         self.cur = cur
-        self.circuit_breaker = circuit_breaker
         self.max_training_s = max_training_s
 
     def lock(self, model: str) -> None:
@@ -345,17 +346,13 @@ class PostgresLedger:
     def history(self, model: str, at: datetime) -> History:
         last, day, running = self.cur.execute(
             _HISTORY, {"m": model, "at": at, "running": self.max_training_s.get(model, 86_400)}).fetchone()
-        limit = self.circuit_breaker.get(model, 3)
-        outcomes = self.cur.execute(_OUTCOMES, (model, limit)).fetchall()
+        outcomes = self.cur.execute(_OUTCOMES, {"m": model, "limit": 1000}).fetchall()
         rejected = 0
-        for outcome, _ in outcomes:
+        for (outcome,) in outcomes:
             if outcome != "rejected":
                 break
             rejected += 1
-        reset_at = self.cur.execute(_LAST_RESET, (model,)).fetchone()[0]
-        reset = reset_at is not None and bool(outcomes) and reset_at > outcomes[0][1]
-        return History(last_fired_at=last, fired_last_day=int(day), running=running, rejected_in_row=rejected,
-                       breaker_reset=reset)
+        return History(last_fired_at=last, fired_last_day=int(day), running=running, rejected_in_row=rejected)
 
     def decision(self, decision_id: str) -> Decision | None:
         row = self.cur.execute(f"{_SELECT} WHERE decision_id = %s", (decision_id,)).fetchone()
@@ -390,14 +387,21 @@ class PostgresLedger:
         return detections_of(self.cur, model, version)
 
     def labels_since(self, model: ModelConfig, version: str | None, since: datetime | None, until: datetime) -> int:
-        found = self.cur.execute(_LABELS, (model.name, version, version, model.window_s, since, until)).fetchone()
-        return int(found[0])
+        return labels_since(self.cur, model, version, since, until)
 
 
 _DETECTIONS = """
 SELECT detector, label_index, predicted_at, error_mean_before, error_mean_after FROM detector_events
 WHERE model_name = %s AND model_version = %s ORDER BY label_index
 """
+
+
+def labels_since(cur: psycopg.Cursor[Any], model: ModelConfig, version: str | None, since: datetime | None,
+                 until: datetime) -> int:
+    """Labelled predictions of ``version`` (every version when None) made in windows starting in [since, until),
+    from the window aggregates (read-only: the replay uses it too)."""
+    found = cur.execute(_LABELS, (model.name, version, version, model.window_s, since, until)).fetchone()
+    return int(found[0]) if found else 0
 
 
 def detections_of(cur: psycopg.Cursor[Any], model: str, version: str) -> list[Detection]:
@@ -425,9 +429,7 @@ class TriggerEngine:
         self.alerts = alerts
 
     def _ledger(self, cur: psycopg.Cursor[Any]) -> PostgresLedger:
-        return PostgresLedger(
-            cur, circuit_breaker={n: m.triggers.circuit_breaker for n, m in self.config.models.items()},
-            max_training_s={n: m.triggers.max_training_s for n, m in self.config.models.items()})
+        return PostgresLedger(cur, max_training_s={n: m.triggers.max_training_s for n, m in self.config.models.items()})
 
     def run(self, conn: psycopg.Connection[Any], evaluations: Iterable[Evaluation], *,
             wall_now: datetime | None = None) -> list[Decision]:

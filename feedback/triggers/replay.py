@@ -34,18 +34,12 @@ from feedback.errors import ModelConfigError
 from feedback.monitoring.config import ModelConfig, MonitoringConfig, parse_config
 from feedback.monitoring.profile import ROWS, ReferenceProfile
 from feedback.monitoring.round import evaluate_version
-from feedback.triggers.engine import Decider, Decision, trigger_event
+from feedback.triggers.engine import Decider, Decision, labels_since, trigger_event
 from feedback.triggers.rules import History
 
 #: every statement of a replay runs in one snapshot that refuses writes
 READ_ONLY = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 
-# the same count as feedback.triggers.engine.PostgresLedger.labels_since: windows in [since, until)
-_LABELS = """
-SELECT coalesce(sum((stats->>'n')::bigint), 0) FROM window_performance
-WHERE model_name = %s AND (%s::text IS NULL OR model_version = %s) AND window_s = %s AND segment = '*'
-  AND window_start >= coalesce(%s, '-infinity'::timestamptz) AND window_start < %s
-"""
 _PROFILE = """
 SELECT source, n_rows, profile FROM reference_profiles WHERE model_name = %s AND model_version = %s
 """
@@ -162,8 +156,7 @@ class MemoryLedger:
         if self.cur is None:
             msg = "MemoryLedger.labels_since needs a cursor on the feedback store"
             raise RuntimeError(msg)
-        found = self.cur.execute(_LABELS, (model.name, version, version, model.window_s, since, until)).fetchone()
-        return int(found[0]) if found else 0
+        return labels_since(self.cur, model, version, since, until)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -426,8 +426,7 @@ class History:
     last_fired_at: datetime | None = None
     fired_last_day: int = 0
     running: str | None = None  # the trigger id of a training without an outcome yet
-    rejected_in_row: int = 0
-    breaker_reset: bool = False  # a person reset the breaker since the last rejection
+    rejected_in_row: int = 0  # since a person last reset the breaker
 
 
 def suppression(kind: Kind, at: datetime, history: History, config: TriggerConfig) -> str | None:
@@ -447,7 +446,7 @@ def suppression(kind: Kind, at: datetime, history: History, config: TriggerConfi
         return f"a training for this model is already running (trigger {history.running})"
     if kind == "manual":
         return None
-    if history.rejected_in_row >= config.circuit_breaker and not history.breaker_reset:
+    if history.rejected_in_row >= config.circuit_breaker:
         return (f"circuit breaker: {history.rejected_in_row} rejected candidates in a row "
                 f"(limit {config.circuit_breaker}); reset it with `pitstop triggers reset --model M`")
     if history.last_fired_at is not None:

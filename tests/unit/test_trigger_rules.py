@@ -166,7 +166,7 @@ STORM = [
     ("cooldown over", "drift", History(last_fired_at=AT - timedelta(hours=6)), None),
     ("daily cap", "calendar", History(fired_last_day=2), "daily cap"),
     ("circuit breaker", "performance", History(rejected_in_row=3), "circuit breaker"),
-    ("breaker reset", "performance", History(rejected_in_row=3, breaker_reset=True), None),
+    ("breaker below its limit", "performance", History(rejected_in_row=2), None),
     ("manual passes cooldown, cap and breaker", "manual",
      History(last_fired_at=AT - timedelta(minutes=1), fired_last_day=9, rejected_in_row=9), None),
 ]
