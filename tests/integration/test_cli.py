@@ -33,12 +33,12 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def test_up_detach_status_down(tmp_path: Path) -> None:
+def test_up_detach_status_down(stack_dir: Path) -> None:
     """`up --detach` returns when ready with a usable env file; `status` is healthy; `down` stops all of it."""
-    up = _pitstop(tmp_path, "up", "--detach", "--workers", "2")
+    up = _pitstop(stack_dir, "up", "--detach", "--workers", "2")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
-        env = read_env_file(tmp_path / ".pitstop" / "env")
+        env = read_env_file(stack_dir / ".pitstop" / "env")
         assert set(env) == {"PITSTOP_KAFKA_BOOTSTRAP", "PITSTOP_DATABASE_URL"}
         assert env["PITSTOP_KAFKA_BOOTSTRAP"].startswith("127.0.0.1:")
         with psycopg.connect(env["PITSTOP_DATABASE_URL"]) as conn:  # psycopg accepts the URL
@@ -46,20 +46,20 @@ def test_up_detach_status_down(tmp_path: Path) -> None:
                 "SELECT table_name FROM information_schema.tables WHERE table_schema = 'pitstop'")}
         assert {"predictions", "outcomes", "current_labels", "dead_letters", "feedback"} <= tables
 
-        status = _pitstop(tmp_path, "status", "--json")
+        status = _pitstop(stack_dir, "status", "--json")
         assert status.returncode == 0, status.stdout + status.stderr
         rows = {r["component"]: r for r in json.loads(status.stdout)}
         assert set(rows) == {"supervisor", "broker", "database", "worker-0", "worker-1"}
         assert all(r["healthy"] for r in rows.values())
-        again = _pitstop(tmp_path, "up", "--detach")
+        again = _pitstop(stack_dir, "up", "--detach")
         assert again.returncode == 1 and "already running" in again.stderr
         assert len(again.stderr.strip().splitlines()) == 1
     finally:
-        down = _pitstop(tmp_path, "down")
+        down = _pitstop(stack_dir, "down")
     assert down.returncode == 0 and "supervisor" in down.stdout
-    assert _processes_mentioning(str(tmp_path)) == []  # postgres, broker log dir, workers: all gone
-    assert not (tmp_path / ".pitstop" / "env").exists()
-    after = _pitstop(tmp_path, "status")
+    assert _processes_mentioning(str(stack_dir)) == []  # postgres, broker log dir, workers: all gone
+    assert not (stack_dir / ".pitstop" / "env").exists()
+    after = _pitstop(stack_dir, "status")
     assert after.returncode == 1 and "DOWN" in after.stdout
 
 
