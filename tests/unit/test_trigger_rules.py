@@ -251,3 +251,26 @@ def test_stable_error_streams_make_no_detector_decision() -> None:
     for seed in range(4):
         signals, found = _error_stream([0.2] * 45, per_window=600, seed=100 + seed)
         assert decide_detectors(signals, 0.8, DETECTING, found) is None, found
+
+
+def test_alerts_go_out_for_critical_unjudged_and_the_breaker_only() -> None:
+    """A critical retrain (fired or pending), unjudged drift and a retrain held back by the breaker raise an alert
+    with a deterministic id; an elevated retrain, a watch and a cooldown do not."""
+    from feedback.triggers.engine import Decision, alerts_for
+
+    base = Decision(decision_id="churn/performance/v1/x", model_name="churn", model_version="v1", kind="performance",
+                    urgency="critical", status="fired", sentence="accuracy fell 12%", decided_at=AT)
+    cases = [
+        (base, ["critical"]),
+        (replace(base, status="pending"), ["critical"]),
+        (replace(base, urgency="elevated"), []),
+        (replace(base, kind="drift", urgency="elevated", status="unjudged"), ["unjudged_drift"]),
+        (replace(base, kind="drift", urgency="routine", status="watch"), []),
+        (replace(base, urgency="elevated", status="suppressed", suppressed_by="circuit breaker: 3 rejected"),
+         ["circuit_breaker"]),
+        (replace(base, urgency="elevated", status="suppressed", suppressed_by="cooldown: 1 h ago"), []),
+    ]
+    for decision, kinds in cases:
+        alerts = alerts_for(decision)
+        assert [a.kind for a in alerts] == kinds, decision
+        assert all(a.alert_id == f"{decision.decision_id}/{a.kind}/{decision.status}" for a in alerts)
