@@ -146,7 +146,9 @@ class _Prepared:
     cat_valid: np.ndarray
 
 
+#: prepared profiles by identity, oldest first; a round over more versions than this rebuilds them all
 _PREPARED: dict[int, tuple[ReferenceProfile, _Prepared]] = {}
+_PREPARED_MAX = 1024
 
 
 def _prepare(profile: ReferenceProfile) -> _Prepared:
@@ -182,8 +184,8 @@ def _prepare(profile: ReferenceProfile) -> _Prepared:
         cat_valid[f, : s.n_bins] = True
     prepared = _Prepared(numeric, categorical, ref_fine, valid_fine, to_coarse, ref_coarse, valid_coarse, width,
                          cat_ref, cat_valid)
-    if len(_PREPARED) > 64:
-        _PREPARED.clear()
+    if len(_PREPARED) >= _PREPARED_MAX:
+        del _PREPARED[next(iter(_PREPARED))]  # the oldest: the round goes through the versions in one order
     _PREPARED[id(profile)] = (profile, prepared)
     return prepared
 

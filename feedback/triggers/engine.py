@@ -427,9 +427,10 @@ class TriggerEngine:
         self.config = config
         self.decider = Decider(config)
         self.alerts = alerts
+        self.max_training_s = {n: m.triggers.max_training_s for n, m in config.models.items()}
 
     def _ledger(self, cur: psycopg.Cursor[Any]) -> PostgresLedger:
-        return PostgresLedger(cur, max_training_s={n: m.triggers.max_training_s for n, m in self.config.models.items()})
+        return PostgresLedger(cur, max_training_s=self.max_training_s)
 
     def run(self, conn: psycopg.Connection[Any], evaluations: Iterable[Evaluation], *,
             wall_now: datetime | None = None) -> list[Decision]:
