@@ -50,20 +50,10 @@ FROM detector_events WHERE model_name = %s AND model_version = %s ORDER BY label
 _VERSIONS = "SELECT model_version FROM reference_profiles WHERE model_name = %s ORDER BY created_at, model_version"
 
 
-def model_config(settings: Settings, model: str) -> ModelConfig:
-    config = settings.monitoring.model(model)
-    if config is None:
-        where = settings.monitoring.path or "no pitstop.toml (set PITSTOP_CONFIG)"
-        known = ", ".join(sorted(settings.monitoring.models)) or "none"
-        msg = f"model {model!r} is not configured in {where}; configured models: {known}"
-        raise PitstopError(msg)
-    return config
-
-
 def monitor_report(settings: Settings, model: str, *, version: str | None, segment: str, windows: int,
                    as_json: bool, say: Callable[[str], None], database_url: str | None = None) -> int:
     """Run a monitor round for ``model`` (or read the stored one if a worker is running it) and print it."""
-    config = model_config(settings, model)
+    config = settings.require_model(model)
     if database_url is None:
         database_url = settings.require_database()
     updater = WindowUpdater(settings.monitoring)
@@ -151,7 +141,7 @@ def import_reference(settings: Settings, model: str, version: str, path: Path, *
     """Profile a training set (CSV or Parquet) as the version's reference and recount its windows."""
     import pandas as pd
 
-    config = model_config(settings, model)
+    config = settings.require_model(model)
     if not path.is_file():
         msg = f"{path}: no such file; give a CSV or Parquet training set"
         raise PitstopError(msg)

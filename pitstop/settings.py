@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from feedback.errors import ModelConfigError
-from feedback.monitoring.config import EMPTY, MonitoringConfig, load_config
-from pitstop.errors import ConfigError, ConfigFileError
+from feedback.monitoring.config import EMPTY, ModelConfig, MonitoringConfig, load_config
+from pitstop.errors import ConfigError, ConfigFileError, PitstopError
 from schemas import Limits
 
 T = TypeVar("T")
@@ -158,6 +158,16 @@ class Settings:
             log_level=level,
             alert_webhook=webhook,
         )
+
+    def require_model(self, model: str) -> ModelConfig:
+        """A configured model's settings, or the one line naming the configured models."""
+        config = self.monitoring.model(model)
+        if config is None:
+            where = self.monitoring.path or "no pitstop.toml (set PITSTOP_CONFIG)"
+            known = ", ".join(sorted(self.monitoring.models)) or "none"
+            msg = f"model {model!r} is not configured in {where}; configured models: {known}"
+            raise PitstopError(msg)
+        return config
 
     def require_database(self) -> str:
         """The database address, or a ConfigError saying how to get one."""

@@ -64,23 +64,12 @@ _STORED = "SELECT status, recorded_at FROM retrain_decisions WHERE decision_id =
 _EVENT = "SELECT sent_at FROM outbox WHERE event_id = %s"
 
 
-def model_config(settings: Settings, model: str) -> ModelConfig:
-    """The model's configuration, or the one line naming the configured models (as `pitstop monitor` says it)."""
-    config = settings.monitoring.model(model)
-    if config is None:
-        where = settings.monitoring.path or "no pitstop.toml (set PITSTOP_CONFIG)"
-        known = ", ".join(sorted(settings.monitoring.models)) or "none"
-        msg = f"model {model!r} is not configured in {where}; configured models: {known}"
-        raise PitstopError(msg)
-    return config
-
-
 # --- pitstop triggers list --------------------------------------------------------------------------------------
 
 
 def list_decisions(settings: Settings, model: str, *, limit: int, as_json: bool, say: Say) -> int:
     """Print the model's retrain decisions, newest first."""
-    model_config(settings, model)
+    settings.require_model(model)
     if limit < 1:
         msg = f"--limit {limit}: expected an integer >= 1"
         raise PitstopError(msg)
@@ -120,7 +109,7 @@ def _event_state(row: dict[str, Any]) -> str:
 
 def reset_breaker(settings: Settings, model: str, *, by: str | None, say: Say) -> int:
     """Reset the model's circuit breaker (a trigger_resets row); says what its state was."""
-    config = model_config(settings, model)
+    config = settings.require_model(model)
     if by is not None:
         by = _check_by(by)
     from feedback.triggers.engine import PostgresLedger
@@ -148,7 +137,7 @@ def request_retrain(settings: Settings, model: str, *, reason: str, request_id: 
 
     Exit code 0 when the request fired (now or by an earlier identical request), 1 when storm control held it back.
     """
-    config = model_config(settings, model)
+    config = settings.require_model(model)
     if not config.triggers.enabled:
         msg = (f"model {model!r} has retrain triggers disabled in {settings.monitoring.path} (triggers.enabled = "
                "false); enable them to request a retrain")
@@ -298,7 +287,7 @@ def replay_triggers(settings: Settings, model: str, *, start: str, end: str, ver
     Writes nothing. A progress line is rewritten on ``progress_to`` (default stderr) only when it is a terminal,
     at most about 50 times.
     """
-    config = model_config(settings, model)
+    config = settings.require_model(model)
     t1, t2 = parse_instant(start, "--from"), parse_instant(end, "--to")
     if t1 > t2:
         msg = f"--from {_minute(t1)} is after --to {_minute(t2)} (UTC): give the earlier instant first"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -62,3 +63,29 @@ def outcome_dict(i: int = 0, **overrides: Any) -> dict[str, Any]:
     }
     doc.update(overrides)
     return doc
+
+
+#: the drifting workload of the trigger tests: labelled predictions an hour, and the hour the drift begins
+PER_HOUR = 2000
+DRIFT_HOUR = 5
+
+
+def drifting_hour(hour: int, *, drift: bool = True, seed: int = 1, accuracy_after: float = 0.83,
+                  per_hour: int = PER_HOUR) -> tuple[list[PredictionEvent], list[OutcomeEvent]]:
+    """``per_hour`` labelled predictions of one hour after T0; from DRIFT_HOUR (when ``drift``) two of four
+    features (age, tenure) shift by one sd and accuracy falls from about 90% to ``accuracy_after`` (by default an
+    elevated drop, not a critical one)."""
+    rng = random.Random(seed * 1000 + hour)
+    shifted = drift and hour >= DRIFT_HOUR
+    preds, labels = [], []
+    for k in range(per_hour):
+        i = hour * per_hour + k
+        p1 = rng.random()
+        preds.append(prediction(
+            i, predicted_at=T0 + timedelta(hours=hour, seconds=k * 3600 / per_hour),
+            features={"age": rng.gauss(50 if shifted else 40, 10), "income": rng.gauss(3000, 500),
+                      "tenure": rng.gauss(36 if shifted else 24, 12), "plan": rng.choice("abc")},
+            prediction=int(p1 > 0.5), probabilities={"0": 1 - p1, "1": p1}))
+        right = rng.random() < (accuracy_after if shifted else 0.90)
+        labels.append(outcome(i, label=int(p1 > 0.5) if right else 1 - int(p1 > 0.5)))
+    return preds, labels

@@ -3,10 +3,8 @@ never; replays and repeated rounds make no second event; storm control and manua
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 
@@ -17,7 +15,7 @@ from feedback.store import FeedbackStore
 from feedback.triggers.alerts import Alert
 from feedback.triggers.engine import Decision, TriggerEngine
 from feedback.triggers.outbox import relay
-from tests.factories import T0, outcome, prediction
+from tests.factories import DRIFT_HOUR, T0, drifting_hour
 
 TOML = """
 [models.churn]
@@ -36,8 +34,6 @@ cooldown = "6h"
 [models.churn.triggers.drift]
 windows = 2
 """
-PER_HOUR = 2000
-DRIFT_HOUR = 5
 
 
 class Alerts:
@@ -51,25 +47,6 @@ class Alerts:
 
     def close(self, timeout_s: float = 5.0) -> None:
         pass
-
-
-def hour_of_events(hour: int, *, drift: bool, seed: int) -> tuple[list[Any], list[Any]]:
-    """PER_HOUR labelled predictions of one hour; from DRIFT_HOUR (when ``drift``) two features shift by one sd
-    and accuracy falls from about 90% to about 83% (an elevated drop, not a critical one)."""
-    rng = random.Random(seed * 1000 + hour)
-    shifted = drift and hour >= DRIFT_HOUR
-    preds, labels = [], []
-    for k in range(PER_HOUR):
-        i = hour * PER_HOUR + k
-        p1 = rng.random()
-        preds.append(prediction(
-            i, predicted_at=T0 + timedelta(hours=hour, seconds=k * 3600 / PER_HOUR),
-            features={"age": rng.gauss(40 + (10 if shifted else 0), 10), "income": rng.gauss(3000, 500),
-                      "tenure": rng.gauss(24 + (12 if shifted else 0), 12), "plan": rng.choice("abc")},
-            prediction=int(p1 > 0.5), probabilities={"0": 1 - p1, "1": p1}))
-        right = rng.random() < (0.83 if shifted else 0.90)
-        labels.append(outcome(i, label=int(p1 > 0.5) if right else 1 - int(p1 > 0.5)))
-    return preds, labels
 
 
 @pytest.fixture
@@ -89,7 +66,7 @@ def run_hours(store: FeedbackStore, config: MonitoringConfig, engine: TriggerEng
     monitor = Monitor(store, store.windows)
     rounds = []
     for hour in hours:
-        preds, labels = hour_of_events(hour, drift=drift, seed=seed)
+        preds, labels = drifting_hour(hour, drift=drift, seed=seed)
         store.write_batch(preds, labels)
         found: list[Decision] = []
         wall_now = T0 + timedelta(hours=hour + 1)

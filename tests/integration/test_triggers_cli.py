@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -15,7 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import psycopg
@@ -30,7 +28,7 @@ from feedback.triggers.alerts import LogAlertSink
 from feedback.triggers.engine import TriggerEngine
 from pitstop.settings import Topics
 from tests.conftest import Services
-from tests.factories import T0, outcome, prediction
+from tests.factories import DRIFT_HOUR, T0, drifting_hour
 
 TOML = """
 [models.churn]
@@ -56,36 +54,15 @@ positive_class = 1
 [models.legacy.triggers]
 enabled = false
 """
-PER_HOUR = 2000
-DRIFT_HOUR = 5
 CHANGE = T0 + timedelta(hours=DRIFT_HOUR)
 SCHEMA = json.loads((Path(__file__).parents[2] / "schemas" / "retrain_trigger.schema.json").read_text())
-
-
-def hour_of_events(hour: int, seed: int = 1) -> tuple[list[Any], list[Any]]:
-    """PER_HOUR labelled predictions of one hour; from DRIFT_HOUR two of four features shift by one sd and
-    accuracy falls from about 90% to about 82.5% (an elevated drop, not a critical one)."""
-    rng = random.Random(seed * 1000 + hour)
-    shifted = hour >= DRIFT_HOUR
-    preds, labels = [], []
-    for k in range(PER_HOUR):
-        i = hour * PER_HOUR + k
-        p1 = rng.random()
-        preds.append(prediction(
-            i, predicted_at=T0 + timedelta(hours=hour, seconds=k * 3600 / PER_HOUR),
-            features={"age": rng.gauss(50 if shifted else 40, 10), "income": rng.gauss(3000, 500),
-                      "tenure": rng.gauss(36 if shifted else 24, 12), "plan": rng.choice("abc")},
-            prediction=int(p1 > 0.5), probabilities={"0": 1 - p1, "1": p1}))
-        right = rng.random() < (0.825 if shifted else 0.90)
-        labels.append(outcome(i, label=int(p1 > 0.5) if right else 1 - int(p1 > 0.5)))
-    return preds, labels
 
 
 def run_hours(store: FeedbackStore, engine: TriggerEngine, hours: range) -> None:
     """Write each hour, then run a monitor round with the engine deciding at the end of it (as a worker does)."""
     monitor = Monitor(store, store.windows)  # type: ignore[arg-type]
     for hour in hours:
-        store.write_batch(*hour_of_events(hour))
+        store.write_batch(*drifting_hour(hour, accuracy_after=0.825))
         wall_now = T0 + timedelta(hours=hour + 1)
         monitor.run_once(after=lambda conn, evs, wall_now=wall_now: engine.run(conn, evs, wall_now=wall_now))
 

@@ -17,8 +17,8 @@ from feedback.store import FeedbackStore
 from pitstop.client import PitstopProducer
 from pitstop.settings import Topics
 from tests.conftest import Services, wait_until
-from tests.factories import T0
-from tests.integration.test_triggers import DRIFT_HOUR, PER_HOUR, TOML, hour_of_events
+from tests.factories import DRIFT_HOUR, PER_HOUR, T0, drifting_hour
+from tests.integration.test_triggers import TOML
 
 HOURS = 10
 SCHEMA = json.loads((Path(__file__).parents[2] / "schemas" / "retrain_trigger.schema.json").read_text())
@@ -27,7 +27,7 @@ SCHEMA = json.loads((Path(__file__).parents[2] / "schemas" / "retrain_trigger.sc
 def _stream(services: Services, topics: Topics, *, drift: bool) -> None:
     with PitstopProducer(services.kafka_bootstrap, topics=topics, batch_size=500) as producer:
         for hour in range(HOURS):
-            preds, labels = hour_of_events(hour, drift=drift, seed=7)
+            preds, labels = drifting_hour(hour, drift=drift, seed=7)
             producer.publish_many([*preds, *labels])
 
 
