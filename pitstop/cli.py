@@ -1,5 +1,5 @@
 """`pitstop`: the operator's command line (up, down, status, migrate, topics, demo, monitor, reference, triggers,
-retrain)."""
+retrain, models)."""
 
 from __future__ import annotations
 
@@ -111,6 +111,18 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
     return request_retrain(settings, args.model, reason=args.reason, request_id=args.id, by=args.by, say=_say)
 
 
+def cmd_models_list(args: argparse.Namespace, settings: Settings) -> int:
+    from pitstop.models_cli import list_models
+
+    return list_models(settings, args.model, as_json=args.json, say=_say)
+
+
+def cmd_models_show(args: argparse.Namespace, settings: Settings) -> int:
+    from pitstop.models_cli import show_model
+
+    return show_model(settings, args.model, args.version, as_json=args.json, say=_say)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pitstop", description="Keep production models fresh.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -184,6 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
                          "so a repeat within the minute is the same request)")
     retrain.add_argument("--by", default=None, help="who asks (default: the login name)")
     retrain.set_defaults(func=cmd_retrain)
+    models = sub.add_parser("models", help="the model registry")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    mlist = models_sub.add_parser("list", help="registered versions, newest first per model")
+    mlist.add_argument("--model", default=None)
+    mlist.add_argument("--json", action="store_true")
+    mlist.set_defaults(func=cmd_models_list)
+    mshow = models_sub.add_parser("show", help="a version's stages, gate table and lineage")
+    mshow.add_argument("model")
+    mshow.add_argument("version", nargs="?", default=None, help="default: the newest")
+    mshow.add_argument("--json", action="store_true")
+    mshow.set_defaults(func=cmd_models_show)
     return parser
 
 

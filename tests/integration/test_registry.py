@@ -66,3 +66,36 @@ def test_stages_move_only_along_allowed_transitions(store: FeedbackStore) -> Non
                                       ("v3", "candidate", "rejected")]
     assert moves[3][3] == "replaced by v2: gates passed (promotion after-gates)"
     assert gates == 3
+
+
+def test_models_list_and_show_print_the_registry(services, db_schema, store: FeedbackStore) -> None:
+    """`pitstop models list` shows every version with its stage and gates; `models show` the stage history, the
+    gate table and the lineage; an unknown version is one line saying what to do."""
+    import os
+    import subprocess
+    import sys
+
+    registry = Registry()
+    with store.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        _register(registry, cur, "v1", "champion")
+        _register(registry, cur, "v2")
+        registry.move(cur, "churn", "v2", "rejected", reason="challenger log loss 0.4 > 1.05 x champion 0.3")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PITSTOP_")}
+    env.update(PITSTOP_DATABASE_URL=services.database_url, PITSTOP_DB_SCHEMA=db_schema)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pitstop.cli", *args], env=env, capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    listed = cli("models", "list", "--model", "churn")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[1].split()[:3] == ["churn", "v2", "rejected"] and lines[2].split()[:3] == ["churn", "v1", "champion"]
+    assert "1 of 1" in lines[1]
+    shown = cli("models", "show", "churn", "v2")
+    assert shown.returncode == 0, shown.stderr
+    assert "candidate -> rejected: challenger log loss 0.4 > 1.05 x champion 0.3" in shown.stdout
+    assert "pass recent   log_loss_vs_champion" in shown.stdout and "(n=200)" in shown.stdout
+    assert 'train_rows: 400' in shown.stdout
+    missing = cli("models", "show", "churn", "v9")
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "pitstop models list" in missing.stderr

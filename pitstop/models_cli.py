@@ -1,0 +1,101 @@
+"""`pitstop models list` and `pitstop models show`: the registry, the gate table and the lineage of a version."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from feedback.store import connect_kwargs
+from pitstop.errors import PitstopError
+from pitstop.settings import Settings
+
+Say = Callable[[str], None]
+
+_LIST = """
+SELECT model_name, version, stage, trigger_id, trainer, created_at, encode(sha256, 'hex'), gates_passed
+FROM model_registry WHERE (%(m)s::text IS NULL OR model_name = %(m)s)
+ORDER BY model_name, created_at DESC, version DESC
+"""
+_VERSION = """
+SELECT v.version, v.stage, v.trigger_id, v.trainer, v.params, v.lineage, v.metrics, v.created_at,
+       encode(a.sha256, 'hex'), a.format, a.size_bytes
+FROM model_versions v LEFT JOIN model_artifacts a USING (artifact_id)
+WHERE v.model_name = %s AND (%s::text IS NULL OR v.version = %s)
+ORDER BY v.created_at DESC LIMIT 1
+"""
+_STAGES = """
+SELECT changed_at, from_stage, to_stage, reason FROM model_stage_changes
+WHERE model_name = %s AND version = %s ORDER BY change_id
+"""
+_GATES = """
+SELECT set_name, name, passed, observed, threshold, sample_size, sentence FROM model_gate_results
+WHERE model_name = %s AND version = %s ORDER BY ordinal
+"""
+
+
+def list_models(settings: Settings, model: str | None, *, as_json: bool, say: Say) -> int:
+    """Every registered version, newest first per model."""
+    with _connect(settings) as conn:
+        rows = conn.execute(_LIST, {"m": model}).fetchall()
+    keys = ("model", "version", "stage", "trigger_id", "trainer", "created_at", "sha256", "gates_passed")
+    if as_json:
+        say(json.dumps([dict(zip(keys, r, strict=True)) for r in rows], default=str))
+        return 0
+    if not rows:
+        say(f"no registered versions{f' of {model}' if model else ''} yet")
+        return 0
+    say(f"{'model':<12} {'version':<24} {'stage':<10} {'created (UTC)':<17} {'gates':<8} {'sha256':<12} trigger")
+    for m, version, stage, trigger, _trainer, created, sha, gates in rows:
+        say(f"{m:<12} {version:<24} {stage:<10} {created:%Y-%m-%d %H:%M}  {gates or '-':<8} {(sha or '-')[:12]:<12} "
+            f"{trigger or '-'}")
+    return 0
+
+
+def show_model(settings: Settings, model: str, version: str | None, *, as_json: bool, say: Say) -> int:
+    """One version (the newest by default): its stage history, gate table, lineage and metrics."""
+    with _connect(settings) as conn:
+        row = conn.execute(_VERSION, (model, version, version)).fetchone()
+        if row is None:
+            what = f"{model} {version}" if version else model
+            msg = f"{what} is not in the registry; `pitstop models list` shows what is"
+            raise PitstopError(msg)
+        (v, stage, trigger, trainer, params, lineage, metrics, created, sha, fmt, size) = row
+        stages = conn.execute(_STAGES, (model, v)).fetchall()
+        gates = conn.execute(_GATES, (model, v)).fetchall()
+    doc: dict[str, Any] = {
+        "model": model, "version": v, "stage": stage, "trigger_id": trigger, "trainer": trainer, "params": params,
+        "created_at": created, "artifact": {"sha256": sha, "format": fmt, "size_bytes": size},
+        "stages": [dict(zip(("at", "from", "to", "reason"), s, strict=True)) for s in stages],
+        "gates": [dict(zip(("set", "gate", "passed", "observed", "threshold", "n", "sentence"), g, strict=True))
+                  for g in gates],
+        "lineage": lineage, "metrics": metrics,
+    }
+    if as_json:
+        say(json.dumps(doc, default=str))
+        return 0
+    say(f"{model} {v}: {stage}; trainer {trainer or '-'}; trigger {trigger or '-'}")
+    say(f"  artifact {fmt or '-'} {size or 0:,} bytes, sha256 {sha or '-'}")
+    say("  stages:")
+    for at, frm, to, reason in stages:
+        say(f"    {at:%Y-%m-%d %H:%M}  {frm or '(registered)'} -> {to}: {reason}")
+    if gates:
+        say("  gates:")
+        for set_name, name, passed, _obs, _th, n, sentence in gates:
+            mark = "pass" if passed else ("FAIL" if passed is False else "info")
+            size_text = f" (n={n:,})" if n is not None else ""
+            say(f"    {mark:<4} {set_name:<8} {name:<28} {sentence}{size_text}")
+    say("  lineage:")
+    for key, value in (lineage or {}).items():
+        say(f"    {key}: {json.dumps(value, default=str)}")
+    return 0
+
+
+def _connect(settings: Settings) -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(settings.require_database(), connect_timeout=5, **connect_kwargs(settings.db_schema))
+    except psycopg.OperationalError as exc:
+        msg = f"the feedback store did not answer: {str(exc).strip().splitlines()[0]}"
+        raise PitstopError(msg) from None
