@@ -131,6 +131,39 @@ class TriggerConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RetrainGates:
+    """The offline gates a candidate must pass against the champion (retrain_worker/gates.py)."""
+
+    max_ratio: float = 1.05  # challenger error <= this x champion's (MAE, RMSE; log loss, 1 - AUC)
+    min_improvement: float | None = None  # optional: the main error at least this much (relative) lower
+    floor: float | None = None  # an absolute floor: AUC for classification, R^2 for regression
+    leakage_ratio: float = 0.5  # an error below this x champion's fails as likely leakage
+    segment_epsilon: float = 0.01  # no declared segment's main metric may regress by more
+    calibration_tolerance: float = 0.02  # classification: ECE no worse than the champion's + this
+    latency_budget_ms: float | None = 5.0  # prediction latency per row
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetrainConfig:
+    """How the retrain worker trains a model (`[models.M.retrain]`)."""
+
+    trainer: str = "retrain_worker.trainers:gradient_boosting"
+    budget_s: int = 30 * 60
+    weighting: Literal["exponential", "step"] = "exponential"
+    half_life_s: int = 50 * DAY_S
+    window_s: int = 90 * DAY_S  # the step weighting's window
+    before_change: Literal["exclude", "downweight", "keep"] = "exclude"
+    before_change_factor: float = 0.1
+    history_s: int = 365 * DAY_S  # how far back before the cutoff rows are loaded
+    test_share: float = 0.2
+    min_train_rows: int = 500
+    min_test_rows: int = 200
+    #: "shadow": a passing candidate waits for shadow evaluation; "after-gates": it becomes champion at once
+    promotion: Literal["shadow", "after-gates"] = "shadow"
+    gates: RetrainGates = field(default_factory=RetrainGates)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ModelConfig:
     """How one model is monitored, with `[defaults]` and the built-in defaults already applied.
 
@@ -165,6 +198,7 @@ class ModelConfig:
     performance: PerformanceConfig = field(default_factory=PerformanceConfig)
     detectors: DetectorConfig = field(default_factory=DetectorConfig)
     triggers: TriggerConfig = field(default_factory=TriggerConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "segments", tuple(self.segments))
@@ -389,6 +423,50 @@ _TRIGGERS: Mapping[str, _Convert] = {
     "circuit_breaker": _integer(1),
     "max_training": _duration,
 }
+
+
+def _choice(*options: str) -> _Convert:
+    def convert(value: Any) -> str:
+        if value not in options:
+            raise _Expected(_one_of(options))
+        return value
+
+    return convert
+
+
+def _callable_spec(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+        msg = "a trainer as 'module:callable', such as 'retrain_worker.trainers:gradient_boosting'"
+        raise _Expected(msg)
+    return value
+
+
+_UNIT_OPEN = "a number greater than 0 and less than 1"
+_RETRAIN: Mapping[str, _Convert] = {
+    "trainer": _callable_spec,
+    "budget": _duration,
+    "weighting": _choice("exponential", "step"),
+    "half_life": _duration,
+    "window": _duration,
+    "before_change": _choice("exclude", "downweight", "keep"),
+    "before_change_factor": _number(_UNIT_OPEN, lambda x: 0 < x < 1),
+    "history": _duration,
+    "test_share": _number(_UNIT_OPEN, lambda x: 0 < x < 1),
+    "min_train_rows": _integer(1),
+    "min_test_rows": _integer(1),
+    "promotion": _choice("shadow", "after-gates"),
+}
+_RETRAIN_GATES: Mapping[str, _Convert] = {
+    "max_ratio": _number("a number >= 1", lambda x: x >= 1),
+    "min_improvement": _number(_UNIT_OPEN, lambda x: 0 < x < 1),
+    "floor": _number("a finite number"),
+    "leakage_ratio": _number(_UNIT_OPEN, lambda x: 0 < x < 1),
+    "segment_epsilon": _number("a number >= 0", lambda x: x >= 0),
+    "calibration_tolerance": _number("a number >= 0", lambda x: x >= 0),
+    "latency_budget_ms": _number("a number > 0", lambda x: x > 0),
+}
+_RETRAIN_RENAMES = {"budget": "budget_s", "half_life": "half_life_s", "window": "window_s", "history": "history_s"}
+
 _TRIGGER_SECTIONS: Mapping[str, Mapping[str, _Convert]] = {
     "drift": {"windows": _integer(1, 1000), "min_series": _integer(1), "unjudged_windows": _integer(1, 1000)},
     "performance": {
@@ -419,6 +497,7 @@ class _Layer:
     knobs: Mapping[str, Any]
     sections: Mapping[str, Mapping[str, Any]]
     triggers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    retrain: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 class _Parser:
@@ -473,6 +552,7 @@ class _Parser:
             performance=performance,
             detectors=DetectorConfig(**{**defaults.sections["detectors"], **own.sections["detectors"]}),
             triggers=self.triggers(table, at, metric, defaults),
+            retrain=self.retrain(table, at, defaults),
             **knobs,
         )
 
@@ -500,6 +580,23 @@ class _Parser:
             detectors=DetectorTrigger(**sections["detectors"]), **knobs,
         )
 
+    def retrain(self, table: Mapping[str, Any], at: tuple[str, ...], defaults: _Layer) -> RetrainConfig:
+        """`[models.M.retrain]` over `[defaults.retrain]`."""
+        own = self.retrain_layer(table, at)
+        knobs = {_RETRAIN_RENAMES.get(k, k): v for k, v in {**defaults.retrain["knobs"], **own["knobs"]}.items()}
+        gates = RetrainGates(**{**defaults.retrain["gates"], **own["gates"]})
+        return RetrainConfig(gates=gates, **knobs)
+
+    def retrain_layer(self, table: Mapping[str, Any], at: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+        at = (*at, "retrain")
+        sub = self.table(table.get("retrain", {}), at)
+        gates_at = (*at, "gates")
+        return {
+            "knobs": self.values(sub, at, _RETRAIN, (*_RETRAIN, "gates")),
+            "gates": self.values(self.table(sub.get("gates", {}), gates_at), gates_at, _RETRAIN_GATES,
+                                 tuple(_RETRAIN_GATES)),
+        }
+
     def trigger_layer(self, table: Mapping[str, Any], at: tuple[str, ...]) -> dict[str, dict[str, Any]]:
         at = (*at, "triggers")
         sub = self.table(table.get("triggers", {}), at)
@@ -509,7 +606,7 @@ class _Parser:
         return layer
 
     def layer(self, table: Mapping[str, Any], at: tuple[str, ...], own_keys: Sequence[str]) -> _Layer:
-        knobs = self.values(table, at, _KNOBS, (*own_keys, *_KNOBS, *_SECTIONS, "triggers"))
+        knobs = self.values(table, at, _KNOBS, (*own_keys, *_KNOBS, *_SECTIONS, "triggers", "retrain"))
         sections = {}
         for name, spec in _SECTIONS.items():
             sub = self.table(table.get(name, {}), (*at, name))
@@ -517,7 +614,8 @@ class _Parser:
             extra = ("features",) if name == "thresholds" and at != ("defaults",) else ()
             sections[name] = self.values(sub, (*at, name), spec, (*spec, *extra))
         triggers = self.trigger_layer(table, at) if at == ("defaults",) else {}
-        return _Layer(at=at, knobs=knobs, sections=sections, triggers=triggers)
+        retrain = self.retrain_layer(table, at) if at == ("defaults",) else {}
+        return _Layer(at=at, knobs=knobs, sections=sections, triggers=triggers, retrain=retrain)
 
     def values(
         self, table: Mapping[str, Any], at: tuple[str, ...], spec: Mapping[str, _Convert], allowed: Sequence[str]

@@ -301,3 +301,28 @@ def test_bad_trigger_settings_fail_naming_the_key(table: str, message: str) -> N
     with pytest.raises(ModelConfigError) as raised:
         parse_config(text)
     assert message in str(raised.value)
+
+
+def test_retrain_settings_merge_defaults_and_fail_naming_the_key() -> None:
+    """[models.M.retrain] over [defaults.retrain], durations in seconds, gates nested; a bad value names its key."""
+    config = parse_config("""
+[defaults.retrain]
+budget = "5m"
+[models.m]
+task = "regression"
+[models.m.retrain]
+promotion = "after-gates"
+half_life = "30d"
+[models.m.retrain.gates]
+floor = 0.5
+""")
+    retrain = config.models["m"].retrain
+    assert (retrain.budget_s, retrain.half_life_s, retrain.promotion, retrain.gates.floor) == (300, 30 * 86400,
+                                                                                                "after-gates", 0.5)
+    assert retrain.trainer == "retrain_worker.trainers:gradient_boosting" and retrain.gates.max_ratio == 1.05
+    for table, message in [('trainer = "nope"', "models.m.retrain.trainer = 'nope': expected a trainer as"),
+                           ('promotion = "now"', "expected 'shadow' or 'after-gates'"),
+                           ("[models.m.retrain.gates]\nmax_ratio = 0.9", "retrain.gates.max_ratio = 0.9")]:
+        with pytest.raises(ModelConfigError) as raised:
+            parse_config(f'[models.m]\ntask = "regression"\n[models.m.retrain]\n{table}\n')
+        assert message in str(raised.value)
