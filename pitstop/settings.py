@@ -49,8 +49,13 @@ class Topics:
     def retrain_triggers(self) -> str:
         return f"{self.prefix}retrain-triggers"
 
+    @property
+    def candidates(self) -> str:
+        return f"{self.prefix}candidates"
+
     def all(self) -> tuple[str, ...]:
-        return (self.predictions, self.outcomes, self.dead_letter, self.monitoring, self.retrain_triggers)
+        return (self.predictions, self.outcomes, self.dead_letter, self.monitoring, self.retrain_triggers,
+                self.candidates)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
