@@ -29,7 +29,8 @@ CHUNK_ROWS = 20_000
 
 # each prediction's label as of the cutoff, by the outcome history's primary key (prediction_id, observed_at, label)
 _POINT_IN_TIME = """
-SELECT p.prediction_id, p.predicted_at, p.features, p.prediction, p.segment, l.label, l.observed_at
+SELECT p.prediction_id, p.predicted_at, p.features, p.prediction, p.segment, l.label, l.observed_at,
+       p.probabilities, p.score, p.model_version
 FROM predictions p
 CROSS JOIN LATERAL (
     SELECT o.label, o.observed_at FROM outcomes o
@@ -43,7 +44,8 @@ ORDER BY p.predicted_at, p.prediction_id
 """
 
 #: columns the builder adds beside the features
-META = ("prediction_id", "predicted_at", "label", "labelled_at", "served_prediction", "weight")
+META = ("prediction_id", "predicted_at", "label", "labelled_at", "served_prediction", "served_probabilities",
+        "served_score", "served_version", "weight")
 SEGMENT_PREFIX = "segment:"
 
 
@@ -137,6 +139,9 @@ def _frame(rows: Sequence[tuple[Any, ...]]) -> pd.DataFrame:
         "label": [r[5] for r in rows],
         "labelled_at": pd.to_datetime([r[6] for r in rows], utc=True),
         "served_prediction": [r[3] for r in rows],
+        "served_probabilities": [r[7] for r in rows],
+        "served_score": [r[8] for r in rows],
+        "served_version": [r[9] for r in rows],
     })
     segments.columns = [f"{SEGMENT_PREFIX}{c}" for c in segments.columns]
     return pd.concat([features, segments, meta], axis=1)

@@ -603,3 +603,16 @@ def test_verdict_summary(case: str, results: list[GateResult], expected: tuple[b
     passed, summary = verdict(results)
     assert (passed, summary) == expected
     assert "\n" not in summary
+
+
+@pytest.mark.parametrize(("reference", "passed", "whose"), [
+    (None, False, "x champion 1.00"),  # a third of the degraded champion's error: suspicious
+    (0.35, True, "x champion before the change 0.350"),  # but the champion itself did 0.35 before the change
+    (0.9, False, "x champion before the change 0.900"),
+])
+def test_leakage_measures_against_the_champion_before_a_change(reference: float | None, passed: bool,
+                                                               whose: str) -> None:
+    """After a concept change the leakage check uses the champion's own pre-change error when it is lower."""
+    s = reg_set("recent", np.full(len(Y_REG), 1.0), np.full(len(Y_REG), 0.3), champion_reference_error=reference)
+    [row] = [r for r in run_gates("regression", [s], GateConfig()) if r.name == "leakage"]
+    assert row.passed is passed and whose in row.sentence, row.sentence
