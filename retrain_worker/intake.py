@@ -1,8 +1,9 @@
-"""The retrain worker's intake: trigger events from `pitstop.retrain-triggers`, checked against their schema and
-taken once per trigger id; a malformed event goes to the dead-letter table and topic with its reason.
+"""The retrain worker's intake: trigger events from `pitstop.retrain-triggers`, checked against their schema;
+a malformed event goes to the dead-letter table and topic with its reason.
 
 The relay republishes an event whose sent mark did not commit (feedback/triggers/outbox.py), so the same id can
-arrive twice: ``retrain_intake`` remembers the ids taken, in the transaction that takes them.
+arrive twice: ``retrain_intake`` remembers the ids seen and when, and the retrain's recorded outcome makes
+handling a trigger twice harmless (retrain_worker/pipeline.py).
 """
 
 from __future__ import annotations
@@ -102,9 +103,12 @@ def decode_trigger(value: bytes | None) -> TriggerEvent:
 
 @dataclass(slots=True)
 class IntakeResult:
-    """What one batch of trigger messages gave: triggers new to the worker, redeliveries, dead letters."""
+    """What one batch of trigger messages gave: its distinct valid triggers in order (those seen before too: a
+    worker that crashed mid-training sees its trigger again, and the recorded outcome, not the intake, says
+    whether it is done), how many were seen for the first time, the repeats, and the dead letters."""
 
     triggers: list[TriggerEvent] = field(default_factory=list)
+    first_seen: int = 0
     duplicates: int = 0
     dead_letters: list[DeadLetterRecord] = field(default_factory=list)
 
@@ -139,9 +143,13 @@ class TriggerIntake:
                 result.dead_letters = insert_dead_letters(cur, result.dead_letters)
         seen: set[str] = set()
         for _, trigger in good:
-            if trigger.trigger_id in taken and trigger.trigger_id not in seen:
-                seen.add(trigger.trigger_id)
-                result.triggers.append(trigger)
+            if trigger.trigger_id in seen:
+                result.duplicates += 1
+                continue
+            seen.add(trigger.trigger_id)
+            result.triggers.append(trigger)
+            if trigger.trigger_id in taken:
+                result.first_seen += 1
             else:
                 result.duplicates += 1
         return result

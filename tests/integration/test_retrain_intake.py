@@ -42,7 +42,8 @@ def _consume(services: Services, topic: str) -> list[InboundMessage]:
 def test_triggers_are_taken_once_and_malformed_ones_dead_lettered(services: Services, topics: Topics,
                                                                     store: FeedbackStore) -> None:
     """Two triggers (one republished), a non-JSON value, a schema violation and a bad timestamp: two triggers
-    taken, one duplicate, three dead letters in the table and on the topic; the same batch again takes nothing."""
+    seen for the first time, one duplicate, three dead letters in the table and on the topic; the same batch
+    again gives the same triggers (their outcomes decide) and no new dead letter rows."""
     bad_time = orjson.loads(_trigger(3)) | {"decided_at": "yesterday"}
     values = [_trigger(1), _trigger(2), _trigger(1), b"{not json", orjson.dumps({"schema_version": 1}),
               orjson.dumps(bad_time)]
@@ -57,7 +58,7 @@ def test_triggers_are_taken_once_and_malformed_ones_dead_lettered(services: Serv
     result = intake.receive(messages)
     assert [t.trigger_id for t in result.triggers] == ["churn/drift/v1/2026-03-01T11:00:00Z",
                                                        "churn/drift/v1/2026-03-01T12:00:00Z"]
-    assert result.triggers[0].change_point == T0 and result.duplicates == 1
+    assert result.triggers[0].change_point == T0 and result.duplicates == 1 and result.first_seen == 2
     reasons = sorted(r.split(":")[0] for (r,) in store.rows("SELECT reason FROM dead_letters"))
     assert reasons == ["not_json", "schema", "timestamp"]
     assert all(d.dead_letter_id is not None for d in result.dead_letters)
@@ -73,7 +74,7 @@ def test_triggers_are_taken_once_and_malformed_ones_dead_lettered(services: Serv
     assert {e["source_topic"] for e in letters} == {topics.retrain_triggers}
 
     again = intake.receive(messages)  # a redelivery after a crash before the offsets were committed
-    assert again.triggers == [] and again.duplicates == 3
+    assert len(again.triggers) == 2 and again.first_seen == 0 and again.duplicates == 3
     assert store.scalar("SELECT count(*) FROM dead_letters") == 3
     assert store.scalar("SELECT count(*) FROM retrain_intake") == 2
 
