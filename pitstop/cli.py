@@ -1,5 +1,5 @@
 """`pitstop`: the operator's command line (up, down, status, migrate, topics, demo, monitor, reference, triggers,
-retrain, models)."""
+retrain, retrain-worker, models)."""
 
 from __future__ import annotations
 
@@ -123,6 +123,15 @@ def cmd_models_show(args: argparse.Namespace, settings: Settings) -> int:
     return show_model(settings, args.model, args.version, as_json=args.json, say=_say)
 
 
+def cmd_retrain_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from feedback.store import migrate
+    from pitstop import retrain_service
+
+    _, database_url = settings.require_services()
+    migrate(database_url, settings.db_schema)
+    return retrain_service.run(settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pitstop", description="Keep production models fresh.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -196,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "so a repeat within the minute is the same request)")
     retrain.add_argument("--by", default=None, help="who asks (default: the login name)")
     retrain.set_defaults(func=cmd_retrain)
+    worker = sub.add_parser("retrain-worker", help="answer retrain triggers: train, gate, register, publish "
+                            "candidates (runs until Ctrl-C)")
+    worker.set_defaults(func=cmd_retrain_worker)
     models = sub.add_parser("models", help="the model registry")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     mlist = models_sub.add_parser("list", help="registered versions, newest first per model")

@@ -85,5 +85,7 @@ CREATE TABLE retrain_intake (
     model_name        text NOT NULL,
     source_partition  integer NOT NULL,
     source_offset     bigint NOT NULL,
-    received_at       timestamptz NOT NULL DEFAULT now()
+    received_at       timestamptz NOT NULL DEFAULT now(),
+    attempts          integer NOT NULL DEFAULT 0,   -- handlings that raised; after the worker's limit: failed
+    last_error        text
 );

@@ -1,0 +1,59 @@
+"""`pitstop retrain-worker`: one retrain worker process (settings, Kafka clients, signals) around
+retrain_worker/worker.py."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+
+from kafka import KafkaConsumer, KafkaProducer
+
+from feedback.store import FeedbackStore
+from pitstop.outbox_relay import OutboxPublisher
+from pitstop.settings import Settings
+from retrain_worker.pipeline import RetrainPipeline
+from retrain_worker.worker import RetrainWorker
+
+log = logging.getLogger(__name__)
+
+GROUP_SUFFIX = "-retrain"
+
+
+def retrain_group(settings: Settings) -> str:
+    """The retrain workers' consumer group: the app id's, with a suffix (never the ingest's group)."""
+    return settings.app_id + GROUP_SUFFIX
+
+
+def run(settings: Settings, *, should_stop: Callable[[], bool] | None = None) -> int:
+    """Run one retrain worker until SIGINT/SIGTERM (or ``should_stop()``); returns the exit status."""
+    bootstrap, database_url = settings.require_services()
+    stop = threading.Event()
+    if should_stop is None and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    longest = max((m.retrain.budget_s for m in settings.monitoring.models.values()), default=600)
+    consumer = KafkaConsumer(
+        settings.topics.retrain_triggers, bootstrap_servers=bootstrap, group_id=retrain_group(settings),
+        enable_auto_commit=False, auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=1000,
+        max_poll_records=20, max_poll_interval_ms=max(300_000, int(longest * 2000)),  # a training between polls
+    )
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", client_id=f"{retrain_group(settings)}-dlq")
+    outbox = OutboxPublisher(bootstrap, settings.topics.prefix, client_id=f"{retrain_group(settings)}-outbox")
+    store = FeedbackStore(database_url, settings.db_schema, max_size=3).open()
+    worker = RetrainWorker(
+        store, RetrainPipeline(store, settings.monitoring), consumer, dead_letter_topic=settings.topics.dead_letter,
+        send_dead_letter=lambda t, k, v: producer.send(t, key=k, value=v),
+        flush_dead_letters=lambda: producer.flush(timeout=30), publish=lambda: outbox.publish(store),
+    )
+    log.info("retrain worker: consuming %s (group %s)", settings.topics.retrain_triggers, retrain_group(settings))
+    try:
+        worker.run(should_stop or stop.is_set)
+    finally:
+        for close in (consumer.close, lambda: producer.close(timeout=10), outbox.close, store.close):
+            try:
+                close()
+            except Exception:  # a clean-up failure must not hide the original error
+                log.exception("retrain worker clean-up failed")
+    return 0

@@ -1,0 +1,293 @@
+"""One retrain, from a trigger to its outcome: dataset, checks, training, gates, registry, candidate event.
+
+The outcome (a candidate, a rejection with its reasons, or a failure) is recorded in ``retrain_outcomes`` in the
+transaction that registers the version and writes the candidate event to the outbox, so a trigger has an
+outcome if and only if its effects are committed; handling a trigger that already has one returns it and does
+nothing else. One training per model runs at a time across every worker process (a session advisory lock), and
+a crash mid-training leaves the champion untouched: nothing is written before the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from psycopg.types.json import Jsonb
+
+from feedback.monitoring.config import ModelConfig, MonitoringConfig
+from feedback.monitoring.profile import category_key
+from feedback.registry.artifacts import serialise
+from feedback.registry.versions import GateRecord, ModelVersion, Registry
+from feedback.store import FeedbackStore
+from retrain_worker.dataset import SEGMENT_PREFIX, Dataset, DatasetSpec, load_dataset
+from retrain_worker.gates import EvalSet, GateConfig, GateResult, run_gates, verdict
+from retrain_worker.intake import TriggerEvent
+from retrain_worker.trainers import TabularModel, TrainerError, train_with_budget
+from retrain_worker.validation import DataRules, failures, validate
+from retrain_worker.weights import WeightPolicy
+
+log = logging.getLogger(__name__)
+
+Result = Literal["candidate", "rejected", "failed"]
+RETRAIN_LOCK_CLASS = 0x5254  # advisory lock class of "a model's training"
+CANDIDATE_TOPIC = "candidates"
+#: kinds whose trigger carries a change point to train from
+CHANGE_KINDS = frozenset({"drift", "performance", "detector"})
+
+_OUTCOME = "SELECT outcome, sentence FROM retrain_outcomes WHERE trigger_id = %s"
+_RECORD = """
+INSERT INTO retrain_outcomes (trigger_id, model_name, outcome, sentence) VALUES (%s, %s, %s, %s)
+ON CONFLICT (trigger_id) DO NOTHING
+"""
+_OUTBOX = """
+INSERT INTO outbox (event_id, topic, key, payload) VALUES (%s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING
+"""
+
+
+class ModelBusy(Exception):  # noqa: N818 - a state, not a failure
+    """Another worker trains this model right now; the trigger waits (its offset is not committed)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """What became of a trigger."""
+
+    trigger_id: str
+    model_name: str
+    result: Result
+    sentence: str
+    version: str | None = None
+    gates: tuple[GateResult, ...] = ()
+    lineage: Mapping[str, Any] = field(default_factory=dict)
+
+
+def version_name(trigger: TriggerEvent) -> str:
+    """A deterministic version for the candidate of ``trigger`` (a retry registers nothing twice).
+
+    >>> t = TriggerEvent(trigger_id="churn/drift/v1/2026-03-01T17:00:00Z", model_name="churn", model_version="v1",
+    ...                  kind="drift", urgency="elevated", decided_at=datetime(2026, 3, 1, 20, tzinfo=UTC),
+    ...                  change_point=None, labels_since_change=None, reason="r", requested_by=None)
+    >>> version_name(t)
+    '20260301T2000Z-drift-d9ffb6'
+    """
+    digest = hashlib.sha256(trigger.trigger_id.encode()).hexdigest()[:6]
+    return f"{trigger.decided_at.astimezone(UTC):%Y%m%dT%H%MZ}-{trigger.kind}-{digest}"
+
+
+def gate_config(model: ModelConfig, *, champion_measured: bool) -> GateConfig:
+    """The model's gate thresholds; the latency ratio needs the champion's latency measured the same way."""
+    g = model.retrain.gates
+    floors = ({"floor_auc": g.floor} if model.task == "classification" else {"floor_r2": g.floor}) \
+        if g.floor is not None else {}
+    return GateConfig(max_ratio=g.max_ratio, min_improvement=g.min_improvement, leakage_ratio=g.leakage_ratio,
+                      segment_epsilon=g.segment_epsilon, calibration_tolerance=g.calibration_tolerance,
+                      latency_budget_ms_per_row=g.latency_budget_ms,
+                      **({} if champion_measured else {"max_latency_ratio": None}), **floors)
+
+
+class RetrainPipeline:
+    """Answers triggers for the models of ``config`` against one store."""
+
+    def __init__(self, store: FeedbackStore, config: MonitoringConfig, *, registry: Registry | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.store = store
+        self.config = config
+        self.registry = registry or Registry()
+        self.progress = progress or (lambda step: log.info("%s", step))
+
+    def handle(self, trigger: TriggerEvent) -> Outcome:
+        """Train, gate and register a candidate for ``trigger``; :class:`ModelBusy` when another worker trains
+        the model. Returns the stored outcome when the trigger has one already."""
+        model = self.config.models.get(trigger.model_name)
+        with self.store.pool.connection() as lock:
+            if not lock.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
+                                (RETRAIN_LOCK_CLASS, trigger.model_name)).fetchone()[0]:
+                msg = f"{trigger.model_name} is being trained by another worker"
+                raise ModelBusy(msg)
+            try:
+                done = lock.execute(_OUTCOME, (trigger.trigger_id,)).fetchone()
+                if done is not None:
+                    return Outcome(trigger_id=trigger.trigger_id, model_name=trigger.model_name, result=done[0],
+                                   sentence=done[1])
+                if model is None:
+                    return self._record(trigger, "failed", f"model {trigger.model_name!r} is not configured here")
+                return self._retrain(trigger, model)
+            finally:
+                lock.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (RETRAIN_LOCK_CLASS, trigger.model_name))
+
+    def give_up(self, trigger: TriggerEvent, reason: str) -> Outcome:
+        """Record ``trigger`` as failed with ``reason`` (after its tries ran out)."""
+        return self._record(trigger, "failed", reason)
+
+    def _retrain(self, trigger: TriggerEvent, model: ModelConfig) -> Outcome:
+        cfg = model.retrain
+        change = trigger.change_point if trigger.kind in CHANGE_KINDS else None
+        spec = DatasetSpec(
+            model_name=model.name, cutoff=trigger.decided_at,
+            since=trigger.decided_at - timedelta(seconds=cfg.history_s), change_point=change,
+            test_share=cfg.test_share, min_test_rows=cfg.min_test_rows,
+            weights=WeightPolicy(scheme=cfg.weighting, half_life_s=cfg.half_life_s, window_s=cfg.window_s,
+                                 before_change=cfg.before_change, before_change_factor=cfg.before_change_factor),
+        )
+        with self.store.pool.connection() as conn:
+            dataset = load_dataset(conn, spec, progress=lambda n: self.progress(f"{model.name}: {n:,} rows loaded"))
+            with conn.cursor() as cur:
+                champion = self.registry.champion(cur, model.name)
+                champion_model = self.registry.load(cur, champion) if champion is not None else None
+        checks = validate(dataset, task=model.task, rules=DataRules(min_train_rows=cfg.min_train_rows,
+                                                                     min_test_rows=cfg.min_test_rows),
+                          champion_features=(champion.lineage.get("features") if champion else None))
+        bad_data = failures(checks)
+        lineage = {**dataset.lineage(), "trigger_id": trigger.trigger_id, "trigger_kind": trigger.kind,
+                   "trainer": cfg.trainer, "checks": [c.sentence for c in checks]}
+        if bad_data is not None:
+            return self._record(trigger, "rejected", f"data checks failed: {bad_data}", lineage=lineage)
+        train, test = dataset.train, dataset.test
+        X, y = train[list(dataset.features)], train["label"]
+        self.progress(f"{model.name}: training {cfg.trainer} on {len(train):,} rows")
+        try:
+            challenger = train_with_budget(cfg.trainer, model.task, X, y, train["weight"].to_numpy(),
+                                           budget_s=cfg.budget_s)
+        except TrainerError as exc:
+            return self._record(trigger, "failed", str(exc), lineage=lineage)
+        self.progress(f"{model.name}: evaluating on {len(test):,} recent rows")
+        eval_set = self._eval_set(model, dataset, test, challenger, champion_model)
+        if change is not None:
+            before = dataset.frame[dataset.frame["predicted_at"] < change].tail(len(test))
+            if len(before) >= cfg.min_test_rows:
+                reference = self._eval_set(model, dataset, before, challenger, champion_model)
+                eval_set = replace(eval_set, champion_reference_error=main_error(model.task, reference, "champion"))
+        results = run_gates(model.task, [eval_set], gate_config(model, champion_measured=champion_model is not None))
+        passed, summary = verdict(results)
+        version = version_name(trigger)
+        if not passed:
+            return self._record(trigger, "rejected", f"{version}: {summary}", version=version, gates=results,
+                                lineage=lineage, model_object=challenger, stage="rejected")
+        stage = "champion" if cfg.promotion == "after-gates" else "candidate"
+        return self._record(trigger, "candidate", f"{version}: every gate passed ({stage})", version=version,
+                            gates=results, lineage=lineage, model_object=challenger, stage=stage)
+
+    def _eval_set(self, model: ModelConfig, dataset: Dataset, test: pd.DataFrame, challenger: Any,
+                  champion: Any | None) -> EvalSet:
+        X = test[list(dataset.features)]
+        started = time.perf_counter()
+        predicted = challenger.predict(X)
+        proba = _positive(model, challenger, X) if model.task == "classification" else None
+        latency = (time.perf_counter() - started) * 1000 / max(len(test), 1)
+        if champion is not None:
+            started = time.perf_counter()
+            champion_pred = champion.predict(X)
+            champion_proba = _positive(model, champion, X) if model.task == "classification" else None
+            champion_latency: float | None = (time.perf_counter() - started) * 1000 / max(len(test), 1)
+        else:  # the model in production, as it served these very requests
+            champion_pred = test["served_prediction"].to_numpy()
+            champion_proba = _served_positive(model, test) if model.task == "classification" else None
+            champion_latency = None
+        y = test["label"].to_numpy()
+        if model.task == "regression":
+            y, predicted, champion_pred = (np.asarray(a, dtype=np.float64) for a in (y, predicted, champion_pred))
+        else:
+            y, predicted, champion_pred = (np.array([category_key(v) for v in np.asarray(a).tolist()])
+                                           for a in (y, predicted, champion_pred))
+        segments = {c[len(SEGMENT_PREFIX):]: test[c].astype(str).to_numpy() for c in test.columns
+                    if c.startswith(SEGMENT_PREFIX) and c[len(SEGMENT_PREFIX):] in model.segments}
+        return EvalSet(name="recent", y_true=y, challenger=predicted, champion=champion_pred,
+                       challenger_proba=proba, champion_proba=champion_proba,
+                       positive_class=category_key(model.positive_class) if model.task == "classification" else 1,
+                       segments=segments, challenger_latency_ms_per_row=latency,
+                       champion_latency_ms_per_row=champion_latency)
+
+    def _record(self, trigger: TriggerEvent, result: Result, sentence: str, *, version: str | None = None,
+                gates: list[GateResult] | tuple[GateResult, ...] = (), lineage: Mapping[str, Any] | None = None,
+                model_object: Any = None, stage: str | None = None) -> Outcome:
+        """The outcome, the version with its artifact and gates, and the candidate event: one transaction."""
+        model_name = trigger.model_name
+        outcome = Outcome(trigger_id=trigger.trigger_id, model_name=model_name, result=result, sentence=sentence,
+                          version=version, gates=tuple(gates), lineage=lineage or {})
+        with self.store.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            if version is not None and stage is not None and self.registry.get(cur, model_name, version) is None:
+                records = [GateRecord(name=g.name if not g.segment else f"{g.name} {g.segment}", set_name=g.set_name,
+                                      passed=g.passed, observed=g.observed, threshold=g.threshold,
+                                      sample_size=g.sample_size, sentence=g.sentence) for g in gates]
+                registered_stage = "champion" if stage == "champion" else ("rejected" if stage == "rejected"
+                                                                            else "candidate")
+                entry = ModelVersion(model_name=model_name, version=version, stage="candidate",
+                                     trigger_id=trigger.trigger_id, trainer=(lineage or {}).get("trainer"),
+                                     lineage=lineage or {}, metrics=_metrics(gates))
+                ref = self.registry.register(cur, entry, serialise(model_object, _format(model_object)),
+                                             reason=f"trained for trigger {trigger.trigger_id}", gates=records)
+                if registered_stage != "candidate":
+                    self.registry.move(cur, model_name, version, registered_stage, reason=sentence)  # type: ignore[arg-type]
+                if result == "candidate":
+                    cur.execute(_OUTBOX, (f"{model_name}/{version}", CANDIDATE_TOPIC, model_name,
+                                          Jsonb(candidate_event(ref, registered_stage, gates, lineage or {}))))
+            cur.execute(_RECORD, (trigger.trigger_id, model_name, result, sentence))
+        log.info("trigger %s: %s: %s", trigger.trigger_id, result, sentence)
+        return outcome
+
+
+def main_error(task: str, s: EvalSet, which: str) -> float | None:
+    """A model's main error on an evaluation set: log loss (classification) or MAE (regression)."""
+    from sklearn.metrics import log_loss, mean_absolute_error
+
+    predicted = getattr(s, which)
+    if predicted is None:
+        return None
+    if task == "regression":
+        return float(mean_absolute_error(s.y_true, predicted))
+    proba = getattr(s, f"{which}_proba")
+    y = (s.y_true == s.positive_class).astype(int)
+    if proba is None or len(set(y.tolist())) < 2:
+        return None
+    return float(log_loss(y, np.clip(proba, 1e-15, 1 - 1e-15), labels=[0, 1]))
+
+
+def candidate_event(version: ModelVersion, stage: str, gates: Any, lineage: Mapping[str, Any]) -> dict[str, Any]:
+    """The event on `pitstop.candidates` (schemas/candidate.schema.json)."""
+    assert version.artifact is not None
+    return {
+        "schema_version": 1, "candidate_id": f"{version.model_name}/{version.version}",
+        "model_name": version.model_name, "version": version.version, "trigger_id": version.trigger_id,
+        "artifact_sha256": version.artifact.hexdigest, "stage": stage, "trainer": version.trainer or "",
+        "metrics": dict(version.metrics),
+        "gates": [{"name": g.name, "set_name": g.set_name, "passed": g.passed, "observed": _finite(g.observed),
+                   "threshold": _finite(g.threshold), "sentence": g.sentence} for g in gates],
+        "lineage": dict(lineage), "created_at": datetime.now(UTC).isoformat(),
+    }
+
+
+def _metrics(gates: Any) -> dict[str, Any]:
+    return {f"{g.set_name}:{g.name}{(' ' + g.segment) if g.segment else ''}": _finite(g.observed) for g in gates}
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+def _format(model: Any) -> Literal["skops", "pickle"]:
+    """skops for the sklearn defaults (only their recorded types are trusted at load); pickle, the library's own
+    format, for anything else (river's models, a user's trainer), read only from the registry after its digest."""
+    return "skops" if isinstance(model, TabularModel) else "pickle"
+
+
+def _positive(model: ModelConfig, fitted: Any, X: pd.DataFrame) -> np.ndarray:
+    """The probability of the positive class from a fitted classifier (0 when it never saw that class)."""
+    proba = np.asarray(fitted.predict_proba(X))
+    classes = [category_key(c) for c in np.asarray(fitted.classes_).tolist()]
+    key = category_key(model.positive_class)
+    return proba[:, classes.index(key)] if key in classes else np.zeros(len(X))
+
+
+def _served_positive(model: ModelConfig, test: pd.DataFrame) -> np.ndarray:
+    """The positive-class probability the production model served with each prediction."""
+    key = category_key(model.positive_class)
+    if model.score == "score":
+        return test["served_score"].astype(float).fillna(0.5).to_numpy()
+    return np.array([float((p or {}).get(key, 0.5)) for p in test["served_probabilities"]])

@@ -1,0 +1,165 @@
+"""A retrain from trigger to outcome on the real database: trained on the new concept, gated, registered with
+its artifact, the candidate event in the outbox, the outcome recorded once; failures and bad data recorded with
+their reasons."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import timedelta
+from pathlib import Path
+
+import jsonschema
+
+from feedback.monitoring.config import parse_config
+from feedback.registry.versions import Registry
+from feedback.store import FeedbackStore
+from retrain_worker.intake import TriggerEvent
+from retrain_worker.pipeline import RetrainPipeline
+from tests.factories import T0, outcome, prediction
+
+TOML = """
+[models.churn]
+task = "classification"
+positive_class = 1
+segments = ["region"]
+window = "1h"
+[models.churn.retrain]
+budget = "120s"
+min_train_rows = 1000
+min_test_rows = 200
+promotion = "after-gates"
+"""
+CHANGE = T0 + timedelta(hours=6)
+SCHEMA = json.loads((Path(__file__).parents[2] / "schemas" / "candidate.schema.json").read_text())
+
+
+def _concept_change(store: FeedbackStore, hours: int = 12, per_hour: int = 600) -> None:
+    """Labels follow age before CHANGE and tenure after it; the served model still follows age."""
+    rng = random.Random(3)
+    preds, labels = [], []
+    for i in range(hours * per_hour):
+        at = T0 + timedelta(seconds=i * 3600 / per_hour)
+        age, tenure = rng.gauss(40, 10), rng.gauss(24, 12)
+        p_age = 1 / (1 + 2.718 ** (-(age - 40) / 4))
+        preds.append(prediction(i, predicted_at=at, features={"age": age, "tenure": tenure,
+                                                              "plan": rng.choice(["basic", "pro"])},
+                                prediction=int(p_age > 0.5), probabilities={"0": 1 - p_age, "1": p_age},
+                                segment={"region": rng.choice(["eu", "us"])}))
+        signal = tenure - 24 if at >= CHANGE else age - 40
+        labels.append(outcome(i, label=int(signal + rng.gauss(0, 4) > 0), observed_at=at + timedelta(minutes=5)))
+    store.write_batch(preds, labels)
+
+
+def _trigger(kind: str = "drift", hours_after: int = 12) -> TriggerEvent:
+    return TriggerEvent(trigger_id=f"churn/{kind}/v1/{CHANGE:%Y-%m-%dT%H:%M:%SZ}", model_name="churn",
+                        model_version="v1", kind=kind, urgency="elevated",
+                        decided_at=T0 + timedelta(hours=hours_after), change_point=CHANGE if kind == "drift" else None,
+                        labels_since_change=3600, reason="drift on 1 of 3 features", requested_by=None)
+
+
+def test_a_drift_trigger_makes_a_gated_candidate_trained_on_the_new_concept(store: FeedbackStore) -> None:
+    """The candidate trains only on rows since the change point, beats the served model on the recent window,
+    becomes champion (promotion after-gates), and its event is in the outbox; the same trigger again changes
+    nothing."""
+    _concept_change(store)
+    config = parse_config(TOML)
+    pipeline = RetrainPipeline(store, config)
+    result = pipeline.handle(_trigger())
+    assert result.result == "candidate", result.sentence
+    assert result.lineage["train_window"][0] >= CHANGE.isoformat()
+    names = {g.name for g in result.gates if g.passed}
+    assert {"log_loss_vs_champion", "auc_error_vs_champion"} <= names, [g.sentence for g in result.gates]
+    with store.pool.connection() as conn, conn.cursor() as cur:
+        champion = Registry().champion(cur, "churn")
+        assert champion is not None and champion.version == result.version
+        model = Registry().load(cur, champion)
+    [(event,)] = store.rows("SELECT payload FROM outbox WHERE topic = 'candidates'")
+    jsonschema.Draft202012Validator(SCHEMA).validate(event)
+    assert event["artifact_sha256"] == champion.artifact.hexdigest and event["stage"] == "champion"
+    assert store.rows("SELECT outcome FROM retrain_outcomes") == [("candidate",)]
+    assert hasattr(model, "predict_proba")
+
+    again = pipeline.handle(_trigger())
+    assert again.result == "candidate" and again.version is None  # the stored outcome, nothing redone
+    assert store.scalar("SELECT count(*) FROM model_versions") == 1
+    assert store.scalar("SELECT count(*) FROM outbox") == 1
+
+
+def test_a_trainer_that_raises_fails_the_trigger_with_its_reason(store: FeedbackStore) -> None:
+    """A broken trainer makes a failed outcome naming it; no version is registered, no event is written."""
+    _concept_change(store, hours=6)
+    config = parse_config(TOML.replace('budget = "120s"',
+                                       'budget = "120s"\ntrainer = "tests.trainer_fixtures:raising"'))
+    result = RetrainPipeline(store, config).handle(_trigger(kind="manual"))
+    assert result.result == "failed" and "tests.trainer_fixtures:raising" in result.sentence
+    assert "\n" not in result.sentence
+    assert store.scalar("SELECT count(*) FROM model_versions") == 0
+    assert store.rows("SELECT outcome, sentence FROM retrain_outcomes") == [("failed", result.sentence)]
+
+
+def test_too_little_data_is_rejected_before_training(store: FeedbackStore) -> None:
+    """With fewer rows since the change than the minimum, the retrain is rejected with the data check's sentence."""
+    _concept_change(store, hours=7)
+    result = RetrainPipeline(store, parse_config(TOML)).handle(_trigger(hours_after=7))
+    assert result.result == "rejected" and result.sentence.startswith("data checks failed: ")
+    assert "training rows (weight > 0) < minimum 1,000" in result.sentence
+    assert store.rows("SELECT outcome FROM retrain_outcomes") == [("rejected",)]
+
+
+def test_a_trigger_event_on_the_broker_becomes_a_candidate_event(services, db_schema, topics, store: FeedbackStore,
+                                                                   tmp_path: Path) -> None:
+    """End to end on the real broker: a trigger published on the trigger topic is answered by the retrain worker,
+    whose candidate event (schema-valid, pointing at the registered artifact) arrives on the candidates topic, and
+    the trigger's offset is committed after its outcome."""
+    import threading
+
+    import orjson
+    from kafka import KafkaConsumer, KafkaProducer
+
+    from feedback.triggers.engine import Decision, trigger_event
+    from pitstop import retrain_service
+    from pitstop.settings import Settings
+    from tests.conftest import wait_until
+
+    _concept_change(store)
+    config = tmp_path / "pitstop.toml"
+    config.write_text(TOML)
+    settings = Settings.from_env({"PITSTOP_KAFKA_BOOTSTRAP": services.kafka_bootstrap,
+                                  "PITSTOP_DATABASE_URL": services.database_url, "PITSTOP_DB_SCHEMA": db_schema,
+                                  "PITSTOP_TOPIC_PREFIX": topics.prefix, "PITSTOP_CONFIG": str(config),
+                                  "PITSTOP_APP_ID": db_schema, "PITSTOP_STATE_DIR": str(tmp_path / "state")})
+    trigger = _trigger()
+    event = trigger_event(Decision(
+        decision_id=trigger.trigger_id, model_name="churn", model_version="v1", kind="drift", urgency="elevated",
+        status="fired", sentence=trigger.reason, decided_at=trigger.decided_at, change_point=trigger.change_point,
+        labels_since_change=trigger.labels_since_change))
+    producer = KafkaProducer(bootstrap_servers=services.kafka_bootstrap, acks="all")
+    producer.send(topics.retrain_triggers, key=b"churn", value=orjson.dumps(event))
+    producer.flush()
+    producer.close()
+    stop = threading.Event()
+    worker = threading.Thread(target=retrain_service.run, args=(settings,), kwargs={"should_stop": stop.is_set})
+    worker.start()
+    try:
+        wait_until(lambda: store.scalar("SELECT count(*) FROM outbox WHERE topic = 'candidates' "
+                                        "AND sent_at IS NOT NULL") == 1, 120,
+                   lambda: f"{store.rows('SELECT * FROM retrain_outcomes')}")
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    consumer = KafkaConsumer(topics.candidates, bootstrap_servers=services.kafka_bootstrap,
+                             auto_offset_reset="earliest", consumer_timeout_ms=2000)
+    events = [orjson.loads(m.value) for m in consumer]
+    consumer.close()
+    assert len(events) == 1, events
+    jsonschema.Draft202012Validator(SCHEMA).validate(events[0])
+    assert events[0]["trigger_id"] == trigger.trigger_id
+    assert events[0]["artifact_sha256"] == store.scalar("SELECT encode(sha256, 'hex') FROM model_artifacts")
+    group = KafkaConsumer(bootstrap_servers=services.kafka_bootstrap, group_id=retrain_service.retrain_group(settings),
+                          enable_auto_commit=False)
+    from kafka.structs import TopicPartition
+
+    committed = [group.committed(TopicPartition(topics.retrain_triggers, p)) for p in range(4)]
+    group.close()
+    assert sum(c or 0 for c in committed) == 1  # the one trigger, committed after its outcome
