@@ -65,6 +65,25 @@ def outcome_dict(i: int = 0, **overrides: Any) -> dict[str, Any]:
     return doc
 
 
+#: the monitoring and trigger settings of the drifting workload below
+DRIFT_TOML = """
+[models.churn]
+task = "classification"
+positive_class = 1
+window = "1h"
+span = 12
+min_rows = 500
+min_labels = 300
+reference_rows = 1000
+[models.churn.performance]
+baseline_windows = 2
+[models.churn.triggers]
+min_labels_since_change = 5000
+cooldown = "6h"
+[models.churn.triggers.drift]
+windows = 2
+"""
+
 #: the drifting workload of the trigger tests: labelled predictions an hour, and the hour the drift begins
 PER_HOUR = 2000
 DRIFT_HOUR = 5

@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import jsonschema
+import pytest
 
 from feedback.monitoring.config import parse_config
 from feedback.registry.versions import Registry
@@ -163,3 +164,86 @@ def test_a_trigger_event_on_the_broker_becomes_a_candidate_event(services, db_sc
     committed = [group.committed(TopicPartition(topics.retrain_triggers, p)) for p in range(4)]
     group.close()
     assert sum(c or 0 for c in committed) == 1  # the one trigger, committed after its outcome
+
+
+def test_one_training_per_model_across_workers(store: FeedbackStore) -> None:
+    """While another worker holds the model's training lock, a trigger of that model waits (ModelBusy) and
+    nothing is recorded; once the lock is free it is answered."""
+    import psycopg
+
+    from retrain_worker.pipeline import RETRAIN_LOCK_CLASS, ModelBusy
+
+    _concept_change(store, hours=7)
+    pipeline = RetrainPipeline(store, parse_config(TOML))
+    with psycopg.connect(store.database_url, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s, hashtext('churn'))", (RETRAIN_LOCK_CLASS,))
+        with pytest.raises(ModelBusy, match="being trained by another worker"):
+            pipeline.handle(_trigger(hours_after=7))
+        assert store.scalar("SELECT count(*) FROM retrain_outcomes") == 0
+    assert pipeline.handle(_trigger(hours_after=7)).result == "rejected"  # too few rows: but answered now
+
+
+def test_a_worker_killed_mid_training_leaves_the_champion_and_the_trigger_for_the_next(
+        services, db_schema, topics, store: FeedbackStore, tmp_path: Path) -> None:
+    """SIGKILL while the trainer runs: no version, no outcome, the offset not committed; a restarted worker
+    answers the redelivered trigger."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import orjson
+    import psutil
+    from kafka import KafkaProducer
+
+    from feedback.triggers.engine import Decision, trigger_event
+    from tests.conftest import wait_until
+
+    _concept_change(store)
+    trigger = _trigger()
+    producer = KafkaProducer(bootstrap_servers=services.kafka_bootstrap, acks="all")
+    producer.send(topics.retrain_triggers, key=b"churn", value=orjson.dumps(trigger_event(Decision(
+        decision_id=trigger.trigger_id, model_name="churn", model_version="v1", kind="drift", urgency="elevated",
+        status="fired", sentence=trigger.reason, decided_at=trigger.decided_at, change_point=trigger.change_point,
+        labels_since_change=trigger.labels_since_change))))
+    producer.flush()
+    producer.close()
+
+    def start(toml: str) -> subprocess.Popen[bytes]:
+        config = tmp_path / f"pitstop-{len(toml)}.toml"
+        config.write_text(toml)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PITSTOP_")}
+        env.update(PITSTOP_KAFKA_BOOTSTRAP=services.kafka_bootstrap, PITSTOP_DATABASE_URL=services.database_url,
+                   PITSTOP_DB_SCHEMA=db_schema, PITSTOP_TOPIC_PREFIX=topics.prefix, PITSTOP_CONFIG=str(config),
+                   PITSTOP_APP_ID=db_schema, PITSTOP_STATE_DIR=str(tmp_path / "state"))
+        with open(tmp_path / "worker.log", "ab") as log:
+            return subprocess.Popen([sys.executable, "-m", "pitstop.cli", "retrain-worker"], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+
+    hanging = start(TOML.replace('budget = "120s"', 'budget = "120s"\ntrainer = "tests.trainer_fixtures:hanging"'))
+    trainer: list[psutil.Process] = []
+    try:
+        wait_until(lambda: store.scalar("SELECT count(*) FROM retrain_intake") == 1, 60,
+                   lambda: (tmp_path / "worker.log").read_text())
+        time.sleep(2)  # inside the trainer now
+        trainer = psutil.Process(hanging.pid).children(recursive=True)
+        assert trainer, "no trainer process was running"
+        os.killpg(hanging.pid, signal.SIGKILL)
+    finally:
+        hanging.wait(timeout=30)
+    for orphan in trainer:  # the trainer's process group is its own: it is stopped as its worker would stop it
+        with contextlib.suppress(psutil.NoSuchProcess):
+            orphan.kill()
+    assert store.scalar("SELECT count(*) FROM retrain_outcomes") == 0
+    assert store.scalar("SELECT count(*) FROM model_versions") == 0
+    worker = start(TOML)
+    try:
+        wait_until(lambda: store.scalar("SELECT count(*) FROM retrain_outcomes") == 1, 120,
+                   lambda: (tmp_path / "worker.log").read_text()[-3000:])
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+    assert store.rows("SELECT outcome FROM retrain_outcomes") == [("candidate",)]
+    assert store.scalar("SELECT stage FROM model_versions") == "champion"

@@ -28,25 +28,9 @@ from feedback.triggers.alerts import LogAlertSink
 from feedback.triggers.engine import TriggerEngine
 from pitstop.settings import Topics
 from tests.conftest import Services
-from tests.factories import DRIFT_HOUR, T0, drifting_hour
+from tests.factories import DRIFT_HOUR, DRIFT_TOML, T0, drifting_hour
 
-TOML = """
-[models.churn]
-task = "classification"
-positive_class = 1
-window = "1h"
-span = 12
-min_rows = 500
-min_labels = 300
-reference_rows = 1000
-[models.churn.performance]
-baseline_windows = 2
-[models.churn.triggers]
-min_labels_since_change = 5000
-cooldown = "6h"
-[models.churn.triggers.drift]
-windows = 2
-"""
+TOML = DRIFT_TOML
 LEGACY = """
 [models.legacy]
 task = "classification"
