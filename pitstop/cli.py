@@ -207,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.set_defaults(func=cmd_retrain)
     worker = sub.add_parser("retrain-worker", help="answer retrain triggers: train, gate, register, publish "
                             "candidates (runs until Ctrl-C)")
+    worker.add_argument("--instance", type=int, default=0, help=argparse.SUPPRESS)  # tells `pitstop up`'s apart
     worker.set_defaults(func=cmd_retrain_worker)
     models = sub.add_parser("models", help="the model registry")
     models_sub = models.add_subparsers(dest="models_command", required=True)

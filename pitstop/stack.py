@@ -381,3 +381,13 @@ def start_worker(env: Mapping[str, str], log_path: Path, index: int) -> ProcessR
     marker = f"--pitstop-worker={index}"
     proc = _spawn([sys.executable, "-m", "streams", "worker", marker], log_path, {**os.environ, **env})
     return ProcessRecord.of(proc.pid, f"worker-{index}", marker)
+
+
+RETRAIN_PREFIX = "retrain-"
+
+
+def start_retrain_worker(env: Mapping[str, str], log_path: Path, index: int) -> ProcessRecord:
+    """Start one retrain worker process (``pitstop retrain-worker``) with ``env``."""
+    marker = f"--instance={index}"
+    proc = _spawn([sys.executable, "-m", "pitstop.cli", "retrain-worker", marker], log_path, {**os.environ, **env})
+    return ProcessRecord.of(proc.pid, f"{RETRAIN_PREFIX}{index}", marker)

@@ -35,6 +35,8 @@ UNHEALTHY_RESTARTS = 3
 RESTART_WINDOW_S = 600.0
 #: Lines of a worker's log kept from the run before its last restart.
 RESTART_LOG_LINES = 5
+#: Retrain worker processes `pitstop up` starts (trainings of different models run in parallel across them).
+RETRAIN_WORKERS = 1
 
 
 @dataclass(slots=True)
@@ -99,6 +101,10 @@ def start_stack(settings: Settings, workers: int, *, on_step: Callable[[str], No
         record.save(state_dir)
         _wait_ready(running)
         on_step(f"workers   {workers} ingest worker(s) ready (logs in {state_dir / 'logs'})")
+        for index in range(RETRAIN_WORKERS):
+            record.workers.append(_start_retrain_worker(running, index))
+        record.save(state_dir)
+        on_step(f"retrain   {RETRAIN_WORKERS} retrain worker(s) started (one training per model at a time)")
         (state_dir / ENV_FILE_NAME).write_text(
             f"PITSTOP_KAFKA_BOOTSTRAP={running.kafka_bootstrap}\nPITSTOP_DATABASE_URL={running.database_url}\n"
         )
@@ -118,6 +124,25 @@ def _log_path(running: RunningStack, index: int) -> Path:
     return running.state_dir / "logs" / f"worker-{index}.log"
 
 
+def _start_retrain_worker(running: RunningStack, index: int) -> stack.ProcessRecord:
+    log_path = running.state_dir / "logs" / f"{stack.RETRAIN_PREFIX}{index}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    return stack.start_retrain_worker(running.worker_env, log_path, index)
+
+
+def _restart(running: RunningStack, worker: stack.ProcessRecord, position: int) -> stack.ProcessRecord:
+    """Start again the worker recorded at ``position``, of its own kind."""
+    if worker.name.startswith(stack.RETRAIN_PREFIX):
+        return _start_retrain_worker(running, int(worker.name.removeprefix(stack.RETRAIN_PREFIX)))
+    return _start_worker(running, position)
+
+
+def _worker_log(running: RunningStack, worker: stack.ProcessRecord, position: int) -> Path:
+    if worker.name.startswith(stack.RETRAIN_PREFIX):
+        return running.state_dir / "logs" / f"{worker.name}.log"
+    return _log_path(running, position)
+
+
 def _start_worker(running: RunningStack, index: int) -> stack.ProcessRecord:
     ready = _ready_file(running, index)
     ready.parent.mkdir(parents=True, exist_ok=True)
@@ -131,6 +156,8 @@ def _start_worker(running: RunningStack, index: int) -> stack.ProcessRecord:
 def _wait_ready(running: RunningStack) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     for index, worker in enumerate(running.record.workers):
+        if worker.name.startswith(stack.RETRAIN_PREFIX):
+            continue  # ready when it polls: nothing waits on it
         while not _ready_file(running, index).exists():
             if not stack.is_ours(worker):
                 log_path = running.state_dir / "logs" / f"worker-{index}.log"
@@ -150,11 +177,11 @@ def supervise(running: RunningStack, should_stop: Callable[[], bool]) -> None:
         for index, worker in enumerate(running.record.workers):
             if not stack.is_ours(worker) and time.monotonic() >= restarts[index]:
                 code = stack.exit_code(worker)
-                lines = _last_lines(_log_path(running, index), RESTART_LOG_LINES)
-                log.warning("worker %d (pid %d) exited (%s); restarting it", index, worker.pid, _exit_text(code))
+                lines = _last_lines(_worker_log(running, worker, index), RESTART_LOG_LINES)
+                log.warning("%s (pid %d) exited (%s); restarting it", worker.name, worker.pid, _exit_text(code))
                 history = running.record.restarts.setdefault(worker.name, stack.RestartRecord())
                 history.add(datetime.now(UTC), exit_code=code, log_lines=lines, keep_s=RESTART_WINDOW_S)
-                running.record.workers[index] = _start_worker(running, index)
+                running.record.workers[index] = _restart(running, worker, index)
                 running.record.save(running.state_dir)
                 restarts[index] = time.monotonic() + RESTART_INTERVAL_S
         time.sleep(min(0.5, RESTART_INTERVAL_S))
