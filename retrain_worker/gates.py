@@ -553,15 +553,21 @@ def _segments(task: str, s: EvalSet, config: GateConfig) -> list[GateResult]:
             if task == "classification":  # accuracy: a drop is the regression, in accuracy points
                 drop = round((champion - challenger) * n) / n  # whole rows: no float residue at epsilon
                 ok = drop <= eps
-                change = f"regressed {_apart(drop, eps, 3)}" if drop >= 0 else f"improved {-drop:.3f}"
+                if drop >= 0:
+                    change = f"regressed {_apart(drop, eps, 3)} {'<=' if ok else '>'} {eps:g}"
+                else:
+                    change = f"improved by {-drop:.3f}"
                 rows.append(row(passed=ok, observed=drop, threshold=eps,
-                                sentence=f"{vs}: {change} {'<=' if ok else '>'} {eps:g}, {_verdict_word(ok)}"))
+                                sentence=f"{vs}: {change}, {_verdict_word(ok)}"))
             else:  # MAE: a rise is the regression, relative to the champion's
                 rise = (challenger / champion - 1) if champion > 0 else (math.inf if challenger > 0 else 0.0)
                 ok = rise <= eps
-                change = f"rose {_apart(rise * 100, eps * 100, 1)}%" if rise >= 0 else f"fell {-rise:.1%}"
+                if rise >= 0:
+                    change = f"rose {_apart(rise * 100, eps * 100, 1)}% {'<=' if ok else '>'} {eps:.1%}"
+                else:
+                    change = f"fell {-rise:.1%}"
                 rows.append(row(passed=ok, observed=rise, threshold=eps,
-                                sentence=f"{vs}: {change} {'<=' if ok else '>'} {eps:.1%}, {_verdict_word(ok)}"))
+                                sentence=f"{vs}: {change}, {_verdict_word(ok)}"))
     return rows
 
 

@@ -78,14 +78,3 @@ LEFT JOIN outbox x ON x.event_id = d.decision_id
 ORDER BY d.model_name, d.decided_at DESC;
 COMMENT ON VIEW retrain_decisions_view IS
     'Retrain decisions for analysts, newest first per model, with what became of the fired ones and when their event was published.';
-
--- The retrain worker's intake: trigger ids it has taken, so a republished event (same id) is taken once.
-CREATE TABLE retrain_intake (
-    trigger_id        text PRIMARY KEY,
-    model_name        text NOT NULL,
-    source_partition  integer NOT NULL,
-    source_offset     bigint NOT NULL,
-    received_at       timestamptz NOT NULL DEFAULT now(),
-    attempts          integer NOT NULL DEFAULT 0,   -- handlings that raised; after the worker's limit: failed
-    last_error        text
-);

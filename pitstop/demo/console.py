@@ -26,6 +26,19 @@ WHERE model_name = %s AND (model_version = %s OR (model_version IS NULL AND reco
 ORDER BY updated_at, decision_id
 """
 
+# what the retrain worker made of this run's triggers: outcomes, and the versions it registered
+_RETRAINS = """
+SELECT o.trigger_id, o.outcome, o.sentence, v.version, v.stage
+FROM retrain_outcomes o LEFT JOIN model_versions v ON v.trigger_id = o.trigger_id
+WHERE o.model_name = %s AND o.trigger_id IN (
+    SELECT decision_id FROM retrain_decisions
+    WHERE model_name = %s AND (model_version = %s OR (model_version IS NULL AND recorded_at >= %s)))
+ORDER BY o.recorded_at
+"""
+_GATES = """
+SELECT passed, sentence FROM model_gate_results WHERE model_name = %s AND version = %s ORDER BY ordinal
+"""
+
 _MONITOR_PERFORMANCE = """
 SELECT window_start, metric, value, ci_low, ci_high, status FROM performance_by_window
 WHERE model_name = %s AND model_version = %s AND segment = '*' AND metric = 'accuracy'

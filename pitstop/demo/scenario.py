@@ -9,6 +9,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from types import FrameType
@@ -27,8 +28,10 @@ from pitstop.demo.console import (
     _COVERAGE,
     _DEAD_LETTER_REASONS,
     _DECISIONS,
+    _GATES,
     _MONITOR_DRIFT,
     _MONITOR_PERFORMANCE,
+    _RETRAINS,
     ACCURACY_WINDOW,
     _clip,
     _coverage_lines,
@@ -262,6 +265,14 @@ class _LiveDemo:
             self.decisions_seen.add((decision_id, status))
             held = f" ({why})" if why else ""
             _say(f"decision  {status.upper()} {kind} retrain, {urgency}{held}: {sentence}")
+        for trigger_id, outcome, sentence, _version, _stage in self._retrains():
+            if ("retrain", trigger_id) in self.decisions_seen:
+                continue
+            self.decisions_seen.add(("retrain", trigger_id))
+            _say(f"retrain   {outcome.upper()}: {sentence}")
+
+    def _retrains(self) -> list[tuple[Any, ...]]:
+        return self.store.rows(_RETRAINS, (MODEL_NAME, MODEL_NAME, self.model_version, self.wall_start))
 
     def _monitor_line(self) -> None:
         """The monitor's verdict on the newest judged window, as the workers last stored it."""
@@ -380,6 +391,15 @@ class _LiveDemo:
             held = f" ({why})" if why else ""
             _say(f"  {status:<10} {kind} {urgency}{held}{event}: {decision_id}")
             _say(f"             {sentence}")
+        for _trigger, outcome, sentence, version, stage in self._retrains():
+            _say(f"retrain   {outcome}: {sentence}")
+            if version is None:
+                continue
+            _say(f"          {MODEL_NAME} {version} is {stage}; its offline gates (`pitstop models show {MODEL_NAME} "
+                 f"{version}`):")
+            for passed, gate in self.store.rows(_GATES, (MODEL_NAME, version)):
+                mark = "pass" if passed else ("FAIL" if passed is False else "info")
+                _say(f"            {mark}  {gate}")
 
     def close(self) -> None:
         for close in self._closers:
@@ -401,6 +421,22 @@ def with_demo_monitoring(settings: Settings) -> Settings:
     os.environ["PITSTOP_CONFIG"] = demo_config_path()
     os.environ.setdefault("PITSTOP_MONITOR_INTERVAL_S", "3")
     return Settings.from_env()
+
+
+def with_run_schema(settings: Settings, now: datetime | None = None) -> Settings:
+    """Settings whose stack keeps this run in a schema of its own (``demo_<UTC start>``), unless
+    PITSTOP_DB_SCHEMA names one: every run tells its own story. Runs replay the same stretch of event time, so
+    in a shared schema a run's retrain decisions would meet the cooldown and the running training of the run
+    before it (a model has one timeline); nothing is deleted, earlier runs stay in their schemas.
+
+    >>> with_run_schema(Settings(), datetime(2026, 11, 30, 11, 53, 8, tzinfo=UTC)).db_schema
+    'demo_20261130_115308'
+    """
+    if "PITSTOP_DB_SCHEMA" in os.environ:
+        return settings
+    schema = f"demo_{(now or datetime.now(UTC)):%Y%m%d_%H%M%S}"
+    os.environ["PITSTOP_DB_SCHEMA"] = schema
+    return replace(settings, db_schema=schema)
 
 
 def _check_args(duration_s: float | None, rate: float, speed: float, workers: int) -> None:
@@ -479,7 +515,7 @@ def run(
                 _say(f"note      no monitoring configuration for {MODEL_NAME}: start the stack with "
                      f"PITSTOP_CONFIG={demo_config_path()} to see drift")
         else:
-            settings = with_demo_monitoring(settings)
+            settings = with_run_schema(with_demo_monitoring(settings))
             running = supervisor.start_stack(settings, workers, on_step=_say)
             bootstrap, database_url = running.kafka_bootstrap, running.database_url
         stop = _StopRequest()
