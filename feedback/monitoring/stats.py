@@ -241,8 +241,9 @@ def ks_from_grid(
     cdf_gap = np.abs(np.cumsum(ref, axis=-1) / per_n - np.cumsum(cur, axis=-1) / per_m)
     statistic = np.max(cdf_gap, axis=-1, initial=0.0)
     max_error = np.max(np.minimum(ref / per_n, cur / per_m), axis=-1, initial=0.0) if bound else np.nan
-    # the nan totals of an empty window make all three fields nan there
-    en = np.round(per_n * per_m / (per_n + per_m))[..., 0]
+    # the nan totals of an empty window make all three fields nan there; a single row on each side rounds
+    # n*m/(n+m) = 0.5 down to 0, which Stephens' 0.11 / sqrt(en) cannot take: the effective size is at least 1
+    en = np.maximum(np.round(per_n * per_m / (per_n + per_m)), 1.0)[..., 0]
     if method == "asymp":
         pvalue = _kstwo_sf(statistic, en)
     else:

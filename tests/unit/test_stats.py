@@ -307,3 +307,12 @@ def test_registry_bands_and_sentences() -> None:
     assert threshold_sentence("chi2 p-value", 0.0312, 0.01, higher_is_drift=False) == "chi2 p-value 0.031 >= 0.01"
     assert threshold_sentence("ks p-value", 2.134e-5, 0.01, higher_is_drift=False) == "ks p-value 2.13e-05 < 0.01"
     assert threshold_sentence("psi", 0.14996, 0.15) == "psi 0.14996 < 0.15"
+
+
+def test_ks_of_one_row_against_one_row_is_defined() -> None:
+    """A window of one row against a reference of one row (n*m/(n+m) rounds to 0) gives a p-value, no division
+    by zero (hypothesis found it)."""
+    ks = ks_from_grid(np.array([0, 1]), np.array([0, 1]), method="stephens")
+    assert float(ks.statistic) == 0.0 and 0.0 <= float(ks.pvalue) <= 1.0
+    ks = ks_from_grid(np.array([1, 0]), np.array([0, 1]), method="asymp")
+    assert float(ks.statistic) == 1.0 and 0.0 <= float(ks.pvalue) <= 1.0
