@@ -22,7 +22,8 @@ import pandas as pd
 from psycopg.types.json import Jsonb
 
 from feedback.monitoring.config import ModelConfig, MonitoringConfig
-from feedback.monitoring.profile import category_key
+from feedback.monitoring.profile import ReferenceProfile, build_profile, category_key
+from feedback.monitoring.windows import WindowUpdater, install_profile, reference_columns, series_kinds
 from feedback.registry.artifacts import serialise
 from feedback.registry.versions import GateRecord, ModelVersion, Registry
 from feedback.store import FeedbackStore
@@ -171,8 +172,9 @@ class RetrainPipeline:
             return self._record(trigger, "rejected", f"{version}: {summary}", version=version, gates=results,
                                 lineage=lineage, model_object=challenger, stage="rejected")
         stage = "champion" if cfg.promotion == "after-gates" else "candidate"
+        profile = training_profile(model, version, dataset, challenger, source=f"training data of {trigger.trigger_id}")
         return self._record(trigger, "candidate", f"{version}: every gate passed ({stage})", version=version,
-                            gates=results, lineage=lineage, model_object=challenger, stage=stage)
+                            gates=results, lineage=lineage, model_object=challenger, stage=stage, profile=profile)
 
     def _eval_set(self, model: ModelConfig, dataset: Dataset, test: pd.DataFrame, challenger: Any,
                   champion: Any | None) -> EvalSet:
@@ -206,7 +208,7 @@ class RetrainPipeline:
 
     def _record(self, trigger: TriggerEvent, result: Result, sentence: str, *, version: str | None = None,
                 gates: list[GateResult] | tuple[GateResult, ...] = (), lineage: Mapping[str, Any] | None = None,
-                model_object: Any = None, stage: str | None = None) -> Outcome:
+                model_object: Any = None, stage: str | None = None, profile: ReferenceProfile | None = None) -> Outcome:
         """The outcome, the version with its artifact and gates, and the candidate event: one transaction."""
         model_name = trigger.model_name
         outcome = Outcome(trigger_id=trigger.trigger_id, model_name=model_name, result=result, sentence=sentence,
@@ -229,8 +231,28 @@ class RetrainPipeline:
                     cur.execute(_OUTBOX, (f"{model_name}/{version}", CANDIDATE_TOPIC, model_name,
                                           Jsonb(candidate_event(ref, registered_stage, gates, lineage or {}))))
             cur.execute(_RECORD, (trigger.trigger_id, model_name, result, sentence))
+            if profile is not None:  # monitoring of the new version starts from its training data
+                install_profile(conn, WindowUpdater(self.config), profile)
         log.info("trigger %s: %s: %s", trigger.trigger_id, result, sentence)
         return outcome
+
+
+def training_profile(model: ModelConfig, version: str, dataset: Dataset, fitted: Any, *, source: str
+                     ) -> ReferenceProfile:
+    """The new version's reference profile from its training rows: its features, its own predictions and scores
+    on them, and their labels, binned as monitoring bins every version."""
+    train = dataset.train
+    X = train[list(dataset.features)]
+    features = {name: [None if _missing(v) else v for v in train[name].tolist()] for name in dataset.features}
+    scores = _positive(model, fitted, X).tolist() if model.task == "classification" and model.score != "none" \
+        else None
+    columns = reference_columns(model, features=features, predictions=np.asarray(fitted.predict(X)).tolist(),
+                                scores=scores, labels=train["label"].tolist())
+    return build_profile(model.name, version, columns, series_kinds(model), source=source)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
 
 
 def main_error(task: str, s: EvalSet, which: str) -> float | None:

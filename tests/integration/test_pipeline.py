@@ -80,6 +80,14 @@ def test_a_drift_trigger_makes_a_gated_candidate_trained_on_the_new_concept(stor
     assert event["artifact_sha256"] == champion.artifact.hexdigest and event["stage"] == "champion"
     assert store.rows("SELECT outcome FROM retrain_outcomes") == [("candidate",)]
     assert hasattr(model, "predict_proba")
+    # monitoring of the new version starts from its training data: a profile of its features, its own
+    # predictions and scores, and the labels, counted over the training rows
+    [(source, n_rows, series)] = store.rows(
+        "SELECT source, n_rows, (SELECT array_agg(s->>'name' ORDER BY s->>'name') FROM "
+        "jsonb_array_elements(profile->'series') s) FROM reference_profiles WHERE model_version = %s",
+        (result.version,))
+    assert source == f"training data of {_trigger().trigger_id}" and n_rows == result.lineage["train_rows"]
+    assert series == ["__label__", "__prediction__", "__score__", "age", "plan", "tenure"]
 
     again = pipeline.handle(_trigger())
     assert again.result == "candidate" and again.version is None  # the stored outcome, nothing redone
