@@ -149,12 +149,20 @@ def _frame(rows: Sequence[tuple[Any, ...]]) -> pd.DataFrame:
 
 def _test_start(frame: pd.DataFrame, spec: DatasetSpec) -> datetime | None:
     """Where the recent test window begins: the newest ``test_share`` of the rows (at least ``min_test_rows``),
-    on a prediction-time boundary so that no instant is split between training and test."""
-    n = len(frame)
+    on a prediction-time boundary so that no instant is split between training and test.
+
+    With a change point the share is of the rows since the change: the window judges the new concept, and a
+    share of the whole history could reach back past the change and leave no post-change row to train on.
+    """
+    rows = frame
+    if spec.change_point is not None:
+        since = frame[frame["predicted_at"] >= spec.change_point]
+        rows = since if len(since) else frame
+    n = len(rows)
     if n == 0:
         return None
     k = min(n, max(int(np.ceil(n * spec.test_share)), spec.min_test_rows))
-    return frame["predicted_at"].iloc[n - k].to_pydatetime()
+    return rows["predicted_at"].iloc[n - k].to_pydatetime()
 
 
 def _span(rows: pd.DataFrame) -> list[str] | None:

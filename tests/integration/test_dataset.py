@@ -117,3 +117,17 @@ def test_a_bad_dataset_is_rejected_with_the_reason(store: FeedbackStore) -> None
     assert not checks["feature_set"].passed and "missing: tenure" in checks["feature_set"].sentence
     reason = failures(checks.values())
     assert reason is not None and "\n" not in reason and reason.count("failed") == 4
+
+
+def test_with_a_change_point_the_test_window_is_cut_from_the_new_concept(store: FeedbackStore) -> None:
+    """A change one day before the cutoff (a tenth of the rows): the test window is the newest fifth of the rows
+    since the change, and rows since the change remain to train on (a fifth of the whole history would reach back
+    past the change and leave none)."""
+    _write_history(store)
+    change = CUTOFF - timedelta(days=1)
+    with store.pool.connection() as conn:
+        ds = load_dataset(conn, DatasetSpec(model_name="churn", cutoff=CUTOFF, change_point=change, min_test_rows=50))
+    since = ds.frame[ds.frame["predicted_at"] >= change]
+    assert ds.test["predicted_at"].min() >= change
+    assert len(ds.test) == int(np.ceil(0.2 * len(since)))
+    assert len(ds.train) == len(since) - len(ds.test) > 0
