@@ -4,6 +4,7 @@
          \\          \\         \\                  ^  |
           +-> rejected <-------+----- (rollback)   +--+ (back to champion)
           +-> champion (promotion = "after-gates", until the rollout lands)
+    previous -> candidate: a past champion proposed again by the model pool (concepts recur)
 
 Promoting a version to champion moves the current champion to ``previous`` in the same transaction (one
 champion per model, enforced by a unique index too).
@@ -28,7 +29,7 @@ TRANSITIONS: Mapping[str, frozenset[str]] = {
     "shadow": frozenset({"canary", "rejected", "archived"}),
     "canary": frozenset({"champion", "rejected"}),
     "champion": frozenset({"previous"}),
-    "previous": frozenset({"champion", "archived"}),
+    "previous": frozenset({"champion", "archived", "candidate"}),  # candidate: proposed again by the model pool
     "rejected": frozenset({"archived"}),
     "archived": frozenset(),
 }
@@ -127,6 +128,16 @@ class Registry:
         """The model's champion (the MLflow-style alias ``champion``), if it has one."""
         row = cur.execute(f"{_SELECT} WHERE v.model_name = %s AND v.stage = 'champion'", (model,)).fetchone()
         return None if row is None else _version(row)
+
+    def past_champions(self, cur: psycopg.Cursor[Any], model: str, limit: int = 3) -> list[ModelVersion]:
+        """The model's most recent former champions that are still loadable (stage ``previous``), newest first."""
+        rows = cur.execute(
+            f"""{_SELECT}
+            JOIN (SELECT version, max(change_id) AS last FROM model_stage_changes
+                  WHERE model_name = %s AND to_stage = 'champion' GROUP BY version) c USING (version)
+            WHERE v.model_name = %s AND v.stage = 'previous' AND v.artifact_id IS NOT NULL
+            ORDER BY c.last DESC LIMIT %s""", (model, model, limit)).fetchall()
+        return [_version(r) for r in rows]
 
     def move(self, cur: psycopg.Cursor[Any], model: str, version: str, to_stage: Stage, *, reason: str) -> None:
         """Move a version to ``to_stage`` with a reason; to champion, the current champion becomes ``previous``."""

@@ -255,3 +255,52 @@ def test_a_worker_killed_mid_training_leaves_the_champion_and_the_trigger_for_th
         worker.wait(timeout=60)
     assert store.rows("SELECT outcome FROM retrain_outcomes") == [("candidate",)]
     assert store.scalar("SELECT stage FROM model_versions") == "champion"
+
+
+def _concepts(store: FeedbackStore, schedule: list[tuple[int, int, str]], per_hour: int = 600) -> None:
+    """(first hour, last hour, 'age' or 'tenure'): which feature the labels follow; the served model knows nothing
+    (probability 0.5), so any learned concept beats it."""
+    rng = random.Random(11)
+    preds, labels = [], []
+    for first, last, concept in schedule:
+        for i in range(first * per_hour, last * per_hour):
+            at = T0 + timedelta(seconds=i * 3600 / per_hour)
+            age, tenure = rng.gauss(40, 10), rng.gauss(24, 12)
+            preds.append(prediction(i, predicted_at=at, features={"age": age, "tenure": tenure},
+                                    prediction=int(rng.random() < 0.5), probabilities={"0": 0.5, "1": 0.5},
+                                    segment={"region": "eu"}))
+            signal = age - 40 if concept == "age" else tenure - 24
+            labels.append(outcome(i, label=int(signal + rng.gauss(0, 4) > 0),
+                                  observed_at=at + timedelta(minutes=5)))
+    store.write_batch(preds, labels)
+
+
+def test_the_pool_proposes_a_former_champion_when_a_concept_returns(store: FeedbackStore) -> None:
+    """Concept A, then B, then A again: the champion trained on A, replaced by one trained on B, is proposed again
+    when A returns, because it beats a model trained on the few rows since the return."""
+    _concepts(store, [(0, 6, "age"), (6, 12, "tenure"), (12, 14, "age")])
+    config = parse_config(TOML.replace("min_train_rows = 1000", "min_train_rows = 500").replace(
+        'promotion = "after-gates"', 'promotion = "after-gates"\n[models.churn.retrain.gates]\nleakage_ratio = 0.05'))
+    pipeline = RetrainPipeline(store, config)
+
+    def trigger(n: int, hours: float, change: float | None) -> TriggerEvent:
+        at = T0 + timedelta(hours=hours)
+        return TriggerEvent(trigger_id=f"churn/t{n}", model_name="churn", model_version="v1",
+                            kind="drift" if change is not None else "manual", urgency="elevated", decided_at=at,
+                            change_point=None if change is None else T0 + timedelta(hours=change),
+                            labels_since_change=None, reason="test", requested_by=None)
+
+    first = pipeline.handle(trigger(1, 6, None))  # learns A
+    second = pipeline.handle(trigger(2, 12, 6))  # learns B since the change
+    assert (first.result, second.result) == ("candidate", "candidate"), (first.sentence, second.sentence)
+    third = pipeline.handle(trigger(3, 13.5, 12))  # A returns: 900 rows since
+    assert third.result == "candidate" and third.version == first.version, third.sentence
+    assert f"model pool: former champion {first.version}" in third.sentence
+    assert third.lineage["pool"][first.version] < third.lineage["pool"]["fresh"]
+    stages = dict(store.rows("SELECT version, stage FROM model_versions"))
+    assert stages == {first.version: "champion", second.version: "previous"}
+    events = [p for (p,) in store.rows("SELECT payload FROM outbox WHERE topic = 'candidates' ORDER BY id")]
+    assert [e["version"] for e in events] == [first.version, second.version, first.version]
+    assert events[2]["candidate_id"] == f"churn/{first.version}@churn/t3" and events[2]["trigger_id"] == "churn/t3"
+    for event in events:
+        jsonschema.Draft202012Validator(SCHEMA).validate(event)
