@@ -35,6 +35,13 @@ SELECT set_name, name, passed, observed, threshold, sample_size, sentence FROM m
 WHERE model_name = %s AND version = %s ORDER BY ordinal
 """
 
+_RUNNING = """
+SELECT p.trigger_id, p.worker, p.step, p.detail, p.started_at, p.updated_at FROM retrain_progress p
+WHERE p.model_name = %s AND p.step <> 'done'
+  AND NOT EXISTS (SELECT 1 FROM retrain_outcomes o WHERE o.trigger_id = p.trigger_id)
+ORDER BY p.started_at
+"""
+
 
 def list_models(settings: Settings, model: str | None, *, as_json: bool, say: Say) -> int:
     """Every registered version, newest first per model."""
@@ -58,6 +65,9 @@ def show_model(settings: Settings, model: str, version: str | None, *, as_json: 
     """One version (the newest by default): its stage history, gate table, lineage and metrics."""
     with _connect(settings) as conn:
         row = conn.execute(_VERSION, (model, version, version)).fetchone()
+        running = conn.execute(_RUNNING, (model,)).fetchall()
+        if row is None and running and version is None:
+            return _show_running(model, running, as_json=as_json, say=say)
         if row is None:
             what = f"{model} {version}" if version else model
             msg = f"{what} is not in the registry; `pitstop models list` shows what is"
@@ -71,11 +81,12 @@ def show_model(settings: Settings, model: str, version: str | None, *, as_json: 
         "stages": [dict(zip(("at", "from", "to", "reason"), s, strict=True)) for s in stages],
         "gates": [dict(zip(("set", "gate", "passed", "observed", "threshold", "n", "sentence"), g, strict=True))
                   for g in gates],
-        "lineage": lineage, "metrics": metrics,
+        "lineage": lineage, "metrics": metrics, "training": [dict(zip(_RUNNING_KEYS, r, strict=True)) for r in running],
     }
     if as_json:
         say(json.dumps(doc, default=str))
         return 0
+    _say_running(running, say)
     say(f"{model} {v}: {stage}; trainer {trainer or '-'}; trigger {trigger or '-'}")
     say(f"  artifact {fmt or '-'} {size or 0:,} bytes, sha256 {sha or '-'}")
     say("  stages:")
@@ -91,6 +102,26 @@ def show_model(settings: Settings, model: str, version: str | None, *, as_json: 
     for key, value in (lineage or {}).items():
         say(f"    {key}: {json.dumps(value, default=str)}")
     return 0
+
+
+_RUNNING_KEYS = ("trigger_id", "worker", "step", "detail", "started_at", "updated_at")
+
+
+def _show_running(model: str, running: list[tuple[Any, ...]], *, as_json: bool, say: Say) -> int:
+    if as_json:
+        say(json.dumps({"model": model, "version": None,
+                        "training": [dict(zip(_RUNNING_KEYS, r, strict=True)) for r in running]}, default=str))
+        return 0
+    say(f"{model}: no registered version yet")
+    _say_running(running, say)
+    return 0
+
+
+def _say_running(running: list[tuple[Any, ...]], say: Say) -> None:
+    """Trainings of the model under way: their latest step (wall clock)."""
+    for trigger, worker, step, detail, started, updated in running:
+        say(f"training now for trigger {trigger} on {worker or '-'}: {step}: {detail} "
+            f"(started {started:%Y-%m-%d %H:%M:%S} UTC, last step {updated:%H:%M:%S})")
 
 
 def _connect(settings: Settings) -> psycopg.Connection[Any]:

@@ -140,7 +140,10 @@ class GateConfig:
     min_segment_rows: int = 30  # a segment value with fewer rows is reported, not gated
     calibration_tolerance: float = 0.02  # classification: ECE <= champion's ECE + tolerance
     latency_budget_ms_per_row: float | None = 5.0
-    max_latency_ratio: float | None = 2.0  # challenger latency <= ratio x champion's
+    max_latency_ratio: float | None = 2.0  # challenger latency <= ratio x champion's ...
+    #: ... when the challenger's latency is above this (ms/row): a ratio of microseconds is no cost to a user,
+    #: and measured noise (bench/loop_quality.py: a model on 4x the rows, 0.027 against 0.0097 ms/row)
+    latency_ratio_min_ms: float = 0.1
 
     def __post_init__(self) -> None:
         checks = [
@@ -520,12 +523,14 @@ def _latency(s: EvalSet, config: GateConfig) -> list[GateResult]:
             rows.append(_not_computable("latency_ratio", s, "latency ratio", "champion latency not measured"))
         else:
             threshold = ratio * champion
-            ok = ms <= threshold
+            ok = ms <= threshold or ms <= config.latency_ratio_min_ms
             a, t = _pair(ms, threshold)
+            small = (f" (at most {config.latency_ratio_min_ms:g} ms/row: too small to count)"
+                     if ms > threshold and ok else "")
             rows.append(GateResult(
                 name="latency_ratio", set_name=s.name, passed=ok, observed=ms, threshold=threshold,
-                sentence=(f"{s.name}: challenger {a} ms/row {'<=' if ok else '>'} {ratio:g} x champion "
-                          f"{_num(champion)} ms/row = {t} ms/row: {_verdict_word(ok)}")))
+                sentence=(f"{s.name}: challenger {a} ms/row {'<=' if ms <= threshold else '>'} {ratio:g} x champion "
+                          f"{_num(champion)} ms/row = {t} ms/row{small}: {_verdict_word(ok)}")))
     return rows
 
 

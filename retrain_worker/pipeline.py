@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -27,6 +29,7 @@ from feedback.monitoring.windows import WindowUpdater, install_profile, referenc
 from feedback.registry.artifacts import serialise
 from feedback.registry.versions import GateRecord, ModelVersion, Registry
 from feedback.store import FeedbackStore
+from feedback.triggers.rules import CHANGE_KINDS
 from retrain_worker.dataset import SEGMENT_PREFIX, Dataset, DatasetSpec, load_dataset
 from retrain_worker.gates import EvalSet, GateConfig, GateResult, run_gates, verdict
 from retrain_worker.intake import TriggerEvent
@@ -39,14 +42,18 @@ log = logging.getLogger(__name__)
 Result = Literal["candidate", "rejected", "failed"]
 RETRAIN_LOCK_CLASS = 0x5254  # advisory lock class of "a model's training"
 CANDIDATE_TOPIC = "candidates"
-#: kinds whose trigger carries a change point to train from
-CHANGE_KINDS = frozenset({"drift", "performance", "detector"})
 
 _OUTCOME = "SELECT outcome, sentence FROM retrain_outcomes WHERE trigger_id = %s"
 _RECORD = """
 INSERT INTO retrain_outcomes (trigger_id, model_name, outcome, sentence) VALUES (%s, %s, %s, %s)
 ON CONFLICT (trigger_id) DO NOTHING
 """
+_PROGRESS = """
+INSERT INTO retrain_progress (trigger_id, model_name, worker, step, detail) VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (trigger_id) DO UPDATE SET worker = excluded.worker, step = excluded.step, detail = excluded.detail,
+    updated_at = now()
+"""
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
 _OUTBOX = """
 INSERT INTO outbox (event_id, topic, key, payload) VALUES (%s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING
 """
@@ -138,7 +145,8 @@ class RetrainPipeline:
                                  before_change=cfg.before_change, before_change_factor=cfg.before_change_factor),
         )
         with self.store.pool.connection() as conn:
-            dataset = load_dataset(conn, spec, progress=lambda n: self.progress(f"{model.name}: {n:,} rows loaded"))
+            self._step(trigger, "loading", "loading the point-in-time dataset")
+            dataset = load_dataset(conn, spec, progress=lambda n: self._step(trigger, "loading", f"{n:,} rows loaded"))
             with conn.cursor() as cur:
                 champion = self.registry.champion(cur, model.name)
                 champion_model = self.registry.load(cur, champion) if champion is not None else None
@@ -152,18 +160,20 @@ class RetrainPipeline:
             return self._record(trigger, "rejected", f"data checks failed: {bad_data}", lineage=lineage)
         train, test = dataset.train, dataset.test
         X, y = train[list(dataset.features)], train["label"]
-        self.progress(f"{model.name}: training {cfg.trainer} on {len(train):,} rows")
+        self._step(trigger, "training", f"training {cfg.trainer} on {len(train):,} rows")
         try:
             challenger = train_with_budget(cfg.trainer, model.task, X, y, train["weight"].to_numpy(),
                                            budget_s=cfg.budget_s)
         except TrainerError as exc:
             return self._record(trigger, "failed", str(exc), lineage=lineage)
-        self.progress(f"{model.name}: evaluating on {len(test):,} recent rows")
+        self._step(trigger, "evaluating", f"evaluating on {len(test):,} recent rows")
         eval_set = self._eval_set(model, dataset, test, challenger, champion_model)
         if change is not None:
+            # the level production had before the change, from what it served then (for a refit of the
+            # episode, the champion itself is a post-change model: its error on old-concept rows says nothing)
             before = dataset.frame[dataset.frame["predicted_at"] < change].tail(len(test))
             if len(before) >= cfg.min_test_rows:
-                reference = self._eval_set(model, dataset, before, challenger, champion_model)
+                reference = self._eval_set(model, dataset, before, challenger, None, measure_latency=False)
                 eval_set = replace(eval_set, champion_reference_error=main_error(model.task, reference, "champion"))
         config = gate_config(model, champion_measured=champion_model is not None)
         pooled = self._from_pool(trigger, model, dataset, test, challenger, eval_set, config, lineage)
@@ -222,24 +232,30 @@ class RetrainPipeline:
                                   Jsonb(candidate_event(again, stage, results, {**lineage, "proposed_again": True},
                                                         trigger_id=trigger.trigger_id))))
             cur.execute(_RECORD, (trigger.trigger_id, model.name, "candidate", sentence))
+            cur.execute(_PROGRESS, (trigger.trigger_id, model.name, WORKER, "done", f"candidate: {sentence}"))
         log.info("trigger %s: candidate: %s", trigger.trigger_id, sentence)
         return Outcome(trigger_id=trigger.trigger_id, model_name=model.name, result="candidate", sentence=sentence,
                        version=best.version, gates=tuple(results), lineage=lineage)
 
+    def _step(self, trigger: TriggerEvent, step: str, detail: str) -> None:
+        """Report a long step: in the log and in ``retrain_progress`` (read by `pitstop models show`)."""
+        self.progress(f"{trigger.model_name}: {detail}")
+        with self.store.pool.connection() as conn:
+            conn.execute(_PROGRESS, (trigger.trigger_id, trigger.model_name, WORKER, step, detail))
+
     def _eval_set(self, model: ModelConfig, dataset: Dataset, test: pd.DataFrame, challenger: Any,
-                  champion: Any | None) -> EvalSet:
+                  champion: Any | None, *, measure_latency: bool = True) -> EvalSet:
         X = test[list(dataset.features)]
         predicted = challenger.predict(X)
         proba = _positive(model, challenger, X) if model.task == "classification" else None
-        latency = _latency_ms_per_row(model, challenger, X)
+        latency, champion_latency = (_latencies_ms_per_row(model, [challenger, champion], X) if measure_latency
+                                     else (0.0, None))
         if champion is not None:
             champion_pred = champion.predict(X)
             champion_proba = _positive(model, champion, X) if model.task == "classification" else None
-            champion_latency: float | None = _latency_ms_per_row(model, champion, X)
         else:  # the model in production, as it served these very requests
             champion_pred = test["served_prediction"].to_numpy()
             champion_proba = _served_positive(model, test) if model.task == "classification" else None
-            champion_latency = None
         y = test["label"].to_numpy()
         if model.task == "regression":
             y, predicted, champion_pred = (np.asarray(a, dtype=np.float64) for a in (y, predicted, champion_pred))
@@ -279,6 +295,7 @@ class RetrainPipeline:
                     cur.execute(_OUTBOX, (f"{model_name}/{version}", CANDIDATE_TOPIC, model_name,
                                           Jsonb(candidate_event(ref, registered_stage, gates, lineage or {}))))
             cur.execute(_RECORD, (trigger.trigger_id, model_name, result, sentence))
+            cur.execute(_PROGRESS, (trigger.trigger_id, model_name, WORKER, "done", f"{result}: {sentence}"))
             if profile is not None:  # monitoring of the new version starts from its training data
                 install_profile(conn, WindowUpdater(self.config), profile)
         log.info("trigger %s: %s: %s", trigger.trigger_id, result, sentence)
@@ -351,20 +368,29 @@ def _format(model: Any) -> Literal["skops", "pickle"]:
     return "skops" if isinstance(model, TabularModel) else "pickle"
 
 
-LATENCY_REPEATS = 3
+LATENCY_REPEATS = 5
+LATENCY_ROWS = 1_000
 
 
-def _latency_ms_per_row(model: ModelConfig, fitted: Any, X: pd.DataFrame) -> float:
-    """The model's prediction time per row on ``X``: the best of a few repeats, so that a busy machine (another
-    process on the core for a moment) does not decide the latency gates."""
-    best = float("inf")
+def _latencies_ms_per_row(model: ModelConfig, fitted: list[Any], X: pd.DataFrame) -> tuple[float, float | None]:
+    """The challenger's and the champion's (``fitted[1]``, or None) prediction time per row on ``X`` (repeated
+    to at least LATENCY_ROWS rows: a call's fixed cost must not dominate a small window): each the best of a few
+    repeats, taken in turns, so that a busy moment of the machine hits both alike and decides no latency gate.
+    """
+    if len(X) and len(X) < LATENCY_ROWS:
+        X = pd.concat([X] * -(-LATENCY_ROWS // len(X)), ignore_index=True)
+    best = [float("inf")] * len(fitted)
     for _ in range(LATENCY_REPEATS):
-        started = time.perf_counter()
-        fitted.predict(X)
-        if model.task == "classification":
-            fitted.predict_proba(X)
-        best = min(best, time.perf_counter() - started)
-    return best * 1000 / max(len(X), 1)
+        for i, f in enumerate(fitted):
+            if f is None:
+                continue
+            started = time.perf_counter()
+            f.predict(X)
+            if model.task == "classification":
+                f.predict_proba(X)
+            best[i] = min(best[i], time.perf_counter() - started)
+    per_row = [b * 1000 / max(len(X), 1) if b != float("inf") else None for b in best]
+    return per_row[0] or 0.0, per_row[1] if len(per_row) > 1 else None
 
 
 def _positive(model: ModelConfig, fitted: Any, X: pd.DataFrame) -> np.ndarray:

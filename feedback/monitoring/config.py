@@ -117,8 +117,16 @@ class TriggerConfig:
     volume: int | None = None
     #: a drift or performance decision waits for this many labels since the change point
     min_labels_since_change: int = 1000
-    #: a critical drop waits for them too (default: it fires at once)
-    critical_waits: bool = False
+    #: a critical drop waits for them too (its alert goes out at once either way). Measured
+    #: (bench/loop_quality.py): a retrain fired at the critical window has a few hundred post-change rows,
+    #: fails the data checks, and leaves the model degraded
+    critical_waits: bool = True
+    #: after a drift or performance retrain, refit again as the labels since its change point reach these
+    #: multiples of ``min_labels_since_change`` (the first training had fewer: the new concept is learnt on more)
+    refit_ladder: tuple[int, ...] = (1, 4, 16)
+    #: a version trained after a change whose baseline stays worse than the level before the change (by
+    #: ``performance.elevated``) is refitted, at most this many times an episode; then an alert asks a person
+    recovery_tries: int = 2
     cooldown_s: int = 6 * 3_600
     daily_cap: int = 2
     #: automatic retraining stops after this many rejected candidates in a row, until a person resets it
@@ -412,12 +420,22 @@ def _cron(value: Any) -> str:
     return value
 
 
+def _multiples(value: Any) -> tuple[int, ...]:
+    expected = "a list of increasing whole numbers >= 1, such as [1, 4, 16] (or [] for none)"
+    if (not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                               for v in value) or sorted(set(value)) != value):
+        raise _Expected(expected)
+    return tuple(value)
+
+
 _TRIGGERS: Mapping[str, _Convert] = {
     "enabled": _boolean,
     "calendar": _cron,
     "volume": _integer(1),
     "min_labels_since_change": _integer(0),
     "critical_waits": _boolean,
+    "refit_ladder": _multiples,
+    "recovery_tries": _integer(0),
     "cooldown": _duration,
     "daily_cap": _integer(1),
     "circuit_breaker": _integer(1),

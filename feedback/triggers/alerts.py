@@ -29,7 +29,7 @@ log = logging.getLogger("pitstop.alerts")
 
 SCHEMA_VERSION = 1
 #: what an alert is about; others may be added, a receiver should pass unknown kinds through
-KINDS = ("critical", "unjudged_drift", "circuit_breaker")
+KINDS = ("critical", "unjudged_drift", "circuit_breaker", "not_recovered", "holdout_stale")
 _JSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
 #: 0.5, 1, 2, 4, 8, 16, 30 s between the 8 attempts of the default: about a minute, plus the requests
 WEBHOOK_BACKOFF = Backoff(first_s=0.5, max_s=30.0)

@@ -28,6 +28,7 @@ from feedback.monitoring.evaluate import Evaluation
 from feedback.triggers.alerts import Alert, AlertSink
 from feedback.triggers.calendar import EventClock, Schedule, parse_schedule
 from feedback.triggers.rules import (
+    CHANGE_KINDS,
     Detection,
     History,
     Kind,
@@ -36,6 +37,7 @@ from feedback.triggers.rules import (
     Verdict,
     decide,
     decide_detectors,
+    relative_drop,
     suppression,
     wait_for_labels,
 )
@@ -133,6 +135,14 @@ class Ledger(Protocol):
         """The version's recorded detector events, in label order."""
         ...
 
+    def episode(self, model: str) -> Decision | None:
+        """The model's latest fired drift, performance or detector decision: the episode of change it is in."""
+        ...
+
+    def refits(self, model: str, change_point: datetime) -> list[Decision]:
+        """The refit decisions (any status) of the episode that began at ``change_point``."""
+        ...
+
 
 class Decider:
     """Turns a model's evaluation and clocks into decisions, through a ledger. Keeps the calendar's clocks."""
@@ -164,6 +174,9 @@ class Decider:
         volume = self._volume(ledger, model, now)
         if volume is not None:
             out += self._settle(ledger, model, volume)
+        follow_up = self._follow_up(ledger, model, evaluation, now)
+        if follow_up is not None:
+            out += self._settle(ledger, model, follow_up)
         return out
 
     def manual(self, ledger: Ledger, model: ModelConfig, *, reason: str, requested_by: str, request_id: str,
@@ -198,7 +211,66 @@ class Decider:
             change_point = prior.change_point  # the same episode, seen from a span that has moved on
         labels = ledger.labels_since(model, version, change_point, evaluation.evaluated_at)
         verdict = wait_for_labels(replace(verdict, change_point=change_point), labels, model.triggers)
+        if evaluation.baseline is not None:  # the level before the change: what a retrain must recover
+            verdict = replace(verdict, evidence={**verdict.evidence, "baseline": evaluation.baseline})
         return _from_verdict(model, version, verdict, now)
+
+    def _follow_up(self, ledger: Ledger, model: ModelConfig, evaluation: Evaluation | None, now: datetime
+                   ) -> Decision | None:
+        """After a drift or performance retrain: the refit ladder's next rung, or a refit (then an alert) while
+        the version trained since the change stays worse than the level before it.
+
+        The first training of an episode learns the new concept from ``min_labels_since_change`` labels; as
+        labels accumulate, a refit at each rung of ``refit_ladder`` (multiples of that minimum) learns it from
+        more (bench/loop_quality.py measures what that buys). A new version starts its own baseline, so a
+        model that never recovered would look normal to its own windows: its baseline is compared with the
+        level before the change, within reach of the ladder (twice its last rung of labels).
+        """
+        t = model.triggers
+        episode = ledger.episode(model.name)
+        if episode is None or episode.change_point is None:
+            return None
+        change = episode.change_point
+        refits = ledger.refits(model.name, change)
+        fired = [d for d in refits if d.status == "fired"]
+        labels = ledger.labels_since(model, None, change, now)
+        minimum = max(t.min_labels_since_change, 1)
+        trained_on = max([episode.labels_since_change or 0] + [d.labels_since_change or 0 for d in fired])
+        due = [m for m in t.refit_ladder if trained_on < m * minimum <= labels]
+        since = f"since the change ({change:%Y-%m-%d %H:%M} UTC)"
+        if due:
+            rung = due[-1]
+            return Decision(
+                decision_id=decision_id(model.name, "refit", change, f"x{rung}"), model_name=model.name,
+                model_version=evaluation.model_version if evaluation is not None else None, kind="refit",
+                urgency="routine", status="fired", decided_at=now, change_point=change, labels_since_change=labels,
+                sentence=(f"refit ladder: {labels:,} labels {since} >= {rung} x {minimum:,}; the last training "
+                          f"of this episode had {trained_on:,}"),
+                evidence={"episode": episode.decision_id, "rung": rung, "trained_on": trained_on},
+            )
+        level = episode.evidence.get("baseline")
+        reach = 2 * minimum * (t.refit_ladder[-1] if t.refit_ladder else 1)
+        if (evaluation is None or evaluation.baseline is None or level is None or labels > reach
+                or evaluation.model_version == episode.model_version):
+            return None
+        drop = relative_drop(evaluation.baseline, float(level), higher_is_better=model.higher_is_better)
+        if drop is None or drop <= t.performance.elevated:
+            return None
+        tries = sum(1 for d in fired if d.evidence.get("unrecovered"))
+        sentence = (f"not recovered: {evaluation.model_version}'s {model.metric} baseline {evaluation.baseline:.4g} "
+                    f"is {drop:.1%} worse than {float(level):.4g} before the change ({change:%Y-%m-%d %H:%M} UTC)")
+        decision = Decision(
+            decision_id=_unrecovered_id(model.name, change, evaluation.model_version), model_name=model.name,
+            model_version=evaluation.model_version, kind="refit", urgency="elevated", status="fired",
+            decided_at=now, change_point=change, labels_since_change=labels, sentence=sentence,
+            evidence={"episode": episode.decision_id, "unrecovered": evaluation.model_version, "level": level,
+                      "baseline": evaluation.baseline, "tries": tries},
+        )
+        if tries >= t.recovery_tries:
+            return replace(decision, status="suppressed", suppressed_by=(
+                f"not recovered after {tries} refit(s) (recovery_tries {t.recovery_tries}): a person should look "
+                "at the model and its data"))
+        return decision
 
     def _calendar(self, ledger: Ledger, model: ModelConfig, now: datetime) -> Decision | None:
         schedule = self.schedules.get(model.name)
@@ -246,7 +318,8 @@ class Decider:
                 ledger.save(replace(stored, decided_at=candidate.decided_at))  # still going: seen now
             return []  # a fired decision is final: no second event for an id
         first = stored.first_decided_at if stored is not None else candidate.decided_at
-        decision = replace(candidate, first_decided_at=first, suppressed_by=None)
+        decision = replace(candidate, first_decided_at=first,
+                           suppressed_by=candidate.suppressed_by if candidate.status == "suppressed" else None)
         if decision.status == "fired":
             reason = suppression(decision.kind, decision.decided_at, ledger.history(model.name, decision.decided_at),
                                  model.triggers)
@@ -260,6 +333,10 @@ class Decider:
         if stored is not None and stored.same_as(decision):
             return []
         return [decision]
+
+
+def _unrecovered_id(model: str, change: datetime, version: str) -> str:
+    return decision_id(model, "refit", change, f"unrecovered-{version}")
 
 
 def _from_verdict(model: ModelConfig, version: str, verdict: Verdict, now: datetime) -> Decision:
@@ -281,6 +358,8 @@ def alerts_for(decision: Decision) -> list[Alert]:
         out.append(("unjudged_drift", decision.sentence))
     if decision.status == "suppressed" and (decision.suppressed_by or "").startswith("circuit breaker"):
         out.append(("circuit_breaker", f"{decision.suppressed_by}; held back: {decision.sentence}"))
+    if decision.status == "suppressed" and (decision.suppressed_by or "").startswith("not recovered"):
+        out.append(("not_recovered", f"{decision.sentence}; {decision.suppressed_by}"))
     return [
         Alert(alert_id=f"{decision.decision_id}/{kind}/{decision.status}", model_name=decision.model_name, kind=kind,
               sentence=sentence, at=decision.decided_at,
@@ -385,6 +464,17 @@ class PostgresLedger:
 
     def detections(self, model: str, version: str) -> list[Detection]:
         return detections_of(self.cur, model, version)
+
+    def episode(self, model: str) -> Decision | None:
+        row = self.cur.execute(f"{_SELECT} WHERE model_name = %s AND status = 'fired' AND kind = ANY(%s) "
+                               "ORDER BY fired_at DESC, decision_id DESC LIMIT 1",
+                               (model, sorted(CHANGE_KINDS - {"refit"}))).fetchone()
+        return None if row is None else _decision(row)
+
+    def refits(self, model: str, change_point: datetime) -> list[Decision]:
+        rows = self.cur.execute(f"{_SELECT} WHERE model_name = %s AND kind = 'refit' AND change_point = %s "
+                                "ORDER BY first_decided_at", (model, change_point)).fetchall()
+        return [_decision(r) for r in rows]
 
     def labels_since(self, model: ModelConfig, version: str | None, since: datetime | None, until: datetime) -> int:
         return labels_since(self.cur, model, version, since, until)

@@ -35,7 +35,7 @@ from feedback.monitoring.config import ModelConfig, MonitoringConfig, parse_conf
 from feedback.monitoring.profile import ROWS, ReferenceProfile
 from feedback.monitoring.round import evaluate_version
 from feedback.triggers.engine import Decider, Decision, labels_since, trigger_event
-from feedback.triggers.rules import History
+from feedback.triggers.rules import CHANGE_KINDS, History
 
 #: every statement of a replay runs in one snapshot that refuses writes
 READ_ONLY = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
@@ -145,6 +145,15 @@ class MemoryLedger:
 
     def publish(self, decision: Decision) -> None:
         self._published.setdefault(decision.decision_id, trigger_event(decision))
+
+    def episode(self, model: str) -> Decision | None:
+        fired = [d for d in self._decisions.values() if d.model_name == model and d.status == "fired"
+                 and d.kind in CHANGE_KINDS and d.kind != "refit" and d.fired_at is not None]
+        return max(fired, key=lambda d: (d.fired_at, d.decision_id), default=None)
+
+    def refits(self, model: str, change_point: datetime) -> list[Decision]:
+        return [d for d in self._decisions.values()
+                if d.model_name == model and d.kind == "refit" and d.change_point == change_point]
 
     def calendar_slot(self, model: str) -> datetime | None:
         return self._slots.get(model)

@@ -29,7 +29,9 @@ from typing import Any, Literal
 
 from feedback.monitoring.config import ModelConfig, TriggerConfig
 
-Kind = Literal["calendar", "drift", "performance", "volume", "manual", "detector"]
+Kind = Literal["calendar", "drift", "performance", "volume", "manual", "detector", "refit"]
+#: kinds whose decision carries a change point: an episode of change, trained from its change point
+CHANGE_KINDS: frozenset[str] = frozenset({"drift", "performance", "detector", "refit"})
 Urgency = Literal["routine", "elevated", "critical"]
 #: fired: an event was published; pending: waits for labels since the change; watch: drift, performance
 #: stable; unjudged: drift, labels too few to judge; suppressed: storm control held it back
@@ -432,7 +434,8 @@ class History:
 def suppression(kind: Kind, at: datetime, history: History, config: TriggerConfig) -> str | None:
     """Why a retrain that should fire may not (one sentence), or None when it may.
 
-    A manual request passes cooldown, cap and breaker (a person decided) but not a running training.
+    A manual request passes cooldown, cap and breaker (a person decided) but not a running training; a refit
+    of an episode already fired passes cooldown and cap.
 
     >>> from datetime import UTC
     >>> from feedback.monitoring.config import TriggerConfig
@@ -449,6 +452,8 @@ def suppression(kind: Kind, at: datetime, history: History, config: TriggerConfi
     if history.rejected_in_row >= config.circuit_breaker:
         return (f"circuit breaker: {history.rejected_in_row} rejected candidates in a row "
                 f"(limit {config.circuit_breaker}); reset it with `pitstop triggers reset --model M`")
+    if kind == "refit":
+        return None  # a planned step of an episode already fired (bounded by the ladder and recovery_tries)
     if history.last_fired_at is not None:
         since = at - history.last_fired_at
         cooldown = timedelta(seconds=config.cooldown_s)

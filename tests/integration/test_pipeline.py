@@ -75,6 +75,8 @@ def test_a_drift_trigger_makes_a_gated_candidate_trained_on_the_new_concept(stor
         champion = Registry().champion(cur, "churn")
         assert champion is not None and champion.version == result.version
         model = Registry().load(cur, champion)
+    [(step, detail)] = store.rows("SELECT step, detail FROM retrain_progress")
+    assert (step, detail) == ("done", f"candidate: {result.sentence}")
     [(event,)] = store.rows("SELECT payload FROM outbox WHERE topic = 'candidates'")
     jsonschema.Draft202012Validator(SCHEMA).validate(event)
     assert event["artifact_sha256"] == champion.artifact.hexdigest and event["stage"] == "champion"

@@ -99,3 +99,29 @@ def test_models_list_and_show_print_the_registry(services, db_schema, store: Fee
     assert 'train_rows: 400' in shown.stdout
     missing = cli("models", "show", "churn", "v9")
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "pitstop models list" in missing.stderr
+
+
+def test_models_show_prints_the_trainings_under_way(services, db_schema, store: FeedbackStore) -> None:
+    """A training's latest step (written by the retrain worker as it goes) is shown until its outcome is
+    recorded; a model with no version yet shows it too."""
+    import os
+    import subprocess
+    import sys
+
+    with store.pool.connection() as conn:
+        conn.execute("INSERT INTO retrain_progress (trigger_id, model_name, worker, step, detail) VALUES "
+                     "('churn/drift/v1/a', 'churn', 'host:1', 'training', 'training g:b on 120,000 rows'), "
+                     "('churn/drift/v1/b', 'churn', 'host:1', 'loading', '40,000 rows loaded'), "
+                     "('churn/drift/v1/c', 'churn', 'host:2', 'done', 'rejected: data checks failed')")
+        conn.execute("INSERT INTO retrain_outcomes (trigger_id, model_name, outcome, sentence) "
+                     "VALUES ('churn/drift/v1/b', 'churn', 'failed', 'worker gave up')")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PITSTOP_")}
+    env.update(PITSTOP_DATABASE_URL=services.database_url, PITSTOP_DB_SCHEMA=db_schema)
+    shown = subprocess.run([sys.executable, "-m", "pitstop.cli", "models", "show", "churn"], env=env,
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == "churn: no registered version yet"
+    assert lines[1].startswith("training now for trigger churn/drift/v1/a on host:1: training: training g:b on "
+                               "120,000 rows (started ")
+    assert len(lines) == 2  # b has an outcome, c is done

@@ -88,6 +88,41 @@ def test_a_drift_decides_once_pending_then_fired(store: FeedbackStore, config: M
     assert not alerts.sent  # elevated, judged: no alert
 
 
+def test_the_refit_ladder_refits_from_the_same_change_point_as_labels_accumulate(services, db_schema) -> None:
+    """With refit_ladder = [1, 2], the drift retrain fires at 5,000 labels since the change and a refit of the
+    same episode at 10,000 (once, through cooldown): stored with kind "refit", published after the first,
+    carrying the episode's change point (the worker trains from it)."""
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    config = parse_config(TOML.replace("min_labels_since_change = 5000",
+                                       "min_labels_since_change = 5000\nrefit_ladder = [1, 2]"))
+    with FeedbackStore(services.database_url, db_schema, windows=WindowUpdater(config)) as store:
+        engine = TriggerEngine(config, Alerts())
+        run_hours(store, config, engine, range(9), drift=True)
+        change = T0 + timedelta(hours=DRIFT_HOUR)
+        stamp = f"{change:%Y-%m-%dT%H:%M:%SZ}"
+        with store.pool.connection() as conn:  # the worker's outcome (until then a training is running)
+            conn.execute("INSERT INTO retrain_outcomes (trigger_id, model_name, outcome, sentence) "
+                         "VALUES (%s, 'churn', 'candidate', 'v2')", (f"churn/drift/v1/{stamp}",))
+        run_hours(store, config, engine, range(9, 12), drift=True)
+        assert decisions(store) == [(f"churn/drift/v1/{stamp}", "drift", "elevated", "fired"),
+                                    (f"churn/refit/{stamp}/x2", "refit", "routine", "fired")]
+        [(labels, fired_at, first_fired)] = store.rows(
+            "SELECT r.labels_since_change, r.fired_at, d.fired_at FROM retrain_decisions r, retrain_decisions d "
+            "WHERE r.kind = 'refit' AND d.kind = 'drift'")
+        exact = store.scalar("SELECT count(*) FROM predictions p JOIN current_labels l USING (prediction_id) "
+                             "WHERE p.predicted_at >= %s AND p.predicted_at < %s", (change, fired_at))
+        assert labels == exact >= 10_000 and fired_at - first_fired < timedelta(hours=6)  # inside the cooldown
+        outbox = store.rows("SELECT event_id, payload FROM outbox ORDER BY id")
+    assert [e for e, _ in outbox] == [f"churn/drift/v1/{stamp}", f"churn/refit/{stamp}/x2"]
+    schema = json.loads((Path(__file__).parents[2] / "schemas" / "retrain_trigger.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(outbox[1][1])
+    assert outbox[1][1]["change_point"] == stamp and outbox[1][1]["kind"] == "refit"
+
+
 def test_a_stable_workload_of_the_same_size_decides_nothing(store: FeedbackStore, config: MonitoringConfig) -> None:
     """Without drift no decision is recorded and nothing is published."""
     engine = TriggerEngine(config, Alerts())

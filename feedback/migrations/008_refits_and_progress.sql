@@ -1,0 +1,20 @@
+-- The refit ladder and the recovery check make decisions of a new kind, "refit" (a planned step of an
+-- episode of change, trained from its change point); and a training's progress is kept where
+-- `pitstop models show` can read it.
+
+ALTER TABLE retrain_decisions DROP CONSTRAINT retrain_decisions_kind_check;
+ALTER TABLE retrain_decisions ADD CONSTRAINT retrain_decisions_kind_check
+    CHECK (kind IN ('calendar', 'drift', 'performance', 'volume', 'manual', 'detector', 'refit'));
+
+CREATE TABLE retrain_progress (
+    trigger_id   text PRIMARY KEY,
+    model_name   text NOT NULL,
+    worker       text,                  -- host:pid of the worker training it
+    step         text NOT NULL,         -- the latest step: loading, training, evaluating, registering, done
+    detail       text NOT NULL,         -- its sentence ("120,000 rows loaded")
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX retrain_progress_model ON retrain_progress (model_name, updated_at);
+COMMENT ON TABLE retrain_progress IS
+    'The latest step of each training (wall clock), written as it goes; `pitstop models show M` prints the running ones.';
