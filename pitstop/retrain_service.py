@@ -11,6 +11,7 @@ from collections.abc import Callable
 from kafka import KafkaConsumer, KafkaProducer
 
 from feedback.store import FeedbackStore
+from feedback.triggers.alerts import alert_sink
 from pitstop.outbox_relay import OutboxPublisher
 from pitstop.settings import Settings
 from retrain_worker.pipeline import RetrainPipeline
@@ -42,8 +43,10 @@ def run(settings: Settings, *, should_stop: Callable[[], bool] | None = None) ->
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", client_id=f"{retrain_group(settings)}-dlq")
     outbox = OutboxPublisher(bootstrap, settings.topics.prefix, client_id=f"{retrain_group(settings)}-outbox")
     store = FeedbackStore(database_url, settings.db_schema, max_size=3).open()
+    alerts = alert_sink(settings.alert_webhook)  # a stale held-out set
     worker = RetrainWorker(
-        store, RetrainPipeline(store, settings.monitoring), consumer, dead_letter_topic=settings.topics.dead_letter,
+        store, RetrainPipeline(store, settings.monitoring, alerts=alerts), consumer,
+        dead_letter_topic=settings.topics.dead_letter,
         send_dead_letter=lambda t, k, v: producer.send(t, key=k, value=v),
         flush_dead_letters=lambda: producer.flush(timeout=30), publish=lambda: outbox.publish(store),
     )
@@ -51,7 +54,8 @@ def run(settings: Settings, *, should_stop: Callable[[], bool] | None = None) ->
     try:
         worker.run(should_stop or stop.is_set)
     finally:
-        for close in (consumer.close, lambda: producer.close(timeout=10), outbox.close, store.close):
+        for close in (consumer.close, lambda: producer.close(timeout=10), outbox.close, store.close,
+                      alerts.close):
             try:
                 close()
             except Exception:  # a clean-up failure must not hide the original error

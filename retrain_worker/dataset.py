@@ -72,11 +72,15 @@ class Dataset:
     frame: pd.DataFrame  # feature columns, "segment:<attr>" columns, and META
     features: tuple[str, ...]
     test_start: datetime | None  # the first prediction time of the recent test window
+    #: prediction ids of the frozen held-out set(s), never trained on (retrain_worker/holdout.py)
+    held_out: frozenset[str] = frozenset()
 
     @property
     def train(self) -> pd.DataFrame:
-        """Rows before the test window with a weight above zero."""
+        """Rows before the test window with a weight above zero, the held-out rows excepted."""
         rows = self.frame if self.test_start is None else self.frame[self.frame["predicted_at"] < self.test_start]
+        if self.held_out:
+            rows = rows[~rows["prediction_id"].isin(self.held_out)]
         return rows[rows["weight"] > 0]
 
     @property

@@ -219,6 +219,30 @@ def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray) -> float:
     return float(np.abs(p_b - y_b).sum() / len(p))  # n_b/n * |p_b/n_b - y_b/n_b| = |p_b - y_b| / n
 
 
+def ece_noise(proba: np.ndarray) -> float:
+    """The ECE a perfectly calibrated model with these probabilities shows on these rows by chance alone.
+
+    ECE is biased upwards by sampling noise, the more so the more spread out the probabilities: a constant
+    0.5 puts every row in one bin and its noise is ``0.399 / sqrt(n)``, a confident model's ten bins of a few
+    dozen rows each show 0.03-0.05 on a few hundred rows even when perfectly calibrated. Per bin, the count of
+    positives of a calibrated model has variance ``sum p(1 - p)``, and ``E|X - mu|`` of a normal is
+    ``sigma sqrt(2 / pi)``; summed over the bins and divided by ``n`` (the ECE's weighting). The calibration
+    gate allows a challenger the noise it has beyond the champion's, so that a sharper model is not failed
+    for the noise of its bins.
+
+    >>> round(ece_noise(np.full(400, 0.5)), 4)  # one bin: sqrt(2 / pi) x 0.5 / sqrt(400)
+    0.0199
+    >>> ece_noise(np.array([0.0, 1.0, 1.0]))  # certain predictions: no noise
+    0.0
+    """
+    p = np.asarray(proba, dtype=np.float64)
+    if len(p) == 0:
+        return 0.0
+    bins = np.minimum((p * ECE_BINS).astype(np.int64), ECE_BINS - 1)
+    variance = np.bincount(bins, weights=p * (1 - p), minlength=ECE_BINS)
+    return float(np.sqrt(2 / np.pi) * np.sqrt(variance).sum() / len(p))
+
+
 def run_gates(task: str, sets: Sequence[EvalSet], config: GateConfig) -> list[GateResult]:
     """Every offline gate on every present evaluation set; the candidate is published only if :func:`verdict`
     passes.
@@ -318,6 +342,11 @@ def _gate_set(task: str, s: EvalSet, config: GateConfig) -> list[GateResult]:
         if task == "classification" and s.has_champion:
             rows.append(_calibration(s, metric("challenger", "ece"), metric("champion", "ece"),
                                      config.calibration_tolerance))
+            if s.challenger_proba is not None and s.champion_proba is not None and len(s):
+                extra = ece_noise(s.challenger_proba) - ece_noise(s.champion_proba)
+                if extra > 0 and rows[-1].threshold is not None:
+                    rows[-1] = _calibration(s, metric("challenger", "ece"), metric("champion", "ece"),
+                                            config.calibration_tolerance, noise=extra)
     rows.extend(_latency(s, config))
     if valid.passed:
         rows.extend(_segments(task, s, config))
@@ -479,17 +508,19 @@ def _floor(s: EvalSet, key: str, challenger: Metric, floor: float) -> GateResult
                       sentence=f"{s.name}: challenger {label} {a} {'>=' if ok else '<'} floor {t}: {_verdict_word(ok)}")
 
 
-def _calibration(s: EvalSet, challenger: Metric, champion: Metric, tolerance: float) -> GateResult:
+def _calibration(s: EvalSet, challenger: Metric, champion: Metric, tolerance: float, *,
+                 noise: float = 0.0) -> GateResult:
     if isinstance(challenger, str) or isinstance(champion, str):
         return _not_computable("calibration", s, "ECE vs champion", challenger, champion)
-    threshold = champion + tolerance
+    threshold = champion + tolerance + noise
     ok = challenger <= threshold
     a, t = _pair(challenger, threshold)
+    extra = f" + sampling noise {noise:.3f}" if noise > 0 else ""
     return GateResult(
         name="calibration", set_name=s.name, passed=ok, observed=challenger, threshold=threshold,
         sample_size=len(s),
         sentence=(f"{s.name}: challenger ECE {a} {'<=' if ok else '>'} champion ECE {_num(champion)} + "
-                  f"{tolerance:g} = {t}: {_verdict_word(ok)}"))
+                  f"{tolerance:g}{extra} = {t}: {_verdict_word(ok)}"))
 
 
 def _first_model(task: str, s: EvalSet, config: GateConfig) -> GateResult:

@@ -29,7 +29,9 @@ from feedback.monitoring.windows import WindowUpdater, install_profile, referenc
 from feedback.registry.artifacts import serialise
 from feedback.registry.versions import GateRecord, ModelVersion, Registry
 from feedback.store import FeedbackStore
+from feedback.triggers.alerts import Alert, AlertSink
 from feedback.triggers.rules import CHANGE_KINDS
+from retrain_worker import holdout
 from retrain_worker.dataset import SEGMENT_PREFIX, Dataset, DatasetSpec, load_dataset
 from retrain_worker.gates import EvalSet, GateConfig, GateResult, run_gates, verdict
 from retrain_worker.intake import TriggerEvent
@@ -104,8 +106,10 @@ class RetrainPipeline:
     """Answers triggers for the models of ``config`` against one store."""
 
     def __init__(self, store: FeedbackStore, config: MonitoringConfig, *, registry: Registry | None = None,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None, alerts: AlertSink | None = None) -> None:
         self.store = store
+        self.alerts = alerts
+        self.frozen: holdout.Holdout | None = None
         self.config = config
         self.registry = registry or Registry()
         self.progress = progress or (lambda step: log.info("%s", step))
@@ -135,6 +139,7 @@ class RetrainPipeline:
         return self._record(trigger, "failed", reason)
 
     def _retrain(self, trigger: TriggerEvent, model: ModelConfig) -> Outcome:
+        self.frozen = None
         cfg = model.retrain
         change = trigger.change_point if trigger.kind in CHANGE_KINDS else None
         spec = DatasetSpec(
@@ -150,14 +155,27 @@ class RetrainPipeline:
             with conn.cursor() as cur:
                 champion = self.registry.champion(cur, model.name)
                 champion_model = self.registry.load(cur, champion) if champion is not None else None
+                current_holdout = holdout.latest(cur, model.name)
+        held = holdout.plan(dataset, current_holdout, rows=cfg.holdout_rows,
+                            refresh=timedelta(seconds=cfg.holdout_refresh_s),
+                            max_age=timedelta(seconds=cfg.holdout_max_age_s), min_rows=cfg.min_test_rows,
+                            min_train_rows=cfg.min_train_rows, trigger_id=trigger.trigger_id)
+        dataset = replace(dataset, held_out=held.exclude)
+        if held.stale is not None:
+            log.warning("%s", held.stale)
+            if self.alerts is not None:
+                self.alerts.send(Alert.create(model_name=model.name, kind="holdout_stale", sentence=held.stale,
+                                              at=trigger.decided_at, key=trigger.trigger_id))
         checks = validate(dataset, task=model.task, rules=DataRules(min_train_rows=cfg.min_train_rows,
                                                                      min_test_rows=cfg.min_test_rows),
                           champion_features=(champion.lineage.get("features") if champion else None))
         bad_data = failures(checks)
         lineage = {**dataset.lineage(), "trigger_id": trigger.trigger_id, "trigger_kind": trigger.kind,
-                   "trainer": cfg.trainer, "checks": [c.sentence for c in checks]}
+                   "trainer": cfg.trainer, "checks": [c.sentence for c in checks],
+                   "holdout": held.lineage(trigger.decided_at)}
         if bad_data is not None:
             return self._record(trigger, "rejected", f"data checks failed: {bad_data}", lineage=lineage)
+        self.frozen = held.new  # stored with the outcome
         train, test = dataset.train, dataset.test
         X, y = train[list(dataset.features)], train["label"]
         self._step(trigger, "training", f"training {cfg.trainer} on {len(train):,} rows")
@@ -166,7 +184,8 @@ class RetrainPipeline:
                                            budget_s=cfg.budget_s)
         except TrainerError as exc:
             return self._record(trigger, "failed", str(exc), lineage=lineage)
-        self._step(trigger, "evaluating", f"evaluating on {len(test):,} recent rows")
+        shown = f" and {len(held.gate_on):,} held-out rows" if held.gate_on is not None else ""
+        self._step(trigger, "evaluating", f"evaluating on {len(test):,} recent rows{shown}")
         eval_set = self._eval_set(model, dataset, test, challenger, champion_model)
         if change is not None:
             # the level production had before the change, from what it served then (for a refit of the
@@ -175,11 +194,16 @@ class RetrainPipeline:
             if len(before) >= cfg.min_test_rows:
                 reference = self._eval_set(model, dataset, before, challenger, None, measure_latency=False)
                 eval_set = replace(eval_set, champion_reference_error=main_error(model.task, reference, "champion"))
+        sets = [eval_set]
+        frames = [("recent", test)]
+        if held.gate_on is not None:
+            sets.append(self._eval_set(model, dataset, held.gate_on, challenger, champion_model, name="holdout"))
+            frames.append(("holdout", held.gate_on))
         config = gate_config(model, champion_measured=champion_model is not None)
-        pooled = self._from_pool(trigger, model, dataset, test, challenger, eval_set, config, lineage)
+        pooled = self._from_pool(trigger, model, dataset, frames, sets, config, lineage)
         if pooled is not None:
             return pooled
-        results = run_gates(model.task, [eval_set], config)
+        results = run_gates(model.task, sets, config)
         passed, summary = verdict(results)
         version = version_name(trigger)
         if not passed:
@@ -190,31 +214,34 @@ class RetrainPipeline:
         return self._record(trigger, "candidate", f"{version}: every gate passed ({stage})", version=version,
                             gates=results, lineage=lineage, model_object=challenger, stage=stage, profile=profile)
 
-    def _from_pool(self, trigger: TriggerEvent, model: ModelConfig, dataset: Dataset, test: pd.DataFrame,
-                   fresh: Any, fresh_set: EvalSet, config: GateConfig, lineage: dict[str, Any]) -> Outcome | None:
+    def _from_pool(self, trigger: TriggerEvent, model: ModelConfig, dataset: Dataset,
+                   frames: list[tuple[str, pd.DataFrame]], fresh_sets: list[EvalSet], config: GateConfig,
+                   lineage: dict[str, Any]) -> Outcome | None:
         """A former champion that beats the fresh model on the recent window, proposed again through the same
-        gates (concepts recur: seasons, campaigns); None when no former champion does, or it fails the gates."""
+        gates on the same sets (concepts recur: seasons, campaigns); None when no former champion does, or it
+        fails the gates."""
         with self.store.pool.connection() as conn, conn.cursor() as cur:
             pool = [(v, self.registry.load(cur, v)) for v in self.registry.past_champions(cur, model.name)]
         if not pool:
             return None
-        fresh_error = main_error(model.task, fresh_set, "challenger")
+        fresh_error = main_error(model.task, fresh_sets[0], "challenger")
         scored = []
         for version, past in pool:
-            candidate_set = replace(self._eval_set(model, dataset, test, past, None), champion=fresh_set.champion,
-                                    champion_proba=fresh_set.champion_proba,
-                                    champion_latency_ms_per_row=fresh_set.champion_latency_ms_per_row,
-                                    champion_reference_error=fresh_set.champion_reference_error)
-            error = main_error(model.task, candidate_set, "challenger")
+            past_sets = [replace(self._eval_set(model, dataset, rows, past, None, name=name), champion=f.champion,
+                                 champion_proba=f.champion_proba,
+                                 champion_latency_ms_per_row=f.champion_latency_ms_per_row,
+                                 champion_reference_error=f.champion_reference_error)
+                         for (name, rows), f in zip(frames, fresh_sets, strict=True)]
+            error = main_error(model.task, past_sets[0], "challenger")
             if error is not None:
-                scored.append((error, version.version, version, candidate_set))
+                scored.append((error, version.version, version, past_sets))
         lineage["pool"] = {v: e for e, v, _, _ in scored} | {"fresh": fresh_error}
         if not scored or fresh_error is None:
             return None
-        error, _, best, best_set = min(scored, key=lambda t: (t[0], t[1]))
+        error, _, best, best_sets = min(scored, key=lambda t: (t[0], t[1]))
         if error >= fresh_error:
             return None
-        results = run_gates(model.task, [best_set], config)
+        results = run_gates(model.task, best_sets, config)
         passed, summary = verdict(results)
         label = "log loss" if model.task == "classification" else "MAE"
         why = (f"model pool: former champion {best.version} ({label} {error:.4g}) beats the fresh model "
@@ -233,9 +260,16 @@ class RetrainPipeline:
                                                         trigger_id=trigger.trigger_id))))
             cur.execute(_RECORD, (trigger.trigger_id, model.name, "candidate", sentence))
             cur.execute(_PROGRESS, (trigger.trigger_id, model.name, WORKER, "done", f"candidate: {sentence}"))
+            self._freeze(cur)
         log.info("trigger %s: candidate: %s", trigger.trigger_id, sentence)
         return Outcome(trigger_id=trigger.trigger_id, model_name=model.name, result="candidate", sentence=sentence,
                        version=best.version, gates=tuple(results), lineage=lineage)
+
+    def _freeze(self, cur: Any) -> None:
+        """Store the held-out set this retrain froze, in its outcome's transaction."""
+        if self.frozen is not None:
+            holdout.save(cur, self.frozen)
+            self.frozen = None
 
     def _step(self, trigger: TriggerEvent, step: str, detail: str) -> None:
         """Report a long step: in the log and in ``retrain_progress`` (read by `pitstop models show`)."""
@@ -244,7 +278,7 @@ class RetrainPipeline:
             conn.execute(_PROGRESS, (trigger.trigger_id, trigger.model_name, WORKER, step, detail))
 
     def _eval_set(self, model: ModelConfig, dataset: Dataset, test: pd.DataFrame, challenger: Any,
-                  champion: Any | None, *, measure_latency: bool = True) -> EvalSet:
+                  champion: Any | None, *, name: str = "recent", measure_latency: bool = True) -> EvalSet:
         X = test[list(dataset.features)]
         predicted = challenger.predict(X)
         proba = _positive(model, challenger, X) if model.task == "classification" else None
@@ -264,7 +298,7 @@ class RetrainPipeline:
                                            for a in (y, predicted, champion_pred))
         segments = {c[len(SEGMENT_PREFIX):]: test[c].astype(str).to_numpy() for c in test.columns
                     if c.startswith(SEGMENT_PREFIX) and c[len(SEGMENT_PREFIX):] in model.segments}
-        return EvalSet(name="recent", y_true=y, challenger=predicted, champion=champion_pred,
+        return EvalSet(name=name, y_true=y, challenger=predicted, champion=champion_pred,
                        challenger_proba=proba, champion_proba=champion_proba,
                        positive_class=category_key(model.positive_class) if model.task == "classification" else 1,
                        segments=segments, challenger_latency_ms_per_row=latency,
@@ -296,6 +330,8 @@ class RetrainPipeline:
                                           Jsonb(candidate_event(ref, registered_stage, gates, lineage or {}))))
             cur.execute(_RECORD, (trigger.trigger_id, model_name, result, sentence))
             cur.execute(_PROGRESS, (trigger.trigger_id, model_name, WORKER, "done", f"{result}: {sentence}"))
+            if result != "failed":
+                self._freeze(cur)
             if profile is not None:  # monitoring of the new version starts from its training data
                 install_profile(conn, WindowUpdater(self.config), profile)
         log.info("trigger %s: %s: %s", trigger.trigger_id, result, sentence)

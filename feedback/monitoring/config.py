@@ -166,6 +166,10 @@ class RetrainConfig:
     test_share: float = 0.2
     min_train_rows: int = 500
     min_test_rows: int = 200
+    #: the frozen held-out set (retrain_worker/holdout.py): its size (0: none), refresh and maximum age
+    holdout_rows: int = 500
+    holdout_refresh_s: int = 7 * DAY_S
+    holdout_max_age_s: int = 30 * DAY_S
     #: "shadow": a passing candidate waits for shadow evaluation; "after-gates": it becomes champion at once
     promotion: Literal["shadow", "after-gates"] = "shadow"
     gates: RetrainGates = field(default_factory=RetrainGates)
@@ -472,6 +476,9 @@ _RETRAIN: Mapping[str, _Convert] = {
     "test_share": _number(_UNIT_OPEN, lambda x: 0 < x < 1),
     "min_train_rows": _integer(1),
     "min_test_rows": _integer(1),
+    "holdout_rows": _integer(0),
+    "holdout_refresh": _duration,
+    "holdout_max_age": _duration,
     "promotion": _choice("shadow", "after-gates"),
 }
 _RETRAIN_GATES: Mapping[str, _Convert] = {
@@ -483,7 +490,8 @@ _RETRAIN_GATES: Mapping[str, _Convert] = {
     "calibration_tolerance": _number("a number >= 0", lambda x: x >= 0),
     "latency_budget_ms": _number("a number > 0", lambda x: x > 0),
 }
-_RETRAIN_RENAMES = {"budget": "budget_s", "half_life": "half_life_s", "window": "window_s", "history": "history_s"}
+_RETRAIN_RENAMES = {"budget": "budget_s", "half_life": "half_life_s", "window": "window_s", "history": "history_s",
+                    "holdout_refresh": "holdout_refresh_s", "holdout_max_age": "holdout_max_age_s"}
 
 _TRIGGER_SECTIONS: Mapping[str, Mapping[str, _Convert]] = {
     "drift": {"windows": _integer(1, 1000), "min_series": _integer(1), "unjudged_windows": _integer(1, 1000)},

@@ -190,6 +190,9 @@ def test_one_training_per_model_across_workers(store: FeedbackStore) -> None:
         with pytest.raises(ModelBusy, match="being trained by another worker"):
             pipeline.handle(_trigger(hours_after=7))
         assert store.scalar("SELECT count(*) FROM retrain_outcomes") == 0
+        # released here: closing the connection releases it too, but the server ends the session after the
+        # client has gone on (a race)
+        other.execute("SELECT pg_advisory_unlock(%s, hashtext('churn'))", (RETRAIN_LOCK_CLASS,))
     assert pipeline.handle(_trigger(hours_after=7)).result == "rejected"  # too few rows: but answered now
 
 
@@ -282,7 +285,9 @@ def test_the_pool_proposes_a_former_champion_when_a_concept_returns(store: Feedb
     when A returns, because it beats a model trained on the few rows since the return."""
     _concepts(store, [(0, 6, "age"), (6, 12, "tenure"), (12, 14, "age")])
     config = parse_config(TOML.replace("min_train_rows = 1000", "min_train_rows = 500").replace(
-        'promotion = "after-gates"', 'promotion = "after-gates"\n[models.churn.retrain.gates]\nleakage_ratio = 0.05'))
+        'promotion = "after-gates"', 'promotion = "after-gates"\n[models.churn.retrain.gates]\nleakage_ratio = 0.05\n'
+        # the served "model" is a constant 0.5, calibrated in aggregate; a tree model on 2,400 rows is not quite
+        'calibration_tolerance = 0.05'))
     pipeline = RetrainPipeline(store, config)
 
     def trigger(n: int, hours: float, change: float | None) -> TriggerEvent:
@@ -294,7 +299,7 @@ def test_the_pool_proposes_a_former_champion_when_a_concept_returns(store: Feedb
 
     first = pipeline.handle(trigger(1, 6, None))  # learns A
     second = pipeline.handle(trigger(2, 12, 6))  # learns B since the change
-    assert (first.result, second.result) == ("candidate", "candidate"), (first.sentence, second.sentence)
+    assert (first.result, second.result) == ("candidate", "candidate"), [g.sentence for g in first.gates + second.gates]
     third = pipeline.handle(trigger(3, 13.5, 12))  # A returns: 900 rows since
     assert third.result == "candidate" and third.version == first.version, third.sentence
     assert f"model pool: former champion {first.version}" in third.sentence
@@ -306,3 +311,40 @@ def test_the_pool_proposes_a_former_champion_when_a_concept_returns(store: Feedb
     assert events[2]["candidate_id"] == f"churn/{first.version}@churn/t3" and events[2]["trigger_id"] == "churn/t3"
     for event in events:
         jsonschema.Draft202012Validator(SCHEMA).validate(event)
+
+
+def test_the_held_out_set_is_frozen_once_then_gated_on_and_never_trained_on(store: FeedbackStore) -> None:
+    """The first retrain freezes 500 rows before its recent window (no gate on them: the served model may have
+    seen them); the next gates on them as "holdout", beside the recent window, and trains without them."""
+    _concepts(store, [(0, 12, "age")])
+    config = parse_config(TOML.replace('promotion = "after-gates"', 'promotion = "after-gates"\n'
+                                       '[models.churn.retrain.gates]\ncalibration_tolerance = 0.05\n'
+                                       'leakage_ratio = 0.05'))  # the served "model" is a coin
+    pipeline = RetrainPipeline(store, config)
+
+    def manual(n: int, hours: int) -> TriggerEvent:
+        return TriggerEvent(trigger_id=f"churn/manual/{n}", model_name="churn", model_version=None, kind="manual",
+                            urgency="routine", decided_at=T0 + timedelta(hours=hours), change_point=None,
+                            labels_since_change=None, reason="test", requested_by="ana")
+
+    first = pipeline.handle(manual(1, 6))
+    assert first.result == "candidate", first.sentence
+    [(holdout_id, ids, created)] = store.rows("SELECT holdout_id, prediction_ids, created_at FROM holdout_sets")
+    assert len(ids) == 500 and created == T0 + timedelta(hours=6)
+    assert first.lineage["holdout"]["frozen"]["rows"] == 500 and first.lineage["holdout"]["used"] is None
+    assert "holdout" not in {g.set_name for g in first.gates}
+    # 3,551 labelled rows at the cutoff: about 710 recent, 500 held out, the rest trained on
+    loaded = store.scalar("SELECT count(*) FROM predictions p WHERE predicted_at < %s AND EXISTS (SELECT 1 FROM "
+                          "outcomes o WHERE o.prediction_id = p.prediction_id AND o.observed_at <= %s)",
+                          (T0 + timedelta(hours=6), T0 + timedelta(hours=6)))
+    assert first.lineage["rows_loaded"] == loaded == 3551  # observed at or before the cutoff
+    assert first.lineage["train_rows"] == loaded - first.lineage["test_rows"] - 500
+    second = pipeline.handle(manual(2, 12))
+    assert second.result == "candidate", second.sentence
+    assert second.lineage["holdout"]["used"]["holdout_id"] == holdout_id
+    assert second.lineage["train_rows"] == second.lineage["rows_loaded"] - second.lineage["test_rows"] - 500
+    holdout_gates = store.rows("SELECT name, passed, sample_size FROM model_gate_results "
+                               "WHERE version = %s AND set_name = 'holdout'", (second.version,))
+    assert {"log_loss_vs_champion", "calibration"} <= {n for n, _, _ in holdout_gates}
+    assert {size for _, _, size in holdout_gates if size is not None} == {500}
+    assert store.scalar("SELECT count(*) FROM holdout_sets") == 1  # not due for a refresh within 7 days

@@ -17,6 +17,7 @@ from retrain_worker.gates import (
     EvalSet,
     GateConfig,
     GateResult,
+    ece_noise,
     expected_calibration_error,
     run_gates,
     verdict,
@@ -361,12 +362,40 @@ CAL_Y = (CAL_RNG.random(2000) < CAL_P).astype(np.int64)
     ("shifted by 0.08", np.clip(CAL_P + 0.08, 0, 1), False),
 ])
 def test_calibration(case: str, challenger_p: np.ndarray, ok: bool) -> None:
-    """The challenger's ECE may exceed the champion's by the tolerance 0.02, not more."""
+    """The challenger's ECE may exceed the champion's by the tolerance 0.02 (and its extra sampling noise), not
+    more."""
     results = run_gates("classification", [clf_set("holdout", CAL_P, challenger_p, y=CAL_Y)], GateConfig())
     row = one(results, "calibration", "holdout")
     assert row.observed == pytest.approx(np_ece(CAL_Y, challenger_p))
-    assert row.threshold == pytest.approx(np_ece(CAL_Y, CAL_P) + 0.02)
+    noise = max(0.0, ece_noise(challenger_p) - ece_noise(CAL_P))  # the challenger's extra sampling noise
+    assert row.threshold == pytest.approx(np_ece(CAL_Y, CAL_P) + 0.02 + noise)
     assert row.passed is ok, row.sentence
+
+
+def test_ece_noise_is_the_ece_of_a_calibrated_model_by_chance() -> None:
+    """ece_noise matches the mean ECE of a perfectly calibrated model simulated on the same probabilities
+    (labels drawn from them), for spread and for constant probabilities."""
+    rng = np.random.default_rng(5)
+    for p in (rng.beta(0.7, 0.7, 500), np.full(500, 0.5), rng.uniform(0.6, 0.9, 300)):
+        simulated = np.mean([np_ece((rng.random(len(p)) < p).astype(np.int64), p) for _ in range(3000)])
+        assert ece_noise(p) == pytest.approx(simulated, rel=0.05)
+
+
+def test_a_sharper_model_is_allowed_its_sampling_noise_not_miscalibration() -> None:
+    """Against a constant 0.5 champion (one bin, almost no noise) on 720 rows, a calibrated sharp challenger's
+    ECE of about 0.035 is noise, and passes; the same challenger shifted by 0.08 still fails."""
+    rng = np.random.default_rng(8)
+    p = rng.beta(0.7, 0.7, 720)
+    y = (rng.random(720) < p).astype(np.int64)
+    flat = np.full(720, 0.5)
+    fair = one(run_gates("classification", [clf_set("recent", flat, p, y=y)], GateConfig()), "calibration", "recent")
+    noise = ece_noise(p) - ece_noise(flat)
+    assert fair.threshold == pytest.approx(np_ece(y, flat) + 0.02 + noise)
+    assert fair.passed and np_ece(y, p) > np_ece(y, flat) + 0.02, fair.sentence  # failed without the noise term
+    assert f"+ sampling noise {noise:.3f}" in fair.sentence
+    shifted = one(run_gates("classification", [clf_set("recent", flat, np.clip(p + 0.08, 0, 1), y=y)], GateConfig()),
+                  "calibration", "recent")
+    assert shifted.passed is False
 
 
 def test_ece_is_the_monitoring_ece() -> None:

@@ -240,8 +240,8 @@ def test_train_with_budget_reports_a_raising_trainer_in_one_line() -> None:
     before = descendants()
     started = time.monotonic()
     with pytest.raises(TrainerError) as caught:
-        train_with_budget("tests.trainer_fixtures:raising", "classification", X, y, np.ones(len(X)), budget_s=3)
-    assert time.monotonic() - started < 3
+        train_with_budget("tests.trainer_fixtures:raising", "classification", X, y, np.ones(len(X)), budget_s=60)
+    assert time.monotonic() - started < 30  # the error ends it, not the budget (spawning takes 1-3 s)
     assert str(caught.value) == "trainer 'tests.trainer_fixtures:raising': fit raised RuntimeError: no good at all"
     assert descendants() <= before
     assert not active_children()
@@ -257,10 +257,10 @@ def test_train_with_budget_stops_a_hanging_trainer_and_what_it_started(tmp_path:
     before = descendants()
     started = time.monotonic()
     with pytest.raises(TrainerError) as caught:
-        train_with_budget("tests.trainer_fixtures:hanging", "classification", X, y, np.ones(len(X)), budget_s=2.5)
+        train_with_budget("tests.trainer_fixtures:hanging", "classification", X, y, np.ones(len(X)), budget_s=6)
     elapsed = time.monotonic() - started
-    assert 2.5 <= elapsed < 4.5
-    assert str(caught.value) == "trainer 'tests.trainer_fixtures:hanging' passed its time budget of 2.5 s; stopped"
+    assert 6 <= elapsed < 12  # a budget long enough for the child to start its helper on a loaded machine
+    assert str(caught.value) == "trainer 'tests.trainer_fixtures:hanging' passed its time budget of 6 s; stopped"
     assert descendants() <= before
     assert not active_children()
     helper = int(pid_file.read_text())
