@@ -387,6 +387,7 @@ BASELINES = {
     "b": "(b) calendar",
     "c": "(c) calendar + recency",
     "d": "(d) Pitstop loop",
+    "d1": "(d1) Pitstop, no refit ladder",
     "e": "(e) ARF online",
     "f": "(f) oracle",
 }

@@ -204,6 +204,7 @@ class Loop:
         self.predictions: list[Any] = [None] * len(self.ys)
         self.deployed_at: list[int] = []
         self.triggered_at: list[int] = []
+        self.refits_at: list[int] = []
         self.outcomes: list[dict[str, Any]] = []
 
     def close(self) -> None:
@@ -281,13 +282,16 @@ class Loop:
             self.monitor.run_once(after=lambda conn, evaluations, now=now: self.engine.run(
                 conn, evaluations, wall_now=now))
             for trigger in self._triggers():
-                self.triggered_at.append(index_of(trigger.decided_at))
+                # a detection's trigger; the ladder's refits are planned, not detections (notes["refits_at"])
+                (self.refits_at if trigger.kind == "refit" else self.triggered_at).append(index_of(trigger.decided_at))
                 outcome = self.pipeline.handle(trigger)
                 self.outcomes.append({"at": end, "trigger": trigger.trigger_id, "kind": trigger.kind,
                                       "change_point": index_of(trigger.change_point) if trigger.change_point
                                       else None, "labels_since_change": trigger.labels_since_change,
                                       "result": outcome.result, "sentence": outcome.sentence,
-                                      "failed": [g.sentence for g in outcome.gates if g.passed is False]})
+                                      "failed": [g.sentence for g in outcome.gates if g.passed is False],
+                                      "pool": outcome.lineage.get("pool"),
+                                      "pool_rejected": outcome.lineage.get("pool_rejected")})
                 log.info("step %d: %s -> %s", end, trigger.trigger_id, outcome.sentence)
                 new = self._champion()
                 if new is not None and new[1] != version:
@@ -297,8 +301,8 @@ class Loop:
         return StrategyRun(name="d", label="(d) Pitstop's loop", predictions=self.predictions,
                            deployed_at=self.deployed_at, triggered_at=self.triggered_at,
                            seconds=time.perf_counter() - started,
-                           notes={"outcomes": self.outcomes, "alerts": len(self.alerts.alerts),
-                                  "decisions": self._decisions()})
+                           notes={"refits_at": self.refits_at, "outcomes": self.outcomes,
+                                  "alerts": len(self.alerts.alerts), "decisions": self._decisions()})
 
     def _triggers(self) -> list[Any]:
         """The unsent trigger events in the outbox, as the worker would receive them; marked sent."""

@@ -72,7 +72,9 @@ from bench._loop_streams import (  # noqa: E402
     score,
 )
 
-STRATEGIES = ("a", "b", "c", "d", "e", "f")
+STRATEGIES = ("a", "b", "c", "d", "e", "f", "d1")
+#: strategy d1: Pitstop's loop with the refit ladder's later rungs off (measures what the ladder buys)
+NO_LADDER = "[models.loop.triggers]\nrefit_ladder = [1]\n"
 DEFAULT_PLOT = ROOT / "bench" / "loop_quality.png"
 
 # LOOP-ANCHORS.md, "Results": whole-stream accuracy % (MAE for S5, S6), 40,000 samples, D = 500.
@@ -101,18 +103,23 @@ def _split(values: list[str] | None) -> list[str]:
     return out
 
 
-def _run_pitstop(stream: Stream, delay: int, database_url: str | None) -> StrategyRun:
+def _run_pitstop(stream: Stream, delay: int, database_url: str | None, extra_toml: str) -> StrategyRun:
     if importlib.util.find_spec("bench._pitstop_loop") is None:
         msg = "bench/_pitstop_loop.py (run_pitstop) does not exist yet"
         raise ModuleNotFoundError(msg)
     from bench._pitstop_loop import run_pitstop
 
-    return run_pitstop(stream, delay=delay, database_url=database_url)
+    return run_pitstop(stream, delay=delay, database_url=database_url, extra_toml=extra_toml)
 
 
-def run_strategy(stream: Stream, strategy: str, delay: int, database_url: str | None) -> StrategyRun:
+def run_strategy(stream: Stream, strategy: str, delay: int, database_url: str | None,
+                 extra_toml: str = "") -> StrategyRun:
     if strategy == "d":
-        return _run_pitstop(stream, delay, database_url)
+        return _run_pitstop(stream, delay, database_url, extra_toml)
+    if strategy == "d1":
+        run = _run_pitstop(stream, delay, database_url, NO_LADDER + extra_toml)
+        run.name, run.label = "d1", BASELINES["d1"]
+        return run
     return run_baseline(stream, strategy, delay=delay)
 
 
@@ -209,13 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("streams", nargs="*", help="S1..S6 or path/to/file.py:callable (comma lists allowed)")
     parser.add_argument("--stream", action="append", help="the same as the positional streams; repeatable")
     parser.add_argument("--delay", type=int, default=500, help="label delay D in samples")
-    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma list of a..f")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma list of a..f, d1 (d, no ladder)")
     parser.add_argument("--samples", type=int, default=40_000, help="samples per stream")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT, help="error-over-time plot (PNG)")
     parser.add_argument("--no-plot", action="store_true", help="skip the plot")
     parser.add_argument("--database-url", default=os.environ.get("PITSTOP_DATABASE_URL"),
                         help="passed to strategy (d); default $PITSTOP_DATABASE_URL")
+    parser.add_argument("--pitstop-toml", type=Path,
+                        help="pitstop.toml settings added to strategy (d)'s model 'loop' (e.g. [models.loop.triggers])")
     args = parser.parse_args(argv)
 
     specs = _split(args.streams) + _split(args.stream) or list(STREAMS)
@@ -228,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.samples < PROTOCOL.t0(args.delay) + 1:
         parser.error(f"--samples must exceed the first deployment, {PROTOCOL.t0(args.delay):,}")
 
+    extra_toml = args.pitstop_toml.read_text() if args.pitstop_toml else ""
     started = time.perf_counter()
     results: list[tuple[Stream, list[dict[str, Any]]]] = []
     runs_for_plot: list[tuple[Stream, list[StrategyRun]]] = []
@@ -246,14 +256,14 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             _log(f"{stream.name} {label} ...")
             try:
-                run = run_strategy(stream, strategy, args.delay, args.database_url)
+                run = run_strategy(stream, strategy, args.delay, args.database_url, extra_toml)
             except Exception as exc:  # one failing strategy must not stop the others
                 message = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 _log(f"{stream.name} {label}: failed: {message}")
                 rows.append({"strategy": strategy, "label": label, "error": f"failed: {message}", "anchor": None})
                 continue
             s = score(stream, run, delay=args.delay)
-            anchor = _anchor(stream, strategy, args.delay) if strategy != "d" else None
+            anchor = _anchor(stream, strategy, args.delay) if strategy not in ("d", "d1") else None
             rows.append({"strategy": strategy, "label": run.label, "score": s, "anchor": anchor,
                          "notes": run.notes})
             runs.append(run)

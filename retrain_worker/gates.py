@@ -6,8 +6,11 @@ Pure functions over predictions (no models, no database). Each evaluation set, t
 - **ratio**: the challenger's errors are at most ``max_ratio`` x the champion's (MAE and RMSE for regression,
   log loss and 1 - AUC for classification);
 - **min_improvement** (optional): the challenger's main error (MAE, log loss) is at least this fraction lower;
-- **leakage**: a main error below ``leakage_ratio`` x the champion's is too good to be true. Seed 000: a model
-  fed future information shows "suspiciously better offline metrics (MAE 30-50% lower)";
+- **leakage**: a main error below ``leakage_ratio`` x the champion's (or production's best level, the lower) is
+  too good to be true. Seed 000: a model fed future information shows "suspiciously better offline metrics
+  (MAE 30-50% lower)". For classification the gain must show in accuracy too (more than
+  ``leakage_min_gain``): log loss is unbounded near zero, and on a deterministic concept an honest model's
+  2e-5 is far below half a good champion's 0.056 (bench/loop_quality.py, stream S2) with the same accuracy;
 - **floors**: R^2 or AUC at least an absolute floor. The defaults are "better than trivial" (AUC 0.5 is chance,
   R^2 0 is predicting the mean);
 - **segments** (seed 001, "no regression on subgroups by more than epsilon"): each declared segment value's
@@ -81,10 +84,12 @@ class EvalSet:
     segments: Mapping[str, np.ndarray] = field(default_factory=dict)
     challenger_latency_ms_per_row: float
     champion_latency_ms_per_row: float | None = None
-    #: the champion's main error at its own level before a change (its rows before the change point): after a
-    #: concept change the champion's error on this set is degraded, and an honest retrain beats it by far, so
-    #: the leakage check measures against the smaller of the two
+    #: the best level production reached (the served predictions' main error on their best stretch of the
+    #: model's history): after a concept change, or a slow slide, the champion's error on this set is degraded
+    #: and an honest retrain beats it by far, so the leakage check measures against the smaller of the two
     champion_reference_error: float | None = None
+    #: classification: that stretch's accuracy (a leak shows in accuracy, not only in confidence)
+    champion_reference_accuracy: float | None = None
 
     def __post_init__(self) -> None:
         n = len(self.y_true)
@@ -135,7 +140,8 @@ class GateConfig:
     min_improvement: float | None = None  # main error at least this fraction below the champion's
     floor_auc: float | None = 0.5  # classification: AUC >= floor (0.5: no better than chance fails)
     floor_r2: float | None = 0.0  # regression: R^2 >= floor (0: no better than the mean fails)
-    leakage_ratio: float = 0.5  # main error below leakage_ratio x champion's: likely leakage
+    leakage_ratio: float = 0.5  # main error below leakage_ratio x champion's: likely leakage ...
+    leakage_min_gain: float = 0.02  # ... with (classification) an accuracy gain above this
     segment_epsilon: float = 0.01  # largest allowed regression of a segment value (see above)
     min_segment_rows: int = 30  # a segment value with fewer rows is reported, not gated
     calibration_tolerance: float = 0.02  # classification: ECE <= champion's ECE + tolerance
@@ -149,6 +155,7 @@ class GateConfig:
         checks = [
             ("max_ratio", self.max_ratio, self.max_ratio > 0, "> 0"),
             ("leakage_ratio", self.leakage_ratio, 0 < self.leakage_ratio < 1, "in (0, 1)"),
+            ("leakage_min_gain", self.leakage_min_gain, 0 <= self.leakage_min_gain < 1, "in [0, 1)"),
             ("segment_epsilon", self.segment_epsilon, self.segment_epsilon >= 0, ">= 0"),
             ("min_segment_rows", self.min_segment_rows, self.min_segment_rows >= 1, ">= 1"),
             ("calibration_tolerance", self.calibration_tolerance, self.calibration_tolerance >= 0, ">= 0"),
@@ -332,8 +339,9 @@ def _gate_set(task: str, s: EvalSet, config: GateConfig) -> list[GateResult]:
             if config.min_improvement is not None:
                 rows.append(_improvement(s, main, metric("challenger", main), metric("champion", main),
                                          config.min_improvement))
-            rows.append(_leakage(s, main, metric("challenger", main), metric("champion", main), config.leakage_ratio,
-                                 reference=s.champion_reference_error))
+            rows.append(_leakage(s, main, metric("challenger", main), metric("champion", main), config,
+                                 accuracy=(metric("challenger", "accuracy"), metric("champion", "accuracy"))
+                                 if task == "classification" else None))
         else:
             rows.append(_first_model(task, s, config))
         key, floor = ("auc", config.floor_auc) if task == "classification" else ("r2", config.floor_r2)
@@ -423,6 +431,8 @@ def _compute(key: str, y: np.ndarray, pred: np.ndarray | None, proba: np.ndarray
         if n < 2 or np.ptp(yf) == 0:  # sklearn would warn, or call a constant label's R^2 0 or 1
             return f"every label is equal in {n:,} rows"
         return float(r2_score(yf, pf))
+    if key == "accuracy":
+        return float(np.mean(np.asarray(pred) == np.asarray(y)))
     assert y_binary is not None and proba is not None  # classification, checked by _check_inputs
     p = np.asarray(proba, dtype=np.float64)
     if key == "log_loss":
@@ -478,23 +488,34 @@ def _improvement(s: EvalSet, key: str, challenger: Metric, champion: Metric, fra
                   f"{fraction:.1%} lower (<= {t}): {_verdict_word(ok)}"))
 
 
-def _leakage(s: EvalSet, key: str, challenger: Metric, champion: Metric, ratio: float, *,
-             reference: float | None = None) -> GateResult:
-    label = _LABELS[key]
+def _leakage(s: EvalSet, key: str, challenger: Metric, champion: Metric, config: GateConfig, *,
+             accuracy: tuple[Metric, Metric] | None) -> GateResult:
+    label, ratio = _LABELS[key], config.leakage_ratio
     if isinstance(challenger, str) or isinstance(champion, str):
         return _not_computable("leakage", s, f"{label} leakage check", challenger, champion)
     base, whose = champion, "champion"
+    base_accuracy = accuracy[1] if accuracy is not None else None
+    reference = s.champion_reference_error
     if reference is not None and reference < champion:
-        base, whose = reference, "champion before the change"
+        base, whose, base_accuracy = reference, "production's best level", s.champion_reference_accuracy
     threshold = ratio * base
     leaky = challenger < threshold
     a, t = _pair(challenger, threshold)
     tail = "likely leakage, failed" if leaky else "not suspiciously good, passed"
+    if leaky and accuracy is not None and isinstance(accuracy[0], float) and isinstance(base_accuracy, float):
+        gain = accuracy[0] - base_accuracy
+        if gain <= config.leakage_min_gain:
+            leaky = False
+            tail = (f"but its accuracy {accuracy[0]:.3f} gains only {gain:+.3f} on {base_accuracy:.3f} (a leak gains "
+                    f"more than {config.leakage_min_gain:g}): passed")
+        else:
+            tail = (f"and its accuracy {accuracy[0]:.3f} gains {gain:+.3f} on {base_accuracy:.3f}: likely leakage, "
+                    "failed")
     return GateResult(
         name="leakage", set_name=s.name, passed=not leaky, observed=challenger, threshold=threshold,
         sample_size=len(s),
-        sentence=(f"{s.name}: challenger {label} {a} is {'below' if leaky else 'not below'} {ratio:g} x {whose} "
-                  f"{_num(base)} = {t}: {tail}"))
+        sentence=(f"{s.name}: challenger {label} {a} is {'below' if challenger < threshold else 'not below'} {ratio:g} "
+                  f"x {whose} {_num(base)} = {t}{',' if tail.startswith(('but', 'and')) else ':'} {tail}"))
 
 
 def _floor(s: EvalSet, key: str, challenger: Metric, floor: float) -> GateResult:

@@ -97,6 +97,7 @@ def gate_config(model: ModelConfig, *, champion_measured: bool) -> GateConfig:
     floors = ({"floor_auc": g.floor} if model.task == "classification" else {"floor_r2": g.floor}) \
         if g.floor is not None else {}
     return GateConfig(max_ratio=g.max_ratio, min_improvement=g.min_improvement, leakage_ratio=g.leakage_ratio,
+                      leakage_min_gain=g.leakage_min_gain,
                       segment_epsilon=g.segment_epsilon, calibration_tolerance=g.calibration_tolerance,
                       latency_budget_ms_per_row=g.latency_budget_ms,
                       **({} if champion_measured else {"max_latency_ratio": None}), **floors)
@@ -186,14 +187,10 @@ class RetrainPipeline:
             return self._record(trigger, "failed", str(exc), lineage=lineage)
         shown = f" and {len(held.gate_on):,} held-out rows" if held.gate_on is not None else ""
         self._step(trigger, "evaluating", f"evaluating on {len(test):,} recent rows{shown}")
-        eval_set = self._eval_set(model, dataset, test, challenger, champion_model)
-        if change is not None:
-            # the level production had before the change, from what it served then (for a refit of the
-            # episode, the champion itself is a post-change model: its error on old-concept rows says nothing)
-            before = dataset.frame[dataset.frame["predicted_at"] < change].tail(len(test))
-            if len(before) >= cfg.min_test_rows:
-                reference = self._eval_set(model, dataset, before, challenger, None, measure_latency=False)
-                eval_set = replace(eval_set, champion_reference_error=main_error(model.task, reference, "champion"))
+        error, accuracy = production_best(model, dataset.frame[dataset.frame["predicted_at"] < dataset.test_start]
+                                          if dataset.test_start is not None else dataset.frame, len(test))
+        eval_set = replace(self._eval_set(model, dataset, test, challenger, champion_model),
+                           champion_reference_error=error, champion_reference_accuracy=accuracy)
         sets = [eval_set]
         frames = [("recent", test)]
         if held.gate_on is not None:
@@ -230,7 +227,8 @@ class RetrainPipeline:
             past_sets = [replace(self._eval_set(model, dataset, rows, past, None, name=name), champion=f.champion,
                                  champion_proba=f.champion_proba,
                                  champion_latency_ms_per_row=f.champion_latency_ms_per_row,
-                                 champion_reference_error=f.champion_reference_error)
+                                 champion_reference_error=f.champion_reference_error,
+                                 champion_reference_accuracy=f.champion_reference_accuracy)
                          for (name, rows), f in zip(frames, fresh_sets, strict=True)]
             error = main_error(model.task, past_sets[0], "challenger")
             if error is not None:
@@ -354,6 +352,47 @@ def training_profile(model: ModelConfig, version: str, dataset: Dataset, fitted:
 
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and value != value)
+
+
+#: at most this many stretches of the history are scored for production's best level
+BEST_LEVEL_BLOCKS = 50
+
+
+def production_best(model: ModelConfig, history: pd.DataFrame, block: int) -> tuple[float | None, float | None]:
+    """Production's best level in ``history``: the lowest main error (log loss, MAE) the served predictions
+    reached on a stretch of ``block`` consecutive rows (at most BEST_LEVEL_BLOCKS stretches, evenly spread),
+    with that stretch's accuracy for classification; (None, None) when no stretch can be scored.
+
+    The leakage gate measures a challenger against the lower of this and the champion's error: a retrain that
+    recovers production's former level after a drift is no leak, one far beyond any level production ever
+    reached is suspicious.
+    """
+    if block <= 0 or len(history) < block:
+        return None, None
+    step = max(block, (len(history) - block) // BEST_LEVEL_BLOCKS + 1)
+    best: tuple[float, float | None] | None = None
+    for start in range(0, len(history) - block + 1, step):
+        rows = history.iloc[start:start + block]
+        y = rows["label"].to_numpy()
+        if model.task == "regression":
+            served = pd.to_numeric(rows["served_prediction"], errors="coerce").to_numpy(dtype=np.float64)
+            ok = np.isfinite(served)
+            if ok.sum() < block // 2:
+                continue
+            level: tuple[float, float | None] = (float(np.mean(np.abs(y[ok].astype(np.float64) - served[ok]))), None)
+        else:
+            positive = category_key(model.positive_class)
+            truth = np.array([category_key(v) == positive for v in y.tolist()], dtype=np.int64)
+            proba = np.clip(_served_positive(model, rows), 1e-15, 1 - 1e-15)
+            if truth.min() == truth.max() or not np.all(np.isfinite(proba)):
+                continue
+            loss = float(-np.mean(truth * np.log(proba) + (1 - truth) * np.log(1 - proba)))
+            hits = [category_key(p) == category_key(t) for p, t in zip(rows["served_prediction"].tolist(), y.tolist(),
+                                                                       strict=True)]
+            level = (loss, float(np.mean(hits)))
+        if best is None or level[0] < best[0]:
+            best = level
+    return (None, None) if best is None else best
 
 
 def main_error(task: str, s: EvalSet, which: str) -> float | None:

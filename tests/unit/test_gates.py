@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -227,8 +228,10 @@ LEAKAGE_CASES = [
     # id, task, set, passes
     ("MAE a third of the champion's", "regression", reg_set("holdout", UNIT, UNIT / 3), False),
     ("MAE 0.6 of the champion's", "regression", reg_set("holdout", UNIT, 0.6 * UNIT), True),
-    ("log loss a third of the champion's", "classification",
-     clf_set("holdout", constant_confidence(0.6), constant_confidence(0.6 ** (1 / 3))), False),
+    ("log loss a third of the champion's, the same accuracy", "classification",
+     clf_set("holdout", constant_confidence(0.6), constant_confidence(0.6 ** (1 / 3))), True),
+    ("log loss an eighth of the champion's, accuracy 0 -> 1", "classification",
+     clf_set("holdout", constant_confidence(0.45), constant_confidence(0.45 ** (1 / 8))), False),
     ("log loss 0.6 of the champion's", "classification",
      clf_set("holdout", constant_confidence(0.6), constant_confidence(0.6 ** 0.6)), True),
 ]
@@ -236,7 +239,8 @@ LEAKAGE_CASES = [
 
 @pytest.mark.parametrize(("case", "task", "eval_set", "ok"), LEAKAGE_CASES, ids=[c[0] for c in LEAKAGE_CASES])
 def test_leakage(case: str, task: str, eval_set: EvalSet, ok: bool) -> None:
-    """A main error below 0.5 x the champion's fails as likely leakage; a merely better one passes."""
+    """A main error below 0.5 x the champion's fails as likely leakage, for classification when accuracy gains
+    more than 0.02 too (more confidence alone is no leak); a merely better one passes."""
     row = one(run_gates(task, [eval_set], GateConfig()), "leakage", "holdout")
     if task == "regression":
         challenger, champion = np_mae(Y_REG, eval_set.challenger), np_mae(Y_REG, eval_set.champion)
@@ -247,6 +251,24 @@ def test_leakage(case: str, task: str, eval_set: EvalSet, ok: bool) -> None:
     assert row.threshold == pytest.approx(0.5 * champion)
     assert row.passed is ok, row.sentence
     assert ("likely leakage, failed" in row.sentence) is not ok
+    if "same accuracy" in case:
+        assert row.sentence.endswith("but its accuracy 1.000 gains only +0.000 on 1.000 (a leak gains more than "
+                                     "0.02): passed")
+
+
+def test_leakage_measures_against_productions_best_level() -> None:
+    """After a drift the champion's log loss here is 1.2; production once reached 0.10 at accuracy 0.97: a
+    challenger at 0.04 and accuracy 1.0 is within reach of that level (gain 0.03 > 0.02 fails; 0.99 passes)."""
+    base = clf_set("recent", constant_confidence(0.3), constant_confidence(0.96))
+    leaky = replace(base, champion_reference_error=0.10, champion_reference_accuracy=0.97)
+    row = one(run_gates("classification", [leaky], GateConfig()), "leakage", "recent")
+    assert row.threshold == pytest.approx(0.05) and row.passed is False
+    assert "0.5 x production's best level 0.100 = 0.0500" in row.sentence and "gains +0.030 on 0.970" in row.sentence
+    fine = replace(base, champion_reference_error=0.10, champion_reference_accuracy=0.99)
+    assert one(run_gates("classification", [fine], GateConfig()), "leakage", "recent").passed is True
+    far = replace(base, champion_reference_error=2.0, champion_reference_accuracy=0.2)  # worse than the champion
+    row = one(run_gates("classification", [far], GateConfig()), "leakage", "recent")
+    assert "x champion" in row.sentence
 
 
 def test_leaky_feature_is_caught() -> None:
@@ -638,12 +660,12 @@ def test_verdict_summary(case: str, results: list[GateResult], expected: tuple[b
 
 @pytest.mark.parametrize(("reference", "passed", "whose"), [
     (None, False, "x champion 1.00"),  # a third of the degraded champion's error: suspicious
-    (0.35, True, "x champion before the change 0.350"),  # but the champion itself did 0.35 before the change
-    (0.9, False, "x champion before the change 0.900"),
+    (0.35, True, "x production's best level 0.350"),  # but production once did 0.35
+    (0.9, False, "x production's best level 0.900"),
 ])
 def test_leakage_measures_against_the_champion_before_a_change(reference: float | None, passed: bool,
                                                                whose: str) -> None:
-    """After a concept change the leakage check uses the champion's own pre-change error when it is lower."""
+    """After a concept change the leakage check uses production's best level when it is lower."""
     s = reg_set("recent", np.full(len(Y_REG), 1.0), np.full(len(Y_REG), 0.3), champion_reference_error=reference)
     [row] = [r for r in run_gates("regression", [s], GateConfig()) if r.name == "leakage"]
     assert row.passed is passed and whose in row.sentence, row.sentence
