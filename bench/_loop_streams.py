@@ -470,6 +470,8 @@ def score(stream: Stream, run: StrategyRun, *, delay: int) -> dict:
     * ``labels_to_trigger``: per drift point p, for the first trigger t with p <= t - delay < next drift point
       (its labelled data include the drift's first sample): t - delay - p + 1 labels after the drift; None if
       there is none.
+    * ``labels_to_detection``: the same for ``run.notes["detected_at"]`` (when the strategy's decision was first
+      recorded, before it waited for labels), None when the strategy does not report it.
     * ``false_triggers``: triggers on stable stretches (before the first drift point, or from 5,000 steps after
       a drift's end to the next drift point); None when the stream drifts everywhere.
     """
@@ -478,11 +480,17 @@ def score(stream: Stream, run: StrategyRun, *, delay: int) -> dict:
     errs = errors(stream, run)
     points = list(stream.drift_points)
     after = [_figure(stream.task, errs[max(p, t0) : min(p + PROTOCOL.after_drift, n)]) for p in points]
-    labels_to_trigger: list[int | None] = []
-    for i, p in enumerate(points):
-        nxt = points[i + 1] if i + 1 < len(points) else math.inf
-        hits = [t for t in run.triggered_at if p <= t - delay < nxt]
-        labels_to_trigger.append(min(hits) - delay - p + 1 if hits else None)
+    def labels_to(times: Sequence[int]) -> list[int | None]:
+        out: list[int | None] = []
+        for i, p in enumerate(points):
+            nxt = points[i + 1] if i + 1 < len(points) else math.inf
+            hits = [t for t in times if p <= t - delay < nxt]
+            out.append(min(hits) - delay - p + 1 if hits else None)
+        return out
+
+    labels_to_trigger = labels_to(run.triggered_at)
+    # a strategy that detects before it retrains (Pitstop waits for labels since the change) reports when
+    detected = run.notes.get("detected_at") if isinstance(run.notes, dict) else None
     if stream.drifts_everywhere:
         false_triggers = None
     else:
@@ -495,6 +503,7 @@ def score(stream: Stream, run: StrategyRun, *, delay: int) -> dict:
         "last": _figure(stream.task, errs[max(t0, n - PROTOCOL.last) :]),
         "retrains": len(run.deployed_at),
         "labels_to_trigger": labels_to_trigger,
+        "labels_to_detection": labels_to(detected) if detected is not None else None,
         "false_triggers": false_triggers,
         "deployed_at": list(run.deployed_at),
         "triggered_at": list(run.triggered_at),

@@ -205,6 +205,7 @@ class Loop:
         self.deployed_at: list[int] = []
         self.triggered_at: list[int] = []
         self.refits_at: list[int] = []
+        self.pool_at: list[int] = []
         self.outcomes: list[dict[str, Any]] = []
 
     def close(self) -> None:
@@ -282,8 +283,10 @@ class Loop:
             self.monitor.run_once(after=lambda conn, evaluations, now=now: self.engine.run(
                 conn, evaluations, wall_now=now))
             for trigger in self._triggers():
-                # a detection's trigger; the ladder's refits are planned, not detections (notes["refits_at"])
-                (self.refits_at if trigger.kind == "refit" else self.triggered_at).append(index_of(trigger.decided_at))
+                # a detection's trigger; the ladder's refits and the early pool looks are planned steps after
+                # one, not detections (notes["refits_at"], notes["pool_at"])
+                planned = {"refit": self.refits_at, "pool": self.pool_at}
+                planned.get(trigger.kind, self.triggered_at).append(index_of(trigger.decided_at))
                 outcome = self.pipeline.handle(trigger)
                 self.outcomes.append({"at": end, "trigger": trigger.trigger_id, "kind": trigger.kind,
                                       "change_point": index_of(trigger.change_point) if trigger.change_point
@@ -301,8 +304,10 @@ class Loop:
         return StrategyRun(name="d", label="(d) Pitstop's loop", predictions=self.predictions,
                            deployed_at=self.deployed_at, triggered_at=self.triggered_at,
                            seconds=time.perf_counter() - started,
-                           notes={"refits_at": self.refits_at, "outcomes": self.outcomes,
-                                  "alerts": len(self.alerts.alerts), "decisions": self._decisions()})
+                           notes={"refits_at": self.refits_at, "pool_at": self.pool_at,
+                                  "detected_at": self._detected_at(),
+                                  "outcomes": self.outcomes, "alerts": len(self.alerts.alerts),
+                                  "decisions": self._decisions()})
 
     def _triggers(self) -> list[Any]:
         """The unsent trigger events in the outbox, as the worker would receive them; marked sent."""
@@ -316,6 +321,12 @@ class Loop:
         with self.store.pool.connection() as conn, conn.cursor() as cur:
             found = self.registry.champion(cur, MODEL)
             return None if found is None else (self.registry.load(cur, found), found.version)
+
+    def _detected_at(self) -> list[int]:
+        """When each drift, performance or detector decision was first recorded (pending, watch or fired)."""
+        rows = self.store.rows("SELECT first_decided_at FROM retrain_decisions WHERE kind IN "
+                               "('drift', 'performance', 'detector') ORDER BY first_decided_at")
+        return [index_of(r[0]) for r in rows]
 
     def _decisions(self) -> list[dict[str, Any]]:
         rows = self.store.rows("SELECT decision_id, kind, status, urgency, change_point, decided_at, sentence "

@@ -157,7 +157,8 @@ def print_stream(stream: Stream, rows: list[dict[str, Any]], delay: int) -> None
     print(f"\n{stream.name} ({task}, {len(stream.samples):,} samples, {drifts}; {metric} over t >= "
           f"{PROTOCOL.t0(delay):,}, delay {delay})")
     after_head = " / ".join(f"@{p:,}" for p in stream.drift_points) or "-"
-    header = ["strategy", "whole", f"after drift {after_head}", "last 10k", "retrains", "labels to trigger",
+    header = ["strategy", "whole", f"after drift {after_head}", "last 10k", "retrains",
+              "labels to (detection ->) trigger",
               "false trig", "seconds", "anchor", "diff"]
     table = [header]
     for row in rows:
@@ -167,6 +168,9 @@ def print_stream(stream: Stream, rows: list[dict[str, Any]], delay: int) -> None
         s = row["score"]
         after = " / ".join(_fmt(v, task) for v in s["after_drift"]) or "-"
         ltt = " / ".join("-" if v is None else f"{v:,}" for v in s["labels_to_trigger"]) or "-"
+        if s.get("labels_to_detection") is not None:  # detected (decision recorded) -> fired
+            ltt = " / ".join(f"{'-' if d is None else f'{d:,}'} -> {'-' if t is None else f'{t:,}'}"
+                             for d, t in zip(s["labels_to_detection"], s["labels_to_trigger"], strict=True)) or "-"
         false = "-" if s["false_triggers"] is None else str(s["false_triggers"])
         table.append([row["label"], _fmt(s["whole"], task), after, _fmt(s["last"], task), str(s["retrains"]), ltt,
                       false, f"{s['seconds']:.1f}", _fmt(row["anchor"], task) if row["anchor"] is not None else "",

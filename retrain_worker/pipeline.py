@@ -41,7 +41,8 @@ from retrain_worker.weights import WeightPolicy
 
 log = logging.getLogger(__name__)
 
-Result = Literal["candidate", "rejected", "failed"]
+#: "unchanged": a pool look that found no former champion better than the champion (nothing trained)
+Result = Literal["candidate", "rejected", "failed", "unchanged"]
 RETRAIN_LOCK_CLASS = 0x5254  # advisory lock class of "a model's training"
 CANDIDATE_TOPIC = "candidates"
 
@@ -131,6 +132,8 @@ class RetrainPipeline:
                                    sentence=done[1])
                 if model is None:
                     return self._record(trigger, "failed", f"model {trigger.model_name!r} is not configured here")
+                if trigger.kind == "pool":
+                    return self._pool_look(trigger, model)
                 return self._retrain(trigger, model)
             finally:
                 lock.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (RETRAIN_LOCK_CLASS, trigger.model_name))
@@ -194,7 +197,9 @@ class RetrainPipeline:
         sets = [eval_set]
         frames = [("recent", test)]
         if held.gate_on is not None:
-            sets.append(self._eval_set(model, dataset, held.gate_on, challenger, champion_model, name="holdout"))
+            sets.append(replace(self._eval_set(model, dataset, held.gate_on, challenger, champion_model,
+                                               name="holdout"),
+                                champion_reference_error=error, champion_reference_accuracy=accuracy))
             frames.append(("holdout", held.gate_on))
         config = gate_config(model, champion_measured=champion_model is not None)
         pooled = self._from_pool(trigger, model, dataset, frames, sets, config, lineage)
@@ -218,7 +223,8 @@ class RetrainPipeline:
         gates on the same sets (concepts recur: seasons, campaigns); None when no former champion does, or it
         fails the gates."""
         with self.store.pool.connection() as conn, conn.cursor() as cur:
-            pool = [(v, self.registry.load(cur, v)) for v in self.registry.past_champions(cur, model.name)]
+            pool = [(v, self.registry.load(cur, v))
+                    for v in self.registry.past_champions(cur, model.name, limit=model.retrain.pool_size)]
         if not pool:
             return None
         fresh_error = main_error(model.task, fresh_sets[0], "challenger")
@@ -247,6 +253,12 @@ class RetrainPipeline:
         if not passed:
             lineage["pool_rejected"] = f"{why}, but {summary}"
             return None
+        return self._propose_again(trigger, model, best, results, lineage, why)
+
+    def _propose_again(self, trigger: TriggerEvent, model: ModelConfig, best: ModelVersion,
+                       results: list[GateResult], lineage: dict[str, Any], why: str) -> Outcome:
+        """A former champion back as champion (after-gates) or candidate, its event and the outcome: one
+        transaction."""
         stage = "champion" if model.retrain.promotion == "after-gates" else "candidate"
         sentence = f"{best.version}: {why}: proposed again, every gate passed ({stage})"
         with self.store.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
@@ -262,6 +274,62 @@ class RetrainPipeline:
         log.info("trigger %s: candidate: %s", trigger.trigger_id, sentence)
         return Outcome(trigger_id=trigger.trigger_id, model_name=model.name, result="candidate", sentence=sentence,
                        version=best.version, gates=tuple(results), lineage=lineage)
+
+    def _pool_look(self, trigger: TriggerEvent, model: ModelConfig) -> Outcome:
+        """A change seen early: the model's former champions scored against the champion on the rows since the
+        change point, no training; the best, if it beats the champion and passes the same gates, is proposed
+        again at once (a concept that returns needs no new model). Otherwise the outcome is "unchanged"."""
+        self.frozen = None
+        cfg, change = model.retrain, trigger.change_point
+        if change is None:
+            return self._record(trigger, "failed", "a pool look needs the change point")
+        spec = DatasetSpec(model_name=model.name, cutoff=trigger.decided_at,
+                           since=trigger.decided_at - timedelta(seconds=cfg.history_s), change_point=change)
+        with self.store.pool.connection() as conn:
+            self._step(trigger, "loading", "loading the rows since the change for the model pool")
+            dataset = load_dataset(conn, spec)
+            with conn.cursor() as cur:
+                champion = self.registry.champion(cur, model.name)
+                champion_model = self.registry.load(cur, champion) if champion is not None else None
+                pool = [(v, self.registry.load(cur, v))
+                    for v in self.registry.past_champions(cur, model.name, limit=model.retrain.pool_size)]
+        frame = dataset.frame
+        since = frame[frame["predicted_at"] >= change]
+        lineage: dict[str, Any] = {"trigger_id": trigger.trigger_id, "trigger_kind": "pool", "rows": len(since),
+                                   "change_point": change.isoformat()}
+        if champion_model is None or not pool:
+            return self._record(trigger, "unchanged", "model pool: no champion or no former champion to compare",
+                                lineage=lineage)
+        if len(since) < cfg.min_test_rows:
+            return self._record(trigger, "unchanged", f"model pool: {len(since):,} labelled rows since the change "
+                                f"(< {cfg.min_test_rows:,}): nothing compared", lineage=lineage)
+        self._step(trigger, "evaluating", f"scoring {len(pool)} former champion(s) on {len(since):,} rows")
+        error, accuracy = production_best(model, frame[frame["predicted_at"] < change], len(since))
+        scored = []
+        for version, past in pool:
+            s = replace(self._eval_set(model, dataset, since, past, champion_model, name="since change"),
+                        champion_reference_error=error, champion_reference_accuracy=accuracy)
+            past_error = main_error(model.task, s, "challenger")
+            if past_error is not None:
+                scored.append((past_error, version.version, version, s))
+        champion_error = main_error(model.task, scored[0][3], "champion") if scored else None
+        lineage["pool"] = {v: e for e, v, _, _ in scored} | {"champion": champion_error}
+        label = "log loss" if model.task == "classification" else "MAE"
+        if not scored or champion_error is None:
+            return self._record(trigger, "unchanged", "model pool: no error could be computed", lineage=lineage)
+        best_error, _, best, best_set = min(scored, key=lambda t: (t[0], t[1]))
+        if best_error >= champion_error:
+            return self._record(trigger, "unchanged", (
+                f"model pool: no former champion beats the champion {champion.version} ({label} "  # type: ignore[union-attr]
+                f"{champion_error:.4g}; best {best.version} {best_error:.4g}) on the {len(since):,} rows since the "
+                "change"), lineage=lineage)
+        results = run_gates(model.task, [best_set], gate_config(model, champion_measured=True))
+        passed, summary = verdict(results)
+        why = (f"model pool: former champion {best.version} ({label} {best_error:.4g}) beats the champion "
+               f"({label} {champion_error:.4g}) on the {len(since):,} rows since the change")
+        if not passed:
+            return self._record(trigger, "unchanged", f"{why}, but {summary}", lineage=lineage)
+        return self._propose_again(trigger, model, best, results, lineage, why)
 
     def _freeze(self, cur: Any) -> None:
         """Store the held-out set this retrain froze, in its outcome's transaction."""

@@ -80,6 +80,7 @@ baseline_windows = 2
 [models.churn.triggers]
 min_labels_since_change = 5000
 cooldown = "6h"
+pool_labels = 0                  # one decision per episode here; the early pool look has its own tests
 [models.churn.triggers.drift]
 windows = 2
 """

@@ -1,10 +1,15 @@
 -- The refit ladder and the recovery check make decisions of a new kind, "refit" (a planned step of an
--- episode of change, trained from its change point); a training's progress is kept where `pitstop models
--- show` can read it; and the frozen held-out sets (retrain_worker/holdout.py).
+-- episode of change, trained from its change point), and a change seen early asks the model pool first
+-- ("pool": score former champions on the rows since the change, no training; its outcome "unchanged"
+-- when none beats the champion); a training's progress is kept where `pitstop models show` can read
+-- it; and the frozen held-out sets (retrain_worker/holdout.py).
 
 ALTER TABLE retrain_decisions DROP CONSTRAINT retrain_decisions_kind_check;
 ALTER TABLE retrain_decisions ADD CONSTRAINT retrain_decisions_kind_check
-    CHECK (kind IN ('calendar', 'drift', 'performance', 'volume', 'manual', 'detector', 'refit'));
+    CHECK (kind IN ('calendar', 'drift', 'performance', 'volume', 'manual', 'detector', 'refit', 'pool'));
+ALTER TABLE retrain_outcomes DROP CONSTRAINT retrain_outcomes_outcome_check;
+ALTER TABLE retrain_outcomes ADD CONSTRAINT retrain_outcomes_outcome_check
+    CHECK (outcome IN ('candidate', 'rejected', 'failed', 'unchanged'));
 
 CREATE TABLE retrain_progress (
     trigger_id   text PRIMARY KEY,

@@ -127,6 +127,10 @@ class TriggerConfig:
     #: a version trained after a change whose baseline stays worse than the level before the change (by
     #: ``performance.elevated``) is refitted, at most this many times an episode; then an alert asks a person
     recovery_tries: int = 2
+    #: a drift or performance decision still waiting for its labels asks the model pool once this many labels
+    #: since the change exist: a former champion that beats the champion on them is proposed at once (a
+    #: concept that returns needs no training); 0: never before the retrain
+    pool_labels: int = 200
     cooldown_s: int = 6 * 3_600
     daily_cap: int = 2
     #: automatic retraining stops after this many rejected candidates in a row, until a person resets it
@@ -167,6 +171,11 @@ class RetrainConfig:
     test_share: float = 0.2
     min_train_rows: int = 500
     min_test_rows: int = 200
+    #: the model pool: this many of the most recent former champions are scored before a fresh model is
+    #: registered, and when a change is seen early (0: no pool). A refit ladder makes several champions an
+    #: episode, so the pool must reach past them to the concept before (bench S5: with 3, the returning
+    #: concept's model had dropped out)
+    pool_size: int = 8
     #: the frozen held-out set (retrain_worker/holdout.py): its size (0: none), refresh and maximum age
     holdout_rows: int = 500
     holdout_refresh_s: int = 7 * DAY_S
@@ -441,6 +450,7 @@ _TRIGGERS: Mapping[str, _Convert] = {
     "critical_waits": _boolean,
     "refit_ladder": _multiples,
     "recovery_tries": _integer(0),
+    "pool_labels": _integer(0),
     "cooldown": _duration,
     "daily_cap": _integer(1),
     "circuit_breaker": _integer(1),
@@ -477,6 +487,7 @@ _RETRAIN: Mapping[str, _Convert] = {
     "test_share": _number(_UNIT_OPEN, lambda x: 0 < x < 1),
     "min_train_rows": _integer(1),
     "min_test_rows": _integer(1),
+    "pool_size": _integer(0),
     "holdout_rows": _integer(0),
     "holdout_refresh": _duration,
     "holdout_max_age": _duration,

@@ -143,6 +143,10 @@ class Ledger(Protocol):
         """The refit decisions (any status) of the episode that began at ``change_point``."""
         ...
 
+    def latest_change(self, model: str) -> datetime | None:
+        """The latest change point of the model's drift, performance or detector decisions, fired or pending."""
+        ...
+
 
 class Decider:
     """Turns a model's evaluation and clocks into decisions, through a ledger. Keeps the calendar's clocks."""
@@ -168,6 +172,9 @@ class Decider:
             found = self._windows(ledger, model, evaluation, now)
             if found is not None:
                 out += self._settle(ledger, model, found)
+                pool = _pool_look(model, found, now)
+                if pool is not None:
+                    out += self._settle(ledger, model, pool)
         calendar = self._calendar(ledger, model, now)
         if calendar is not None:
             out += self._settle(ledger, model, calendar)
@@ -231,6 +238,9 @@ class Decider:
         if episode is None or episode.change_point is None:
             return None
         change = episode.change_point
+        newer = ledger.latest_change(model.name)
+        if newer is not None and newer > change:
+            return None  # a newer change is seen (pending): this episode is over, its ladder with it
         refits = ledger.refits(model.name, change)
         fired = [d for d in refits if d.status == "fired"]
         labels = ledger.labels_since(model, None, change, now)
@@ -335,6 +345,25 @@ class Decider:
         return [decision]
 
 
+def _pool_look(model: ModelConfig, d: Decision, now: datetime) -> Decision | None:
+    """For a change still waiting for its labels: one early look at the model pool (no training: a former
+    champion scored on the rows since the change), once ``pool_labels`` labels since the change exist."""
+    k = model.triggers.pool_labels
+    if (k <= 0 or d.status != "pending" or d.change_point is None or d.labels_since_change is None
+            or d.labels_since_change < k or d.kind not in ("drift", "performance", "detector")):
+        return None
+    change = d.change_point
+    return Decision(
+        decision_id=decision_id(model.name, "pool", d.model_version, change), model_name=model.name,
+        model_version=d.model_version, kind="pool", urgency=d.urgency, status="fired", decided_at=now,
+        change_point=change, labels_since_change=d.labels_since_change,
+        sentence=(f"model pool: {d.labels_since_change:,} labels since the change ({change:%Y-%m-%d %H:%M} UTC), "
+                  f"before the retrain's {model.triggers.min_labels_since_change:,}: a former champion that beats "
+                  "the champion on them is proposed now"),
+        evidence={"decision": d.decision_id},
+    )
+
+
 def _unrecovered_id(model: str, change: datetime, version: str) -> str:
     return decision_id(model, "refit", change, f"unrecovered-{version}")
 
@@ -387,14 +416,16 @@ WHERE retrain_decisions.status <> 'fired' OR excluded.status = 'fired'
 _OUTBOX = """
 INSERT INTO outbox (event_id, topic, key, payload) VALUES (%s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING
 """
+# a pool look trains nothing: it starts no cooldown, counts toward no cap and is no running training
 _HISTORY = """
 SELECT max(fired_at) FILTER (WHERE fired_at <= %(at)s),
        count(*) FILTER (WHERE fired_at > %(at)s - interval '1 day' AND fired_at <= %(at)s),
        (SELECT d.decision_id FROM retrain_decisions d
         WHERE d.model_name = %(m)s AND d.status = 'fired' AND d.fired_at > %(at)s - %(running)s * interval '1 second'
+          AND d.kind <> 'pool'
           AND NOT EXISTS (SELECT 1 FROM retrain_outcomes o WHERE o.trigger_id = d.decision_id)
         ORDER BY d.fired_at DESC LIMIT 1)
-FROM retrain_decisions WHERE model_name = %(m)s AND status = 'fired'
+FROM retrain_decisions WHERE model_name = %(m)s AND status = 'fired' AND kind <> 'pool'
 """
 # the outcomes since the last reset of the breaker, newest first (a reset starts the count again)
 _OUTCOMES = """
@@ -428,6 +459,8 @@ class PostgresLedger:
         outcomes = self.cur.execute(_OUTCOMES, {"m": model, "limit": 1000}).fetchall()
         rejected = 0
         for (outcome,) in outcomes:
+            if outcome == "unchanged":
+                continue  # a pool look that proposed nothing: neither a rejection nor a success
             if outcome != "rejected":
                 break
             rejected += 1
@@ -470,6 +503,11 @@ class PostgresLedger:
                                "ORDER BY fired_at DESC, decision_id DESC LIMIT 1",
                                (model, sorted(CHANGE_KINDS - {"refit"}))).fetchone()
         return None if row is None else _decision(row)
+
+    def latest_change(self, model: str) -> datetime | None:
+        return self.cur.execute("SELECT max(change_point) FROM retrain_decisions WHERE model_name = %s "
+                                "AND kind = ANY(%s) AND status IN ('fired', 'pending')",
+                                (model, sorted(CHANGE_KINDS - {"refit"}))).fetchone()[0]
 
     def refits(self, model: str, change_point: datetime) -> list[Decision]:
         rows = self.cur.execute(f"{_SELECT} WHERE model_name = %s AND kind = 'refit' AND change_point = %s "

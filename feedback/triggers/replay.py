@@ -110,7 +110,8 @@ class MemoryLedger:
 
     def history(self, model: str, at: datetime) -> History:
         fired = sorted((d.fired_at, d.decision_id) for d in self._decisions.values()
-                       if d.model_name == model and d.status == "fired" and d.fired_at is not None)
+                       if d.model_name == model and d.status == "fired" and d.fired_at is not None
+                       and d.kind != "pool")  # a pool look trains nothing (see the database ledger)
         running_since = at - timedelta(seconds=self.max_training_s.get(model, 86_400))
         running = [decision_id for fired_at, decision_id in fired if fired_at > running_since]
         return History(
@@ -150,6 +151,11 @@ class MemoryLedger:
         fired = [d for d in self._decisions.values() if d.model_name == model and d.status == "fired"
                  and d.kind in CHANGE_KINDS and d.kind != "refit" and d.fired_at is not None]
         return max(fired, key=lambda d: (d.fired_at, d.decision_id), default=None)
+
+    def latest_change(self, model: str) -> datetime | None:
+        return max((d.change_point for d in self._decisions.values() if d.model_name == model
+                    and d.kind in CHANGE_KINDS and d.kind != "refit" and d.status in ("fired", "pending")
+                    and d.change_point is not None), default=None)
 
     def refits(self, model: str, change_point: datetime) -> list[Decision]:
         return [d for d in self._decisions.values()

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from feedback.monitoring.config import ModelConfig, TriggerConfig
 
-Kind = Literal["calendar", "drift", "performance", "volume", "manual", "detector", "refit"]
+Kind = Literal["calendar", "drift", "performance", "volume", "manual", "detector", "refit", "pool"]
 #: kinds whose decision carries a change point: an episode of change, trained from its change point
 CHANGE_KINDS: frozenset[str] = frozenset({"drift", "performance", "detector", "refit"})
 Urgency = Literal["routine", "elevated", "critical"]
@@ -452,8 +452,8 @@ def suppression(kind: Kind, at: datetime, history: History, config: TriggerConfi
     if history.rejected_in_row >= config.circuit_breaker:
         return (f"circuit breaker: {history.rejected_in_row} rejected candidates in a row "
                 f"(limit {config.circuit_breaker}); reset it with `pitstop triggers reset --model M`")
-    if kind == "refit":
-        return None  # a planned step of an episode already fired (bounded by the ladder and recovery_tries)
+    if kind in ("refit", "pool"):
+        return None  # a planned step of an episode (bounded by the ladder and recovery_tries; one pool look)
     if history.last_fired_at is not None:
         since = at - history.last_fired_at
         cooldown = timedelta(seconds=config.cooldown_s)

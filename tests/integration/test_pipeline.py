@@ -348,3 +348,45 @@ def test_the_held_out_set_is_frozen_once_then_gated_on_and_never_trained_on(stor
     assert {"log_loss_vs_champion", "calibration"} <= {n for n, _, _ in holdout_gates}
     assert {size for _, _, size in holdout_gates if size is not None} == {500}
     assert store.scalar("SELECT count(*) FROM holdout_sets") == 1  # not due for a refresh within 7 days
+
+
+def test_a_pool_look_proposes_a_former_champion_without_training(store: FeedbackStore) -> None:
+    """A, then B, then A again: 300 rows after A returns, a "pool" trigger proposes the champion trained on A
+    (it beats the B model on them), trains nothing and freezes nothing; a second look, with that champion back,
+    finds no former champion better and records "unchanged", which the circuit breaker does not count."""
+    from feedback.triggers.engine import PostgresLedger
+
+    _concepts(store, [(0, 6, "age"), (6, 12, "tenure"), (12, 14, "age")])
+    config = parse_config(TOML.replace("min_train_rows = 1000", "min_train_rows = 500").replace(
+        'promotion = "after-gates"', 'promotion = "after-gates"\n[models.churn.retrain.gates]\nleakage_ratio = 0.05\n'
+        'calibration_tolerance = 0.05'))
+    pipeline = RetrainPipeline(store, config)
+
+    def trigger(n: int, kind: str, hours: float, change: float | None) -> TriggerEvent:
+        return TriggerEvent(trigger_id=f"churn/t{n}", model_name="churn", model_version="v1", kind=kind,
+                            urgency="elevated", decided_at=T0 + timedelta(hours=hours),
+                            change_point=None if change is None else T0 + timedelta(hours=change),
+                            labels_since_change=None, reason="test", requested_by=None)
+
+    a = pipeline.handle(trigger(1, "manual", 6, None))
+    b = pipeline.handle(trigger(2, "drift", 12, 6))
+    assert (a.result, b.result) == ("candidate", "candidate"), (a.sentence, b.sentence)
+    versions, holdouts = store.scalar("SELECT count(*) FROM model_versions"), store.scalar(
+        "SELECT count(*) FROM holdout_sets")
+    back = pipeline.handle(trigger(3, "pool", 12.6, 12))  # 360 rows since A returned, 5 minutes' labels short
+    assert back.result == "candidate" and back.version == a.version, back.sentence
+    assert back.sentence.startswith(f"{a.version}: model pool: former champion {a.version} (log loss ")
+    assert "beats the champion (log loss" in back.sentence and "rows since the change" in back.sentence
+    with store.pool.connection() as conn, conn.cursor() as cur:
+        assert Registry().champion(cur, "churn").version == a.version  # type: ignore[union-attr]
+    assert store.scalar("SELECT count(*) FROM model_versions") == versions  # nothing trained
+    assert store.scalar("SELECT count(*) FROM holdout_sets") == holdouts  # nor froze anything
+    again = pipeline.handle(trigger(4, "pool", 13, 12))
+    assert again.result == "unchanged"
+    assert again.sentence.startswith(f"model pool: no former champion beats the champion {a.version}")
+    with store.pool.connection() as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO retrain_outcomes (trigger_id, model_name, outcome, recorded_at) VALUES "
+                    "('r1', 'churn', 'rejected', now() - interval '3 minutes'), "
+                    "('r2', 'churn', 'rejected', now() + interval '1 minute')")
+        history = PostgresLedger(cur, max_training_s={}).history("churn", T0 + timedelta(hours=14))
+    assert history.rejected_in_row == 1  # r2, then "unchanged" skipped, then candidates break the run

@@ -123,6 +123,25 @@ def test_the_refit_ladder_refits_from_the_same_change_point_as_labels_accumulate
     assert outbox[1][1]["change_point"] == stamp and outbox[1][1]["kind"] == "refit"
 
 
+def test_a_pending_change_makes_one_pool_look_that_holds_nothing_back(services, db_schema) -> None:
+    """With pool_labels = 200 the pending drift publishes one "pool" event first (same change point, labels
+    counted in the store), and the drift retrain still fires at 5,000 labels: inside the 6 h cooldown, which a
+    pool look does not start, and with no outcome recorded for the pool look (it is no running training)."""
+    config = parse_config(TOML.replace("pool_labels = 0", "pool_labels = 200"))
+    with FeedbackStore(services.database_url, db_schema, windows=WindowUpdater(config)) as store:
+        run_hours(store, config, TriggerEngine(config, Alerts()), range(10), drift=True)
+        stamp = f"{T0 + timedelta(hours=DRIFT_HOUR):%Y-%m-%dT%H:%M:%SZ}"
+        assert sorted((d, k, s) for d, k, _, s in decisions(store)) == [
+            (f"churn/drift/v1/{stamp}", "drift", "fired"), (f"churn/pool/v1/{stamp}", "pool", "fired")]
+        events = store.rows("SELECT event_id, payload FROM outbox ORDER BY id")
+        pool_labels = store.scalar("SELECT labels_since_change FROM retrain_decisions WHERE kind = 'pool'")
+        fired = store.rows("SELECT kind, fired_at FROM retrain_decisions ORDER BY fired_at")
+    assert [e for e, _ in events] == [f"churn/pool/v1/{stamp}", f"churn/drift/v1/{stamp}"]
+    assert events[0][1]["kind"] == "pool" and events[0][1]["change_point"] == stamp
+    assert 200 <= pool_labels < 5000
+    assert fired[1][1] - fired[0][1] < timedelta(hours=6)
+
+
 def test_a_stable_workload_of_the_same_size_decides_nothing(store: FeedbackStore, config: MonitoringConfig) -> None:
     """Without drift no decision is recorded and nothing is published."""
     engine = TriggerEngine(config, Alerts())

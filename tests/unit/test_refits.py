@@ -155,3 +155,40 @@ def test_a_refit_passes_cooldown_and_cap_but_not_the_breaker_or_a_running_traini
     assert suppression("refit", T0, History(last_fired_at=T0 - timedelta(minutes=5), fired_last_day=9), t) is None
     assert suppression("refit", T0, History(rejected_in_row=3), t).startswith("circuit breaker")
     assert suppression("refit", T0, History(running="churn/drift/v1/c"), t).startswith("a training")
+
+
+def test_a_newer_change_still_pending_ends_the_old_episodes_ladder() -> None:
+    """Once a later change is seen (its decision pending), the old episode's rungs and recovery checks stop:
+    they would train across both changes."""
+    ledger, decider = Ledger(), Decider(CONFIG)
+    old = episode(ledger)
+    later = CHANGE + timedelta(hours=20)
+    ledger.save(replace(old, decision_id="churn/performance/v2/c2", kind="performance", model_version="v2",
+                        status="pending", change_point=later, decided_at=later, fired_at=None))
+    ledger.labels = 16_000
+    assert look(decider, ledger, 21) == []
+
+
+def test_the_pool_look_fires_once_when_a_pending_change_has_pool_labels() -> None:
+    """A pending drift or performance decision with 200 or more labels since its change makes one "pool"
+    decision (score former champions on them, no training); it starts no cooldown and is no running training,
+    so the retrain itself still fires at 1,000 labels."""
+    from feedback.triggers.engine import _pool_look
+
+    at = CHANGE + timedelta(hours=1)
+    pending = Decision(decision_id="churn/drift/v1/c", model_name="churn", model_version="v1", kind="drift",
+                       urgency="elevated", status="pending", sentence="drift", decided_at=at, change_point=CHANGE,
+                       labels_since_change=199)
+    assert _pool_look(CHURN, pending, at) is None  # 199 < pool_labels 200
+    look_ = _pool_look(CHURN, replace(pending, labels_since_change=250), at)
+    assert look_ is not None and (look_.kind, look_.status, look_.change_point) == ("pool", "fired", CHANGE)
+    assert look_.decision_id == "churn/pool/v1/2026-03-02T10:00:00Z"
+    assert look_.sentence == ("model pool: 250 labels since the change (2026-03-02 10:00 UTC), before the retrain's "
+                              "1,000: a former champion that beats the champion on them is proposed now")
+    assert _pool_look(CHURN, replace(pending, status="fired", labels_since_change=1_000), at) is None
+    off = replace(CHURN, triggers=replace(CHURN.triggers, pool_labels=0))
+    assert _pool_look(off, replace(pending, labels_since_change=250), at) is None
+    ledger = Ledger()
+    ledger.save(replace(look_, fired_at=at))
+    history = ledger.history("churn", at + timedelta(minutes=5))
+    assert (history.last_fired_at, history.fired_last_day, history.running) == (None, 0, None)
