@@ -19,10 +19,11 @@ WHERE model_name = %s AND model_version = %s AND segment = '*' AND kind = 'drift
 GROUP BY window_start ORDER BY window_start DESC LIMIT 1
 """
 
-# the run's retrain decisions: of its version, or of the model as a whole (calendar, volume, manual) since it began
+# the run's retrain decisions: of the versions it served, or of the model as a whole (calendar, volume, manual)
+# since it began
 _DECISIONS = """
 SELECT decision_id, status, kind, urgency, sentence, coalesce(suppressed_by, '') FROM retrain_decisions
-WHERE model_name = %s AND (model_version = %s OR (model_version IS NULL AND recorded_at >= %s))
+WHERE model_name = %s AND (model_version = ANY(%s) OR (model_version IS NULL AND recorded_at >= %s))
 ORDER BY updated_at, decision_id
 """
 
@@ -32,7 +33,7 @@ SELECT o.trigger_id, o.outcome, o.sentence, v.version, v.stage
 FROM retrain_outcomes o LEFT JOIN model_versions v ON v.trigger_id = o.trigger_id
 WHERE o.model_name = %s AND o.trigger_id IN (
     SELECT decision_id FROM retrain_decisions
-    WHERE model_name = %s AND (model_version = %s OR (model_version IS NULL AND recorded_at >= %s)))
+    WHERE model_name = %s AND (model_version = ANY(%s) OR (model_version IS NULL AND recorded_at >= %s)))
 ORDER BY o.recorded_at
 """
 _GATES = """
@@ -55,21 +56,24 @@ SELECT (SELECT count(*) FROM predictions),
        (SELECT count(*) FROM dead_letters)
 """
 
+# the accuracy of the run's labelled predictions made in (since, until], whichever version served them
 _ACCURACY = """
 SELECT count(*), avg((prediction_value = label_value)::int)
 FROM feedback
-WHERE model_name = %s AND model_version = %s AND predicted_at > %s AND predicted_at <= %s
+WHERE model_name = %s AND model_version = ANY(%s) AND predicted_at > %s AND predicted_at <= %s
   AND label_value IS NOT NULL AND prediction_id LIKE %s
 """
 
+# the same by phase: the first version's predictions by the drift's phase, each later version's as a whole
 _ACCURACY_BY_PHASE = """
-SELECT CASE WHEN predicted_at < %s THEN 'before drift'
-            WHEN predicted_at < %s THEN 'while drifting'
+SELECT CASE WHEN model_version <> %(first)s THEN model_version
+            WHEN predicted_at < %(drift_starts)s THEN 'before drift'
+            WHEN predicted_at < %(drift_full)s THEN 'while drifting'
             ELSE 'after drift' END,
-       count(*), avg((prediction_value = label_value)::int), min(predicted_at)
+       count(*), avg((prediction_value = label_value)::int), min(predicted_at), max(predicted_at)
 FROM feedback
-WHERE model_name = %s AND model_version = %s AND label_value IS NOT NULL
-  AND prediction_id LIKE %s
+WHERE model_name = %(model)s AND model_version = ANY(%(versions)s) AND label_value IS NOT NULL
+  AND prediction_id LIKE %(prefix)s
 GROUP BY 1 ORDER BY 4
 """
 
@@ -154,7 +158,7 @@ def _clip(text: str, width: int) -> str:
 
 
 _COLUMNS = (  # (title, width); every value is right-aligned but the event time
-    ("wall", 5), ("event time UTC", 14), ("drift", 5), ("sent p", 7), ("sent o", 7),
+    ("wall", 5), ("event time UTC", 14), ("drift", 5), ("model", 5), ("sent p", 7), ("sent o", 7),
     ("stored", 7), ("joined", 7), ("cover", 6), ("fixed", 5), ("early", 5), ("dead", 5),
     (f"acc{_hours(ACCURACY_WINDOW)}", 6), ("in/s", 5),
 )
@@ -164,8 +168,8 @@ def _table_row(values: Sequence[str]) -> str:
     """One line of the live table.
 
     >>> header = _table_row([title for title, _ in _COLUMNS])
-    >>> header[:48], len(header)
-    (' wall event time UTC drift  sent p  sent o  stor', 96)
+    >>> header[:54], len(header)
+    (' wall event time UTC drift model  sent p  sent o  stor', 102)
     """
     cells = [
         f"{value:<{width}}" if i == 1 else f"{value:>{width}}"
@@ -174,12 +178,22 @@ def _table_row(values: Sequence[str]) -> str:
     return " ".join(cells)
 
 
-def _coverage_lines(rows: Sequence[Sequence[Any]], this_version: str) -> list[str]:
-    """The label_coverage rows as a table, its columns as wide as the versions, this run's row marked.
+def version_tag(versions: Sequence[str], version: str) -> str:
+    """The short name of a version a run served: v1 for the first (the built-in model), v2 for the next ...
+
+    >>> served = ["v1-20261130T102603", "20261102T1200Z-drift-041091"]
+    >>> version_tag(served, served[1]), version_tag(served, "other")
+    ('v2', 'other')
+    """
+    return f"v{versions.index(version) + 1}" if version in versions else version
+
+
+def _coverage_lines(rows: Sequence[Sequence[Any]], these: Sequence[str]) -> list[str]:
+    """The label_coverage rows as a table, its columns as wide as the versions, this run's rows marked.
 
     >>> rows = [("churn", "v1", 8000, 7000, 0.875, timedelta(hours=4)),
     ...         ("churn", "v1-20261130T102603", 120, 30, 0.25, None)]
-    >>> print("\\n".join(_coverage_lines(rows, "v1-20261130T102603")))
+    >>> print("\\n".join(_coverage_lines(rows, ["v1-20261130T102603"])))
       model    version            predictions   labeled coverage  median label delay
       churn    v1                       8,000     7,000    87.5%  4h00m
       churn    v1-20261130T102603         120        30    25.0%  -                   <- this run
@@ -189,7 +203,7 @@ def _coverage_lines(rows: Sequence[Sequence[Any]], this_version: str) -> list[st
     lines = [f"  {'model':<{name_w}} {'version':<{version_w}} {'predictions':>11} {'labeled':>9} "
              f"{'coverage':>8}  median label delay"]
     for name, version, n, labeled, coverage, delay in rows:
-        mark = "<- this run" if version == this_version else ""
+        mark = "<- this run" if version in these else ""
         line = (f"  {name:<{name_w}} {version:<{version_w}} {n:>11,} {labeled:>9,} {coverage:>8.1%}  "
                 f"{_format_delay(delay):<18}  {mark}")
         lines.append(line.rstrip())

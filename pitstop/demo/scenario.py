@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 from kafka import KafkaProducer
 
+from feedback.registry.versions import Registry
 from feedback.store import FeedbackStore
 from pitstop import stack
 from pitstop.client import PitstopProducer
@@ -40,6 +41,7 @@ from pitstop.demo.console import (
     _span,
     _table_row,
     read_counts,
+    version_tag,
 )
 from pitstop.demo.world import (
     BAD_MESSAGE_SHARE,
@@ -53,6 +55,8 @@ from pitstop.demo.world import (
     LABEL_DELAY_MEDIAN_S,
     MODEL_NAME,
     NUMERIC_FEATURES,
+    DemoFeed,
+    ServedModel,
     drift_fraction,
     event_clock,
     feed_for_run,
@@ -72,6 +76,8 @@ DISPLAY_EVERY_S = 1.0
 HEADER_EVERY_LINES = 20
 DRAIN_TIMEOUT_S = 15.0
 MONITOR_EVERY_LINES = 5
+#: how often (wall seconds) the feed asks the registry whether the model has a new champion to serve with
+CHAMPION_POLL_S = 2.0
 #: the monitoring configuration of the demo's model (used unless PITSTOP_CONFIG names another)
 DEMO_CONFIG = "demo.toml"
 
@@ -109,6 +115,57 @@ def _restore_handlers(previous: dict[int, _Handler]) -> None:
         signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
+class ChampionWatch:
+    """The model server's side of promotion: every ``every_s`` wall seconds it asks the registry for the model's
+    champion, and when one appears that is not the champion of the run's start (a reused store may have one) nor
+    served already, loads it once (the registry checks its digest) and has the feed serve with it from then on."""
+
+    def __init__(self, store: FeedbackStore, feed: DemoFeed, *, registry: Registry | None = None,
+                 every_s: float = CHAMPION_POLL_S, say: Callable[[str], None] = _say) -> None:
+        self.store = store
+        self.feed = feed
+        self.registry = registry or Registry()
+        self.every_s = every_s
+        self.say = say
+        self.next_poll = 0.0
+        #: versions not to serve: the champion when the run began, and any that failed to load
+        self.skipped: set[str] = set()
+        self._failing = False
+        with store.pool.connection() as conn, conn.cursor() as cur:
+            champion = self.registry.champion(cur, MODEL_NAME)
+        if champion is not None:
+            self.skipped.add(champion.version)
+
+    def poll(self, now_s: float) -> ServedModel | None:
+        """At most every ``every_s`` (``now_s``: a monotonic clock): the newly served model, or None."""
+        if now_s < self.next_poll:
+            return None
+        self.next_poll = now_s + self.every_s
+        try:
+            with self.store.pool.connection() as conn, conn.cursor() as cur:
+                champion = self.registry.champion(cur, MODEL_NAME)
+                if (champion is None or champion.version in self.skipped
+                        or champion.version == self.feed.model_version):
+                    self._failing = False
+                    return None
+                try:
+                    model = self.registry.load(cur, champion)
+                except Exception as exc:  # a digest mismatch, an artifact it cannot read: keep serving as before
+                    self.skipped.add(champion.version)
+                    self.say(f"serving   not {MODEL_NAME} {champion.version}: it did not load ({exc}); "
+                             f"{self.feed.model_version} serves on")
+                    return None
+        except psycopg.Error as exc:
+            if not self._failing:
+                self.say(f"serving   the registry did not answer: {str(exc).strip().splitlines()[0]}")
+            self._failing = True
+            return None
+        self._failing = False
+        served = ServedModel(champion.version, model)
+        self.feed.serve(served)
+        return served
+
+
 class _LiveDemo:
     """Publishes what the feed says against a running stack, and shows the store filling up."""
 
@@ -122,7 +179,8 @@ class _LiveDemo:
         # Ids and a model version of its own: a reused store holds the earlier runs, at the same event times.
         self.feed = feed_for_run(self.wall_start)
         self.id_prefix = self.feed.id_prefix
-        self.model_version = self.feed.model_version
+        #: the built-in model's version; the registry's champions serve later under their own
+        self.first_version = self.feed.model_version
         self.drift_starts_at = self.clock_start + timedelta(seconds=DRIFT_STARTS_AFTER_S)
         self.drift_full_at = self.drift_starts_at + timedelta(seconds=DRIFT_RAMP_S)
         self.sent = dict.fromkeys(
@@ -138,6 +196,7 @@ class _LiveDemo:
             self.store.open()
             self._closers.append(self.store.close)
             self.baseline = read_counts(self.store)
+            self.champions = ChampionWatch(self.store, self.feed)
             self.producer = PitstopProducer(bootstrap, topics=settings.topics,
                                             batch_size=PUBLISH_BATCH_SIZE, client_id="pitstop-demo")
             self._closers.insert(0, self.producer.close)
@@ -158,6 +217,19 @@ class _LiveDemo:
         return self.feed.event_now
 
     @property
+    def model_version(self) -> str:
+        """The version serving now."""
+        return self.feed.model_version
+
+    @property
+    def versions(self) -> list[str]:
+        """Every version this run has served, the built-in model's first."""
+        return self.feed.versions
+
+    def tag(self, version: str) -> str:
+        return version_tag(self.versions, version)
+
+    @property
     def predictions_sent(self) -> int:
         return self.sent["prediction"] + self.sent["late_prediction"]
 
@@ -175,6 +247,10 @@ class _LiveDemo:
             self.caught_up = True
             _say(f"note      event time has caught up with the wall clock "
                  f"({event_now:%Y-%m-%d %H:%M} UTC); from now on it runs at 1x")
+        served = self.champions.poll(time.monotonic())
+        if served is not None:
+            _say(f"serving   {self.tag(served.version)} = {MODEL_NAME} {served.version}, the registry's new champion "
+                 f"(its artifact's sha256 checked), serves the predictions from {self.event_now:%Y-%m-%d %H:%M} UTC on")
         step = self.feed.advance(event_now, int(self.rate * elapsed_s) - self.feed.generated)
         for delivery in step.deliveries:
             self.producer.publish(delivery.event)
@@ -214,6 +290,9 @@ class _LiveDemo:
             "prediction is still to come",
             f"          dead: dead letters     acc{window}: accuracy of the labelled predictions "
             f"of the last {window} (event time)",
+            f"          model: the version serving, v1 the built-in {self.first_version}; a champion the "
+            "retrain worker",
+            "          registers takes over as v2, v3 ... (`serving` lines name them)",
             "          in/s: rows stored per second (wall time)",
             "          Ctrl-C stops",
         )
@@ -241,6 +320,7 @@ class _LiveDemo:
             f"{elapsed_s:.0f}s",
             f"{self.event_now:%Y-%m-%d %Hh}",
             f"{drift:.0%}",
+            self.tag(self.model_version),
             f"{self.predictions_sent:,}",
             f"{self.outcomes_sent:,}",
             f"{counts.predictions:,}",
@@ -259,26 +339,38 @@ class _LiveDemo:
     def _decision_lines(self) -> None:
         """Each retrain decision of this run as its status changes: watch, pending, fired, suppressed."""
         for decision_id, status, kind, urgency, sentence, why in self.store.rows(
-                _DECISIONS, (MODEL_NAME, self.model_version, self.wall_start)):
+                _DECISIONS, (MODEL_NAME, self.versions, self.wall_start)):
             if (decision_id, status) in self.decisions_seen:
                 continue
             self.decisions_seen.add((decision_id, status))
             held = f" ({why})" if why else ""
             _say(f"decision  {status.upper()} {kind} retrain, {urgency}{held}: {sentence}")
-        for trigger_id, outcome, sentence, _version, _stage in self._retrains():
+        for trigger_id, outcome, sentence, version, _stage in self._retrains():
             if ("retrain", trigger_id) in self.decisions_seen:
                 continue
             self.decisions_seen.add(("retrain", trigger_id))
             _say(f"retrain   {outcome.upper()}: {sentence}")
+            if version is not None:
+                _say(f"          its offline gates (`pitstop models show {MODEL_NAME} {version}`):")
+                self._gate_lines(version)
 
     def _retrains(self) -> list[tuple[Any, ...]]:
-        return self.store.rows(_RETRAINS, (MODEL_NAME, MODEL_NAME, self.model_version, self.wall_start))
+        return self.store.rows(_RETRAINS, (MODEL_NAME, MODEL_NAME, self.versions, self.wall_start))
+
+    def _gate_lines(self, version: str) -> None:
+        for passed, gate in self.store.rows(_GATES, (MODEL_NAME, version)):
+            mark = "pass" if passed else ("FAIL" if passed is False else "info")
+            _say(f"            {mark}  {gate}")
 
     def _monitor_line(self) -> None:
-        """The monitor's verdict on the newest judged window, as the workers last stored it."""
-        drift = self.store.rows(_MONITOR_DRIFT, (MODEL_NAME, self.model_version))
-        perf = self.store.rows(_MONITOR_PERFORMANCE, (MODEL_NAME, self.model_version))
-        if not drift and not perf:
+        """The monitor's verdict on the newest judged window of the newest version it has judged, as the workers
+        last stored it."""
+        for version in reversed(self.versions):
+            drift = self.store.rows(_MONITOR_DRIFT, (MODEL_NAME, version))
+            perf = self.store.rows(_MONITOR_PERFORMANCE, (MODEL_NAME, version))
+            if drift or perf:
+                break
+        else:
             return
         parts = []
         if drift:
@@ -288,12 +380,13 @@ class _LiveDemo:
         if perf:
             start, metric, value, low, high, status = perf[0]
             parts.append(f"{metric} {value:.3f} [{low:.3f}, {high:.3f}] {status} (window {start:%m-%d %Hh})")
-        _say("monitor   " + "; ".join(parts))
+        served_by = f"{self.tag(version)} " if len(self.versions) > 1 else ""
+        _say(f"monitor   {served_by}" + "; ".join(parts))
 
     def _recent_accuracy(self) -> float | None:
         since = self.event_now - ACCURACY_WINDOW
         n, accuracy = self.store.rows(
-            _ACCURACY, (MODEL_NAME, self.model_version, since, self.event_now, f"{self.id_prefix}%")
+            _ACCURACY, (MODEL_NAME, self.versions, since, self.event_now, f"{self.id_prefix}%")
         )[0]
         return float(accuracy) if n >= 50 else None
 
@@ -338,19 +431,22 @@ class _LiveDemo:
             f"          {counts.waiting:,} outcomes still waiting for their prediction; "
             f"{counts.dead_letters:,} dead letters",
         ]
-        phases = self.store.rows(_ACCURACY_BY_PHASE, (
-            self.drift_starts_at, self.drift_full_at, MODEL_NAME, self.model_version,
-            f"{self.id_prefix}%",
-        ))
+        phases = self.store.rows(_ACCURACY_BY_PHASE, {
+            "first": self.first_version, "drift_starts": self.drift_starts_at, "drift_full": self.drift_full_at,
+            "model": MODEL_NAME, "versions": self.versions, "prefix": f"{self.id_prefix}%",
+        })
         if phases:
-            lines.append("accuracy  of the labelled predictions, by when they were made:")
-            lines.append("          " + ", ".join(
-                f"{phase} {float(acc):.1%} (n={n:,})" for phase, n, acc, _ in phases
-            ))
+            lines.append("accuracy  of the labelled predictions, by when they were made (and by whom):")
+            own = [(phase, n, acc) for phase, n, acc, _, _ in phases if phase not in self.versions]
+            lines.append("          v1 " + ", ".join(f"{phase} {float(acc):.1%} (n={n:,})" for phase, n, acc in own))
+            for phase, n, acc, first, last in phases:
+                if phase in self.versions:
+                    lines.append(f"          {self.tag(phase)} {phase} {float(acc):.1%} (n={n:,}), made "
+                                 f"{first:%m-%d %H:%M} -> {last:%m-%d %H:%M}")
         lines += [
             "",
             f"{self.settings.db_schema}.label_coverage (the whole store: each demo run is a version of its own):",
-            *_coverage_lines(self.store.rows(_COVERAGE), self.model_version),
+            *_coverage_lines(self.store.rows(_COVERAGE), self.versions),
         ]
         reasons = self.store.rows(_DEAD_LETTER_REASONS, (self.wall_start,))
         if reasons:
@@ -365,18 +461,19 @@ class _LiveDemo:
             return
         from pitstop.monitoring_cli import monitor_report
 
-        _say()
-        _say(f"pitstop monitor --model {MODEL_NAME} --version {self.model_version}:")
-        try:
-            monitor_report(self.settings, MODEL_NAME, version=self.model_version, segment="*", windows=12,
-                           as_json=False, say=lambda line: _say(f"  {line}"), database_url=self.database_url)
-        except psycopg.Error as exc:
-            _say(f"  the feedback store did not answer: {str(exc).strip().splitlines()[0]}")
+        for version in self.versions:
+            _say()
+            _say(f"pitstop monitor --model {MODEL_NAME} --version {version}   ({self.tag(version)}):")
+            try:
+                monitor_report(self.settings, MODEL_NAME, version=version, segment="*", windows=12,
+                               as_json=False, say=lambda line: _say(f"  {line}"), database_url=self.database_url)
+            except psycopg.Error as exc:
+                _say(f"  the feedback store did not answer: {str(exc).strip().splitlines()[0]}")
 
     def decisions_report(self) -> None:
         """This run's retrain decisions, where each ended (the worker's trigger events are in the outbox)."""
         try:
-            rows = self.store.rows(_DECISIONS, (MODEL_NAME, self.model_version, self.wall_start))
+            rows = self.store.rows(_DECISIONS, (MODEL_NAME, self.versions, self.wall_start))
             published = {r[0] for r in self.store.rows("SELECT event_id FROM outbox WHERE sent_at IS NOT NULL")}
         except psycopg.Error as exc:
             _say(f"decisions the feedback store did not answer: {str(exc).strip().splitlines()[0]}")
@@ -395,11 +492,10 @@ class _LiveDemo:
             _say(f"retrain   {outcome}: {sentence}")
             if version is None:
                 continue
-            _say(f"          {MODEL_NAME} {version} is {stage}; its offline gates (`pitstop models show {MODEL_NAME} "
-                 f"{version}`):")
-            for passed, gate in self.store.rows(_GATES, (MODEL_NAME, version)):
-                mark = "pass" if passed else ("FAIL" if passed is False else "info")
-                _say(f"            {mark}  {gate}")
+            served = f", served as {self.tag(version)}" if version in self.versions else ""
+            _say(f"          {MODEL_NAME} {version} is {stage}{served}; its offline gates (`pitstop models show "
+                 f"{MODEL_NAME} {version}`):")
+            self._gate_lines(version)
 
     def close(self) -> None:
         for close in self._closers:

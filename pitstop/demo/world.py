@@ -9,9 +9,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta  # noqa: F401  (UTC: the doctests use it)
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+import pandas as pd
 
 from schemas import EventKind, OutcomeEvent, PredictionEvent, event_to_dict
 
@@ -109,6 +110,42 @@ def sample_label_delays_s(
     return rng.lognormal(mean=math.log(median_s), sigma=sigma, size=n)
 
 
+class Classifier(Protocol):
+    """What the feed needs of a model to serve with it: a registry version's loaded object (for instance
+    retrain_worker.trainers.TabularModel) reading a DataFrame of the feature columns."""
+
+    classes_: Any
+
+    def predict(self, X: pd.DataFrame) -> Any: ...
+
+    def predict_proba(self, X: pd.DataFrame) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """A model the feed serves with instead of its built-in one (a registry version), and its version.
+
+    >>> class Half:
+    ...     classes_ = np.array([0, 1])
+    ...     def predict_proba(self, X): return np.tile([0.25, 0.75], (len(X), 1))
+    ...     def predict(self, X): return np.ones(len(X), dtype=int)
+    >>> ServedModel("v2", Half()).serve([{"usage_gb": 3.5}, {"usage_gb": 1.0}])
+    ([1, 1], [0.75, 0.75])
+    """
+
+    version: str
+    model: Classifier
+
+    def serve(self, features: Sequence[dict[str, Any]]) -> tuple[list[int], list[float]]:
+        """The model's predictions and positive-class probabilities (rounded as served) for rows of features."""
+        X = pd.DataFrame.from_records(list(features))
+        proba = np.asarray(self.model.predict_proba(X), dtype=float)
+        classes = [str(c) for c in np.asarray(self.model.classes_).tolist()]
+        p1 = proba[:, classes.index("1")] if "1" in classes else np.zeros(len(X))
+        predicted = [int(v) for v in np.asarray(self.model.predict(X)).tolist()]
+        return predicted, [round(float(p), 4) for p in p1]
+
+
 @dataclass(frozen=True, slots=True)
 class GeneratedRow:
     """One served prediction, the outcome the world will reveal for it, and the drift it saw."""
@@ -128,11 +165,14 @@ def generate_predictions(
     id_prefix: str,
     model_version: str,
     first_index: int = 0,
+    served: ServedModel | None = None,
 ) -> list[GeneratedRow]:
     """``n`` predictions of the churn model spread over ``[start_at, end_at)``, in time order.
 
     Features drift with :func:`drift_fraction` of the time since ``clock_start``; the true label
     comes from a logistic ground truth whose weights move away from the model's as they drift.
+    The built-in model serves the predictions, or ``served`` (a registry version) does; the world
+    (features, labels, everything drawn at random) is the same either way.
 
     >>> t0 = datetime(2026, 1, 1, tzinfo=UTC)
     >>> rows = generate_predictions(np.random.default_rng(1), 3, start_at=t0,
@@ -167,20 +207,28 @@ def generate_predictions(
     labels = rng.random(n) < 1.0 / (1.0 + np.exp(-truth_logit))
     latency_ms = rng.lognormal(math.log(12.0), 0.4, size=n)
     customers = rng.integers(0, 50_000, size=n)
+    features: list[dict[str, Any]] = []
+    for i in range(n):
+        row: dict[str, Any] = {name: float(values[i, j]) for j, name in enumerate(names)}
+        row["support_calls"] = int(values[i, calls])
+        row["region"] = REGIONS[region[i]]
+        row["plan"] = PLANS[plan[i]]
+        features.append(row)
+    if served is None:
+        p1s = [round(float(p), 4) for p in p_churn]
+        predicted = [int(p >= 0.5) for p in p1s]
+    else:
+        predicted, p1s = served.serve(features)
     rows = []
     for i in range(n):
-        features: dict[str, Any] = {name: float(values[i, j]) for j, name in enumerate(names)}
-        features["support_calls"] = int(values[i, calls])
-        features["region"] = REGIONS[region[i]]
-        features["plan"] = PLANS[plan[i]]
-        p1 = round(float(p_churn[i]), 4)
+        p1 = p1s[i]
         event = PredictionEvent(
             prediction_id=f"{id_prefix}{first_index + i:08d}",
             model_name=MODEL_NAME,
             model_version=model_version,
             predicted_at=start_at + timedelta(seconds=float(offsets_s[i])),
-            features=features,
-            prediction=int(p1 >= 0.5),
+            features=features[i],
+            prediction=predicted[i],
             probabilities={"0": round(1.0 - p1, 4), "1": p1},
             score=p1,
             routing_key=f"customer-{customers[i]}",
@@ -329,13 +377,31 @@ class DemoFeed:
     >>> step = feed.advance(t0 + timedelta(days=3), predictions=0)
     >>> sum(d.kind in ("outcome", "late_prediction") for d in step.deliveries) > 90
     True
+
+    From :meth:`serve` on, a registry version serves the predictions, under its own version:
+
+    >>> class Always:
+    ...     classes_ = np.array([0, 1])
+    ...     def predict_proba(self, X): return np.tile([0.1, 0.9], (len(X), 1))
+    ...     def predict(self, X): return np.ones(len(X), dtype=int)
+    >>> feed.serve(ServedModel("v2", Always()))
+    >>> step = feed.advance(t0 + timedelta(days=3, hours=1), predictions=50)
+    >>> {(d.event.model_version, d.event.prediction, d.event.score) for d in step.deliveries
+    ...  if d.kind == "prediction"}
+    {('v2', 1, 0.9)}
+    >>> feed.versions
+    ['v1', 'v2']
     """
 
     def __init__(self, clock_start: datetime, *, id_prefix: str, model_version: str, seed: int = SEED) -> None:
         self.clock_start = clock_start
         self.id_prefix = id_prefix
-        #: the version every prediction of this feed is served as
+        #: the version new predictions of this feed are served as: the built-in model's, then each served one's
         self.model_version = model_version
+        #: every version this feed has served, in order (the built-in model's first)
+        self.versions = [model_version]
+        #: the registry version serving the predictions; None while the built-in model does
+        self.served: ServedModel | None = None
         self.rng = np.random.default_rng(seed)
         self.event_now = clock_start
         self.generated = 0
@@ -348,6 +414,14 @@ class DemoFeed:
         """Events planned but not due yet."""
         return len(self._queue)
 
+    def serve(self, served: ServedModel) -> None:
+        """Serve the predictions made from now on (event time) with ``served``, tagged with its version; the
+        world, and the outcomes of what was served before, stay as they were."""
+        self.served = served
+        self.model_version = served.version
+        if served.version not in self.versions:
+            self.versions.append(served.version)
+
     def advance(self, event_now: datetime, predictions: int) -> FeedStep:
         """Serve ``predictions`` predictions between the last step and ``event_now``; return
         everything due by ``event_now``, and malformed messages at ``BAD_MESSAGE_SHARE``."""
@@ -355,7 +429,7 @@ class DemoFeed:
             rows = generate_predictions(
                 self.rng, predictions, start_at=self.event_now, end_at=event_now,
                 clock_start=self.clock_start, id_prefix=self.id_prefix, model_version=self.model_version,
-                first_index=self.generated,
+                first_index=self.generated, served=self.served,
             )
             self.generated += predictions
             planned = plan_deliveries(self.rng, rows, self._seq)

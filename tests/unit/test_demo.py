@@ -1,4 +1,5 @@
-"""The demo's runs: each run serves its model under a version of its own, carried by every event it makes."""
+"""The demo's runs: each run serves its model under a version of its own, carried by every event it makes, until
+a champion from the registry serves instead."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import json
 import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
 
 from pitstop.demo import world
 from schemas import EventKind, OutcomeEvent, PredictionEvent, decode_message, encode_event
@@ -74,3 +78,45 @@ def test_runs_differ_only_in_ids_and_version() -> None:
         return replace(e, model_version="-") if isinstance(e, PredictionEvent) else e
 
     assert [same_world(e, first) for e in (*p1, *o1)] == [same_world(e, second) for e in (*p2, *o2)]
+
+
+class _Constant:
+    """A stand-in for a registry version's model: churn with probability 0.9 whatever the features."""
+
+    classes_ = np.array([0, 1])
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        assert list(X.columns)[:2] == ["tenure_months", "monthly_charges"] and len(X.columns) == 8
+        return np.tile([0.1, 0.9], (len(X), 1))
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        return np.ones(len(X), dtype=int)
+
+
+def test_a_served_champion_changes_what_is_served_and_nothing_else() -> None:
+    """From `serve` on, the feed's predictions are the served model's, under its version; the world (times,
+    features, outcomes, labels) is the one the built-in model would have served, so the runs compare."""
+    runs = []
+    for serve in (False, True):
+        feed = world.feed_for_run(WALL_START)
+        events = []
+        for hours, n in ((6, 400), (12, 400), (72, 0)):
+            if serve and hours == 12:
+                feed.serve(world.ServedModel("20261102T1200Z-drift-abc123", _Constant()))
+            events += [d.event for d in feed.advance(feed.clock_start + timedelta(hours=hours), n).deliveries]
+        runs.append((feed, [e for e in events if isinstance(e, PredictionEvent)],
+                     [e for e in events if isinstance(e, OutcomeEvent)]))
+    (built_in, p1, o1), (served, p2, o2) = runs
+    switch = built_in.clock_start + timedelta(hours=6)
+    assert served.versions == [built_in.model_version, "20261102T1200Z-drift-abc123"]
+    assert len(p1) == len(p2) == 800 and o1 == o2
+    pairs = sorted(zip(sorted(p1, key=lambda e: e.prediction_id), sorted(p2, key=lambda e: e.prediction_id),
+                       strict=True), key=lambda ab: ab[0].predicted_at)
+    before = [(a, b) for a, b in pairs if a.predicted_at < switch]
+    after = [(a, b) for a, b in pairs if a.predicted_at >= switch]
+    assert len(before) == len(after) == 400
+    assert all(a == b for a, b in before)
+    assert all(b.model_version == "20261102T1200Z-drift-abc123" and (b.prediction, b.score) == (1, 0.9)
+               and b.probabilities == {"0": 0.1, "1": 0.9} for _, b in after)
+    assert all(replace(a, model_version="-", prediction=0, probabilities=None, score=None)
+               == replace(b, model_version="-", prediction=0, probabilities=None, score=None) for a, b in after)
