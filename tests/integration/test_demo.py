@@ -1,23 +1,45 @@
-"""`pitstop demo` end to end: its own stack, the join filling up, and nothing left running."""
+"""`pitstop demo` end to end: its own stack, the join filling up, the loop closing (drift, a retrain, a gated
+champion that the demo's model server takes up, accuracy back), and nothing left running."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import psutil
+import psycopg
+import pytest
 
+from feedback.registry.versions import Registry
 from pitstop import stack, supervisor
 from pitstop.demo import world
+from tests.conftest import stack_root
 
-# drift starts 24 s in and is complete at 30 s; a 6-hour window fills in 21.6 s
-DEMO_SECONDS = 60
-TIMEOUT_S = 180.0
+# At the defaults (200 predictions per second, an event hour per second): drift starts 24 s in and is complete at
+# 30 s; a 6-hour window fills in 6 s; the drift retrain fires at about 50 s and its outcome (a champion, serving
+# from then on) comes 2-3 s later.
+DEMO_SECONDS = 66
+TIMEOUT_S = 200.0
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    returncode: int | None
+    text: str
+    state_dir: Path
+    seen: dict[int, stack.ProcessRecord]
+    still_mentioned: list[str]
 
 
 def _number(pattern: str, text: str) -> int:
@@ -46,39 +68,57 @@ def _processes_mentioning(text: str) -> list[str]:
     return hits
 
 
-def test_demo_joins_outcomes_and_leaves_nothing_running(tmp_path: Path, stack_dir: Path) -> None:
-    """`pitstop demo --duration 60` without configured services starts a stack, stores and joins
-    predictions with their outcomes, dead-letters the malformed messages, shows drift on exactly
-    the shifted features, exits 0, and stops every process it started."""
-    state_dir = (stack_dir / "state").resolve()
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
+    """One `pitstop demo --duration 66` without configured services (it starts and stops its own stack)."""
+    root = stack_root()
+    state_dir = (root / "state").resolve()
     env = {k: v for k, v in os.environ.items()
-           if k not in ("PITSTOP_KAFKA_BOOTSTRAP", "PITSTOP_DATABASE_URL")}
+           if k not in ("PITSTOP_KAFKA_BOOTSTRAP", "PITSTOP_DATABASE_URL", "PITSTOP_DB_SCHEMA", "PITSTOP_CONFIG")}
     env["PITSTOP_STATE_DIR"] = str(state_dir)
-    output = tmp_path / "demo.out"
+    cwd = tmp_path_factory.mktemp("demo")
+    output = cwd / "demo.out"
     seen: dict[int, stack.ProcessRecord] = {}
-    with open(output, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pitstop.cli", "demo", "--duration", str(DEMO_SECONDS)],
-            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + TIMEOUT_S
-        try:
-            while proc.poll() is None and time.monotonic() < deadline:
-                with contextlib.suppress(ValueError, KeyError, TypeError):  # a file being replaced
-                    seen.update((p.pid, p) for p in _recorded(state_dir))
-                time.sleep(0.5)
-        finally:
-            if proc.poll() is None:  # too slow: stop it the way an operator would, then for sure
-                proc.terminate()
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
-                supervisor.stop_recorded(stack.StackRecord.load(state_dir))
-    text = output.read_text(errors="replace")
+    try:
+        with open(output, "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pitstop.cli", "demo", "--duration", str(DEMO_SECONDS)],
+                cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + TIMEOUT_S
+            try:
+                while proc.poll() is None and time.monotonic() < deadline:
+                    with contextlib.suppress(ValueError, KeyError, TypeError):  # a file being replaced
+                        seen.update((p.pid, p) for p in _recorded(state_dir))
+                    time.sleep(0.5)
+            finally:
+                if proc.poll() is None:  # too slow: stop it the way an operator would, then for sure
+                    proc.terminate()
+                    try:
+                        proc.wait(60)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait(10)
+                    supervisor.stop_recorded(stack.StackRecord.load(state_dir))
+        yield DemoRun(proc.returncode, output.read_text(errors="replace"), state_dir, seen,
+                      _processes_mentioning(str(state_dir)))
+    finally:
+        stack.stop_postgres(state_dir / "pgdata")  # started again by a test, if it failed to stop it
+        shutil.rmtree(root, ignore_errors=True)
 
-    assert proc.returncode == 0, f"demo exited with {proc.returncode}:\n{text}"
+
+def _monitor_table(text: str, version: str) -> dict[str, str]:
+    """Status per feature in the drift table of the demo's `pitstop monitor` report of ``version``."""
+    block = text.split(f"pitstop monitor --model churn --version {version} ", 1)[1].split("\n\n", 1)[0]
+    return dict(re.findall(r"^\s{4}([a-z][a-z_]*)\s+(drift|stable)\s", block, re.MULTILINE))
+
+
+def test_demo_joins_outcomes_and_leaves_nothing_running(demo_run: DemoRun) -> None:
+    """`pitstop demo` without configured services starts a stack, stores and joins predictions with their
+    outcomes, dead-letters the malformed messages, shows drift on exactly the shifted features, exits 0, and
+    stops every process it started."""
+    text = demo_run.text
+    assert demo_run.returncode == 0, f"demo exited with {demo_run.returncode}:\n{text}"
     stored = _number(r"stored\s+([\d,]+) predictions;", text)
     joined = _number(r"([\d,]+) with a label", text)
     dead_letters = _number(r"([\d,]+) dead letters\n", text)
@@ -87,8 +127,10 @@ def test_demo_joins_outcomes_and_leaves_nothing_running(tmp_path: Path, stack_di
     assert 0 < joined <= stored
     assert dead_letters > 0
     assert re.search(r"^stopped$", text, re.MULTILINE), text
-    # the monitor's drift table: status per feature in the newest judged window
-    table = dict(re.findall(r"^\s{4}([a-z][a-z_]*)\s+(drift|stable)\s", text, re.MULTILINE))
+    # the monitor's drift table of the first version: status per feature in the newest judged window
+    first = re.search(r"^model     churn (v1-\d{8}T\d{6}):", text, re.MULTILINE)
+    assert first is not None, text
+    table = _monitor_table(text, first.group(1))
     assert set(table) == set(world.NUMERIC_FEATURES) | {"region", "plan"}, text
     assert {f for f, status in table.items() if status == "drift"} == set(world.DRIFTING_FEATURES), text
     assert re.search(r"accuracy\s+0\.\d+ \[0\.\d+, 0\.\d+\]", text), text
@@ -99,8 +141,101 @@ def test_demo_joins_outcomes_and_leaves_nothing_running(tmp_path: Path, stack_di
     assert pending == -1 or pending < text.find("decision  FIRED drift retrain"), text
     assert re.search(r"^  fired +drift elevated; trigger event published: churn/drift/v1-", text, re.MULTILINE), text
 
-    assert {"broker", "postgres", "worker-0"} <= {p.name for p in seen.values()}, seen
-    still_running = [f"{p.name} (pid {p.pid})" for p in seen.values() if stack.is_ours(p)]
+    assert {"broker", "postgres", "worker-0"} <= {p.name for p in demo_run.seen.values()}, demo_run.seen
+    still_running = [f"{p.name} (pid {p.pid})" for p in demo_run.seen.values() if stack.is_ours(p)]
     assert still_running == [], f"left running: {still_running}"
-    assert not (state_dir / stack.STACK_FILE).exists()
-    assert _processes_mentioning(str(state_dir)) == []
+    assert not (demo_run.state_dir / stack.STACK_FILE).exists()
+    assert demo_run.still_mentioned == []
+
+
+# --- what the console said, read back from the database the demo left in its state dir --------------------------
+
+
+def _sql(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+
+
+# the console's accuracy by phase and version, counted afresh from the raw tables
+_PHASES = """
+SELECT CASE WHEN p.model_version <> %s THEN p.model_version
+            WHEN p.predicted_at < %s THEN 'before drift'
+            WHEN p.predicted_at < %s THEN 'while drifting' ELSE 'after drift' END,
+       count(*), sum((p.prediction = l.label)::int)
+FROM predictions p JOIN current_labels l USING (prediction_id) GROUP BY 1
+"""
+
+
+def test_demo_console_matches_the_store(demo_run: DemoRun) -> None:
+    """What the console showed of the loop is what the store holds: the drift trigger's outcome and its gate table
+    as the retrain worker recorded them, the accuracy by phase and by served version as the raw tables count it,
+    and, once the candidate is champion (promotion after-gates), every later prediction served by it: its
+    version, and the probabilities its registered artifact computes. The champion's accuracy is above the
+    drifted model's (tests/integration/test_demo_runs.py runs the whole loop deterministically)."""
+    text = demo_run.text
+    assert demo_run.returncode == 0, f"demo exited with {demo_run.returncode}:\n{text}"
+    schema = re.search(r"^schema    (demo_\d{8}_\d{6}): ", text, re.MULTILINE)
+    first = re.search(r"^model     churn (v1-(\d{8}T\d{6})):", text, re.MULTILINE)
+    assert schema is not None and first is not None, text
+    feed = world.feed_for_run(datetime.strptime(first.group(2), "%Y%m%dT%H%M%S").replace(tzinfo=UTC))
+    drift_starts = feed.clock_start + timedelta(seconds=world.DRIFT_STARTS_AFTER_S)
+    pgdata = demo_run.state_dir / "pgdata"
+    postgres = stack.start_postgres(pgdata)  # the data the demo leaves, as its last lines say
+    try:
+        with psycopg.connect(stack.postgres_url(postgres.address), autocommit=True) as conn:
+            conn.execute(f'SET search_path TO "{schema.group(1)}"')
+            _check_console(conn, text, first.group(1), drift_starts,
+                           drift_starts + timedelta(seconds=world.DRIFT_RAMP_S))
+    finally:
+        stack.stop_postgres(pgdata)
+
+
+def _check_console(conn: psycopg.Connection[Any], text: str, first_version: str, drift_starts: datetime,
+                   drift_full: datetime) -> None:
+    # the drift trigger's outcome, shown live with its gate table as the worker recorded them
+    (trigger_id,), = _sql(conn, "SELECT decision_id FROM retrain_decisions WHERE kind = 'drift' AND status = 'fired' "
+                                "AND model_version = %s", (first_version,))
+    (outcome, sentence), = _sql(conn, "SELECT outcome, sentence FROM retrain_outcomes WHERE trigger_id = %s",
+                                (trigger_id,))
+    assert f"retrain   {outcome.upper()}: {sentence}\n" in text, text
+    (version, stage), = _sql(conn, "SELECT version, stage FROM model_versions WHERE trigger_id = %s", (trigger_id,))
+    gates = _sql(conn, "SELECT passed, sentence FROM model_gate_results WHERE version = %s ORDER BY ordinal",
+                 (version,))
+    marks = {True: "pass", False: "FAIL", None: "info"}
+    table = "".join(f"            {marks[passed]}  {gate}\n" for passed, gate in gates)
+    assert len(gates) >= 7 and f"{sentence}\n          its offline gates" in text and table in text, text
+    assert any(name == "calibration" for (name,) in _sql(conn, "SELECT name FROM model_gate_results WHERE "
+                                                                "version = %s", (version,)))
+
+    # the accuracy by phase (the first version) and by served version, as the raw tables count it
+    counted = {phase: (n, correct) for phase, n, correct in _sql(conn, _PHASES,
+                                                                 (first_version, drift_starts, drift_full))}
+    for phase in ("before drift", "while drifting", "after drift"):
+        n, correct = counted[phase]
+        assert f"{phase} {correct / n:.1%} (n={n:,})" in text, (phase, n, correct, text)
+    served = [v for v in counted if v not in ("before drift", "while drifting", "after drift")]
+    if stage == "rejected":  # the gates said no (rare: see demo.toml): the first version served on
+        assert served == [] and "serving   v2" not in text, text
+        return
+
+    # the champion took over: the console named it, and every later prediction is its own
+    assert outcome == "candidate" and stage in ("champion", "previous"), (outcome, stage)
+    assert f"retrain   CANDIDATE: {version}: every gate passed (champion)" in text, text
+    assert f"serving   v2 = churn {version}, the registry's new champion" in text, text
+    assert re.search(r"^ +\d+s \d{4}-\d\d-\d\d \d\dh +100% +v2 ", text, re.MULTILINE), text
+    n, correct = counted[version]
+    assert f"          v2 {version} {correct / n:.1%} (n={n:,})" in text, text
+    spans = {v: (lo, hi) for v, lo, hi in _sql(conn, "SELECT model_version, min(predicted_at), max(predicted_at) "
+                                                      "FROM predictions GROUP BY 1")}
+    assert spans[first_version][1] < spans[version][0], spans
+    rows = _sql(conn, "SELECT features, prediction, (probabilities->>'1')::float FROM predictions "
+                      "WHERE model_version = %s ORDER BY predicted_at LIMIT 200", (version,))
+    with conn.cursor() as cur:
+        entry = Registry().get(cur, "churn", version)
+        assert entry is not None
+        model = Registry().load(cur, entry)
+    features = pd.DataFrame.from_records([f for f, _, _ in rows])
+    recomputed = model.predict_proba(features)[:, [str(c) for c in model.classes_].index("1")]
+    assert all(abs(p - round(float(q), 4)) < 1e-9 for (_, _, p), q in zip(rows, recomputed, strict=True))
+    assert [int(v) for v in model.predict(features)] == [v for _, v, _ in rows]
+    drifted_n, drifted_correct = counted["after drift"]
+    assert n >= 500 and correct / n > drifted_correct / drifted_n, counted
