@@ -314,10 +314,10 @@ def test_the_pool_proposes_a_former_champion_when_a_concept_returns(store: Feedb
 
 
 def test_the_held_out_set_is_frozen_once_then_gated_on_and_never_trained_on(store: FeedbackStore) -> None:
-    """The first retrain freezes 500 rows before its recent window (no gate on them: the served model may have
+    """The first retrain freezes 200 rows before its recent window (no gate on them: the served model may have
     seen them); the next gates on them as "holdout", beside the recent window, and trains without them."""
     _concepts(store, [(0, 12, "age")])
-    config = parse_config(TOML.replace('promotion = "after-gates"', 'promotion = "after-gates"\n'
+    config = parse_config(TOML.replace('promotion = "after-gates"', 'promotion = "after-gates"\nholdout_rows = 200\n'
                                        '[models.churn.retrain.gates]\ncalibration_tolerance = 0.05\n'
                                        'leakage_ratio = 0.05'))  # the served "model" is a coin
     pipeline = RetrainPipeline(store, config)
@@ -330,23 +330,23 @@ def test_the_held_out_set_is_frozen_once_then_gated_on_and_never_trained_on(stor
     first = pipeline.handle(manual(1, 6))
     assert first.result == "candidate", first.sentence
     [(holdout_id, ids, created)] = store.rows("SELECT holdout_id, prediction_ids, created_at FROM holdout_sets")
-    assert len(ids) == 500 and created == T0 + timedelta(hours=6)
-    assert first.lineage["holdout"]["frozen"]["rows"] == 500 and first.lineage["holdout"]["used"] is None
+    assert len(ids) == 200 and created == T0 + timedelta(hours=6)
+    assert first.lineage["holdout"]["frozen"]["rows"] == 200 and first.lineage["holdout"]["used"] is None
     assert "holdout" not in {g.set_name for g in first.gates}
-    # 3,551 labelled rows at the cutoff: about 710 recent, 500 held out, the rest trained on
+    # 3,551 labelled rows at the cutoff: about 710 recent, 200 held out (of at least 2,000), the rest trained on
     loaded = store.scalar("SELECT count(*) FROM predictions p WHERE predicted_at < %s AND EXISTS (SELECT 1 FROM "
                           "outcomes o WHERE o.prediction_id = p.prediction_id AND o.observed_at <= %s)",
                           (T0 + timedelta(hours=6), T0 + timedelta(hours=6)))
     assert first.lineage["rows_loaded"] == loaded == 3551  # observed at or before the cutoff
-    assert first.lineage["train_rows"] == loaded - first.lineage["test_rows"] - 500
+    assert first.lineage["train_rows"] == loaded - first.lineage["test_rows"] - 200
     second = pipeline.handle(manual(2, 12))
     assert second.result == "candidate", second.sentence
     assert second.lineage["holdout"]["used"]["holdout_id"] == holdout_id
-    assert second.lineage["train_rows"] == second.lineage["rows_loaded"] - second.lineage["test_rows"] - 500
+    assert second.lineage["train_rows"] == second.lineage["rows_loaded"] - second.lineage["test_rows"] - 200
     holdout_gates = store.rows("SELECT name, passed, sample_size FROM model_gate_results "
                                "WHERE version = %s AND set_name = 'holdout'", (second.version,))
     assert {"log_loss_vs_champion", "calibration"} <= {n for n, _, _ in holdout_gates}
-    assert {size for _, _, size in holdout_gates if size is not None} == {500}
+    assert {size for _, _, size in holdout_gates if size is not None} == {200}
     assert store.scalar("SELECT count(*) FROM holdout_sets") == 1  # not due for a refresh within 7 days
 
 

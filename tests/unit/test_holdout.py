@@ -31,7 +31,7 @@ def existing(first: int, last: int, *, created: datetime = T0 + DAY) -> Holdout:
 
 
 def make(ds: Dataset, current: Holdout | None, **kw: object):
-    args = {"rows": 500, "refresh": 7 * DAY, "max_age": 30 * DAY, "min_rows": 200, "min_train_rows": 1000,
+    args = {"rows": 100, "refresh": 7 * DAY, "max_age": 30 * DAY, "min_rows": 200, "min_train_rows": 300,
             "trigger_id": "t1"} | kw
     return plan(ds, current, **args)  # type: ignore[arg-type]
 
@@ -39,19 +39,20 @@ def make(ds: Dataset, current: Holdout | None, **kw: object):
 def test_the_first_retrain_freezes_the_newest_rows_before_the_recent_window_and_does_not_gate_on_them() -> None:
     p = make(dataset(3000), None)
     assert p.new is not None and p.gate_on is None
-    assert p.new.prediction_ids == frozenset(f"p{i}" for i in range(2300, 2800))
+    assert p.new.prediction_ids == frozenset(f"p{i}" for i in range(2700, 2800))
     assert p.exclude == p.new.prediction_ids and p.new.created_at == T0 + DAY
     ds = dataset(3000)
     trained = Dataset(spec=ds.spec, frame=ds.frame, features=ds.features, test_start=ds.test_start,
                       held_out=p.exclude).train
-    assert len(trained) == 2300 and not set(trained["prediction_id"]) & p.exclude
+    assert len(trained) == 2700 and not set(trained["prediction_id"]) & p.exclude
 
 
 def test_too_few_rows_freeze_nothing() -> None:
-    """500 held out must leave max(500, min_train_rows 1,000) to train on: 1,499 rows before the window do not."""
-    p = make(dataset(1699), None)
-    assert p.new is None and p.exclude == frozenset() and "no new held-out set" in p.notes[0]
-    assert make(dataset(1700), None).new is not None
+    """A set of 100 is frozen from at least ten times as many rows before the recent window: 999 do not do."""
+    p = make(dataset(1199), None)
+    assert p.new is None and p.exclude == frozenset()
+    assert p.notes[0] == "no new held-out set: fewer than 1,000 labelled rows before the recent window"
+    assert make(dataset(1200), None).new is not None
 
 
 def test_a_later_retrain_gates_on_the_set_and_keeps_it_out_of_training() -> None:
@@ -67,7 +68,7 @@ def test_a_change_after_the_set_retires_it_and_freezes_one_from_the_new_concept(
     p = make(dataset(5000, cutoff_days=3, change=change), existing(2300, 2799))
     assert p.gate_on is None and p.current is None
     assert "is before the change point" in p.notes[0]
-    assert p.new is not None and min(p.new.prediction_ids, key=lambda s: int(s[1:])) == "p4300"
+    assert p.new is not None and min(p.new.prediction_ids, key=lambda s: int(s[1:])) == "p4700"
     assert p.new.window[0] >= change
 
 
@@ -76,7 +77,7 @@ def test_an_old_set_is_refreshed_and_one_that_cannot_be_is_stale() -> None:
     refreshed = make(dataset(5000), old)  # 5,000 rows: a new set can be frozen; the old one still gates this time
     assert refreshed.new is not None and refreshed.gate_on is not None and refreshed.stale is None
     assert refreshed.exclude == old.prediction_ids | refreshed.new.prediction_ids
-    stale = make(dataset(2000), old)  # 2,000 rows less the old set's: too few to freeze another
+    stale = make(dataset(1400), old)  # 1,200 rows before the window less the old set's 500: too few
     assert stale.new is None and stale.gate_on is not None
     assert stale.stale is not None and "is 41 days old" in stale.stale and "maximum 30 days" in stale.stale
     fresh = make(dataset(2000, cutoff_days=3), existing(100, 599, created=T0 - 2 * DAY))  # 5 days: not due
