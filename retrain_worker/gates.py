@@ -144,6 +144,11 @@ class GateConfig:
     leakage_min_gain: float = 0.02  # ... with (classification) an accuracy gain above this
     segment_epsilon: float = 0.01  # largest allowed regression of a segment value (see above)
     min_segment_rows: int = 30  # a segment value with fewer rows is reported, not gated
+    #: a segment's regression beyond epsilon fails only when a one-sided paired test on its rows says the
+    #: challenger is worse at this level (McNemar's exact test for accuracy, a paired t-test on absolute
+    #: errors for MAE); None: the point estimate alone decides. The demo's live runs failed 2 of 4 good
+    #: candidates on a segment of 108-167 rows by 1-2 points without it
+    segment_alpha: float | None = 0.05
     calibration_tolerance: float = 0.02  # classification: ECE <= champion's ECE + tolerance
     latency_budget_ms_per_row: float | None = 5.0
     max_latency_ratio: float | None = 2.0  # challenger latency <= ratio x champion's ...
@@ -158,6 +163,8 @@ class GateConfig:
             ("leakage_min_gain", self.leakage_min_gain, 0 <= self.leakage_min_gain < 1, "in [0, 1)"),
             ("segment_epsilon", self.segment_epsilon, self.segment_epsilon >= 0, ">= 0"),
             ("min_segment_rows", self.min_segment_rows, self.min_segment_rows >= 1, ">= 1"),
+            *([("segment_alpha", self.segment_alpha, 0 < self.segment_alpha < 1, "in (0, 1)")]
+              if self.segment_alpha is not None else []),
             ("calibration_tolerance", self.calibration_tolerance, self.calibration_tolerance >= 0, ">= 0"),
         ]
         if self.min_improvement is not None:
@@ -614,6 +621,9 @@ def _segments(task: str, s: EvalSet, config: GateConfig) -> list[GateResult]:
                     change = f"regressed {_apart(drop, eps, 3)} {'<=' if ok else '>'} {eps:g}"
                 else:
                     change = f"improved by {-drop:.3f}"
+                if not ok:
+                    ok, change = _significance(change, config.segment_alpha, "McNemar", _mcnemar_worse(
+                        s.y_true[mask], s.challenger[mask], s.champion[mask]))
                 rows.append(row(passed=ok, observed=drop, threshold=eps,
                                 sentence=f"{vs}: {change}, {_verdict_word(ok)}"))
             else:  # MAE: a rise is the regression, relative to the champion's
@@ -623,9 +633,44 @@ def _segments(task: str, s: EvalSet, config: GateConfig) -> list[GateResult]:
                     change = f"rose {_apart(rise * 100, eps * 100, 1)}% {'<=' if ok else '>'} {eps:.1%}"
                 else:
                     change = f"fell {-rise:.1%}"
+                if not ok:
+                    ok, change = _significance(change, config.segment_alpha, "paired t", _paired_worse(
+                        s.y_true[mask], s.challenger[mask], s.champion[mask]))
                 rows.append(row(passed=ok, observed=rise, threshold=eps,
                                 sentence=f"{vs}: {change}, {_verdict_word(ok)}"))
     return rows
+
+
+def _significance(change: str, alpha: float | None, test: str, p: float) -> tuple[bool, str]:
+    """A regression past epsilon: failed when ``p`` (challenger worse, one-sided) is below ``alpha``."""
+    if alpha is None:
+        return False, change
+    if p < alpha:
+        return False, f"{change}, significantly ({test} p = {p:.2g} < {alpha:g})"
+    return True, f"{change}, but not significantly ({test} p = {p:.2g} >= {alpha:g})"
+
+
+def _mcnemar_worse(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray) -> float:
+    """One-sided exact McNemar: of the rows exactly one model gets right, does the champion win more than half?"""
+    from scipy.stats import binomtest
+
+    right_ch, right_champ = np.asarray(challenger) == np.asarray(y), np.asarray(champion) == np.asarray(y)
+    champion_only = int(np.sum(right_champ & ~right_ch))
+    discordant = champion_only + int(np.sum(right_ch & ~right_champ))
+    if discordant == 0:
+        return 1.0
+    return float(binomtest(champion_only, discordant, 0.5, alternative="greater").pvalue)
+
+
+def _paired_worse(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray) -> float:
+    """One-sided paired t-test: are the challenger's absolute errors larger than the champion's on these rows?"""
+    from scipy.stats import ttest_rel
+
+    yf = np.asarray(y, dtype=np.float64)
+    a, b = np.abs(np.asarray(challenger, dtype=np.float64) - yf), np.abs(np.asarray(champion, dtype=np.float64) - yf)
+    if np.allclose(a - b, (a - b)[0]):  # constant differences: no variance to test
+        return 0.0 if (a - b)[0] > 0 else 1.0
+    return float(ttest_rel(a, b, alternative="greater").pvalue)
 
 
 def _segment_metric(task: str, y: np.ndarray, pred: np.ndarray, n: int) -> float:

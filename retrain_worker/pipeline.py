@@ -99,7 +99,8 @@ def gate_config(model: ModelConfig, *, champion_measured: bool) -> GateConfig:
         if g.floor is not None else {}
     return GateConfig(max_ratio=g.max_ratio, min_improvement=g.min_improvement, leakage_ratio=g.leakage_ratio,
                       leakage_min_gain=g.leakage_min_gain,
-                      segment_epsilon=g.segment_epsilon, calibration_tolerance=g.calibration_tolerance,
+                      segment_epsilon=g.segment_epsilon, segment_alpha=g.segment_alpha,
+                      calibration_tolerance=g.calibration_tolerance,
                       latency_budget_ms_per_row=g.latency_budget_ms,
                       **({} if champion_measured else {"max_latency_ratio": None}), **floors)
 

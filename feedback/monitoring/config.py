@@ -151,7 +151,8 @@ class RetrainGates:
     floor: float | None = None  # an absolute floor: AUC for classification, R^2 for regression
     leakage_ratio: float = 0.5  # an error below this x champion's fails as likely leakage ...
     leakage_min_gain: float = 0.02  # ... when (classification) accuracy gains more than this too
-    segment_epsilon: float = 0.01  # no declared segment's main metric may regress by more
+    segment_epsilon: float = 0.01  # no declared segment's main metric may regress by more ...
+    segment_alpha: float = 0.05  # ... significantly (a one-sided paired test at this level)
     calibration_tolerance: float = 0.02  # classification: ECE no worse than the champion's + this
     latency_budget_ms: float | None = 5.0  # prediction latency per row
 
@@ -500,6 +501,7 @@ _RETRAIN_GATES: Mapping[str, _Convert] = {
     "leakage_ratio": _number(_UNIT_OPEN, lambda x: 0 < x < 1),
     "leakage_min_gain": _number("a number >= 0 and less than 1", lambda x: 0 <= x < 1),
     "segment_epsilon": _number("a number >= 0", lambda x: x >= 0),
+    "segment_alpha": _number(_UNIT_OPEN, lambda x: 0 < x < 1),
     "calibration_tolerance": _number("a number >= 0", lambda x: x >= 0),
     "latency_budget_ms": _number("a number > 0", lambda x: x > 0),
 }

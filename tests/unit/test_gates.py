@@ -370,7 +370,34 @@ def test_segment_sentence_reads_as_specified() -> None:
     """A failing accuracy segment reads "challenger accuracy X vs champion Y (n=...): regressed D > 0.01, failed"."""
     eu = next(r for r in run_gates("classification", [segment_clf_set(48)], GateConfig()) if r.segment == "region=eu")
     assert eu.sentence == ("recent: segment region=eu: challenger accuracy 0.880 vs champion 0.900 (n=400): "
-                           "regressed 0.020 > 0.01, failed")
+                           "regressed 0.020 > 0.01, significantly (McNemar p = 0.0039 < 0.05), failed")
+
+
+def test_a_segment_regression_must_be_significant_to_fail() -> None:
+    """2 points worse on 108 rows (3 rows the champion alone gets right, 1 the challenger alone): McNemar's
+    one-sided p is the binomial tail P(X >= 3 | 4, 1/2) = 5/16, so it passes and says so; with segment_alpha
+    None it fails. An MAE 3% higher on every row of 406 is significant (constant differences)."""
+    from math import comb
+
+    y = np.zeros(108, dtype=np.int64)
+    champion = y.copy()
+    champion[:10] = 1  # wrong on 10 rows
+    challenger = champion.copy()
+    challenger[10:13] = 1  # wrong on 3 more the champion gets right ...
+    challenger[0] = 0  # ... and right on 1 the champion gets wrong
+    s = EvalSet(name="recent", y_true=y, challenger=challenger, champion=champion,
+                challenger_proba=challenger.astype(float), champion_proba=champion.astype(float),
+                segments={"region": np.array(["west"] * 108)}, challenger_latency_ms_per_row=1.0,
+                champion_latency_ms_per_row=1.0)
+    tail = sum(comb(4, k) for k in (3, 4)) / 2 ** 4
+    row = next(r for r in run_gates("classification", [s], GateConfig()) if r.segment == "region=west")
+    assert row.passed is True and row.observed == pytest.approx(2 / 108)
+    assert row.sentence.endswith(f"but not significantly (McNemar p = {tail:.2g} >= 0.05), passed")
+    strict = next(r for r in run_gates("classification", [s], GateConfig(segment_alpha=None))
+                  if r.segment == "region=west")
+    assert strict.passed is False
+    mae = next(r for r in run_gates("regression", [segment_reg_set(0.03)], GateConfig()) if r.segment == "region=eu")
+    assert mae.passed is False and "significantly (paired t p = 0 < 0.05)" in mae.sentence
 
 
 CAL_RNG = np.random.default_rng(11)
@@ -622,8 +649,9 @@ def test_close_values_print_apart() -> None:
     ("regression", segment_reg_set(0.0102), 0.01, False, "rose 1.02% > 1.0%, failed"),
 ])
 def test_segment_at_the_epsilon_boundary(task: str, eval_set: EvalSet, epsilon: float, ok: bool, ending: str) -> None:
-    """A drop of exactly epsilon passes, and one a hair beyond prints enough digits to show it is beyond."""
-    results = run_gates(task, [eval_set], GateConfig(segment_epsilon=epsilon))
+    """A drop of exactly epsilon passes, and one a hair beyond prints enough digits to show it is beyond (the
+    point estimate alone: segment_alpha None)."""
+    results = run_gates(task, [eval_set], GateConfig(segment_epsilon=epsilon, segment_alpha=None))
     eu = next(r for r in results if r.segment == "region=eu")
     assert eu.passed is ok
     assert eu.sentence.endswith(ending)
