@@ -53,9 +53,14 @@ class Topics:
     def candidates(self) -> str:
         return f"{self.prefix}candidates"
 
+    @property
+    def deployments(self) -> str:
+        """Which versions serve each model and the challenger's share (pitstop/router.py)."""
+        return f"{self.prefix}deployments"
+
     def all(self) -> tuple[str, ...]:
         return (self.predictions, self.outcomes, self.dead_letter, self.monitoring, self.retrain_triggers,
-                self.candidates)
+                self.candidates, self.deployments)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -15,7 +15,7 @@ def test_defaults_without_services() -> None:
     s = Settings.from_env({"PITSTOP_STATE_DIR": "/nonexistent"})
     assert (s.kafka_bootstrap, s.database_url, s.external_kafka) == (None, None, False)
     assert s.topics.all() == ("pitstop.predictions", "pitstop.outcomes", "pitstop.dead-letter", "pitstop.monitoring",
-                              "pitstop.retrain-triggers", "pitstop.candidates")
+                              "pitstop.retrain-triggers", "pitstop.candidates", "pitstop.deployments")
     with pytest.raises(ConfigError, match="PITSTOP_KAFKA_BOOTSTRAP"):
         s.require_services()
 
