@@ -37,6 +37,8 @@ from typing import Any
 
 import jsonschema
 
+from schemas.validation import first_error
+
 log = logging.getLogger(__name__)
 
 BUCKETS = 10_000
@@ -107,10 +109,9 @@ def parse_deployment(value: bytes | None) -> Deployment:
     except ValueError as exc:
         msg = f"not JSON: {exc}"
         raise DeploymentError(msg) from None
-    error = next(iter(sorted(_validator().iter_errors(doc), key=lambda e: list(e.path))), None)
+    error = first_error(_validator(), doc)
     if error is not None:
-        where = "/".join(str(p) for p in error.path) or "the top level"
-        msg = f"schema: {error.message[:200]} (at {where})"
+        msg = f"schema: {error}"
         raise DeploymentError(msg)
     if doc["challenger"] is not None and doc["challenger"] == doc["champion"]:
         msg = f"challenger and champion are both {doc['champion']!r}"

@@ -21,6 +21,7 @@ import orjson
 from feedback.store import DeadLetterRecord, FeedbackStore, insert_dead_letters
 from feedback.store.ingest import InboundMessage, dead_letter_key, encode_dead_letter
 from schemas import SCHEMA_DIR
+from schemas.validation import first_error
 
 _TAKE = """
 INSERT INTO retrain_intake (trigger_id, model_name, source_partition, source_offset)
@@ -72,11 +73,9 @@ def decode_trigger(value: bytes | None) -> TriggerEvent:
     except orjson.JSONDecodeError as exc:
         msg = f"not_json: {exc}"
         raise TriggerRejected(msg) from None
-    error = next(iter(sorted(_validator().iter_errors(doc), key=lambda e: list(e.path))), None)
+    error = first_error(_validator(), doc)
     if error is not None:
-        where = "/".join(str(p) for p in error.path) or "the top level"
-        message = error.message if len(error.message) <= 200 else error.message[:197] + "..."
-        msg = f"schema: {message} (at {where})"
+        msg = f"schema: {error}"
         raise TriggerRejected(msg)
     times = {}
     for key in ("decided_at", "change_point"):
