@@ -347,7 +347,8 @@ class Decider:
 
 def _pool_look(model: ModelConfig, d: Decision, now: datetime) -> Decision | None:
     """For a change still waiting for its labels: one early look at the model pool (no training: a former
-    champion scored on the rows since the change), once ``pool_labels`` labels since the change exist."""
+    champion scored on the rows since the change), once ``pool_labels`` labels since the change exist. Its
+    urgency is routine: the pending decision has already raised whatever alert its urgency calls for."""
     k = model.triggers.pool_labels
     if (k <= 0 or d.status != "pending" or d.change_point is None or d.labels_since_change is None
             or d.labels_since_change < k or d.kind not in ("drift", "performance", "detector")):
@@ -355,7 +356,7 @@ def _pool_look(model: ModelConfig, d: Decision, now: datetime) -> Decision | Non
     change = d.change_point
     return Decision(
         decision_id=decision_id(model.name, "pool", d.model_version, change), model_name=model.name,
-        model_version=d.model_version, kind="pool", urgency=d.urgency, status="fired", decided_at=now,
+        model_version=d.model_version, kind="pool", urgency="routine", status="fired", decided_at=now,
         change_point=change, labels_since_change=d.labels_since_change,
         sentence=(f"model pool: {d.labels_since_change:,} labels since the change ({change:%Y-%m-%d %H:%M} UTC), "
                   f"before the retrain's {model.triggers.min_labels_since_change:,}: a former champion that beats "

@@ -182,6 +182,8 @@ def test_the_pool_look_fires_once_when_a_pending_change_has_pool_labels() -> Non
     assert _pool_look(CHURN, pending, at) is None  # 199 < pool_labels 200
     look_ = _pool_look(CHURN, replace(pending, labels_since_change=250), at)
     assert look_ is not None and (look_.kind, look_.status, look_.change_point) == ("pool", "fired", CHANGE)
+    critical = _pool_look(CHURN, replace(pending, labels_since_change=250, urgency="critical"), at)
+    assert critical is not None and critical.urgency == "routine" and alerts_for(critical) == []  # paged once
     assert look_.decision_id == "churn/pool/v1/2026-03-02T10:00:00Z"
     assert look_.sentence == ("model pool: 250 labels since the change (2026-03-02 10:00 UTC), before the retrain's "
                               "1,000: a former champion that beats the champion on them is proposed now")
