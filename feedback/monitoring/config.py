@@ -187,6 +187,41 @@ class RetrainConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RolloutConfig:
+    """How a candidate goes live (`[models.M.rollout]`): the shadow gate, the ramp, the promotion test, the
+    hold period and the rollback rules (feedback/rollout/). Durations are event time."""
+
+    #: shadow: the candidate scores every live prediction beside the champion; judged on labelled rows only
+    shadow_min_labels: int = 1_000
+    shadow_min_duration_s: int = DAY_S  # one business cycle (seed 000)
+    shadow_max_duration_s: int = 14 * DAY_S  # a shadow that never gathers its labels ends, with the reason
+    shadow_max_ratio: float = 1.10  # challenger error <= this x champion's on the same requests (seed 000)
+    shadow_max_failure_rate: float = 0.01  # failures also count as errors; past this share the shadow fails
+    shadow_backfill_s: int = 30 * DAY_S  # predictions made before the shadow, unlabelled at its cutoff, score it
+    agreement_alert: float = 0.8  # agreement below this is escalated to a person (it fails nothing)
+    gap_p99_ratio: float = 3.0  # regression: p99 |gap| <= this x the champion's p99 absolute error
+    gap_p99_proba: float = 0.9  # classification: p99 of the positive-class probability gap <= this
+    #: the ramp: the challenger's share steps through these (none skipped), each held for its dwell
+    steps: tuple[float, ...] = (0.05, 0.10, 0.25, 0.50, 1.0)
+    dwell_s: tuple[int, ...] = (2 * 3_600, 2 * 3_600, 6 * 3_600, DAY_S)  # one per step below 100% (seed 004)
+    step_min_requests: int = 200  # each arm's requests at a step before it may advance
+    promote_ratio: float = 0.98  # promote only if the challenger's error is <= this x the champion's ...
+    alpha: float = 0.05  # ... significantly so (always-valid mSPRT p-value), segments not significantly worse
+    max_duration_s: int = 28 * DAY_S  # a ramp that proves nothing by then keeps the champion
+    hold_s: int = 2 * DAY_S  # after 100%, the new champion is judged against the frozen pre-ramp baseline
+    #: rollback, at any step and during the hold, each arm on its own traffic
+    failure_ratio: float = 2.0  # failure rate > this x the champion's + failure_margin ...
+    failure_margin: float = 0.01
+    failure_max: float = 0.05  # ... or > this outright
+    latency_p95_ratio: float = 1.5
+    latency_p99_max_ms: float = 500.0
+    error_ratio: float = 1.15  # labelled error > this x the champion's ...
+    min_labelled: int = 50  # ... with at least this many labelled rows per arm
+    min_requests: int = 30  # an arm's failures and latency are judged from this many requests
+    keep_champions: int = 3  # the last N champions stay loadable
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ModelConfig:
     """How one model is monitored, with `[defaults]` and the built-in defaults already applied.
 
@@ -222,6 +257,7 @@ class ModelConfig:
     detectors: DetectorConfig = field(default_factory=DetectorConfig)
     triggers: TriggerConfig = field(default_factory=TriggerConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "segments", tuple(self.segments))
@@ -505,6 +541,52 @@ _RETRAIN_GATES: Mapping[str, _Convert] = {
     "calibration_tolerance": _number("a number >= 0", lambda x: x >= 0),
     "latency_budget_ms": _number("a number > 0", lambda x: x > 0),
 }
+def _shares(value: Any) -> tuple[float, ...]:
+    expected = "a list of increasing shares in (0, 1] ending at 1.0, such as [0.05, 0.10, 0.25, 0.50, 1.0]"
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= 1 for v in value)
+            or any(b <= a for a, b in zip(value, value[1:], strict=False)) or value[-1] != 1):
+        raise _Expected(expected)
+    return tuple(float(v) for v in value)
+
+
+def _durations(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise _Expected(f"a list of durations, one per step below 100% ({_DURATION_EXPECTED})")
+    return tuple(_duration(v) for v in value)
+
+
+_POSITIVE = "a number > 0"
+_ROLLOUT: Mapping[str, _Convert] = {
+    "shadow_min_labels": _integer(1),
+    "shadow_min_duration": _duration,
+    "shadow_max_duration": _duration,
+    "shadow_max_ratio": _number("a number >= 1", lambda x: x >= 1),
+    "shadow_max_failure_rate": _number(_UNIT_INTERVAL, lambda x: 0 <= x <= 1),
+    "shadow_backfill": _duration,
+    "agreement_alert": _number(_UNIT_INTERVAL, lambda x: 0 <= x <= 1),
+    "gap_p99_ratio": _number(_POSITIVE, lambda x: x > 0),
+    "gap_p99_proba": _number("a number greater than 0 and at most 1", lambda x: 0 < x <= 1),
+    "steps": _shares,
+    "dwell": _durations,
+    "step_min_requests": _integer(1),
+    "promote_ratio": _number("a number greater than 0 and at most 1", lambda x: 0 < x <= 1),
+    "alpha": _number(_UNIT_OPEN, lambda x: 0 < x < 1),
+    "max_duration": _duration,
+    "hold": _duration,
+    "failure_ratio": _number("a number >= 1", lambda x: x >= 1),
+    "failure_margin": _number(_UNIT_INTERVAL, lambda x: 0 <= x <= 1),
+    "failure_max": _number(_UNIT_INTERVAL, lambda x: 0 < x <= 1),
+    "latency_p95_ratio": _number("a number >= 1", lambda x: x >= 1),
+    "latency_p99_max_ms": _number(_POSITIVE, lambda x: x > 0),
+    "error_ratio": _number("a number >= 1", lambda x: x >= 1),
+    "min_labelled": _integer(1),
+    "min_requests": _integer(1),
+    "keep_champions": _integer(1),
+}
+_ROLLOUT_RENAMES = {k: f"{k}_s" for k in ("shadow_min_duration", "shadow_max_duration", "shadow_backfill", "dwell",
+                                          "max_duration", "hold")}
+
 _RETRAIN_RENAMES = {"budget": "budget_s", "half_life": "half_life_s", "window": "window_s", "history": "history_s",
                     "holdout_refresh": "holdout_refresh_s", "holdout_max_age": "holdout_max_age_s"}
 
@@ -539,6 +621,7 @@ class _Layer:
     sections: Mapping[str, Mapping[str, Any]]
     triggers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     retrain: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    rollout: Mapping[str, Any] = field(default_factory=dict)
 
 
 class _Parser:
@@ -594,6 +677,7 @@ class _Parser:
             detectors=DetectorConfig(**{**defaults.sections["detectors"], **own.sections["detectors"]}),
             triggers=self.triggers(table, at, metric, defaults),
             retrain=self.retrain(table, at, defaults),
+            rollout=self.rollout(table, at, defaults),
             **knobs,
         )
 
@@ -628,6 +712,23 @@ class _Parser:
         gates = RetrainGates(**{**defaults.retrain["gates"], **own["gates"]})
         return RetrainConfig(gates=gates, **knobs)
 
+    def rollout(self, table: Mapping[str, Any], at: tuple[str, ...], defaults: _Layer) -> RolloutConfig:
+        """`[models.M.rollout]` over `[defaults.rollout]`; the dwell list must give one duration a step below 100%."""
+        own = self.rollout_layer(table, at)
+        merged = {**defaults.rollout, **own}
+        config = RolloutConfig(**{_ROLLOUT_RENAMES.get(k, k): v for k, v in merged.items()})
+        if len(config.dwell_s) != len(config.steps) - 1:
+            source = at if "dwell" in own or "steps" in own else ("defaults",)
+            raw = table.get("rollout", {}).get("dwell") if source == at else None
+            self.fail((*source, "rollout", "dwell"), raw,
+                      f"a list of {len(config.steps) - 1} durations, one for each step below 100% of "
+                      f"steps = {list(config.steps)}")
+        return config
+
+    def rollout_layer(self, table: Mapping[str, Any], at: tuple[str, ...]) -> dict[str, Any]:
+        at = (*at, "rollout")
+        return self.values(self.table(table.get("rollout", {}), at), at, _ROLLOUT, tuple(_ROLLOUT))
+
     def retrain_layer(self, table: Mapping[str, Any], at: tuple[str, ...]) -> dict[str, dict[str, Any]]:
         at = (*at, "retrain")
         sub = self.table(table.get("retrain", {}), at)
@@ -647,7 +748,7 @@ class _Parser:
         return layer
 
     def layer(self, table: Mapping[str, Any], at: tuple[str, ...], own_keys: Sequence[str]) -> _Layer:
-        knobs = self.values(table, at, _KNOBS, (*own_keys, *_KNOBS, *_SECTIONS, "triggers", "retrain"))
+        knobs = self.values(table, at, _KNOBS, (*own_keys, *_KNOBS, *_SECTIONS, "triggers", "retrain", "rollout"))
         sections = {}
         for name, spec in _SECTIONS.items():
             sub = self.table(table.get(name, {}), (*at, name))
@@ -656,7 +757,8 @@ class _Parser:
             sections[name] = self.values(sub, (*at, name), spec, (*spec, *extra))
         triggers = self.trigger_layer(table, at) if at == ("defaults",) else {}
         retrain = self.retrain_layer(table, at) if at == ("defaults",) else {}
-        return _Layer(at=at, knobs=knobs, sections=sections, triggers=triggers, retrain=retrain)
+        rollout = self.rollout_layer(table, at) if at == ("defaults",) else {}
+        return _Layer(at=at, knobs=knobs, sections=sections, triggers=triggers, retrain=retrain, rollout=rollout)
 
     def values(
         self, table: Mapping[str, Any], at: tuple[str, ...], spec: Mapping[str, _Convert], allowed: Sequence[str]

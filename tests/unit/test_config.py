@@ -326,3 +326,35 @@ floor = 0.5
         with pytest.raises(ModelConfigError) as raised:
             parse_config(f'[models.m]\ntask = "regression"\n[models.m.retrain]\n{table}\n')
         assert message in str(raised.value)
+
+
+def test_rollout_settings_merge_defaults_and_fail_naming_the_key() -> None:
+    """[models.M.rollout] over [defaults.rollout], durations in seconds; steps must increase to 1.0 and the dwell
+    list must give one duration for each step below 100%."""
+    config = parse_config("""
+[defaults.rollout]
+hold = "12h"
+[models.m]
+task = "regression"
+[models.m.rollout]
+steps = [0.1, 0.5, 1.0]
+dwell = ["30m", "1h"]
+""")
+    rollout = config.models["m"].rollout
+    assert (rollout.steps, rollout.dwell_s, rollout.hold_s) == ((0.1, 0.5, 1.0), (1800, 3600), 43200)
+    assert (rollout.promote_ratio, rollout.shadow_max_ratio, rollout.shadow_min_labels) == (0.98, 1.10, 1000)
+    default = parse_config('[models.m]\ntask = "regression"\n').models["m"].rollout
+    assert default.steps == (0.05, 0.10, 0.25, 0.50, 1.0) and default.dwell_s == (7200, 7200, 21600, 86400)
+    for table, message in [
+        ("steps = [0.1, 0.05, 1.0]", "models.m.rollout.steps = [0.1, 0.05, 1.0]: expected a list of increasing"),
+        ("steps = [0.1, 0.5]", "ending at 1.0"),
+        ("steps = [0.1, 1.0]", "models.m.rollout.dwell: expected a list of 1 durations"),
+        ('dwell = ["1h"]', "models.m.rollout.dwell = ['1h']: expected a list of 4 durations"),
+        ("promote_ratio = 1.5", "models.m.rollout.promote_ratio = 1.5"),
+        ("shadow_max_ratio = 0.9", "expected a number >= 1"),
+        ("hold = \"soon\"", "models.m.rollout.hold = 'soon': expected a duration"),
+        ("nope = 1", "models.m.rollout.nope"),
+    ]:
+        with pytest.raises(ModelConfigError) as raised:
+            parse_config(f'[models.m]\ntask = "regression"\n[models.m.rollout]\n{table}\n')
+        assert message in str(raised.value)
