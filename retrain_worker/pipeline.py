@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from psycopg.types.json import Jsonb
 
 from feedback.monitoring.config import ModelConfig, MonitoringConfig
 from feedback.monitoring.profile import ReferenceProfile, build_profile, category_key
@@ -30,6 +29,7 @@ from feedback.registry.artifacts import serialise
 from feedback.registry.versions import GateRecord, ModelVersion, Registry
 from feedback.store import FeedbackStore
 from feedback.triggers.alerts import Alert, AlertSink
+from feedback.triggers.outbox import enqueue
 from feedback.triggers.rules import CHANGE_KINDS
 from retrain_worker import holdout
 from retrain_worker.dataset import SEGMENT_PREFIX, Dataset, DatasetSpec, load_dataset
@@ -57,9 +57,6 @@ ON CONFLICT (trigger_id) DO UPDATE SET worker = excluded.worker, step = excluded
     updated_at = now()
 """
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
-_OUTBOX = """
-INSERT INTO outbox (event_id, topic, key, payload) VALUES (%s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING
-"""
 
 
 class ModelBusy(Exception):  # noqa: N818 - a state, not a failure
@@ -266,9 +263,9 @@ class RetrainPipeline:
             self.registry.move(cur, model.name, best.version, stage, reason=sentence)  # type: ignore[arg-type]
             again = self.registry.get(cur, model.name, best.version)
             assert again is not None
-            cur.execute(_OUTBOX, (f"{model.name}/{best.version}@{trigger.trigger_id}", CANDIDATE_TOPIC, model.name,
-                                  Jsonb(candidate_event(again, stage, results, {**lineage, "proposed_again": True},
-                                                        trigger_id=trigger.trigger_id))))
+            enqueue(cur, f"{model.name}/{best.version}@{trigger.trigger_id}", CANDIDATE_TOPIC, model.name,
+                    candidate_event(again, stage, results, {**lineage, "proposed_again": True},
+                                    trigger_id=trigger.trigger_id))
             cur.execute(_RECORD, (trigger.trigger_id, model.name, "candidate", sentence))
             cur.execute(_PROGRESS, (trigger.trigger_id, model.name, WORKER, "done", f"candidate: {sentence}"))
             self._freeze(cur)
@@ -393,8 +390,8 @@ class RetrainPipeline:
                 if registered_stage != "candidate":
                     self.registry.move(cur, model_name, version, registered_stage, reason=sentence)  # type: ignore[arg-type]
                 if result == "candidate":
-                    cur.execute(_OUTBOX, (f"{model_name}/{version}", CANDIDATE_TOPIC, model_name,
-                                          Jsonb(candidate_event(ref, registered_stage, gates, lineage or {}))))
+                    enqueue(cur, f"{model_name}/{version}", CANDIDATE_TOPIC, model_name,
+                            candidate_event(ref, registered_stage, gates, lineage or {}))
             cur.execute(_RECORD, (trigger.trigger_id, model_name, result, sentence))
             cur.execute(_PROGRESS, (trigger.trigger_id, model_name, WORKER, "done", f"{result}: {sentence}"))
             if result != "failed":

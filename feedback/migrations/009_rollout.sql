@@ -66,6 +66,7 @@ CREATE TABLE rollouts (
     started_at     timestamptz NOT NULL,   -- event time
     ended_at       timestamptz,            -- event time
     baseline       jsonb NOT NULL DEFAULT '{}'::jsonb,  -- the champion's frozen figures for the hold period
+    test           jsonb NOT NULL DEFAULT '{}'::jsonb,  -- the promotion test's state across looks
     sentence       text NOT NULL DEFAULT '',
     recorded_at    timestamptz NOT NULL DEFAULT now(),
     updated_at     timestamptz NOT NULL DEFAULT now(),

@@ -552,7 +552,8 @@ def _shares(value: Any) -> tuple[float, ...]:
 
 def _durations(value: Any) -> tuple[int, ...]:
     if not isinstance(value, list):
-        raise _Expected(f"a list of durations, one per step below 100% ({_DURATION_EXPECTED})")
+        msg = f"a list of durations, one per step below 100% ({_DURATION_EXPECTED})"
+        raise _Expected(msg)
     return tuple(_duration(v) for v in value)
 
 

@@ -56,12 +56,24 @@ def msprt_lambda(d: float | np.ndarray, v: float | np.ndarray, tau2: float) -> n
 
 @dataclass
 class SequentialTest:
-    """An always-valid p-value for "the arms' mean errors differ", updated at each look."""
+    """An always-valid p-value for "the challenger's mean error differs from ``ratio`` x the champion's", updated
+    at each look (``ratio`` 1: the arms differ). The ramp asks whether the challenger's error is at most 0.98 x
+    the champion's: it tests ``d = mean_B - 0.98 mean_A`` (variance ``var_B/n_B + 0.98**2 var_A/n_A``) and reads
+    the direction from ``difference``, the latest ``d``: the two-sided test read one way rejects at most alpha.
+
+    >>> t = SequentialTest(tau2=0.01, ratio=0.98)
+    >>> round(t.look(500, 1.0, 1.0, 500, 0.80, 1.0), 3), t.significant  # 500 users an arm: not yet
+    (0.097, False)
+    >>> round(t.look(2000, 1.0, 1.0, 2000, 0.80, 1.0), 6), round(t.difference, 2), t.significant
+    (1e-06, -0.18, True)
+    """
 
     tau2: float
     alpha: float = 0.05
+    ratio: float = 1.0
     p_value: float = 1.0
     looks: int = 0
+    difference: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.tau2 > 0 or not 0 < self.alpha < 1:
@@ -74,10 +86,11 @@ class SequentialTest:
         self.looks += 1
         if n_a < 2 or n_b < 2:
             return self.p_value
-        v = var_a / n_a + var_b / n_b
+        v = self.ratio * self.ratio * var_a / n_a + var_b / n_b
         if not v > 0:
             return self.p_value
-        lam = float(msprt_lambda(mean_b - mean_a, v, self.tau2))
+        self.difference = mean_b - self.ratio * mean_a
+        lam = float(msprt_lambda(self.difference, v, self.tau2))
         self.p_value = min(self.p_value, 1.0 / lam if lam > 1 else 1.0)
         return self.p_value
 

@@ -27,6 +27,7 @@ from feedback.monitoring.config import ModelConfig, MonitoringConfig
 from feedback.monitoring.evaluate import Evaluation
 from feedback.triggers.alerts import Alert, AlertSink
 from feedback.triggers.calendar import EventClock, Schedule, parse_schedule
+from feedback.triggers.outbox import enqueue
 from feedback.triggers.rules import (
     CHANGE_KINDS,
     Detection,
@@ -414,9 +415,6 @@ ON CONFLICT (decision_id) DO UPDATE SET
     decided_at = excluded.decided_at, fired_at = excluded.fired_at, evidence = excluded.evidence, updated_at = now()
 WHERE retrain_decisions.status <> 'fired' OR excluded.status = 'fired'
 """
-_OUTBOX = """
-INSERT INTO outbox (event_id, topic, key, payload) VALUES (%s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING
-"""
 # a pool look trains nothing: it starts no cooldown, counts toward no cap and is no running training
 _HISTORY = """
 SELECT max(fired_at) FILTER (WHERE fired_at <= %(at)s),
@@ -485,7 +483,7 @@ class PostgresLedger:
         ))
 
     def publish(self, d: Decision) -> None:
-        self.cur.execute(_OUTBOX, (d.decision_id, TRIGGER_TOPIC, d.model_name, Jsonb(trigger_event(d))))
+        enqueue(self.cur, d.decision_id, TRIGGER_TOPIC, d.model_name, trigger_event(d))
 
     def calendar_slot(self, model: str) -> datetime | None:
         row = self.cur.execute("SELECT calendar_slot FROM trigger_state WHERE model_name = %s", (model,)).fetchone()

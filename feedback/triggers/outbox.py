@@ -15,12 +15,16 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg.types.json import Jsonb
 
 log = logging.getLogger(__name__)
 
 RELAY_LOCK = 0x5049_5242  # one relay at a time across processes
 BATCH = 500
 
+_ENQUEUE = """
+INSERT INTO outbox (event_id, topic, key, payload) VALUES (%s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING
+"""
 _UNSENT = "SELECT id, event_id, topic, key, payload FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT %s"
 _MARK_SENT = "UPDATE outbox SET sent_at = now(), attempts = attempts + 1, last_error = NULL WHERE id = ANY(%s)"
 _MARK_FAILED = "UPDATE outbox SET attempts = attempts + 1, last_error = %s WHERE id = ANY(%s)"
@@ -29,6 +33,11 @@ _MARK_FAILED = "UPDATE outbox SET attempts = attempts + 1, last_error = %s WHERE
 #: every message handed over, and raises if any was refused.
 Send = Callable[[str, bytes | None, bytes], Any]
 Flush = Callable[[], Any]
+
+
+def enqueue(cur: psycopg.Cursor[Any], event_id: str, topic: str, key: str | None, payload: Any) -> None:
+    """Add an event to publish, in the caller's transaction (the decision's): an id already there changes nothing."""
+    cur.execute(_ENQUEUE, (event_id, topic, key, Jsonb(payload)))
 
 
 def relay(conn: psycopg.Connection[Any], send: Send, flush: Flush, *, topic_prefix: str = "pitstop.",

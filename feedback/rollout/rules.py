@@ -1,0 +1,254 @@
+"""The ramp's rules, pure functions over each arm's figures: when to roll back, when a step may advance, when the
+challenger is promoted, and whether a ramp is worth starting.
+
+Each arm is judged on its own traffic (the requests the router sent to that version since the ramp began): one
+monitor over both arms would hide a 5% canary failing every request inside a 5% overall failure rate.
+
+Rollback (any step, the hold period included), each a :class:`Finding` with its sentence:
+
+- failures: the challenger's failure rate above ``failure_ratio`` x the champion's + ``failure_margin``, or above
+  ``failure_max`` outright, and significantly so (one-sided exact binomial test at ``FAILURE_ALPHA``: a few
+  unlucky requests at the first look do not end a ramp; 30 of 30 failed requests do);
+- latency: the challenger's p95 above ``latency_p95_ratio`` x the champion's, or its p99 above
+  ``latency_p99_max_ms``;
+- error: its labelled error above ``error_ratio`` x the champion's, with at least ``min_labelled`` labelled
+  requests in each arm.
+
+Promotion: the challenger's mean error per routing key (a user's requests are correlated, so a user is one unit)
+must be at most ``promote_ratio`` x the champion's, significantly so by the always-valid mSPRT p-value
+(feedback/rollout/sequential.py), and no declared segment may be significantly worse. A test significant the other
+way (the challenger's error above ``promote_ratio`` x the champion's) keeps the champion: the gain is not worth a
+change.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from scipy.stats import binomtest
+
+from feedback.monitoring.config import RolloutConfig
+from feedback.rollout.sequential import SequentialTest, required_per_arm
+
+#: the level at which a failure rate counts as above its limit
+FAILURE_ALPHA = 0.01
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnitStats:
+    """Per-unit (routing key) mean errors of one arm: how many units, the mean and the variance of their means."""
+
+    n: int = 0
+    mean: float = 0.0
+    var: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ArmStats:
+    """What one arm served since the ramp began: requests, failures, latency, labelled errors."""
+
+    version: str
+    requests: int = 0
+    failures: int = 0
+    latency_n: int = 0
+    latency_p95_ms: float | None = None
+    latency_p99_ms: float | None = None
+    labelled: int = 0
+    error: float | None = None  # mean error over labelled requests (misclassification rate, MAE)
+    units: UnitStats = field(default_factory=UnitStats)
+    segments: Mapping[str, UnitStats] = field(default_factory=dict)
+
+    @property
+    def failure_rate(self) -> float:
+        return self.failures / self.requests if self.requests else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "requests": self.requests, "failures": self.failures,
+                "latency_n": self.latency_n, "latency_p95_ms": self.latency_p95_ms,
+                "latency_p99_ms": self.latency_p99_ms, "labelled": self.labelled, "error": self.error,
+                "units": self.units.n, "unit_mean": self.units.mean}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Finding:
+    """One rule's verdict: what was observed against what limit, and the sentence that says so."""
+
+    cause: str
+    observed: float
+    threshold: float
+    sentence: str
+
+
+def rollback_findings(challenger: ArmStats, champion: ArmStats, config: RolloutConfig) -> list[Finding]:
+    """Every rollback rule the challenger breaks (empty: none).
+
+    >>> cfg = RolloutConfig()
+    >>> champ = ArmStats(version="v1", requests=1000, failures=0)
+    >>> canary = ArmStats(version="v2", requests=30, failures=30)  # a 5% canary failing every request
+    >>> [f.sentence for f in rollback_findings(canary, champ, cfg)]
+    ['v2 failed 30 of 30 requests (100.0%) > 1.0% (2 x the champion v1 0.0% + 1.0%, p = 1e-60): roll back']
+    """
+    return [f for f in (_failures(challenger, champion, config), *_latency(challenger, champion, config),
+                        _error(challenger, champion, config)) if f is not None]
+
+
+def _failures(challenger: ArmStats, champion: ArmStats, config: RolloutConfig) -> Finding | None:
+    if challenger.requests < config.min_requests:
+        return None
+    relative = config.failure_ratio * champion.failure_rate + config.failure_margin
+    limit, why = ((relative, f"{config.failure_ratio:g} x the champion {champion.version} "
+                             f"{_pct(champion.failure_rate)} + {_pct(config.failure_margin)}")
+                  if relative < config.failure_max else (config.failure_max, "the absolute limit"))
+    if challenger.failure_rate <= limit:
+        return None
+    p = binomtest(challenger.failures, challenger.requests, limit, alternative="greater").pvalue
+    if p >= FAILURE_ALPHA:
+        return None
+    return Finding(cause="failures", observed=challenger.failure_rate, threshold=limit, sentence=(
+        f"{challenger.version} failed {challenger.failures:,} of {challenger.requests:,} requests "
+        f"({_pct(challenger.failure_rate)}) > {_pct(limit)} ({why}, p = {p:.2g}): roll back"))
+
+
+def _latency(challenger: ArmStats, champion: ArmStats, config: RolloutConfig) -> list[Finding]:
+    found = []
+    if challenger.latency_n < config.min_requests or challenger.latency_p95_ms is None:
+        return found
+    if (champion.latency_n >= config.min_requests and champion.latency_p95_ms is not None
+            and challenger.latency_p95_ms > config.latency_p95_ratio * champion.latency_p95_ms):
+        limit = config.latency_p95_ratio * champion.latency_p95_ms
+        found.append(Finding(cause="latency_p95", observed=challenger.latency_p95_ms, threshold=limit, sentence=(
+            f"{challenger.version} latency p95 {challenger.latency_p95_ms:.1f} ms > {config.latency_p95_ratio:g} x "
+            f"the champion's {champion.latency_p95_ms:.1f} ms = {limit:.1f} ms: roll back")))
+    if challenger.latency_p99_ms is not None and challenger.latency_p99_ms > config.latency_p99_max_ms:
+        found.append(Finding(cause="latency_p99", observed=challenger.latency_p99_ms,
+                             threshold=config.latency_p99_max_ms, sentence=(
+            f"{challenger.version} latency p99 {challenger.latency_p99_ms:.1f} ms > the ceiling "
+            f"{config.latency_p99_max_ms:g} ms: roll back")))
+    return found
+
+
+def _error(challenger: ArmStats, champion: ArmStats, config: RolloutConfig) -> Finding | None:
+    if (min(challenger.labelled, champion.labelled) < config.min_labelled or challenger.error is None
+            or champion.error is None):
+        return None
+    limit = config.error_ratio * champion.error
+    if challenger.error <= limit:
+        return None
+    return Finding(cause="error", observed=challenger.error, threshold=limit, sentence=(
+        f"{challenger.version} error {challenger.error:.4g} > {config.error_ratio:g} x the champion "
+        f"{champion.version} {champion.error:.4g} = {limit:.4g} on {challenger.labelled:,} and "
+        f"{champion.labelled:,} labelled requests: roll back"))
+
+
+@dataclass(slots=True, kw_only=True)
+class PromotionTest:
+    """The promotion test's state across looks: the overall mSPRT and one per declared segment value."""
+
+    tau2: float
+    ratio: float
+    alpha: float
+    overall: SequentialTest = field(init=False)
+    segments: dict[str, SequentialTest] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.overall = SequentialTest(tau2=self.tau2, alpha=self.alpha, ratio=self.ratio)
+
+    def look(self, challenger: ArmStats, champion: ArmStats) -> Decision:
+        """Update with both arms' figures; the decision so far."""
+        a, b = champion.units, challenger.units
+        p = self.overall.look(a.n, a.mean, a.var, b.n, b.mean, b.var)
+        worse = []
+        for name in sorted(set(challenger.segments) & set(champion.segments)):
+            test = self.segments.setdefault(name, SequentialTest(tau2=self.tau2, alpha=self.alpha))
+            sa, sb = champion.segments[name], challenger.segments[name]
+            test.look(sa.n, sa.mean, sa.var, sb.n, sb.mean, sb.var)
+            if test.significant and test.difference > 0:
+                worse.append(f"{name} (p = {test.p_value:.2g})")
+        figures = (f"challenger {b.mean:.4g} against {self.ratio:g} x champion {a.mean:.4g} = "
+                   f"{self.ratio * a.mean:.4g} per user ({b.n:,} and {a.n:,} users), mSPRT p = {p:.3g}")
+        if self.overall.significant and self.overall.difference > 0:
+            return Decision(kind="keep", p_value=p, sentence=(
+                f"{figures}: the challenger's error is significantly above {self.ratio:g} x the champion's, "
+                "no practical gain: keep the champion"))
+        if worse:
+            return Decision(kind="continue", p_value=p, sentence=(
+                f"{figures}; significantly worse in {', '.join(worse)}: not promoted"))
+        if self.overall.significant:
+            return Decision(kind="promote", p_value=p, sentence=f"{figures} <= alpha {self.alpha:g}: promote")
+        return Decision(kind="continue", p_value=p, sentence=f"{figures} > alpha {self.alpha:g}: not yet")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tau2": self.tau2, "ratio": self.ratio, "alpha": self.alpha,
+                "overall": [self.overall.p_value, self.overall.looks, self.overall.difference],
+                "segments": {k: [t.p_value, t.looks, t.difference] for k, t in self.segments.items()}}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> PromotionTest:
+        test = cls(tau2=doc["tau2"], ratio=doc["ratio"], alpha=doc["alpha"])
+        test.overall.p_value, test.overall.looks, test.overall.difference = doc["overall"]
+        for name, (p, looks, d) in doc.get("segments", {}).items():
+            seg = SequentialTest(tau2=test.tau2, alpha=test.alpha, p_value=p, looks=looks, difference=d)
+            test.segments[name] = seg
+        return test
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    """The promotion test's answer at one look: ``promote``, ``continue`` or ``keep`` (the champion)."""
+
+    kind: str
+    p_value: float
+    sentence: str
+
+
+def plan_test(champion: UnitStats, expected_ratio: float | None, units_available: float,
+              config: RolloutConfig) -> tuple[PromotionTest | None, str]:
+    """The promotion test for a ramp about to start, or None with the reason to abandon it.
+
+    ``champion``: the champion's per-user errors before the ramp; ``expected_ratio``: the challenger's error over
+    the champion's as the shadow measured it; ``units_available``: the users each arm can expect within the ramp's
+    maximum duration. The effect to find is the gain beyond ``promote_ratio`` the shadow measured; a fixed-horizon
+    sample size for it (the mSPRT needs somewhat more) above what the ramp can gather means the ramp cannot decide.
+
+    >>> test, why = plan_test(UnitStats(n=5000, mean=0.30, var=0.04), 0.80, 20_000, RolloutConfig())
+    >>> why
+    'needs about 216 users an arm to find a 0.054 lower error per user (0.27 sd) at 80% power; 20,000 available'
+    >>> plan_test(UnitStats(n=5000, mean=0.30, var=0.04), 0.99, 20_000, RolloutConfig())[1]
+    'the shadow measured the challenger at 0.99 x the champion: no gain beyond 0.98 x to find'
+    """
+    if expected_ratio is None or champion.n < 2 or not champion.mean > 0:
+        tau2 = max((0.05 * champion.mean) ** 2, 1e-12)
+        return (PromotionTest(tau2=tau2, ratio=config.promote_ratio, alpha=config.alpha),
+                "no shadow or champion figures to plan the sample with: the ramp runs to its maximum duration")
+    effect = (config.promote_ratio - expected_ratio) * champion.mean
+    if effect <= 0:
+        return None, (f"the shadow measured the challenger at {expected_ratio:.2f} x the champion: no gain beyond "
+                      f"{config.promote_ratio:g} x to find")
+    sd = math.sqrt(champion.var) if champion.var > 0 else champion.mean
+    needed = required_per_arm(effect / sd, alpha=config.alpha)
+    sentence = (f"needs about {needed:,} users an arm to find a {effect:.2g} lower error per user "
+                f"({effect / sd:.2g} sd) at 80% power; {units_available:,.0f} available")
+    if needed > units_available:
+        return None, f"{sentence}: impractical"
+    return PromotionTest(tau2=effect * effect, ratio=config.promote_ratio, alpha=config.alpha), sentence
+
+
+def step_ready(dwell_s: float, dwell_needed_s: int, step_requests: Mapping[str, int], min_requests: int) -> str | None:
+    """Why a step may not advance yet (None: it may): its dwell in event time, and each arm's requests at it.
+
+    >>> step_ready(3600, 7200, {"v2": 400, "v1": 8000}, 200)
+    'dwell 1.0 h of 2.0 h'
+    >>> step_ready(7200, 7200, {"v2": 150, "v1": 8000}, 200) is None
+    False
+    """
+    if dwell_s < dwell_needed_s:
+        return f"dwell {dwell_s / 3600:.1f} h of {dwell_needed_s / 3600:.1f} h"
+    short = [f"{v} {n:,} of {min_requests:,} requests" for v, n in step_requests.items() if n < min_requests]
+    return "; ".join(short) or None
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
