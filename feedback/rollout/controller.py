@@ -1,0 +1,538 @@
+"""The rollout controller: takes a candidate that passed its shadow through the ramp to champion, or back out.
+
+At each look, per model, in event time (the model's newest prediction), under a per-model advisory lock so that
+any number of rollout workers may look:
+
+- no rollout under way, a passed shadow waiting, no rollback latched: check that the champion (the rollback
+  target) loads from the registry, plan the promotion test from the shadow's measured gain (abandon if the ramp
+  cannot decide within its maximum duration), and start at the first step;
+- ramping: roll back if a rule says so (feedback/rollout/rules.py); otherwise look at the promotion test, and
+  advance a step once its dwell and each arm's requests are reached; the step to 100% needs the test's
+  significant win; a test significant the other way, or the maximum duration, keeps the champion;
+- holding (100%, no champion traffic left to compare with): the new champion is judged against the champion's
+  figures frozen when the ramp reached 100%, for the hold period, then becomes champion in the registry;
+- paused: rollback rules only.
+
+Every change is one transaction: the rollout row, its event (with sentence and evidence), the registry stage,
+the deployment row and its deployments-topic message in the outbox (message_version one higher), and the alert
+after commit. So a crash anywhere leaves either all of it or none, and the routers see exactly the committed
+deployments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from feedback.monitoring.config import ModelConfig, MonitoringConfig, RolloutConfig
+from feedback.registry.versions import Registry
+from feedback.rollout.rules import (
+    ArmStats,
+    Finding,
+    PromotionTest,
+    UnitStats,
+    plan_test,
+    rollback_findings,
+    step_ready,
+)
+from feedback.triggers.alerts import Alert, AlertSink
+from feedback.triggers.outbox import enqueue
+
+log = logging.getLogger(__name__)
+
+DEPLOYMENT_TOPIC = "deployments"
+ACTIVE = ("ramping", "paused", "holding")
+_LOCK_SPACE = 0x524F4C4C  # "ROLL": one controller look per model at a time
+
+_WATERMARK = "SELECT max(predicted_at) FROM predictions WHERE model_name = %s"
+_ACTIVE = f"SELECT * FROM rollouts WHERE model_name = %s AND state IN {ACTIVE!r} FOR UPDATE"
+_PASSED_SHADOW = """
+SELECT s.* FROM shadows s
+WHERE s.model_name = %s AND s.status = 'passed'
+  AND NOT EXISTS (SELECT 1 FROM rollouts r WHERE r.model_name = s.model_name AND r.challenger = s.version)
+ORDER BY s.decided_at DESC NULLS LAST LIMIT 1
+"""
+_TRAFFIC = """
+SELECT model_version, count(*) AS requests, count(*) FILTER (WHERE error IS NOT NULL) AS failures,
+       count(latency_ms) AS latency_n, percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95,
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms) AS p99
+FROM predictions
+WHERE model_name = %s AND model_version = ANY(%s) AND predicted_at >= %s AND predicted_at <= %s
+GROUP BY model_version
+"""
+_LABELLED = """
+SELECT p.model_version, coalesce(p.routing_key, p.prediction_id) AS unit, p.segment, p.prediction, l.label
+FROM predictions p JOIN current_labels l USING (prediction_id)
+WHERE p.model_name = %s AND p.model_version = ANY(%s) AND p.predicted_at >= %s AND p.predicted_at <= %s
+  AND p.error IS NULL
+"""
+_SHADOW_LABELLED = """
+SELECT coalesce(f.routing_key, f.prediction_id) AS unit, f.served_prediction, f.shadow_prediction, f.label
+FROM shadow_feedback f
+WHERE f.model_name = %s AND f.shadow_version = %s AND f.label IS NOT NULL AND f.labeled_at > %s
+  AND f.shadow_error IS NULL
+"""
+_UNITS_SEEN = """
+SELECT count(DISTINCT coalesce(routing_key, prediction_id)) AS users, min(predicted_at) AS first
+FROM predictions WHERE model_name = %s AND predicted_at > %s AND predicted_at <= %s
+"""
+_DEPLOYMENT = "SELECT * FROM deployments WHERE model_name = %s FOR UPDATE"
+_UPSERT_DEPLOYMENT = """
+INSERT INTO deployments (model_name, message_version, champion, challenger, challenger_share, salt, state,
+                         decided_at, reason)
+VALUES (%(model_name)s, %(message_version)s, %(champion)s, %(challenger)s, %(challenger_share)s, %(salt)s, %(state)s,
+        %(decided_at)s, %(reason)s)
+ON CONFLICT (model_name) DO UPDATE SET message_version = excluded.message_version, champion = excluded.champion,
+    challenger = excluded.challenger, challenger_share = excluded.challenger_share, salt = excluded.salt,
+    state = excluded.state, decided_at = excluded.decided_at, reason = excluded.reason, updated_at = now()
+"""
+_EVENT = """
+INSERT INTO rollout_events (rollout_id, model_name, version, kind, at, share, sentence, evidence, actor)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+"""
+
+
+class RolloutError(ValueError):
+    """A manual command that cannot apply (no rollout under way, nothing to roll back to); says what to do."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LookResult:
+    """What one look at one model did: its rollout's state and the sentence of what happened (or why not)."""
+
+    model_name: str
+    state: str | None
+    sentence: str
+    changed: bool
+
+
+class Controller:
+    """The ramp controller over every model configured with ``promotion = "shadow"``."""
+
+    def __init__(self, store: Any, config: MonitoringConfig, alerts: AlertSink, *,
+                 registry: Registry | None = None) -> None:
+        self.store = store
+        self.config = config
+        self.alerts = alerts
+        self.registry = registry or Registry()
+
+    def look(self, models: Iterable[str] | None = None) -> list[LookResult]:
+        """One look at each model (or those named); a model another process is looking at is skipped."""
+        results = []
+        for name in models if models is not None else sorted(self.config.models):
+            model = self.config.model(name)
+            if model is None or model.retrain.promotion != "shadow":
+                continue
+            pending: list[Alert] = []
+            try:
+                with (self.store.pool.connection() as conn, conn.transaction(),
+                      conn.cursor(row_factory=dict_row) as cur, conn.cursor() as registry_cur):
+                    if not _try_lock(cur, name):
+                        continue
+                    result = _Look(cur, registry_cur, model, self.registry, pending).run()
+            except Exception:
+                log.exception("rollout: the look at %s failed; the next look starts afresh", name)
+                continue
+            for alert in pending:
+                self.alerts.send(alert)
+            if result is not None:
+                results.append(result)
+                if result.changed:
+                    log.info("rollout %s: %s", name, result.sentence)
+        return results
+
+
+def _try_lock(cur: psycopg.Cursor[Any], model: str) -> bool:
+    key = int.from_bytes(hashlib.sha256(model.encode()).digest()[:4], "big") % 2**31  # an int4
+    row = cur.execute("SELECT pg_try_advisory_xact_lock(%s, %s) AS locked", (_LOCK_SPACE, key)).fetchone()
+    return bool(row and row["locked"])
+
+
+class _Look:
+    """One look at one model inside its transaction."""
+
+    def __init__(self, cur: psycopg.Cursor[Any], registry_cur: psycopg.Cursor[Any], model: ModelConfig,
+                 registry: Registry, alerts: list[Alert]) -> None:
+        self.cur = cur  # rows as dicts
+        self.rcur = registry_cur  # the registry's cursor (rows as tuples), same transaction
+        self.model = model
+        self.cfg: RolloutConfig = model.rollout
+        self.registry = registry
+        self.alerts = alerts
+        self.now: datetime | None = None
+
+    def run(self) -> LookResult | None:
+        self.now = watermark(self.cur, self.model.name)
+        if self.now is None:
+            return None
+        rollout = self.cur.execute(_ACTIVE, (self.model.name,)).fetchone()
+        if rollout is None:
+            return self.maybe_start()
+        if rollout["state"] == "holding":
+            return self.hold(rollout)
+        return self.ramp(rollout)
+
+    # -- starting ---------------------------------------------------------------------------------------------
+
+    def maybe_start(self) -> LookResult | None:
+        shadow = self.cur.execute(_PASSED_SHADOW, (self.model.name,)).fetchone()
+        if shadow is None:
+            return None
+        name, version, now = self.model.name, shadow["version"], self.now
+        assert now is not None
+        latch = self.cur.execute("SELECT version, reason FROM rollback_latches WHERE model_name = %s",
+                                 (name,)).fetchone()
+        if latch is not None:
+            return LookResult(model_name=name, state=None, changed=False, sentence=(
+                f"{version} passed its shadow but waits: the rollback of {latch['version']} is latched "
+                f"({latch['reason']}); `pitstop rollout clear --model {name}` lets ramps start again"))
+        champion = self.champion_version(shadow)
+        rollout_id = f"{name}/{version}"
+        if champion is None or champion == version:
+            self.registry.move(self.rcur, name, version, "canary", reason="no champion to ramp against")
+            self.registry.move(self.rcur, name, version, "champion", reason="no champion to ramp against")
+            sentence = f"{version} becomes champion at once: {name} has no champion to ramp against"
+            self.insert_rollout(rollout_id, shadow, champion or version, state="promoted", step=len(self.cfg.steps) - 1,
+                                share=1.0, test={}, sentence=sentence, ended=True)
+            self.deploy(champion=version, challenger=None, share=0.0, salt=rollout_id, state="promoted",
+                        reason=sentence)
+            self.event(rollout_id, version, "promoted", 1.0, sentence, {})
+            return LookResult(model_name=name, state="promoted", sentence=sentence, changed=True)
+        refusal = self.rollback_target_refusal(champion)
+        if refusal is None:
+            before = self.champion_units(champion, shadow)
+            ratio, shadow_units = self.shadow_ratio(shadow)
+            test, plan = plan_test(before, ratio, self.units_available(), self.cfg)
+        else:
+            test, plan = None, refusal
+        if test is None:
+            sentence = f"the ramp of {version} against {champion} is abandoned: {plan}"
+            self.insert_rollout(rollout_id, shadow, champion, state="abandoned", step=-1, share=0.0, test={},
+                                sentence=sentence, ended=True)
+            self.registry.move(self.rcur, name, version, "archived", reason=sentence)
+            self.event(rollout_id, version, "abandoned", 0.0, sentence, {"plan": plan})
+            self.alert("rollout_abandoned", sentence, version)
+            return LookResult(model_name=name, state="abandoned", sentence=sentence, changed=True)
+        share = self.cfg.steps[0]
+        measured = "no labelled shadow rows" if ratio is None else (
+            f"shadow error ratio {ratio:.3f} on {shadow_units:,} labelled requests")
+        sentence = f"ramp of {version} against {champion} starts: {version} serves {_pct(share)}; {measured}; {plan}"
+        self.insert_rollout(rollout_id, shadow, champion, state="ramping", step=0, share=share, test=test.to_json(),
+                            sentence=sentence, ended=False)
+        self.registry.move(self.rcur, name, version, "canary", reason=sentence)
+        self.deploy(champion=champion, challenger=version, share=share, salt=rollout_id, state="canary",
+                    reason=sentence)
+        self.event(rollout_id, version, "step", share, sentence, {"plan": plan, "champion_before": before.n})
+        return LookResult(model_name=name, state="ramping", sentence=sentence, changed=True)
+
+    def champion_version(self, shadow: Mapping[str, Any]) -> str | None:
+        deployed = self.cur.execute("SELECT champion FROM deployments WHERE model_name = %s",
+                                    (self.model.name,)).fetchone()
+        if deployed is not None:
+            return deployed["champion"]
+        registered = self.registry.champion(self.rcur, self.model.name)
+        return registered.version if registered is not None else shadow["champion"]
+
+    def rollback_target_refusal(self, champion: str) -> str | None:
+        """Why the champion cannot be the ramp's rollback target (None: it loads, or serves outside the registry)."""
+        version = self.registry.get(self.rcur, self.model.name, champion)
+        if version is None or version.artifact is None:
+            return None  # served by the model's own servers, not from the registry: they keep serving it
+        try:
+            self.registry.load(self.rcur, version)
+        except Exception as exc:
+            return f"the champion {champion}, the rollback target, does not load: {type(exc).__name__}: {exc}"
+        return None
+
+    def champion_units(self, champion: str, shadow: Mapping[str, Any]) -> UnitStats:
+        """The champion's per-user errors since the shadow started: the test's planning figures."""
+        stats = arm_stats(self.cur, self.model, [champion], shadow["started_at"], self.now)
+        return stats[champion].units
+
+    def shadow_ratio(self, shadow: Mapping[str, Any]) -> tuple[float | None, int]:
+        """The challenger's per-user error over the champion's on the labelled shadow rows (labels after its
+        cutoff, the same requests)."""
+        rows = self.cur.execute(_SHADOW_LABELLED, (self.model.name, shadow["version"], shadow["cutoff"])).fetchall()
+        if not rows:
+            return None, 0
+        frame = pd.DataFrame({"unit": [r["unit"] for r in rows],
+                              "served": row_errors(self.model, [r["served_prediction"] for r in rows],
+                                                   [r["label"] for r in rows]),
+                              "shadow": row_errors(self.model, [r["shadow_prediction"] for r in rows],
+                                                   [r["label"] for r in rows])})
+        per_user = frame.groupby("unit")[["served", "shadow"]].mean()
+        served = float(per_user["served"].mean())
+        if not served > 0:
+            return None, len(rows)
+        return float(per_user["shadow"].mean()) / served, len(rows)
+
+    def units_available(self) -> float:
+        """Users each arm can expect within the ramp's maximum duration at its last step below 100%: the distinct
+        users of the last ``max_duration`` (scaled up when the history is shorter) x that share."""
+        assert self.now is not None
+        span_start = self.now - timedelta(seconds=self.cfg.max_duration_s)
+        row = self.cur.execute(_UNITS_SEEN, (self.model.name, span_start, self.now)).fetchone()
+        users, first = row["users"], row["first"]
+        if not users or first is None:
+            return 0.0
+        seen_s = max((self.now - first).total_seconds(), 3_600.0)
+        scale = max(1.0, self.cfg.max_duration_s / seen_s)
+        below_full = [s for s in self.cfg.steps if s < 1.0]
+        return users * scale * (below_full[-1] if below_full else 0.5)
+
+    # -- ramping ----------------------------------------------------------------------------------------------
+
+    def ramp(self, rollout: dict[str, Any]) -> LookResult:
+        name, champion, challenger = self.model.name, rollout["champion"], rollout["challenger"]
+        assert self.now is not None
+        stats = arm_stats(self.cur, self.model, [champion, challenger], rollout["started_at"], self.now)
+        findings = rollback_findings(stats[challenger], stats[champion], self.cfg)
+        if findings:
+            return self.roll_back(rollout, findings, stats)
+        if rollout["state"] == "paused":
+            return LookResult(model_name=name, state="paused", changed=False,
+                              sentence=f"paused at {_pct(rollout['share'])}; no rollback rule broken")
+        test = PromotionTest.from_json(rollout["test"])
+        decision = test.look(stats[challenger], stats[champion])
+        evidence = {"arms": {v: s.to_json() for v, s in stats.items()}, "p_value": decision.p_value}
+        if decision.kind == "keep":
+            return self.end(rollout, "kept_champion", decision.sentence, evidence, test)
+        if self.now - rollout["started_at"] >= timedelta(seconds=self.cfg.max_duration_s):
+            sentence = (f"no significant gain after {_days(self.cfg.max_duration_s)} ({decision.sentence}): "
+                        f"keep the champion {champion}")
+            return self.end(rollout, "kept_champion", sentence, evidence, test)
+        step = rollout["step"]
+        step_traffic = arm_stats(self.cur, self.model, [champion, challenger], rollout["step_started_at"], self.now)
+        waiting = step_ready((self.now - rollout["step_started_at"]).total_seconds(), self.cfg.dwell_s[step],
+                             {v: s.requests for v, s in step_traffic.items()}, self.cfg.step_min_requests)
+        next_share = self.cfg.steps[step + 1]
+        if waiting is None and next_share >= 1.0 and decision.kind != "promote":
+            waiting = decision.sentence
+        if waiting is not None:
+            self.update(rollout, sentence=f"at {_pct(rollout['share'])}: {waiting}", test=test)
+            return LookResult(model_name=name, state=rollout["state"], changed=False, sentence=waiting)
+        if next_share >= 1.0:
+            sentence = (f"{challenger} serves 100% and is held for {_days(self.cfg.hold_s)} against the champion "
+                        f"{champion}'s frozen figures: {decision.sentence}")
+            baseline = stats[champion].to_json()
+            self.update(rollout, state="holding", step=step + 1, share=1.0, step_started_at=self.now,
+                        baseline=baseline, sentence=sentence, test=test)
+            self.deploy(champion=champion, challenger=challenger, share=1.0, salt=rollout["salt"], state="hold",
+                        reason=sentence)
+            self.event(rollout["rollout_id"], challenger, "holding", 1.0, sentence, {**evidence, "baseline": baseline})
+            return LookResult(model_name=name, state="holding", sentence=sentence, changed=True)
+        sentence = (f"{challenger} serves {_pct(next_share)} (from {_pct(rollout['share'])}): dwell and requests "
+                    f"reached, no rollback rule broken; {decision.sentence}")
+        self.update(rollout, step=step + 1, share=next_share, step_started_at=self.now, sentence=sentence, test=test)
+        self.deploy(champion=champion, challenger=challenger, share=next_share, salt=rollout["salt"], state="ramp",
+                    reason=sentence)
+        self.event(rollout["rollout_id"], challenger, "step", next_share, sentence, evidence)
+        return LookResult(model_name=name, state="ramping", sentence=sentence, changed=True)
+
+    def hold(self, rollout: dict[str, Any]) -> LookResult:
+        name, challenger = self.model.name, rollout["challenger"]
+        assert self.now is not None
+        since = rollout["step_started_at"]
+        stats = arm_stats(self.cur, self.model, [challenger], since, self.now)
+        baseline = _arm_from_json(rollout["baseline"])
+        findings = rollback_findings(stats[challenger], baseline, self.cfg)
+        if findings:
+            return self.roll_back(rollout, findings, {**stats, baseline.version: baseline})
+        if self.now - since < timedelta(seconds=self.cfg.hold_s):
+            return LookResult(model_name=name, state="holding", changed=False, sentence=(
+                f"holding: {(self.now - since).total_seconds() / 3600:.1f} h of {self.cfg.hold_s / 3600:.0f} h"))
+        sentence = (f"{challenger} is champion: it held {_days(self.cfg.hold_s)} at 100% within every rule against "
+                    f"{rollout['champion']}'s frozen figures ({_figures(stats[challenger])})")
+        self.registry.move(self.rcur, name, challenger, "champion", reason=sentence)
+        self.retire_old_champions()
+        self.update(rollout, state="promoted", ended_at=self.now, sentence=sentence)
+        self.deploy(champion=challenger, challenger=None, share=0.0, salt=rollout["salt"], state="promoted",
+                    reason=sentence)
+        self.event(rollout["rollout_id"], challenger, "promoted", 1.0, sentence,
+                   {"hold": stats[challenger].to_json(), "baseline": rollout["baseline"]})
+        return LookResult(model_name=name, state="promoted", sentence=sentence, changed=True)
+
+    # -- endings ----------------------------------------------------------------------------------------------
+
+    def roll_back(self, rollout: dict[str, Any], findings: Sequence[Finding],
+                  stats: Mapping[str, ArmStats]) -> LookResult:
+        sentence = "; ".join(f.sentence for f in findings)
+        result = self.end(rollout, "rolled_back", sentence,
+                          {"findings": [f.cause for f in findings], "arms": {v: s.to_json() for v, s in stats.items()}},
+                          None)
+        self.cur.execute("INSERT INTO rollback_latches (model_name, version, reason) VALUES (%s, %s, %s) "
+                         "ON CONFLICT (model_name) DO UPDATE SET version = excluded.version, reason = excluded.reason, "
+                         "latched_at = now()", (self.model.name, rollout["challenger"], sentence))
+        self.alert("rollback", sentence, rollout["challenger"])
+        return result
+
+    def end(self, rollout: dict[str, Any], state: str, sentence: str, evidence: Mapping[str, Any],
+            test: PromotionTest | None) -> LookResult:
+        """The challenger goes back to 0% and is rejected (rolled back, or the champion kept)."""
+        challenger = rollout["challenger"]
+        self.update(rollout, state=state, share=0.0, ended_at=self.now, sentence=sentence, test=test)
+        self.registry.move(self.rcur, self.model.name, challenger, "rejected", reason=sentence)
+        self.deploy(champion=rollout["champion"], challenger=None, share=0.0, salt=rollout["salt"],
+                    state="rolled_back" if state == "rolled_back" else "steady", reason=sentence)
+        self.event(rollout["rollout_id"], challenger, state, 0.0, sentence, evidence)
+        return LookResult(model_name=self.model.name, state=state, sentence=sentence, changed=True)
+
+    def retire_old_champions(self) -> None:
+        """Former champions beyond the last ``keep_champions`` are archived (they stop being loadable targets)."""
+        keep = self.cfg.keep_champions - 1  # the champion itself is one of them
+        for old in self.registry.past_champions(self.rcur, self.model.name, limit=1_000)[keep:]:
+            self.registry.move(self.rcur, self.model.name, old.version, "archived",
+                               reason=f"beyond the last {self.cfg.keep_champions} champions")
+
+    # -- writes -----------------------------------------------------------------------------------------------
+
+    def insert_rollout(self, rollout_id: str, shadow: Mapping[str, Any], champion: str, *, state: str, step: int,
+                       share: float, test: Mapping[str, Any], sentence: str, ended: bool) -> None:
+        self.cur.execute(
+            "INSERT INTO rollouts (rollout_id, model_name, champion, challenger, salt, state, step, share,"
+            " step_started_at, started_at, ended_at, test, sentence) VALUES"
+            " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (rollout_id, self.model.name, champion, shadow["version"], rollout_id, state, step, share, self.now,
+             self.now, self.now if ended else None, Jsonb(dict(test)), sentence))
+
+    def update(self, rollout: dict[str, Any], *, test: PromotionTest | None = None, **changes: Any) -> None:
+        if test is not None:
+            changes["test"] = test.to_json()
+        sets = ", ".join(f"{k} = %({k})s" for k in changes)
+        values = {k: Jsonb(v) if isinstance(v, dict) else v for k, v in changes.items()}
+        self.cur.execute(f"UPDATE rollouts SET {sets}, updated_at = now() WHERE rollout_id = %(rollout_id)s",
+                         {**values, "rollout_id": rollout["rollout_id"]})
+
+    def deploy(self, *, champion: str, challenger: str | None, share: float, salt: str, state: str,
+               reason: str) -> None:
+        publish_deployment(self.cur, self.model.name, champion=champion, challenger=challenger, share=share,
+                           salt=salt, state=state, reason=reason, at=self.now)
+
+    def event(self, rollout_id: str | None, version: str | None, kind: str, share: float | None, sentence: str,
+              evidence: Mapping[str, Any], actor: str = "controller") -> None:
+        record_event(self.cur, rollout_id, self.model.name, version, kind, self.now, share, sentence, evidence, actor)
+
+    def alert(self, kind: str, sentence: str, version: str) -> None:
+        assert self.now is not None
+        self.alerts.append(Alert.create(model_name=self.model.name, kind=kind, sentence=sentence, at=self.now,
+                                        key=version))
+
+
+# -- shared by the controller and the manual commands -------------------------------------------------------------
+
+def watermark(cur: psycopg.Cursor[Any], model: str) -> datetime | None:
+    """The model's event time: its newest prediction."""
+    row = cur.execute(_WATERMARK, (model,)).fetchone()
+    if row is None:
+        return None
+    return row["max"] if isinstance(row, dict) else row[0]
+
+
+def publish_deployment(cur: psycopg.Cursor[Any], model: str, *, champion: str, challenger: str | None, share: float,
+                       salt: str, state: str, reason: str, at: datetime | None) -> int:
+    """Write the model's next deployment and its message (one message_version higher) to the outbox; returns
+    the message version."""
+    row = cur.execute(_DEPLOYMENT, (model,)).fetchone()
+    current = (row["message_version"] if isinstance(row, dict) else row[0]) if row is not None else 0
+    doc = {"model_name": model, "message_version": current + 1, "champion": champion, "challenger": challenger,
+           "challenger_share": share if challenger else 0.0, "salt": salt, "state": state, "decided_at": at,
+           "reason": reason[:2000]}
+    cur.execute(_UPSERT_DEPLOYMENT, doc)
+    payload = {"schema_version": 1, **doc, "decided_at": at.isoformat() if at else None}
+    enqueue(cur, f"deployment/{model}/{current + 1}", DEPLOYMENT_TOPIC, model, payload)
+    return current + 1
+
+
+def record_event(cur: psycopg.Cursor[Any], rollout_id: str | None, model: str, version: str | None, kind: str,
+                 at: datetime | None, share: float | None, sentence: str, evidence: Mapping[str, Any],
+                 actor: str = "controller") -> None:
+    cur.execute(_EVENT, (rollout_id, model, version, kind, at, share, sentence, Jsonb(_jsonable(evidence)), actor))
+
+
+def arm_stats(cur: psycopg.Cursor[Any], model: ModelConfig, versions: Sequence[str], since: datetime,
+              until: datetime | None) -> dict[str, ArmStats]:
+    """Each version's requests, failures, latency and labelled errors (per user and per declared segment value)
+    among the model's predictions served by it in [since, until]."""
+    stats = {v: ArmStats(version=v) for v in versions}
+    for row in cur.execute(_TRAFFIC, (model.name, list(versions), since, until)).fetchall():
+        v, requests, failures, latency_n, p95, p99 = _values(row)
+        stats[v] = replace(stats[v], requests=requests, failures=failures, latency_n=latency_n,
+                           latency_p95_ms=p95, latency_p99_ms=p99)
+    rows = [_values(r) for r in cur.execute(_LABELLED, (model.name, list(versions), since, until)).fetchall()]
+    if not rows:
+        return stats
+    frame = pd.DataFrame({"version": [r[0] for r in rows], "unit": [r[1] for r in rows],
+                          "error": row_errors(model, [r[3] for r in rows], [r[4] for r in rows])})
+    for attribute in model.segments:
+        frame[attribute] = [str((r[2] or {}).get(attribute)) for r in rows]
+    for v, part in frame.groupby("version"):
+        segments = {}
+        for attribute in model.segments:
+            for value, seg in part.groupby(attribute):
+                segments[f"{attribute}={value}"] = unit_stats(seg)
+        stats[str(v)] = replace(stats[str(v)], labelled=len(part), error=float(part["error"].mean()),
+                                units=unit_stats(part), segments=segments)
+    return stats
+
+
+def unit_stats(rows: pd.DataFrame) -> UnitStats:
+    """Mean error per user, then the count, mean and (unbiased) variance of those means."""
+    per_user = rows.groupby("unit")["error"].mean().to_numpy()
+    n = len(per_user)
+    return UnitStats(n=n, mean=float(per_user.mean()) if n else 0.0,
+                     var=float(per_user.var(ddof=1)) if n > 1 else 0.0)
+
+
+def row_errors(model: ModelConfig, predictions: Sequence[Any], labels: Sequence[Any]) -> np.ndarray:
+    """Per request: misclassified (0/1) for classification, absolute error for regression; NaN where the
+    prediction is missing."""
+    if model.task == "classification":
+        return np.array([math.nan if p is None else float(p != y) for p, y in zip(predictions, labels, strict=True)])
+    return np.array([math.nan if p is None or y is None else abs(float(p) - float(y))
+                     for p, y in zip(predictions, labels, strict=True)])
+
+
+def _values(row: Any) -> tuple[Any, ...]:
+    return tuple(row.values()) if isinstance(row, dict) else tuple(row)
+
+
+def _arm_from_json(doc: Mapping[str, Any]) -> ArmStats:
+    return ArmStats(version=doc["version"], requests=doc["requests"], failures=doc["failures"],
+                    latency_n=doc["latency_n"], latency_p95_ms=doc["latency_p95_ms"],
+                    latency_p99_ms=doc["latency_p99_ms"], labelled=doc["labelled"], error=doc["error"])
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def _figures(s: ArmStats) -> str:
+    error = "no labels" if s.error is None else f"error {s.error:.4g} on {s.labelled:,} labelled"
+    return f"{s.requests:,} requests, {s.failures:,} failed, {error}"
+
+
+def _pct(share: float) -> str:
+    return f"{100 * share:g}%"
+
+
+def _days(seconds: float) -> str:
+    return f"{seconds / 86_400:g} d" if seconds >= 86_400 else f"{seconds / 3_600:g} h"

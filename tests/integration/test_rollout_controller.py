@@ -1,0 +1,258 @@
+"""The rollout controller on the real database: a good challenger walks every step to champion, dwell respected
+and each deployment message parseable by the router; a 5% canary failing every request is rolled back at its
+first look (the champion had no failure at all), latched, and the next candidate waits; a challenger that
+degrades after reaching 100% is rolled back during the hold; a challenger the shadow found no better is
+abandoned at the start; a champion that no longer loads stops the ramp before it starts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from psycopg.types.json import Jsonb
+from sklearn.linear_model import LogisticRegression
+
+from feedback.monitoring.config import parse_config
+from feedback.registry.artifacts import serialise
+from feedback.registry.versions import ModelVersion, Registry
+from feedback.rollout.controller import Controller
+from feedback.store import FeedbackStore
+from pitstop.router import parse_deployment
+
+T0 = datetime(2026, 5, 1, tzinfo=UTC)
+FAST = """
+[models.churn]
+task = "classification"
+positive_class = 1
+segments = ["region"]
+[models.churn.retrain]
+promotion = "shadow"
+[models.churn.rollout]
+dwell = ["1h", "1h", "1h", "1h"]
+hold = "3h"
+step_min_requests = 100
+"""
+
+
+class _Alerts:
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    def send(self, alert: Any) -> None:
+        self.sent.append(alert)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        pass
+
+
+@dataclass
+class World:
+    """Users served by the deployment in the database, each version with its error and failure rates."""
+
+    store: FeedbackStore
+    error: dict[str, float]
+    failure: dict[str, float] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    users: int = 3_000
+    per_hour: int = 600
+    at: datetime = T0
+    seq: int = 0
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(7))
+
+    def hour(self, served_by: str | None = None) -> None:
+        """An hour of requests routed by the current deployment (or all to ``served_by``), labelled at once."""
+        with self.store.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            row = cur.execute("SELECT message_version, champion, challenger, challenger_share, salt, state,"
+                              " decided_at, reason FROM deployments WHERE model_name = 'churn'").fetchone()
+            deployment = None if row is None else parse_deployment(_dumps_deployment(row))
+            predictions, labels = [], []
+            for k in range(self.per_hour):
+                self.seq += 1
+                user = f"u{int(self.rng.integers(self.users))}"
+                version = served_by or (deployment.route(user) if deployment else "v1")
+                at = self.at + timedelta(seconds=3600 * k / self.per_hour)
+                label = int(self.rng.integers(2))
+                failed = self.rng.random() < self.failure.get(version, 0.0)
+                wrong = self.rng.random() < self.error[version]
+                predictions.append((f"r{self.seq}", "churn", version, at, Jsonb({"x": 1.0}),
+                                    Jsonb(None if failed else (1 - label if wrong else label)),
+                                    user, Jsonb({"region": "eu" if self.seq % 2 else "us"}),
+                                    self.latency_ms.get(version, 4.0) * (1 + self.rng.random()),
+                                    "RuntimeError: boom" if failed else None))
+                labels.append((f"r{self.seq}", Jsonb(label), at + timedelta(minutes=1)))
+            cur.executemany("INSERT INTO predictions (prediction_id, model_name, model_version, predicted_at,"
+                            " features, prediction, routing_key, segment, latency_ms, error)"
+                            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", predictions)
+            cur.executemany("INSERT INTO current_labels (prediction_id, label, observed_at) VALUES (%s, %s, %s)",
+                            labels)
+        self.at += timedelta(hours=1)
+
+
+def _dumps_deployment(row: tuple[Any, ...]) -> bytes:
+    return json.dumps({"schema_version": 1, "model_name": "churn", "message_version": row[0], "champion": row[1],
+                       "challenger": row[2], "challenger_share": row[3], "salt": row[4], "state": row[5],
+                       "decided_at": row[6].isoformat(), "reason": row[7]}).encode()
+
+
+def _model() -> LogisticRegression:
+    x = np.random.default_rng(0).normal(size=(200, 1))
+    return LogisticRegression().fit(x, (x[:, 0] > 0).astype(int))
+
+
+def _setup(store: FeedbackStore, *, shadow_error: float = 0.2, champion_loads: bool = True) -> None:
+    """v1 the champion; v2 a candidate whose shadow passed, scored on 1,500 labelled requests served by v1."""
+    registry = Registry()
+    rng = np.random.default_rng(3)
+    with store.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        for version, stage in (("v1", "champion"), ("v2", "candidate")):
+            registry.register(cur, ModelVersion(model_name="churn", version=version, stage=stage),  # type: ignore[arg-type]
+                              serialise(_model()), reason="test")
+        registry.move(cur, "churn", "v2", "shadow", reason="test shadow")
+        rows, shadow_rows, labels = [], [], []
+        for i in range(1_500):
+            at = T0 - timedelta(hours=30) + timedelta(seconds=60 * i)
+            label = int(rng.integers(2))
+            served = label if rng.random() > 0.3 else 1 - label
+            shadow = label if rng.random() > shadow_error else 1 - label
+            rows.append((f"s{i}", at, Jsonb(served), f"u{i % 1000}"))
+            shadow_rows.append((f"s{i}", Jsonb(shadow)))
+            labels.append((f"s{i}", Jsonb(label), at + timedelta(minutes=5)))
+        cur.executemany("INSERT INTO predictions (prediction_id, model_name, model_version, predicted_at, features,"
+                        " prediction, routing_key, latency_ms) VALUES (%s, 'churn', 'v1', %s, '{}', %s, %s, 4)",
+                        rows)
+        cur.executemany("INSERT INTO shadow_predictions (model_name, version, prediction_id, prediction)"
+                        " VALUES ('churn', 'v2', %s, %s)", shadow_rows)
+        cur.executemany("INSERT INTO current_labels (prediction_id, label, observed_at) VALUES (%s, %s, %s)", labels)
+        cur.execute("INSERT INTO shadows (model_name, version, champion, cutoff, started_at, status, sentence,"
+                    " decided_at) VALUES ('churn', 'v2', 'v1', %s, %s, 'passed', 'passed', %s)",
+                    (T0 - timedelta(hours=31), T0 - timedelta(hours=30), T0))
+        if not champion_loads:
+            cur.execute("UPDATE model_artifacts SET data = data || '\\x00'::bytea WHERE artifact_id ="
+                        " (SELECT artifact_id FROM model_versions WHERE version = 'v1')")
+
+
+def _events(store: FeedbackStore) -> list[tuple[str, float | None, datetime, str]]:
+    with store.pool.connection() as conn:
+        return conn.execute("SELECT kind, share, at, sentence FROM rollout_events ORDER BY event_id").fetchall()
+
+
+def _stages(store: FeedbackStore) -> dict[str, str]:
+    with store.pool.connection() as conn:
+        return dict(conn.execute("SELECT version, stage FROM model_versions").fetchall())
+
+
+def _messages(store: FeedbackStore) -> list[Any]:
+    with store.pool.connection() as conn:
+        rows = conn.execute("SELECT payload FROM outbox WHERE topic = 'deployments' ORDER BY id").fetchall()
+    return [parse_deployment(json.dumps(r[0]).encode()) for r in rows]
+
+
+def _controller(store: FeedbackStore, text: str = FAST) -> tuple[Controller, _Alerts]:
+    alerts = _Alerts()
+    return Controller(store, parse_config(text), alerts), alerts
+
+
+def _run(world: World, controller: Controller, hours: int, until: str | None = None) -> None:
+    for _ in range(hours):
+        world.hour()
+        results = controller.look()
+        if until and results and results[-1].state == until:
+            return
+
+
+def test_a_good_challenger_walks_every_step_to_champion(store: FeedbackStore) -> None:
+    """Error 0.20 against 0.30 per request: 5, 10, 25, 50%, each after its dwell, then 100% held 3 h, then
+    champion; v1 becomes previous; every deployment message parses and its version rises by one."""
+    _setup(store)
+    controller, alerts = _controller(store)
+    world = World(store, error={"v1": 0.30, "v2": 0.20})
+    world.hour(served_by="v1")
+    _run(world, controller, 40, until="promoted")
+    events = _events(store)
+    kinds = [(k, s) for k, s, _, _ in events]
+    assert kinds == [("step", 0.05), ("step", 0.10), ("step", 0.25), ("step", 0.50), ("holding", 1.0),
+                     ("promoted", 1.0)], events
+    times = [at for _, _, at, _ in events]
+    assert all(b - a >= timedelta(hours=1) for a, b in zip(times[:4], times[1:5], strict=True))
+    assert times[5] - times[4] >= timedelta(hours=3)
+    assert _stages(store) == {"v1": "previous", "v2": "champion"}
+    messages = _messages(store)
+    assert [m.message_version for m in messages] == list(range(1, len(messages) + 1))
+    assert [m.challenger_share for m in messages] == [0.05, 0.10, 0.25, 0.50, 1.0, 0.0]
+    assert messages[-1].champion == "v2" and messages[-1].challenger is None
+    assert "mSPRT p = " in events[4][3] and not alerts.sent
+
+
+def test_a_5_percent_canary_failing_every_request_is_rolled_back_and_latched(store: FeedbackStore) -> None:
+    """The champion fails nothing; the canary fails all its requests: rolled back at the first look, rejected,
+    all traffic to v1 in the next message, an alert, and a later passed shadow waits for the latch."""
+    _setup(store)
+    controller, alerts = _controller(store)
+    world = World(store, error={"v1": 0.30, "v2": 0.20}, failure={"v2": 1.0})
+    world.hour(served_by="v1")
+    _run(world, controller, 3)
+    events = _events(store)
+    assert [k for k, *_ in events] == ["step", "rolled_back"], events
+    assert "failed" in events[1][3] and "(100.0%)" in events[1][3]
+    assert _stages(store)["v2"] == "rejected"
+    last = _messages(store)[-1]
+    assert (last.champion, last.challenger, last.challenger_share) == ("v1", None, 0.0)
+    assert [a.kind for a in alerts.sent] == ["rollback"]
+    with store.pool.connection() as conn:
+        assert conn.execute("SELECT version FROM rollback_latches").fetchone() == ("v2",)
+        conn.execute("INSERT INTO model_versions (model_name, version, stage) VALUES ('churn', 'v3', 'shadow')")
+        conn.execute("INSERT INTO shadows (model_name, version, champion, cutoff, started_at, status, decided_at)"
+                     " VALUES ('churn', 'v3', 'v1', %s, %s, 'passed', %s)", (world.at, world.at, world.at))
+    results = controller.look()
+    assert "latched" in results[0].sentence and not results[0].changed
+
+
+def test_a_challenger_degrading_after_100_percent_is_rolled_back_in_the_hold(store: FeedbackStore) -> None:
+    """Once v2 serves everything, no champion traffic is left: its error, 0.20 on the ramp, turns 0.50 and is
+    judged against v1's frozen 0.30: rolled back during the hold, v1 champion again."""
+    _setup(store)
+    controller, _ = _controller(store)
+    world = World(store, error={"v1": 0.30, "v2": 0.20})
+    world.hour(served_by="v1")
+    _run(world, controller, 40, until="holding")
+    world.error["v2"] = 0.50
+    _run(world, controller, 3, until="rolled_back")
+    events = _events(store)
+    assert [k for k, *_ in events][-2:] == ["holding", "rolled_back"]
+    assert "error" in events[-1][3] and "1.15 x the champion v1" in events[-1][3]
+    assert _stages(store) == {"v1": "champion", "v2": "rejected"}
+    assert _messages(store)[-1].challenger is None
+
+
+def test_a_challenger_the_shadow_found_no_better_is_abandoned_at_the_start(store: FeedbackStore) -> None:
+    """Shadow error 0.36 against the champion's 0.30: no gain beyond 0.98 x to find; the ramp never starts."""
+    _setup(store, shadow_error=0.36)
+    controller, alerts = _controller(store)
+    World(store, error={"v1": 0.30}).hour(served_by="v1")
+    results = controller.look()
+    assert results[0].state == "abandoned" and "no gain beyond 0.98 x" in results[0].sentence
+    assert _stages(store)["v2"] == "archived" and not _messages(store)
+    assert [a.kind for a in alerts.sent] == ["rollout_abandoned"]
+
+
+def test_a_champion_that_no_longer_loads_stops_the_ramp_before_it_starts(store: FeedbackStore) -> None:
+    """The rollback target must load (digest checked) before any user is sent to the challenger."""
+    _setup(store, champion_loads=False)
+    controller, _ = _controller(store)
+    World(store, error={"v1": 0.30}).hour(served_by="v1")
+    results = controller.look()
+    assert results[0].state == "abandoned" and "does not load: DigestMismatch" in results[0].sentence
+
+
+def test_looks_are_idempotent_and_hold_nothing_twice(store: FeedbackStore) -> None:
+    """Two looks at the same event time change nothing the second time."""
+    _setup(store)
+    controller, _ = _controller(store)
+    World(store, error={"v1": 0.30}).hour(served_by="v1")
+    assert controller.look()[0].changed
+    again = controller.look()
+    assert not again[0].changed and len(_events(store)) == 1 and len(_messages(store)) == 1
+
