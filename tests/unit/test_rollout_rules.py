@@ -1,0 +1,124 @@
+"""The ramp's rules against independent computations: each rollback cause at its limit (failures by scipy's
+exact binomial test, a zero-failure champion, a 5% canary failing every request, latency p95 ratio and p99
+ceiling, labelled error with its minimum rows); the promotion test's false-positive rate under the controller's
+repeated looks on simulated A/A users; Simpson's paradox (better overall, significantly worse in a segment) blocks
+promotion; step readiness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from feedback.monitoring.config import RolloutConfig
+from feedback.rollout.rules import ArmStats, PromotionTest, UnitStats, plan_test, rollback_findings, step_ready
+
+CFG = RolloutConfig()
+
+
+def _causes(challenger: ArmStats, champion: ArmStats, cfg: RolloutConfig = CFG) -> list[str]:
+    return [f.cause for f in rollback_findings(challenger, champion, cfg)]
+
+
+@pytest.mark.parametrize(("failures", "requests", "champion_failures", "expected"), [
+    (30, 30, 0, True),       # a 5% canary failing every request, champion never fails
+    (2, 100, 0, False),      # 2% against 0 + 1%: above, but not significantly (binomial p = 0.26)
+    (8, 200, 0, True),       # 4% against 1%: significant
+    (40, 1000, 10, False),   # 4% against 2 x 1% + 1% = 3%: above, p = 0.047 > 0.01
+    (60, 1000, 10, True),    # 6%: above 3% significantly
+    (140, 2000, 500, True),  # 7%, the champion failing half its requests: the 5% ceiling applies
+    (29, 29, 0, False),      # below min_requests: not judged yet
+])
+def test_the_failure_rule_matches_the_exact_binomial_test(failures: int, requests: int, champion_failures: int,
+                                                           expected: bool) -> None:
+    """Fires iff the rate is above min(2 x champion + 1%, 5%) and scipy's one-sided binomial p < 0.01."""
+    champion = ArmStats(version="v1", requests=1000, failures=champion_failures)
+    challenger = ArmStats(version="v2", requests=requests, failures=failures)
+    limit = min(2 * champion_failures / 1000 + 0.01, 0.05)
+    independent = (requests >= CFG.min_requests and failures / requests > limit
+                   and binomtest(failures, requests, limit, alternative="greater").pvalue < 0.01)
+    assert independent == expected
+    assert ("failures" in _causes(challenger, champion)) == expected
+
+
+def test_latency_rules_fire_on_the_p95_ratio_and_the_p99_ceiling() -> None:
+    champion = ArmStats(version="v1", requests=500, latency_n=500, latency_p95_ms=20.0, latency_p99_ms=40.0)
+    fast = ArmStats(version="v2", requests=100, latency_n=100, latency_p95_ms=29.9, latency_p99_ms=60.0)
+    slow = ArmStats(version="v2", requests=100, latency_n=100, latency_p95_ms=30.1, latency_p99_ms=60.0)
+    tail = ArmStats(version="v2", requests=100, latency_n=100, latency_p95_ms=25.0, latency_p99_ms=501.0)
+    few = ArmStats(version="v2", requests=10, latency_n=10, latency_p95_ms=900.0, latency_p99_ms=900.0)
+    assert _causes(fast, champion) == []
+    assert _causes(slow, champion) == ["latency_p95"]
+    assert _causes(tail, champion) == ["latency_p99"]
+    assert _causes(few, champion) == []
+
+
+def test_the_error_rule_needs_50_labelled_rows_an_arm() -> None:
+    champion = ArmStats(version="v1", labelled=400, error=0.20)
+    assert _causes(ArmStats(version="v2", labelled=50, error=0.231), champion) == ["error"]  # > 1.15 x 0.20 = 0.23
+    assert _causes(ArmStats(version="v2", labelled=50, error=0.229), champion) == []
+    assert _causes(ArmStats(version="v2", labelled=49, error=0.90), champion) == []
+
+
+def _arm(version: str, per_user: np.ndarray, segments: dict[str, np.ndarray] | None = None) -> ArmStats:
+    def stats(x: np.ndarray) -> UnitStats:
+        return UnitStats(n=len(x), mean=float(x.mean()), var=float(x.var(ddof=1)))
+
+    return ArmStats(version=version, units=stats(per_user),
+                    segments={k: stats(v) for k, v in (segments or {}).items()})
+
+
+def test_the_promotion_test_holds_its_false_positive_rate_under_the_controllers_looks() -> None:
+    """1,000 A/A ramps (per-user error rates, both arms alike), 30 looks each as users accumulate: the test
+    promotes in at most alpha of them (it tests against 0.98 x, so an A/A pair is a true null and then some)."""
+    rng = np.random.default_rng(11)
+    promoted = 0
+    for _ in range(1_000):
+        a = rng.beta(2, 5, 3_000)
+        b = rng.beta(2, 5, 3_000)
+        test = PromotionTest(tau2=(0.02 * 0.29) ** 2, ratio=1.0, alpha=0.05)
+        for n in range(100, 3_001, 100):
+            if test.look(_arm("v2", b[:n]), _arm("v1", a[:n])).kind == "promote":
+                promoted += 1
+                break
+    assert promoted / 1_000 <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 1_000), promoted
+
+
+def test_a_real_gain_is_promoted_and_a_segment_significantly_worse_blocks_it() -> None:
+    """Simpson's paradox: 30% lower error overall, but 20% higher in region=us; promoted only without the
+    segment's harm."""
+    rng = np.random.default_rng(5)
+    eu_a, us_a = rng.beta(3, 7, 4_000), rng.beta(3, 7, 1_000)
+    eu_b, us_b = rng.beta(3, 7, 4_000) * 0.6, np.clip(rng.beta(3, 7, 1_000) * 1.4, 0, 1)
+    champion = _arm("v1", np.concatenate([eu_a, us_a]), {"region=eu": eu_a, "region=us": us_a})
+    harmful = _arm("v2", np.concatenate([eu_b, us_b]), {"region=eu": eu_b, "region=us": us_b})
+    test = PromotionTest(tau2=0.01 ** 2, ratio=0.98, alpha=0.05)
+    decision = test.look(harmful, champion)
+    assert decision.kind == "continue" and "significantly worse in region=us" in decision.sentence
+    fine_us = rng.beta(3, 7, 1_000) * 0.95
+    good = _arm("v2", np.concatenate([eu_b, fine_us]), {"region=eu": eu_b, "region=us": fine_us})
+    assert PromotionTest(tau2=0.01 ** 2, ratio=0.98, alpha=0.05).look(good, champion).kind == "promote"
+    restored = PromotionTest.from_json(test.to_json())
+    assert restored.to_json() == test.to_json()
+
+
+def test_a_challenger_significantly_above_098_x_keeps_the_champion() -> None:
+    """1% better is a tie: not worth a change (the practical gain must exceed 2%)."""
+    rng = np.random.default_rng(8)
+    a = rng.beta(3, 7, 20_000)
+    decision = PromotionTest(tau2=0.005 ** 2, ratio=0.98, alpha=0.05).look(_arm("v2", a * 0.99 + 0.01 * 0.3),
+                                                                            _arm("v1", a * 0.9 + 0.1 * 0.3))
+    assert decision.kind in ("keep", "continue")
+
+
+def test_the_plan_abandons_what_the_ramp_cannot_decide() -> None:
+    champion = UnitStats(n=5_000, mean=0.30, var=0.04)
+    assert plan_test(champion, 0.80, 20_000, CFG)[0] is not None
+    test, why = plan_test(champion, 0.97, 100, CFG)
+    assert test is None and why.endswith("impractical")
+
+
+def test_a_step_waits_for_its_dwell_and_each_arms_requests() -> None:
+    assert step_ready(7199, 7200, {"v1": 500, "v2": 500}, 200) == "dwell 2.0 h of 2.0 h"
+    assert step_ready(7200, 7200, {"v1": 500, "v2": 199}, 200) == "v2 199 of 200 requests"
+    assert step_ready(7200, 7200, {"v1": 500, "v2": 200}, 200) is None
