@@ -153,9 +153,47 @@ class Controller:
         return results
 
 
+    # -- a person's commands: each one transaction, its event naming who ran it ------------------------------
+
+    def rollback(self, name: str, actor: str) -> str:
+        """Back to the champion: a ramp under way ends rolled back (and latched); with none, the previous champion
+        returns, in one deployment message."""
+        return self._command(name, actor, "rollback")
+
+    def promote(self, name: str, actor: str) -> str:
+        """The ramp's challenger becomes champion now, whatever its step."""
+        return self._command(name, actor, "promote")
+
+    def pause(self, name: str, actor: str, *, resume: bool = False) -> str:
+        """Freeze the ramp at its share (rollback rules still apply), or resume it (its step's dwell restarts)."""
+        return self._command(name, actor, "resume" if resume else "pause")
+
+    def clear(self, name: str, actor: str) -> str:
+        """Clear a latched rollback: ramps of the model may start again."""
+        return self._command(name, actor, "clear")
+
+    def _command(self, name: str, actor: str, command: str) -> str:
+        model = self.config.model(name)
+        if model is None:
+            known = ", ".join(sorted(self.config.models)) or "none"
+            msg = f"no model {name!r} in the configuration (configured: {known})"
+            raise RolloutError(msg)
+        with (self.store.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur,
+              conn.cursor() as registry_cur):
+            cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_SPACE, _lock_key(name)))
+            look = _Look(cur, registry_cur, model, self.registry, [])
+            look.now = watermark(cur, name)
+            sentence = getattr(look, f"by_{command}")(actor)
+        log.info("rollout %s: %s", name, sentence)
+        return sentence
+
+
+def _lock_key(model: str) -> int:
+    return int.from_bytes(hashlib.sha256(model.encode()).digest()[:4], "big") % 2**31  # an int4
+
+
 def _try_lock(cur: psycopg.Cursor[Any], model: str) -> bool:
-    key = int.from_bytes(hashlib.sha256(model.encode()).digest()[:4], "big") % 2**31  # an int4
-    row = cur.execute("SELECT pg_try_advisory_xact_lock(%s, %s) AS locked", (_LOCK_SPACE, key)).fetchone()
+    row = cur.execute("SELECT pg_try_advisory_xact_lock(%s, %s) AS locked", (_LOCK_SPACE, _lock_key(model))).fetchone()
     return bool(row and row["locked"])
 
 
@@ -394,6 +432,78 @@ class _Look:
         for old in self.registry.past_champions(self.rcur, self.model.name, limit=1_000)[keep:]:
             self.registry.move(self.rcur, self.model.name, old.version, "archived",
                                reason=f"beyond the last {self.cfg.keep_champions} champions")
+
+    # -- commands ---------------------------------------------------------------------------------------------
+
+    def active(self, verb: str) -> dict[str, Any]:
+        rollout = self.cur.execute(_ACTIVE, (self.model.name,)).fetchone()
+        if rollout is None:
+            msg = f"{self.model.name} has no ramp under way to {verb}; `pitstop models show {self.model.name}` shows it"
+            raise RolloutError(msg)
+        return rollout
+
+    def by_rollback(self, actor: str) -> str:
+        name = self.model.name
+        rollout = self.cur.execute(_ACTIVE, (name,)).fetchone()
+        if rollout is not None:
+            sentence = f"{actor} rolled back {rollout['challenger']} at {_pct(rollout['share'])}"
+            self.roll_back(rollout, [Finding(cause="manual", observed=0, threshold=0, sentence=sentence)], {})
+            return f"{sentence}; all traffic to {rollout['champion']} (latched: `pitstop rollout clear` to undo)"
+        current = self.registry.champion(self.rcur, name)
+        previous = self.registry.past_champions(self.rcur, name, limit=1)
+        if not previous:
+            msg = (f"{name} has no previous champion to return to"
+                   f"{f' (champion {current.version})' if current else ''}")
+            raise RolloutError(msg)
+        back = previous[0].version
+        sentence = f"{actor} returned {name} to the previous champion {back}" + (
+            f" (from {current.version})" if current else "")
+        self.registry.move(self.rcur, name, back, "champion", reason=sentence)
+        self.deploy(champion=back, challenger=None, share=0.0, salt=f"{name}/{back}", state="rolled_back",
+                    reason=sentence)
+        self.event(None, back, "rolled_back", 0.0, sentence, {}, actor=actor)
+        return sentence
+
+    def by_promote(self, actor: str) -> str:
+        rollout = self.active("promote")
+        challenger = rollout["challenger"]
+        sentence = f"{actor} promoted {challenger} at {_pct(rollout['share'])}, skipping the rest of the ramp"
+        self.registry.move(self.rcur, self.model.name, challenger, "champion", reason=sentence)
+        self.retire_old_champions()
+        self.update(rollout, state="promoted", share=1.0, ended_at=self.now, sentence=sentence)
+        self.deploy(champion=challenger, challenger=None, share=0.0, salt=rollout["salt"], state="promoted",
+                    reason=sentence)
+        self.event(rollout["rollout_id"], challenger, "promoted", 1.0, sentence, {}, actor=actor)
+        return sentence
+
+    def by_pause(self, actor: str) -> str:
+        rollout = self.active("pause")
+        if rollout["state"] == "paused":
+            return f"{rollout['challenger']} is already paused at {_pct(rollout['share'])}"
+        sentence = f"{actor} paused the ramp of {rollout['challenger']} at {_pct(rollout['share'])}"
+        self.update(rollout, state="paused", sentence=sentence)
+        self.event(rollout["rollout_id"], rollout["challenger"], "paused", rollout["share"], sentence, {}, actor=actor)
+        return sentence
+
+    def by_resume(self, actor: str) -> str:
+        rollout = self.active("resume")
+        if rollout["state"] != "paused":
+            return f"{rollout['challenger']} is not paused ({rollout['state']} at {_pct(rollout['share'])})"
+        sentence = (f"{actor} resumed the ramp of {rollout['challenger']} at {_pct(rollout['share'])}; "
+                    "its dwell restarts")
+        self.update(rollout, state="ramping", step_started_at=self.now, sentence=sentence)
+        self.event(rollout["rollout_id"], rollout["challenger"], "resumed", rollout["share"], sentence, {},
+                   actor=actor)
+        return sentence
+
+    def by_clear(self, actor: str) -> str:
+        latch = self.cur.execute("DELETE FROM rollback_latches WHERE model_name = %s RETURNING version, reason",
+                                 (self.model.name,)).fetchone()
+        if latch is None:
+            return f"{self.model.name} has no latched rollback"
+        sentence = f"{actor} cleared the latched rollback of {latch['version']} ({latch['reason']})"
+        self.event(None, latch["version"], "latch_cleared", None, sentence, {}, actor=actor)
+        return sentence
 
     # -- writes -----------------------------------------------------------------------------------------------
 

@@ -12,13 +12,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+import pytest
 from psycopg.types.json import Jsonb
 from sklearn.linear_model import LogisticRegression
 
 from feedback.monitoring.config import parse_config
 from feedback.registry.artifacts import serialise
 from feedback.registry.versions import ModelVersion, Registry
-from feedback.rollout.controller import Controller
+from feedback.rollout.controller import Controller, RolloutError
 from feedback.store import FeedbackStore
 from pitstop.router import parse_deployment
 
@@ -256,3 +257,31 @@ def test_looks_are_idempotent_and_hold_nothing_twice(store: FeedbackStore) -> No
     again = controller.look()
     assert not again[0].changed and len(_events(store)) == 1 and len(_messages(store)) == 1
 
+
+
+def test_a_persons_commands_pause_resume_promote_roll_back_and_clear(store: FeedbackStore) -> None:
+    """Pause freezes the share through hours that would advance it; resume restarts the dwell; promote ends the
+    ramp at once; rollback with no ramp returns the previous champion in one message; a command with nothing to
+    act on says so in one line."""
+    _setup(store)
+    controller, _ = _controller(store)
+    world = World(store, error={"v1": 0.30, "v2": 0.20})
+    world.hour(served_by="v1")
+    _run(world, controller, 1)
+    assert "paused the ramp of v2 at 5%" in controller.pause("churn", "ana")
+    _run(world, controller, 3)
+    assert [s for k, s, *_ in _events(store)] == [0.05, 0.05]  # the step and the pause, nothing more
+    assert "its dwell restarts" in controller.pause("churn", "ana", resume=True)
+    assert "promoted v2 at 5%" in controller.promote("churn", "ana")
+    assert _stages(store) == {"v1": "previous", "v2": "champion"}
+    before = len(_messages(store))
+    assert "returned churn to the previous champion v1 (from v2)" in controller.rollback("churn", "ana")
+    assert _stages(store) == {"v1": "champion", "v2": "previous"}
+    messages = _messages(store)
+    assert len(messages) == before + 1 and (messages[-1].champion, messages[-1].challenger) == ("v1", None)
+    with pytest.raises(RolloutError, match="has no ramp under way to promote"):
+        controller.promote("churn", "ana")
+    assert controller.clear("churn", "ana") == "churn has no latched rollback"
+    with store.pool.connection() as conn:
+        actors = [r[0] for r in conn.execute("SELECT actor FROM rollout_events ORDER BY event_id").fetchall()]
+    assert actors == ["controller", "ana", "ana", "ana", "ana"]
