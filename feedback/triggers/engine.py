@@ -426,6 +426,12 @@ SELECT max(fired_at) FILTER (WHERE fired_at <= %(at)s),
         ORDER BY d.fired_at DESC LIMIT 1)
 FROM retrain_decisions WHERE model_name = %(m)s AND status = 'fired' AND kind <> 'pool'
 """
+# a ramp under way (feedback/rollout/controller.py): a retrain waits for it
+_ROLLOUT = """
+SELECT challenger || ' at ' || round((100 * share)::numeric, 1) || '%%' || CASE WHEN state = 'ramping' THEN ''
+       ELSE ', ' || state END
+FROM rollouts WHERE model_name = %s AND state IN ('ramping', 'paused', 'holding')
+"""
 # the outcomes since the last reset of the breaker, newest first (a reset starts the count again)
 _OUTCOMES = """
 SELECT outcome FROM retrain_outcomes
@@ -463,7 +469,9 @@ class PostgresLedger:
             if outcome != "rejected":
                 break
             rejected += 1
-        return History(last_fired_at=last, fired_last_day=int(day), running=running, rejected_in_row=rejected)
+        rollout = self.cur.execute(_ROLLOUT, (model,)).fetchone()
+        return History(last_fired_at=last, fired_last_day=int(day), running=running, rejected_in_row=rejected,
+                       rollout=None if rollout is None else rollout[0])
 
     def decision(self, decision_id: str) -> Decision | None:
         row = self.cur.execute(f"{_SELECT} WHERE decision_id = %s", (decision_id,)).fetchone()

@@ -429,6 +429,7 @@ class History:
     fired_last_day: int = 0
     running: str | None = None  # the trigger id of a training without an outcome yet
     rejected_in_row: int = 0  # since a person last reset the breaker
+    rollout: str | None = None  # a ramp under way ("v3 at 25%"): every retrain waits for it to end
 
 
 def suppression(kind: Kind, at: datetime, history: History, config: TriggerConfig) -> str | None:
@@ -444,7 +445,11 @@ def suppression(kind: Kind, at: datetime, history: History, config: TriggerConfi
     'cooldown: the last retrain fired 2.0 h ago, cooldown 6.0 h (until 2026-03-02 18:00 UTC)'
     >>> suppression("manual", t, History(last_fired_at=t - timedelta(hours=2)), TriggerConfig()) is None
     True
+    >>> suppression("manual", t, History(rollout="v3 at 25%"), TriggerConfig())
+    'a rollout is under way (v3 at 25%): the retrain waits until it ends'
     """
+    if history.rollout is not None:
+        return f"a rollout is under way ({history.rollout}): the retrain waits until it ends"
     if history.running is not None:
         return f"a training for this model is already running (trigger {history.running})"
     if kind == "manual":

@@ -249,3 +249,22 @@ def test_an_episode_longer_than_the_span_keeps_its_id_and_counts_labels_in_the_s
     assert [(r[0], r[1], r[2]) for r in rows] == [
         (f"churn/drift/v1/{change:%Y-%m-%dT%H:%M:%SZ}", "fired", change)], rows
     assert rows[0][3] >= 9000
+
+
+def test_a_retrain_requested_during_a_rollout_waits_recorded_until_it_ends(store: FeedbackStore,
+                                                                          config: MonitoringConfig) -> None:
+    """Even a person's request is held back while a ramp is under way (its reason names the ramp), and fires once
+    the ramp has ended."""
+    engine = TriggerEngine(config, Alerts())
+    with store.pool.connection() as conn:
+        conn.execute("INSERT INTO model_versions (model_name, version, stage) VALUES ('churn', 'v3', 'canary')")
+        conn.execute("INSERT INTO rollouts (rollout_id, model_name, champion, challenger, salt, state, step, share,"
+                     " step_started_at, started_at) VALUES ('churn/v3', 'churn', 'v1', 'v3', 's', 'ramping', 2, 0.25,"
+                     " now(), now())")
+        waiting = engine.manual(conn, "churn", reason="new features", requested_by="ana", request_id="r1")
+        assert waiting.status == "suppressed"
+        assert waiting.suppressed_by == "a rollout is under way (v3 at 25.0%): the retrain waits until it ends"
+        conn.execute("UPDATE rollouts SET state = 'promoted'")
+        fired = engine.manual(conn, "churn", reason="new features", requested_by="ana", request_id="r1")
+        assert fired.status == "fired"
+    assert store.scalar("SELECT count(*) FROM outbox") == 1
