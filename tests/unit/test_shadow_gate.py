@@ -1,0 +1,188 @@
+"""The shadow gate on fixed data, checked against independent numpy and scipy computations: the error ratio, the
+failure rate and its binomial test, the p99 of the disagreement, agreement; waiting, expiry, the early fail and
+the disagreement tail."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from feedback.monitoring.config import RolloutConfig
+from feedback.rollout.shadow import ShadowRows, shadow_verdict
+
+DAY = 86_400
+CONFIG = RolloutConfig()
+
+
+def _classification(n: int = 1500, *, served_flip: float = 0.20, shadow_fixes: float = 0.15, failures: int = 5,
+                    seed: int = 0) -> ShadowRows:
+    """Labelled rows where the shadow repeats the served class but gets ``shadow_fixes`` of its mistakes right."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 2, n)
+    p_served = np.clip(truth * 0.7 + 0.15 + rng.normal(0, 0.1, n), 0, 1)
+    p_shadow = np.clip(p_served + rng.normal(0, 0.05, n), 0, 1)
+    served = np.where(rng.random(n) < served_flip, 1 - truth, truth)
+    shadow = np.where((served != truth) & (rng.random(n) < shadow_fixes), truth, served)
+    failed = np.zeros(n, dtype=bool)
+    failed[rng.choice(n, failures, replace=False)] = True
+    key = np.vectorize(str, otypes=[object])
+    return ShadowRows(labels=key(truth), served=key(served), shadow=key(shadow), failed=failed,
+                      served_proba=p_served, shadow_proba=np.where(failed, np.nan, p_shadow))
+
+
+def _checks(verdict) -> dict:
+    return {c.name: c for c in verdict.checks}
+
+
+def test_classification_figures_match_independent_computations() -> None:
+    """Error ratio, failure rate and its one-sided binomial p-value, the p99 probability gap and agreement are
+    the figures numpy and scipy give on the same rows; the candidate passes."""
+    rows = _classification()
+    rows = ShadowRows(labels=rows.labels, served=rows.served, shadow=rows.shadow, failed=rows.failed,
+                      served_proba=rows.served_proba, shadow_proba=rows.shadow_proba, scored=2000, failures=7)
+    v = shadow_verdict(rows, CONFIG, task="classification", positive_class=1, duration_s=2 * DAY)
+    ok = ~rows.failed
+    champion = np.mean(rows.served != rows.labels)
+    challenger = np.mean(np.where(ok, rows.shadow != rows.labels, True))
+    gaps = np.abs(rows.shadow_proba - rows.served_proba)[ok]
+    assert v.status == "passed", v.sentence
+    f = v.figures
+    assert f["champion_error"] == pytest.approx(champion) and f["challenger_error"] == pytest.approx(challenger)
+    assert f["error_threshold"] == pytest.approx(1.10 * champion)
+    assert f["failure_rate"] == pytest.approx(7 / 2000)
+    assert f["binomial_p"] == pytest.approx(binomtest(7, 2000, 0.01, alternative="greater").pvalue)
+    assert f["gap_p99"] == pytest.approx(np.percentile(gaps, 99))
+    assert f["agreement"] == pytest.approx(np.mean(ok & (rows.shadow == rows.served)))
+    checks = _checks(v)
+    assert checks["error_ratio"].sentence == (
+        f"challenger error {challenger:.3g} <= 1.10 x champion {champion:.3g} = {1.1 * champion:.3g} on 1,500 "
+        "labelled requests: passed")
+    assert checks["failure_rate"].sentence == "failures 7 of 2,000 scored requests = 0.35% <= 1.00%: passed"
+    assert checks["gap_tail"].sentence.startswith("p99 of the p(1) gap ") and checks["gap_tail"].passed
+    assert v.sentence.startswith("passed: challenger error ") and not v.escalate
+
+
+def test_regression_failures_count_as_the_shadows_largest_error() -> None:
+    """A failed regression row counts as the largest absolute error the shadow made on the labelled rows; the
+    gap tail is bounded by the champion's p99 absolute error; agreement is |gap| <= the champion's MAE."""
+    rng = np.random.default_rng(1)
+    n = 1200
+    y = rng.normal(20, 5, n)
+    served = y + rng.normal(0, 1.0, n)
+    shadow = y + rng.normal(0, 0.9, n)
+    failed = np.zeros(n, dtype=bool)
+    failed[:6] = True
+    v = shadow_verdict(ShadowRows(labels=y, served=served, shadow=shadow, failed=failed), CONFIG, task="regression",
+                       duration_s=DAY)
+    ok = ~failed
+    worst = np.max(np.abs(shadow - y)[ok])
+    challenger = np.mean(np.where(ok, np.abs(shadow - y), worst))
+    champion_abs = np.abs(served - y)
+    assert v.figures["challenger_error"] == pytest.approx(challenger)
+    assert v.figures["champion_error"] == pytest.approx(champion_abs.mean())
+    assert v.figures["gap_p99"] == pytest.approx(np.percentile(np.abs(shadow - served)[ok], 99))
+    assert v.figures["gap_threshold"] == pytest.approx(3.0 * np.percentile(champion_abs, 99))
+    assert v.figures["agreement"] == pytest.approx(np.mean(ok & (np.abs(shadow - served) <= champion_abs.mean())))
+    assert v.status == "passed", v.sentence
+
+
+def test_waiting_until_both_labels_and_duration() -> None:
+    """Too few labelled rows, or too little event time, is waiting, never passed, whatever the errors."""
+    rows = _classification(n=999, failures=0)
+    few = shadow_verdict(rows, CONFIG, task="classification", positive_class=1, duration_s=5 * DAY)
+    assert few.status == "waiting"
+    assert few.sentence == "waiting: 999 of 1,000 labelled requests, 5 days of 24.0 h"
+    enough = _classification(n=1000, failures=0)
+    short = shadow_verdict(enough, CONFIG, task="classification", positive_class=1, duration_s=DAY - 1)
+    assert short.status == "waiting" and _checks(short)["duration"].passed is False
+    assert shadow_verdict(enough, CONFIG, task="classification", positive_class=1, duration_s=DAY).status == "passed"
+
+
+def test_a_shadow_without_its_labels_expires_with_the_reason() -> None:
+    """At the maximum duration without enough labels, the shadow expires and says how far it got."""
+    v = shadow_verdict(_classification(n=412, failures=0), CONFIG, task="classification", positive_class=1,
+                       duration_s=14 * DAY)
+    assert v.status == "expired"
+    assert v.sentence == "expired: 412 of 1,000 labelled requests after 14 days"
+
+
+@pytest.mark.parametrize("scored", [30, 200, 5000])
+def test_a_model_failing_half_its_rows_never_passes(scored: int) -> None:
+    """Half the rows failing fails the shadow as soon as min_requests rows are scored, labelled or not, on a
+    binomial p-value that is scipy's; with every label and all the time it still fails."""
+    failures = scored // 2
+    none = np.array([], dtype=object)
+    early = shadow_verdict(ShadowRows(labels=none, served=none, shadow=none, failed=np.array([], dtype=bool),
+                                      scored=scored, failures=failures), CONFIG, task="classification",
+                           positive_class=1, duration_s=60)
+    assert early.status == "failed"
+    p = binomtest(failures, scored, 0.01, alternative="greater").pvalue
+    assert early.figures["binomial_p"] == pytest.approx(p) and p < 0.01
+    assert "failed at once" in early.sentence and "= 50.00% > 1.00%, significantly" in early.sentence
+    rows = _classification(n=2000, failures=1000, shadow_fixes=1.0)  # right on every row it answers
+    late = shadow_verdict(rows, CONFIG, task="classification", positive_class=1, duration_s=3 * DAY)
+    assert late.status == "failed"
+
+
+def test_failures_below_min_requests_wait_and_a_slight_excess_fails_at_the_verdict() -> None:
+    """Fewer than min_requests scored rows are not failed early; a failure rate a little above the limit, not
+    significantly, fails only at the verdict."""
+    none = np.array([], dtype=object)
+    few = shadow_verdict(ShadowRows(labels=none, served=none, shadow=none, failed=np.array([], dtype=bool),
+                                    scored=29, failures=29), CONFIG, task="classification", positive_class=1,
+                         duration_s=60)
+    assert few.status == "waiting"
+    rows = _classification(n=1500, failures=18, shadow_fixes=0.5)  # 1.2%
+    assert binomtest(18, 1500, 0.01, alternative="greater").pvalue > 0.01
+    v = shadow_verdict(rows, CONFIG, task="classification", positive_class=1, duration_s=2 * DAY)
+    assert v.status == "failed" and v.sentence == "failed: failures 18 of 1,500 scored requests = 1.20% > 1.00%: failed"
+
+
+def test_a_catastrophic_regression_tail_fails_though_the_mean_error_passes() -> None:
+    """A candidate that agrees with the champion on 95% of requests and is off by 50 x the champion's p99 error on
+    the other 5% passes the mean error ratio (rare huge label outliers dominate both means) and fails on the tail."""
+    rng = np.random.default_rng(2)
+    n = 4000
+    y = rng.normal(30, 3, n)
+    outliers = np.zeros(n, dtype=bool)
+    outliers[rng.choice(n, 20, replace=False)] = True  # 0.5%: the world's rare huge delays, no model foresees them
+    y[outliers] += 20_000
+    served = y - np.where(outliers, 20_000, 0) + rng.normal(0, 1, n)
+    champion_p99 = np.percentile(np.abs(served - y), 99)
+    shadow = served.copy()
+    off = rng.random(n) < 0.05
+    shadow[off] += 50 * champion_p99
+    v = shadow_verdict(ShadowRows(labels=y, served=served, shadow=shadow, failed=np.zeros(n, dtype=bool)), CONFIG,
+                       task="regression", duration_s=2 * DAY)
+    checks = _checks(v)
+    assert checks["error_ratio"].passed, checks["error_ratio"].sentence
+    assert checks["gap_tail"].passed is False
+    assert v.figures["gap_p99"] == pytest.approx(np.percentile(np.abs(shadow - served), 99))
+    assert v.figures["gap_threshold"] == pytest.approx(3.0 * champion_p99)
+    assert v.status == "failed" and v.sentence.startswith("failed: p99 |gap| ")
+
+
+def test_without_probabilities_the_tail_is_not_bounded_and_says_so() -> None:
+    """Classification without probabilities on both sides passes on its errors, saying the tail is not bounded."""
+    rows = _classification()
+    rows = ShadowRows(labels=rows.labels, served=rows.served, shadow=rows.shadow, failed=rows.failed)
+    v = shadow_verdict(rows, CONFIG, task="classification", positive_class=1, duration_s=2 * DAY)
+    assert v.status == "passed"
+    assert "no class probabilities on both sides: the disagreement tail is not bounded" in v.sentence
+
+
+def test_low_agreement_escalates_and_fails_nothing() -> None:
+    """Two equally good models that disagree on half the requests: passed, and escalated to a person."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    truth = rng.integers(0, 2, n)
+    served = np.where(rng.random(n) < 0.3, 1 - truth, truth)
+    shadow = np.where(rng.random(n) < 0.3, 1 - truth, truth)
+    key = np.vectorize(str, otypes=[object])
+    v = shadow_verdict(ShadowRows(labels=key(truth), served=key(served), shadow=key(shadow),
+                                  failed=np.zeros(n, dtype=bool)), CONFIG, task="classification", positive_class=1,
+                       duration_s=2 * DAY)
+    assert v.status == "passed" and v.escalate
+    assert v.figures["agreement"] == pytest.approx(np.mean(served == shadow))
+    assert _checks(v)["agreement"].sentence.endswith("< 80%: escalated to a person (it fails nothing)")
