@@ -130,3 +130,27 @@ def _connect(settings: Settings) -> psycopg.Connection[Any]:
     except psycopg.OperationalError as exc:
         msg = f"the feedback store did not answer: {str(exc).strip().splitlines()[0]}"
         raise PitstopError(msg) from None
+
+
+_TRAIL = """
+SELECT recorded_at, at, step, sentence FROM version_trail WHERE model_name = %s AND version = %s
+ORDER BY recorded_at, source, seq
+"""
+
+
+def trail(settings: Settings, model: str, version: str, *, as_json: bool, say: Say) -> int:
+    """The chain of one version, from the decision that asked for it to promotion or rollback."""
+    with _connect(settings) as conn:
+        rows = conn.execute(_TRAIL, (model, version)).fetchall()
+    if not rows:
+        msg = f"{model} {version} has no trail: it is not in the registry; `pitstop models list` shows what is"
+        raise PitstopError(msg)
+    if as_json:
+        say(json.dumps([dict(zip(("recorded_at", "at", "step", "sentence"), r, strict=True)) for r in rows],
+                       default=str))
+        return 0
+    say(f"{model} {version}: {len(rows)} steps (times UTC; event time in brackets where the step has one)")
+    for recorded, at, step, sentence in rows:
+        event = f" [{at:%Y-%m-%d %H:%M}]" if at is not None else ""
+        say(f"  {recorded:%Y-%m-%d %H:%M:%S}{event}  {step:<16} {sentence}")
+    return 0

@@ -118,3 +118,33 @@ CREATE TABLE rollback_latches (
     reason       text NOT NULL,
     latched_at   timestamptz NOT NULL DEFAULT now()
 );
+
+-- One trail per version: the decision that asked for it (its change point and the labels it waited for), the
+-- training's outcome, each offline gate, each stage move, the shadow verdict and every ramp step, to promotion or
+-- rollback; in the order they were recorded, with the event time where the step has one.
+CREATE VIEW version_trail AS
+SELECT v.model_name, v.version, d.recorded_at, coalesce(d.fired_at, d.decided_at) AS at, 0 AS source, 0::bigint AS seq,
+       'decision' AS step,
+       d.kind || ' (' || d.urgency || ', ' || d.status || '): ' || d.sentence
+       || coalesce('; change from ' || to_char(d.change_point AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') || ' UTC', '')
+       || coalesce(', ' || d.labels_since_change || ' labels since', '') AS sentence
+FROM model_versions v JOIN retrain_decisions d ON d.decision_id = v.trigger_id
+UNION ALL
+SELECT v.model_name, v.version, o.recorded_at, NULL, 1, 0, 'training', o.outcome || ': ' || o.sentence
+FROM model_versions v JOIN retrain_outcomes o ON o.trigger_id = v.trigger_id
+UNION ALL
+SELECT g.model_name, g.version, v.created_at, NULL, 2, g.ordinal, 'gate',
+       CASE WHEN g.passed THEN 'pass ' WHEN NOT g.passed THEN 'FAIL ' ELSE 'info ' END || g.set_name || ': ' || g.sentence
+FROM model_gate_results g JOIN model_versions v USING (model_name, version)
+UNION ALL
+SELECT c.model_name, c.version, c.changed_at, NULL, 3, c.change_id, 'stage',
+       coalesce(c.from_stage, 'registered') || ' -> ' || c.to_stage
+       || CASE WHEN EXISTS (SELECT 1 FROM rollout_events e WHERE e.model_name = c.model_name AND e.version = c.version
+                            AND e.recorded_at = c.changed_at) THEN '' ELSE ': ' || c.reason END
+FROM model_stage_changes c
+UNION ALL
+SELECT e.model_name, e.version, e.recorded_at, e.at, 4, e.event_id, e.kind,
+       e.sentence || CASE WHEN e.actor IN ('controller', 'shadow') THEN '' ELSE ' (by ' || e.actor || ')' END
+FROM rollout_events e WHERE e.version IS NOT NULL;
+COMMENT ON VIEW version_trail IS
+    'For each model version, every step from the retrain decision to promotion or rollback, each with its sentence; order by recorded_at, source, seq.';

@@ -185,6 +185,12 @@ def test_a_good_challenger_walks_every_step_to_champion(store: FeedbackStore) ->
     assert [m.challenger_share for m in messages] == [0.05, 0.10, 0.25, 0.50, 1.0, 0.0]
     assert messages[-1].champion == "v2" and messages[-1].challenger is None
     assert "mSPRT p = " in events[4][3] and not alerts.sent
+    with store.pool.connection() as conn:
+        trail = conn.execute("SELECT step, sentence FROM version_trail WHERE model_name = 'churn' AND version = 'v2'"
+                             " ORDER BY recorded_at, source, seq").fetchall()
+    assert [step for step, _ in trail] == ["stage", "stage", "stage", "step", "step", "step", "step",
+                                           "holding", "stage", "promoted"], trail
+    assert trail[0][1] == "registered -> candidate: test" and trail[2][1] == "shadow -> canary"
 
 
 def test_a_5_percent_canary_failing_every_request_is_rolled_back_and_latched(store: FeedbackStore) -> None:
