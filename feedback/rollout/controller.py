@@ -172,7 +172,11 @@ class Controller:
         """Clear a latched rollback: ramps of the model may start again."""
         return self._command(name, actor, "clear")
 
-    def _command(self, name: str, actor: str, command: str) -> str:
+    def drill(self, name: str, actor: str, version: str) -> str:
+        """Start a ramp of ``version`` (registered as a candidate by the drill) at once, without a shadow."""
+        return self._command(name, actor, "drill", version=version)
+
+    def _command(self, name: str, actor: str, command: str, **kwargs: Any) -> str:
         model = self.config.model(name)
         if model is None:
             known = ", ".join(sorted(self.config.models)) or "none"
@@ -183,7 +187,7 @@ class Controller:
             cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_SPACE, _lock_key(name)))
             look = _Look(cur, registry_cur, model, self.registry, [])
             look.now = watermark(cur, name)
-            sentence = getattr(look, f"by_{command}")(actor)
+            sentence = getattr(look, f"by_{command}")(actor, **kwargs)
         log.info("rollout %s: %s", name, sentence)
         return sentence
 
@@ -494,6 +498,28 @@ class _Look:
         self.update(rollout, state="ramping", step_started_at=self.now, sentence=sentence)
         self.event(rollout["rollout_id"], rollout["challenger"], "resumed", rollout["share"], sentence, {},
                    actor=actor)
+        return sentence
+
+    def by_drill(self, actor: str, version: str) -> str:
+        name = self.model.name
+        if self.cur.execute(_ACTIVE, (name,)).fetchone() is not None:
+            msg = f"{name} has a ramp under way; a drill starts only between ramps (`pitstop models show {name}`)"
+            raise RolloutError(msg)
+        champion = self.champion_version({"champion": None})
+        if champion is None:
+            msg = f"{name} has no champion to fall back to; a drill needs one"
+            raise RolloutError(msg)
+        rollout_id = f"{name}/{version}"
+        share = self.cfg.steps[0]
+        sentence = f"{actor} started a rollback drill: {version}, which fails every request, serves {_pct(share)}"
+        for stage in ("shadow", "canary"):
+            self.registry.move(self.rcur, name, version, stage, reason=sentence)  # type: ignore[arg-type]
+        self.insert_rollout(rollout_id, {"version": version}, champion, state="ramping", step=0, share=share,
+                            test=PromotionTest(tau2=1.0, ratio=self.cfg.promote_ratio, alpha=self.cfg.alpha).to_json(),
+                            sentence=sentence, ended=False)
+        self.deploy(champion=champion, challenger=version, share=share, salt=rollout_id, state="canary",
+                    reason=sentence)
+        self.event(rollout_id, version, "step", share, sentence, {"drill": True}, actor=actor)
         return sentence
 
     def by_clear(self, actor: str) -> str:

@@ -571,7 +571,9 @@ class TriggerEngine:
             wall_now: datetime | None = None) -> list[Decision]:
         """Decide for every model with triggers; returns the decisions that are new or changed."""
         wall_now = wall_now or datetime.now(UTC)
-        live = live_evaluations(evaluations)
+        with conn.cursor() as cur:
+            champions = dict(cur.execute("SELECT model_name, champion FROM deployments").fetchall())
+        live = live_evaluations(evaluations, champions)
         changed: list[Decision] = []
         for name, model in sorted(self.config.models.items()):
             if not model.triggers.enabled:
@@ -600,12 +602,19 @@ class TriggerEngine:
                                        request_id=request_id, at=at)
 
 
-def live_evaluations(evaluations: Iterable[Evaluation]) -> dict[str, Evaluation]:
-    """Per model, the evaluation of its live version: the one with the newest traffic."""
+def live_evaluations(evaluations: Iterable[Evaluation],
+                     champions: Mapping[str, str] | None = None) -> dict[str, Evaluation]:
+    """Per model, the evaluation of its live version: the one with the newest traffic; between versions serving
+    the same windows (a canary beside its champion) the deployed champion."""
+    champions = champions or {}
+
+    def rank(ev: Evaluation) -> tuple[Any, ...]:
+        return ev.evaluated_at, champions.get(ev.model_name) == ev.model_version, ev.model_version
+
     live: dict[str, Evaluation] = {}
     for ev in evaluations:
         have = live.get(ev.model_name)
-        if have is None or (ev.evaluated_at, ev.model_version) > (have.evaluated_at, have.model_version):
+        if have is None or rank(ev) > rank(have):
             live[ev.model_name] = ev
     return live
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from feedback.monitoring.config import ModelConfig, parse_config
 from feedback.monitoring.evaluate import Evaluation
-from feedback.triggers.engine import Decider, Decision, alerts_for
+from feedback.triggers.engine import Decider, Decision, alerts_for, live_evaluations
 from feedback.triggers.replay import MemoryLedger
 from feedback.triggers.rules import History, suppression
 
@@ -194,3 +194,15 @@ def test_the_pool_look_fires_once_when_a_pending_change_has_pool_labels() -> Non
     ledger.save(replace(look_, fired_at=at))
     history = ledger.history("churn", at + timedelta(minutes=5))
     assert (history.last_fired_at, history.fired_last_day, history.running) == (None, 0, None)
+
+
+def test_the_live_version_is_the_newest_and_between_equals_the_deployed_champion() -> None:
+    """A 5% canary serves the same windows as its champion: the champion's evaluation decides, not the canary's
+    (whose name sorts later); a version with newer traffic still wins (after a promotion, or with no deployment)."""
+
+    now = datetime(2026, 3, 2, tzinfo=UTC)
+    champion, canary = (Evaluation(model_name="churn", model_version=v, evaluated_at=now) for v in ("v1", "v2"))
+    assert live_evaluations([champion, canary])["churn"].model_version == "v2"
+    assert live_evaluations([champion, canary], {"churn": "v1"})["churn"].model_version == "v1"
+    later = Evaluation(model_name="churn", model_version="v2", evaluated_at=now + timedelta(hours=6))
+    assert live_evaluations([champion, later], {"churn": "v1"})["churn"].model_version == "v2"
