@@ -199,7 +199,6 @@ def test_the_pool_look_fires_once_when_a_pending_change_has_pool_labels() -> Non
 def test_the_live_version_is_the_newest_and_between_equals_the_deployed_champion() -> None:
     """A 5% canary serves the same windows as its champion: the champion's evaluation decides, not the canary's
     (whose name sorts later); a version with newer traffic still wins (after a promotion, or with no deployment)."""
-
     now = datetime(2026, 3, 2, tzinfo=UTC)
     champion, canary = (Evaluation(model_name="churn", model_version=v, evaluated_at=now) for v in ("v1", "v2"))
     assert live_evaluations([champion, canary])["churn"].model_version == "v2"
