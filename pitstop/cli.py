@@ -1,5 +1,5 @@
 """`pitstop`: the operator's command line (up, down, status, migrate, topics, demo, monitor, reference, triggers,
-retrain, retrain-worker, models)."""
+retrain, retrain-worker, rollout-worker, models)."""
 
 from __future__ import annotations
 
@@ -132,6 +132,15 @@ def cmd_retrain_worker(args: argparse.Namespace, settings: Settings) -> int:
     return retrain_service.run(settings)
 
 
+def cmd_rollout_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from feedback.store import migrate
+    from pitstop import rollout_service
+
+    _, database_url = settings.require_services()
+    migrate(database_url, settings.db_schema)
+    return rollout_service.run(settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pitstop", description="Keep production models fresh.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -209,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "candidates (runs until Ctrl-C)")
     worker.add_argument("--instance", type=int, default=0, help=argparse.SUPPRESS)  # tells `pitstop up`'s apart
     worker.set_defaults(func=cmd_retrain_worker)
+    rollout = sub.add_parser("rollout-worker", help="take candidates through shadow evaluation: score live "
+                             "predictions with them, judge them (runs until Ctrl-C)")
+    rollout.add_argument("--instance", type=int, default=0, help=argparse.SUPPRESS)  # tells `pitstop up`'s apart
+    rollout.set_defaults(func=cmd_rollout_worker)
     models = sub.add_parser("models", help="the model registry")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     mlist = models_sub.add_parser("list", help="registered versions, newest first per model")

@@ -391,3 +391,13 @@ def start_retrain_worker(env: Mapping[str, str], log_path: Path, index: int) -> 
     marker = f"--instance={index}"
     proc = _spawn([sys.executable, "-m", "pitstop.cli", "retrain-worker", marker], log_path, {**os.environ, **env})
     return ProcessRecord.of(proc.pid, f"{RETRAIN_PREFIX}{index}", marker)
+
+
+ROLLOUT_PREFIX = "rollout-"
+
+
+def start_rollout_worker(env: Mapping[str, str], log_path: Path, index: int) -> ProcessRecord:
+    """Start one rollout worker process (``pitstop rollout-worker``: shadows and the ramp) with ``env``."""
+    marker = f"--instance={index}"
+    proc = _spawn([sys.executable, "-m", "pitstop.cli", "rollout-worker", marker], log_path, {**os.environ, **env})
+    return ProcessRecord.of(proc.pid, f"{ROLLOUT_PREFIX}{index}", marker)

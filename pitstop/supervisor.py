@@ -37,6 +37,8 @@ RESTART_WINDOW_S = 600.0
 RESTART_LOG_LINES = 5
 #: Retrain worker processes `pitstop up` starts (trainings of different models run in parallel across them).
 RETRAIN_WORKERS = 1
+#: Rollout worker processes `pitstop up` starts (shadow scoring and the ramp; more would share the models' locks).
+ROLLOUT_WORKERS = 1
 
 
 @dataclass(slots=True)
@@ -105,6 +107,10 @@ def start_stack(settings: Settings, workers: int, *, on_step: Callable[[str], No
             record.workers.append(_start_retrain_worker(running, index))
         record.save(state_dir)
         on_step(f"retrain   {RETRAIN_WORKERS} retrain worker(s) started (one training per model at a time)")
+        for index in range(ROLLOUT_WORKERS):
+            record.workers.append(_start_rollout_worker(running, index))
+        record.save(state_dir)
+        on_step(f"rollout   {ROLLOUT_WORKERS} rollout worker(s) started (shadow evaluation of candidates)")
         (state_dir / ENV_FILE_NAME).write_text(
             f"PITSTOP_KAFKA_BOOTSTRAP={running.kafka_bootstrap}\nPITSTOP_DATABASE_URL={running.database_url}\n"
         )
@@ -130,15 +136,23 @@ def _start_retrain_worker(running: RunningStack, index: int) -> stack.ProcessRec
     return stack.start_retrain_worker(running.worker_env, log_path, index)
 
 
+def _start_rollout_worker(running: RunningStack, index: int) -> stack.ProcessRecord:
+    log_path = running.state_dir / "logs" / f"{stack.ROLLOUT_PREFIX}{index}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    return stack.start_rollout_worker(running.worker_env, log_path, index)
+
+
 def _restart(running: RunningStack, worker: stack.ProcessRecord, position: int) -> stack.ProcessRecord:
     """Start again the worker recorded at ``position``, of its own kind."""
     if worker.name.startswith(stack.RETRAIN_PREFIX):
         return _start_retrain_worker(running, int(worker.name.removeprefix(stack.RETRAIN_PREFIX)))
+    if worker.name.startswith(stack.ROLLOUT_PREFIX):
+        return _start_rollout_worker(running, int(worker.name.removeprefix(stack.ROLLOUT_PREFIX)))
     return _start_worker(running, position)
 
 
 def _worker_log(running: RunningStack, worker: stack.ProcessRecord, position: int) -> Path:
-    if worker.name.startswith(stack.RETRAIN_PREFIX):
+    if worker.name.startswith((stack.RETRAIN_PREFIX, stack.ROLLOUT_PREFIX)):
         return running.state_dir / "logs" / f"{worker.name}.log"
     return _log_path(running, position)
 
@@ -156,7 +170,7 @@ def _start_worker(running: RunningStack, index: int) -> stack.ProcessRecord:
 def _wait_ready(running: RunningStack) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     for index, worker in enumerate(running.record.workers):
-        if worker.name.startswith(stack.RETRAIN_PREFIX):
+        if worker.name.startswith((stack.RETRAIN_PREFIX, stack.ROLLOUT_PREFIX)):
             continue  # ready when it polls: nothing waits on it
         while not _ready_file(running, index).exists():
             if not stack.is_ours(worker):

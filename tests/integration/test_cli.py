@@ -49,7 +49,7 @@ def test_up_detach_status_down(stack_dir: Path) -> None:
         status = _pitstop(stack_dir, "status", "--json")
         assert status.returncode == 0, status.stdout + status.stderr
         rows = {r["component"]: r for r in json.loads(status.stdout)}
-        assert set(rows) == {"supervisor", "broker", "database", "worker-0", "worker-1", "retrain-0"}
+        assert set(rows) == {"supervisor", "broker", "database", "worker-0", "worker-1", "retrain-0", "rollout-0"}
         assert all(r["healthy"] for r in rows.values())
         again = _pitstop(stack_dir, "up", "--detach")
         assert again.returncode == 1 and "already running" in again.stderr

@@ -1,0 +1,139 @@
+"""The rollout worker's Faust app: the candidates agent (each candidate starts its shadow) and the rollout rounds
+(shadow scoring and judging), in a consumer group of its own so that nothing here can slow the ingest."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import faust
+
+from feedback.errors import IngestStopped
+from feedback.registry.versions import Registry
+from feedback.rollout.shadow import CandidateIntake, ModelCache, judge_round, score_round
+from feedback.store import FeedbackStore
+from feedback.store.ingest import TRANSIENT_ERRORS, InboundMessage
+from feedback.triggers.alerts import alert_sink
+from pitstop.settings import Settings
+from streams.app import EXIT_INGEST_BUG, publish_dead_letters
+from streams.consumer import set_fetch_max_wait
+
+log = logging.getLogger(__name__)
+
+#: the rollout worker's app id (and consumer group) is the ingest's with this suffix
+APP_SUFFIX = "-rollout"
+#: seconds between rollout rounds
+ROUND_INTERVAL_S = 2.0
+#: the shadow scoring's time budget in a round (a slow shadow model waits for the next round)
+SCORE_BUDGET_S = 5.0
+CANDIDATE_BATCH = 50
+
+
+def rollout_app_id(settings: Settings) -> str:
+    """The rollout worker's app id and consumer group: never the ingest's."""
+    return settings.app_id + APP_SUFFIX
+
+
+def build_rollout_app(settings: Settings, *, ready_file: Path | None = None) -> faust.App:
+    """The rollout app: one agent takes candidate events, one timer runs the rollout rounds in a thread."""
+    bootstrap, database_url = settings.require_services()
+    set_fetch_max_wait(settings.fetch_max_wait_ms)
+    topics = settings.topics
+    app_id = rollout_app_id(settings)
+    datadir = settings.state_dir / "faust" / app_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        app_id,
+        broker=f"kafka://{bootstrap}",
+        datadir=str(datadir),
+        web_enabled=False,
+        broker_session_timeout=6,
+        broker_heartbeat_interval=1,
+        topic_partitions=settings.partitions,
+        topic_allow_declare=False,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+    )
+    candidates = app.topic(topics.candidates, value_type=bytes, key_type=bytes, value_serializer="raw",
+                           key_serializer="raw")
+    dead_letter = app.topic(topics.dead_letter, value_type=bytes, key_type=bytes, value_serializer="raw",
+                            key_serializer="raw")
+    store = FeedbackStore(database_url, settings.db_schema, max_size=4)
+    registry = Registry()
+    alerts = alert_sink(settings.alert_webhook)
+    models = ModelCache()
+    intake = CandidateIntake(store, settings.monitoring, registry=registry, alerts=alerts, models=models)
+
+    async def start_then_ack(stream: faust.StreamT[Any], events: list[Any]) -> None:
+        try:
+            result = await asyncio.to_thread(intake.receive, [_inbound(e.message) for e in events])
+            await publish_dead_letters(dead_letter, result.dead_letters)
+        except IngestStopped:
+            return  # shutting down: the batch stays unacked and is redelivered
+        except Exception:
+            _exit_unacked(events)
+        for event in events:
+            await stream.ack(event)
+
+    @app.agent(candidates, name="candidates", concurrency=1)
+    async def take_candidates(stream: faust.StreamT[Any]) -> None:
+        # acked only once every candidate of the batch has started its shadow or is a stored dead letter
+        async for events in stream.noack_take(CANDIDATE_BATCH, within=0.5):
+            await start_then_ack(stream, events)
+
+    def shadow_round() -> None:
+        score_round(store, registry, settings.monitoring, budget_s=SCORE_BUDGET_S, models=models)
+        judge_round(store, registry, settings.monitoring, alerts)
+
+    # The rounds of each tick, in order, each in a worker thread. The ramp controller's look goes in this list,
+    # after the shadow round (feedback/rollout/controller.py), e.g. `rounds.append(lambda: controller.look(...))`.
+    rounds: list[Callable[[], object]] = [shadow_round]
+
+    @app.timer(interval=ROUND_INTERVAL_S)
+    async def rollout_rounds() -> None:
+        for run in rounds:
+            await asyncio.to_thread(run_round, run)
+
+    @app.on_rebalance_complete.connect
+    async def _mark_ready(sender: faust.App, **_: Any) -> None:
+        if ready_file is not None:
+            ready_file.parent.mkdir(parents=True, exist_ok=True)
+            ready_file.write_text(str(sorted(str(tp) for tp in app.consumer.assignment())))
+
+    @app.on_before_shutdown.connect
+    async def _stop(sender: faust.App, **_: Any) -> None:
+        intake.stop()
+        await asyncio.to_thread(alerts.close)
+
+    store.open(wait=False)  # connects in the background; the first batch and round wait for it
+    return app
+
+
+def run_round(run: Callable[[], object]) -> None:
+    """One rollout round; a failure is logged and the next tick starts afresh (the rounds keep their state in
+    the database, and each model's own errors are handled inside them)."""
+    try:
+        run()
+    except TRANSIENT_ERRORS as exc:
+        log.warning("rollout round skipped, database unavailable: %s", exc)
+    except Exception:
+        log.exception("rollout round failed; the next round starts afresh")
+
+
+def _exit_unacked(events: list[Any]) -> NoReturn:
+    """A bug, not bad input (the intake turns bad input into dead letters and waits out the database): exit
+    with the batch unacked, as the ingest does; the restarted worker reads it again."""
+    first = events[0].message if events else None
+    where = f"{first.topic}[{first.partition}]@{first.offset}" if first is not None else "?"
+    log.critical("candidates from %s failed unexpectedly; exiting with the batch unacked", where, exc_info=True)
+    logging.shutdown()
+    os._exit(EXIT_INGEST_BUG)
+
+
+def _inbound(message: Any) -> InboundMessage:
+    return InboundMessage(topic=message.topic, partition=message.partition, offset=message.offset,
+                          key=message.key, value=message.value)
