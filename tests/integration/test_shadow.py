@@ -16,17 +16,20 @@ import pandas as pd
 import pytest
 
 from feedback.monitoring.config import MonitoringConfig, parse_config
-from feedback.registry.artifacts import serialise
+from feedback.registry.artifacts import Artifact, serialise
 from feedback.registry.versions import ModelVersion, Registry
 from feedback.rollout.shadow import (
     CandidateEvent,
+    CandidateIntake,
     ModelCache,
+    ScanCursors,
     decode_candidate,
     judge_round,
     score_round,
     start_shadow,
 )
 from feedback.store import FeedbackStore
+from feedback.store.ingest import InboundMessage
 from feedback.triggers.alerts import Alert
 from retrain_worker.pipeline import candidate_event
 from tests.factories import T0, outcome, prediction
@@ -97,11 +100,12 @@ class Sleepy:
 
 def _register(store: FeedbackStore, version: str, model: Any, *, name: str = "churn", stage: str = "candidate",
               cutoff=CUTOFF) -> ModelVersion:
-    fmt = "pickle" if isinstance(model, Oracle | Sleepy) else "skops"
+    artifact = model if isinstance(model, Artifact) else serialise(
+        model, "pickle" if isinstance(model, Oracle | Sleepy) else "skops")
     with store.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
         return Registry().register(cur, ModelVersion(
             model_name=name, version=version, stage=stage, trigger_id=f"{name}/drift/v1/{version}",  # type: ignore[arg-type]
-            trainer="tests", lineage={"cutoff": cutoff.isoformat()}), serialise(model, fmt), reason="test")
+            trainer="tests", lineage={"cutoff": cutoff.isoformat()}), artifact, reason="test")
 
 
 def _event(registered: ModelVersion, **overrides: Any) -> CandidateEvent:
@@ -171,6 +175,45 @@ def test_a_candidate_starts_one_shadow_and_the_registry_must_agree(store: Feedba
     assert store.rows("SELECT from_stage, to_stage FROM model_stage_changes WHERE version = 'v2' ORDER BY change_id"
                       ) == [(None, "candidate"), ("candidate", "shadow")]
     assert "labels observed after 2026-03-01 16:00 UTC (its training cutoff) judge it" in first.sentence
+
+
+def test_a_candidate_that_does_not_load_is_rejected_with_the_reason(store: FeedbackStore) -> None:
+    """A registered artifact that does not deserialise (its digest matches: the bytes are simply no model) is
+    rejected at once, with a shadow_failed event, a failed shadow row and an alert; the event again is a duplicate."""
+    _register(store, "v1", Oracle(), stage="champion")
+    broken = _register(store, "v2", Artifact(data=b"not a model", format="skops"))
+    _predictions(store, range(3))
+    sink = ListSink()
+    with store.pool.connection() as conn:
+        failed = start_shadow(conn, Registry(), _event(broken), _config(), sink)
+        again = start_shadow(conn, Registry(), _event(broken), _config(), sink)
+    assert failed.outcome == "failed" and failed.sentence.startswith("churn v2 does not load: ")
+    assert again.outcome == "duplicate"
+    assert store.rows("SELECT status FROM shadows") == [("failed",)]
+    assert store.rows("SELECT stage FROM model_versions WHERE version = 'v2'") == [("rejected",)]
+    assert store.rows("SELECT kind FROM rollout_events") == [("shadow_failed",)]
+    assert [a.kind for a in sink.alerts] == ["shadow_failed"]
+
+
+def test_the_intake_dead_letters_what_it_cannot_start(store: FeedbackStore) -> None:
+    """Of a batch of candidate messages, one not JSON, one against the schema and one the registry contradicts are
+    dead letters with their reasons; the valid one starts its shadow, and the same batch again stores nothing new."""
+    v2 = _champion_and_candidate(store)
+    good = orjson.dumps(candidate_event(v2, "candidate", [], dict(v2.lineage)))
+    forged = orjson.dumps(orjson.loads(good) | {"artifact_sha256": "ab" * 32})
+    values = [b"{oops", b'{"schema_version": 2}', forged, good]
+    messages = [InboundMessage(topic="t.candidates", partition=0, offset=i, key=b"churn", value=v)
+                for i, v in enumerate(values)]
+    intake = CandidateIntake(store, _config())
+    first = intake.receive(messages)
+    second = intake.receive(messages)
+    assert [s.outcome for s in first.starts] == ["refused", "started"]
+    assert [s.outcome for s in second.starts] == ["refused", "duplicate"]
+    reasons = [r for (r,) in store.rows("SELECT reason FROM dead_letters ORDER BY source_offset")]
+    assert len(reasons) == 3 and reasons[0].startswith("not_json: ")
+    assert reasons[1].startswith("schema: ") and reasons[2].startswith("refused: churn v2: the event's artifact")
+    assert [d.dead_letter_id for d in first.dead_letters] == [d.dead_letter_id for d in second.dead_letters]
+    assert store.rows("SELECT status FROM shadows") == [("running",)]
 
 
 def test_a_shadow_waits_for_a_rollout_and_a_newer_candidate_supersedes_it(store: FeedbackStore) -> None:
@@ -294,6 +337,23 @@ def test_a_backlog_larger_than_a_chunk_drains_over_rounds(store: FeedbackStore) 
         rounds = [score_round(conn, Registry(), _config(), chunk=40, budget_s=0.0) for _ in range(4)]
     assert [(r.scored, r.out_of_time) for r in rounds] == [(40, True), (40, True), (20, False), (0, False)]
     assert store.scalar("SELECT count(DISTINCT prediction_id) FROM shadow_predictions") == 100
+
+
+def test_a_resumed_scan_finds_a_late_prediction_at_its_next_full_pass(store: FeedbackStore) -> None:
+    """With cursors, a round reads on from where the last one stopped; a prediction that arrives late, behind the
+    cursor, is scored at the next full pass of the window."""
+    v2 = _champion_and_candidate(store)
+    _predictions(store, range(50))
+    cursors = ScanCursors(full_pass_rounds=2)
+    with store.pool.connection() as conn:
+        start_shadow(conn, Registry(), _event(v2), _config())
+        scored = [score_round(conn, Registry(), _config(), cursors=cursors).scored]
+        _predictions(store, range(50, 60))  # new ones, ahead of the cursor
+        _predictions(store, range(45, 46), name="churn-late")  # a late one: predicted at 45 min, behind it
+        conn.execute("UPDATE predictions SET model_name = 'churn' WHERE model_name = 'churn-late'")
+        scored += [score_round(conn, Registry(), _config(), cursors=cursors).scored for _ in range(3)]
+    assert scored == [50, 10, 0, 1]
+    assert store.scalar("SELECT count(*) FROM shadow_predictions") == 61
 
 
 # --- judging -------------------------------------------------------------------------------------------------
