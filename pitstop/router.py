@@ -205,15 +205,19 @@ class Router(RouteTable):
     """A :class:`RouteTable` kept up to date from the deployments topic by a background thread.
 
     ``consumer_factory()`` returns a kafka-python ``KafkaConsumer`` with no group (the router assigns every
-    partition itself and reads from the start).
+    partition itself and reads from the start). ``apply_with``, when set, takes each valid message in the
+    router's thread instead of :meth:`apply` (``pitstop.serving.ServingRouter`` loads the versions a message
+    names there, then applies it); it must not raise, or the router stops following the topic.
     """
 
     def __init__(self, consumer_factory: Callable[[], Any], topic: str, *,
-                 kill_switch: KillSwitch | None = None, poll_ms: int = 200) -> None:
+                 kill_switch: KillSwitch | None = None, poll_ms: int = 200,
+                 apply_with: Callable[[Deployment], object] | None = None) -> None:
         super().__init__(kill_switch)
         self.consumer_factory = consumer_factory
         self.topic = topic
         self.poll_ms = poll_ms
+        self.apply_with = apply_with
         self.invalid = 0
         self._stop = threading.Event()
         self._caught_up = threading.Event()
@@ -222,6 +226,11 @@ class Router(RouteTable):
     def start(self) -> Router:
         self._thread.start()
         return self
+
+    @property
+    def running(self) -> bool:
+        """Whether the background thread follows the topic."""
+        return self._thread.is_alive()
 
     def wait_caught_up(self, timeout_s: float) -> bool:
         """Whether the router has read the topic up to where it ended when the router started."""
@@ -263,4 +272,4 @@ class Router(RouteTable):
             self.invalid += 1
             log.warning("deployments: a message ignored: %s", exc)
             return
-        self.apply(deployment)
+        (self.apply_with or self.apply)(deployment)
