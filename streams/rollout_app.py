@@ -15,7 +15,7 @@ import faust
 
 from feedback.errors import IngestStopped
 from feedback.registry.versions import Registry
-from feedback.rollout.shadow import CandidateIntake, ModelCache, ScanCursors, judge_round, score_round
+from feedback.rollout.shadow import CandidateIntake, ScanCursors, ShadowModelCache, judge_round, score_round
 from feedback.store import FeedbackStore
 from feedback.store.ingest import TRANSIENT_ERRORS, InboundMessage
 from feedback.triggers.alerts import alert_sink
@@ -69,7 +69,7 @@ def build_rollout_app(settings: Settings, *, ready_file: Path | None = None) -> 
     store = FeedbackStore(database_url, settings.db_schema, max_size=4)
     registry = Registry()
     alerts = alert_sink(settings.alert_webhook)
-    models = ModelCache()
+    models = ShadowModelCache()
     cursors = ScanCursors()
     intake = CandidateIntake(store, settings.monitoring, registry=registry, alerts=alerts, models=models)
 

@@ -135,7 +135,7 @@ def decode_candidate(value: bytes | None) -> CandidateEvent:
 # --- loaded models ---------------------------------------------------------------------------------------------
 
 
-class ModelCache:
+class ShadowModelCache:
     """Loaded shadow models, by artifact digest (a digest names the bytes, so two versions or two schemas with
     the same artifact share one object); the least recently used beyond ``max_models`` is dropped."""
 
@@ -166,7 +166,7 @@ class ModelCache:
 
 
 #: the cache of this process, when the caller gives none
-MODELS = ModelCache()
+MODELS = ShadowModelCache()
 
 
 # --- starting a shadow -----------------------------------------------------------------------------------------
@@ -231,7 +231,7 @@ def model_watermark(cur: psycopg.Cursor[Any], model: str) -> datetime | None:
 
 def start_shadow(conn: psycopg.Connection[Any], registry: Registry, candidate: CandidateEvent,
                  config: MonitoringConfig, alerts: AlertSink | None = None, *,
-                 models: ModelCache | None = None) -> ShadowStart:
+                 models: ShadowModelCache | None = None) -> ShadowStart:
     """Start the shadow evaluation of a candidate event, in one transaction; a duplicate event changes nothing.
 
     The registry must hold the version, at stage ``candidate``, with the event's digest (else ``refused``, and
@@ -239,6 +239,9 @@ def start_shadow(conn: psycopg.Connection[Any], registry: Registry, candidate: C
     ``failed``, a ``shadow_failed`` event and an alert). Its shadow runs at once, or waits while a rollout of
     the model is under way (the scoring round starts it when none is); an older waiting or running shadow of
     the model is superseded (expired, its version archived).
+
+    The shadow's clock starts at the model's watermark; a model with no prediction yet starts at the cutoff, and
+    one with neither at the event's ``created_at``, the only time there is.
     """
     name, version_name = candidate.model_name, candidate.version
 
@@ -371,8 +374,9 @@ class CandidateIntake:
     retried ``max_tries`` times, then the message is a dead letter naming it, never silently dropped."""
 
     def __init__(self, store: FeedbackStore, config: MonitoringConfig, *, registry: Registry | None = None,
-                 alerts: AlertSink | None = None, models: ModelCache | None = None, backoff: Backoff = INTAKE_BACKOFF,
-                 max_tries: int = 3, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 alerts: AlertSink | None = None, models: ShadowModelCache | None = None,
+                 backoff: Backoff = INTAKE_BACKOFF, max_tries: int = 3,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.store = store
         self.config = config
         self.registry = registry or Registry()
@@ -632,7 +636,7 @@ def _connection(store_or_conn: FeedbackStore | psycopg.Connection[Any]) -> Itera
 
 def score_round(store_or_conn: FeedbackStore | psycopg.Connection[Any], registry: Registry,
                 config: MonitoringConfig, *, chunk: int = 2000, budget_s: float = 5.0,
-                timed_rows: int = LATENCY_SAMPLE_ROWS, models: ModelCache | None = None,
+                timed_rows: int = LATENCY_SAMPLE_ROWS, models: ShadowModelCache | None = None,
                 cursors: ScanCursors | None = None, clock: Callable[[], float] = time.monotonic) -> ScoreStats:
     """Start the waiting shadows no rollout holds back any more, then let each running shadow score the
     predictions it has not scored yet, ``chunk`` rows at a time, until none is left or ``budget_s`` is spent.
@@ -706,7 +710,7 @@ def _start_waiting(conn: psycopg.Connection[Any], stats: ScoreStats) -> None:
 
 
 def _score_chunk(conn: psycopg.Connection[Any], registry: Registry, model: ModelConfig, version_name: str,
-                 started: datetime, after: Position, chunk: int, timed_rows: int, models: ModelCache,
+                 started: datetime, after: Position, chunk: int, timed_rows: int, models: ShadowModelCache,
                  stats: ScoreStats) -> tuple[int, Position | None] | None:
     """Score up to ``chunk`` unscored rows of one shadow after ``after`` in one transaction under the model's lock;
     how many rows it selected and the last one's position. None: another process holds the lock, or the shadow is

@@ -21,8 +21,8 @@ from feedback.registry.versions import ModelVersion, Registry
 from feedback.rollout.shadow import (
     CandidateEvent,
     CandidateIntake,
-    ModelCache,
     ScanCursors,
+    ShadowModelCache,
     decode_candidate,
     judge_round,
     score_round,
@@ -311,7 +311,7 @@ def test_a_sleeping_model_slows_only_its_shadow_round(store: FeedbackStore) -> N
         assert start_shadow(conn, registry, _event(fraud), config).outcome == "started"
     result: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: result.update(stats=score_round(
-        store, registry, config, budget_s=0.5, timed_rows=3, models=ModelCache())))
+        store, registry, config, budget_s=0.5, timed_rows=3, models=ShadowModelCache())))
     thread.start()
     try:
         assert SLEEPING.wait(20), "the shadow model was never called"
