@@ -21,6 +21,19 @@ serves from the next window on. What Kafka would carry between these steps is sk
 The model's configuration is Pitstop's defaults except for what a stream's time scale needs (the window,
 the minimum rows and labels to judge a window) and ``promotion = "after-gates"``; ``EXTRA_TOML`` adds to it
 (a ``--pitstop-toml`` file of loop_quality.py), so a setting's effect can be measured.
+
+The staged strategies (:data:`STAGED`, :class:`StagedLoop`) are the same loop with ``promotion = "shadow"``:
+a candidate goes live through the rollout's code, in event time. Each sample belongs to user ``u{i % 2000}``
+(its routing key) and is served by the version the router's hash gives that user under the current
+``deployments`` row (``pitstop.router.Deployment.route``; the registry's champion before the first rollout),
+loaded from the registry and tagged on the event. After each window's monitor round and triggers, the
+candidate events the pipeline put in the outbox are decoded as the rollout worker decodes them
+(``decode_candidate``) and start shadows (``start_shadow``), then one ``score_round`` (drained: no time
+budget), one ``judge_round`` and one ``Controller.look()`` run, as the rollout worker's loop does every few
+seconds; a new deployment serves from the next window. ``ds`` keeps Pitstop's rollout defaults (24 h shadow,
+dwells of 2, 2, 6 and 24 h, a 48 h hold: 26,500 samples at 250 an event-hour); ``dsf`` sets
+:data:`FAST_ROLLOUT`. No latency is recorded (the latency rules do not apply), and nobody clears a latched
+rollback.
 """
 
 from __future__ import annotations
@@ -32,7 +45,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -55,12 +69,15 @@ from feedback.monitoring.round import Monitor  # noqa: E402
 from feedback.monitoring.windows import WindowUpdater, install_profile, reference_columns, series_kinds  # noqa: E402
 from feedback.registry.artifacts import serialise  # noqa: E402
 from feedback.registry.versions import ModelVersion, Registry  # noqa: E402
+from feedback.rollout.controller import Controller  # noqa: E402
+from feedback.rollout.shadow import ModelCache, ScanCursors, decode_candidate, judge_round, score_round, start_shadow  # noqa: E402
 from feedback.store import FeedbackStore, migrate  # noqa: E402
 from feedback.triggers.alerts import Alert  # noqa: E402
 from feedback.triggers.engine import TRIGGER_TOPIC, TriggerEngine  # noqa: E402
 from pitstop import stack  # noqa: E402
+from pitstop.router import Deployment  # noqa: E402
 from retrain_worker.intake import decode_trigger  # noqa: E402
-from retrain_worker.pipeline import RetrainPipeline  # noqa: E402
+from retrain_worker.pipeline import CANDIDATE_TOPIC, RetrainPipeline  # noqa: E402
 from retrain_worker.trainers import gradient_boosting  # noqa: E402
 from schemas import OutcomeEvent, PredictionEvent  # noqa: E402
 
@@ -89,12 +106,12 @@ min_labels = 200
 {features}
 
 [models.{model}.retrain]
-promotion = "after-gates"
+promotion = "{promotion}"
 budget = "600s"
 """
 
 
-def config_for(stream: Stream, extra_toml: str = "") -> MonitoringConfig:
+def config_for(stream: Stream, extra_toml: str = "", promotion: str = "after-gates") -> MonitoringConfig:
     """The bench model's configuration: Pitstop's defaults at the stream's time scale, plus ``extra_toml``."""
     x0 = features(stream.samples[0][0])
     kinds = "\n".join(f'{name} = "{"categorical" if isinstance(v, str) else "numeric"}"' for name, v in x0.items())
@@ -103,7 +120,7 @@ def config_for(stream: Stream, extra_toml: str = "") -> MonitoringConfig:
     positive = "positive_class = 1" if classification and labels <= {0, 1} else ""
     text = TOML.format(model=MODEL, task=stream.task, positive=positive,
                        metric="accuracy" if classification else "mae",
-                       score="probabilities" if classification else "none", features=kinds)
+                       score="probabilities" if classification else "none", features=kinds, promotion=promotion)
     return parse_config(text + "\n" + extra_toml)
 
 
@@ -184,10 +201,11 @@ def _frame(xs: list[dict[str, Any]]) -> pd.DataFrame:
 class Loop:
     """One stream through Pitstop's loop; :meth:`run` returns strategy (d)'s run."""
 
-    def __init__(self, stream: Stream, *, delay: int, db: _Database, extra_toml: str = "") -> None:
+    def __init__(self, stream: Stream, *, delay: int, db: _Database, extra_toml: str = "",
+                 promotion: str = "after-gates") -> None:
         self.stream = stream
         self.delay = delay
-        self.config = config_for(stream, extra_toml)
+        self.config = config_for(stream, extra_toml, promotion)
         self.model = self.config.models[MODEL]
         self.xs = [features(x) for x, _ in stream.samples]
         self.ys = [_label(stream, y) for _, y in stream.samples]
@@ -334,6 +352,267 @@ class Loop:
         return [{"id": r[0], "kind": r[1], "status": r[2], "urgency": r[3],
                  "change_point": index_of(r[4]) if r[4] else None, "at": index_of(r[5]), "sentence": r[6]}
                 for r in rows]
+
+
+# --- the staged mode: candidates through the shadow gate and the ramp --------------------------------------------
+
+USERS = 2_000
+
+#: strategy dsf's rollout, set under [defaults.rollout] so a --pitstop-toml [models.loop.rollout] still overrides it:
+#: the event-time durations scaled to the stream (a concept lasts 56 to 80 event-hours here, where the defaults'
+#: shadow, dwells and hold add up to 106 h); the shadow's 1,000 labels, each arm's 200 requests a step and the
+#: statistics stay Pitstop's defaults (they are counts, not durations)
+FAST_ROLLOUT = """
+[defaults.rollout]
+shadow_min_duration = "6h"
+dwell = ["1h", "1h", "1h", "1h"]
+hold = "6h"
+"""
+
+#: the staged strategies: name -> the rollout configuration added to the model's
+STAGED: dict[str, str] = {"ds": "", "dsf": FAST_ROLLOUT}
+
+
+def routing_key(i: int) -> str:
+    """Sample ``i``'s user: 2,000 users in turn, a request each every 2,000 samples (8 event-hours)."""
+    return f"u{i % USERS}"
+
+
+class _ErrorLog(logging.Handler):
+    """What the rollout code logged at ERROR: the exceptions its rounds and looks catch and log, then go on."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        self.records: list[dict[str, Any]] = []
+        self.step = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append({"at": self.step, "message": self.format(record)})
+
+
+class StagedLoop(Loop):
+    """One stream through Pitstop's loop with ``promotion = "shadow"``: every candidate goes through the shadow
+    gate and the ramp (feedback/rollout/) before it serves everyone; :meth:`run` returns the staged run."""
+
+    def __init__(self, stream: Stream, *, delay: int, db: _Database, extra_toml: str = "", name: str = "ds",
+                 label: str = "(ds) Pitstop staged") -> None:
+        super().__init__(stream, delay=delay, db=db, extra_toml=extra_toml, promotion="shadow")
+        self.name, self.label = name, label
+        self.controller = Controller(self.store, self.config, self.alerts, registry=self.registry)
+        self.shadow_models = ModelCache()
+        self.cursors = ScanCursors()
+        self.served: dict[str, Any] = {}  # version -> the fitted model, loaded from the registry
+        self.candidates: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.deployments: list[dict[str, Any]] = []
+        self._last_event = 0
+        self.errors = _ErrorLog()
+
+    # --- serving through the deployment ------------------------------------------------------------------------
+
+    def _deployment(self) -> Deployment | None:
+        """The deployment the routers follow (the ``deployments`` row): None before the first rollout."""
+        rows = self.store.rows("SELECT message_version, champion, challenger, challenger_share, salt, state, "
+                               "decided_at, reason FROM deployments WHERE model_name = %s", (MODEL,))
+        if not rows:
+            return None
+        version, champion, challenger, share, salt, state, decided_at, reason = rows[0]
+        return Deployment(model_name=MODEL, message_version=version, champion=champion, challenger=challenger,
+                          challenger_share=share, salt=salt, state=state, decided_at=decided_at, reason=reason)
+
+    def _model(self, version: str) -> Any:
+        if version not in self.served:
+            with self.store.pool.connection() as conn, conn.cursor() as cur:
+                found = self.registry.get(cur, MODEL, version)
+                if found is None:
+                    msg = f"the deployment routes to {version}, which is not in the registry"
+                    raise LookupError(msg)
+                self.served[version] = self.registry.load(cur, found)
+        return self.served[version]
+
+    def _routed_events(self, start: int, end: int, route: Callable[[str], str]) -> list[PredictionEvent]:
+        """The window's predictions, each served by the version the router gives its user, tagged with it."""
+        rows: dict[str, list[int]] = {}
+        for i in range(start, end):
+            rows.setdefault(route(routing_key(i)), []).append(i)
+        classification = self.stream.task == "classification"
+        events: dict[int, PredictionEvent] = {}
+        for version, indices in rows.items():
+            fitted = self._model(version)
+            X = self.X.iloc[indices]
+            predicted = np.asarray(fitted.predict(X))
+            if classification:
+                classes, proba = list(fitted.classes_), fitted.predict_proba(X)
+            for k, i in enumerate(indices):
+                value = predicted[k].item()
+                self.predictions[i] = value
+                events[i] = PredictionEvent(
+                    prediction_id=f"s{i}", model_name=MODEL, model_version=version, predicted_at=at(i),
+                    features=self.xs[i], prediction=value, routing_key=routing_key(i),
+                    probabilities={str(c): float(proba[k, j]) for j, c in enumerate(classes)} if classification
+                    else None)
+        return [events[i] for i in range(start, end)]
+
+    # --- the loop ----------------------------------------------------------------------------------------------
+
+    def run(self) -> StrategyRun:
+        rollout_log = logging.getLogger("feedback.rollout")
+        rollout_log.addHandler(self.errors)
+        try:
+            return self._run()
+        finally:
+            rollout_log.removeHandler(self.errors)
+
+    def _run(self) -> StrategyRun:
+        started = time.perf_counter()
+        n = len(self.ys)
+        first_served = INITIAL + self.delay - 1
+        self.store.write_batch(self._events(0, first_served, BOOTSTRAP, None), self._labels(0, first_served))
+        self.served[FIRST] = self._first_champion()
+        everyone, shown = FIRST, None  # the version serving every request; the deployment last recorded
+        start = first_served
+        while start < n:
+            end = min(n, (start // PER_WINDOW + 1) * PER_WINDOW)
+            self.errors.step = end
+            deployment = self._deployment()
+            if deployment is None:
+                champion = self._champion_version()
+                route: Callable[[str], str] = lambda _key, v=champion: v  # noqa: E731
+                full: str | None = champion
+            else:
+                route = deployment.route
+                full = (deployment.challenger if deployment.challenger and deployment.threshold >= 10_000
+                        else deployment.champion if deployment.threshold == 0 else None)
+                key = (deployment.champion, deployment.challenger, deployment.challenger_share)
+                if key != shown:
+                    shown = key
+                    self.deployments.append({"at": start, "champion": deployment.champion,
+                                             "challenger": deployment.challenger,
+                                             "share": deployment.challenger_share, "state": deployment.state})
+            if full is not None and full != everyone:
+                everyone = full
+                self.deployed_at.append(start)
+            self.store.write_batch(self._routed_events(start, end, route), self._labels(start, end))
+            now = at(end)
+            self.monitor.run_once(after=lambda conn, evaluations, now=now: self.engine.run(
+                conn, evaluations, wall_now=now))
+            for trigger in self._outbox(TRIGGER_TOPIC, decode_trigger):
+                planned = {"refit": self.refits_at, "pool": self.pool_at}
+                planned.get(trigger.kind, self.triggered_at).append(index_of(trigger.decided_at))
+                outcome = self.pipeline.handle(trigger)
+                self.outcomes.append({"at": end, "trigger": trigger.trigger_id, "kind": trigger.kind,
+                                      "change_point": index_of(trigger.change_point) if trigger.change_point
+                                      else None, "labels_since_change": trigger.labels_since_change,
+                                      "result": outcome.result, "version": outcome.version,
+                                      "sentence": outcome.sentence,
+                                      "failed": [g.sentence for g in outcome.gates if g.passed is False],
+                                      "pool": outcome.lineage.get("pool"),
+                                      "pool_rejected": outcome.lineage.get("pool_rejected")})
+                log.info("step %d: %s -> %s", end, trigger.trigger_id, outcome.sentence)
+            for candidate in self._outbox(CANDIDATE_TOPIC, decode_candidate):
+                with self.store.pool.connection() as conn:
+                    begun = start_shadow(conn, self.registry, candidate, self.config, self.alerts,
+                                         models=self.shadow_models)
+                self.candidates.append({"at": end, "version": candidate.version, "stage": candidate.stage,
+                                        "start": begun.outcome, "sentence": begun.sentence})
+            score_round(self.store, self.registry, self.config, budget_s=1e9, models=self.shadow_models,
+                        cursors=self.cursors)
+            judge_round(self.store, self.registry, self.config, self.alerts)
+            self.controller.look()
+            self._new_events(end)
+            start = end
+        return StrategyRun(name=self.name, label=self.label, predictions=self.predictions,
+                           deployed_at=self.deployed_at, triggered_at=self.triggered_at,
+                           seconds=time.perf_counter() - started,
+                           notes={"refits_at": self.refits_at, "pool_at": self.pool_at,
+                                  "detected_at": self._detected_at(),
+                                  "outcomes": self.outcomes, "alerts": len(self.alerts.alerts),
+                                  "decisions": self._decisions(), "rollout": self._rollout_notes()})
+
+    def _outbox(self, topic: str, decode: Callable[[bytes], Any]) -> list[Any]:
+        """The unsent events of ``topic`` in the outbox, decoded as their consumer decodes them; marked sent."""
+        with self.store.pool.connection() as conn, conn.transaction():
+            rows = conn.execute("SELECT id, payload FROM outbox WHERE sent_at IS NULL AND topic = %s ORDER BY id",
+                                (topic,)).fetchall()
+            conn.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY(%s)", ([r[0] for r in rows],))
+        return [decode(orjson.dumps(payload)) for _, payload in rows]
+
+    def _champion_version(self) -> str:
+        with self.store.pool.connection() as conn, conn.cursor() as cur:
+            found = self.registry.champion(cur, MODEL)
+        if found is None:
+            msg = f"{MODEL} has no champion and no deployment"
+            raise LookupError(msg)
+        return found.version
+
+    def _new_events(self, step: int) -> None:
+        """The rollout events since the last step, with the step after which they took effect."""
+        rows = self.store.rows("SELECT event_id, version, kind, share, sentence FROM rollout_events "
+                               "WHERE model_name = %s AND event_id > %s ORDER BY event_id", (MODEL, self._last_event))
+        for event_id, version, kind, share, sentence in rows:
+            self._last_event = event_id
+            self.events.append({"at": step, "version": version, "kind": kind, "share": share, "sentence": sentence})
+
+    def _rollout_notes(self) -> dict[str, Any]:
+        """The rollout's story and its counts: candidates, shadows, ramps, and the samples each stage took."""
+        shadows = [{"version": v, "status": st, "started": index_of(s0), "decided": index_of(d) if d else None,
+                    "sentence": sen}
+                   for v, st, s0, d, sen in self.store.rows(
+                       "SELECT version, status, started_at, decided_at, sentence FROM shadows WHERE model_name = %s "
+                       "ORDER BY started_at, version", (MODEL,))]
+        rollouts = [{"rollout_id": r, "champion": c, "challenger": ch, "state": st, "started": index_of(s0),
+                     "ended": index_of(e) if e else None, "sentence": sen}
+                    for r, c, ch, st, s0, e, sen in self.store.rows(
+                        "SELECT rollout_id, champion, challenger, state, started_at, ended_at, sentence FROM rollouts "
+                        "WHERE model_name = %s ORDER BY started_at", (MODEL,))]
+        candidate_at: dict[str, int] = {}
+        for c in self.candidates:
+            candidate_at.setdefault(c["version"], c["at"])  # a version proposed again keeps its first candidacy
+        full = [e for e in self.events if e["kind"] == "holding" or (e["kind"] == "promoted" and e["share"] == 1.0
+                and not any(h["kind"] == "holding" and h["version"] == e["version"] for h in self.events))]
+        to_full = [{"version": e["version"], "candidate": candidate_at.get(e["version"]), "full": e["at"],
+                    "samples": e["at"] - candidate_at[e["version"]] if e["version"] in candidate_at else None}
+                   for e in full]
+        ramp_start: dict[str, int] = {}
+        for e in self.events:
+            if e["kind"] == "step":
+                ramp_start.setdefault(e["version"], e["at"])
+        shadow_ends = Counter(s["status"] for s in shadows)
+        superseded = sum(1 for s in shadows if s["status"] == "expired" and s["sentence"].startswith("superseded"))
+        return {
+            "candidates": self.candidates,
+            "shadows": shadows,
+            "rollouts": rollouts,
+            "events": self.events,
+            "deployments": self.deployments,
+            "to_full": to_full,
+            "candidate_to_ramp": [{"version": v, "samples": a - candidate_at[v]} for v, a in ramp_start.items()
+                                  if v in candidate_at],
+            "counts": {
+                "candidates": len(candidate_at),
+                "shadows_passed": shadow_ends.get("passed", 0),
+                "shadows_failed": shadow_ends.get("failed", 0),
+                "shadows_expired": shadow_ends.get("expired", 0) - superseded,
+                "shadows_superseded": superseded,
+                "shadows_open": shadow_ends.get("running", 0) + shadow_ends.get("waiting", 0),
+                **{f"rollouts_{k}": v for k, v in Counter(r["state"] for r in rollouts).items()},
+            },
+            "errors": self.errors.records,
+        }
+
+
+def run_pitstop_staged(stream: Stream, *, delay: int, database_url: str | None = None, extra_toml: str = "",
+                       name: str = "ds") -> StrategyRun:
+    """Strategy ``name`` of :data:`STAGED`: ``stream`` through Pitstop's loop and its rollout (the module's
+    docstring)."""
+    with database(database_url) as db:
+        loop = StagedLoop(stream, delay=delay, db=db, extra_toml=STAGED[name] + "\n" + extra_toml, name=name,
+                          label=f"({name}) Pitstop staged")
+        try:
+            return loop.run()
+        finally:
+            loop.close()
 
 
 def run_pitstop(stream: Stream, *, delay: int, database_url: str | None = None, extra_toml: str = ""

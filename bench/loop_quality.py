@@ -21,15 +21,24 @@ river 0.26.1 and scikit-learn 1.9.1 before Pitstop had a retrain path); the code
   module does not exist). (e) river ``ARFClassifier(seed=1)`` / ``ARFRegressor(seed=1)`` online, test then
   train: at step t it predicts x_t, then learns sample t-D. (f) oracle: one refit on the first 1,000 labels
   after each true drift's end (the drift point for abrupt drifts), deployed when the 1,000th is known; not
-  defined for S3. A deployed batch model predicts its whole block of steps at once.
+  defined for S3. A deployed batch model predicts its whole block of steps at once. (d1) is (d) without the
+  refit ladder's later rungs. (ds) and (dsf) are (d) with ``promotion = "shadow"``: each candidate goes
+  through the shadow gate, the ramp (5, 10, 25, 50, 100% of the users by the router's hash) and the hold, in
+  event time (``bench/_pitstop_loop.py:run_pitstop_staged``); (ds) with Pitstop's rollout defaults, (dsf)
+  with a shadow of 6 h, dwells of 1 h and a hold of 6 h (the stream's 250 samples an event-hour make the
+  defaults 26,500 samples).
 * Figures, every strategy scored on every step t >= t0: whole-stream accuracy % (MAE for regression); the
   same over the 5,000 steps from each drift point; over the last 10,000 steps; the number of retrains (new
   models deployed after the initial one); for each drift point, the labels after the drift that the first
   retrain decision after it had (t_trigger - D - p + 1, counting decisions whose labelled data reach the
   drift, before the next drift point; "-" if none); false triggers, decisions on stable stretches (before
   the first drift point, or from 5,000 steps after a drift's end to the next drift point; "-" for S3); and
-  the strategy's wall time. Beside each baseline's whole-stream figure, the anchor's figure and the
-  difference (only with the anchors' protocol: 40,000 samples, D = 500).
+  the strategy's wall time. For Pitstop's strategies also the figure from each drift point to the next one
+  (or the end), and for the staged ones what the rollout did: candidates, how their shadows ended (passed,
+  failed, expired, superseded by a newer candidate), how their ramps ended (promoted, rolled back, champion
+  kept, abandoned, still open), and the samples from each candidate to its ramp's start and to 100%. Beside
+  each baseline's whole-stream figure, the anchor's figure and the difference (only with the anchors'
+  protocol: 40,000 samples, D = 500).
 * The plot (``--plot``, default bench/loop_quality.png; needs matplotlib): rolling mean error over 1,000
   steps (error rate, or absolute error) per strategy, one panel per stream, dashed lines at drift points and
   grey bands over gradual transitions.
@@ -38,9 +47,10 @@ Progress goes to stderr, the tables to stdout. ARF is the slow part (minutes per
 
 Run from the repository root::
 
-    .venv/bin/python bench/loop_quality.py                                # S1..S6, all strategies
+    .venv/bin/python bench/loop_quality.py                                # S1..S6, all but ds, dsf
     .venv/bin/python bench/loop_quality.py --strategies a,b,c,e,f         # the baselines: check the anchors
     .venv/bin/python bench/loop_quality.py S2 S5 --strategies a,c,d --delay 2000
+    .venv/bin/python bench/loop_quality.py --strategies d,ds,dsf --no-plot   # direct against staged promotion
     .venv/bin/python bench/loop_quality.py --stream my_streams.py:make --json /tmp/loop.json
 """
 
@@ -66,15 +76,22 @@ from bench._loop_streams import (  # noqa: E402
     STREAMS,
     StrategyRun,
     Stream,
+    _figure,
+    errors,
     load_stream,
     plot_errors,
     run_baseline,
     score,
 )
 
-STRATEGIES = ("a", "b", "c", "d", "e", "f", "d1")
+STRATEGIES = ("a", "b", "c", "d", "e", "f", "d1", "ds", "dsf")
+DEFAULT_STRATEGIES = ("a", "b", "c", "d", "e", "f", "d1")
 #: strategy d1: Pitstop's loop with the refit ladder's later rungs off (measures what the ladder buys)
 NO_LADDER = "[models.loop.triggers]\nrefit_ladder = [1]\n"
+#: the staged strategies: (d) with promotion = "shadow", candidates through the shadow gate and the ramp
+STAGED = ("ds", "dsf")
+PITSTOP = ("d", "d1", *STAGED)
+LABELS = {**BASELINES, "ds": "(ds) Pitstop staged, default rollout", "dsf": "(dsf) Pitstop staged, fast rollout"}
 DEFAULT_PLOT = ROOT / "bench" / "loop_quality.png"
 
 # LOOP-ANCHORS.md, "Results": whole-stream accuracy % (MAE for S5, S6), 40,000 samples, D = 500.
@@ -112,13 +129,23 @@ def _run_pitstop(stream: Stream, delay: int, database_url: str | None, extra_tom
     return run_pitstop(stream, delay=delay, database_url=database_url, extra_toml=extra_toml)
 
 
+def _run_staged(stream: Stream, strategy: str, delay: int, database_url: str | None, extra_toml: str) -> StrategyRun:
+    from bench._pitstop_loop import run_pitstop_staged
+
+    run = run_pitstop_staged(stream, delay=delay, database_url=database_url, extra_toml=extra_toml, name=strategy)
+    run.label = LABELS[strategy]
+    return run
+
+
 def run_strategy(stream: Stream, strategy: str, delay: int, database_url: str | None,
                  extra_toml: str = "") -> StrategyRun:
+    if strategy in STAGED:
+        return _run_staged(stream, strategy, delay, database_url, extra_toml)
     if strategy == "d":
         return _run_pitstop(stream, delay, database_url, extra_toml)
     if strategy == "d1":
         run = _run_pitstop(stream, delay, database_url, NO_LADDER + extra_toml)
-        run.name, run.label = "d1", BASELINES["d1"]
+        run.name, run.label = "d1", LABELS["d1"]
         return run
     return run_baseline(stream, strategy, delay=delay)
 
@@ -197,9 +224,68 @@ def _print_table(table: list[list[str]]) -> None:
             print("  " + "  ".join("-" * w for w in widths))
 
 
+def episode_figures(stream: Stream, run: StrategyRun, delay: int) -> list[float | None]:
+    """Accuracy % (MAE) from each drift point to the next one (or the stream's end): a drift's whole episode."""
+    errs = errors(stream, run)
+    n, t0 = len(stream.samples), PROTOCOL.t0(delay)
+    points = list(stream.drift_points)
+    return [_figure(stream.task, errs[max(p, t0) : points[k + 1] if k + 1 < len(points) else n])
+            for k, p in enumerate(points)]
+
+
+def rollout_summary(notes: dict[str, Any]) -> dict[str, Any]:
+    """A staged run's rollout in figures: candidates, how their shadows and ramps ended, the samples each took."""
+    rollout = notes["rollout"]
+    counts = rollout["counts"]
+    return {
+        "candidates": counts["candidates"],
+        "shadows": {k: counts.get(f"shadows_{k}", 0) for k in ("passed", "failed", "expired", "superseded", "open")},
+        "rollouts": {k: counts.get(f"rollouts_{k}", 0) for k in ("promoted", "rolled_back", "kept_champion",
+                                                                "abandoned", "ramping", "holding", "paused")},
+        "candidate_to_ramp": [r["samples"] for r in rollout["candidate_to_ramp"]],
+        "candidate_to_full": [r["samples"] for r in rollout["to_full"]],
+        "shadow_failures": [s["sentence"] for s in rollout["shadows"] if s["status"] == "failed"],
+        "ramp_endings": [r["sentence"] for r in rollout["rollouts"] if r["state"] in ("rolled_back", "kept_champion",
+                                                                                     "abandoned")],
+        "errors": len(rollout["errors"]),
+    }
+
+
+def print_rollouts(stream: Stream, rows: list[dict[str, Any]]) -> None:
+    """The direct loop against the staged ones: after each drift, and what the rollout did."""
+    rows = [r for r in rows if r["strategy"] in PITSTOP and "score" in r]
+    if not any(r["strategy"] in STAGED for r in rows):
+        return
+    task = stream.task
+    print(f"\n  {stream.name}: direct promotion against the staged rollout (shadow, ramp, hold)")
+    header = ["strategy", "after drift 5k", "drift to next", "candidates", "shadow pass/fail/expired/superseded",
+              "ramps promoted/rolled back/kept/abandoned/open", "candidate -> ramp", "candidate -> 100%", "errors"]
+    table = [header]
+    for row in rows:
+        s = row["score"]
+        after = " / ".join(_fmt(v, task) for v in s["after_drift"]) or "-"
+        episode = " / ".join(_fmt(v, task) for v in s["after_drift_episode"]) or "-"
+        if row["strategy"] not in STAGED:
+            table.append([row["label"], after, episode, str(s["retrains"]), "-", "-", "-", "-", "-"])
+            continue
+        r = row["rollout"]
+        sh, ro = r["shadows"], r["rollouts"]
+        table.append([row["label"], after, episode, str(r["candidates"]),
+                      f"{sh['passed']}/{sh['failed']}/{sh['expired']}/{sh['superseded']}",
+                      f"{ro['promoted']}/{ro['rolled_back']}/{ro['kept_champion']}/{ro['abandoned']}/"
+                      f"{ro['ramping'] + ro['holding'] + ro['paused']}",
+                      ", ".join(f"{v:,}" for v in r["candidate_to_ramp"]) or "-",
+                      ", ".join(f"{v:,}" for v in r["candidate_to_full"]) or "-", str(r["errors"])])
+    _print_table(table)
+    for row in rows:
+        if row["strategy"] in STAGED:
+            for sentence in dict.fromkeys(row["rollout"]["shadow_failures"] + row["rollout"]["ramp_endings"]):
+                print(f"    {row['strategy']}: {sentence[:200]}")
+
+
 def print_summary(results: list[tuple[Stream, list[dict[str, Any]]]], strategies: list[str], delay: int) -> None:
     print(f"\nwhole-stream accuracy % (MAE for regression), delay {delay}; [anchor]; seconds")
-    header = ["stream"] + [BASELINES[s] for s in strategies]
+    header = ["stream"] + [LABELS[s] for s in strategies]
     table = [header]
     for stream, rows in results:
         by = {r["strategy"]: r for r in rows}
@@ -213,6 +299,23 @@ def print_summary(results: list[tuple[Stream, list[dict[str, Any]]]], strategies
             line.append(f"{_fmt(r['score']['whole'], stream.task)}{anchor}; {r['score']['seconds']:.0f} s")
         table.append(line)
     _print_table(table)
+    pitstop = [s for s in strategies if s in PITSTOP]
+    if not any(s in STAGED for s in pitstop):
+        return
+    print(f"\nafter each drift: the 5,000 steps from it | from it to the next drift (or the end); delay {delay}")
+    table = [["stream"] + [LABELS[s] for s in pitstop]]
+    for stream, rows in results:
+        by = {r["strategy"]: r for r in rows}
+        line = [stream.name + (" (MAE)" if stream.task == "regression" else "")]
+        for s in pitstop:
+            r = by.get(s)
+            if r is None or "error" in r or not r["score"]["after_drift"]:
+                line.append("-")
+                continue
+            line.append(" / ".join(_fmt(v, stream.task) for v in r["score"]["after_drift"]) + " | "
+                        + " / ".join(_fmt(v, stream.task) for v in r["score"]["after_drift_episode"]))
+        table.append(line)
+    _print_table(table)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("streams", nargs="*", help="S1..S6 or path/to/file.py:callable (comma lists allowed)")
     parser.add_argument("--stream", action="append", help="the same as the positional streams; repeatable")
     parser.add_argument("--delay", type=int, default=500, help="label delay D in samples")
-    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma list of a..f, d1 (d, no ladder)")
+    parser.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
+                        help="comma list of a..f, d1 (d, no ladder), ds, dsf (d, staged rollout; not run by default)")
     parser.add_argument("--samples", type=int, default=40_000, help="samples per stream")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT, help="error-over-time plot (PNG)")
@@ -252,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[dict[str, Any]] = []
         runs: list[StrategyRun] = []
         for strategy in strategies:
-            label = BASELINES[strategy]
+            label = LABELS[strategy]
             if strategy == "f" and stream.drifts_everywhere:
                 _log(f"{stream.name} {label}: not defined (drift everywhere)")
                 rows.append({"strategy": "f", "label": label, "error": "- (not defined: drift everywhere)",
@@ -267,13 +371,17 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"strategy": strategy, "label": label, "error": f"failed: {message}", "anchor": None})
                 continue
             s = score(stream, run, delay=args.delay)
-            anchor = _anchor(stream, strategy, args.delay) if strategy not in ("d", "d1") else None
+            s["after_drift_episode"] = episode_figures(stream, run, args.delay)
+            anchor = _anchor(stream, strategy, args.delay) if strategy not in PITSTOP else None
             rows.append({"strategy": strategy, "label": run.label, "score": s, "anchor": anchor,
                          "notes": run.notes})
+            if strategy in STAGED:
+                rows[-1]["rollout"] = rollout_summary(run.notes)
             runs.append(run)
             _log(f"{stream.name} {run.label}: whole {_fmt(s['whole'], stream.task)}, {len(run.deployed_at)} "
                  f"retrains, {run.seconds:.1f} s")
         print_stream(stream, rows, args.delay)
+        print_rollouts(stream, rows)
         sys.stdout.flush()
         results.append((stream, rows))
         runs_for_plot.append((stream, runs))
