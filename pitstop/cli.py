@@ -1,5 +1,5 @@
 """`pitstop`: the operator's command line (up, down, status, migrate, topics, demo, monitor, reference, triggers,
-retrain, retrain-worker, rollout-worker, models)."""
+retrain, retrain-worker, rollout-worker, models, rollback, promote, pause, rollout clear, drill)."""
 
 from __future__ import annotations
 
@@ -123,6 +123,25 @@ def cmd_models_show(args: argparse.Namespace, settings: Settings) -> int:
     return show_model(settings, args.model, args.version, as_json=args.json, say=_say)
 
 
+def cmd_models_trail(args: argparse.Namespace, settings: Settings) -> int:
+    from pitstop.models_cli import trail
+
+    return trail(settings, args.model, args.version, as_json=args.json, say=_say)
+
+
+def cmd_rollout_command(args: argparse.Namespace, settings: Settings) -> int:
+    from pitstop import rollout_cli
+
+    command = "resume" if getattr(args, "resume", False) else args.rollout_verb
+    return rollout_cli.run(settings, command, args.model, say=_say)
+
+
+def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
+    from pitstop import rollout_cli
+
+    return rollout_cli.drill(settings, args.model, switch_s=args.switch, wait_s=args.wait, say=_say)
+
+
 def cmd_retrain_worker(args: argparse.Namespace, settings: Settings) -> int:
     from feedback.store import migrate
     from pitstop import retrain_service
@@ -233,6 +252,34 @@ def build_parser() -> argparse.ArgumentParser:
     mshow.add_argument("version", nargs="?", default=None, help="default: the newest")
     mshow.add_argument("--json", action="store_true")
     mshow.set_defaults(func=cmd_models_show)
+    mtrail = models_sub.add_parser("trail", help="a version's chain: the decision, training, gates, shadow verdict, "
+                                   "every ramp step, promotion or rollback")
+    mtrail.add_argument("model")
+    mtrail.add_argument("version")
+    mtrail.add_argument("--json", action="store_true")
+    mtrail.set_defaults(func=cmd_models_trail)
+    for verb, text in (("rollback", "back to the champion: a ramp under way ends rolled back (latched); with none, "
+                                    "the previous champion returns, in one message"),
+                       ("promote", "the ramp's challenger becomes champion now"),
+                       ("pause", "freeze the ramp at its share (rollback rules still apply); --resume goes on")):
+        cmd = sub.add_parser(verb, help=text)
+        cmd.add_argument("--model", required=True)
+        if verb == "pause":
+            cmd.add_argument("--resume", action="store_true", help="resume a paused ramp (its step's dwell restarts)")
+        cmd.set_defaults(func=cmd_rollout_command, rollout_verb=verb)
+    rollout_group = sub.add_parser("rollout", help="the ramp's latch")
+    rollout_sub = rollout_group.add_subparsers(dest="rollout_command", required=True)
+    clear = rollout_sub.add_parser("clear", help="clear a latched rollback so that ramps of the model start again")
+    clear.add_argument("--model", required=True)
+    clear.set_defaults(func=cmd_rollout_command, rollout_verb="clear")
+    drill = sub.add_parser("drill", help="rehearse an automatic rollback: deploy a challenger that fails every "
+                           "request, check the rollback fires and every router switches in time")
+    drill.add_argument("--model", required=True)
+    drill.add_argument("--switch", type=float, default=30.0, metavar="S",
+                       help="seconds every router has to switch after the rollback (default 30)")
+    drill.add_argument("--wait", type=float, default=300.0, metavar="S",
+                       help="seconds to wait for the automatic rollback (default 300)")
+    drill.set_defaults(func=cmd_drill)
     return parser
 
 

@@ -1,5 +1,6 @@
 """The rollout worker's Faust app: the candidates agent (each candidate starts its shadow) and the rollout rounds
-(shadow scoring and judging), in a consumer group of its own so that nothing here can slow the ingest."""
+(shadow scoring and judging, then the ramp controller's look), in a consumer group of its own so that nothing here
+can slow the ingest."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ import faust
 
 from feedback.errors import IngestStopped
 from feedback.registry.versions import Registry
+from feedback.rollout.controller import Controller
 from feedback.rollout.shadow import CandidateIntake, ScanCursors, ShadowModelCache, judge_round, score_round
 from feedback.store import FeedbackStore
 from feedback.store.ingest import TRANSIENT_ERRORS, InboundMessage
 from feedback.triggers.alerts import alert_sink
+from pitstop.outbox_relay import OutboxPublisher
 from pitstop.settings import Settings
-from streams.app import EXIT_INGEST_BUG, publish_dead_letters
+from streams.app import EXIT_INGEST_BUG, publish_dead_letters, publish_outbox
 from streams.consumer import set_fetch_max_wait
 
 log = logging.getLogger(__name__)
@@ -98,9 +101,17 @@ def build_rollout_app(settings: Settings, *, ready_file: Path | None = None) -> 
             judged_at[0] = time.monotonic()
             judge_round(store, registry, settings.monitoring, alerts)
 
-    # The rounds of each tick, in order, each in a worker thread. The ramp controller's look goes in this list,
-    # after the shadow round (feedback/rollout/controller.py), e.g. `rounds.append(lambda: controller.look(...))`.
-    rounds: list[Callable[[], object]] = [shadow_round]
+    controller = Controller(store, settings.monitoring, alerts, registry=registry)
+    outbox = OutboxPublisher(bootstrap, topics.prefix, client_id=f"{app_id}-outbox")
+
+    def ramp_round() -> None:
+        # a ramp's deployment message goes out at once (the ingest's relay would publish it within seconds)
+        if any(look.changed for look in controller.look()):
+            publish_outbox(outbox, store)
+
+    # The rounds of each tick, in order, each in a worker thread: shadows score and are judged, then the ramp
+    # controller looks (a shadow that passed starts its ramp in the same tick).
+    rounds: list[Callable[[], object]] = [shadow_round, ramp_round]
 
     @app.timer(interval=ROUND_INTERVAL_S)
     async def rollout_rounds() -> None:
@@ -116,6 +127,7 @@ def build_rollout_app(settings: Settings, *, ready_file: Path | None = None) -> 
     @app.on_before_shutdown.connect
     async def _stop(sender: faust.App, **_: Any) -> None:
         intake.stop()
+        await asyncio.to_thread(outbox.close)
         await asyncio.to_thread(alerts.close)
 
     store.open(wait=False)  # connects in the background; the first batch and round wait for it

@@ -291,3 +291,42 @@ def test_a_persons_commands_pause_resume_promote_roll_back_and_clear(store: Feed
     with store.pool.connection() as conn:
         actors = [r[0] for r in conn.execute("SELECT actor FROM rollout_events ORDER BY event_id").fetchall()]
     assert actors == ["controller", "ana", "ana", "ana", "ana"]
+
+
+def test_the_command_line_pauses_trails_promotes_and_says_what_to_do(services, db_schema, store: FeedbackStore,
+                                                                      tmp_path) -> None:
+    """`pitstop pause`, `pitstop models trail`, `pitstop promote`, `pitstop rollback` against the real database,
+    without a broker; a command with nothing to act on is one line on stderr saying what to do, exit 1."""
+    import os
+    import subprocess
+    import sys
+
+    _setup(store)
+    controller, _ = _controller(store)
+    world = World(store, error={"v1": 0.30, "v2": 0.20})
+    world.hour(served_by="v1")
+    _run(world, controller, 1)
+    config = tmp_path / "pitstop.toml"
+    config.write_text(FAST)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PITSTOP_")}
+    env.update(PITSTOP_DATABASE_URL=services.database_url, PITSTOP_DB_SCHEMA=db_schema, PITSTOP_CONFIG=str(config))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pitstop.cli", *args], env=env, capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    paused = cli("pause", "--model", "churn")
+    assert paused.returncode == 0 and "paused the ramp of v2 at 5%" in paused.stdout, paused.stderr
+    trail = cli("models", "trail", "churn", "v2")
+    assert trail.returncode == 0, trail.stderr
+    lines = trail.stdout.splitlines()
+    assert "registered -> candidate" in lines[1] and "ramp of v2 against v1 starts" in trail.stdout
+    assert lines[-1].split()[4] == "paused" and "(by " in lines[-1]
+    assert cli("promote", "--model", "churn").returncode == 0
+    missing = cli("promote", "--model", "churn")
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1
+    assert "has no ramp under way to promote" in missing.stderr
+    back = cli("rollback", "--model", "churn")
+    assert back.returncode == 0 and "returned churn to the previous champion v1 (from v2)" in back.stdout
+    unknown = cli("rollback", "--model", "eta")
+    assert unknown.returncode == 1 and "no model 'eta' in the configuration" in unknown.stderr
