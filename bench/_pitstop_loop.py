@@ -70,7 +70,14 @@ from feedback.monitoring.windows import WindowUpdater, install_profile, referenc
 from feedback.registry.artifacts import serialise  # noqa: E402
 from feedback.registry.versions import ModelVersion, Registry  # noqa: E402
 from feedback.rollout.controller import Controller  # noqa: E402
-from feedback.rollout.shadow import ModelCache, ScanCursors, decode_candidate, judge_round, score_round, start_shadow  # noqa: E402
+from feedback.rollout.shadow import (  # noqa: E402
+    ScanCursors,
+    ShadowModelCache,
+    decode_candidate,
+    judge_round,
+    score_round,
+    start_shadow,
+)
 from feedback.store import FeedbackStore, migrate  # noqa: E402
 from feedback.triggers.alerts import Alert  # noqa: E402
 from feedback.triggers.engine import TRIGGER_TOPIC, TriggerEngine  # noqa: E402
@@ -400,7 +407,7 @@ class StagedLoop(Loop):
         super().__init__(stream, delay=delay, db=db, extra_toml=extra_toml, promotion="shadow")
         self.name, self.label = name, label
         self.controller = Controller(self.store, self.config, self.alerts, registry=self.registry)
-        self.shadow_models = ModelCache()
+        self.shadow_models = ShadowModelCache()
         self.cursors = ScanCursors()
         self.served: dict[str, Any] = {}  # version -> the fitted model, loaded from the registry
         self.candidates: list[dict[str, Any]] = []
