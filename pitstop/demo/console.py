@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from feedback.store import FeedbackStore
+from pitstop.router import Deployment
 
 ACCURACY_WINDOW = timedelta(hours=12)
 
@@ -75,6 +77,45 @@ FROM feedback
 WHERE model_name = %(model)s AND model_version = ANY(%(versions)s) AND label_value IS NOT NULL
   AND prediction_id LIKE %(prefix)s
 GROUP BY 1 ORDER BY 4
+"""
+
+# the rollout's events of the run, as they come (shadow verdicts, ramp steps, promotion, rollback, the latch)
+_ROLLOUT_EVENTS = """
+SELECT event_id, kind, version, share, sentence, actor FROM rollout_events
+WHERE model_name = %s AND recorded_at >= %s AND event_id > %s ORDER BY event_id
+"""
+# the ramp under way, and the sentence of its latest look
+_RAMP = """
+SELECT champion, challenger, state, share, sentence FROM rollouts
+WHERE model_name = %s AND state IN ('ramping', 'paused', 'holding')
+"""
+
+# --- the timeline: every decision of the run and its sentence, from the database ---------------------------------
+
+_TIMELINE_DECISIONS = """
+SELECT updated_at, model_version, kind, urgency, status, sentence, coalesce(suppressed_by, '')
+FROM retrain_decisions
+WHERE model_name = %s AND (model_version = ANY(%s) OR (model_version IS NULL AND recorded_at >= %s))
+"""
+_TIMELINE_TRAININGS = """
+SELECT o.recorded_at, v.version, o.outcome, o.sentence FROM retrain_outcomes o
+LEFT JOIN model_versions v ON v.trigger_id = o.trigger_id
+WHERE o.model_name = %s AND o.recorded_at >= %s
+"""
+_TIMELINE_GATES = """
+SELECT v.version, min(v.created_at), count(*) FILTER (WHERE g.passed), count(*) FILTER (WHERE NOT g.passed),
+       count(*) FILTER (WHERE g.passed IS NULL),
+       coalesce(array_agg(g.sentence ORDER BY g.ordinal) FILTER (WHERE NOT g.passed), '{}')
+FROM model_gate_results g JOIN model_versions v USING (model_name, version)
+WHERE g.model_name = %s AND v.created_at >= %s GROUP BY v.version
+"""
+_TIMELINE_CHAMPIONS = """
+SELECT changed_at, version, reason FROM model_stage_changes
+WHERE model_name = %s AND version = ANY(%s) AND from_stage = 'candidate' AND to_stage = 'champion' AND changed_at >= %s
+"""
+_TIMELINE_ROLLOUT = """
+SELECT recorded_at, version, kind, share, sentence, actor FROM rollout_events
+WHERE model_name = %s AND recorded_at >= %s
 """
 
 _COVERAGE = """
@@ -158,7 +199,7 @@ def _clip(text: str, width: int) -> str:
 
 
 _COLUMNS = (  # (title, width); every value is right-aligned but the event time
-    ("wall", 5), ("event time UTC", 14), ("drift", 5), ("model", 5), ("sent p", 7), ("sent o", 7),
+    ("wall", 5), ("event time UTC", 14), ("drift", 5), ("serving", 10), ("sent p", 7), ("sent o", 7),
     ("stored", 7), ("joined", 7), ("cover", 6), ("fixed", 5), ("early", 5), ("dead", 5),
     (f"acc{_hours(ACCURACY_WINDOW)}", 6), ("in/s", 5),
 )
@@ -168,8 +209,8 @@ def _table_row(values: Sequence[str]) -> str:
     """One line of the live table.
 
     >>> header = _table_row([title for title, _ in _COLUMNS])
-    >>> header[:54], len(header)
-    (' wall event time UTC drift model  sent p  sent o  stor', 102)
+    >>> header[:56], len(header)
+    (' wall event time UTC drift    serving  sent p  sent o  s', 107)
     """
     cells = [
         f"{value:<{width}}" if i == 1 else f"{value:>{width}}"
@@ -220,3 +261,117 @@ def _format_delay(delay: timedelta | None) -> str:
         return "-"
     minutes = int(delay.total_seconds() // 60)
     return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def _pct(share: float) -> str:
+    return f"{100 * share:g}%"
+
+
+def serving_cell(deployment: Deployment | None, tag: Callable[[str], str]) -> str:
+    """The live table's ``serving`` cell: the champion, and the challenger with its share during a ramp.
+
+    >>> d = Deployment(model_name="churn", message_version=3, champion="a", challenger="b", challenger_share=0.05,
+    ...                salt="s", state="canary", decided_at=datetime(2026, 1, 1), reason="")
+    >>> tags = {"a": "v1", "b": "v2"}.__getitem__
+    >>> serving_cell(d, tags), serving_cell(None, tags)
+    ('v1+v2 5%', '-')
+    """
+    if deployment is None:
+        return "-"
+    if deployment.challenger is None or deployment.threshold == 0:
+        return tag(deployment.champion)
+    return f"{tag(deployment.champion)}+{tag(deployment.challenger)} {_pct(deployment.challenger_share)}"
+
+
+def deployment_sentence(deployment: Deployment, tag: Callable[[str], str]) -> str:
+    """Who serves whom under a deployment, in words.
+
+    >>> d = Deployment(model_name="churn", message_version=4, champion="a", challenger="b", challenger_share=0.25,
+    ...                salt="s", state="ramp", decided_at=datetime(2026, 1, 1), reason="")
+    >>> deployment_sentence(d, {"a": "v1", "b": "v2"}.__getitem__)
+    'message 4 (ramp): v2 serves 25% of the customers, v1 the others'
+    """
+    head = f"message {deployment.message_version} ({deployment.state}): "
+    champion = tag(deployment.champion)
+    if deployment.challenger is None or deployment.threshold == 0:
+        return head + f"{champion} serves every customer"
+    challenger = tag(deployment.challenger)
+    if deployment.threshold >= 10_000:
+        return head + f"{challenger} serves every customer; {champion} stays loaded as the rollback target"
+    return head + f"{challenger} serves {_pct(deployment.challenger_share)} of the customers, {champion} the others"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimelineEntry:
+    """One decision of the run: when it was recorded (wall time, the database's clock) and the event time the feed's
+    clock read then, what decided, about which version, and its sentence."""
+
+    at: datetime
+    recorded_at: datetime
+    step: str
+    version: str | None
+    sentence: str
+
+
+def timeline(store: FeedbackStore, *, model: str, versions: Sequence[str], since: datetime,
+             event_time_of: Callable[[datetime], datetime]) -> list[TimelineEntry]:
+    """Every decision of the run recorded since ``since`` (wall time), from the database, in the order it was taken:
+    retrain decisions (at their latest status), training outcomes, gate summaries, the first champion's
+    registration, shadow verdicts, ramp steps, holds, promotions, rollbacks and the latch's clearing.
+
+    Each is timed by ``event_time_of`` its recording instant: the event time the feed's clock read when it was
+    written. The tables' own event times follow different conventions (a decision's ``fired_at`` is the end of the
+    window it judged, hours after the data it had; a rollout event's ``at`` is the newest stored prediction; a
+    training's outcome has none), so ordered by them a decision would come after the training it started; the
+    recording instant is one clock for all, in the order things happened.
+    """
+    rows: list[tuple[datetime, str, str | None, str]] = []
+    for recorded, version, kind, urgency, status, sentence, why in store.rows(
+            _TIMELINE_DECISIONS, (model, list(versions), since)):
+        held = f" ({why})" if why else ""
+        rows.append((recorded, "decision", version, f"{kind} retrain, {urgency}: {status.upper()}{held}: {sentence}"))
+    for recorded, version, outcome, sentence in store.rows(_TIMELINE_TRAININGS, (model, since)):
+        rows.append((recorded, "training", version, f"{outcome}: {sentence}"))
+    for version, recorded, passed, failed, info, failures in store.rows(_TIMELINE_GATES, (model, since)):
+        text = f"{passed} passed, {failed} failed, {info} for information"
+        rows.append((recorded, "gates", version, text + ("; failed: " + "; ".join(failures) if failures else "")))
+    for recorded, version, reason in store.rows(_TIMELINE_CHAMPIONS, (model, list(versions), since)):
+        rows.append((recorded, "champion", version, reason))
+    for recorded, version, kind, share, sentence, actor in store.rows(_TIMELINE_ROLLOUT, (model, since)):
+        by = "" if actor in ("controller", "shadow") else f" (by {actor})"
+        rows.append((recorded, rollout_step(kind, share), version, sentence + by))
+    # a training's outcome and its gates share one transaction's instant: the outcome first
+    order = {"decision": 0, "training": 1, "gates": 2}
+    rows.sort(key=lambda r: (r[0], order.get(r[1], 3)))
+    return [TimelineEntry(at=event_time_of(recorded), recorded_at=recorded, step=step, version=version,
+                          sentence=sentence) for recorded, step, version, sentence in rows]
+
+
+def rollout_step(kind: str, share: float | None) -> str:
+    """A rollout event's kind as the timeline names it.
+
+    >>> rollout_step("step", 0.25), rollout_step("shadow_passed", None), rollout_step("holding", 1.0)
+    ('ramp 25%', 'shadow passed', 'hold 100%')
+    """
+    if kind == "step":
+        return f"ramp {_pct(share or 0.0)}"
+    if kind == "holding":
+        return f"hold {_pct(share or 1.0)}"
+    return kind.replace("_", " ")
+
+
+def timeline_lines(entries: Sequence[TimelineEntry], tag: Callable[[str], str], width: int = 118) -> list[str]:
+    """The timeline as the console prints it: event time, step, version, then the sentence, wrapped.
+
+    >>> e = TimelineEntry(at=datetime(2026, 11, 2, 3, 4), recorded_at=datetime(2026, 11, 30), step="ramp 5%",
+    ...                   version="b", sentence="b serves 5%")
+    >>> timeline_lines([e], {"b": "v2"}.__getitem__)
+    ['  11-02 03:04  ramp 5%          v2   b serves 5%']
+    """
+    lines = []
+    for e in entries:
+        name = tag(e.version) if e.version else "-"
+        head = f"  {e.at:%m-%d %H:%M}  {e.step:<16} {name:<4} "
+        lines += textwrap.wrap(e.sentence, width=width, initial_indent=head, subsequent_indent=" " * len(head),
+                               break_on_hyphens=False) or [head.rstrip()]
+    return lines

@@ -1,4 +1,11 @@
-"""`pitstop demo`: runs the simulated world (world.py) against a stack and shows it live (console.py)."""
+"""`pitstop demo`: runs the simulated world (world.py) against a stack, serves it through the serving router
+(server.py), plays the scenario's two acts (acts.py) and shows it all live (console.py).
+
+Act one: the world drifts, a retrain fires, its candidate goes through shadow and ramp and becomes champion. Act
+two: a deliberately bad candidate is rolled back by the controller. ``--fast`` stops once both acts have played
+(or at :data:`FAST_HORIZON` of event time, saying where the scenario stood) and prints the run's timeline from the
+database; without it the demo runs on until Ctrl-C.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +25,12 @@ from typing import Any
 import psycopg
 from kafka import KafkaProducer
 
-from feedback.registry.versions import Registry
+from feedback.rollout.controller import Controller
 from feedback.store import FeedbackStore
+from feedback.triggers.alerts import LogAlertSink
 from pitstop import stack
 from pitstop.client import PitstopProducer
+from pitstop.demo.acts import Acts
 from pitstop.demo.console import (
     _ACCURACY,
     _ACCURACY_BY_PHASE,
@@ -32,7 +41,9 @@ from pitstop.demo.console import (
     _GATES,
     _MONITOR_DRIFT,
     _MONITOR_PERFORMANCE,
+    _RAMP,
     _RETRAINS,
+    _ROLLOUT_EVENTS,
     ACCURACY_WINDOW,
     _clip,
     _coverage_lines,
@@ -40,9 +51,15 @@ from pitstop.demo.console import (
     _say,
     _span,
     _table_row,
+    deployment_sentence,
     read_counts,
+    rollout_step,
+    serving_cell,
+    timeline,
+    timeline_lines,
     version_tag,
 )
+from pitstop.demo.server import RoutedServer, register_first_champion, start_serving
 from pitstop.demo.world import (
     BAD_MESSAGE_SHARE,
     CORRECTED_OUTCOME_SHARE,
@@ -55,13 +72,12 @@ from pitstop.demo.world import (
     LABEL_DELAY_MEDIAN_S,
     MODEL_NAME,
     NUMERIC_FEATURES,
-    DemoFeed,
-    ServedModel,
     drift_fraction,
     event_clock,
     feed_for_run,
 )
 from pitstop.errors import ConfigError, StackError
+from pitstop.outbox_relay import OutboxPublisher
 from pitstop.settings import ENV_FILE_NAME, Settings
 from schemas import EventKind
 
@@ -76,10 +92,11 @@ DISPLAY_EVERY_S = 1.0
 HEADER_EVERY_LINES = 20
 DRAIN_TIMEOUT_S = 15.0
 MONITOR_EVERY_LINES = 5
-#: how often (wall seconds) the feed asks the registry whether the model has a new champion to serve with
-CHAMPION_POLL_S = 2.0
 #: the monitoring configuration of the demo's model (used unless PITSTOP_CONFIG names another)
 DEMO_CONFIG = "demo.toml"
+#: ``--fast`` gives up when the scenario has not played out by this much event time after the clock's start (20 days:
+#: act one takes about 8, act two a few hours more; the clock catches up with the wall clock after 30)
+FAST_HORIZON = timedelta(days=20)
 
 
 class _StopRequest:
@@ -115,59 +132,9 @@ def _restore_handlers(previous: dict[int, _Handler]) -> None:
         signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
-class ChampionWatch:
-    """The model server's side of promotion: every ``every_s`` wall seconds it asks the registry for the model's
-    champion, and when one appears that is not the champion of the run's start (a reused store may have one) nor
-    served already, loads it once (the registry checks its digest) and has the feed serve with it from then on."""
-
-    def __init__(self, store: FeedbackStore, feed: DemoFeed, *, registry: Registry | None = None,
-                 every_s: float = CHAMPION_POLL_S, say: Callable[[str], None] = _say) -> None:
-        self.store = store
-        self.feed = feed
-        self.registry = registry or Registry()
-        self.every_s = every_s
-        self.say = say
-        self.next_poll = 0.0
-        #: versions not to serve: the champion when the run began, and any that failed to load
-        self.skipped: set[str] = set()
-        self._failing = False
-        with store.pool.connection() as conn, conn.cursor() as cur:
-            champion = self.registry.champion(cur, MODEL_NAME)
-        if champion is not None:
-            self.skipped.add(champion.version)
-
-    def poll(self, now_s: float) -> ServedModel | None:
-        """At most every ``every_s`` (``now_s``: a monotonic clock): the newly served model, or None."""
-        if now_s < self.next_poll:
-            return None
-        self.next_poll = now_s + self.every_s
-        try:
-            with self.store.pool.connection() as conn, conn.cursor() as cur:
-                champion = self.registry.champion(cur, MODEL_NAME)
-                if (champion is None or champion.version in self.skipped
-                        or champion.version == self.feed.model_version):
-                    self._failing = False
-                    return None
-                try:
-                    model = self.registry.load(cur, champion)
-                except Exception as exc:  # a digest mismatch, an artifact it cannot read: keep serving as before
-                    self.skipped.add(champion.version)
-                    self.say(f"serving   not {MODEL_NAME} {champion.version}: it did not load ({exc}); "
-                             f"{self.feed.model_version} serves on")
-                    return None
-        except psycopg.Error as exc:
-            if not self._failing:
-                self.say(f"serving   the registry did not answer: {str(exc).strip().splitlines()[0]}")
-            self._failing = True
-            return None
-        self._failing = False
-        served = ServedModel(champion.version, model)
-        self.feed.serve(served)
-        return served
-
-
 class _LiveDemo:
-    """Publishes what the feed says against a running stack, and shows the store filling up."""
+    """Publishes what the feed says against a running stack, serves it through the serving router, plays the acts,
+    and shows the store filling up."""
 
     def __init__(self, settings: Settings, bootstrap: str, database_url: str, *, rate: float,
                  speed: float) -> None:
@@ -176,11 +143,15 @@ class _LiveDemo:
         self.rate = rate
         self.speed = speed
         self.wall_start = datetime.now(UTC)
+        #: the wall instant the loop's clock started (event time ``clock_start``); set by :meth:`start_clock`
+        self.loop_started_at = self.wall_start
         # Ids and a model version of its own: a reused store holds the earlier runs, at the same event times.
         self.feed = feed_for_run(self.wall_start)
         self.id_prefix = self.feed.id_prefix
-        #: the built-in model's version; the registry's champions serve later under their own
+        #: the run's own version: the built-in model, registered as the first champion
         self.first_version = self.feed.model_version
+        #: every version the console has named, in order (v1, v2, ...): those that served, the candidates
+        self.names = [self.first_version]
         self.drift_starts_at = self.clock_start + timedelta(seconds=DRIFT_STARTS_AFTER_S)
         self.drift_full_at = self.drift_starts_at + timedelta(seconds=DRIFT_RAMP_S)
         self.sent = dict.fromkeys(
@@ -190,13 +161,31 @@ class _LiveDemo:
         self.lines = 0
         self.recent: deque[tuple[float, int]] = deque(maxlen=4)
         self.decisions_seen: set[tuple[str, str]] = set()
+        self.rollout_event_seen = 0
+        self.deployment_seen = 0
+        self.failed_loads_seen = 0
+        self.acts: Acts | None = None
+        self._acts_failing = False
         self._closers: list[Callable[[], None]] = []
         try:
-            self.store = FeedbackStore(database_url, settings.db_schema, max_size=2)
+            self.store = FeedbackStore(database_url, settings.db_schema, max_size=3)
             self.store.open()
             self._closers.append(self.store.close)
             self.baseline = read_counts(self.store)
-            self.champions = ChampionWatch(self.store, self.feed)
+            self.outbox = OutboxPublisher(bootstrap, settings.topics.prefix, client_id="pitstop-demo-outbox")
+            self._closers.insert(0, self.outbox.close)
+            self.first_sentence = register_first_champion(self.store, self.first_version, at=self.clock_start)
+            self.publish_outbox()
+            self.serving = start_serving(self.store, bootstrap, settings.topics.deployments,
+                                         champion=self.first_version)
+            self._closers.insert(0, self.serving.close)
+            self.feed.serve(RoutedServer(self.serving))
+            model = settings.monitoring.model(MODEL_NAME)
+            if model is not None and model.retrain.promotion == "shadow":
+                controller = Controller(self.store, settings.monitoring, LogAlertSink())
+                self.acts = Acts(self.store, controller, wall_start=self.wall_start,
+                                 drill_version=f"bad-{self.wall_start:%Y%m%dT%H%M%S}", publish=self.publish_outbox,
+                                 say=_say, tag=self.tag)
             self.producer = PitstopProducer(bootstrap, topics=settings.topics,
                                             batch_size=PUBLISH_BATCH_SIZE, client_id="pitstop-demo")
             self._closers.insert(0, self.producer.close)
@@ -217,17 +206,20 @@ class _LiveDemo:
         return self.feed.event_now
 
     @property
-    def model_version(self) -> str:
-        """The version serving now."""
-        return self.feed.model_version
-
-    @property
     def versions(self) -> list[str]:
-        """Every version this run has served, the built-in model's first."""
+        """Every version that has served this run's predictions, the built-in model's first."""
         return self.feed.versions
 
     def tag(self, version: str) -> str:
-        return version_tag(self.versions, version)
+        """The short name of a version: v1 for the run's own, then v2, v3 ... in the order the console met them."""
+        for seen in (*self.versions, version):
+            if seen not in self.names:
+                self.names.append(seen)
+        return version_tag(self.names, version)
+
+    def event_time_of(self, wall: datetime) -> datetime:
+        """The feed's event time at a wall instant of the run."""
+        return event_clock(self.clock_start, (wall - self.loop_started_at).total_seconds(), self.speed, wall)
 
     @property
     def predictions_sent(self) -> int:
@@ -237,7 +229,17 @@ class _LiveDemo:
     def outcomes_sent(self) -> int:
         return self.sent["outcome"] + self.sent["duplicate"] + self.sent["correction"]
 
+    def publish_outbox(self) -> None:
+        """Publish the outbox now (the demo's deployment and drill messages); the stack's relay would within seconds."""
+        try:
+            self.outbox.publish(self.store)
+        except Exception as exc:  # the outbox keeps the rows: the stack's relay publishes them later
+            log.warning("outbox not published yet: %s", exc)
+
     # -- publishing ---------------------------------------------------------------------------
+
+    def start_clock(self) -> None:
+        self.loop_started_at = datetime.now(UTC)
 
     def tick(self, elapsed_s: float) -> None:
         """Move the clock to ``elapsed_s`` wall seconds in, publish what is due, and flush."""
@@ -247,10 +249,6 @@ class _LiveDemo:
             self.caught_up = True
             _say(f"note      event time has caught up with the wall clock "
                  f"({event_now:%Y-%m-%d %H:%M} UTC); from now on it runs at 1x")
-        served = self.champions.poll(time.monotonic())
-        if served is not None:
-            _say(f"serving   {self.tag(served.version)} = {MODEL_NAME} {served.version}, the registry's new champion "
-                 f"(its artifact's sha256 checked), serves the predictions from {self.event_now:%Y-%m-%d %H:%M} UTC on")
         step = self.feed.advance(event_now, int(self.rate * elapsed_s) - self.feed.generated)
         for delivery in step.deliveries:
             self.producer.publish(delivery.event)
@@ -266,13 +264,36 @@ class _LiveDemo:
         self.producer.flush()
         self.raw_producer.flush(timeout=30)
 
+    # -- the acts -----------------------------------------------------------------------------
+
+    def play(self) -> None:
+        """Move the scenario on (a store that does not answer is retried at the next call)."""
+        if self.acts is None or self.acts.done:
+            return
+        try:
+            self.acts.poll()
+        except psycopg.Error as exc:
+            if not self._acts_failing:
+                _say(f"acts      the feedback store did not answer: {str(exc).strip().splitlines()[0]}")
+            self._acts_failing = True
+            return
+        self._acts_failing = False
+
+    @property
+    def finished(self) -> bool:
+        """Both acts have played (or the scenario cannot play: no rollout configured)."""
+        return self.acts is None or self.acts.done
+
     # -- display ------------------------------------------------------------------------------
 
     def show_intro(self) -> None:
         window = _hours(ACCURACY_WINDOW)
         lines = (
-            f"model     {MODEL_NAME} {self.model_version}: {len(NUMERIC_FEATURES)} numeric and 2 "
+            f"model     {MODEL_NAME} {self.first_version}: {len(NUMERIC_FEATURES)} numeric and 2 "
             f"categorical features, {self.rate:g} predictions per second",
+            f"serving   {self.first_sentence};",
+            "          every request is routed on its customer's id by the deployments topic's newest message",
+            "          (pitstop/serving.py), served by the version it names and tagged with it",
             f"clock     event time from {self.clock_start:%Y-%m-%d %H:%M} UTC, "
             f"{_span(self.speed)} of it per second",
             f"drift     {', '.join(DRIFTING_FEATURES)} move +{DRIFT_SHIFT_SD:g} sd from "
@@ -283,6 +304,10 @@ class _LiveDemo:
             f"          {DUPLICATE_OUTCOME_SHARE:.0%} twice, {CORRECTED_OUTCOME_SHARE:.0%} "
             f"corrected later; {BAD_MESSAGE_SHARE:.1%} of all messages are malformed (dead "
             "letters)",
+            "act one   the drift fires a retrain; its candidate is shadowed, ramped 5-10-25-50-100%, held, and made",
+            "          champion by the rollout worker (`rollout` lines say each step and why)",
+            "act two   then the demo deploys a deliberately bad candidate (it fails every request) at 5%;",
+            "          the controller must roll it back by itself",
             "columns   sent p/o: predictions/outcomes published   stored: predictions in the "
             "store",
             "          joined: stored predictions with a label     cover: joined / stored",
@@ -290,12 +315,14 @@ class _LiveDemo:
             "prediction is still to come",
             f"          dead: dead letters     acc{window}: accuracy of the labelled predictions "
             f"of the last {window} (event time)",
-            f"          model: the version serving, v1 the built-in {self.first_version}; a champion the "
-            "retrain worker",
-            "          registers takes over as v2, v3 ... (`serving` lines name them)",
+            f"          serving: the deployment the router applied: the champion (v1 = {self.first_version}),",
+            "          and during a ramp the challenger and its share (v1+v2 5%); v2, v3 ... in order of appearance",
             "          in/s: rows stored per second (wall time)",
             "          Ctrl-C stops",
         )
+        if self.acts is None:
+            lines = (*lines, f"note      {MODEL_NAME} is not configured with promotion = \"shadow\" here: the acts "
+                             "do not play (start the stack with the demo's configuration)")
         for line in lines:
             _say(line)
 
@@ -320,7 +347,7 @@ class _LiveDemo:
             f"{elapsed_s:.0f}s",
             f"{self.event_now:%Y-%m-%d %Hh}",
             f"{drift:.0%}",
-            self.tag(self.model_version),
+            serving_cell(self.serving.deployment(MODEL_NAME), self.tag),
             f"{self.predictions_sent:,}",
             f"{self.outcomes_sent:,}",
             f"{counts.predictions:,}",
@@ -334,7 +361,38 @@ class _LiveDemo:
         ]))
         if self.lines % MONITOR_EVERY_LINES == 0:
             self._monitor_line()
+            self._ramp_line()
+        self._deployment_lines()
         self._decision_lines()
+        self._rollout_lines()
+
+    def _deployment_lines(self) -> None:
+        """The deployment the router applied, when it changes, and any version it could not load."""
+        if self.serving.failed_loads > self.failed_loads_seen:
+            for failure in list(self.serving.failures)[self.failed_loads_seen - self.serving.failed_loads:]:
+                _say(f"serving   {failure.role} {self.tag(failure.version)} of message {failure.message_version} did "
+                     f"not load: {failure.reason}")
+            self.failed_loads_seen = self.serving.failed_loads
+        deployment = self.serving.deployment(MODEL_NAME)
+        if deployment is None or deployment.message_version == self.deployment_seen:
+            return
+        self.deployment_seen = deployment.message_version
+        _say(f"deploy    {deployment_sentence(deployment, self.tag)} (router applied it at "
+             f"{self.event_now:%m-%d %H:%M})")
+
+    def _rollout_lines(self) -> None:
+        """Each rollout event of the run as it is recorded: shadow verdicts, ramp steps, promotion, rollback."""
+        for event_id, kind, version, share, sentence, actor in self.store.rows(
+                _ROLLOUT_EVENTS, (MODEL_NAME, self.wall_start, self.rollout_event_seen)):
+            self.rollout_event_seen = event_id
+            by = "" if actor in ("controller", "shadow") else f" (by {actor})"
+            _say(f"rollout   {rollout_step(kind, share)} {self.tag(version) if version else ''}: {sentence}{by}")
+
+    def _ramp_line(self) -> None:
+        """The ramp under way and its controller's latest sentence."""
+        for champion, challenger, state, share, sentence in self.store.rows(_RAMP, (MODEL_NAME,)):
+            _say(f"ramp      {self.tag(challenger)} {state} at {100 * share:g}% against {self.tag(champion)}: "
+                 f"{sentence}")
 
     def _decision_lines(self) -> None:
         """Each retrain decision of this run as its status changes: watch, pending, fired, suppressed."""
@@ -351,7 +409,8 @@ class _LiveDemo:
             self.decisions_seen.add(("retrain", trigger_id))
             _say(f"retrain   {outcome.upper()}: {sentence}")
             if version is not None:
-                _say(f"          its offline gates (`pitstop models show {MODEL_NAME} {version}`):")
+                _say(f"          {self.tag(version)} = {MODEL_NAME} {version}; its offline gates "
+                     f"(`pitstop models show {MODEL_NAME} {version}`):")
                 self._gate_lines(version)
 
     def _retrains(self) -> list[tuple[Any, ...]]:
@@ -363,9 +422,11 @@ class _LiveDemo:
             _say(f"            {mark}  {gate}")
 
     def _monitor_line(self) -> None:
-        """The monitor's verdict on the newest judged window of the newest version it has judged, as the workers
-        last stored it."""
-        for version in reversed(self.versions):
+        """The monitor's verdict on the newest judged window of the deployed champion (else of the newest version it
+        has judged), as the workers last stored it."""
+        deployment = self.serving.deployment(MODEL_NAME)
+        first = [deployment.champion] if deployment is not None else []
+        for version in dict.fromkeys([*first, *reversed(self.versions)]):
             drift = self.store.rows(_MONITOR_DRIFT, (MODEL_NAME, version))
             perf = self.store.rows(_MONITOR_PERFORMANCE, (MODEL_NAME, version))
             if drift or perf:
@@ -497,6 +558,33 @@ class _LiveDemo:
                  f"{MODEL_NAME} {version}`):")
             self._gate_lines(version)
 
+    def scenario_outcome(self) -> str:
+        """How far the acts got, in one sentence."""
+        assert self.acts is not None
+        try:
+            if self.acts.succeeded:
+                return (f"played as written: {self.tag(self.acts.champion or '')} became champion through shadow and "
+                        f"ramp; the bad candidate {self.tag(self.acts.drill_version)} was rolled back automatically")
+            return f"not played out: {self.acts.where()}"
+        except psycopg.Error as exc:
+            return f"unknown: the feedback store did not answer: {str(exc).strip().splitlines()[0]}"
+
+    def timeline_report(self) -> None:
+        """Every decision of the run and its sentence, in event time order, as the database holds them."""
+        try:
+            entries = timeline(self.store, model=MODEL_NAME, versions=self.names, since=self.wall_start,
+                               event_time_of=self.event_time_of)
+        except psycopg.Error as exc:
+            _say(f"timeline  the feedback store did not answer: {str(exc).strip().splitlines()[0]}")
+            return
+        _say()
+        _say(f"timeline of this run: every decision and its sentence, from the database, at the event time (UTC) the "
+             f"feed's clock read when it was recorded (`pitstop models trail {MODEL_NAME} V` shows one version's):")
+        for version in self.names:
+            _say(f"  {self.tag(version):<4} {MODEL_NAME} {version}")
+        for line in timeline_lines(entries, self.tag):
+            _say(line)
+
     def close(self) -> None:
         for close in self._closers:
             try:
@@ -563,24 +651,33 @@ def _detached_stack_running(settings: Settings) -> bool:
     return True
 
 
-def _loop(demo: _LiveDemo, stop: _StopRequest, duration_s: float | None) -> float:
-    """Tick and display until ``duration_s`` or a stop request; returns the wall seconds run."""
+def _loop(demo: _LiveDemo, stop: _StopRequest, duration_s: float | None, *, fast: bool = False) -> tuple[float, str]:
+    """Tick, display and play the acts until ``duration_s``, a stop request, or with ``fast`` the scenario's end
+    or :data:`FAST_HORIZON`; returns the wall seconds run and why the loop ended."""
     started = time.monotonic()
+    demo.start_clock()
     next_tick = started
     next_display = started + DISPLAY_EVERY_S
     elapsed = 0.0
+    horizon = demo.clock_start + FAST_HORIZON
     while not stop:
         elapsed = time.monotonic() - started
         if duration_s is not None and elapsed >= duration_s:
-            break
+            return elapsed, f"--duration {duration_s:g} s reached"
+        if fast and demo.finished:
+            return elapsed, "the scenario has played out"
+        if fast and demo.event_now >= horizon:
+            return elapsed, (f"timeout: {_span(FAST_HORIZON.total_seconds())} of event time, and the scenario has "
+                             "not played out")
         demo.tick(elapsed)
         if time.monotonic() >= next_display:
             demo.display(elapsed)
+            demo.play()
             next_display += DISPLAY_EVERY_S
         next_tick += TICK_S
         while not stop and (left := next_tick - time.monotonic()) > 0:
             time.sleep(min(0.05, left))
-    return elapsed
+    return elapsed, "stopped (Ctrl-C or SIGTERM)"
 
 
 def run(
@@ -590,8 +687,12 @@ def run(
     rate: float = 200.0,
     speed: float = 3600.0,
     workers: int = 1,
+    fast: bool = False,
 ) -> int:
     """Run the demo for ``duration_s`` wall seconds, or until Ctrl-C/SIGTERM; returns 0.
+
+    With ``fast``, run until both acts have played (or :data:`FAST_HORIZON` of event time has passed), print the
+    run's timeline and return 0 if the scenario played as written, 1 (with the reason) otherwise.
 
     Uses the stack `pitstop up --detach` runs, and leaves it running; otherwise starts one
     (``workers`` ingest workers) and stops it at the end.
@@ -599,8 +700,13 @@ def run(
     from pitstop import supervisor
 
     _check_args(duration_s, rate, speed, workers)
+    code = 0
     if logging.getLogger().getEffectiveLevel() >= logging.INFO:
         logging.getLogger("kafka").setLevel(logging.WARNING)  # its chatter would break the table
+        # the selector's "task ran for 0.12 s" says the demo's thread held the GIL (serving); the console's
+        # `deploy` and `serving` lines say what the router did
+        logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
+        logging.getLogger("pitstop.serving").setLevel(logging.WARNING)
     previous = _set_handlers(_raise_interrupt)  # while starting, SIGTERM interrupts as Ctrl-C does
     running = None
     try:
@@ -619,14 +725,22 @@ def run(
         demo = _LiveDemo(settings, bootstrap, database_url, rate=rate, speed=speed)
         try:
             demo.show_intro()
-            elapsed = _loop(demo, stop, duration_s)
+            elapsed, ended = _loop(demo, stop, duration_s, fast=fast)
             _say()
-            _say("stopping  flushing the producer, letting the workers catch up ...")
+            _say(f"stopping  {ended}; flushing the producer, letting the workers catch up ...")
             demo.flush()
             demo.drain(stop)
             demo.summary(elapsed)
-            demo.monitor_report()
-            demo.decisions_report()
+            if not fast:
+                demo.monitor_report()
+                demo.decisions_report()
+            demo.timeline_report()
+            if demo.acts is not None:
+                outcome = demo.scenario_outcome()
+                _say()
+                _say(f"scenario  {outcome}")
+                if fast and not outcome.startswith("played"):
+                    code = 1
             _say()
             view = f"{settings.db_schema}.label_coverage"
             query = f"psql \"$PITSTOP_DATABASE_URL\" -c 'select * from {view}'"
@@ -647,4 +761,4 @@ def run(
             supervisor.stop_stack(running)
             _say("stopped")
         _restore_handlers(previous)
-    return 0
+    return code

@@ -7,7 +7,7 @@ import heapq
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta  # noqa: F401  (UTC: the doctests use it)
 from typing import Any, Protocol
 
@@ -111,7 +111,7 @@ def sample_label_delays_s(
 
 
 class Classifier(Protocol):
-    """What the feed needs of a model to serve with it: a registry version's loaded object (for instance
+    """What a served model needs: a registry version's loaded object (for instance
     retrain_worker.trainers.TabularModel) reading a DataFrame of the feature columns."""
 
     classes_: Any
@@ -121,29 +121,85 @@ class Classifier(Protocol):
     def predict_proba(self, X: pd.DataFrame) -> Any: ...
 
 
+class ModelServer(Protocol):
+    """What serves the world's requests instead of its built-in model: given the built-in model's prediction
+    events (their ids, times, features, routing keys and segments are the requests), the events as served, in
+    the same order, each tagged with the version that served it (pitstop/demo/server.py routes them through
+    the serving router)."""
+
+    def serve(self, requests: Sequence[PredictionEvent]) -> list[PredictionEvent]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ServedModel:
-    """A model the feed serves with instead of its built-in one (a registry version), and its version.
+    """One model serving every request (a registry version), and its version.
 
     >>> class Half:
     ...     classes_ = np.array([0, 1])
     ...     def predict_proba(self, X): return np.tile([0.25, 0.75], (len(X), 1))
     ...     def predict(self, X): return np.ones(len(X), dtype=int)
-    >>> ServedModel("v2", Half()).serve([{"usage_gb": 3.5}, {"usage_gb": 1.0}])
-    ([1, 1], [0.75, 0.75])
+    >>> t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    >>> rows = generate_predictions(np.random.default_rng(1), 2, start_at=t0, end_at=t0 + timedelta(hours=1),
+    ...                             clock_start=t0, id_prefix="d-", model_version="v1")
+    >>> [(e.model_version, e.prediction, e.probabilities) for e in ServedModel("v2", Half()).serve(
+    ...     [r.prediction for r in rows])]
+    [('v2', 1, {'0': 0.25, '1': 0.75}), ('v2', 1, {'0': 0.25, '1': 0.75})]
     """
 
     version: str
     model: Classifier
 
-    def serve(self, features: Sequence[dict[str, Any]]) -> tuple[list[int], list[float]]:
-        """The model's predictions and positive-class probabilities (rounded as served) for rows of features."""
-        X = pd.DataFrame.from_records(list(features))
+    def serve(self, requests: Sequence[PredictionEvent]) -> list[PredictionEvent]:
+        """The requests served by the model (probabilities rounded as served), under its version."""
+        if not requests:
+            return []
+        X = pd.DataFrame.from_records([dict(r.features) for r in requests])
         proba = np.asarray(self.model.predict_proba(X), dtype=float)
         classes = [str(c) for c in np.asarray(self.model.classes_).tolist()]
-        p1 = proba[:, classes.index("1")] if "1" in classes else np.zeros(len(X))
-        predicted = [int(v) for v in np.asarray(self.model.predict(X)).tolist()]
-        return predicted, [round(float(p), 4) for p in p1]
+        p1s = proba[:, classes.index("1")] if "1" in classes else np.zeros(len(X))
+        predicted = np.asarray(self.model.predict(X)).tolist()
+        return [replace(r, model_version=self.version, prediction=int(y),
+                        probabilities={"0": round(1.0 - p, 4), "1": p}, score=p)
+                for r, y, p in zip(requests, predicted, (round(float(p), 4) for p in p1s), strict=True)]
+
+
+def builtin_model() -> Any:
+    """The built-in model as a registry version serves it: the retrain worker's linear pipeline (imputer, scaler,
+    one-hot, logistic regression) with the world's weights set in it, so it predicts what the built-in model of
+    :func:`generate_predictions` does, and costs what a model the retrain worker trains costs to serve (the
+    latency rollback rule compares the two).
+
+    >>> t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    >>> rows = generate_predictions(np.random.default_rng(4), 500, start_at=t0, end_at=t0 + timedelta(hours=9),
+    ...                             clock_start=t0, id_prefix="d-", model_version="v1")
+    >>> X = pd.DataFrame.from_records([r.prediction.features for r in rows])
+    >>> p1 = builtin_model().predict_proba(X)[:, 1]
+    >>> float(np.abs(p1 - [r.prediction.score for r in rows]).max()) < 1e-4
+    True
+    """
+    from retrain_worker.trainers import linear  # sklearn: loaded when a stack serves the model, not for the world
+
+    names = list(NUMERIC_FEATURES)
+    means = np.array([NUMERIC_FEATURES[n][0] for n in names])
+    sds = np.array([NUMERIC_FEATURES[n][1] for n in names])
+    # every region and plan once at least, so the encoder knows them all; the fit only sets up the pipeline
+    combos = [(r, p) for r in REGIONS for p in PLANS]
+    X = pd.DataFrame([{**dict(zip(names, means.tolist(), strict=True)), "region": r, "plan": p} for r, p in combos])
+    X["support_calls"] = X["support_calls"].round().astype(int)
+    fitted = linear("classification").fit(X, pd.Series([i % 2 for i in range(len(X))]), np.ones(len(X)))
+    columns = fitted.estimator.named_steps["columns"]
+    numbers = columns.named_transformers_["numeric"]
+    numbers.named_steps["impute"].statistics_ = means.copy()
+    scaler = numbers.named_steps["scale"]
+    scaler.mean_, scaler.scale_, scaler.var_ = means.copy(), sds.copy(), sds**2
+    regions, plans = columns.named_transformers_["categorical"].categories_
+    region_effects = dict(zip(REGIONS, REGION_EFFECTS.tolist(), strict=True))
+    plan_effects = dict(zip(PLANS, PLAN_EFFECTS.tolist(), strict=True))
+    logistic = fitted.estimator.named_steps["model"]
+    logistic.coef_ = np.array([[*MODEL_WEIGHTS.tolist(), *(region_effects[str(r)] for r in regions),
+                                *(plan_effects[str(p)] for p in plans)]])
+    logistic.intercept_ = np.array([MODEL_INTERCEPT])
+    return fitted
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,14 +221,15 @@ def generate_predictions(
     id_prefix: str,
     model_version: str,
     first_index: int = 0,
-    served: ServedModel | None = None,
+    served: ModelServer | None = None,
 ) -> list[GeneratedRow]:
     """``n`` predictions of the churn model spread over ``[start_at, end_at)``, in time order.
 
     Features drift with :func:`drift_fraction` of the time since ``clock_start``; the true label
     comes from a logistic ground truth whose weights move away from the model's as they drift.
-    The built-in model serves the predictions, or ``served`` (a registry version) does; the world
-    (features, labels, everything drawn at random) is the same either way.
+    The built-in model serves the predictions (its latency simulated), or ``served`` does (a registry
+    version, or the serving router's versions); the world (features, labels, everything drawn at random)
+    is the same either way.
 
     >>> t0 = datetime(2026, 1, 1, tzinfo=UTC)
     >>> rows = generate_predictions(np.random.default_rng(1), 3, start_at=t0,
@@ -214,29 +271,29 @@ def generate_predictions(
         row["region"] = REGIONS[region[i]]
         row["plan"] = PLANS[plan[i]]
         features.append(row)
-    if served is None:
-        p1s = [round(float(p), 4) for p in p_churn]
-        predicted = [int(p >= 0.5) for p in p1s]
-    else:
-        predicted, p1s = served.serve(features)
-    rows = []
+    p1s = [round(float(p), 4) for p in p_churn]
+    events = []
     for i in range(n):
         p1 = p1s[i]
-        event = PredictionEvent(
+        events.append(PredictionEvent(
             prediction_id=f"{id_prefix}{first_index + i:08d}",
             model_name=MODEL_NAME,
             model_version=model_version,
             predicted_at=start_at + timedelta(seconds=float(offsets_s[i])),
             features=features[i],
-            prediction=predicted[i],
+            prediction=int(p1 >= 0.5),
             probabilities={"0": round(1.0 - p1, 4), "1": p1},
             score=p1,
             routing_key=f"customer-{customers[i]}",
             segment={"region": REGIONS[region[i]]},
             latency_ms=round(float(latency_ms[i]), 2),
-        )
-        rows.append(GeneratedRow(event, int(labels[i]), float(drift[i])))
-    return rows
+        ))
+    if served is not None:
+        events = served.serve(events)
+        if [e.prediction_id for e in events] != [f"{id_prefix}{first_index + i:08d}" for i in range(n)]:
+            msg = f"the model server answered {len(events)} events for {n} requests, or out of order"
+            raise ValueError(msg)
+    return [GeneratedRow(event, int(labels[i]), float(drift[i])) for i, event in enumerate(events)]
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -378,7 +435,7 @@ class DemoFeed:
     >>> sum(d.kind in ("outcome", "late_prediction") for d in step.deliveries) > 90
     True
 
-    From :meth:`serve` on, a registry version serves the predictions, under its own version:
+    From :meth:`serve` on, a model server serves the predictions, each under the version that served it:
 
     >>> class Always:
     ...     classes_ = np.array([0, 1])
@@ -396,12 +453,12 @@ class DemoFeed:
     def __init__(self, clock_start: datetime, *, id_prefix: str, model_version: str, seed: int = SEED) -> None:
         self.clock_start = clock_start
         self.id_prefix = id_prefix
-        #: the version new predictions of this feed are served as: the built-in model's, then each served one's
+        #: the run's own version: the built-in model's (its malformed messages carry it too)
         self.model_version = model_version
-        #: every version this feed has served, in order (the built-in model's first)
+        #: every version that has served this feed's predictions, in the order they first did (the run's own first)
         self.versions = [model_version]
-        #: the registry version serving the predictions; None while the built-in model does
-        self.served: ServedModel | None = None
+        #: what serves the predictions; None while the built-in model does
+        self.served: ModelServer | None = None
         self.rng = np.random.default_rng(seed)
         self.event_now = clock_start
         self.generated = 0
@@ -414,13 +471,10 @@ class DemoFeed:
         """Events planned but not due yet."""
         return len(self._queue)
 
-    def serve(self, served: ServedModel) -> None:
-        """Serve the predictions made from now on (event time) with ``served``, tagged with its version; the
-        world, and the outcomes of what was served before, stay as they were."""
+    def serve(self, served: ModelServer) -> None:
+        """Serve the predictions made from now on (event time) with ``served``; the world, and the outcomes of
+        what was served before, stay as they were."""
         self.served = served
-        self.model_version = served.version
-        if served.version not in self.versions:
-            self.versions.append(served.version)
 
     def advance(self, event_now: datetime, predictions: int) -> FeedStep:
         """Serve ``predictions`` predictions between the last step and ``event_now``; return
@@ -432,6 +486,9 @@ class DemoFeed:
                 first_index=self.generated, served=self.served,
             )
             self.generated += predictions
+            for version in dict.fromkeys(r.prediction.model_version for r in rows):
+                if version not in self.versions:
+                    self.versions.append(version)
             planned = plan_deliveries(self.rng, rows, self._seq)
             self._seq += len(planned)
             for delivery in planned:

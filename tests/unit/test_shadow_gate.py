@@ -186,3 +186,30 @@ def test_low_agreement_escalates_and_fails_nothing() -> None:
     assert v.status == "passed" and v.escalate
     assert v.figures["agreement"] == pytest.approx(np.mean(served == shadow))
     assert _checks(v)["agreement"].sentence.endswith("< 80%: escalated to a person (it fails nothing)")
+
+
+@pytest.mark.parametrize(("right_in_the_tail", "passes"), [(True, True), (False, False)])
+def test_a_confident_classification_tail_passes_only_when_the_challenger_is_right_there(right_in_the_tail: bool,
+                                                                                         passes: bool) -> None:
+    """A sharp model retrained after drift flips, confidently, the 19% of requests the stale champion gets wrong:
+    its p99 gap is ~1 and that tail is its gain (passed). The mirror image, confidently flipping 5% of requests
+    the champion gets right, has the same gap tail and fails on it (seed 003's catastrophic disagreement)."""
+    rng = np.random.default_rng(4)
+    n = 3000
+    truth = rng.integers(0, 2, n)
+    flipped = rng.random(n) < (0.19 if right_in_the_tail else 0.05)
+    served = np.where(flipped, 1 - truth, truth) if right_in_the_tail else truth.copy()
+    shadow = truth.copy() if right_in_the_tail else np.where(flipped, 1 - truth, truth)
+    p_served = np.where(served == 1, 0.97, 0.03)
+    p_shadow = np.where(shadow == 1, 0.99, 0.01)
+    key = np.vectorize(str, otypes=[object])
+    rows = ShadowRows(labels=key(truth), served=key(served), shadow=key(shadow), failed=np.zeros(n, dtype=bool),
+                      served_proba=p_served, shadow_proba=p_shadow)
+    config = RolloutConfig(shadow_max_ratio=2.0)  # the error ratio alone would pass both
+    verdict = shadow_verdict(rows, config, task="classification", positive_class=1, duration_s=2 * DAY)
+    tail = _checks(verdict)["gap_tail"]
+    past = np.abs(p_shadow - p_served) > 0.9
+    assert tail.observed == pytest.approx(np.percentile(np.abs(p_shadow - p_served), 99))
+    assert (float((shadow[past] != truth[past]).mean()) <= float((served[past] != truth[past]).mean())) == passes
+    assert tail.passed is passes, tail.sentence
+    assert f"on the {int(past.sum()):,} labelled requests past it" in tail.sentence
