@@ -58,9 +58,10 @@ def run(settings: Settings, command: str, model: str, *, say: Say, **kwargs: Any
     return 0
 
 
-def drill(settings: Settings, model: str, *, switch_s: float = 30.0, wait_s: float = 300.0, say: Say,
-          clock: Callable[[], float] = time.monotonic) -> int:
-    """Rehearse an automatic rollback; 0 when it fired and every router switched within ``switch_s``."""
+def drill(settings: Settings, model: str, *, switch_s: float = 30.0, wait_s: float = 300.0, settle_s: float = 5.0,
+          say: Say, clock: Callable[[], float] = time.monotonic) -> int:
+    """Rehearse an automatic rollback; 0 when it fired and every router switched within ``switch_s``
+    (``settle_s`` more are given to the model servers' producers and the ingest to store the last requests)."""
     with _session(settings) as (store, controller):
         version = f"drill-{datetime.now(UTC):%Y%m%dT%H%M%S}"
         registry = Registry()
@@ -96,7 +97,7 @@ def drill(settings: Settings, model: str, *, switch_s: float = 30.0, wait_s: flo
             return 1
         at, sentence = rolled_back[0]
         say(f"rollback fired: {sentence}")
-        wait_until = clock() + switch_s + 5.0  # the routers' switch, then the ingest's batching
+        wait_until = clock() + switch_s + settle_s  # the routers' switch, then the ingest's batching
         while clock() < wait_until:
             time.sleep(0.5)
         last = store.scalar("SELECT max(ingested_at) FROM predictions WHERE model_name = %s AND model_version = %s",

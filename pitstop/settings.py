@@ -93,6 +93,8 @@ class Settings:
     #: the models to monitor, from PITSTOP_CONFIG (default ./pitstop.toml when it exists)
     monitoring: MonitoringConfig = EMPTY
     monitor_interval_s: float = 10.0
+    #: seconds between the rollout worker's rounds (shadow scoring, the ramp's look); shadows are judged every 5
+    rollout_interval_s: float = 2.0
     #: where alerts are POSTed as JSON, besides the log (PITSTOP_ALERT_WEBHOOK); None: the log only
     alert_webhook: str | None = None
 
@@ -149,6 +151,7 @@ class Settings:
         return cls(
             monitoring=monitoring,
             monitor_interval_s=_read(env, "PITSTOP_MONITOR_INTERVAL_S", float, 10.0, "seconds > 0", _positive),
+            rollout_interval_s=_read(env, "PITSTOP_ROLLOUT_INTERVAL_S", float, 2.0, "seconds > 0", _positive),
             kafka_bootstrap=kafka or local.get("PITSTOP_KAFKA_BOOTSTRAP"),
             database_url=database or local.get("PITSTOP_DATABASE_URL"),
             external_kafka=kafka is not None,

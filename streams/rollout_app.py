@@ -30,13 +30,11 @@ log = logging.getLogger(__name__)
 
 #: the rollout worker's app id (and consumer group) is the ingest's with this suffix
 APP_SUFFIX = "-rollout"
-#: seconds between rollout rounds
-ROUND_INTERVAL_S = 2.0
 #: the shadow scoring's time budget in a round (a slow shadow model waits for the next round)
 SCORE_BUDGET_S = 5.0
-#: seconds between shadow verdicts: a look loads every labelled row of a shadow (0.8 s for 200,000 rows on a
-#: laptop), and verdicts measured in hours of event time lose nothing by waiting a few seconds
-JUDGE_INTERVAL_S = 10.0
+#: rounds between shadow verdicts (settings.rollout_interval_s apart): a look loads every labelled row of a shadow
+#: (0.8 s for 200,000 rows on a laptop), and verdicts measured in hours of event time lose nothing by waiting
+JUDGE_EVERY_ROUNDS = 5
 CANDIDATE_BATCH = 50
 
 
@@ -97,7 +95,7 @@ def build_rollout_app(settings: Settings, *, ready_file: Path | None = None) -> 
 
     def shadow_round() -> None:
         score_round(store, registry, settings.monitoring, budget_s=SCORE_BUDGET_S, models=models, cursors=cursors)
-        if time.monotonic() - judged_at[0] >= JUDGE_INTERVAL_S:
+        if time.monotonic() - judged_at[0] >= JUDGE_EVERY_ROUNDS * settings.rollout_interval_s:
             judged_at[0] = time.monotonic()
             judge_round(store, registry, settings.monitoring, alerts)
 
@@ -113,7 +111,7 @@ def build_rollout_app(settings: Settings, *, ready_file: Path | None = None) -> 
     # controller looks (a shadow that passed starts its ramp in the same tick).
     rounds: list[Callable[[], object]] = [shadow_round, ramp_round]
 
-    @app.timer(interval=ROUND_INTERVAL_S)
+    @app.timer(interval=settings.rollout_interval_s)
     async def rollout_rounds() -> None:
         for run in rounds:
             await asyncio.to_thread(run_round, run)
