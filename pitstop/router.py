@@ -31,13 +31,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cache
-from importlib import resources
 from typing import Any
 
-import jsonschema
-
-from schemas.validation import first_error
+from schemas.validation import first_error, schema_validator
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +89,6 @@ class Deployment:
                 "decided_at": self.decided_at.isoformat(), "reason": self.reason}
 
 
-@cache
-def _validator() -> jsonschema.Draft202012Validator:
-    schema = json.loads(resources.files("schemas").joinpath("deployment.schema.json").read_text())
-    return jsonschema.Draft202012Validator(schema)
 
 
 def parse_deployment(value: bytes | None) -> Deployment:
@@ -109,7 +101,7 @@ def parse_deployment(value: bytes | None) -> Deployment:
     except ValueError as exc:
         msg = f"not JSON: {exc}"
         raise DeploymentError(msg) from None
-    error = first_error(_validator(), doc)
+    error = first_error(schema_validator("deployment.schema.json"), doc)
     if error is not None:
         msg = f"schema: {error}"
         raise DeploymentError(msg)

@@ -8,20 +8,16 @@ handling a trigger twice harmless (retrain_worker/pipeline.py).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cache
 from typing import Any
 
-import jsonschema
 import orjson
 
 from feedback.store import DeadLetterRecord, FeedbackStore, insert_dead_letters
 from feedback.store.ingest import InboundMessage, dead_letter_key, encode_dead_letter
-from schemas import SCHEMA_DIR
-from schemas.validation import first_error
+from schemas.validation import first_error, schema_validator
 
 _TAKE = """
 INSERT INTO retrain_intake (trigger_id, model_name, source_partition, source_offset)
@@ -51,10 +47,6 @@ class TriggerRejected(ValueError):
     """A message on the trigger topic that is not a valid trigger event; ``str()`` is the one-line reason."""
 
 
-@cache
-def _validator() -> jsonschema.Draft202012Validator:
-    schema = json.loads((SCHEMA_DIR / "retrain_trigger.schema.json").read_text())
-    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
 
 
 def decode_trigger(value: bytes | None) -> TriggerEvent:
@@ -73,7 +65,7 @@ def decode_trigger(value: bytes | None) -> TriggerEvent:
     except orjson.JSONDecodeError as exc:
         msg = f"not_json: {exc}"
         raise TriggerRejected(msg) from None
-    error = first_error(_validator(), doc)
+    error = first_error(schema_validator("retrain_trigger.schema.json"), doc)
     if error is not None:
         msg = f"schema: {error}"
         raise TriggerRejected(msg)

@@ -1,10 +1,26 @@
-"""One line for the first thing a JSON document gets wrong against its schema."""
+"""The schemas' validators, and one line for the first thing a JSON document gets wrong against its schema."""
 
 from __future__ import annotations
 
+import json
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import jsonschema
+
+_SCHEMA_DIR = Path(__file__).parent
+
+
+@cache
+def schema_validator(filename: str) -> jsonschema.Draft202012Validator:
+    """The validator of ``schemas/<filename>`` (built once per process).
+
+    >>> schema_validator("deployment.schema.json").is_valid({"schema_version": 1})
+    False
+    """
+    schema = json.loads((_SCHEMA_DIR / filename).read_text())
+    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
 
 
 def first_error(validator: jsonschema.protocols.Validator, doc: Any, *, limit: int = 200) -> str | None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import faust
 import orjson
@@ -72,23 +73,12 @@ def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.Ap
         max_events_per_txn=settings.max_events_per_txn,
     )
 
-    async def write_then_ack(stream: faust.StreamT[Any], events: list[Any]) -> None:
-        try:
-            result = await asyncio.to_thread(ingestor.ingest, [_inbound(e.message) for e in events])
-            await publish_dead_letters(dead_letter, result.dead_letters)
-        except IngestStopped:
-            return  # shutting down: the batch stays unacked and is redelivered
-        except Exception:
-            _exit_unacked(events)
-        for event in events:
-            await stream.ack(event)
-
     @app.agent(inputs, name="ingest", concurrency=1)
     async def ingest(stream: faust.StreamT[Any]) -> None:
         # A batch is acked only after the transaction holding it has committed (feedback.store.ingest).
         # Reading the next batch while writing this one measured no faster (BENCHMARKS.md).
         async for events in stream.noack_take(settings.batch_messages, within=settings.batch_within_s):
-            await write_then_ack(stream, events)
+            await handle_then_ack(stream, events, ingestor.ingest, dead_letter)
 
     if windows.enabled:
         monitoring = app.topic(topics.monitoring, value_type=bytes, key_type=bytes,
@@ -127,6 +117,26 @@ def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.Ap
 
     store.open(wait=False)  # connects in the background; the first batch waits for it
     return app
+
+
+class _Handled(Protocol):
+    dead_letters: list[DeadLetterRecord]
+
+
+async def handle_then_ack(stream: faust.StreamT[Any], events: list[Any],
+                          handle: Callable[[list[InboundMessage]], _Handled], dead_letter: faust.TopicT) -> None:
+    """Hand a batch to ``handle`` in a thread (it commits its effects and its dead letters to the database), publish
+    the dead letters, then ack the batch. Shutting down leaves the batch unacked (redelivered); anything else that
+    raises is a bug: the worker exits with the batch unacked (:func:`_exit_unacked`)."""
+    try:
+        result = await asyncio.to_thread(handle, [_inbound(e.message) for e in events])
+        await publish_dead_letters(dead_letter, result.dead_letters)
+    except IngestStopped:
+        return  # shutting down: the batch stays unacked and is redelivered
+    except Exception:
+        _exit_unacked(events)
+    for event in events:
+        await stream.ack(event)
 
 
 async def publish_dead_letters(topic: faust.TopicT, letters: list[DeadLetterRecord]) -> None:
@@ -203,8 +213,7 @@ def _exit_unacked(events: list[Any]) -> NoReturn:
     """
     first = events[0].message if events else None
     where = f"{first.topic}[{first.partition}]@{first.offset}" if first is not None else "?"
-    log.critical("ingest of a batch from %s failed unexpectedly; exiting with the batch unacked", where,
-                 exc_info=True)
+    log.critical("a batch from %s failed unexpectedly; exiting with the batch unacked", where, exc_info=True)
     logging.shutdown()
     os._exit(EXIT_INGEST_BUG)
 

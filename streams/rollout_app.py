@@ -6,24 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import faust
 
-from feedback.errors import IngestStopped
 from feedback.registry.versions import Registry
 from feedback.rollout.controller import Controller
 from feedback.rollout.shadow import CandidateIntake, ScanCursors, ShadowModelCache, judge_round, score_round
 from feedback.store import FeedbackStore
-from feedback.store.ingest import TRANSIENT_ERRORS, InboundMessage
+from feedback.store.ingest import TRANSIENT_ERRORS
 from feedback.triggers.alerts import alert_sink
 from pitstop.outbox_relay import OutboxPublisher
 from pitstop.settings import Settings
-from streams.app import EXIT_INGEST_BUG, publish_dead_letters, publish_outbox
+from streams.app import handle_then_ack, publish_outbox
 from streams.consumer import set_fetch_max_wait
 
 log = logging.getLogger(__name__)
@@ -74,22 +72,11 @@ def build_rollout_app(settings: Settings, *, ready_file: Path | None = None) -> 
     cursors = ScanCursors()
     intake = CandidateIntake(store, settings.monitoring, registry=registry, alerts=alerts, models=models)
 
-    async def start_then_ack(stream: faust.StreamT[Any], events: list[Any]) -> None:
-        try:
-            result = await asyncio.to_thread(intake.receive, [_inbound(e.message) for e in events])
-            await publish_dead_letters(dead_letter, result.dead_letters)
-        except IngestStopped:
-            return  # shutting down: the batch stays unacked and is redelivered
-        except Exception:
-            _exit_unacked(events)
-        for event in events:
-            await stream.ack(event)
-
     @app.agent(candidates, name="candidates", concurrency=1)
     async def take_candidates(stream: faust.StreamT[Any]) -> None:
         # acked only once every candidate of the batch has started its shadow or is a stored dead letter
         async for events in stream.noack_take(CANDIDATE_BATCH, within=0.5):
-            await start_then_ack(stream, events)
+            await handle_then_ack(stream, events, intake.receive, dead_letter)
 
     judged_at = [float("-inf")]
 
@@ -141,18 +128,3 @@ def run_round(run: Callable[[], object]) -> None:
         log.warning("rollout round skipped, database unavailable: %s", exc)
     except Exception:
         log.exception("rollout round failed; the next round starts afresh")
-
-
-def _exit_unacked(events: list[Any]) -> NoReturn:
-    """A bug, not bad input (the intake turns bad input into dead letters and waits out the database): exit
-    with the batch unacked, as the ingest does; the restarted worker reads it again."""
-    first = events[0].message if events else None
-    where = f"{first.topic}[{first.partition}]@{first.offset}" if first is not None else "?"
-    log.critical("candidates from %s failed unexpectedly; exiting with the batch unacked", where, exc_info=True)
-    logging.shutdown()
-    os._exit(EXIT_INGEST_BUG)
-
-
-def _inbound(message: Any) -> InboundMessage:
-    return InboundMessage(topic=message.topic, partition=message.partition, offset=message.offset,
-                          key=message.key, value=message.value)

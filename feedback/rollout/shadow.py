@@ -23,7 +23,6 @@ transaction-level advisory lock, and every write is idempotent.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -32,10 +31,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from typing import Any, Literal
 
-import jsonschema
 import numpy as np
 import orjson
 import pandas as pd
@@ -50,8 +47,7 @@ from feedback.registry.versions import ModelVersion, Registry
 from feedback.store import DeadLetterRecord, FeedbackStore, insert_dead_letters
 from feedback.store.ingest import TRANSIENT_ERRORS, Backoff, InboundMessage
 from feedback.triggers.alerts import Alert, AlertSink
-from schemas import SCHEMA_DIR
-from schemas.validation import first_error
+from schemas.validation import first_error, schema_validator
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +89,6 @@ class CandidateRejected(ValueError):
     """A message on the candidates topic that is not a valid candidate event; ``str()`` is the one-line reason."""
 
 
-@cache
-def _validator() -> jsonschema.Draft202012Validator:
-    schema = json.loads((SCHEMA_DIR / "candidate.schema.json").read_text())
-    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
 
 
 def decode_candidate(value: bytes | None) -> CandidateEvent:
@@ -115,7 +107,7 @@ def decode_candidate(value: bytes | None) -> CandidateEvent:
     except orjson.JSONDecodeError as exc:
         msg = f"not_json: {exc}"
         raise CandidateRejected(msg) from None
-    error = first_error(_validator(), doc)
+    error = first_error(schema_validator("candidate.schema.json"), doc)
     if error is not None:
         msg = f"schema: {error}"
         raise CandidateRejected(msg)
