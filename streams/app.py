@@ -46,20 +46,7 @@ def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.Ap
     bootstrap, database_url = settings.require_services()
     set_fetch_max_wait(settings.fetch_max_wait_ms)
     topics = settings.topics
-    datadir = settings.state_dir / "faust" / settings.app_id
-    datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        settings.app_id,
-        broker=f"kafka://{bootstrap}",
-        datadir=str(datadir),
-        web_enabled=False,
-        broker_session_timeout=6,
-        broker_heartbeat_interval=1,
-        topic_partitions=settings.partitions,
-        topic_allow_declare=False,
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-    )
+    app = faust_app(settings, settings.app_id, bootstrap)
     inputs = app.topic(topics.predictions, topics.outcomes, value_type=bytes, key_type=bytes,
                        value_serializer="raw", key_serializer="raw")
     dead_letter = app.topic(topics.dead_letter, value_type=bytes, key_type=bytes,
@@ -117,6 +104,25 @@ def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.Ap
 
     store.open(wait=False)  # connects in the background; the first batch waits for it
     return app
+
+
+def faust_app(settings: Settings, app_id: str, bootstrap: str) -> faust.App:
+    """A Faust app (``app_id`` is its consumer group) as every Pitstop worker runs one: no web server, topics made by
+    `pitstop topics` only, a new group reads from the start, every message acknowledged by all in-sync replicas."""
+    datadir = settings.state_dir / "faust" / app_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    return faust.App(
+        app_id,
+        broker=f"kafka://{bootstrap}",
+        datadir=str(datadir),
+        web_enabled=False,
+        broker_session_timeout=6,
+        broker_heartbeat_interval=1,
+        topic_partitions=settings.partitions,
+        topic_allow_declare=False,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+    )
 
 
 class _Handled(Protocol):

@@ -21,7 +21,7 @@ from feedback.store.ingest import TRANSIENT_ERRORS
 from feedback.triggers.alerts import alert_sink
 from pitstop.outbox_relay import OutboxPublisher
 from pitstop.settings import Settings
-from streams.app import handle_then_ack, publish_outbox
+from streams.app import faust_app, handle_then_ack, publish_outbox
 from streams.consumer import set_fetch_max_wait
 
 log = logging.getLogger(__name__)
@@ -47,20 +47,7 @@ def build_rollout_app(settings: Settings, *, ready_file: Path | None = None) -> 
     set_fetch_max_wait(settings.fetch_max_wait_ms)
     topics = settings.topics
     app_id = rollout_app_id(settings)
-    datadir = settings.state_dir / "faust" / app_id
-    datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        app_id,
-        broker=f"kafka://{bootstrap}",
-        datadir=str(datadir),
-        web_enabled=False,
-        broker_session_timeout=6,
-        broker_heartbeat_interval=1,
-        topic_partitions=settings.partitions,
-        topic_allow_declare=False,
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-    )
+    app = faust_app(settings, app_id, bootstrap)
     candidates = app.topic(topics.candidates, value_type=bytes, key_type=bytes, value_serializer="raw",
                            key_serializer="raw")
     dead_letter = app.topic(topics.dead_letter, value_type=bytes, key_type=bytes, value_serializer="raw",

@@ -45,7 +45,7 @@ from feedback.monitoring.config import ModelConfig, MonitoringConfig, RolloutCon
 from feedback.monitoring.profile import category_key
 from feedback.registry.versions import ModelVersion, Registry
 from feedback.store import DeadLetterRecord, FeedbackStore, insert_dead_letters
-from feedback.store.ingest import TRANSIENT_ERRORS, Backoff, InboundMessage
+from feedback.store.ingest import TRANSIENT_ERRORS, Backoff, InboundMessage, retry_transient
 from feedback.triggers.alerts import Alert, AlertSink
 from schemas.validation import first_error, schema_validator
 
@@ -433,19 +433,8 @@ class CandidateIntake:
             return insert_dead_letters(cur, letters)
 
     def _retrying(self, call: Callable[[], Any], result: CandidateIntakeResult) -> Any:
-        attempt = 0
-        while True:
-            try:
-                return call()
-            except TRANSIENT_ERRORS as exc:
-                attempt += 1
-                result.retries += 1
-                delay = self.backoff.delay_s(attempt)
-                log.warning("database unavailable (%s); retry %d in %.1f s, candidates held", _one_line(exc),
-                            attempt, delay)
-                if self.stopping.wait(delay):
-                    msg = "candidate intake stopped while waiting for the database; the batch stays unacked"
-                    raise IngestStopped(msg) from exc
+        return retry_transient(call, backoff=self.backoff, stopping=self.stopping, held="candidates",
+                               on_retry=lambda: setattr(result, "retries", result.retries + 1))
 
 
 # --- scoring ---------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
+from typing import TypeVar
 
 import orjson
 import psycopg
@@ -27,6 +28,7 @@ from feedback.store.database import DeadLetterRecord, FeedbackStore, WriteStats
 from schemas import EventKind, Limits, OutcomeEvent, PredictionEvent, decode_message, encode_event
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Failures that go away by themselves: the server is down or restarting, the pool has no
 #: connection yet, or the transaction lost a deadlock or serialization race.
@@ -192,19 +194,27 @@ class Ingestor:
         return stats
 
     def _with_retry(self, write: Callable[[], WriteStats], result: IngestResult) -> WriteStats:
-        attempt = 0
-        while True:
-            try:
-                return write()
-            except TRANSIENT_ERRORS as exc:
-                attempt += 1
-                result.retries += 1
-                delay = self.backoff.delay_s(attempt)
-                log.warning("database unavailable (%s); retry %d in %.1f s, stream held", _one_line(exc),
-                            attempt, delay)
-                if self.stopping.wait(delay):
-                    msg = "ingest stopped while waiting for the database; the batch stays unacked"
-                    raise IngestStopped(msg) from exc
+        return retry_transient(write, backoff=self.backoff, stopping=self.stopping, held="stream",
+                               on_retry=lambda: setattr(result, "retries", result.retries + 1))
+
+
+def retry_transient(call: Callable[[], T], *, backoff: Backoff, stopping: threading.Event, held: str,
+                    on_retry: Callable[[], object] = lambda: None) -> T:
+    """``call()`` until the database answers, backing off between attempts (the ``held`` input waits);
+    :class:`IngestStopped` when ``stopping`` is set meanwhile: the batch stays unacked and is redelivered."""
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except TRANSIENT_ERRORS as exc:
+            attempt += 1
+            on_retry()
+            delay = backoff.delay_s(attempt)
+            log.warning("database unavailable (%s); retry %d in %.1f s, %s held", _one_line(exc), attempt, delay,
+                        held)
+            if stopping.wait(delay):
+                msg = f"stopped while waiting for the database ({held} held); the batch stays unacked"
+                raise IngestStopped(msg) from exc
 
 
 #: Raw bytes a dead-letter event carries at most, as a prefix: the whole input stays in the ``dead_letters``
