@@ -62,6 +62,10 @@ class Topics:
         return (self.predictions, self.outcomes, self.dead_letter, self.monitoring, self.retrain_triggers,
                 self.candidates, self.deployments)
 
+    def compacted(self) -> tuple[str, ...]:
+        """Topics whose newest message per key is all that matters: created with ``cleanup.policy=compact``."""
+        return (self.deployments,)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:

@@ -264,8 +264,10 @@ def start_broker(state_dir: Path, port: int | None = None) -> ProcessRecord:
     return ProcessRecord.of(proc.pid, "broker", url, f"127.0.0.1:{port}")
 
 
-def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int) -> None:
-    """Create the topics that do not exist yet, with their final partition count.
+def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, *, compacted: Iterable[str] = ()) -> None:
+    """Create the topics that do not exist yet, with their final partition count; those in ``compacted`` with
+    ``cleanup.policy=compact`` (the local broker accepts it and does not compact: readers keep the newest message
+    per key themselves, which works on both).
 
     An existing topic with a different partition count is an error: Tansu cannot add
     partitions, and a silent mismatch would skew every per-partition figure.
@@ -275,11 +277,15 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int) -> Non
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="pitstop-admin", request_timeout_ms=15000)
     try:
+        topics = list(topics)
+        compact = set(compacted)
         existing = set(admin.list_topics())
         wanted = [t for t in topics if t not in existing]
         for name in wanted:
+            configs = {"cleanup.policy": "compact"} if name in compact else {}
             with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+                admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1,
+                                              topic_configs=configs)])
         for meta in admin.describe_topics([t for t in topics if t in existing]):
             have = len(meta.get("partitions", []))
             if have and have != partitions:

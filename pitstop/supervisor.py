@@ -90,7 +90,8 @@ def start_stack(settings: Settings, workers: int, *, on_step: Callable[[str], No
         record.save(state_dir)
         applied = migrate(running.database_url, settings.db_schema)
         on_step(f"schema    {settings.db_schema}: {len(applied)} migration(s) applied")
-        stack.ensure_topics(running.kafka_bootstrap, settings.topics.all(), settings.partitions)
+        stack.ensure_topics(running.kafka_bootstrap, settings.topics.all(), settings.partitions,
+                            compacted=settings.topics.compacted())
         on_step(f"topics    {', '.join(settings.topics.all())} ({settings.partitions} partitions)")
         running.worker_env = {
             **{k: v for k, v in os.environ.items() if k.startswith("PITSTOP_")},
