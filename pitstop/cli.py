@@ -59,7 +59,7 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
     from pitstop.stack import ensure_topics
 
     bootstrap, _ = settings.require_services()
-    ensure_topics(bootstrap, settings.topics.all(), settings.partitions)
+    ensure_topics(bootstrap, settings.topics.all(), settings.partitions, compacted=settings.topics.compacted())
     _say(f"topics {', '.join(settings.topics.all())}: present ({settings.partitions} partitions when created)")
     return 0
 
@@ -67,7 +67,8 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from pitstop import demo
 
-    return demo.run(settings, duration_s=args.duration, rate=args.rate, speed=args.speed, workers=args.workers)
+    return demo.run(settings, duration_s=args.duration, rate=args.rate, speed=args.speed, workers=args.workers,
+                    fast=args.fast)
 
 
 def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
@@ -181,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=200.0, help="predictions per wall-clock second")
     demo.add_argument("--speed", type=float, default=3600.0, help="event-time seconds per wall-clock second")
     demo.add_argument("--workers", type=int, default=1)
+    demo.add_argument("--fast", action="store_true", help="run both acts to the end, print the timeline, exit")
     demo.set_defaults(func=cmd_demo)
     mon = sub.add_parser("monitor", help="the current drift and performance tables of a model")
     mon.add_argument("--model", required=True)

@@ -58,9 +58,10 @@ SELECT (SELECT count(*) FROM predictions),
        (SELECT count(*) FROM dead_letters)
 """
 
-# the accuracy of the run's labelled predictions made in (since, until], whichever version served them
+# the accuracy of the run's labelled predictions made in (since, until], whichever version served them; a failed
+# request (no prediction) counts as a wrong one, as the monitor counts it
 _ACCURACY = """
-SELECT count(*), avg((prediction_value = label_value)::int)
+SELECT count(*), avg(coalesce((prediction_value = label_value)::int, 0))
 FROM feedback
 WHERE model_name = %s AND model_version = ANY(%s) AND predicted_at > %s AND predicted_at <= %s
   AND label_value IS NOT NULL AND prediction_id LIKE %s
@@ -72,7 +73,8 @@ SELECT CASE WHEN model_version <> %(first)s THEN model_version
             WHEN predicted_at < %(drift_starts)s THEN 'before drift'
             WHEN predicted_at < %(drift_full)s THEN 'while drifting'
             ELSE 'after drift' END,
-       count(*), avg((prediction_value = label_value)::int), min(predicted_at), max(predicted_at)
+       count(*), avg(coalesce((prediction_value = label_value)::int, 0)), min(predicted_at), max(predicted_at),
+       count(*) FILTER (WHERE error IS NOT NULL)
 FROM feedback
 WHERE model_name = %(model)s AND model_version = ANY(%(versions)s) AND label_value IS NOT NULL
   AND prediction_id LIKE %(prefix)s
@@ -92,10 +94,13 @@ WHERE model_name = %s AND state IN ('ramping', 'paused', 'holding')
 
 # --- the timeline: every decision of the run and its sentence, from the database ---------------------------------
 
+# a fired decision at the instant its trigger event was queued (the row itself is touched by later looks), any other
+# at its latest look
 _TIMELINE_DECISIONS = """
-SELECT updated_at, model_version, kind, urgency, status, sentence, coalesce(suppressed_by, '')
-FROM retrain_decisions
-WHERE model_name = %s AND (model_version = ANY(%s) OR (model_version IS NULL AND recorded_at >= %s))
+SELECT coalesce(o.created_at, d.updated_at), d.model_version, d.kind, d.urgency, d.status, d.sentence,
+       coalesce(d.suppressed_by, '')
+FROM retrain_decisions d LEFT JOIN outbox o ON o.event_id = d.decision_id AND d.status = 'fired'
+WHERE d.model_name = %s AND (d.model_version = ANY(%s) OR (d.model_version IS NULL AND d.recorded_at >= %s))
 """
 _TIMELINE_TRAININGS = """
 SELECT o.recorded_at, v.version, o.outcome, o.sentence FROM retrain_outcomes o
@@ -316,7 +321,7 @@ class TimelineEntry:
 def timeline(store: FeedbackStore, *, model: str, versions: Sequence[str], since: datetime,
              event_time_of: Callable[[datetime], datetime]) -> list[TimelineEntry]:
     """Every decision of the run recorded since ``since`` (wall time), from the database, in the order it was taken:
-    retrain decisions (at their latest status), training outcomes, gate summaries, the first champion's
+    retrain decisions (fired, or at their latest status), training outcomes, gate summaries, the first champion's
     registration, shadow verdicts, ramp steps, holds, promotions, rollbacks and the latch's clearing.
 
     Each is timed by ``event_time_of`` its recording instant: the event time the feed's clock read when it was

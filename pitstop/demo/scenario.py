@@ -498,11 +498,12 @@ class _LiveDemo:
         })
         if phases:
             lines.append("accuracy  of the labelled predictions, by when they were made (and by whom):")
-            own = [(phase, n, acc) for phase, n, acc, _, _ in phases if phase not in self.versions]
+            own = [(phase, n, acc) for phase, n, acc, _, _, _ in phases if phase not in self.versions]
             lines.append("          v1 " + ", ".join(f"{phase} {float(acc):.1%} (n={n:,})" for phase, n, acc in own))
-            for phase, n, acc, first, last in phases:
+            for phase, n, acc, first, last, failed in phases:
                 if phase in self.versions:
-                    lines.append(f"          {self.tag(phase)} {phase} {float(acc):.1%} (n={n:,}), made "
+                    failures = f", {failed:,} failed (wrong)" if failed else ""
+                    lines.append(f"          {self.tag(phase)} {phase} {float(acc):.1%} (n={n:,}{failures}), made "
                                  f"{first:%m-%d %H:%M} -> {last:%m-%d %H:%M}")
         lines += [
             "",
@@ -707,6 +708,7 @@ def run(
         # `deploy` and `serving` lines say what the router did
         logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
         logging.getLogger("pitstop.serving").setLevel(logging.WARNING)
+        logging.getLogger("feedback.rollout").setLevel(logging.WARNING)  # the demo's own commands: `act` lines
     previous = _set_handlers(_raise_interrupt)  # while starting, SIGTERM interrupts as Ctrl-C does
     running = None
     try:

@@ -1,11 +1,15 @@
-"""The demo's runs in process, on the real store: two runs on one store keep their windows apart, and a run
-through the real monitor, trigger engine and retrain pipeline closes the loop (a gated champion, accuracy back)."""
+"""The demo's runs in process, on the real store: two runs on one store keep their windows apart, and a run through
+the real monitor, trigger engine, retrain pipeline, shadow and ramp controller, served through the serving router,
+plays both of the demo's acts (a candidate ramped to champion, accuracy back; a bad candidate rolled back)."""
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pandas as pd
@@ -16,12 +20,26 @@ from feedback.monitoring.profile import ROWS
 from feedback.monitoring.round import Monitor, exact_stats
 from feedback.monitoring.windows import WindowUpdater, window_start
 from feedback.registry.versions import Registry
+from feedback.rollout.controller import Controller
+from feedback.rollout.shadow import (
+    ScanCursors,
+    ShadowModelCache,
+    decode_candidate,
+    judge_round,
+    score_round,
+    start_shadow,
+)
 from feedback.store import FeedbackStore
 from feedback.triggers.engine import TRIGGER_TOPIC, TriggerEngine
 from pitstop.demo import world
-from pitstop.demo.scenario import ChampionWatch, demo_config_path
-from retrain_worker.intake import TriggerEvent, decode_trigger
-from retrain_worker.pipeline import Outcome, RetrainPipeline
+from pitstop.demo.acts import Acts
+from pitstop.demo.console import timeline
+from pitstop.demo.scenario import demo_config_path
+from pitstop.demo.server import RoutedServer, register_first_champion
+from pitstop.router import Deployment, KillSwitch, RouteTable
+from pitstop.serving import ModelCache, ServingRouter
+from retrain_worker.intake import decode_trigger
+from retrain_worker.pipeline import CANDIDATE_TOPIC, Outcome, RetrainPipeline
 from schemas import OutcomeEvent, PredictionEvent
 
 CONFIG = load_config(demo_config_path())
@@ -122,14 +140,19 @@ def test_a_second_run_has_windows_and_profile_of_its_own(monitored: tuple[Feedba
     assert {v for (v,) in judged} == {first.model_version, second.model_version}
 
 
-# --- the loop closes: the demo's world, its configuration and the real pipeline, in process ------------------
+# --- the acts, in process: the demo's world, server and configuration through the real loop ---------------------
 
-#: the whole path at the demo's rate (200 predictions an event hour): drift from hour 24 (complete at 30), the
-#: drift retrain at about hour 47, then a day of the champion's predictions; rounds every 3 event hours as the
-#: demo's workers run them (every 3 wall seconds, an event hour a second)
-LOOP_HOURS = 80
+#: rounds every 3 event hours as the demo's workers run them (every 3 wall seconds, an event hour a second)
 ROUND_EVERY_H = 3
+#: the acts play within this many event hours (act one's promotion near hour 80, act two's rollback 4 hours later)
+MAX_HOURS = 130
 RECOVERY = 0.04
+#: demo.toml's rollout with its durations scaled down (the ramp's rules, steps and tests as they are), so that both
+#: acts play in about 85 event hours at 200 predictions an hour instead of about 190 (about 15 s)
+FAST_ROLLOUT = {"shadow_min_duration_s": 8 * 3600, "dwell_s": (3600, 3600, 3600, 4 * 3600),
+                "step_min_requests": 30, "hold_s": 6 * 3600}
+FAST_CONFIG = replace(CONFIG, models={**CONFIG.models, world.MODEL_NAME: replace(
+    CHURN, rollout=replace(CHURN.rollout, **FAST_ROLLOUT))})
 
 
 class _NoAlerts:
@@ -140,40 +163,98 @@ class _NoAlerts:
         pass
 
 
-def _triggers(store: FeedbackStore) -> list[TriggerEvent]:
-    """The trigger events the engine queued, as the retrain worker receives them; marked sent."""
+def _outbox(store: FeedbackStore, topic: str, decode: Callable[[bytes], Any]) -> list[Any]:
+    """The unsent events of ``topic`` in the outbox, decoded as their consumer decodes them; marked sent."""
     with store.pool.connection() as conn, conn.transaction():
-        rows = conn.execute("SELECT payload FROM outbox WHERE sent_at IS NULL AND topic = %s ORDER BY id",
-                            (TRIGGER_TOPIC,)).fetchall()
-        conn.execute("UPDATE outbox SET sent_at = now() WHERE sent_at IS NULL")
-    return [decode_trigger(orjson.dumps(payload)) for (payload,) in rows]
+        rows = conn.execute("SELECT id, payload FROM outbox WHERE sent_at IS NULL AND topic = %s ORDER BY id",
+                            (topic,)).fetchall()
+        conn.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY(%s)", ([i for i, _ in rows],))
+    return [decode(orjson.dumps(payload)) for _, payload in rows]
 
 
-def play_loop(store: FeedbackStore, feed: world.DemoFeed, *, hours: int = LOOP_HOURS) -> list[Outcome]:
-    """What the demo's stack does with what ``feed`` publishes, an event hour at a time and without Kafka: the
-    ingest's batch write (windows counted with it), a monitor round with the trigger engine every few hours, the
-    retrain worker's pipeline for each trigger it queued, and the demo's model server taking up a new champion
-    from the registry (:class:`ChampionWatch`); then the outcomes still due, a day at a time."""
+def _deployment(store: FeedbackStore) -> Deployment | None:
+    """The model's deployment as its newest message on the deployments topic says it (the deployments row)."""
+    rows = store.rows("SELECT message_version, champion, challenger, challenger_share, salt, state, decided_at, "
+                      "reason FROM deployments WHERE model_name = %s", (world.MODEL_NAME,))
+    if not rows:
+        return None
+    number, champion, challenger, share, salt, state, decided_at, reason = rows[0]
+    return Deployment(model_name=world.MODEL_NAME, message_version=number, champion=champion, challenger=challenger,
+                      challenger_share=share, salt=salt, state=state, decided_at=decided_at, reason=reason)
+
+
+@dataclass
+class PlayedActs:
+    acts: Acts
+    outcomes: list[Outcome]
+    said: list[str]
+    hours: int
+    #: (wall instant, the feed's event time then), one an event hour
+    clock: list[tuple[datetime, datetime]] = field(default_factory=list)
+
+    def event_time_of(self, wall: datetime) -> datetime:
+        return self.clock[max(0, bisect_right([w for w, _ in self.clock], wall) - 1)][1]
+
+
+def play_acts(store: FeedbackStore, feed: world.DemoFeed, *, max_hours: int = MAX_HOURS) -> PlayedActs:
+    """What the demo and its stack do with ``feed``, an event hour at a time, without Kafka: the run's first version
+    registered and deployed (server.py), every prediction routed by a ServingRouter (fed the deployments row, as
+    its router is fed the topic) and served through the demo's RoutedServer; the ingest's batch write, a monitor
+    round with the trigger engine every few hours, the retrain pipeline for each trigger, each candidate's shadow
+    started, and the rollout worker's round (shadow scoring, judging, the controller's look); then the demo's acts."""
     assert store.windows is not None
     monitor = Monitor(store, store.windows)
-    engine = TriggerEngine(CONFIG, _NoAlerts())
-    pipeline = RetrainPipeline(store, CONFIG)
-    watch = ChampionWatch(store, feed, every_s=1.0, say=lambda line: None)
-    outcomes = []
-    hour = 0
-    while hour < hours or feed.pending:
-        hour += 1 if hour < hours else 24
-        if hour <= hours:
-            watch.poll(float(hour))
-        step = feed.advance(feed.clock_start + timedelta(hours=hour), PREDICTIONS_PER_HOUR if hour <= hours else 0)
+    engine = TriggerEngine(FAST_CONFIG, _NoAlerts())
+    pipeline = RetrainPipeline(store, FAST_CONFIG)
+    registry = Registry()
+    controller = Controller(store, FAST_CONFIG, _NoAlerts(), registry=registry)
+    models, cursors = ShadowModelCache(), ScanCursors()
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    register_first_champion(store, feed.model_version, at=feed.clock_start, registry=registry)
+    serving = ServingRouter(RouteTable(KillSwitch({})), ModelCache(store))
+    feed.serve(RoutedServer(serving))
+    said: list[str] = []
+    acts = Acts(store, controller, wall_start=since, drill_version="bad-test", publish=lambda: None,
+                say=said.append, tag=str, registry=registry)
+    played = PlayedActs(acts=acts, outcomes=[], said=said, hours=0)
+    while not acts.done and played.hours < max_hours:
+        played.hours += 1
+        hour = played.hours
+        played.clock.append((datetime.now(UTC), feed.clock_start + timedelta(hours=hour)))
+        deployment = _deployment(store)
+        if deployment is not None:
+            serving.apply(deployment)  # an older or the same message is ignored, as on the topic
+        step = feed.advance(feed.clock_start + timedelta(hours=hour), PREDICTIONS_PER_HOUR)
         events = [d.event for d in step.deliveries]
         store.write_batch([e for e in events if isinstance(e, PredictionEvent)],
                           [e for e in events if isinstance(e, OutcomeEvent)])
-        if hour % ROUND_EVERY_H == 0 or hour > hours:
+        if hour % ROUND_EVERY_H == 0:
             monitor.run_once(after=lambda conn, evaluations: engine.run(conn, evaluations))
-            if hour <= hours:
-                outcomes += [pipeline.handle(trigger) for trigger in _triggers(store)]
-    return outcomes
+            played.outcomes += [pipeline.handle(t) for t in _outbox(store, TRIGGER_TOPIC, decode_trigger)]
+        for candidate in _outbox(store, CANDIDATE_TOPIC, decode_candidate):
+            with store.pool.connection() as conn:
+                start_shadow(conn, registry, candidate, FAST_CONFIG, models=models)
+        score_round(store, registry, FAST_CONFIG, budget_s=1e9, models=models, cursors=cursors)
+        judge_round(store, registry, FAST_CONFIG)
+        controller.look()
+        acts.poll()
+    return played
+
+
+def _accuracy(windows: dict[datetime, tuple[int, int]],
+              keep: Callable[[datetime], bool] = lambda start: True) -> tuple[float, int]:
+    """Accuracy and labelled predictions over the windows ``keep`` keeps."""
+    kept = [nc for start, nc in windows.items() if keep(start)]
+    n = sum(k for k, _ in kept)
+    return sum(c for _, c in kept) / max(n, 1), n
+
+
+def _accuracy_of(store: FeedbackStore, version: str, since: datetime | None = None) -> tuple[float, int]:
+    """The labelled accuracy and count of ``version``'s predictions (made from ``since`` on)."""
+    n, right = store.rows("SELECT count(*), sum((p.prediction = l.label)::int) FROM predictions p "
+                          "JOIN current_labels l USING (prediction_id) WHERE p.model_version = %s "
+                          "AND p.predicted_at >= coalesce(%s, '-infinity'::timestamptz)", (version, since))[0]
+    return (right or 0) / max(n, 1), n
 
 
 def _per_window(store: FeedbackStore, version: str) -> dict[datetime, tuple[int, int]]:
@@ -192,83 +273,98 @@ def _raw_by_version(store: FeedbackStore, version: str) -> dict[datetime, tuple[
     return {start: (n[start], correct[start]) for start in n}
 
 
-def _accuracy(windows: dict[datetime, tuple[int, int]],
-              keep: Callable[[datetime], bool] = lambda start: True) -> tuple[float, int]:
-    """Accuracy and labelled predictions over the windows ``keep`` keeps."""
-    kept = [nc for start, nc in windows.items() if keep(start)]
-    n = sum(k for k, _ in kept)
-    return sum(c for _, c in kept) / max(n, 1), n
+#: the timeline's steps of act one (for its candidate) and act two (for the bad candidate), in order
+ACT_ONE = ("decision", "training", "gates", "shadow started", "shadow passed", "ramp 5%", "ramp 10%", "ramp 25%",
+           "ramp 50%", "hold 100%", "promoted")
+ACT_TWO = ("ramp 5%", "rolled back", "latch cleared")
 
 
-def test_the_drift_retrain_becomes_champion_and_accuracy_recovers(monitored: tuple[FeedbackStore, Monitor]) -> None:
-    """The demo's world and configuration through the real monitor, trigger engine and retrain pipeline: the drift
-    trigger's candidate passes every offline gate and becomes champion (promotion after-gates), the feed serves
-    with it from the registry (its version and its probabilities on every later prediction), the monitor counts
-    and judges the new version (counts checked against the raw tables), and its accuracy is back above the drifted
-    model's, near the level before the drift."""
+def test_the_acts_play_through_the_serving_router(monitored: tuple[FeedbackStore, Monitor]) -> None:
+    """The demo's world, server and configuration (its rollout's durations scaled down) through the real monitor,
+    trigger engine, retrain pipeline, shadow and ramp controller: act one's drift retrain passes its gates and its
+    shadow, walks 5-10-25-50%, is held at 100% and becomes champion, each prediction served by the version the
+    router's hash gives its customer (its registered artifact's probabilities), accuracy back near the level before
+    the drift; act two's bad candidate fails every request it gets at 5% and is rolled back by the controller, the
+    latch cleared by the demo; the timeline lists both acts in order, from the database."""
     store, _ = monitored
     feed = world.feed_for_run(FIRST_START)
     first = feed.model_version
     drift_starts = feed.clock_start + timedelta(seconds=world.DRIFT_STARTS_AFTER_S)
     drift_full = drift_starts + timedelta(seconds=world.DRIFT_RAMP_S)
-    outcomes = play_loop(store, feed)
+    played = play_acts(store, feed)
+    acts = played.acts
+    assert acts.done and acts.succeeded, (played.hours, acts.where(), played.said)
+    version = acts.champion
+    assert version is not None
 
-    # the trigger -> a candidate that passed every gate -> champion
-    drift = [o for o in outcomes if o.trigger_id.startswith(f"churn/drift/{first}/")]
-    assert len(drift) == 1, outcomes
-    outcome = drift[0]
-    failed = [g.sentence for g in outcome.gates if g.passed is False]
-    assert outcome.result == "candidate" and failed == [], (outcome.sentence, failed)
-    version = outcome.version
-    assert version is not None and feed.versions[:2] == [first, version], feed.versions
-    fired = store.rows("SELECT kind, status, model_version FROM retrain_decisions WHERE decision_id = %s",
-                       (outcome.trigger_id,))
-    assert fired == [("drift", "fired", first)]
-    assert store.rows("SELECT outcome FROM retrain_outcomes WHERE trigger_id = %s",
-                      (outcome.trigger_id,)) == [("candidate",)]
+    # act one: the drift trigger -> a candidate that passed every gate -> its shadow -> the ramp -> champion
+    drift = [o for o in played.outcomes if o.version == version]
+    assert len(drift) == 1 and drift[0].result == "candidate", played.outcomes
+    assert [g.sentence for g in drift[0].gates if g.passed is False] == []
     stages = [s for (s,) in store.rows("SELECT to_stage FROM model_stage_changes WHERE version = %s "
                                        "ORDER BY change_id", (version,))]
-    assert stages[:2] == ["candidate", "champion"], stages
-    gates = store.rows("SELECT name, passed FROM model_gate_results WHERE version = %s", (version,))
-    assert ("calibration", True) in gates and all(passed is not False for _, passed in gates), gates
+    assert stages == ["candidate", "shadow", "canary", "champion"], stages
+    steps = [(kind, share) for kind, share in store.rows(
+        "SELECT kind, share FROM rollout_events WHERE version = %s ORDER BY event_id", (version,))]
+    assert [s for s in steps if s[0] in ("step", "holding", "promoted")] == [
+        ("step", 0.05), ("step", 0.10), ("step", 0.25), ("step", 0.5), ("holding", 1.0), ("promoted", 1.0)], steps
 
-    # every prediction after the switch is the champion's, with the probabilities its registered artifact gives
-    spans = dict((v, (lo, hi, n)) for v, lo, hi, n in store.rows(
-        "SELECT model_version, min(predicted_at), max(predicted_at), count(*) FROM predictions GROUP BY 1"))
-    assert spans[first][1] < spans[version][0], spans
-    assert spans[version][2] >= 1000, spans
-    served = store.rows("SELECT features, prediction, (probabilities->>'1')::float FROM predictions "
-                        "WHERE model_version = %s ORDER BY predicted_at LIMIT 300", (version,))
+    # every prediction is tagged with a version the deployments named; routed on its customer by the hash
+    served = dict(store.rows("SELECT model_version, count(*) FROM predictions GROUP BY 1"))
+    assert set(served) == {first, version, "bad-test"}, served
+    events = store.rows("SELECT at, share FROM rollout_events WHERE rollout_id = %s AND kind = 'step' "
+                        "ORDER BY event_id", (f"churn/{version}",))
+    for (start, share), (end, _) in zip(events, events[1:], strict=False):
+        (n, to_challenger), = store.rows(
+            "SELECT count(*), count(*) FILTER (WHERE model_version = %s) FROM predictions "
+            "WHERE predicted_at > %s AND predicted_at <= %s AND model_version IN (%s, %s)",
+            (version, start + timedelta(hours=1), end, version, first))
+        assert n >= 100 and abs(to_challenger / n - share) < 0.06, (share, n, to_challenger)
+    # ... with the probabilities of its registered artifact
     with store.pool.connection() as conn, conn.cursor() as cur:
-        entry = Registry().get(cur, world.MODEL_NAME, version)
-        assert entry is not None
-        model = Registry().load(cur, entry)
-    features = pd.DataFrame.from_records([f for f, _, _ in served])
-    recomputed = model.predict_proba(features)[:, [str(c) for c in model.classes_].index("1")]
-    assert all(abs(p - round(float(q), 4)) < 1e-9 for (_, _, p), q in zip(served, recomputed, strict=True))
-    assert [int(v) for v in model.predict(features)] == [v for _, v, _ in served]
+        loaded = {v: Registry().load(cur, Registry().get(cur, world.MODEL_NAME, v)) for v in (first, version)}
+    rows = []
+    for v, model in loaded.items():
+        mine = store.rows("SELECT model_version, features, prediction, (probabilities->>'1')::float, latency_ms "
+                          "FROM predictions WHERE model_version = %s ORDER BY predicted_at DESC LIMIT 300", (v,))
+        features = pd.DataFrame.from_records([r[1] for r in mine])
+        p1 = model.predict_proba(features)[:, [str(c) for c in model.classes_].index("1")]
+        assert len(mine) == 300 and all(abs(r[3] - q) < 1e-9 for r, q in zip(mine, p1, strict=True)), v
+        assert [int(x) for x in model.predict(features)] == [r[2] for r in mine]
+        rows += mine
+    timed = [r[4] for r in rows if r[4] is not None]
+    assert 0 < len(timed) < len(rows) and min(timed) > 0  # a few requests a version a tick, one at a time
 
-    # the monitor's windows of both versions are the raw tables' counts ...
+    # the monitor's windows of both versions are the raw tables' counts; the champion's accuracy recovered
     old, new = _per_window(store, first), _per_window(store, version)
     assert (old, new) == (_raw_by_version(store, first), _raw_by_version(store, version))
-    labelled = sum(n for n, _ in _raw(store, feed.id_prefix)[1].values())
-    assert labelled == sum(n for n, _ in (*old.values(), *new.values()))  # no third version, no row elsewhere
-    # ... the champion's accuracy is back above the drifted model's, near the level before the drift ...
     before, n_before = _accuracy(old, lambda s: s + timedelta(seconds=CHURN.window_s) <= drift_starts)
     drifted, n_drifted = _accuracy(old, lambda s: s >= drift_full)
-    recovered, n_new = _accuracy(new)
+    recovered, n_new = _accuracy_of(store, version)
     assert min(n_before, n_drifted, n_new) >= 1000, (n_before, n_drifted, n_new)
     assert drifted < before - 0.04 and recovered >= drifted + RECOVERY and recovered >= before - 0.03, \
         (before, drifted, recovered)
-    assert all(c / n > drifted for n, c in new.values() if n >= 500), (drifted, new)
-    # ... and judged by the monitor on the new version's own windows, against its training data
-    judged = store.rows("SELECT window_start, value, sample_size, status FROM performance_by_window WHERE "
-                        "model_version = %s AND segment = '*' AND metric = 'accuracy' AND status <> 'unjudged'",
-                        (version,))
-    assert len(judged) >= 3, judged
-    for start, value, sample_size, status in judged:
-        assert status in ("baseline", "ok"), judged
-        n, correct = new[start]
-        assert (sample_size, value) == (n, pytest.approx(correct / n)), (start, value, sample_size, new[start])
-    assert store.rows("SELECT source FROM reference_profiles WHERE model_version = %s", (version,)) == [
-        (f"training data of {outcome.trigger_id}",)]
+
+    # act two: the bad candidate failed every request it got at 5%, was rolled back, and the latch is cleared
+    (n_bad, failed), = store.rows("SELECT count(*), count(*) FILTER (WHERE error IS NOT NULL) FROM predictions "
+                                  "WHERE model_version = 'bad-test'")
+    assert n_bad == failed >= CHURN.rollout.min_requests, (n_bad, failed)
+    (state, sentence), = store.rows("SELECT state, sentence FROM rollouts WHERE rollout_id = 'churn/bad-test'")
+    assert state == "rolled_back" and "failed" in sentence, sentence
+    assert store.rows("SELECT count(*) FROM rollback_latches") == [(0,)]
+    assert [line.split()[1] for line in played.said] == ["one", "two", "two", "two"], played.said
+
+    # the timeline: both acts in order, every step with its sentence
+    entries = timeline(store, model=world.MODEL_NAME, versions=[first, version, "bad-test"],
+                       since=acts.wall_start, event_time_of=played.event_time_of)
+    assert [e.at for e in entries] == sorted(e.at for e in entries)
+    mine = [e.step for e in entries if e.version == version and e.step in ACT_ONE]
+    fired = [i for i, e in enumerate(entries) if e.step == "decision" and "FIRED" in e.sentence
+             and e.sentence.startswith(("drift", "performance"))]
+    assert fired and fired[0] < [e.version for e in entries].index(version), [
+        (e.at, e.step, e.version, e.sentence[:60]) for e in entries]
+    assert mine == list(ACT_ONE[1:]), mine
+    bad = [(e.step, e.sentence) for e in entries if e.version == "bad-test"]
+    assert [step for step, _ in bad] == list(ACT_TWO), bad
+    assert bad[0][1].endswith("(by pitstop demo)") and bad[2][1].endswith("(by pitstop demo)")
+    assert all(e.sentence for e in entries)
