@@ -186,7 +186,7 @@ def _served(conn: psycopg.Connection[Any]) -> list[str]:
     if set(versions) - deployed:
         failures.append(f"versions served that no deployment named: {sorted(set(versions) - deployed)}")
     drills = _rows(conn, "SELECT rollout_id, challenger, ended_at FROM rollouts WHERE state = 'rolled_back' AND "
-                         "challenger IN (SELECT version FROM model_versions WHERE trainer LIKE '%FailingModel')")
+                         "challenger IN (SELECT version FROM model_versions WHERE trainer LIKE '%%FailingModel')")
     if not drills:
         failures.append("no rolled-back bad candidate in the store")
     for _, bad, ended_at in drills:

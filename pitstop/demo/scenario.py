@@ -561,7 +561,9 @@ class _LiveDemo:
 
     def scenario_outcome(self) -> str:
         """How far the acts got, in one sentence."""
-        assert self.acts is not None
+        if self.acts is None:
+            return (f"not played: {MODEL_NAME} is not configured with promotion = \"shadow\" in the stack's "
+                    "configuration")
         try:
             if self.acts.succeeded:
                 return (f"played as written: {self.tag(self.acts.champion or '')} became champion through shadow and "
@@ -737,12 +739,11 @@ def run(
                 demo.monitor_report()
                 demo.decisions_report()
             demo.timeline_report()
-            if demo.acts is not None:
-                outcome = demo.scenario_outcome()
-                _say()
-                _say(f"scenario  {outcome}")
-                if fast and not outcome.startswith("played"):
-                    code = 1
+            outcome = demo.scenario_outcome()
+            _say()
+            _say(f"scenario  {outcome}")
+            if fast and not outcome.startswith("played"):
+                code = 1
             _say()
             view = f"{settings.db_schema}.label_coverage"
             query = f"psql \"$PITSTOP_DATABASE_URL\" -c 'select * from {view}'"

@@ -1,5 +1,6 @@
-"""The demo's runs: each run serves its model under a version of its own, carried by every event it makes, until
-a champion from the registry serves instead."""
+"""The demo's runs and its model server: each run serves its model under a version of its own, carried by every
+event it makes; routed through the serving router, each customer's request is served by the version the deployment
+gives it, tagged with it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 
+from feedback.rollout.drill import FailingModel
 from pitstop.demo import world
+from pitstop.demo.server import TIMED_PER_VERSION, RoutedServer
+from pitstop.router import Deployment, KillSwitch, RouteTable
+from pitstop.serving import ServingRouter
 from schemas import EventKind, OutcomeEvent, PredictionEvent, decode_message, encode_event
 
 WALL_START = datetime(2026, 11, 30, 10, 26, 3, 512_000, tzinfo=UTC)
@@ -120,3 +125,50 @@ def test_a_served_champion_changes_what_is_served_and_nothing_else() -> None:
                and b.probabilities == {"0": 0.1, "1": 0.9} for _, b in after)
     assert all(replace(a, model_version="-", prediction=0, probabilities=None, score=None)
                == replace(b, model_version="-", prediction=0, probabilities=None, score=None) for a, b in after)
+
+
+class _Loaded:
+    """A stand-in for the registry's loaded versions (pitstop.serving.ModelCache), without a database."""
+
+    def __init__(self, models: dict[str, object]) -> None:
+        self.models = models
+
+    def load(self, model: str, version: str) -> object:
+        return self.models[version]
+
+    def get(self, model: str, version: str) -> object:
+        return self.models[version]
+
+    def retain(self, model: str, *, champion: str, challenger: str | None) -> list[str]:
+        return []
+
+
+def test_the_routed_server_serves_each_customer_by_the_deployment() -> None:
+    """Through the serving router at 25%, each request is served by the version the deployment's hash gives its
+    customer and tagged with it: the built-in model's registry form answers what the world's built-in model does,
+    the failing model fails each of its requests with the error on the event; the first few requests of each
+    version are timed one at a time, the others not; the world's side of each event is kept."""
+    requests = [r.prediction for r in world.generate_predictions(
+        np.random.default_rng(5), 400, start_at=WALL_START, end_at=WALL_START + timedelta(hours=2),
+        clock_start=WALL_START, id_prefix="d-", model_version="v1")]
+    serving = ServingRouter(RouteTable(KillSwitch({})), _Loaded({"v1": world.builtin_model(), "bad": FailingModel()}))
+    deployment = Deployment(model_name="churn", message_version=1, champion="v1", challenger="bad",
+                            challenger_share=0.25, salt="churn/bad", state="ramp", decided_at=WALL_START, reason="test")
+    assert serving.apply(deployment).serving == deployment
+    served = RoutedServer(serving).serve(requests)
+
+    assert [e.model_version for e in served] == [deployment.route(r.routing_key or "") for r in requests]
+    by_version = {v: [(r, e) for r, e in zip(requests, served, strict=True) if e.model_version == v]
+                  for v in ("v1", "bad")}
+    assert 50 < len(by_version["bad"]) < 150, len(by_version["bad"])
+    for r, e in by_version["v1"]:
+        assert e.error is None and e.prediction == r.prediction
+        assert abs(e.probabilities["1"] - r.probabilities["1"]) < 1e-4
+    for _, e in by_version["bad"]:
+        assert e.prediction == "error" and e.probabilities is None
+        assert e.error == "RuntimeError: pitstop drill: this model fails every request on purpose"
+    for pairs in by_version.values():
+        timed = [e.latency_ms for _, e in pairs if e.latency_ms is not None]
+        assert len(timed) == TIMED_PER_VERSION and min(timed) > 0
+    keep = ("prediction_id", "predicted_at", "features", "routing_key", "segment", "model_name")
+    assert all(getattr(r, k) == getattr(e, k) for r, e in zip(requests, served, strict=True) for k in keep)
