@@ -60,7 +60,9 @@ _ACTIVE = f"SELECT * FROM rollouts WHERE model_name = %s AND state IN {ACTIVE!r}
 _PASSED_SHADOW = """
 SELECT s.* FROM shadows s
 WHERE s.model_name = %s AND s.status = 'passed'
-  AND NOT EXISTS (SELECT 1 FROM rollouts r WHERE r.model_name = s.model_name AND r.challenger = s.version)
+  -- a version's earlier ramp (a former champion proposed again by the model pool) does not hold back its new one
+  AND NOT EXISTS (SELECT 1 FROM rollouts r WHERE r.model_name = s.model_name AND r.challenger = s.version
+                  AND r.recorded_at >= s.updated_at)
 ORDER BY s.decided_at DESC NULLS LAST LIMIT 1
 """
 _TRAFFIC = """
@@ -240,7 +242,9 @@ class _Look:
                 f"{version} passed its shadow but waits: the rollback of {latch['version']} is latched "
                 f"({latch['reason']}); `pitstop rollout clear --model {name}` lets ramps start again"))
         champion = self.champion_version(shadow)
-        rollout_id = f"{name}/{version}"
+        earlier = self.cur.execute("SELECT count(*) AS n FROM rollouts WHERE model_name = %s AND challenger = %s",
+                                   (name, version)).fetchone()["n"]
+        rollout_id = f"{name}/{version}" + (f"#{earlier + 1}" if earlier else "")
         if champion is None or champion == version:
             self.registry.move(self.rcur, name, version, "canary", reason="no champion to ramp against")
             self.registry.move(self.rcur, name, version, "champion", reason="no champion to ramp against")
@@ -314,10 +318,10 @@ class _Look:
                               "shadow": row_errors(self.model, [r["shadow_prediction"] for r in rows],
                                                    [r["label"] for r in rows])})
         per_user = frame.groupby("unit")[["served", "shadow"]].mean()
-        served = float(per_user["served"].mean())
-        if not served > 0:
-            return None, len(rows)
-        return float(per_user["shadow"].mean()) / served, len(rows)
+        served, shadow_error = float(per_user["served"].mean()), float(per_user["shadow"].mean())
+        if not served > 0:  # a champion without an error on these requests: nothing to gain
+            return (math.inf if shadow_error > 0 else 1.0), len(rows)
+        return shadow_error / served, len(rows)
 
     def units_available(self) -> float:
         """Users each arm can expect within the ramp's maximum duration at its last step below 100%: the distinct
@@ -339,14 +343,15 @@ class _Look:
         name, champion, challenger = self.model.name, rollout["champion"], rollout["challenger"]
         assert self.now is not None
         stats = arm_stats(self.cur, self.model, [champion, challenger], rollout["started_at"], self.now)
-        findings = rollback_findings(stats[challenger], stats[champion], self.cfg)
+        strata = self.strata(rollout)
+        findings = rollback_findings(stats[challenger], stats[champion], self.cfg, strata)
         if findings:
             return self.roll_back(rollout, findings, stats)
         if rollout["state"] == "paused":
             return LookResult(model_name=name, state="paused", changed=False,
                               sentence=f"paused at {_pct(rollout['share'])}; no rollback rule broken")
         test = PromotionTest.from_json(rollout["test"])
-        decision = test.look(stats[challenger], stats[champion])
+        decision = test.look_strata(strata)
         evidence = {"arms": {v: s.to_json() for v, s in stats.items()}, "p_value": decision.p_value}
         if decision.kind == "keep":
             return self.end(rollout, "kept_champion", decision.sentence, evidence, test)
@@ -381,6 +386,20 @@ class _Look:
                     reason=sentence)
         self.event(rollout["rollout_id"], challenger, "step", next_share, sentence, evidence)
         return LookResult(model_name=name, state="ramping", sentence=sentence, changed=True)
+
+    def strata(self, rollout: dict[str, Any]) -> list[tuple[ArmStats, ArmStats]]:
+        """(challenger, champion) figures per step of the ramp so far: each step is compared within itself (the
+        challenger's share grows with time, so pooled over the ramp its requests are the more recent ones)."""
+        starts = [r["at"] for r in self.cur.execute(
+            "SELECT at FROM rollout_events WHERE rollout_id = %s AND kind = 'step' ORDER BY event_id",
+            (rollout["rollout_id"],)).fetchall()] or [rollout["started_at"]]
+        ends = [*(t - timedelta(microseconds=1) for t in starts[1:]), self.now]
+        versions = [rollout["champion"], rollout["challenger"]]
+        out = []
+        for start, end in zip(starts, ends, strict=True):
+            step = arm_stats(self.cur, self.model, versions, start, end)
+            out.append((step[rollout["challenger"]], step[rollout["champion"]]))
+        return out
 
     def hold(self, rollout: dict[str, Any]) -> LookResult:
         name, challenger = self.model.name, rollout["challenger"]

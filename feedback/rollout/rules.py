@@ -24,8 +24,8 @@ change.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from scipy.stats import binomtest
@@ -82,8 +82,11 @@ class Finding:
     sentence: str
 
 
-def rollback_findings(challenger: ArmStats, champion: ArmStats, config: RolloutConfig) -> list[Finding]:
-    """Every rollback rule the challenger breaks (empty: none).
+def rollback_findings(challenger: ArmStats, champion: ArmStats, config: RolloutConfig,
+                      strata: Sequence[tuple[ArmStats, ArmStats]] = ()) -> list[Finding]:
+    """Every rollback rule the challenger breaks (empty: none). With ``strata`` (the arms per step of the ramp),
+    the error rule compares the arms within each step (:func:`standardized_error`), not pooled over a ramp whose
+    challenger share grows with time.
 
     >>> cfg = RolloutConfig()
     >>> champ = ArmStats(version="v1", requests=1000, failures=0)
@@ -91,8 +94,10 @@ def rollback_findings(challenger: ArmStats, champion: ArmStats, config: RolloutC
     >>> [f.sentence for f in rollback_findings(canary, champ, cfg)]
     ['v2 failed 30 of 30 requests (100.0%) > 1.0% (2 x the champion v1 0.0% + 1.0%, p = 1e-60): roll back']
     """
-    return [f for f in (_failures(challenger, champion, config), *_latency(challenger, champion, config),
-                        _error(challenger, champion, config)) if f is not None]
+    by_step = standardized_error(strata) if strata else None
+    error = _error(*by_step, config) if by_step is not None else _error(challenger, champion, config)
+    return [f for f in (_failures(challenger, champion, config), *_latency(challenger, champion, config), error)
+            if f is not None]
 
 
 def _failures(challenger: ArmStats, champion: ArmStats, config: RolloutConfig) -> Finding | None:
@@ -157,18 +162,35 @@ class PromotionTest:
         self.overall = SequentialTest(tau2=self.tau2, alpha=self.alpha, ratio=self.ratio)
 
     def look(self, challenger: ArmStats, champion: ArmStats) -> Decision:
-        """Update with both arms' figures; the decision so far."""
-        a, b = champion.units, challenger.units
-        p = self.overall.look(a.n, a.mean, a.var, b.n, b.mean, b.var)
+        """Update with both arms' figures over one stretch of time; the decision so far."""
+        return self.look_strata([(challenger, champion)])
+
+    def look_strata(self, strata: Sequence[tuple[ArmStats, ArmStats]]) -> Decision:
+        """Update with (challenger, champion) figures per step of the ramp; the decision so far.
+
+        Each step is compared within itself, and the steps' differences are combined, weighted by their users: the
+        challenger's share grows with time, so over the whole ramp its requests are more recent than the
+        champion's, and a pooled comparison would measure the drift of the world as much as the models (found by
+        the staged loop benchmark: a ramp level at every step was rolled back on the pooled figures)."""
+        combined = combine_strata([(c.units, a.units) for c, a in strata], self.ratio)
+        p = self.overall.p_value if combined is None else self.overall.look_difference(combined.d, combined.v)
+        self.overall.looks += 1
         worse = []
-        for name in sorted(set(challenger.segments) & set(champion.segments)):
+        names = sorted({k for c, a in strata for k in set(c.segments) & set(a.segments)})
+        for name in names:
             test = self.segments.setdefault(name, SequentialTest(tau2=self.tau2, alpha=self.alpha))
-            sa, sb = champion.segments[name], challenger.segments[name]
-            test.look(sa.n, sa.mean, sa.var, sb.n, sb.mean, sb.var)
+            seg = combine_strata([(c.segments[name], a.segments[name]) for c, a in strata
+                                  if name in c.segments and name in a.segments], 1.0)
+            test.looks += 1
+            if seg is not None:
+                test.look_difference(seg.d, seg.v)
             if test.significant and test.difference > 0:
                 worse.append(f"{name} (p = {test.p_value:.2g})")
-        figures = (f"challenger {b.mean:.4g} against {self.ratio:g} x champion {a.mean:.4g} = "
-                   f"{self.ratio * a.mean:.4g} per user ({b.n:,} and {a.n:,} users), mSPRT p = {p:.3g}")
+        if combined is None:
+            return Decision(kind="continue", p_value=p, sentence="fewer than 2 users an arm at every step: not yet")
+        figures = (f"challenger {combined.mean_b:.4g} against {self.ratio:g} x champion {combined.mean_a:.4g} = "
+                   f"{self.ratio * combined.mean_a:.4g} per user ({combined.n_b:,} and {combined.n_a:,} users"
+                   f"{f', {combined.strata} steps' if combined.strata > 1 else ''}), mSPRT p = {p:.3g}")
         if self.overall.significant and self.overall.difference > 0:
             return Decision(kind="keep", p_value=p, sentence=(
                 f"{figures}: the challenger's error is significantly above {self.ratio:g} x the champion's, "
@@ -193,6 +215,63 @@ class PromotionTest:
             seg = SequentialTest(tau2=test.tau2, alpha=test.alpha, p_value=p, looks=looks, difference=d)
             test.segments[name] = seg
         return test
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Combined:
+    """Steps' comparisons combined: the weighted ``mean_B - ratio x mean_A`` and its variance, the weighted means."""
+
+    d: float
+    v: float
+    mean_b: float
+    mean_a: float
+    n_b: int
+    n_a: int
+    strata: int
+
+
+def combine_strata(strata: Sequence[tuple[UnitStats, UnitStats]], ratio: float) -> Combined | None:
+    """Per stratum (challenger, champion) users; each stratum's ``mean_B - ratio x mean_A`` weighted by its users
+    (``w = (n_B + n_A) / total``), variance ``sum w**2 (var_B/n_B + ratio**2 var_A/n_A)``; strata with fewer than 2
+    users an arm are left out (None when none is left). One stratum is the plain two-sample comparison.
+
+    >>> c = combine_strata([(UnitStats(n=100, mean=1.0, var=1.0), UnitStats(n=100, mean=2.0, var=1.0)),
+    ...                     (UnitStats(n=300, mean=3.0, var=1.0), UnitStats(n=300, mean=3.0, var=1.0))], 1.0)
+    >>> c.d, round(c.v, 6), c.mean_b, c.mean_a
+    (-0.25, 0.005, 2.5, 2.75)
+    """
+    kept = [(b, a) for b, a in strata if b.n >= 2 and a.n >= 2]
+    if not kept:
+        return None
+    total = sum(b.n + a.n for b, a in kept)
+    w = [(b.n + a.n) / total for b, a in kept]
+    return Combined(
+        d=sum(wi * (b.mean - ratio * a.mean) for wi, (b, a) in zip(w, kept, strict=True)),
+        v=sum(wi * wi * (b.var / b.n + ratio * ratio * a.var / a.n) for wi, (b, a) in zip(w, kept, strict=True)),
+        mean_b=sum(wi * b.mean for wi, (b, _) in zip(w, kept, strict=True)),
+        mean_a=sum(wi * a.mean for wi, (_, a) in zip(w, kept, strict=True)),
+        n_b=sum(b.n for b, _ in kept), n_a=sum(a.n for _, a in kept), strata=len(kept))
+
+
+def standardized_error(strata: Sequence[tuple[ArmStats, ArmStats]]) -> tuple[ArmStats, ArmStats] | None:
+    """Both arms' labelled errors over the steps where both have labels, the champion's re-weighted to the
+    challenger's labelled requests per step (same time mix); None when no step has labels in both arms.
+
+    >>> a, b = ArmStats(version="v1", labelled=900, error=0.2), ArmStats(version="v2", labelled=100, error=0.3)
+    >>> c, d = ArmStats(version="v1", labelled=100, error=0.4), ArmStats(version="v2", labelled=900, error=0.4)
+    >>> ch, champ = standardized_error([(b, a), (d, c)])
+    >>> round(ch.error, 3), round(champ.error, 3), ch.labelled, champ.labelled
+    (0.39, 0.38, 1000, 1000)
+    """
+    both = [(c, a) for c, a in strata if c.labelled and a.labelled and c.error is not None and a.error is not None]
+    if not both:
+        return None
+    n = sum(c.labelled for c, _ in both)
+    challenger_error = sum(c.labelled * c.error for c, _ in both) / n  # type: ignore[operator]
+    champion_error = sum(c.labelled * a.error for c, a in both) / n  # type: ignore[operator]
+    challenger, champion = both[0]
+    return (replace(challenger, labelled=n, error=challenger_error),
+            replace(champion, labelled=sum(a.labelled for _, a in both), error=champion_error))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -59,13 +59,17 @@ class SequentialTest:
     """An always-valid p-value for "the challenger's mean error differs from ``ratio`` x the champion's", updated
     at each look (``ratio`` 1: the arms differ). The ramp asks whether the challenger's error is at most 0.98 x
     the champion's: it tests ``d = mean_B - 0.98 mean_A`` (variance ``var_B/n_B + 0.98**2 var_A/n_A``) and reads
-    the direction from ``difference``, the latest ``d``: the two-sided test read one way rejects at most alpha.
+    the direction from ``difference``, the ``d`` of the look that gave the p-value (not the latest: a look the
+    other way must not borrow an earlier look's significance): the two-sided test read one way rejects at most
+    alpha.
 
     >>> t = SequentialTest(tau2=0.01, ratio=0.98)
     >>> round(t.look(500, 1.0, 1.0, 500, 0.80, 1.0), 3), t.significant  # 500 users an arm: not yet
     (0.097, False)
     >>> round(t.look(2000, 1.0, 1.0, 2000, 0.80, 1.0), 6), round(t.difference, 2), t.significant
     (1e-06, -0.18, True)
+    >>> round(t.look(3000, 1.0, 1.0, 3000, 1.02, 1.0), 6), round(t.difference, 2)  # swapped: not a "worse" verdict
+    (1e-06, -0.18)
     """
 
     tau2: float
@@ -87,11 +91,18 @@ class SequentialTest:
         if n_a < 2 or n_b < 2:
             return self.p_value
         v = self.ratio * self.ratio * var_a / n_a + var_b / n_b
+        return self.look_difference(mean_b - self.ratio * mean_a, v)
+
+    def look_difference(self, difference: float, v: float) -> float:
+        """Update with an estimate of ``mean_B - ratio x mean_A`` and its variance (a stratified one, say)."""
         if not v > 0:
             return self.p_value
-        self.difference = mean_b - self.ratio * mean_a
-        lam = float(msprt_lambda(self.difference, v, self.tau2))
-        self.p_value = min(self.p_value, 1.0 / lam if lam > 1 else 1.0)
+        lam = float(msprt_lambda(difference, v, self.tau2))
+        p = 1.0 / lam if lam > 1 else 1.0
+        if p < self.p_value or p == self.p_value == 1.0:
+            # the direction is the one of the look that gave the p-value: a rejection is decided when it happens,
+            # and a later look in the other direction (the arms' places swapped by a drift) must not borrow it
+            self.p_value, self.difference = min(p, self.p_value), difference
         return self.p_value
 
     @property

@@ -103,7 +103,8 @@ def _model() -> LogisticRegression:
     return LogisticRegression().fit(x, (x[:, 0] > 0).astype(int))
 
 
-def _setup(store: FeedbackStore, *, shadow_error: float = 0.2, champion_loads: bool = True) -> None:
+def _setup(store: FeedbackStore, *, shadow_error: float = 0.2, served_error: float = 0.3,
+           champion_loads: bool = True) -> None:
     """v1 the champion; v2 a candidate whose shadow passed, scored on 1,500 labelled requests served by v1."""
     registry = Registry()
     rng = np.random.default_rng(3)
@@ -116,7 +117,7 @@ def _setup(store: FeedbackStore, *, shadow_error: float = 0.2, champion_loads: b
         for i in range(1_500):
             at = T0 - timedelta(hours=30) + timedelta(seconds=60 * i)
             label = int(rng.integers(2))
-            served = label if rng.random() > 0.3 else 1 - label
+            served = label if rng.random() >= served_error else 1 - label
             shadow = label if rng.random() > shadow_error else 1 - label
             rows.append((f"s{i}", at, Jsonb(served), f"u{i % 1000}"))
             shadow_rows.append((f"s{i}", Jsonb(shadow)))
@@ -330,3 +331,33 @@ def test_the_command_line_pauses_trails_promotes_and_says_what_to_do(services, d
     assert back.returncode == 0 and "returned churn to the previous champion v1 (from v2)" in back.stdout
     unknown = cli("rollback", "--model", "eta")
     assert unknown.returncode == 1 and "no model 'eta' in the configuration" in unknown.stderr
+
+
+def test_a_champion_without_errors_on_the_shadows_requests_leaves_nothing_to_gain(store: FeedbackStore) -> None:
+    """Found by the staged loop benchmark: with the champion's error 0 on the shadow's rows the ratio was None and
+    the ramp started 'with no labelled shadow rows' after a shadow that had 1,500; it is abandoned now."""
+    _setup(store, served_error=0.0, shadow_error=0.05)
+    controller, _ = _controller(store)
+    World(store, error={"v1": 0.30}).hour(served_by="v1")
+    result = controller.look()[0]
+    assert result.state == "abandoned" and "at inf x the champion: no gain" in result.sentence
+
+
+def test_a_version_ramped_before_ramps_again_after_a_new_shadow(store: FeedbackStore) -> None:
+    """A former champion proposed again by the model pool passes a new shadow: its new ramp gets its own id (the
+    first ramp's id stays with the first ramp) and starts."""
+    _setup(store)
+    controller, _ = _controller(store)
+    World(store, error={"v1": 0.30}).hour(served_by="v1")
+    assert controller.look()[0].state == "ramping"
+    controller.rollback("churn", "ana")
+    controller.clear("churn", "ana")
+    with store.pool.connection() as conn:
+        conn.execute("UPDATE model_versions SET stage = 'shadow' WHERE version = 'v2'")  # proposed again, shadowed
+        conn.execute("UPDATE shadows SET status = 'passed', updated_at = now()")
+    World(store, error={"v1": 0.30}, at=T0 + timedelta(hours=1), seq=10_000).hour(served_by="v1")
+    again = controller.look()[0]
+    assert again.state == "ramping", again.sentence
+    with store.pool.connection() as conn:
+        assert [r[0] for r in conn.execute("SELECT rollout_id FROM rollouts ORDER BY recorded_at")] == [
+            "churn/v2", "churn/v2#2"]

@@ -122,3 +122,43 @@ def test_a_step_waits_for_its_dwell_and_each_arms_requests() -> None:
     assert step_ready(7199, 7200, {"v1": 500, "v2": 500}, 200) == "dwell 2.0 h of 2.0 h"
     assert step_ready(7200, 7200, {"v1": 500, "v2": 199}, 200) == "v2 199 of 200 requests"
     assert step_ready(7200, 7200, {"v1": 500, "v2": 200}, 200) is None
+
+
+def test_a_later_look_the_other_way_does_not_borrow_an_earlier_significance() -> None:
+    """Found by the staged loop benchmark (S6): the test kept the smallest p-value (a look that said promote) and
+    read its direction from the latest look (the arms swapped by a drift): 'keep, p = 1.55e-130'. The direction
+    is now the one of the look that gave the p-value."""
+    test = PromotionTest(tau2=0.05 ** 2, ratio=0.98, alpha=0.05)
+    champion = ArmStats(version="v1", units=UnitStats(n=800, mean=3.682, var=4.0))
+    first = test.look(ArmStats(version="v2", units=UnitStats(n=800, mean=1.473, var=4.0)), champion)
+    assert first.kind == "promote"
+    later = test.look(ArmStats(version="v2", units=UnitStats(n=900, mean=3.881, var=4.0)),
+                      ArmStats(version="v1", units=UnitStats(n=900, mean=3.931, var=4.0)))
+    assert later.kind == "promote" and later.p_value == first.p_value
+    alone = PromotionTest(tau2=0.05 ** 2, ratio=0.98, alpha=0.05).look(
+        ArmStats(version="v2", units=UnitStats(n=900, mean=3.881, var=4.0)),
+        ArmStats(version="v1", units=UnitStats(n=900, mean=3.931, var=4.0)))
+    assert alone.kind == "continue"
+
+
+def test_arms_level_at_every_step_are_not_rolled_back_on_the_pooled_figures() -> None:
+    """Found by the staged loop benchmark (S2): the world's error grew during the ramp while the challenger's share
+    grew, so pooled over the ramp its requests were the later, harder ones (0.517 against 0.446). Within each step
+    the arms were level; compared step by step, nothing is rolled back, and the promotion test sees no difference."""
+    steps = [(0.05, 0.2), (0.10, 0.35), (0.25, 0.55), (0.50, 0.6)]  # share, both arms' error at that step
+    strata = []
+    for share, error in steps:
+        n = 4_000
+        strata.append((ArmStats(version="v2", labelled=int(n * share), error=error,
+                                units=UnitStats(n=int(n * share), mean=error, var=0.2)),
+                       ArmStats(version="v1", labelled=int(n * (1 - share)), error=error,
+                                units=UnitStats(n=int(n * (1 - share)), mean=error, var=0.2))))
+    pooled_c = sum(c.labelled * c.error for c, _ in strata) / sum(c.labelled for c, _ in strata)
+    pooled_a = sum(a.labelled * a.error for _, a in strata) / sum(a.labelled for _, a in strata)
+    challenger = ArmStats(version="v2", labelled=3600, error=pooled_c)
+    champion = ArmStats(version="v1", labelled=12400, error=pooled_a)
+    assert pooled_c > CFG.error_ratio * pooled_a  # the pooled comparison would roll back
+    assert _causes(challenger, champion) == ["error"]
+    assert rollback_findings(challenger, champion, CFG, strata) == []
+    decision = PromotionTest(tau2=0.01 ** 2, ratio=1.0, alpha=0.05).look_strata(strata)
+    assert decision.kind == "continue" and "4 steps" in decision.sentence
