@@ -9,8 +9,8 @@ Rollback (any step, the hold period included), each a :class:`Finding` with its 
 - failures: the challenger's failure rate above ``failure_ratio`` x the champion's + ``failure_margin``, or above
   ``failure_max`` outright, and significantly so (one-sided exact binomial test at ``FAILURE_ALPHA``: a few
   unlucky requests at the first look do not end a ramp; 30 of 30 failed requests do);
-- latency: the challenger's p95 above ``latency_p95_ratio`` x the champion's, or its p99 above
-  ``latency_p99_max_ms``;
+- latency: the challenger's p95 above ``latency_p95_ratio`` x the champion's (and ``latency_margin_ms`` above
+  it), or its p99 above ``latency_p99_max_ms``, once each arm has ``min_latency_samples`` timed requests;
 - error: its labelled error above ``error_ratio`` x the champion's, with at least ``min_labelled`` labelled
   requests in each arm.
 
@@ -119,19 +119,22 @@ def _failures(challenger: ArmStats, champion: ArmStats, config: RolloutConfig) -
 
 def _latency(challenger: ArmStats, champion: ArmStats, config: RolloutConfig) -> list[Finding]:
     found = []
-    if challenger.latency_n < config.min_requests or challenger.latency_p95_ms is None:
+    if challenger.latency_n < config.min_latency_samples or challenger.latency_p95_ms is None:
         return found
-    if (champion.latency_n >= config.min_requests and champion.latency_p95_ms is not None
-            and challenger.latency_p95_ms > config.latency_p95_ratio * champion.latency_p95_ms):
-        limit = config.latency_p95_ratio * champion.latency_p95_ms
+    if (champion.latency_n >= config.min_latency_samples and champion.latency_p95_ms is not None
+            and challenger.latency_p95_ms > config.latency_p95_ratio * champion.latency_p95_ms
+            and challenger.latency_p95_ms > champion.latency_p95_ms + config.latency_margin_ms):
+        limit = max(config.latency_p95_ratio * champion.latency_p95_ms,
+                    champion.latency_p95_ms + config.latency_margin_ms)
         found.append(Finding(cause="latency_p95", observed=challenger.latency_p95_ms, threshold=limit, sentence=(
             f"{challenger.version} latency p95 {challenger.latency_p95_ms:.1f} ms > {config.latency_p95_ratio:g} x "
-            f"the champion's {champion.latency_p95_ms:.1f} ms = {limit:.1f} ms: roll back")))
+            f"the champion's {champion.latency_p95_ms:.1f} ms (and {config.latency_margin_ms:g} ms above it) on "
+            f"{challenger.latency_n:,} requests: roll back")))
     if challenger.latency_p99_ms is not None and challenger.latency_p99_ms > config.latency_p99_max_ms:
         found.append(Finding(cause="latency_p99", observed=challenger.latency_p99_ms,
                              threshold=config.latency_p99_max_ms, sentence=(
             f"{challenger.version} latency p99 {challenger.latency_p99_ms:.1f} ms > the ceiling "
-            f"{config.latency_p99_max_ms:g} ms: roll back")))
+            f"{config.latency_p99_max_ms:g} ms on {challenger.latency_n:,} requests: roll back")))
     return found
 
 

@@ -6,6 +6,8 @@ promotion; step readiness."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy.stats import binomtest
@@ -42,15 +44,20 @@ def test_the_failure_rule_matches_the_exact_binomial_test(failures: int, request
 
 
 def test_latency_rules_fire_on_the_p95_ratio_and_the_p99_ceiling() -> None:
+    """p95 above 1.5 x the champion's and 5 ms above it, p99 above 500 ms, each from 200 timed requests an arm."""
     champion = ArmStats(version="v1", requests=500, latency_n=500, latency_p95_ms=20.0, latency_p99_ms=40.0)
-    fast = ArmStats(version="v2", requests=100, latency_n=100, latency_p95_ms=29.9, latency_p99_ms=60.0)
-    slow = ArmStats(version="v2", requests=100, latency_n=100, latency_p95_ms=30.1, latency_p99_ms=60.0)
-    tail = ArmStats(version="v2", requests=100, latency_n=100, latency_p95_ms=25.0, latency_p99_ms=501.0)
-    few = ArmStats(version="v2", requests=10, latency_n=10, latency_p95_ms=900.0, latency_p99_ms=900.0)
+    fast = ArmStats(version="v2", requests=200, latency_n=200, latency_p95_ms=29.9, latency_p99_ms=60.0)
+    slow = ArmStats(version="v2", requests=200, latency_n=200, latency_p95_ms=30.1, latency_p99_ms=60.0)
+    tail = ArmStats(version="v2", requests=200, latency_n=200, latency_p95_ms=25.0, latency_p99_ms=501.0)
+    few = ArmStats(version="v2", requests=199, latency_n=199, latency_p95_ms=900.0, latency_p99_ms=900.0)
     assert _causes(fast, champion) == []
     assert _causes(slow, champion) == ["latency_p95"]
     assert _causes(tail, champion) == ["latency_p99"]
     assert _causes(few, champion) == []
+    quick = ArmStats(version="v1", requests=500, latency_n=500, latency_p95_ms=2.0, latency_p99_ms=4.0)
+    noise = ArmStats(version="v2", requests=200, latency_n=200, latency_p95_ms=6.9, latency_p99_ms=9.0)
+    assert _causes(noise, quick) == []  # 3.5 x, but within 5 ms: timer noise, not a slower model
+    assert _causes(replace(noise, latency_p95_ms=7.1), quick) == ["latency_p95"]
 
 
 def test_the_error_rule_needs_50_labelled_rows_an_arm() -> None:
