@@ -47,8 +47,9 @@ from schemas.events import Value
 FIRST_DEPLOYMENT_TIMEOUT_S = 30.0
 #: how often a tick routes its requests again when a deployment applied meanwhile unloaded a version
 ROUTE_TRIES = 3
-#: requests of each version in a tick served (and timed) one at a time: a 5% canary gets about 5 a tick at the
-#: demo's rate, so its latency is judged within seconds; the champion's 3 of ~95 cost 35 ms a tick
+#: requests of each version in a tick served (and timed) one at a time: 6 a second for each arm with traffic (a 5%
+#: canary gets about 5 a tick at the demo's rate), so an arm has the rollback rules' 200 timed requests
+#: (``min_latency_samples``) about 35 event hours into a ramp; they cost about 11 ms each, 70 ms a tick for two arms
 TIMED_PER_VERSION = 3
 
 _ACTIVE_ROLLOUT = """
