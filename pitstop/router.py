@@ -23,7 +23,6 @@ all), read at most once a second.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from schemas.validation import first_error, schema_validator
+from schemas.validation import InvalidDocument, load_document, utc_time
 
 log = logging.getLogger(__name__)
 
@@ -93,28 +92,13 @@ class Deployment:
 
 def parse_deployment(value: bytes | None) -> Deployment:
     """The deployment in a message value, or :class:`DeploymentError` saying what is wrong."""
-    if value is None:
-        msg = "the message has no value"
-        raise DeploymentError(msg)
     try:
-        doc = json.loads(value)
-    except ValueError as exc:
-        msg = f"not JSON: {exc}"
-        raise DeploymentError(msg) from None
-    error = first_error(schema_validator("deployment.schema.json"), doc)
-    if error is not None:
-        msg = f"schema: {error}"
-        raise DeploymentError(msg)
+        doc = load_document(value, "deployment.schema.json")
+        decided_at = utc_time(doc, "decided_at")
+    except InvalidDocument as exc:
+        raise DeploymentError(str(exc)) from None
     if doc["challenger"] is not None and doc["challenger"] == doc["champion"]:
         msg = f"challenger and champion are both {doc['champion']!r}"
-        raise DeploymentError(msg)
-    try:
-        decided_at = datetime.fromisoformat(doc["decided_at"].replace("Z", "+00:00"))
-    except ValueError:
-        msg = f"decided_at {doc['decided_at']!r} is not an RFC 3339 date-time"
-        raise DeploymentError(msg) from None
-    if decided_at.tzinfo is None:
-        msg = f"decided_at {doc['decided_at']!r} has no UTC offset"
         raise DeploymentError(msg)
     return Deployment(model_name=doc["model_name"], message_version=doc["message_version"],
                       champion=doc["champion"], challenger=doc["challenger"],

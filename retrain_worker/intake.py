@@ -13,11 +13,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from feedback.store import DeadLetterRecord, FeedbackStore, insert_dead_letters
 from feedback.store.ingest import InboundMessage, dead_letter_key, encode_dead_letter
-from schemas.validation import first_error, schema_validator
+from schemas.validation import InvalidDocument, load_document, utc_time
 
 _TAKE = """
 INSERT INTO retrain_intake (trigger_id, model_name, source_partition, source_offset)
@@ -57,33 +55,11 @@ def decode_trigger(value: bytes | None) -> TriggerEvent:
     ...
     retrain_worker.intake.TriggerRejected: schema: 'trigger_id' is a required property (at the top level)
     """
-    if value is None:
-        msg = "not_json: the message has no value"
-        raise TriggerRejected(msg)
     try:
-        doc = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        msg = f"not_json: {exc}"
-        raise TriggerRejected(msg) from None
-    error = first_error(schema_validator("retrain_trigger.schema.json"), doc)
-    if error is not None:
-        msg = f"schema: {error}"
-        raise TriggerRejected(msg)
-    times = {}
-    for key in ("decided_at", "change_point"):
-        text = doc[key]
-        if text is None:
-            times[key] = None
-            continue
-        try:
-            at = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            msg = f"timestamp: {key} {text!r} is not RFC 3339"
-            raise TriggerRejected(msg) from None
-        if at.tzinfo is None:
-            msg = f"timestamp: {key} {text!r} has no offset"
-            raise TriggerRejected(msg)
-        times[key] = at.astimezone(UTC)
+        doc = load_document(value, "retrain_trigger.schema.json")
+        times = {key: utc_time(doc, key) for key in ("decided_at", "change_point")}
+    except InvalidDocument as exc:
+        raise TriggerRejected(str(exc)) from None
     return TriggerEvent(
         trigger_id=doc["trigger_id"], model_name=doc["model_name"], model_version=doc["model_version"],
         kind=doc["kind"], urgency=doc["urgency"], decided_at=times["decided_at"], change_point=times["change_point"],

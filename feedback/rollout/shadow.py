@@ -47,7 +47,7 @@ from feedback.registry.versions import ModelVersion, Registry
 from feedback.store import DeadLetterRecord, FeedbackStore, insert_dead_letters
 from feedback.store.ingest import TRANSIENT_ERRORS, Backoff, InboundMessage, retry_transient
 from feedback.triggers.alerts import Alert, AlertSink
-from schemas.validation import first_error, schema_validator
+from schemas.validation import InvalidDocument, load_document, utc_time
 
 log = logging.getLogger(__name__)
 
@@ -99,29 +99,14 @@ def decode_candidate(value: bytes | None) -> CandidateEvent:
     ...
     feedback.rollout.shadow.CandidateRejected: schema: 'model_name' is a required property (at the top level)
     """
-    if value is None:
-        msg = "not_json: the message has no value"
-        raise CandidateRejected(msg)
     try:
-        doc = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        msg = f"not_json: {exc}"
-        raise CandidateRejected(msg) from None
-    error = first_error(schema_validator("candidate.schema.json"), doc)
-    if error is not None:
-        msg = f"schema: {error}"
-        raise CandidateRejected(msg)
-    try:
-        created = datetime.fromisoformat(doc["created_at"].replace("Z", "+00:00"))
-    except ValueError:
-        msg = f"timestamp: created_at {doc['created_at']!r} is not RFC 3339"
-        raise CandidateRejected(msg) from None
-    if created.tzinfo is None:
-        msg = f"timestamp: created_at {doc['created_at']!r} has no offset"
-        raise CandidateRejected(msg)
+        doc = load_document(value, "candidate.schema.json")
+        created = utc_time(doc, "created_at")
+    except InvalidDocument as exc:
+        raise CandidateRejected(str(exc)) from None
     return CandidateEvent(candidate_id=doc["candidate_id"], model_name=doc["model_name"], version=doc["version"],
                           trigger_id=doc["trigger_id"], artifact_sha256=doc["artifact_sha256"], stage=doc["stage"],
-                          lineage=doc["lineage"], created_at=created.astimezone(UTC))
+                          lineage=doc["lineage"], created_at=created)
 
 
 # --- loaded models ---------------------------------------------------------------------------------------------

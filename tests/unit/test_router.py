@@ -122,7 +122,7 @@ def test_a_message_round_trips_and_bad_ones_say_what_is_wrong() -> None:
         parse_deployment(json.dumps(bad).encode())
     with pytest.raises(DeploymentError, match="both 'v1'"):
         parse_deployment(json.dumps({**d.to_json(), "challenger": "v1"}).encode())
-    with pytest.raises(DeploymentError, match="has no UTC offset"):
+    with pytest.raises(DeploymentError, match="has no offset"):
         parse_deployment(json.dumps({**d.to_json(), "decided_at": "2026-03-02T12:00:00"}).encode())
-    with pytest.raises(DeploymentError, match="^not JSON"):
+    with pytest.raises(DeploymentError, match="^not_json"):
         parse_deployment(b"{")
