@@ -158,8 +158,9 @@ class Controller:
     # -- a person's commands: each one transaction, its event naming who ran it ------------------------------
 
     def rollback(self, name: str, actor: str) -> str:
-        """Back to the champion: a ramp under way ends rolled back (and latched); with none, the previous champion
-        returns, in one deployment message."""
+        """Back to the champion: a ramp under way ends rolled back; with none, the previous champion returns, in one
+        deployment message. Either latches; while latched, the command changes nothing (run twice, it does not
+        walk back one champion more)."""
         return self._command(name, actor, "rollback")
 
     def promote(self, name: str, actor: str) -> str:
@@ -472,6 +473,11 @@ class _Look:
             sentence = f"{actor} rolled back {rollout['challenger']} at {_pct(rollout['share'])}"
             self.roll_back(rollout, [Finding(cause="manual", observed=0, threshold=0, sentence=sentence)], {})
             return f"{sentence}; all traffic to {rollout['champion']} (latched: `pitstop rollout clear` to undo)"
+        latch = self.cur.execute("SELECT version, reason FROM rollback_latches WHERE model_name = %s",
+                                 (name,)).fetchone()
+        if latch is not None:  # the same command twice must not walk back one champion more each time
+            return (f"{name} is already rolled back ({latch['version']}: {latch['reason']}); nothing changed; "
+                    f"`pitstop rollout clear --model {name}` lifts the latch, then rollback goes one champion back")
         current = self.registry.champion(self.rcur, name)
         previous = self.registry.past_champions(self.rcur, name, limit=1)
         if not previous:
@@ -485,7 +491,10 @@ class _Look:
         self.deploy(champion=back, challenger=None, share=0.0, salt=f"{name}/{back}", state="rolled_back",
                     reason=sentence)
         self.event(None, back, "rolled_back", 0.0, sentence, {}, actor=actor)
-        return sentence
+        if current is not None:
+            self.cur.execute("INSERT INTO rollback_latches (model_name, version, reason) VALUES (%s, %s, %s)",
+                             (name, current.version, sentence))
+        return f"{sentence} (latched: `pitstop rollout clear` to undo)"
 
     def by_promote(self, actor: str) -> str:
         rollout = self.active("promote")

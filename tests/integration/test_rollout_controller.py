@@ -286,12 +286,15 @@ def test_a_persons_commands_pause_resume_promote_roll_back_and_clear(store: Feed
     assert _stages(store) == {"v1": "champion", "v2": "previous"}
     messages = _messages(store)
     assert len(messages) == before + 1 and (messages[-1].champion, messages[-1].challenger) == ("v1", None)
+    assert "is already rolled back (v2: " in controller.rollback("churn", "ana")  # twice: nothing more
+    assert _stages(store) == {"v1": "champion", "v2": "previous"} and len(_messages(store)) == before + 1
     with pytest.raises(RolloutError, match="has no ramp under way to promote"):
         controller.promote("churn", "ana")
+    assert "cleared the latched rollback of v2" in controller.clear("churn", "ana")
     assert controller.clear("churn", "ana") == "churn has no latched rollback"
     with store.pool.connection() as conn:
         actors = [r[0] for r in conn.execute("SELECT actor FROM rollout_events ORDER BY event_id").fetchall()]
-    assert actors == ["controller", "ana", "ana", "ana", "ana"]
+    assert actors == ["controller", "ana", "ana", "ana", "ana", "ana"]
 
 
 def test_the_command_line_pauses_trails_promotes_and_says_what_to_do(services, db_schema, store: FeedbackStore,
@@ -329,6 +332,8 @@ def test_the_command_line_pauses_trails_promotes_and_says_what_to_do(services, d
     assert "has no ramp under way to promote" in missing.stderr
     back = cli("rollback", "--model", "churn")
     assert back.returncode == 0 and "returned churn to the previous champion v1 (from v2)" in back.stdout
+    again = cli("rollback", "--model", "churn")
+    assert again.returncode == 0 and "is already rolled back" in again.stdout
     unknown = cli("rollback", "--model", "eta")
     assert unknown.returncode == 1 and "no model 'eta' in the configuration" in unknown.stderr
 
