@@ -308,19 +308,7 @@ class Loop:
             self.monitor.run_once(after=lambda conn, evaluations, now=now: self.engine.run(
                 conn, evaluations, wall_now=now))
             for trigger in self._triggers():
-                # a detection's trigger; the ladder's refits and the early pool looks are planned steps after
-                # one, not detections (notes["refits_at"], notes["pool_at"])
-                planned = {"refit": self.refits_at, "pool": self.pool_at}
-                planned.get(trigger.kind, self.triggered_at).append(index_of(trigger.decided_at))
-                outcome = self.pipeline.handle(trigger)
-                self.outcomes.append({"at": end, "trigger": trigger.trigger_id, "kind": trigger.kind,
-                                      "change_point": index_of(trigger.change_point) if trigger.change_point
-                                      else None, "labels_since_change": trigger.labels_since_change,
-                                      "result": outcome.result, "sentence": outcome.sentence,
-                                      "failed": [g.sentence for g in outcome.gates if g.passed is False],
-                                      "pool": outcome.lineage.get("pool"),
-                                      "pool_rejected": outcome.lineage.get("pool_rejected")})
-                log.info("step %d: %s -> %s", end, trigger.trigger_id, outcome.sentence)
+                self._handle(trigger, end)
                 new = self._champion()
                 if new is not None and new[1] != version:
                     champion, version = new
@@ -333,6 +321,21 @@ class Loop:
                                   "detected_at": self._detected_at(),
                                   "outcomes": self.outcomes, "alerts": len(self.alerts.alerts),
                                   "decisions": self._decisions()})
+
+    def _handle(self, trigger: Any, end: int) -> None:
+        """The retrain worker's answer to one trigger, noted: a detection's trigger, or one of the planned steps
+        after one (the ladder's refits and the early pool looks: notes["refits_at"], notes["pool_at"])."""
+        planned = {"refit": self.refits_at, "pool": self.pool_at}
+        planned.get(trigger.kind, self.triggered_at).append(index_of(trigger.decided_at))
+        outcome = self.pipeline.handle(trigger)
+        self.outcomes.append({"at": end, "trigger": trigger.trigger_id, "kind": trigger.kind,
+                              "change_point": index_of(trigger.change_point) if trigger.change_point else None,
+                              "labels_since_change": trigger.labels_since_change, "result": outcome.result,
+                              "version": outcome.version, "sentence": outcome.sentence,
+                              "failed": [g.sentence for g in outcome.gates if g.passed is False],
+                              "pool": outcome.lineage.get("pool"),
+                              "pool_rejected": outcome.lineage.get("pool_rejected")})
+        log.info("step %d: %s -> %s", end, trigger.trigger_id, outcome.sentence)
 
     def _triggers(self) -> list[Any]:
         """The unsent trigger events in the outbox, as the worker would receive them; marked sent."""
@@ -505,18 +508,7 @@ class StagedLoop(Loop):
             self.monitor.run_once(after=lambda conn, evaluations, now=now: self.engine.run(
                 conn, evaluations, wall_now=now))
             for trigger in self._outbox(TRIGGER_TOPIC, decode_trigger):
-                planned = {"refit": self.refits_at, "pool": self.pool_at}
-                planned.get(trigger.kind, self.triggered_at).append(index_of(trigger.decided_at))
-                outcome = self.pipeline.handle(trigger)
-                self.outcomes.append({"at": end, "trigger": trigger.trigger_id, "kind": trigger.kind,
-                                      "change_point": index_of(trigger.change_point) if trigger.change_point
-                                      else None, "labels_since_change": trigger.labels_since_change,
-                                      "result": outcome.result, "version": outcome.version,
-                                      "sentence": outcome.sentence,
-                                      "failed": [g.sentence for g in outcome.gates if g.passed is False],
-                                      "pool": outcome.lineage.get("pool"),
-                                      "pool_rejected": outcome.lineage.get("pool_rejected")})
-                log.info("step %d: %s -> %s", end, trigger.trigger_id, outcome.sentence)
+                self._handle(trigger, end)
             for candidate in self._outbox(CANDIDATE_TOPIC, decode_candidate):
                 with self.store.pool.connection() as conn:
                     begun = start_shadow(conn, self.registry, candidate, self.config, self.alerts,
