@@ -46,7 +46,7 @@ def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.Ap
     bootstrap, database_url = settings.require_services()
     set_fetch_max_wait(settings.fetch_max_wait_ms)
     topics = settings.topics
-    app = faust_app(settings, settings.app_id, bootstrap)
+    app = faust_app(settings, settings.app_id, bootstrap, ready_file=ready_file)
     inputs = app.topic(topics.predictions, topics.outcomes, value_type=bytes, key_type=bytes,
                        value_serializer="raw", key_serializer="raw")
     dead_letter = app.topic(topics.dead_letter, value_type=bytes, key_type=bytes,
@@ -92,12 +92,6 @@ def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.Ap
             await asyncio.to_thread(outbox.close)
             await asyncio.to_thread(alerts.close)
 
-    @app.on_rebalance_complete.connect
-    async def _mark_ready(sender: faust.App, **_: Any) -> None:
-        if ready_file is not None:
-            ready_file.parent.mkdir(parents=True, exist_ok=True)
-            ready_file.write_text(str(sorted(str(tp) for tp in app.consumer.assignment())))
-
     @app.on_before_shutdown.connect
     async def _stop_ingest(sender: faust.App, **_: Any) -> None:
         ingestor.stop()
@@ -106,12 +100,13 @@ def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.Ap
     return app
 
 
-def faust_app(settings: Settings, app_id: str, bootstrap: str) -> faust.App:
+def faust_app(settings: Settings, app_id: str, bootstrap: str, *, ready_file: Path | None = None) -> faust.App:
     """A Faust app (``app_id`` is its consumer group) as every Pitstop worker runs one: no web server, topics made by
-    `pitstop topics` only, a new group reads from the start, every message acknowledged by all in-sync replicas."""
+    `pitstop topics` only, a new group reads from the start, every message acknowledged by all in-sync replicas;
+    after each rebalance it writes its assigned partitions to ``ready_file`` (the supervisor waits for it)."""
     datadir = settings.state_dir / "faust" / app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
-    return faust.App(
+    app = faust.App(
         app_id,
         broker=f"kafka://{bootstrap}",
         datadir=str(datadir),
@@ -123,6 +118,14 @@ def faust_app(settings: Settings, app_id: str, bootstrap: str) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
     )
+
+    @app.on_rebalance_complete.connect
+    async def _mark_ready(sender: faust.App, **_: Any) -> None:
+        if ready_file is not None:
+            ready_file.parent.mkdir(parents=True, exist_ok=True)
+            ready_file.write_text(str(sorted(str(tp) for tp in app.consumer.assignment())))
+
+    return app
 
 
 class _Handled(Protocol):

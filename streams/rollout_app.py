@@ -47,7 +47,7 @@ def build_rollout_app(settings: Settings, *, ready_file: Path | None = None) -> 
     set_fetch_max_wait(settings.fetch_max_wait_ms)
     topics = settings.topics
     app_id = rollout_app_id(settings)
-    app = faust_app(settings, app_id, bootstrap)
+    app = faust_app(settings, app_id, bootstrap, ready_file=ready_file)
     candidates = app.topic(topics.candidates, value_type=bytes, key_type=bytes, value_serializer="raw",
                            key_serializer="raw")
     dead_letter = app.topic(topics.dead_letter, value_type=bytes, key_type=bytes, value_serializer="raw",
@@ -89,12 +89,6 @@ def build_rollout_app(settings: Settings, *, ready_file: Path | None = None) -> 
     async def rollout_rounds() -> None:
         for run in rounds:
             await asyncio.to_thread(run_round, run)
-
-    @app.on_rebalance_complete.connect
-    async def _mark_ready(sender: faust.App, **_: Any) -> None:
-        if ready_file is not None:
-            ready_file.parent.mkdir(parents=True, exist_ok=True)
-            ready_file.write_text(str(sorted(str(tp) for tp in app.consumer.assignment())))
 
     @app.on_before_shutdown.connect
     async def _stop(sender: faust.App, **_: Any) -> None:
