@@ -6,11 +6,40 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 
 from pitstop.errors import PitstopError
 from pitstop.settings import Settings
+
+
+def _finite_positive(raw: str) -> float:
+    """An argparse type: a finite number > 0 (``--wait inf`` would never end, ``--rate nan`` never send).
+
+    >>> _finite_positive("2.5")
+    2.5
+    """
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        msg = f"{raw!r}: expected a finite number > 0"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _count(raw: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        msg = f"{raw!r}: expected an integer >= 1"
+        raise argparse.ArgumentTypeError(msg)
+    return value
 
 
 def _say(line: str) -> None:
@@ -165,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pitstop", description="Keep production models fresh.")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the broker, database and ingest workers (local unless configured)")
-    up.add_argument("--workers", type=int, default=1, help="ingest worker processes in one consumer group")
+    up.add_argument("--workers", type=_count, default=1, help="ingest worker processes in one consumer group")
     up.add_argument("--detach", action="store_true", help="return once ready; writes .pitstop/env")
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop what `pitstop up` started, and only that")
@@ -178,17 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
     top = sub.add_parser("topics", help="create the topics on the configured broker (final partition count)")
     top.set_defaults(func=cmd_topics)
     demo = sub.add_parser("demo", help="a synthetic model whose data drifts; shows the join filling up")
-    demo.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
-    demo.add_argument("--rate", type=float, default=200.0, help="predictions per wall-clock second")
-    demo.add_argument("--speed", type=float, default=3600.0, help="event-time seconds per wall-clock second")
-    demo.add_argument("--workers", type=int, default=1)
+    demo.add_argument("--duration", type=_finite_positive, default=None, help="seconds to run (default: until Ctrl-C)")
+    demo.add_argument("--rate", type=_finite_positive, default=200.0, help="predictions per wall-clock second")
+    demo.add_argument("--speed", type=_finite_positive, default=3600.0, help="event-time seconds per wall-clock second")
+    demo.add_argument("--workers", type=_count, default=1)
     demo.add_argument("--fast", action="store_true", help="run both acts to the end, print the timeline, exit")
     demo.set_defaults(func=cmd_demo)
     mon = sub.add_parser("monitor", help="the current drift and performance tables of a model")
     mon.add_argument("--model", required=True)
     mon.add_argument("--version", default=None, help="one version (default: every version with a profile)")
     mon.add_argument("--segment", default="*", help="'*' for all traffic, or attribute=value")
-    mon.add_argument("--windows", type=int, default=12, help="performance windows to show")
+    mon.add_argument("--windows", type=_count, default=12, help="performance windows to show")
     mon.add_argument("--json", action="store_true")
     mon.set_defaults(func=cmd_monitor)
     ref = sub.add_parser("reference", help="reference profiles")
@@ -205,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     trig_sub = trig.add_subparsers(dest="triggers_command", required=True)
     tlist = trig_sub.add_parser("list", help="the model's retrain decisions, newest first")
     tlist.add_argument("--model", required=True)
-    tlist.add_argument("--limit", type=int, default=20, help="decisions to show (default 20)")
+    tlist.add_argument("--limit", type=_count, default=20, help="decisions to show (default 20)")
     tlist.add_argument("--json", action="store_true")
     tlist.set_defaults(func=cmd_triggers_list)
     treset = trig_sub.add_parser("reset", help="reset the circuit breaker: automatic retraining resumes")
@@ -277,9 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     drill = sub.add_parser("drill", help="rehearse an automatic rollback: deploy a challenger that fails every "
                            "request, check the rollback fires and every router switches in time")
     drill.add_argument("--model", required=True)
-    drill.add_argument("--switch", type=float, default=30.0, metavar="S",
+    drill.add_argument("--switch", type=_finite_positive, default=30.0, metavar="S",
                        help="seconds every router has to switch after the rollback (default 30)")
-    drill.add_argument("--wait", type=float, default=300.0, metavar="S",
+    drill.add_argument("--wait", type=_finite_positive, default=300.0, metavar="S",
                        help="seconds to wait for the automatic rollback (default 300)")
     drill.set_defaults(func=cmd_drill)
     return parser

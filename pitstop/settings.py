@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import urllib.parse
@@ -122,7 +123,7 @@ class Settings:
                 env, "PITSTOP_MAX_MESSAGE_BYTES", int, 8 * 1024 * 1024, "an integer > 0", _positive
             ),
             max_future_skew_s=_read(
-                env, "PITSTOP_MAX_FUTURE_SKEW_S", float, 86_400.0, "seconds >= 0", lambda v: v >= 0
+                env, "PITSTOP_MAX_FUTURE_SKEW_S", _finite, 86_400.0, "finite seconds >= 0", lambda v: v >= 0
             ),
         )
         schema = env.get("PITSTOP_DB_SCHEMA", "pitstop")
@@ -154,8 +155,8 @@ class Settings:
             raise ConfigFileError(str(exc)) from None
         return cls(
             monitoring=monitoring,
-            monitor_interval_s=_read(env, "PITSTOP_MONITOR_INTERVAL_S", float, 10.0, "seconds > 0", _positive),
-            rollout_interval_s=_read(env, "PITSTOP_ROLLOUT_INTERVAL_S", float, 2.0, "seconds > 0", _positive),
+            monitor_interval_s=_read(env, "PITSTOP_MONITOR_INTERVAL_S", _finite, 10.0, _SECONDS, _a_day_at_most),
+            rollout_interval_s=_read(env, "PITSTOP_ROLLOUT_INTERVAL_S", _finite, 2.0, _SECONDS, _a_day_at_most),
             kafka_bootstrap=kafka or local.get("PITSTOP_KAFKA_BOOTSTRAP"),
             database_url=database or local.get("PITSTOP_DATABASE_URL"),
             external_kafka=kafka is not None,
@@ -168,7 +169,7 @@ class Settings:
             state_dir=state_dir,
             limits=limits,
             batch_messages=_read(env, "PITSTOP_BATCH_MESSAGES", int, 500, "an integer > 0", _positive),
-            batch_within_s=_read(env, "PITSTOP_BATCH_WITHIN_S", float, 0.2, "seconds > 0", _positive),
+            batch_within_s=_read(env, "PITSTOP_BATCH_WITHIN_S", _finite, 0.2, _SECONDS, _a_day_at_most),
             max_events_per_txn=_read(env, "PITSTOP_MAX_EVENTS_PER_TXN", int, 5000, "an integer > 0", _positive),
             fetch_max_wait_ms=_read(env, "PITSTOP_FETCH_MAX_WAIT_MS", int, 100, "milliseconds between 1 and 10000",
                                     lambda v: 1 <= v <= 10_000),
@@ -220,6 +221,32 @@ def _is_http_url(value: str) -> bool:
 
 def _positive(value: float) -> bool:
     return value > 0
+
+
+#: what an interval or a wait must be: inf (or 1e999) would silently never run a round, and a wait past a day
+#: overflows the timers it is given to
+_SECONDS = "seconds > 0, at most 86400"
+
+
+def _a_day_at_most(value: float) -> bool:
+    return 0 < value <= 86_400
+
+
+def _finite(raw: str) -> float:
+    """A finite float; ``inf``, ``nan`` and overflowing spellings are ValueErrors like any other non-number.
+
+    >>> _finite("0.5"), _finite(" 2 ")
+    (0.5, 2.0)
+    >>> _finite("inf")
+    Traceback (most recent call last):
+    ...
+    ValueError: not a finite number: 'inf'
+    """
+    value = float(raw)
+    if not math.isfinite(value):
+        msg = f"not a finite number: {raw!r}"
+        raise ValueError(msg)
+    return value
 
 
 def _read(

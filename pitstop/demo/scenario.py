@@ -10,6 +10,7 @@ database; without it the demo runs on until Ctrl-C.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import threading
@@ -626,11 +627,15 @@ def with_run_schema(settings: Settings, now: datetime | None = None) -> Settings
     return replace(settings, db_schema=schema)
 
 
+def _finite_positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
 def _check_args(duration_s: float | None, rate: float, speed: float, workers: int) -> None:
     checks = (
-        ("--duration", duration_s, duration_s is None or duration_s > 0, "seconds > 0"),
-        ("--rate", rate, rate > 0, "predictions per wall second, > 0"),
-        ("--speed", speed, speed > 0, "event-time seconds per wall second, > 0"),
+        ("--duration", duration_s, duration_s is None or _finite_positive(duration_s), "finite seconds > 0"),
+        ("--rate", rate, _finite_positive(rate), "predictions per wall second, finite and > 0"),
+        ("--speed", speed, _finite_positive(speed), "event-time seconds per wall second, finite and > 0"),
         ("--workers", workers, workers >= 1, "an integer >= 1"),
     )
     for key, value, ok, expected in checks:

@@ -160,4 +160,4 @@ def test_supervisor_makes_a_crash_looping_worker_unhealthy(
     assert rows["worker-0"][3].startswith("restarted ")
     assert rows["worker-0"][3].endswith(
         "(last exit code 78); last log line: "
-        "pitstop worker: PITSTOP_BATCH_WITHIN_S='-1': expected seconds > 0"), rows["worker-0"][3]
+        "pitstop worker: PITSTOP_BATCH_WITHIN_S='-1': expected seconds > 0, at most 86400"), rows["worker-0"][3]

@@ -71,3 +71,22 @@ def test_alert_webhook_is_an_http_url_or_nothing() -> None:
             Settings.from_env({**base, "PITSTOP_ALERT_WEBHOOK": bad})
         assert (info.value.key, info.value.value) == ("PITSTOP_ALERT_WEBHOOK", bad)
         assert str(info.value) == f"PITSTOP_ALERT_WEBHOOK={bad!r}: expected an http:// or https:// URL"
+
+
+_SECONDS = ("PITSTOP_MONITOR_INTERVAL_S", "PITSTOP_ROLLOUT_INTERVAL_S", "PITSTOP_BATCH_WITHIN_S",
+            "PITSTOP_MAX_FUTURE_SKEW_S")
+_COUNTS = ("PITSTOP_PARTITIONS", "PITSTOP_MAX_EVENT_BYTES", "PITSTOP_MAX_MESSAGE_BYTES", "PITSTOP_BATCH_MESSAGES",
+           "PITSTOP_MAX_EVENTS_PER_TXN", "PITSTOP_FETCH_MAX_WAIT_MS")
+
+
+@pytest.mark.parametrize("key", _SECONDS + _COUNTS)
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity", "0", "-1", "1e999"])
+def test_every_numeric_setting_is_finite_and_positive(key: str, value: str) -> None:
+    """Every numeric PITSTOP_* setting refuses infinity, NaN, zero and negatives at start, naming the key: an
+    interval of inf would silently never run its rounds (a skew of 0 is allowed: no event ahead of the clock)."""
+    if (key, value) == ("PITSTOP_MAX_FUTURE_SKEW_S", "0"):
+        assert Settings.from_env({key: value, "PITSTOP_STATE_DIR": "/nonexistent"}).limits.max_future_skew_s == 0
+        return
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({key: value, "PITSTOP_STATE_DIR": "/nonexistent"})
+    assert (info.value.key, info.value.value) == (key, value)

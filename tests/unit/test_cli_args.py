@@ -1,0 +1,26 @@
+"""The command line's numeric arguments: refused by the parser when not finite and positive."""
+
+from __future__ import annotations
+
+import pytest
+
+from pitstop.cli import build_parser
+
+_ARGS = [
+    ["demo", "--duration", "{}"], ["demo", "--rate", "{}"], ["demo", "--speed", "{}"], ["demo", "--workers", "{}"],
+    ["up", "--workers", "{}"], ["drill", "--model", "m", "--switch", "{}"], ["drill", "--model", "m", "--wait", "{}"],
+    ["monitor", "--model", "m", "--windows", "{}"], ["triggers", "list", "--model", "m", "--limit", "{}"],
+]
+
+
+@pytest.mark.parametrize("args", _ARGS, ids=lambda a: " ".join(a[:-1]))
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "-1", "1e999"])
+def test_numeric_arguments_must_be_finite_and_positive(args: list[str], value: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """`--rate inf`, `--wait nan`, `--windows 0` ... stop at the parser with one error line naming the argument,
+    before anything starts or is written."""
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args([a.format(value) for a in args])
+    assert info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"argument {args[-2]}:" in error and value in error, error
