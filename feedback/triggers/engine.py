@@ -25,6 +25,7 @@ from psycopg.types.json import Jsonb
 
 from feedback.monitoring.config import ModelConfig, MonitoringConfig
 from feedback.monitoring.evaluate import Evaluation
+from feedback.registry.versions import Registry
 from feedback.triggers.alerts import Alert, AlertSink
 from feedback.triggers.calendar import EventClock, Schedule, parse_schedule
 from feedback.triggers.outbox import enqueue
@@ -148,6 +149,10 @@ class Ledger(Protocol):
         """The latest change point of the model's drift, performance or detector decisions, fired or pending."""
         ...
 
+    def has_former_champion(self, model: str) -> bool:
+        """Whether the model pool holds a former champion to score (a loadable version in stage ``previous``)."""
+        ...
+
 
 class Decider:
     """Turns a model's evaluation and clocks into decisions, through a ledger. Keeps the calendar's clocks."""
@@ -174,7 +179,9 @@ class Decider:
             if found is not None:
                 out += self._settle(ledger, model, found)
                 pool = _pool_look(model, found, now)
-                if pool is not None:
+                # the trigger topic is a contract other teams' retrain jobs consume: a look with nothing to
+                # score publishes nothing (asked each round until the retrain fires; a champion may retire)
+                if pool is not None and ledger.has_former_champion(model.name):
                     out += self._settle(ledger, model, pool)
         calendar = self._calendar(ledger, model, now)
         if calendar is not None:
@@ -516,6 +523,9 @@ class PostgresLedger:
                                 "AND kind = ANY(%s) AND status IN ('fired', 'pending')",
                                 (model, sorted(CHANGE_KINDS - {"refit"}))).fetchone()[0]
 
+    def has_former_champion(self, model: str) -> bool:
+        return has_former_champion(self.cur, model)
+
     def refits(self, model: str, change_point: datetime) -> list[Decision]:
         rows = self.cur.execute(f"{_SELECT} WHERE model_name = %s AND kind = 'refit' AND change_point = %s "
                                 "ORDER BY first_decided_at", (model, change_point)).fetchall()
@@ -529,6 +539,12 @@ _DETECTIONS = """
 SELECT detector, label_index, predicted_at, error_mean_before, error_mean_after FROM detector_events
 WHERE model_name = %s AND model_version = %s ORDER BY label_index
 """
+
+
+def has_former_champion(cur: psycopg.Cursor[Any], model: str) -> bool:
+    """Whether the registry holds a former champion of ``model`` that the pool would score (read-only: the
+    replay uses it too)."""
+    return bool(Registry().past_champions(cur, model, limit=1))
 
 
 def labels_since(cur: psycopg.Cursor[Any], model: ModelConfig, version: str | None, since: datetime | None,

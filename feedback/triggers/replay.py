@@ -34,7 +34,7 @@ from feedback.errors import ModelConfigError
 from feedback.monitoring.config import ModelConfig, MonitoringConfig, parse_config
 from feedback.monitoring.profile import ROWS, ReferenceProfile
 from feedback.monitoring.round import evaluate_version
-from feedback.triggers.engine import Decider, Decision, labels_since, trigger_event
+from feedback.triggers.engine import Decider, Decision, has_former_champion, labels_since, trigger_event
 from feedback.triggers.rules import CHANGE_KINDS, History
 
 #: every statement of a replay runs in one snapshot that refuses writes
@@ -97,6 +97,7 @@ class MemoryLedger:
         self._decisions: dict[str, Decision] = {}
         self._published: dict[str, dict[str, Any]] = {}
         self._slots: dict[str, datetime] = {}
+        self.former_champions = False
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -156,6 +157,10 @@ class MemoryLedger:
         return max((d.change_point for d in self._decisions.values() if d.model_name == model
                     and d.kind in CHANGE_KINDS and d.kind != "refit" and d.status in ("fired", "pending")
                     and d.change_point is not None), default=None)
+
+    def has_former_champion(self, model: str) -> bool:
+        """From the registry through ``cur``; without a cursor, :attr:`former_champions` (set by a test)."""
+        return has_former_champion(self.cur, model) if self.cur is not None else self.former_champions
 
     def refits(self, model: str, change_point: datetime) -> list[Decision]:
         return [d for d in self._decisions.values()

@@ -123,12 +123,43 @@ def test_the_refit_ladder_refits_from_the_same_change_point_as_labels_accumulate
     assert outbox[1][1]["change_point"] == stamp and outbox[1][1]["kind"] == "refit"
 
 
-def test_a_pending_change_makes_one_pool_look_that_holds_nothing_back(services, db_schema) -> None:
-    """With pool_labels = 200 the pending drift publishes one "pool" event first (same change point, labels
-    counted in the store), and the drift retrain still fires at 5,000 labels: inside the 6 h cooldown, which a
-    pool look does not start, and with no outcome recorded for the pool look (it is no running training)."""
+def plant_former_champion(store: FeedbackStore) -> None:
+    """v0 champion, then v1 champion: v0 is a former champion in the pool (stage previous, with an artifact)."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from feedback.registry.artifacts import serialise
+    from feedback.registry.versions import ModelVersion, Registry
+
+    x = np.random.default_rng(0).normal(size=(100, 2))
+    model = LogisticRegression().fit(x, (x[:, 0] > 0).astype(int))
+    registry = Registry()
+    with store.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        for version in ("v0", "v1"):
+            registry.register(cur, ModelVersion(model_name="churn", version=version, stage="candidate",
+                                                trigger_id=None, trainer="x:y"), serialise(model), reason="test")
+            registry.move(cur, "churn", version, "champion", reason="test")
+
+
+def test_a_pool_look_with_no_former_champion_publishes_nothing(services, db_schema) -> None:
+    """The trigger topic is a contract other teams' retrain jobs consume: with no former champion in the registry,
+    the pending drift makes no "pool" decision and publishes no "pool" event; its retrain fires as usual."""
     config = parse_config(TOML.replace("pool_labels = 0", "pool_labels = 200"))
     with FeedbackStore(services.database_url, db_schema, windows=WindowUpdater(config)) as store:
+        run_hours(store, config, TriggerEngine(config, Alerts()), range(10), drift=True)
+        stamp = f"{T0 + timedelta(hours=DRIFT_HOUR):%Y-%m-%dT%H:%M:%SZ}"
+        assert [(d, k, s) for d, k, _, s in decisions(store)] == [(f"churn/drift/v1/{stamp}", "drift", "fired")]
+        assert [e for (e,) in store.rows("SELECT event_id FROM outbox ORDER BY id")] == [f"churn/drift/v1/{stamp}"]
+
+
+def test_a_pending_change_makes_one_pool_look_that_holds_nothing_back(services, db_schema) -> None:
+    """With pool_labels = 200 and a former champion in the registry, the pending drift publishes one "pool" event
+    first (same change point, labels counted in the store), and the drift retrain still fires at 5,000 labels:
+    inside the 6 h cooldown, which a pool look does not start, and with no outcome recorded for the pool look (it
+    is no running training)."""
+    config = parse_config(TOML.replace("pool_labels = 0", "pool_labels = 200"))
+    with FeedbackStore(services.database_url, db_schema, windows=WindowUpdater(config)) as store:
+        plant_former_champion(store)
         run_hours(store, config, TriggerEngine(config, Alerts()), range(10), drift=True)
         stamp = f"{T0 + timedelta(hours=DRIFT_HOUR):%Y-%m-%dT%H:%M:%SZ}"
         assert sorted((d, k, s) for d, k, _, s in decisions(store)) == [
