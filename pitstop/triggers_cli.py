@@ -85,7 +85,7 @@ def list_decisions(settings: Settings, model: str, *, limit: int, as_json: bool,
     say(f"  {'decided':<16}  {'kind':<11} {'urgency':<9} {'status':<10} {'change point':<16}  "
         f"{'labels / needed':<17} {'event':<9} outcome")
     for r in rows:
-        labels = "" if r["labels_since_change"] is None else f"{r['labels_since_change']:,} / {r['labels_needed']:,}"
+        labels = _labels(r["labels_since_change"], r["labels_needed"])
         say(f"  {_minute(r['decided_at']):<16}  {r['kind']:<11} {r['urgency']:<9} {r['status']:<10} "
             f"{_minute(r['change_point']):<16}  {labels:<17} {_event_state(r):<9} {r['outcome'] or '-'}")
         fired = f"fired {_minute(r['fired_at'])}: " if r["fired_at"] is not None else ""
@@ -95,6 +95,17 @@ def list_decisions(settings: Settings, model: str, *, limit: int, as_json: bool,
         if r["outcome_sentence"]:
             say(f"      outcome {r['outcome']}: {r['outcome_sentence']}")
     return 0
+
+
+def _labels(since: int | None, needed: int | None) -> str:
+    """The labels column: since the change / needed; a pool look or a refit needs no count, so it shows the count.
+
+    >>> _labels(312, 1000), _labels(250, None), _labels(None, None)
+    ('312 / 1,000', '250', '')
+    """
+    if since is None:
+        return ""
+    return f"{since:,}" if needed is None else f"{since:,} / {needed:,}"
 
 
 def _event_state(row: dict[str, Any]) -> str:

@@ -153,6 +153,30 @@ def test_list_shows_the_fired_decision_with_its_sentence(history: DriftedHistory
     one_line_error(run_cli(history.env, "triggers", "list", "--model", "nope"), "configured models: churn")
 
 
+def test_list_shows_pool_and_refit_decisions_which_need_no_label_count(services: Services, db_schema: str,
+                                                                        config_path: Path) -> None:
+    """A pool look and a refit carry the labels since the change but no labels needed (NULL): the table shows the
+    count alone (it raised TypeError on every model after a drift episode with the defaults)."""
+    from feedback.triggers.engine import Decision, PostgresLedger
+
+    at = CHANGE + timedelta(hours=1)
+    with FeedbackStore(services.database_url, db_schema) as store, store.pool.connection() as conn, \
+            conn.transaction(), conn.cursor() as cur:
+        ledger = PostgresLedger(cur, max_training_s={})
+        for kind, hours in (("pool", 1), ("refit", 2)):
+            ledger.save(Decision(decision_id=f"churn/{kind}/x", model_name="churn", model_version="v1", kind=kind,
+                                 urgency="routine", status="fired", sentence=f"{kind} sentence",
+                                 decided_at=at + timedelta(hours=hours), fired_at=at + timedelta(hours=hours),
+                                 change_point=CHANGE, labels_since_change=1234 * hours))
+    done = run_cli(cli_env(services, db_schema, config_path), "triggers", "list", "--model", "churn")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "churn: 2 retrain decisions, newest first (event time, UTC)"
+    assert lines[2].split()[2:5] == ["refit", "routine", "fired"] and " 2,468 " in lines[2], lines[2]
+    assert lines[4].split()[2:5] == ["pool", "routine", "fired"] and " 1,234 " in lines[4], lines[4]
+    assert "/" not in lines[4].split("fired", 1)[1].split("queued")[0].replace(minute(CHANGE), ""), lines[4]
+
+
 # --- replay -----------------------------------------------------------------------------------------------------
 
 
