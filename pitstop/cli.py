@@ -77,7 +77,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from feedback.store import migrate
 
-    _, database_url = settings.require_services()
+    database_url = settings.require_database()
     applied = migrate(database_url, settings.db_schema)
     _say(f"schema {settings.db_schema}: applied {', '.join(applied)}" if applied
          else f"schema {settings.db_schema}: up to date")
@@ -87,7 +87,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
     from pitstop.stack import ensure_topics
 
-    bootstrap, _ = settings.require_services()
+    bootstrap = settings.require_reachable_kafka()
     ensure_topics(bootstrap, settings.topics.all(), settings.partitions, compacted=settings.topics.compacted())
     _say(f"topics {', '.join(settings.topics.all())}: present ({settings.partitions} partitions when created)")
     return 0
@@ -314,17 +314,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unreachable(exc: Exception, settings: Settings) -> str | None:
+    """One line for a database or broker that does not answer, or a schema not migrated (the driver's traceback says
+    nothing to do), None for any other error."""
+    import psycopg
+    from kafka import errors as kafka_errors
+
+    from pitstop.settings import unreachable_broker, unreachable_database
+
+    if isinstance(exc, psycopg.OperationalError):
+        return unreachable_database(settings.database_url or "", exc)
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return f"schema {settings.db_schema}: {cause}; apply the migrations with `pitstop migrate`"
+    if isinstance(exc, kafka_errors.NoBrokersAvailable | kafka_errors.KafkaConnectionError
+                  | kafka_errors.KafkaTimeoutError):
+        return unreachable_broker(settings.kafka_bootstrap or "", exc)
+    return None
+
+
+#: commands that run until stopped, whose logs are for diagnosis
+_WORKERS = ("up", "retrain-worker", "rollout-worker")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "workers", 1) < 1:
-        print("pitstop: --workers must be at least 1", file=sys.stderr)
-        return 2
+    settings: Settings | None = None
     try:
         settings = Settings.from_env()
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if settings.log_level != "DEBUG" and args.command not in _WORKERS:
+            logging.getLogger("kafka").setLevel(logging.WARNING)  # a command's output is its lines, not the client's
         return int(args.func(args, settings))
     except PitstopError as exc:
         print(f"pitstop {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        line = None if settings is None else _unreachable(exc, settings)
+        if line is None:
+            raise
+        print(f"pitstop {args.command}: {line}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

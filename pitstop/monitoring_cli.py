@@ -55,7 +55,7 @@ def monitor_report(settings: Settings, model: str, *, version: str | None, segme
     """Run a monitor round for ``model`` (or read the stored one if a worker is running it) and print it."""
     config = settings.require_model(model)
     if database_url is None:
-        database_url = settings.require_database()
+        database_url = settings.require_reachable_database()
     updater = WindowUpdater(settings.monitoring)
     with FeedbackStore(database_url, settings.db_schema, windows=updater) as store:
         monitor = Monitor(store, updater)
@@ -165,7 +165,7 @@ def import_reference(settings: Settings, model: str, version: str, path: Path, *
         labels=_values(frame[label]) if label else None,
     )
     profile = build_profile(model, version, columns, series_kinds(config), source=f"import:{path.name}")
-    database_url = settings.require_database()
+    database_url = settings.require_reachable_database()
     updater = WindowUpdater(settings.monitoring)
     with FeedbackStore(database_url, settings.db_schema, windows=updater) as store, store.pool.connection() as conn:
         n = install_profile(conn, updater, profile)

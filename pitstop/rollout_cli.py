@@ -119,7 +119,7 @@ class _session:  # noqa: N801 - used as a context manager, reads as one
         self.settings = settings
 
     def __enter__(self) -> tuple[FeedbackStore, Controller]:
-        database_url = self.settings.require_database()
+        database_url = self.settings.require_reachable_database()
         self.store = FeedbackStore(database_url, self.settings.db_schema, max_size=2).open()
         return self.store, Controller(self.store, self.settings.monitoring, LogAlertSink())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import socket
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -194,6 +195,40 @@ class Settings:
             raise ConfigError(msg, None, "a postgresql:// URL; run `pitstop up --detach` or set it")
         return self.database_url
 
+    def require_reachable_database(self) -> str:
+        """The database address once it answered a connection: a command's pool would wait 30 s for one that does
+        not, logging every retry."""
+        import psycopg
+
+        database_url = self.require_database()
+        try:
+            psycopg.connect(database_url, connect_timeout=5).close()
+        except psycopg.OperationalError as exc:
+            raise PitstopError(unreachable_database(database_url, exc)) from None
+        return database_url
+
+    def require_kafka(self) -> str:
+        """The broker's address, or a ConfigError saying how to get one."""
+        if self.kafka_bootstrap is None:
+            msg = "PITSTOP_KAFKA_BOOTSTRAP"
+            raise ConfigError(msg, None, "host:port; run `pitstop up --detach` or set it")
+        return self.kafka_bootstrap
+
+    def require_reachable_kafka(self) -> str:
+        """The broker's address once one of its hosts accepted a connection: the Kafka client would retry for
+        a minute, logging every attempt."""
+        bootstrap = self.require_kafka()
+        errors = []
+        for address in bootstrap.split(","):
+            host, _, port = address.rpartition(":")
+            try:
+                socket.create_connection((host, int(port)), timeout=3).close()
+            except OSError as exc:
+                errors.append(exc)
+                continue
+            return bootstrap
+        raise PitstopError(unreachable_broker(bootstrap, errors[-1]))
+
     def require_services(self) -> tuple[str, str]:
         """The broker and database addresses, or a ConfigError saying how to get them."""
         if self.kafka_bootstrap is None:
@@ -207,6 +242,33 @@ class Settings:
                 msg, None, "a postgresql:// URL; run `pitstop up --detach` or set it"
             )
         return self.kafka_bootstrap, self.database_url
+
+
+def unreachable_database(database_url: str, exc: BaseException) -> str:
+    """The one line for a database that does not answer: where, why, and what to do."""
+    cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return (f"cannot reach the database at {redact(database_url)} ({cause}); start the local stack with "
+            "`pitstop up --detach`, or set PITSTOP_DATABASE_URL to a PostgreSQL that runs")
+
+
+def unreachable_broker(bootstrap: str, exc: BaseException) -> str:
+    """The one line for a broker that does not answer: where, why, and what to do."""
+    cause = str(exc).strip() or type(exc).__name__
+    return (f"cannot reach the broker at {bootstrap} ({cause}); start the local stack with `pitstop up --detach`, "
+            "or set PITSTOP_KAFKA_BOOTSTRAP to a Kafka that runs")
+
+
+def redact(url: str) -> str:
+    """A database URL fit to print: the password, if any, replaced.
+
+    >>> redact("postgresql://pitstop:secret@db:5432/pitstop"), redact("postgresql://postgres@127.0.0.1:5/postgres")
+    ('postgresql://pitstop:***@db:5432/pitstop', 'postgresql://postgres@127.0.0.1:5/postgres')
+    """
+    head, sep, tail = url.partition("@")
+    if not sep or ":" not in head.split("//", 1)[-1]:
+        return url
+    scheme, _, userinfo = head.partition("//")
+    return f"{scheme}//{userinfo.split(':', 1)[0]}:***@{tail}"
 
 
 def _is_http_url(value: str) -> bool:

@@ -22,7 +22,7 @@ import psycopg
 from feedback.store import migrate
 from pitstop import stack
 from pitstop.errors import StackError
-from pitstop.settings import ENV_FILE_NAME, Settings
+from pitstop.settings import ENV_FILE_NAME, Settings, redact
 
 log = logging.getLogger(__name__)
 
@@ -312,9 +312,9 @@ def health(settings: Settings, *, now: datetime | None = None) -> list[tuple[str
         try:
             with psycopg.connect(database_url, connect_timeout=3) as conn:
                 version = conn.execute("SHOW server_version").fetchone()
-            rows.append(("database", _redact(database_url), True, f"{kind} {version[0] if version else ''}"))
+            rows.append(("database", redact(database_url), True, f"{kind} {version[0] if version else ''}"))
         except psycopg.Error as exc:
-            rows.append(("database", _redact(database_url), False, f"{kind}, {str(exc).strip().splitlines()[0]}"))
+            rows.append(("database", redact(database_url), False, f"{kind}, {str(exc).strip().splitlines()[0]}"))
     for worker in record.workers:
         healthy, detail = _worker_health(worker, record.restarts.get(worker.name), now)
         rows.append((worker.name, f"pid {worker.pid}", healthy, detail))
@@ -367,15 +367,6 @@ def _last_lines(path: Path, n: int) -> list[str]:
     except FileNotFoundError:
         return []
     return tail.decode(errors="replace").splitlines()[-n:]
-
-
-def _redact(url: str) -> str:
-    # never print a password
-    head, sep, tail = url.partition("@")
-    if not sep or ":" not in head.split("//", 1)[-1]:
-        return url
-    scheme, _, userinfo = head.partition("//")
-    return f"{scheme}//{userinfo.split(':', 1)[0]}:***@{tail}"
 
 
 def _tail(path: Path, lines: int = 3) -> str:

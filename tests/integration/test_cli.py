@@ -12,6 +12,7 @@ import psutil
 import psycopg
 
 from pitstop.settings import read_env_file
+from tests.conftest import Services
 
 
 def _pitstop(cwd: Path, *args: str, extra_env: dict[str, str] | None = None,
@@ -80,3 +81,51 @@ def test_worker_with_bad_setting_exits_naming_the_key(tmp_path: Path) -> None:
                             text=True, timeout=60, check=False)
     assert result.returncode == 78
     assert "PITSTOP_BATCH_WITHIN_S='-1': expected seconds > 0" in result.stderr
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_each_command_needs_only_the_services_it_uses(services: Services, tmp_path: Path, unique_name: str) -> None:
+    """`migrate` needs a database and no broker, `topics` a broker and no database; each works with only its own.
+    A command on a schema not migrated yet says to migrate, in one line."""
+    database = {"PITSTOP_DATABASE_URL": services.database_url, "PITSTOP_DB_SCHEMA": unique_name}
+    early = _pitstop(tmp_path, "models", "list", extra_env=database)
+    assert early.returncode == 1 and len(early.stderr.strip().splitlines()) == 1, early.stderr
+    assert early.stderr.strip().endswith("apply the migrations with `pitstop migrate`"), early.stderr
+    migrate = _pitstop(tmp_path, "migrate", extra_env={"PITSTOP_DATABASE_URL": services.database_url,
+                                                       "PITSTOP_DB_SCHEMA": unique_name})
+    try:
+        assert migrate.returncode == 0, migrate.stderr
+        assert migrate.stdout.startswith(f"schema {unique_name}: applied "), migrate.stdout
+    finally:
+        with psycopg.connect(services.database_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{unique_name}" CASCADE')
+    topics = _pitstop(tmp_path, "topics", extra_env={"PITSTOP_KAFKA_BOOTSTRAP": services.kafka_bootstrap,
+                                                     "PITSTOP_TOPIC_PREFIX": f"{unique_name}."})
+    assert topics.returncode == 0, topics.stderr
+    assert f"{unique_name}.predictions" in topics.stdout
+
+
+def test_an_unreachable_service_is_one_line_saying_what_to_do(tmp_path: Path) -> None:
+    """A database or broker that does not answer stops a command with one line naming it and what to do, never a
+    traceback: migrate, models list, monitor, rollback against a closed port; topics against a closed broker."""
+    database = f"postgresql://postgres@127.0.0.1:{_closed_port()}/postgres"
+    for args in (["migrate"], ["models", "list"], ["rollback", "--model", "churn"]):
+        done = _pitstop(tmp_path, *args, extra_env={"PITSTOP_DATABASE_URL": database})
+        assert done.returncode == 1, done.stdout + done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        assert lines[0].startswith(f"pitstop {args[0]}: cannot reach the database at {database}"), lines[0]
+        assert "pitstop up --detach" in lines[0] and "PITSTOP_DATABASE_URL" in lines[0], lines[0]
+    bootstrap = f"127.0.0.1:{_closed_port()}"
+    done = _pitstop(tmp_path, "topics", extra_env={"PITSTOP_KAFKA_BOOTSTRAP": bootstrap}, timeout_s=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"pitstop topics: cannot reach the broker at {bootstrap}"), lines[0]
