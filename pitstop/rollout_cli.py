@@ -62,9 +62,16 @@ def drill(settings: Settings, model: str, *, switch_s: float = 30.0, wait_s: flo
           say: Say, clock: Callable[[], float] = time.monotonic) -> int:
     """Rehearse an automatic rollback; 0 when it fired and every router switched within ``switch_s``
     (``settle_s`` more are given to the model servers' producers and the ingest to store the last requests)."""
+    config = settings.require_model(model)
+    if config.retrain.promotion != "shadow":
+        msg = (f"the rollout worker ramps only models with promotion = \"shadow\"; {model} has promotion = "
+               f"{config.retrain.promotion!r} in {settings.monitoring.path}, so nothing would roll the drill back; "
+               f"set retrain.promotion = \"shadow\" for {model} and restart the stack")
+        raise PitstopError(msg)
     with _session(settings) as (store, controller):
         version = f"drill-{datetime.now(UTC):%Y%m%dT%H%M%S}"
         registry = Registry()
+        _refuse_drill(store, registry, model)  # every refusal before the first write
         with store.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             registry.register(cur, ModelVersion(model_name=model, version=version, stage="candidate",
                                                 trainer="feedback.rollout.drill:FailingModel",
@@ -112,6 +119,28 @@ def drill(settings: Settings, model: str, *, switch_s: float = 30.0, wait_s: flo
         say(f"drill passed: {served:,} requests reached {version} before the rollback, {after}; every router "
             f"switched within {switch_s:g} s. The drill's latch is cleared.")
         return 0
+
+
+_ACTIVE_RAMP = "SELECT challenger, state, share FROM rollouts WHERE model_name = %s AND state IN ('ramping', " \
+    "'paused', 'holding')"
+
+
+def _refuse_drill(store: FeedbackStore, registry: Registry, model: str) -> None:
+    """The controller's refusals of a drill (a ramp under way, no champion), asked before the drill registers its
+    version: a refusal after would leave a failing version in the registry."""
+    with store.pool.connection() as conn, conn.cursor() as cur:
+        active = cur.execute(_ACTIVE_RAMP, (model,)).fetchone()
+        deployed = cur.execute("SELECT champion FROM deployments WHERE model_name = %s", (model,)).fetchone()
+        champion = registry.champion(cur, model)
+    if active is not None:
+        challenger, state, share = active
+        msg = (f"{model} has a ramp under way ({challenger} {state} at {100 * share:g}%); a drill starts only between "
+               f"ramps: wait for it to end, or end it with `pitstop rollback --model {model}` / `pitstop promote`")
+        raise PitstopError(msg)
+    if deployed is None and champion is None:
+        msg = (f"{model} has no champion to fall back to, and a drill needs one: register and deploy a champion "
+               f"first (`pitstop models list --model {model}` shows its versions)")
+        raise PitstopError(msg)
 
 
 class _session:  # noqa: N801 - used as a context manager, reads as one

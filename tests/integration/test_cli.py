@@ -129,3 +129,21 @@ def test_an_unreachable_service_is_one_line_saying_what_to_do(tmp_path: Path) ->
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"pitstop topics: cannot reach the broker at {bootstrap}"), lines[0]
+
+
+def test_drill_refuses_before_writing_anything(services: Services, db_schema: str, tmp_path: Path) -> None:
+    """`pitstop drill` on a model that is not configured, or that has no champion to fall back to, is one line
+    saying what to do, and registers nothing (it used to register its failing version, then refuse)."""
+    from pitstop.demo.scenario import demo_config_path
+
+    env = {"PITSTOP_DATABASE_URL": services.database_url, "PITSTOP_DB_SCHEMA": db_schema,
+           "PITSTOP_CONFIG": demo_config_path()}
+    for model, expected in (("nosuch", "model 'nosuch' is not configured in "), ("churn", "no champion")):
+        done = _pitstop(tmp_path, "drill", "--model", model, extra_env=env)
+        assert done.returncode == 1, done.stdout + done.stderr
+        with psycopg.connect(services.database_url) as conn:
+            written = conn.execute(f'SELECT version FROM "{db_schema}".model_versions').fetchall()
+        assert written == [], (model, written, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("pitstop drill: ") and expected in lines[0], done.stderr
+        assert done.stdout == ""
