@@ -4,6 +4,7 @@ retrain, retrain-worker, rollout-worker, models, rollback, promote, pause, rollo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from pitstop.errors import PitstopError
+from pitstop.output import OUTPUT_CLOSED, say, silence_stdout
 from pitstop.settings import Settings
 
 
@@ -43,7 +45,7 @@ def _count(raw: str) -> int:
 
 
 def _say(line: str) -> None:
-    print(line, flush=True)
+    say(line)
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
@@ -349,6 +351,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PitstopError as exc:
         print(f"pitstop {args.command}: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader of stdout left; whatever the command started is stopped by now
+        silence_stdout()
+        with contextlib.suppress(OSError):
+            print(f"pitstop {args.command}: the output was closed; stopped", file=sys.stderr)
+        return OUTPUT_CLOSED
     except Exception as exc:
         line = None if settings is None else _unreachable(exc, settings)
         if line is None:

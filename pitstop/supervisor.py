@@ -231,16 +231,18 @@ def run_foreground(settings: Settings, workers: int, say: Callable[[str], None])
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: the terminal closed
+        signal.signal(signum, _on_signal)
     running = start_stack(settings, workers, on_step=say)
-    say(f"ready     PITSTOP_KAFKA_BOOTSTRAP={running.kafka_bootstrap}")
-    say(f"          PITSTOP_DATABASE_URL={running.database_url}")
     try:
+        say(f"ready     PITSTOP_KAFKA_BOOTSTRAP={running.kafka_bootstrap}")
+        say(f"          PITSTOP_DATABASE_URL={running.database_url}")
         supervise(running, lambda: stopping)
     finally:
-        say("stopping ...")
-        stop_stack(running)
+        try:
+            say("stopping ...")  # a reader of stdout that left raises here: the stack is stopped all the same
+        finally:
+            stop_stack(running)
         say("stopped")
     return 0
 

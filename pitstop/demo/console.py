@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from feedback.store import FeedbackStore
+from pitstop.output import say
 from pitstop.router import Deployment
 
 ACCURACY_WINDOW = timedelta(hours=12)
@@ -179,7 +180,7 @@ def read_counts(store: FeedbackStore) -> StoreCounts:
 
 
 def _say(line: str = "") -> None:
-    print(line, flush=True)
+    say(line)  # a reader that left raises BrokenPipeError once: the demo stops its stack on the way out
 
 
 def _hours(delta: timedelta) -> str:

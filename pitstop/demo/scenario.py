@@ -120,12 +120,16 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 _Handler = Callable[[int, FrameType | None], Any] | int | None
 
 
+#: the signals that stop the demo through its clean-up: Ctrl-C, `kill`, and the terminal closing
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _set_handlers(handler: _Handler) -> dict[int, _Handler]:
-    """Route SIGINT and SIGTERM to ``handler``; returns the previous handlers (none off the
+    """Route SIGINT, SIGTERM and SIGHUP to ``handler``; returns the previous handlers (none off the
     main thread, where Python cannot install handlers)."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return {sig: signal.signal(sig, handler) for sig in _STOP_SIGNALS}
 
 
 def _restore_handlers(previous: dict[int, _Handler]) -> None:
@@ -765,8 +769,11 @@ def run(
             demo.close()
     finally:
         if running is not None:
-            _say("stopping  the stack this demo started ...")
-            supervisor.stop_stack(running)
+            _set_handlers(_StopRequest())  # another Ctrl-C must not cut the stop short
+            try:
+                _say("stopping  the stack this demo started ...")  # may be the first line to find the reader gone
+            finally:
+                supervisor.stop_stack(running)
             _say("stopped")
         _restore_handlers(previous)
     return code
