@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from scipy import stats
+from scipy import special, stats
 from scipy.spatial.distance import jensenshannon
 
 from feedback.monitoring.stats import (
@@ -21,11 +21,17 @@ from feedback.monitoring.stats import (
     KsResult,
     _kstwo_sf,
     chi_square,
+    cohens_w_lower_bound,
+    floor_sentence,
     holm,
     js_distance,
+    js_lower_bound,
     ks_from_grid,
+    ks_lower_bound,
+    noncentrality_lower_bound,
     psi,
     psi_band,
+    psi_lower_bound,
     smoothed_proportions,
     threshold_sentence,
 )
@@ -316,3 +322,99 @@ def test_ks_of_one_row_against_one_row_is_defined() -> None:
     assert float(ks.statistic) == 0.0 and 0.0 <= float(ks.pvalue) <= 1.0
     ks = ks_from_grid(np.array([1, 0]), np.array([0, 1]), method="asymp")
     assert float(ks.statistic) == 1.0 and 0.0 <= float(ks.pvalue) <= 1.0
+
+
+# --- lower confidence bounds of the effects ---------------------------------------------------------
+
+
+def test_ks_lower_bound_is_the_two_sample_dkw_band() -> None:
+    """The bound is max(0, D - sqrt(ln(2 / alpha) / 2 * (1 / n + 1 / m))), n and m the counts' totals."""
+    ref, cur = np.array([[4000, 1000], [100, 0]]), np.array([[300, 200], [0, 0]])
+    got = ks_lower_bound(np.array([0.3, 0.3]), ref, cur, confidence=0.9)
+    assert got[0] == pytest.approx(0.3 - math.sqrt(math.log(2 / 0.1) / 2 * (1 / 5000 + 1 / 500)))
+    assert math.isnan(got[1])  # an empty window has no bound
+
+
+@pytest.mark.parametrize(("sizes", "mean", "sd"), [
+    ((2000, 500), 0.0, 1.0), ((500, 500), 0.0, 1.0), ((2000, 500), 0.1, 1.0), ((500, 2000), 0.5, 1.0),
+    ((2000, 500), 0.0, 1.3),
+])
+def test_ks_lower_bound_covers_the_population_distance(sizes: tuple[int, int], mean: float, sd: float) -> None:
+    """Over 400 draws the bound from scipy's ks_2samp on raw values exceeds the population KS in at most 5%."""
+    rng = np.random.default_rng(sizes[0] + sizes[1])
+    n, m = sizes
+    statistic = stats.ks_2samp(rng.normal(size=(400, n)), rng.normal(mean, sd, (400, m)), axis=1).statistic
+    grid = np.linspace(-8, 8, 160_001)
+    population = np.max(np.abs(stats.norm.cdf(grid) - stats.norm.cdf(grid, mean, sd)))
+    low = ks_lower_bound(statistic, np.array([n]), np.array([m]), confidence=0.95)
+    assert np.mean(low > population) <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 400)
+
+
+def test_noncentrality_bound_never_exceeds_the_exact_inversion() -> None:
+    """Fisher's square root is below scipy's chndtrinc, and within 1.3 sqrt(dof) + 0.1 of it."""
+    for confidence in (0.9, 0.95, 0.99):
+        tail = (1 + confidence) / 2
+        for dof in (1, 2, 9, 19, 50):
+            x = np.linspace(0.1, 40 * dof + 100, 2000)
+            exact = np.where(special.chdtrc(dof, x) < 1 - tail, special.chndtrinc(x, dof, tail), 0.0)
+            got = noncentrality_lower_bound(x, dof, confidence=confidence)
+            assert np.all(got <= exact + 1e-6)
+            assert np.all(got >= exact - 1.3 * math.sqrt(dof) - 0.1)
+
+
+def _decile_law(shift: float) -> np.ndarray:
+    """The decile proportions of N(shift, 1) over the deciles of N(0, 1)."""
+    edges = np.concatenate(([-np.inf], stats.norm.ppf(np.arange(1, 10) / 10), [np.inf]))
+    return np.diff(stats.norm.cdf(edges - shift))
+
+
+ZIPF = (1.0 / np.arange(1, 21)) / np.sum(1.0 / np.arange(1, 21))
+
+
+def _zipf_law(w: float) -> np.ndarray:
+    """ZIPF moved to Cohen's w = ``w`` (alternate levels up and down)."""
+    direction = np.where(np.arange(20) % 2 == 0, 1.0, -1.0) * ZIPF
+    direction -= ZIPF * direction.sum()
+    return ZIPF + w / np.sqrt(np.sum(direction**2 / ZIPF)) * direction
+
+
+LAWS = [("deciles", np.full(10, 0.1), _decile_law(d)) for d in (0.0, 0.1, 0.3, 0.4, 0.5)]
+LAWS += [("zipf", ZIPF, _zipf_law(w)) for w in (0.0, 0.05, 0.1, 0.2)]
+
+
+@pytest.mark.parametrize(("kind", "p", "q"), LAWS)
+@pytest.mark.parametrize("sizes", [(5000, 1000), (50_000, 2000), (5000, 100_000), (1000, 1000)])
+def test_divergence_lower_bounds_cover_their_population_values(kind: str, p: np.ndarray, q: np.ndarray,
+                                                                sizes: tuple[int, int]) -> None:
+    """Over 2,000 multinomial draws each 95% bound exceeds the population PSI, JS or w in at most 2.5% (+3 SE)."""
+    rng = np.random.default_rng([len(p), *sizes, int(q[0] * 1e6)])
+    ref, cur = rng.multinomial(sizes[0], p, size=2000), rng.multinomial(sizes[1], q, size=2000)
+    limit = 0.025 + 3 * math.sqrt(0.025 * 0.975 / 2000)
+    population_psi = float(np.sum((q - p) * np.log(q / p)))
+    assert np.mean(psi_lower_bound(psi(ref, cur), ref, cur) > population_psi) <= limit
+    population_js = float(jensenshannon(p, q, base=2))
+    assert np.mean(js_lower_bound(js_distance(ref, cur), ref, cur) > population_js) <= limit
+    population_w = float(np.sqrt(np.sum((q - p) ** 2 / p)))
+    if population_w <= 0.2:  # near the default floor 0.1, where the bound decides (see its docstring)
+        sample_w = np.sqrt(np.sum((cur / sizes[1] - smoothed_proportions(ref, floor=0.0)) ** 2
+                                  / smoothed_proportions(ref, floor=0.0), axis=-1))
+        assert np.mean(cohens_w_lower_bound(sample_w, ref, cur) > population_w) <= limit
+
+
+def test_lower_bounds_are_below_their_values_and_nan_without_counts() -> None:
+    """Every bound lies in [0, value]; an empty window gives nan, without warnings."""
+    ref, cur = np.array([[500, 300, 200], [500, 300, 200]]), np.array([[300, 300, 400], [0, 0, 0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for bound, value in ((psi_lower_bound, psi(ref, cur)), (js_lower_bound, js_distance(ref, cur)),
+                             (ks_lower_bound, ks_from_grid(ref, cur).statistic),
+                             (cohens_w_lower_bound, np.array([0.5, np.nan]))):
+            got = bound(value, ref, cur)
+            assert 0 <= got[0] <= value[0] and math.isnan(got[1]), bound.__name__
+
+
+def test_floor_sentence_quotes_the_bound_it_compared() -> None:
+    """The sentence gives the value, the bound and the floor; rounding never makes it read 0.050 < 0.050."""
+    assert floor_sentence("ks", 0.0532, 0.0214, 0.05) == "ks 0.053 (lower bound 0.021) < floor 0.050"
+    assert floor_sentence("js", 0.2, 0.11, 0.1) == "js 0.200 (lower bound 0.110) >= floor 0.100"
+    assert floor_sentence("ks", 0.09, 0.04996, 0.05) == "ks 0.090 (lower bound 0.04996) < floor 0.05"
