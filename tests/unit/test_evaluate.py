@@ -108,3 +108,88 @@ def test_performance_degrades_only_when_the_interval_clears_the_limit() -> None:
                       tuple(later))
     results = [r for r in evaluate_performance(CONFIG, "*", data, baseline, starts) if r.metric == "accuracy"]
     assert [r.status for r in results] == ["degraded", "ok", "unjudged"]
+
+
+# --- effect floors judged on lower bounds, whatever the window's size ----------------------------------
+
+SIZES = (1_000, 2_000, 5_000, 20_000, 100_000)
+FLOOR_SEEDS = range(5)
+KINDS = {f"x{i}": "numeric" for i in range(4)} | {f"k{i}": "categorical" for i in range(4)}
+LEVELS = np.array([f"v{i:02d}" for i in range(20)])
+LEVEL_P = (1.0 / np.arange(1, 21)) / np.sum(1.0 / np.arange(1, 21))
+
+
+def moved_levels(w: float) -> np.ndarray:
+    """The 20 level proportions moved to Cohen's w = ``w`` against LEVEL_P (alternate levels up and down)."""
+    direction = np.where(np.arange(20) % 2 == 0, 1.0, -1.0) * LEVEL_P
+    direction -= LEVEL_P * direction.sum()  # the moved proportions still sum to 1
+    return LEVEL_P + w / np.sqrt(np.sum(direction**2 / LEVEL_P)) * direction
+
+
+def floor_flags(reference_rows: int, sd_shift: float, w: float) -> dict[int, list[str]]:
+    """Drift verdicts per window size: 4 normal features shifted by ``sd_shift`` sd and 4 categorical ones moved
+    to Cohen's w, each window of each seed judged in an evaluation of its own (8 tests, Holm over them)."""
+    rng = np.random.default_rng(reference_rows)
+    columns = {name: (rng.normal(size=reference_rows) if kind == "numeric"
+                      else rng.choice(LEVELS, size=reference_rows, p=LEVEL_P)).tolist() for name, kind in KINDS.items()}
+    profile = build_profile("m", "v1", columns, KINDS, source="test")
+    moved = moved_levels(w)
+    out: dict[int, list[str]] = {}
+    for m in SIZES:
+        out[m] = []
+        for seed in FLOOR_SEEDS:
+            draw = np.random.default_rng([seed, m])
+            counts = {}
+            for name, s in profile.series.items():
+                if s.kind == "numeric":
+                    counts[name] = np.bincount(s.bin_values(draw.normal(sd_shift, 1.0, m)), minlength=s.n_bins)[None]
+                else:  # the levels' counts directly, in the profile's bin order (all 20 levels are categories)
+                    by_level = dict(zip(LEVELS, draw.multinomial(m, moved), strict=True))
+                    counts[name] = np.array([[by_level[c] for c in s.categories] + [0, 0]])
+            data = WindowData((T0,), counts, np.array([m]), ({},))
+            results, _ = evaluate_drift(CONFIG, profile, {"*": data})
+            out[m] += [r.sentence for r in results if r.metric == "drift" and r.status == "drift"]
+    return out
+
+
+def test_a_shift_below_every_floor_is_never_flagged_at_any_window_size() -> None:
+    """0.1 sd (true KS 0.040, PSI 0.01, JS 0.04) and Cohen's w 0.05: never drift, from 1,000 to 100,000 rows."""
+    for reference_rows in (5_000, 50_000):
+        flags = floor_flags(reference_rows, sd_shift=0.1, w=0.05)
+        assert {m: f for m, f in flags.items() if f} == {}, reference_rows
+
+
+def test_a_shift_above_the_floors_is_flagged_at_every_window_size() -> None:
+    """0.5 sd (true KS 0.197, PSI 0.25, JS 0.21) and Cohen's w 0.3: drift in every window from the minimum size up."""
+    for reference_rows in (5_000, 50_000):
+        flags = floor_flags(reference_rows, sd_shift=0.5, w=0.3)
+        assert {m: len(f) for m, f in flags.items()} == {m: 8 * len(FLOOR_SEEDS) for m in SIZES}, reference_rows
+
+
+def test_a_significant_shift_below_the_floors_says_which_bounds_it_compared() -> None:
+    """0.1 sd at 100,000 rows: significant, and the sentence quotes each bound, the KS one the DKW band's."""
+    rng = np.random.default_rng(11)
+    profile = build_profile("m", "v1", {"x": rng.normal(size=50_000).tolist()}, {}, source="test")
+    s = profile.series["x"]
+    counts = {"x": np.bincount(s.bin_values(rng.normal(0.1, 1.0, 100_000)), minlength=s.n_bins)[None]}
+    results, _ = evaluate_drift(CONFIG, profile, {"*": WindowData((T0,), counts, np.array([100_000]), ({},))})
+    by_metric = {r.metric: r for r in results}
+    ks = by_metric["ks"].value
+    low = max(0.0, ks - np.sqrt(np.log(2 / 0.05) / 2 * (1 / 50_000 + 1 / 100_000)))
+    assert by_metric["drift"].status == "stable"
+    assert "but below every effect floor (psi " in by_metric["drift"].sentence
+    assert f"ks {ks:.3f} (lower bound {low:.3f}) < floor 0.050" in by_metric["drift"].sentence
+    assert by_metric["ks"].sentence == f"ks {ks:.3f} (lower bound {low:.3f}) < floor 0.050"
+
+
+def test_a_drift_sentence_quotes_the_bound_that_passed_the_floor() -> None:
+    """0.5 sd at 5,000 rows: drift, and its sentence gives the KS value, the bound and the floor."""
+    rng = np.random.default_rng(12)
+    profile = build_profile("m", "v1", {"x": rng.normal(size=5_000).tolist()}, {}, source="test")
+    s = profile.series["x"]
+    counts = {"x": np.bincount(s.bin_values(rng.normal(0.5, 1.0, 5_000)), minlength=s.n_bins)[None]}
+    results, _ = evaluate_drift(CONFIG, profile, {"*": WindowData((T0,), counts, np.array([5_000]), ({},))})
+    drift = next(r for r in results if r.metric == "drift")
+    assert drift.status == "drift"
+    assert "x: drift, psi " in drift.sentence and "(lower bound 0.1" in drift.sentence
+    assert ">= floor 0.050; ks p-value" in drift.sentence
