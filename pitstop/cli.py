@@ -335,6 +335,9 @@ def _unreachable(exc: Exception, settings: Settings) -> str | None:
     return None
 
 
+#: commands that act on the models' configuration: refused when PITSTOP_CONFIG is not the running stack's
+_USE_MODEL_CONFIG = ("demo", "monitor", "reference", "triggers", "retrain", "retrain-worker", "rollout-worker",
+                     "rollback", "promote", "pause", "rollout", "drill")
 #: commands that run until stopped, whose logs are for diagnosis
 _WORKERS = ("up", "retrain-worker", "rollout-worker")
 
@@ -344,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings: Settings | None = None
     try:
         settings = Settings.from_env()
+        if settings.config_conflict is not None and args.command in _USE_MODEL_CONFIG:
+            raise PitstopError(settings.config_conflict)
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if settings.log_level != "DEBUG" and args.command not in _WORKERS:
             logging.getLogger("kafka").setLevel(logging.WARNING)  # a command's output is its lines, not the client's

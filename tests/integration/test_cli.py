@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import psycopg
 
+from pitstop import stack
 from pitstop.settings import read_env_file
 from tests.conftest import Services
 
@@ -34,13 +35,43 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def test_up_detach_status_down(stack_dir: Path) -> None:
-    """`up --detach` returns when ready with a usable env file; `status` is healthy; `down` stops all of it."""
-    up = _pitstop(stack_dir, "up", "--detach", "--workers", "2")
+def _exported(cwd: Path, env_file: Path, *args: str, extra_env: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess[str]:
+    """A command run by a shell that exported `.pitstop/env` (`set -a; . .pitstop/env; set +a`)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PITSTOP_")} | (extra_env or {})
+    script = f'set -a; . "{env_file}"; set +a; exec "$0" -m pitstop.cli "$@"'
+    return subprocess.run(["bash", "-c", script, sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=150, check=False)
+
+
+def _postmaster_running(pgdata: Path) -> bool:
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (FileNotFoundError, IndexError, ValueError):
+        return False
+    return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+
+
+def test_up_detach_status_down(stack_dir: Path, tmp_path: Path) -> None:
+    """`up --detach` returns when ready with a usable env file, after stopping a PostgreSQL left running on its
+    data (and saying so); `status` is healthy and names the configuration the workers run with; commands without
+    PITSTOP_CONFIG use that configuration, and refuse one that differs; the env file exported by a shell is taken
+    for the local stack, not external services; `down` stops all of it, a PostgreSQL restarted by hand under the
+    stack too, and says nothing was running the second time."""
+    from pitstop.demo.scenario import demo_config_path
+
+    pgdata = stack_dir / ".pitstop" / "pgdata"
+    leftover = stack.start_postgres(pgdata)  # a server left running on the stack's data (nobody recorded it)
+    config = {"PITSTOP_CONFIG": demo_config_path()}
+    up = _pitstop(stack_dir, "up", "--detach", "--workers", "2", extra_env=config)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
-        env = read_env_file(stack_dir / ".pitstop" / "env")
-        assert set(env) == {"PITSTOP_KAFKA_BOOTSTRAP", "PITSTOP_DATABASE_URL"}
+        assert f"stopped PostgreSQL (pid {leftover.pid})" in (stack_dir / ".pitstop" / "up.log").read_text()
+        env_file = stack_dir / ".pitstop" / "env"
+        env = read_env_file(env_file)
+        sourced = tmp_path / "env"  # what a shell sourced: it keeps the values after `down`
+        sourced.write_text(env_file.read_text())
+        assert set(env) == {"PITSTOP_KAFKA_BOOTSTRAP", "PITSTOP_DATABASE_URL", "PITSTOP_STACK_DIR"}
         assert env["PITSTOP_KAFKA_BOOTSTRAP"].startswith("127.0.0.1:")
         with psycopg.connect(env["PITSTOP_DATABASE_URL"]) as conn:  # psycopg accepts the URL
             tables = {r[0] for r in conn.execute(
@@ -50,18 +81,50 @@ def test_up_detach_status_down(stack_dir: Path) -> None:
         status = _pitstop(stack_dir, "status", "--json")
         assert status.returncode == 0, status.stdout + status.stderr
         rows = {r["component"]: r for r in json.loads(status.stdout)}
-        assert set(rows) == {"supervisor", "broker", "database", "worker-0", "worker-1", "retrain-0", "rollout-0"}
+        assert set(rows) == {"supervisor", "broker", "database", "config", "worker-0", "worker-1", "retrain-0",
+                             "rollout-0"}
         assert all(r["healthy"] for r in rows.values())
+        assert demo_config_path() in rows["config"]["detail"] and "churn" in rows["config"]["detail"]
         again = _pitstop(stack_dir, "up", "--detach")
         assert again.returncode == 1 and "already running" in again.stderr
         assert len(again.stderr.strip().splitlines()) == 1
+
+        # the stack's configuration without PITSTOP_CONFIG; another one is refused in one line
+        retrain = _pitstop(stack_dir, "retrain", "--model", "churn", "--reason", "the stack's configuration")
+        assert retrain.returncode == 0, retrain.stdout + retrain.stderr
+        other = tmp_path / "other.toml"
+        other.write_text('[models.eta]\ntask = "regression"\nmetric = "mae"\n')
+        refused = _pitstop(stack_dir, "retrain", "--model", "eta", "--reason", "x",
+                           extra_env={"PITSTOP_CONFIG": str(other)})
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert "differs from the configuration the running stack's workers use" in refused.stderr
+
+        # the env file, exported by a shell, from another directory: the local stack, not external services
+        exported = _exported(tmp_path, sourced, "status", "--json")
+        assert exported.returncode == 0, exported.stdout + exported.stderr
+        rows = {r["component"]: r for r in json.loads(exported.stdout)}
+        assert rows["broker"]["detail"].startswith("local Tansu"), rows["broker"]
+        assert rows["database"]["detail"].startswith("local PostgreSQL"), rows["database"]
+
+        # PostgreSQL restarted by hand under the running stack: a server the stack did not start
+        address = json.loads((stack_dir / ".pitstop" / stack.STACK_FILE).read_text())["postgres"]["address"]
+        stack.stop_postgres(pgdata)
+        stack.start_postgres(pgdata, port=int(address.rpartition(":")[2]))
     finally:
         down = _pitstop(stack_dir, "down")
-    assert down.returncode == 0 and "supervisor" in down.stdout
+        stack.stop_postgres(pgdata)  # whatever `down` left, so that a failure leaks nothing
+    assert down.returncode == 0 and "supervisor" in down.stdout and "postgres" in down.stdout, down.stdout
+    assert not _postmaster_running(pgdata)
     assert _processes_mentioning(str(stack_dir)) == []  # postgres, broker log dir, workers: all gone
     assert not (stack_dir / ".pitstop" / "env").exists()
     after = _pitstop(stack_dir, "status")
     assert after.returncode == 1 and "DOWN" in after.stdout
+    twice = _pitstop(stack_dir, "down")
+    assert twice.returncode == 0 and twice.stdout.strip() == "nothing was running", twice.stdout
+    stale = _exported(tmp_path, tmp_path / "env", "status", "--json")  # a shell that exported it earlier
+    rows = {r["component"]: r for r in json.loads(stale.stdout)}
+    assert rows["broker"]["detail"].startswith("not configured"), rows["broker"]
 
 
 def test_bad_setting_fails_with_one_line_naming_the_key(tmp_path: Path) -> None:

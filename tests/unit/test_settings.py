@@ -90,3 +90,24 @@ def test_every_numeric_setting_is_finite_and_positive(key: str, value: str) -> N
     with pytest.raises(ConfigError) as info:
         Settings.from_env({key: value, "PITSTOP_STATE_DIR": "/nonexistent"})
     assert (info.value.key, info.value.value) == (key, value)
+
+
+def test_an_exported_env_file_is_the_local_stack_not_external_services(tmp_path: Path) -> None:
+    """`.pitstop/env` exported by a shell names the local stack (PITSTOP_STACK_DIR): its addresses count as that
+    stack's, read afresh from its env file (a restarted stack's new ports; none once it is down), never as external
+    services; without the marker, addresses in the environment are external as before."""
+    state = tmp_path / ".pitstop"
+    state.mkdir()
+    (state / "env").write_text("PITSTOP_KAFKA_BOOTSTRAP=127.0.0.1:2\nPITSTOP_DATABASE_URL=postgresql://p@h:2/d\n"
+                               f"PITSTOP_STACK_DIR={state}\n")
+    exported = {"PITSTOP_KAFKA_BOOTSTRAP": "127.0.0.1:1", "PITSTOP_DATABASE_URL": "postgresql://p@h:1/d",
+                "PITSTOP_STACK_DIR": str(state)}  # sourced before the stack was restarted on other ports
+    s = Settings.from_env(exported)
+    assert (s.state_dir, s.external_kafka, s.external_database) == (state, False, False)
+    assert (s.kafka_bootstrap, s.database_url) == ("127.0.0.1:2", "postgresql://p@h:2/d")
+    (state / "env").unlink()  # `pitstop down`
+    down = Settings.from_env(exported)
+    assert (down.kafka_bootstrap, down.database_url, down.external_kafka) == (None, None, False)
+    unmarked = Settings.from_env({k: v for k, v in exported.items() if k != "PITSTOP_STACK_DIR"} | {
+        "PITSTOP_STATE_DIR": str(state)})
+    assert (unmarked.kafka_bootstrap, unmarked.external_kafka) == ("127.0.0.1:1", True)
