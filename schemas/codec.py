@@ -5,6 +5,12 @@ the hot ingest path (a generic validator costs more than the rest of the ingest 
 ``tests/unit/test_codec_schema.py`` holds the two to the same verdicts. Beyond the schemas the
 codec rejects what JSON Schema cannot say: NaN and infinities (Python's json accepts ``NaN``;
 the contract does not), and instants further ahead of the ingest clock than ``max_future_skew_s``.
+
+A message orjson refuses is read again by Python's json, which also admits what the store cannot
+write: integers outside 64 bits (orjson writes none; a bare one orjson reads itself becomes the
+nearest float, as in most JSON parsers) and lone surrogates (``"\\ud800"``, no UTF-8 text); those
+are rejected with ``out_of_range:`` and ``unicode:``. Nesting of any depth is walked without
+recursion.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ _MAX_ID = 200
 _MAX_TEXT = 10_000
 _MAX_FEATURES = 1000
 _MAX_SEGMENTS = 50
+#: the integers orjson writes, hence the store: signed and unsigned 64 bits
+_MIN_INT, _MAX_INT = -(2**63), 2**64 - 1
 
 _PREDICTION_REQUIRED = (
     "schema_version", "prediction_id", "model_name", "model_version",
@@ -104,7 +112,7 @@ def decode_message(
         return DecodedMessage([], [RejectedInput(index=-1, raw=value, reason=reason)])
     try:
         if not finite_checked:
-            _check_finite(doc, "")
+            _check_lenient(doc)
         return DecodedMessage([check(doc, horizon)], [])
     except _Invalid as exc:
         return DecodedMessage([], [RejectedInput(index=-1, raw=value, reason=exc.args[0])])
@@ -119,7 +127,7 @@ def _decode_batch(
     for index, element in enumerate(doc):
         try:
             if not finite_checked:
-                _check_finite(element, "")
+                _check_lenient(element)
             if measure and (n := len(_dumps(element))) > limits.max_event_bytes:
                 msg = f"too_large: event of {n} bytes exceeds max_event_bytes={limits.max_event_bytes}"
                 raise _Invalid(msg)
@@ -145,28 +153,101 @@ def _loads_lenient(value: bytes) -> tuple[Any, bool]:
         return _NOT_JSON, False
 
 
-def _check_finite(node: Any, path: str) -> None:
-    if isinstance(node, float):
-        if not math.isfinite(node):
-            msg = f"non_finite: {path or 'value'} is NaN or infinite"
-            raise _Invalid(msg)
-    elif isinstance(node, dict):
-        for key, child in node.items():
-            _check_finite(child, f"{path}.{key}" if path else str(key))
-    elif isinstance(node, list):
-        for i, child in enumerate(node):
-            _check_finite(child, f"{path}[{i}]")
+def _check_lenient(doc: Any) -> None:
+    """What Python's json admits and the contract or the store does not: NaN and infinities, integers
+    outside 64 bits, lone surrogates in a string or a key. Walked with a stack, so no depth raises."""
+    stack: list[tuple[Any, str]] = [(doc, "")]
+    while stack:
+        node, path = stack.pop()
+        kind = type(node)
+        if kind is float:
+            if not math.isfinite(node):
+                msg = f"non_finite: {path or 'value'} is NaN or infinite"
+                raise _Invalid(msg)
+        elif kind is int:
+            if not _MIN_INT <= node <= _MAX_INT:
+                msg = f"out_of_range: {path or 'value'} is an integer outside the 64-bit range"
+                raise _Invalid(msg)
+        elif kind is str:
+            if not _utf8(node):
+                msg = f"unicode: {path or 'value'} holds a lone surrogate"
+                raise _Invalid(msg)
+        elif kind is dict:
+            for key, child in reversed(node.items()):
+                child_path = _child_path(path, key)
+                if not _utf8(key):
+                    msg = f"unicode: {child_path} holds a lone surrogate"
+                    raise _Invalid(msg)
+                stack.append((child, child_path))
+        elif kind is list:
+            stack.extend((node[i], f"{path}[{i}]") for i in reversed(range(len(node))))
+
+
+def _utf8(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _child_path(path: str, key: str) -> str:
+    """``features.age``; a key that would not read as one (a dot, a control character, a lone surrogate) as
+    ``features['a.b']``, escaped."""
+    if key.isprintable() and key and "." not in key and "[" not in key:
+        return f"{path}.{key}" if path else key
+    return f"{path}[{ascii(key)}]"
 
 
 def _dumps(node: Any, finite_checked: bool = True) -> bytes:
     # orjson writes NaN as null: a document that may hold NaN is re-serialised by json, which
-    # keeps it, so the dead letter shows what was sent.
+    # keeps it, so the dead letter shows what was sent. Neither writes nesting past a few hundred
+    # levels (orjson's limit, Python's recursion): then a writer with its own stack does.
     if finite_checked:
         try:
             return orjson.dumps(node)
         except (TypeError, orjson.JSONEncodeError):
             pass
-    return json.dumps(node, allow_nan=True, separators=(",", ":")).encode()
+    try:
+        return json.dumps(node, allow_nan=True, separators=(",", ":")).encode()
+    except RecursionError:
+        return _dumps_deep(node)
+
+
+def _dumps_deep(node: Any) -> bytes:
+    """JSON text of ``node`` however deep, written with a stack instead of recursion.
+
+    >>> _dumps_deep([{"a": [1, 2.5, None]}, [], {}, "\\ud800"])
+    b'[{"a":[1,2.5,null]},[],{},"\\\\ud800"]'
+    """
+    out: list[bytes] = []
+    stack: list[Any] = [node]
+    while stack:
+        item = stack.pop()
+        if type(item) is bytes:
+            out.append(item)
+        elif type(item) is list:
+            stack.append(b"]")
+            for i in reversed(range(len(item))):
+                stack.append(item[i])
+                if i:
+                    stack.append(b",")
+            stack.append(b"[")
+        elif type(item) is dict:
+            stack.append(b"}")
+            pairs = list(item.items())
+            for i in reversed(range(len(pairs))):
+                key, child = pairs[i]
+                stack.append(child)
+                stack.append(json.dumps(str(key)).encode() + b":")
+                if i:
+                    stack.append(b",")
+            stack.append(b"{")
+        else:
+            out.append(json.dumps(item, allow_nan=True).encode())
+    return b"".join(out)
 
 
 def _check_prediction(doc: Any, horizon: datetime) -> PredictionEvent:

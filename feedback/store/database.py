@@ -176,6 +176,23 @@ class DeadLetterRecord:
     #: the ``dead_letters`` row holding it, once written
     dead_letter_id: int | None = None
 
+    def __post_init__(self) -> None:
+        # a reason may quote the input (a key, an exception's message); it must still be text that Postgres
+        # and the dead-letter topic take, or the dead letter of a bad input could not be written
+        object.__setattr__(self, "reason", printable_reason(self.reason))
+
+
+def printable_reason(text: str) -> str:
+    r"""``text`` as one line of printable text: line breaks, NUL and other control or format characters and lone
+    surrogates escaped as Python writes them.
+
+    >>> print(printable_reason("schema: unknown field(s) a\x00b\nc\u200f\ud800 é"))
+    schema: unknown field(s) a\x00b\nc\u200f\ud800 é
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
 
 @dataclass(frozen=True, slots=True)
 class WriteStats:

@@ -4,19 +4,26 @@ transaction, and wait out a database outage rather than lose or skip anything.
 The caller (a Faust agent) acks the messages only after :meth:`Ingestor.ingest` returns, so every
 offset committed to Kafka is covered by a committed transaction, and a redelivered batch writes
 nothing new.
+
+No event's content may stop a partition: a write that fails for any reason but a transient one
+(:data:`TRANSIENT_ERRORS`, waited out) or a store that is not what the code expects
+(:data:`STORE_FAULTS`, raised) is bisected until the events that fail it alone are found; they
+are dead-lettered with the exception as the reason, and the rest is stored. One bad event in n
+costs about 2 log2 n transactions.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
+import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
+from itertools import count
 from typing import TypeVar
 
 import orjson
@@ -25,7 +32,7 @@ from psycopg_pool import PoolTimeout
 
 from feedback.errors import IngestStopped
 from feedback.store.database import DeadLetterRecord, FeedbackStore, WriteStats
-from schemas import EventKind, Limits, OutcomeEvent, PredictionEvent, decode_message, encode_event
+from schemas import DecodedMessage, EventKind, Limits, OutcomeEvent, PredictionEvent, decode_message, encode_event
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,9 +45,18 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     PoolTimeout,
 )
 
-#: Failures that one event's values cause (out of range for its column, say); the ingest
-#: isolates the event and dead-letters it. Anything else is a bug, and is raised.
-DATA_ERRORS: tuple[type[BaseException], ...] = (psycopg.DataError, psycopg.IntegrityError)
+#: Failures that look transient by class but that retrying never ends: a statement past one of the
+#: server's limits (54xxx) fails the same way every time.
+NEVER_TRANSIENT: tuple[type[BaseException], ...] = (psycopg.errors.ProgramLimitExceeded,)
+
+#: Failures no event causes: the store is not where or what the code expects (a missing table or
+#: column, no privilege) or psycopg is misused. Bisecting would dead-letter every event; they are
+#: raised, and the worker exits with the batch unacked. Any other failure of a write is taken to
+#: be caused by the events in it, and bisected.
+STORE_FAULTS: tuple[type[BaseException], ...] = (psycopg.ProgrammingError, psycopg.InterfaceError,
+                                                 psycopg.NotSupportedError)
+
+_ARRAY = re.compile(rb"[ \t\r\n]*\[")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,6 +68,16 @@ class InboundMessage:
     offset: int
     key: bytes | None
     value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    """One event that passed the contract, and where it came from."""
+
+    message: InboundMessage
+    #: its position in a batch message, -1 for a message of one event
+    element_index: int
+    event: PredictionEvent | OutcomeEvent
 
 
 @dataclass(slots=True)
@@ -108,15 +134,11 @@ class Ingestor:
         """
         result = IngestResult()
         now = self.clock()
-        chunk: list[tuple[InboundMessage, list[PredictionEvent], list[OutcomeEvent]]] = []
-        size = 0
+        chunk: list[_Decoded] = []
         pending_dead: list[DeadLetterRecord] = []
         for message in messages:
             kind = self._kind(message.topic)
             decoded = decode_message(kind, message.value, now=now, limits=self.limits)
-            # a message holds events of its topic's kind only
-            predictions = decoded.events if kind is EventKind.PREDICTION else []
-            outcomes = decoded.events if kind is EventKind.OUTCOME else []
             pending_dead.extend(
                 DeadLetterRecord(
                     source_topic=message.topic, source_partition=message.partition,
@@ -125,12 +147,12 @@ class Ingestor:
                 )
                 for r in decoded.rejected
             )
-            chunk.append((message, predictions, outcomes))
-            size += len(decoded.events)
+            chunk.extend(_Decoded(message, i, e) for i, e in zip(_element_indexes(message, decoded), decoded.events,
+                                                                 strict=True))
             result.events += len(decoded.events)
-            if size >= self.max_events_per_txn:
+            if len(chunk) >= self.max_events_per_txn:
                 self._write_chunk(chunk, pending_dead, result)
-                chunk, size, pending_dead = [], 0, []
+                chunk, pending_dead = [], []
         if chunk or pending_dead:
             self._write_chunk(chunk, pending_dead, result)
         return result
@@ -146,52 +168,61 @@ class Ingestor:
             msg = f"no event kind is configured for topic {topic!r}; known: {sorted(self.kinds)}"
             raise ValueError(msg) from None
 
-    def _write_chunk(
-        self,
-        chunk: Sequence[tuple[InboundMessage, list[PredictionEvent], list[OutcomeEvent]]],
-        dead: list[DeadLetterRecord],
-        result: IngestResult,
-    ) -> None:
-        predictions = [p for _, ps, _ in chunk for p in ps]
-        outcomes = [o for _, _, os_ in chunk for o in os_]
-        try:
-            stats = written = self._with_retry(lambda: self.store.write_batch(predictions, outcomes, dead), result)
-        except DATA_ERRORS as exc:
-            # Not transient: some event the contract allowed, the database refuses. Find it
-            # by writing message by message, then event by event, and dead-letter it alone.
-            log.warning("batch of %d events refused (%s); isolating the refused events", len(predictions)
-                        + len(outcomes), _one_line(exc))
-            stats = written = self._with_retry(lambda: self.store.write_batch([], [], dead), result)
-            for message, ps, os_ in chunk:
-                stats += self._write_isolating(message, ps, os_, result)
+    def _write_chunk(self, chunk: Sequence[_Decoded], dead: list[DeadLetterRecord], result: IngestResult) -> None:
+        failure = self._try_write(chunk, dead, result)
+        if isinstance(failure, WriteStats):  # written, all of it
+            result.stats += failure
+            result.dead_letters.extend(_with_ids(dead, failure))
+            return
+        log.warning("batch of %d events refused (%s); bisecting it for the events that fail it", len(chunk),
+                    _one_line(failure))
+        refused: list[DeadLetterRecord] = []
+        stats = self._bisect(chunk, failure, refused, result) if chunk else WriteStats()
+        letters = [*dead, *refused]
+        if letters:
+            # no event in it now: a failure here is the store's, not the input's, and is raised
+            written = self._with_retry(partial(self.store.write_batch, [], [], letters), result)
+            stats += written
+            result.dead_letters.extend(_with_ids(letters, written))
         result.stats += stats
-        result.dead_letters.extend(_with_ids(dead, written))
 
-    def _write_isolating(
-        self, message: InboundMessage, predictions: list[PredictionEvent], outcomes: list[OutcomeEvent],
-        result: IngestResult,
-    ) -> WriteStats:
-        try:
-            return self._with_retry(lambda: self.store.write_batch(predictions, outcomes), result)
-        except DATA_ERRORS:
-            pass
+    def _bisect(self, items: Sequence[_Decoded], failure: BaseException, refused: list[DeadLetterRecord],
+                result: IngestResult) -> WriteStats:
+        """``items`` failed to write with ``failure``: write them in halves, down to the single events that fail
+        alone, which go to ``refused``."""
+        if len(items) == 1:
+            refused.append(self._refused(items[0], failure))
+            return WriteStats()
         stats = WriteStats()
-        for event in (*predictions, *outcomes):
-            single_p = [event] if type(event) is PredictionEvent else []
-            single_o = [event] if type(event) is OutcomeEvent else []
-            try:
-                stats += self._with_retry(partial(self.store.write_batch, single_p, single_o), result)
-            except DATA_ERRORS as exc:
-                letter = DeadLetterRecord(
-                    source_topic=message.topic, source_partition=message.partition,
-                    source_offset=message.offset, element_index=_index_in(message, event, self.limits),
-                    key=message.key, raw=encode_event(event), reason=f"database: {_one_line(exc)}",
-                    received_at=self.clock(),
-                )
-                written = self._with_retry(partial(self.store.write_batch, [], [], [letter]), result)
-                stats += written
-                result.dead_letters.extend(_with_ids([letter], written))
+        middle = len(items) // 2
+        for half in (items[:middle], items[middle:]):
+            written = self._try_write(half, [], result)
+            stats += (written if isinstance(written, WriteStats)
+                      else self._bisect(half, written, refused, result))
         return stats
+
+    def _try_write(self, items: Sequence[_Decoded], dead: list[DeadLetterRecord],
+                   result: IngestResult) -> WriteStats | Exception:
+        """Write ``items`` and ``dead`` in one transaction; the exception instead, when their content may be
+        what failed it."""
+        predictions = [i.event for i in items if type(i.event) is PredictionEvent]
+        outcomes = [i.event for i in items if type(i.event) is OutcomeEvent]
+        try:
+            return self._with_retry(partial(self.store.write_batch, predictions, outcomes, dead), result)
+        except (IngestStopped, *STORE_FAULTS):
+            raise
+        except Exception as exc:
+            return exc
+
+    def _refused(self, item: _Decoded, failure: BaseException) -> DeadLetterRecord:
+        message = item.message
+        where = "database" if isinstance(failure, psycopg.Error) else "store"
+        return DeadLetterRecord(
+            source_topic=message.topic, source_partition=message.partition, source_offset=message.offset,
+            element_index=item.element_index, key=message.key,
+            raw=(message.value or b"") if item.element_index == -1 else encode_event(item.event),
+            reason=f"{where}: {_one_line(failure)}", received_at=self.clock(),
+        )
 
     def _with_retry(self, write: Callable[[], WriteStats], result: IngestResult) -> WriteStats:
         return retry_transient(write, backoff=self.backoff, stopping=self.stopping, held="stream",
@@ -207,6 +238,8 @@ def retry_transient(call: Callable[[], T], *, backoff: Backoff, stopping: thread
         try:
             return call()
         except TRANSIENT_ERRORS as exc:
+            if isinstance(exc, NEVER_TRANSIENT):
+                raise
             attempt += 1
             on_retry()
             delay = backoff.delay_s(attempt)
@@ -282,23 +315,14 @@ def _with_ids(letters: Sequence[DeadLetterRecord], written: WriteStats) -> list[
     return [replace(d, dead_letter_id=i) for d, i in zip(letters, written.dead_letter_ids, strict=True)]
 
 
-def _index_in(message: InboundMessage, event: PredictionEvent | OutcomeEvent, limits: Limits) -> int:
-    """The event's position in its batch message; -1 (the whole message) for a single event."""
-    try:
-        doc = json.loads(message.value or b"")
-    except ValueError:
-        return -1
-    if not isinstance(doc, list):
-        return -1
-    kind = EventKind.PREDICTION if type(event) is PredictionEvent else EventKind.OUTCOME
-    for i, element in enumerate(doc):
-        decoded = decode_message(kind, json.dumps(element).encode(), now=_FAR_FUTURE, limits=limits)
-        if decoded.events == [event]:
-            return i
-    return -1
-
-
-_FAR_FUTURE = datetime(2199, 1, 1, tzinfo=UTC)
+def _element_indexes(message: InboundMessage, decoded: DecodedMessage) -> list[int]:
+    """Each decoded event's position in its message: -1 for a message of one event; in a batch (a JSON array)
+    the elements' positions less those the decoder rejected, which keep the order of the events."""
+    if message.value is None or _ARRAY.match(message.value) is None:
+        return [-1] * len(decoded.events)
+    rejected = {r.index for r in decoded.rejected}
+    positions = (i for i in count() if i not in rejected)
+    return [next(positions) for _ in decoded.events]
 
 
 def _one_line(exc: BaseException) -> str:

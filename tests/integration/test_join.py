@@ -164,16 +164,17 @@ def test_bad_elements_in_a_batch_go_to_dead_letters_with_provenance(store: Feedb
 def test_event_the_database_refuses_is_isolated_and_dead_lettered(store: FeedbackStore) -> None:
     """An event the contract allows but Postgres refuses is dead-lettered alone; its batch lands."""
     f = Feeder(store)
-    # a 401-digit score is a JSON number (the contract allows it) but no double precision
-    value = encode_batch([prediction(10), prediction(11, score=0.5), prediction(12)])
-    value = value.replace(b'"score":0.5', b'"score":1' + b"0" * 400)
+    # a database stricter than the contract (a 401-digit score, once, is now the decoder's out_of_range)
+    with store.pool.connection() as conn:
+        conn.execute("ALTER TABLE predictions ADD CONSTRAINT score_at_most_1 CHECK (score <= 1)")
+    value = encode_batch([prediction(10), prediction(11, score=1.5), prediction(12)])
     message = f.message(P_TOPIC, value)
     result = f.ingestor.ingest([message])
     assert [r[0] for r in store.rows("SELECT prediction_id FROM predictions ORDER BY 1")] == ["p-10", "p-12"]
     letters = store.rows("SELECT source_offset, element_index, reason FROM dead_letters")
     assert len(letters) == 1
     assert letters[0][:2] == (message.offset, 1)
-    assert letters[0][2].startswith("database: NumericValueOutOfRange")
+    assert letters[0][2].startswith("database: CheckViolation")
     assert [d.element_index for d in result.dead_letters] == [1]
 
 

@@ -154,3 +154,61 @@ def test_encode_batch_of_predictions_is_a_json_array() -> None:
     doc = json.loads(encode_batch(events))
     assert isinstance(doc, list) and [d["prediction_id"] for d in doc] == ["p-0", "p-1", "p-2"]
     assert all(isinstance(e, PredictionEvent) for e in decode_message(P, encode_batch(events), now=NOW).events)
+
+
+_HEAD = b'{"schema_version":1,"prediction_id":"p","model_name":"m","model_version":"v",' \
+        b'"predicted_at":"2026-03-01T12:00:00Z","prediction":1,"features":'
+
+
+@pytest.mark.parametrize(
+    ("features", "reason"),
+    [
+        # past a double's range orjson refuses the number, and Python's json reads it as an int
+        (b'{"x":1' + b"0" * 400 + b"}", "out_of_range: features.x is an integer outside the 64-bit range"),
+        (b'{"x":-1' + b"0" * 400 + b"}", "out_of_range: features.x is an integer outside the 64-bit range"),
+        (b'{"x":"\\ud800"}', "unicode: features.x holds a lone surrogate"),
+        (b'{"\\udfff":1}', "unicode: features['\\udfff'] holds a lone surrogate"),
+    ],
+)
+def test_values_the_store_cannot_write_are_rejected(features: bytes, reason: str) -> None:
+    """Integers past 64 bits and lone surrogates, which only Python's json admits, are rejected with a reason."""
+    events, reasons = _one(P, _HEAD + features + b"}")
+    assert events == []
+    assert reasons == [reason]
+
+
+def test_integers_past_64_bits_in_a_batch_are_rejected_alone() -> None:
+    """In a batch Python's json reads (a NaN in it), an integer past 64 bits rejects its element only; the
+    bounds of signed and unsigned 64 bits themselves pass."""
+    elements = [_HEAD + f'{{"x":{x}}}}}'.encode() for x in (2**64, 2**64 - 1, -(2**63), -(2**63) - 1)]
+    value = b"[" + b",".join([b'{"x":NaN}', *elements]) + b"]"
+    decoded = decode_message(P, value, now=NOW)
+    assert [e.features["x"] for e in decoded.events] == [2**64 - 1, -(2**63)]
+    assert [(r.index, r.reason) for r in decoded.rejected] == [
+        (0, "non_finite: x is NaN or infinite"),
+        (1, "out_of_range: features.x is an integer outside the 64-bit range"),
+        (4, "out_of_range: features.x is an integer outside the 64-bit range"),
+    ]
+    assert orjson.dumps([e.features for e in decoded.events])  # what the store writes
+
+
+def test_deeply_nested_batch_element_is_rejected_not_raised() -> None:
+    """A batch element nested 1000 deep (orjson reads it; neither encoder writes it back) is rejected with its
+    index, the good element beside it passes."""
+    deep = b"[" * 1000 + b"]" * 1000
+    value = b"[" + orjson.dumps(prediction_dict(1)) + b"," + deep + b"]"
+    decoded = decode_message(P, value, now=NOW)
+    assert [e.prediction_id for e in decoded.events] == ["p-1"]
+    assert [(r.index, r.reason) for r in decoded.rejected] == [
+        (1, "schema: a prediction must be a JSON object, got array")]
+    assert decoded.rejected[0].raw  # something of it is kept
+
+
+def test_deep_nesting_in_a_lenient_batch_is_rejected_not_raised() -> None:
+    """Beside a NaN (Python's json reads the batch) a 900-deep element is rejected, not a RecursionError."""
+    deep = b'{"a":' * 900 + b"1" + b"}" * 900
+    value = b"[" + deep + b',{"x":NaN},' + orjson.dumps(prediction_dict(1)) + b"]"
+    decoded = decode_message(P, value, now=NOW)
+    assert [e.prediction_id for e in decoded.events] == ["p-1"]
+    assert [r.index for r in decoded.rejected] in ([0, 1], [-1])
+    assert all(r.reason for r in decoded.rejected)
