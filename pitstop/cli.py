@@ -356,10 +356,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PitstopError as exc:
         print(f"pitstop {args.command}: {exc}", file=sys.stderr)
         return 1
-    except BrokenPipeError:  # the reader of stdout left; whatever the command started is stopped by now
+    except BrokenPipeError:  # the reader of stdout left (`| head`): silent, as any Unix command
         silence_stdout()
-        with contextlib.suppress(OSError):
-            print(f"pitstop {args.command}: the output was closed; stopped", file=sys.stderr)
+        if args.command in ("up", "demo"):  # ... but one that started a stack says it stopped it
+            with contextlib.suppress(OSError):
+                print(f"pitstop {args.command}: the output was closed; stopped", file=sys.stderr)
         return OUTPUT_CLOSED
     except Exception as exc:
         line = None if settings is None else _unreachable(exc, settings)
