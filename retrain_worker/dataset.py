@@ -84,6 +84,13 @@ class Dataset:
         return rows[rows["weight"] > 0]
 
     @property
+    def fit_rows(self) -> pd.DataFrame:
+        """The rows a final fit learns from: the training rows and the recent test window, the held-out rows
+        excepted, with a weight above zero."""
+        rows = self.frame[~self.frame["prediction_id"].isin(self.held_out)] if self.held_out else self.frame
+        return rows[rows["weight"] > 0]
+
+    @property
     def test(self) -> pd.DataFrame:
         """The recent test window: the newest labelled predictions (weights do not apply)."""
         if self.test_start is None:

@@ -210,9 +210,41 @@ class RetrainPipeline:
             return self._record(trigger, "rejected", f"{version}: {summary}", version=version, gates=results,
                                 lineage=lineage, model_object=challenger, stage="rejected")
         stage = "champion" if cfg.promotion == "after-gates" else "candidate"
-        profile = training_profile(model, version, dataset, challenger, source=f"training data of {trigger.trigger_id}")
+        final, rows = self._final_fit(trigger, model, dataset, challenger, lineage)
+        if isinstance(final, Outcome):
+            return final
+        profile = training_profile(model, version, dataset, final, rows=rows,
+                                   source=f"training data of {trigger.trigger_id}")
         return self._record(trigger, "candidate", f"{version}: every gate passed ({stage})", version=version,
-                            gates=results, lineage=lineage, model_object=challenger, stage=stage, profile=profile)
+                            gates=results, lineage=lineage, model_object=final, stage=stage, profile=profile)
+
+    def _final_fit(self, trigger: TriggerEvent, model: ModelConfig, dataset: Dataset, gated: Any,
+                   lineage: dict[str, Any]) -> tuple[Any, pd.DataFrame] | tuple[Outcome, None]:
+        """The model to register and the rows it learnt: with ``final_fit = "all"`` the gated recipe fitted again
+        on the training rows and the recent test window (backtest, then refit: the gates judged the recipe on
+        rows no model had seen; the registered model learns them too). A refit that does worse on those rows
+        than the gated model did unseen is a broken fit: the gated model is kept, and the lineage says so."""
+        cfg, train, test = model.retrain, dataset.train, dataset.test
+        if cfg.final_fit != "all" or test.empty:
+            lineage["final_fit"] = {"rows": len(train), "recent_window": False}
+            return gated, train
+        rows = dataset.fit_rows
+        self._step(trigger, "training", f"final fit of the gated recipe on {len(rows):,} rows (with the recent "
+                   f"{len(test):,})")
+        try:
+            final = train_with_budget(cfg.trainer, model.task, rows[list(dataset.features)], rows["label"],
+                                      rows["weight"].to_numpy(), budget_s=cfg.budget_s)
+        except TrainerError as exc:
+            return self._record(trigger, "failed", f"final fit: {exc}", lineage=lineage), None
+        X, y = test[list(dataset.features)], test["label"].to_numpy()
+        gated_errors, final_errors = (_row_errors(model, m, X, y) for m in (gated, final))
+        refused = _worse_refit(gated_errors, final_errors, cfg.gates.max_ratio)
+        if refused is not None:
+            lineage["final_fit"] = {"rows": len(train), "recent_window": False, "refused": refused}
+            log.warning("trigger %s: final fit refused: %s", trigger.trigger_id, refused)
+            return gated, train
+        lineage["final_fit"] = {"rows": len(rows), "recent_window": True}
+        return final, rows
 
     def _from_pool(self, trigger: TriggerEvent, model: ModelConfig, dataset: Dataset,
                    frames: list[tuple[str, pd.DataFrame]], fresh_sets: list[EvalSet], config: GateConfig,
@@ -402,11 +434,12 @@ class RetrainPipeline:
         return outcome
 
 
-def training_profile(model: ModelConfig, version: str, dataset: Dataset, fitted: Any, *, source: str
-                     ) -> ReferenceProfile:
-    """The new version's reference profile from its training rows: its features, its own predictions and scores
-    on them, and their labels, binned as monitoring bins every version."""
-    train = dataset.train
+def training_profile(model: ModelConfig, version: str, dataset: Dataset, fitted: Any, *, source: str,
+                     rows: pd.DataFrame | None = None) -> ReferenceProfile:
+    """The new version's reference profile from its training rows (``rows``, default the dataset's training
+    rows): its features, its own predictions and scores on them, and their labels, binned as monitoring bins
+    every version."""
+    train = dataset.train if rows is None else rows
     X = train[list(dataset.features)]
     features = {name: [None if _missing(v) else v for v in train[name].tolist()] for name in dataset.features}
     scores = _positive(model, fitted, X).tolist() if model.task == "classification" and model.score != "none" \
@@ -459,6 +492,36 @@ def production_best(model: ModelConfig, history: pd.DataFrame, block: int) -> tu
         if best is None or level[0] < best[0]:
             best = level
     return (None, None) if best is None else best
+
+
+def _row_errors(model: ModelConfig, fitted: Any, X: pd.DataFrame, y: np.ndarray) -> np.ndarray:
+    """``fitted``'s error on each row: 0/1 (classification) or absolute (regression)."""
+    predicted = np.asarray(fitted.predict(X))
+    if model.task == "regression":
+        return np.abs(np.asarray(y, dtype=np.float64) - predicted.astype(np.float64))
+    return np.array([category_key(p) != category_key(t) for p, t in zip(predicted.tolist(), y.tolist(), strict=True)],
+                    dtype=np.float64)
+
+
+def _worse_refit(gated: np.ndarray, final: np.ndarray, max_ratio: float) -> str | None:
+    """Why a final fit is refused, or None: on the recent window, which the refit learnt and the gated model never
+    saw, the refit's mean error exceeds ``max_ratio`` x the gated model's by more than two standard errors of the
+    paired difference (a refit does better on rows it learnt, unless the fit is broken).
+
+    >>> _worse_refit(np.array([0.0, 1, 0, 0]), np.array([0.0, 0, 0, 0]), 1.05) is None
+    True
+    >>> _worse_refit(np.zeros(400), np.ones(400), 1.05)
+    "the refit's error on the recent window 1 > 1.05 x the gated model's 0 (400 rows)"
+    """
+    if not len(gated):
+        return None
+    diff = final - gated
+    margin = (max_ratio - 1) * float(gated.mean()) + 2 * float(diff.std(ddof=1) if len(diff) > 1 else 0.0) / np.sqrt(
+        len(diff))
+    if float(diff.mean()) <= margin:
+        return None
+    return (f"the refit's error on the recent window {final.mean():.4g} > {max_ratio} x the gated model's "
+            f"{gated.mean():.4g} ({len(gated):,} rows)")
 
 
 def main_error(task: str, s: EvalSet, which: str) -> float | None:

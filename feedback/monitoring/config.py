@@ -183,6 +183,10 @@ class RetrainConfig:
     holdout_max_age_s: int = 30 * DAY_S
     #: "shadow": a passing candidate waits for shadow evaluation; "after-gates": it becomes champion at once
     promotion: Literal["shadow", "after-gates"] = "shadow"
+    #: "all": the recipe the gates passed (trainer, weights) is fitted again on the training rows and the recent
+    #: test window, and that model is registered: the newest labels are the ones the gates judged on, and a
+    #: model that never learns them lags a drift by a fifth of its rows. "train": the gated model as it is
+    final_fit: Literal["all", "train"] = "all"
     gates: RetrainGates = field(default_factory=RetrainGates)
 
 
@@ -533,6 +537,7 @@ _RETRAIN: Mapping[str, _Convert] = {
     "holdout_refresh": _duration,
     "holdout_max_age": _duration,
     "promotion": _choice("shadow", "after-gates"),
+    "final_fit": _choice("all", "train"),
 }
 _RETRAIN_GATES: Mapping[str, _Convert] = {
     "max_ratio": _number("a number >= 1", lambda x: x >= 1),
