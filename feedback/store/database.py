@@ -110,18 +110,19 @@ SELECT (SELECT count(*) FROM new),
 FROM changed c JOIN joined j USING (prediction_id)
 """
 
-# A redelivery (same coordinates, same bytes) finds the row it already has; a different message at
-# coordinates that repeat (a broker or topic that started its offsets again) is a row of its own.
+# A redelivery (same topic life, coordinates and bytes) finds the row it already has; a message at coordinates
+# that repeat (a broker or topic that started its offsets again: a new topic id) is a row of its own.
 _INSERT_DEAD_LETTER = """
-INSERT INTO dead_letters (source_topic, source_partition, source_offset, element_index, key, raw, reason, received_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (source_topic, source_partition, source_offset, element_index, raw_sha256) DO NOTHING
+INSERT INTO dead_letters (source_topic, source_topic_id, source_partition, source_offset, element_index, key, raw,
+                          reason, received_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (source_topic, source_topic_id, source_partition, source_offset, element_index, raw_sha256) DO NOTHING
 RETURNING id
 """
 _DEAD_LETTER_ID = """
 SELECT id FROM dead_letters
-WHERE source_topic = %s AND source_partition = %s AND source_offset = %s AND element_index = %s
-    AND raw_sha256 = %s
+WHERE source_topic = %s AND source_topic_id = %s AND source_partition = %s AND source_offset = %s
+    AND element_index = %s AND raw_sha256 = %s
 """
 
 
@@ -166,6 +167,9 @@ class DeadLetterRecord:
     """An input that broke the contract, where it came from, and the one-line reason."""
 
     source_topic: str
+    #: the id the broker gave the topic (its life: the local broker makes every topic again at each start and
+    #: starts its offsets at 0); empty when unknown
+    source_topic_id: str = ""
     source_partition: int
     source_offset: int
     element_index: int
@@ -390,7 +394,7 @@ def _insert_predictions(
 
 def insert_dead_letters(cur: psycopg.Cursor[Any], letters: Sequence[DeadLetterRecord]) -> list[DeadLetterRecord]:
     """Store dead letters inside the caller's transaction (other consumers' bad input: the trigger topic's);
-    returns them with their row ids. A redelivery (same coordinates, same bytes) keeps its first row."""
+    returns them with their row ids. A redelivery (same topic life, coordinates and bytes) keeps its first row."""
     _, ids = _insert_dead_letters(cur, letters)
     return [replace(d, dead_letter_id=i) for d, i in zip(letters, ids, strict=True)]
 
@@ -399,12 +403,12 @@ def _insert_dead_letters(cur: psycopg.Cursor[Any], letters: Sequence[DeadLetterR
     """Insert the dead letters not stored yet; returns how many were new, and every letter's row id."""
     n_new, ids = 0, []
     for d in letters:
-        cur.execute(_INSERT_DEAD_LETTER, (d.source_topic, d.source_partition, d.source_offset, d.element_index,
-                                          d.key, d.raw, d.reason, d.received_at))
+        cur.execute(_INSERT_DEAD_LETTER, (d.source_topic, d.source_topic_id, d.source_partition, d.source_offset,
+                                          d.element_index, d.key, d.raw, d.reason, d.received_at))
         row = cur.fetchone()
         if row is None:  # a redelivery: the row is there (a new statement sees one another worker just committed)
-            cur.execute(_DEAD_LETTER_ID, (d.source_topic, d.source_partition, d.source_offset, d.element_index,
-                                          hashlib.sha256(d.raw).digest()))
+            cur.execute(_DEAD_LETTER_ID, (d.source_topic, d.source_topic_id, d.source_partition, d.source_offset,
+                                          d.element_index, hashlib.sha256(d.raw).digest()))
             row = cur.fetchone()
         else:
             n_new += 1

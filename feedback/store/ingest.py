@@ -117,6 +117,7 @@ class Ingestor:
         max_events_per_txn: int = 5000,
         backoff: Backoff = Backoff(),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        topic_id: Callable[[str], str] = lambda topic: "",
     ) -> None:
         self.store = store
         self.kinds = dict(kinds)
@@ -124,6 +125,8 @@ class Ingestor:
         self.max_events_per_txn = max_events_per_txn
         self.backoff = backoff
         self.clock = clock
+        #: the id the broker gave a topic, asked for a dead letter's only (its row is keyed by the topic's life)
+        self.topic_id = topic_id
         self.stopping = threading.Event()
 
     def ingest(self, messages: Sequence[InboundMessage]) -> IngestResult:
@@ -141,7 +144,8 @@ class Ingestor:
             decoded = decode_message(kind, message.value, now=now, limits=self.limits)
             pending_dead.extend(
                 DeadLetterRecord(
-                    source_topic=message.topic, source_partition=message.partition,
+                    source_topic=message.topic, source_topic_id=self.topic_id(message.topic),
+                    source_partition=message.partition,
                     source_offset=message.offset, element_index=r.index, key=message.key, raw=r.raw,
                     reason=r.reason, received_at=now,
                 )
@@ -218,7 +222,8 @@ class Ingestor:
         message = item.message
         where = "database" if isinstance(failure, psycopg.Error) else "store"
         return DeadLetterRecord(
-            source_topic=message.topic, source_partition=message.partition, source_offset=message.offset,
+            source_topic=message.topic, source_topic_id=self.topic_id(message.topic),
+            source_partition=message.partition, source_offset=message.offset,
             element_index=item.element_index, key=message.key,
             raw=(message.value or b"") if item.element_index == -1 else encode_event(item.event),
             reason=f"{where}: {_one_line(failure)}", received_at=self.clock(),

@@ -1,5 +1,5 @@
 """Dead letters at their limits: messages and keys larger than the dead-letter topic takes, and Kafka
-coordinates that repeat (a broker that forgot its offsets, a re-created topic)."""
+coordinates that repeat (a broker that forgot its offsets, a re-created topic: a topic id of its own)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import base64
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -16,10 +18,11 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from feedback.store import DeadLetterRecord, FeedbackStore, migrate
 from feedback.store.database import _migration_files
-from feedback.store.ingest import DEAD_LETTER_RAW_PREFIX_BYTES
+from feedback.store.ingest import DEAD_LETTER_RAW_PREFIX_BYTES, InboundMessage, Ingestor
 from pitstop import stack
 from pitstop.settings import Topics
-from schemas import SCHEMA_DIR
+from schemas import SCHEMA_DIR, EventKind
+from streams.app import TopicIds
 from tests.conftest import Services, wait_until
 from tests.factories import NOW, prediction_dict
 
@@ -129,6 +132,49 @@ def test_dead_letters_at_repeated_coordinates_are_kept_and_redeliveries_collapse
     assert again.dead_letter_ids == first.dead_letter_ids + second.dead_letter_ids
 
 
+def test_dead_letters_of_two_broker_lives_at_the_same_coordinates_are_two_rows(store: FeedbackStore) -> None:
+    """The same bytes at the same coordinates in two lives of a topic (the local broker forgot its offsets and made
+    the topic again, with a new id) are two rows; a redelivery within one life stays one row."""
+    def letter(topic_id: str) -> DeadLetterRecord:
+        return DeadLetterRecord(source_topic="in.predictions", source_topic_id=topic_id, source_partition=0,
+                                source_offset=0, element_index=-1, key=b"k", raw=b"{bad", reason="not_json: test",
+                                received_at=NOW)
+
+    first = store.write_batch([], [], [letter("01a249f7-b2aa-7900-8cf7-c6607945cb01")])
+    redelivered = store.write_batch([], [], [letter("01a249f7-b2aa-7900-8cf7-c6607945cb01")])
+    second_life = store.write_batch([], [], [letter("01a249f7-b348-7d71-937f-ad5ab278148b")])
+    assert (first.dead_letters, redelivered.dead_letters, second_life.dead_letters) == (1, 0, 1)
+    assert redelivered.dead_letter_ids == first.dead_letter_ids != second_life.dead_letter_ids
+    assert store.rows("SELECT source_topic_id FROM dead_letters ORDER BY id") == [
+        ("01a249f7-b2aa-7900-8cf7-c6607945cb01",), ("01a249f7-b348-7d71-937f-ad5ab278148b",)]
+
+
+def test_the_topic_id_of_each_local_broker_life_keeps_its_dead_letters_apart(
+    services: Services, stack_dir: Path, store: FeedbackStore
+) -> None:
+    """Two lives of a real local broker: the worker's topic ids differ, so 5 bad messages at offsets 0-4 in each
+    life are 10 rows, and the second life's messages delivered again add none."""
+    topic = "life.predictions"
+    ids: list[str] = []
+    for life in range(2):
+        broker = stack.start_broker(stack_dir / f"life-{life}")
+        try:
+            stack.ensure_topics(broker.address, [topic], 1)
+            topic_ids = TopicIds(broker.address)
+            ingestor = Ingestor(store, {topic: EventKind.PREDICTION}, clock=lambda: NOW, topic_id=topic_ids)
+            messages = [InboundMessage(topic=topic, partition=0, offset=i, key=b"k", value=b"{bad %d" % i)
+                        for i in range(5)]
+            result = ingestor.ingest(messages)
+            assert result.stats.dead_letters == 5
+            assert ingestor.ingest(messages).stats.dead_letters == 0  # a redelivery
+            ids.append(topic_ids(topic))
+        finally:
+            stack.stop_process(broker)
+    assert ids[0] != ids[1] and all(len(i) == 36 for i in ids), ids
+    rows = store.rows("SELECT source_topic_id, count(*) FROM dead_letters GROUP BY 1 ORDER BY min(id)")
+    assert rows == [(ids[0], 5), (ids[1], 5)]
+
+
 def test_dead_letters_migration_keeps_existing_rows(services: Services, unique_name: str) -> None:
     """Dead letters stored before 003_dead_letters.sql keep their bytes and get an id and a digest."""
     schema = f"{unique_name}_m"
@@ -151,5 +197,36 @@ def test_dead_letters_migration_keeps_existing_rows(services: Services, unique_n
             assert row is not None
             assert (bytes(row[1]), bytes(row[2]), row[3]) == (b"{", hashlib.sha256(b"{").digest(), 5)
             assert isinstance(row[0], int)
+        finally:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_topic_id_migration_keeps_existing_rows_and_their_key(services: Services, unique_name: str) -> None:
+    """Dead letters stored before 010 keep their rows, with an empty topic id (a life unknown), and a redelivery of
+    one still finds its row; the same bytes from a known topic life are a row of their own."""
+    schema = f"{unique_name}_m"
+    with psycopg.connect(services.database_url, autocommit=True) as conn:
+        try:
+            with conn.transaction():
+                conn.execute(f'CREATE SCHEMA "{schema}"')
+                conn.execute(f'SET LOCAL search_path TO "{schema}"')
+                conn.execute("CREATE TABLE schema_migrations (name text PRIMARY KEY,"
+                             " applied_at timestamptz NOT NULL DEFAULT now())")
+                for name, text in _migration_files():
+                    if name < "010":
+                        conn.execute(text)  # type: ignore[arg-type]
+                        conn.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (name,))
+                conn.execute("INSERT INTO dead_letters (source_topic, source_partition, source_offset, element_index,"
+                             " raw, reason, received_at) VALUES ('in.predictions', 0, 0, -1, '{bad', 'not_json: x',"
+                             " %s)", (NOW - timedelta(days=1),))
+            applied = migrate(services.database_url, schema)
+            assert [n for n in applied if n.startswith("010")], applied
+            with FeedbackStore(services.database_url, schema) as store:
+                old = store.rows("SELECT id, source_topic_id, raw FROM dead_letters")
+                assert [(t, bytes(r)) for _, t, r in old] == [("", b"{bad")]
+                again = store.write_batch([], [], [_letter(0, b"{bad")])
+                other_life = store.write_batch([], [], [replace(_letter(0, b"{bad"), source_topic_id="t-2")])
+                assert (again.dead_letters, again.dead_letter_ids) == (0, (old[0][0],))
+                assert other_life.dead_letters == 1
         finally:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient
 
 from feedback.store import FeedbackStore
 from pitstop.client import PitstopProducer
@@ -124,6 +125,14 @@ def test_bad_input_goes_to_dead_letter_topic_and_table(
         "non_finite", "timestamp", "timestamp", "too_large", "schema"]
     assert by_key[("o", 0)][0] == "non_finite: label is NaN or infinite"
     assert sorted(r[0] for r in store.rows("SELECT prediction_id FROM predictions")) == ["p-60", "p-61", "p-65"]
+    # each row knows the life of its topic: the id the broker gave it
+    admin = KafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
+    try:
+        topic_ids = {t["name"]: t["topic_id"] for t in admin.describe_topics([topics.predictions, topics.outcomes])}
+    finally:
+        admin.close()
+    assert sorted(set(store.rows("SELECT source_topic, source_topic_id FROM dead_letters"))) == sorted(
+        topic_ids.items())
     # the same twelve, with their provenance, on the dead-letter topic
     letters = _dead_letter_messages(services, topics.dead_letter, 12)
     assert len(letters) == 12
