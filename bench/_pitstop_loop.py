@@ -231,6 +231,7 @@ class Loop:
         self.triggered_at: list[int] = []
         self.refits_at: list[int] = []
         self.pool_at: list[int] = []
+        self.refresh_at: list[int] = []
         self.outcomes: list[dict[str, Any]] = []
 
     def close(self) -> None:
@@ -286,7 +287,8 @@ class Loop:
         with self.store.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             entry = ModelVersion(model_name=MODEL, version=FIRST, stage="candidate", trigger_id=None,
                                  trainer="retrain_worker.trainers:gradient_boosting",
-                                 lineage={"features": list(X.columns), "train_rows": INITIAL}, metrics={})
+                                 lineage={"features": list(X.columns), "train_rows": INITIAL,
+                                          "cutoff": at(INITIAL).isoformat()}, metrics={})
             self.registry.register(cur, entry, serialise(fitted, "skops"), reason="the bench's first model")
             self.registry.move(cur, MODEL, FIRST, "champion", reason="the bench's first model")
             install_profile(conn, self.updater, profile)
@@ -317,15 +319,16 @@ class Loop:
         return StrategyRun(name="d", label="(d) Pitstop's loop", predictions=self.predictions,
                            deployed_at=self.deployed_at, triggered_at=self.triggered_at,
                            seconds=time.perf_counter() - started,
-                           notes={"refits_at": self.refits_at, "pool_at": self.pool_at,
+                           notes={"refits_at": self.refits_at, "pool_at": self.pool_at, "refresh_at": self.refresh_at,
                                   "detected_at": self._detected_at(),
                                   "outcomes": self.outcomes, "alerts": len(self.alerts.alerts),
                                   "decisions": self._decisions()})
 
     def _handle(self, trigger: Any, end: int) -> None:
         """The retrain worker's answer to one trigger, noted: a detection's trigger, or one of the planned steps
-        after one (the ladder's refits and the early pool looks: notes["refits_at"], notes["pool_at"])."""
-        planned = {"refit": self.refits_at, "pool": self.pool_at}
+        after one (the ladder's refits and the early pool looks: notes["refits_at"], notes["pool_at"]), or a scheduled
+        refresh (notes["refresh_at"]): none of them a detection."""
+        planned = {"refit": self.refits_at, "pool": self.pool_at, "refresh": self.refresh_at}
         planned.get(trigger.kind, self.triggered_at).append(index_of(trigger.decided_at))
         outcome = self.pipeline.handle(trigger)
         self.outcomes.append({"at": end, "trigger": trigger.trigger_id, "kind": trigger.kind,
@@ -524,7 +527,7 @@ class StagedLoop(Loop):
         return StrategyRun(name=self.name, label=self.label, predictions=self.predictions,
                            deployed_at=self.deployed_at, triggered_at=self.triggered_at,
                            seconds=time.perf_counter() - started,
-                           notes={"refits_at": self.refits_at, "pool_at": self.pool_at,
+                           notes={"refits_at": self.refits_at, "pool_at": self.pool_at, "refresh_at": self.refresh_at,
                                   "detected_at": self._detected_at(),
                                   "outcomes": self.outcomes, "alerts": len(self.alerts.alerts),
                                   "decisions": self._decisions(), "rollout": self._rollout_notes()})

@@ -62,6 +62,9 @@ class DatasetSpec:
     test_share: float = 0.2
     #: ... but at least this many (when there are enough rows)
     min_test_rows: int = 200
+    #: the champion's training cutoff: the test window starts no earlier, so that the champion is never judged
+    #: on rows it learnt (it would win on them), as long as ``min_test_rows`` rows remain after it
+    unseen_after: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,7 +176,12 @@ def _test_start(frame: pd.DataFrame, spec: DatasetSpec) -> datetime | None:
     if n == 0:
         return None
     k = min(n, max(int(np.ceil(n * spec.test_share)), spec.min_test_rows))
-    return rows["predicted_at"].iloc[n - k].to_pydatetime()
+    start = rows["predicted_at"].iloc[n - k]
+    if spec.unseen_after is not None and start < spec.unseen_after:
+        unseen = int((rows["predicted_at"] >= spec.unseen_after).sum())
+        if unseen >= spec.min_test_rows:
+            start = rows["predicted_at"].iloc[n - unseen]
+    return start.to_pydatetime()
 
 
 def _span(rows: pd.DataFrame) -> list[str] | None:

@@ -37,7 +37,7 @@ from retrain_worker.gates import EvalSet, GateConfig, GateResult, run_gates, ver
 from retrain_worker.intake import TriggerEvent
 from retrain_worker.trainers import TabularModel, TrainerError, train_with_budget
 from retrain_worker.validation import DataRules, failures, validate
-from retrain_worker.weights import WeightPolicy
+from retrain_worker.weights import WeightPolicy, label_recency_weights
 
 log = logging.getLogger(__name__)
 
@@ -143,21 +143,23 @@ class RetrainPipeline:
     def _retrain(self, trigger: TriggerEvent, model: ModelConfig) -> Outcome:
         self.frozen = None
         cfg = model.retrain
-        change = trigger.change_point if trigger.kind in CHANGE_KINDS else None
-        spec = DatasetSpec(
-            model_name=model.name, cutoff=trigger.decided_at,
-            since=trigger.decided_at - timedelta(seconds=cfg.history_s), change_point=change,
-            test_share=cfg.test_share, min_test_rows=cfg.min_test_rows,
-            weights=WeightPolicy(scheme=cfg.weighting, half_life_s=cfg.half_life_s, window_s=cfg.window_s,
-                                 before_change=cfg.before_change, before_change_factor=cfg.before_change_factor),
-        )
+        # a refresh trains on the current episode's rows: it carries the episode's change point, or none
+        change = trigger.change_point if trigger.kind in CHANGE_KINDS or trigger.kind == "refresh" else None
         with self.store.pool.connection() as conn:
-            self._step(trigger, "loading", "loading the point-in-time dataset")
-            dataset = load_dataset(conn, spec, progress=lambda n: self._step(trigger, "loading", f"{n:,} rows loaded"))
             with conn.cursor() as cur:
                 champion = self.registry.champion(cur, model.name)
                 champion_model = self.registry.load(cur, champion) if champion is not None else None
                 current_holdout = holdout.latest(cur, model.name)
+            spec = DatasetSpec(
+                model_name=model.name, cutoff=trigger.decided_at,
+                since=trigger.decided_at - timedelta(seconds=cfg.history_s), change_point=change,
+                test_share=cfg.test_share, min_test_rows=cfg.min_test_rows,
+                unseen_after=_trained_until(champion),
+                weights=WeightPolicy(scheme=cfg.weighting, half_life_s=cfg.half_life_s, window_s=cfg.window_s,
+                                     before_change=cfg.before_change, before_change_factor=cfg.before_change_factor),
+            )
+            self._step(trigger, "loading", "loading the point-in-time dataset")
+            dataset = load_dataset(conn, spec, progress=lambda n: self._step(trigger, "loading", f"{n:,} rows loaded"))
         held = holdout.plan(dataset, current_holdout, rows=cfg.holdout_rows,
                             refresh=timedelta(seconds=cfg.holdout_refresh_s),
                             max_age=timedelta(seconds=cfg.holdout_max_age_s), min_rows=cfg.min_test_rows,
@@ -184,6 +186,7 @@ class RetrainPipeline:
         try:
             challenger = train_with_budget(cfg.trainer, model.task, X, y, train["weight"].to_numpy(),
                                            budget_s=cfg.budget_s)
+            challenger, half_life = self._recency(trigger, model, dataset, challenger, lineage)
         except TrainerError as exc:
             return self._record(trigger, "failed", str(exc), lineage=lineage)
         shown = f" and {len(held.gate_on):,} held-out rows" if held.gate_on is not None else ""
@@ -206,11 +209,15 @@ class RetrainPipeline:
         results = run_gates(model.task, sets, config)
         passed, summary = verdict(results)
         version = version_name(trigger)
+        if trigger.kind == "refresh":
+            kept = _refresh_kept(model, eval_set, passed, summary)
+            if kept is not None:  # a refresh that is not clearly better changes nothing, and is no rejection
+                return self._record(trigger, "unchanged", f"refresh: {kept}: the champion stays", lineage=lineage)
         if not passed:
             return self._record(trigger, "rejected", f"{version}: {summary}", version=version, gates=results,
                                 lineage=lineage, model_object=challenger, stage="rejected")
         stage = "champion" if cfg.promotion == "after-gates" else "candidate"
-        final, rows = self._final_fit(trigger, model, dataset, challenger, lineage)
+        final, rows = self._final_fit(trigger, model, dataset, challenger, half_life, lineage)
         if isinstance(final, Outcome):
             return final
         profile = training_profile(model, version, dataset, final, rows=rows,
@@ -218,8 +225,32 @@ class RetrainPipeline:
         return self._record(trigger, "candidate", f"{version}: every gate passed ({stage})", version=version,
                             gates=results, lineage=lineage, model_object=final, stage=stage, profile=profile)
 
+    def _recency(self, trigger: TriggerEvent, model: ModelConfig, dataset: Dataset, configured: Any,
+                 lineage: dict[str, Any]) -> tuple[Any, float | None]:
+        """The recipe's recency: beside the model of the configured weights (``configured``), one trained with
+        each half-life in labels of ``recency_search`` (fractions of the training rows); the model with the lowest
+        main error on the recent test window, and its half-life in rows (None: the configured weights won). A
+        backtest on the newest labels, which no candidate learnt. Raises :class:`TrainerError` as training does."""
+        cfg, train, test = model.retrain, dataset.train, dataset.test
+        if not cfg.recency_search or len(test) < cfg.min_test_rows:
+            return configured, None
+        X, y, base = train[list(dataset.features)], train["label"], train["weight"].to_numpy()
+        X_test, y_test = test[list(dataset.features)], test["label"].to_numpy()
+        scored: list[tuple[float, float | None, Any]] = [
+            (float(_main_row_errors(model, configured, X_test, y_test).mean()), None, configured)]
+        for fraction in cfg.recency_search:
+            h = max(1.0, fraction * len(train))
+            self._step(trigger, "training", f"training with a half-life of {h:,.0f} labels")
+            fitted = train_with_budget(cfg.trainer, model.task, X, y, base * label_recency_weights(len(train), h),
+                                       budget_s=cfg.budget_s)
+            scored.append((float(_main_row_errors(model, fitted, X_test, y_test).mean()), h, fitted))
+        error, half_life, best = min(scored, key=lambda t: t[0])  # the first (configured) wins a tie
+        lineage["recency"] = {"half_life_rows": half_life, "test_errors": {
+            ("configured" if h is None else f"{h:.0f} labels"): round(e, 6) for e, h, _ in scored}}
+        return best, half_life
+
     def _final_fit(self, trigger: TriggerEvent, model: ModelConfig, dataset: Dataset, gated: Any,
-                   lineage: dict[str, Any]) -> tuple[Any, pd.DataFrame] | tuple[Outcome, None]:
+                   half_life: float | None, lineage: dict[str, Any]) -> tuple[Any, pd.DataFrame] | tuple[Outcome, None]:
         """The model to register and the rows it learnt: with ``final_fit = "all"`` the gated recipe fitted again
         on the training rows and the recent test window (backtest, then refit: the gates judged the recipe on
         rows no model had seen; the registered model learns them too). A refit that does worse on those rows
@@ -229,11 +260,14 @@ class RetrainPipeline:
             lineage["final_fit"] = {"rows": len(train), "recent_window": False}
             return gated, train
         rows = dataset.fit_rows
+        weights = rows["weight"].to_numpy()
+        if half_life is not None:
+            weights = weights * label_recency_weights(len(rows), half_life)
         self._step(trigger, "training", f"final fit of the gated recipe on {len(rows):,} rows (with the recent "
                    f"{len(test):,})")
         try:
-            final = train_with_budget(cfg.trainer, model.task, rows[list(dataset.features)], rows["label"],
-                                      rows["weight"].to_numpy(), budget_s=cfg.budget_s)
+            final = train_with_budget(cfg.trainer, model.task, rows[list(dataset.features)], rows["label"], weights,
+                                      budget_s=cfg.budget_s)
         except TrainerError as exc:
             return self._record(trigger, "failed", f"final fit: {exc}", lineage=lineage), None
         X, y = test[list(dataset.features)], test["label"].to_numpy()
@@ -492,6 +526,75 @@ def production_best(model: ModelConfig, history: pd.DataFrame, block: int) -> tu
         if best is None or level[0] < best[0]:
             best = level
     return (None, None) if best is None else best
+
+
+def _trained_until(champion: ModelVersion | None) -> datetime | None:
+    """The champion's training cutoff (its lineage's), if it was trained here: no row after it was learnt."""
+    cutoff = champion.lineage.get("cutoff") if champion is not None else None
+    return datetime.fromisoformat(cutoff) if isinstance(cutoff, str) else None
+
+
+def _refresh_kept(model: ModelConfig, s: EvalSet, passed: bool, summary: str) -> str | None:
+    """Why a refresh candidate does not replace the champion (one clause), or None when it does: it must pass
+    every gate and be significantly better on the recent window, by a one-sided paired t-test of the per-row
+    main errors (log loss, or absolute error) at ``refresh_alpha``.
+
+    >>> from feedback.monitoring.config import parse_config
+    >>> m = parse_config("[models.eta]" + chr(10) + 'task = "regression"').models["eta"]
+    >>> y = np.arange(400.0)
+    >>> s = EvalSet(name="recent", y_true=y, challenger=y + 1.0 + np.sin(y), champion=y + 1.5 + np.sin(y),
+    ...             challenger_latency_ms_per_row=0.01)
+    >>> _refresh_kept(m, s, True, "every gate passed") is None  # 0.5 better on every row
+    True
+    >>> _refresh_kept(m, replace(s, champion=s.challenger + 0.01 * np.cos(y)), True, "every gate passed")
+    "challenger MAE 1.005 not significantly below the champion's 1.005 on 400 recent rows (p = 0.5 >= 0.05)"
+    >>> _refresh_kept(m, s, False, "failed 1 of 9 checks: mae_vs_champion (recent)")
+    'failed 1 of 9 checks: mae_vs_champion (recent)'
+    """
+    from scipy.stats import ttest_rel
+
+    if not passed:
+        return summary
+    challenger, champion = (_eval_row_errors(model.task, s, which) for which in ("challenger", "champion"))
+    label = "log loss" if model.task == "classification" and s.challenger_proba is not None else (
+        "error rate" if model.task == "classification" else "MAE")
+    n, diff = len(challenger), challenger - champion
+    if n < 2 or np.ptp(diff) <= 1e-12 * max(1.0, float(np.abs(diff).max())):
+        p = 0.0 if n >= 2 and diff.mean() < 0 else 1.0  # a constant difference: certain either way
+    else:
+        p = float(ttest_rel(challenger, champion, alternative="less").pvalue)
+    alpha = model.triggers.refresh_alpha
+    if p < alpha:
+        return None
+    return (f"challenger {label} {challenger.mean():.4g} not significantly below the champion's "
+            f"{champion.mean():.4g} on {n:,} recent rows (p = {p:.2g} >= {alpha:g})")
+
+
+def _eval_row_errors(task: str, s: EvalSet, which: str) -> np.ndarray:
+    """Per-row main error of ``which`` model on an evaluation set: log loss of the positive-class probability
+    (classification with probabilities), the 0/1 error (without), or the absolute error (regression)."""
+    predicted = np.asarray(getattr(s, which))
+    if task == "regression":
+        return np.abs(np.asarray(s.y_true, dtype=np.float64) - predicted.astype(np.float64))
+    proba = getattr(s, f"{which}_proba")
+    if proba is None:
+        return (predicted != s.y_true).astype(np.float64)
+    p = np.clip(np.asarray(proba, dtype=np.float64), 1e-15, 1 - 1e-15)
+    positive = s.y_true == s.positive_class
+    return -np.where(positive, np.log(p), np.log(1 - p))
+
+
+def _main_row_errors(model: ModelConfig, fitted: Any, X: pd.DataFrame, y: np.ndarray) -> np.ndarray:
+    """``fitted``'s main error on each row: log loss of the positive class (classification with a positive class
+    and probabilities), else the 0/1 error; absolute error (regression)."""
+    if model.task == "classification" and model.positive_class is not None and hasattr(fitted, "predict_proba"):
+        classes = [category_key(c) for c in np.asarray(fitted.classes_).tolist()]
+        key = category_key(model.positive_class)
+        proba = np.asarray(fitted.predict_proba(X))[:, classes.index(key)] if key in classes else np.zeros(len(X))
+        p = np.clip(proba, 1e-15, 1 - 1e-15)
+        positive = np.array([category_key(v) == key for v in np.asarray(y).tolist()])
+        return -np.where(positive, np.log(p), np.log(1 - p))
+    return _row_errors(model, fitted, X, y)
 
 
 def _row_errors(model: ModelConfig, fitted: Any, X: pd.DataFrame, y: np.ndarray) -> np.ndarray:

@@ -36,6 +36,19 @@ def recency_weights(age_s: np.ndarray, half_life_s: float) -> np.ndarray:
     return np.power(0.5, np.maximum(np.asarray(age_s, dtype=np.float64), 0.0) / half_life_s)
 
 
+def label_recency_weights(n: int, half_life_rows: float) -> np.ndarray:
+    """Recency counted in labels, for ``n`` rows oldest first: ``0.5 ** (rows newer than this one / half_life)``.
+    A change's transition rows weigh less as the labels after it accumulate, whatever the traffic's rate.
+
+    >>> label_recency_weights(4, half_life_rows=2.0)
+    array([0.35355339, 0.5       , 0.70710678, 1.        ])
+    """
+    if half_life_rows <= 0:
+        msg = f"half_life_rows must be > 0, got {half_life_rows}"
+        raise ValueError(msg)
+    return np.power(0.5, np.arange(n - 1, -1, -1, dtype=np.float64) / half_life_rows)
+
+
 def step_weights(age_s: np.ndarray, window_s: float) -> np.ndarray:
     """1 inside the last ``window_s`` before the cutoff, 0 before it.
 

@@ -115,6 +115,14 @@ class TriggerConfig:
     calendar: str | None = None
     #: retrain after this many new labelled predictions since the last training
     volume: int | None = None
+    #: a scheduled refresh this long (event time) after the last training: a candidate trained on the current
+    #: concept's rows (since the episode's change point) that replaces the champion only when it is significantly
+    #: better on the newest labels, else the outcome is "unchanged". The calendar as a safety net for slow drift
+    #: no window judges in time, never a blind replace; it starts no cooldown and counts toward no cap. None
+    #: (`refresh = false`): off
+    refresh_s: int | None = DAY_S
+    #: the refresh's one-sided significance level (a paired test of the per-row errors on the recent window)
+    refresh_alpha: float = 0.05
     #: a drift or performance decision waits for this many labels since the change point
     min_labels_since_change: int = 1000
     #: a critical drop waits for them too (its alert goes out at once either way). Measured
@@ -183,6 +191,11 @@ class RetrainConfig:
     holdout_max_age_s: int = 30 * DAY_S
     #: "shadow": a passing candidate waits for shadow evaluation; "after-gates": it becomes champion at once
     promotion: Literal["shadow", "after-gates"] = "shadow"
+    #: recency counted in labels: candidate half-lives as fractions of the training rows, each trained beside the
+    #: configured weights; the one whose model predicts the recent test window best is the recipe (its weights
+    #: multiply the configured ones). Slow drift wants short memories, a stable concept long ones; no fixed
+    #: half-life in days knows which it is. [] : the configured weights only
+    recency_search: tuple[float, ...] = (0.5, 0.25, 0.125)
     #: "all": the recipe the gates passed (trainer, weights) is fitted again on the training rows and the recent
     #: test window, and that model is registered: the newest labels are the ones the gates judged on, and a
     #: model that never learns them lags a drift by a fifth of its rows. "train": the gated model as it is
@@ -463,6 +476,25 @@ def _duration(value: Any) -> int:
         raise _Expected(_DURATION_EXPECTED) from None
 
 
+def _optional_duration(value: Any) -> int | None:
+    """A duration, or false for none."""
+    if value is False:
+        return None
+    try:
+        return parse_duration_s(value)
+    except ValueError:
+        msg = f"{_DURATION_EXPECTED}, or false for none"
+        raise _Expected(msg) from None
+
+
+def _fractions(value: Any) -> tuple[float, ...]:
+    expected = "a list of numbers greater than 0 and at most 1, such as [0.5, 0.25, 0.125] (or [] for none)"
+    if not isinstance(value, list) or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                                              and 0 < v <= 1 for v in value):
+        raise _Expected(expected)
+    return tuple(float(v) for v in value)
+
+
 def _cron(value: Any) -> str:
     expected = "a cron expression in UTC such as '0 3 * * 1' (Mondays 03:00)"
     if not isinstance(value, str):
@@ -491,6 +523,8 @@ _TRIGGERS: Mapping[str, _Convert] = {
     "enabled": _boolean,
     "calendar": _cron,
     "volume": _integer(1),
+    "refresh": _optional_duration,
+    "refresh_alpha": _number("a number greater than 0 and less than 1", lambda x: 0 < x < 1),
     "min_labels_since_change": _integer(0),
     "critical_waits": _boolean,
     "refit_ladder": _multiples,
@@ -538,6 +572,7 @@ _RETRAIN: Mapping[str, _Convert] = {
     "holdout_max_age": _duration,
     "promotion": _choice("shadow", "after-gates"),
     "final_fit": _choice("all", "train"),
+    "recency_search": _fractions,
 }
 _RETRAIN_GATES: Mapping[str, _Convert] = {
     "max_ratio": _number("a number >= 1", lambda x: x >= 1),
@@ -697,7 +732,7 @@ class _Parser:
         """`[models.M.triggers]` over `[defaults.triggers]`; the floor is checked against the model's metric."""
         own = self.trigger_layer(table, at)
         knobs = {**defaults.triggers["knobs"], **own["knobs"]}
-        for key in ("cooldown", "max_training"):
+        for key in ("cooldown", "max_training", "refresh"):
             if key in knobs:
                 knobs[f"{key}_s"] = knobs.pop(key)
         sections = {

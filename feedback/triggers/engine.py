@@ -153,6 +153,10 @@ class Ledger(Protocol):
         """Whether the model pool holds a former champion to score (a loadable version in stage ``previous``)."""
         ...
 
+    def first_seen(self, model: ModelConfig) -> datetime | None:
+        """The start of the model's first window with labels: the refresh's clock before any training."""
+        ...
+
 
 class Decider:
     """Turns a model's evaluation and clocks into decisions, through a ledger. Keeps the calendar's clocks."""
@@ -189,6 +193,9 @@ class Decider:
         volume = self._volume(ledger, model, now)
         if volume is not None:
             out += self._settle(ledger, model, volume)
+        refresh = self._refresh(ledger, model, now)
+        if refresh is not None:
+            out += self._settle(ledger, model, refresh)
         follow_up = self._follow_up(ledger, model, evaluation, now)
         if follow_up is not None:
             out += self._settle(ledger, model, follow_up)
@@ -326,6 +333,37 @@ class Decider:
             evidence={"labels": labels, "volume": k, "since": _iso(since) if since else None},
         )
 
+    def _refresh(self, ledger: Ledger, model: ModelConfig, now: datetime) -> Decision | None:
+        """The scheduled refresh: ``refresh`` after the last training (any kind), a candidate of the current
+        concept that replaces the champion only when significantly better on the newest labels. It yields to a
+        change still waiting for its labels (the episode's own retrain is coming) and trains on the episode's
+        rows (from its change point) when one has fired."""
+        t = model.triggers
+        if t.refresh_s is None:
+            return None
+        since = ledger.history(model.name, now).last_trained_at or ledger.first_seen(model)
+        if since is None or now - since < timedelta(seconds=t.refresh_s):
+            return None
+        episode = ledger.episode(model.name)
+        change = episode.change_point if episode is not None else None
+        newer = ledger.latest_change(model.name)
+        if newer is not None and (change is None or newer > change):
+            return None  # a change is pending: its retrain, not a refresh, learns what comes after it
+        labels = ledger.labels_since(model, None, since, now)
+        if labels == 0:
+            return None
+        age_h = (now - since).total_seconds() / 3600
+        rows = f"the rows since the change ({change:%Y-%m-%d %H:%M} UTC)" if change is not None else "recent rows"
+        return Decision(
+            decision_id=decision_id(model.name, "refresh", since), model_name=model.name, model_version=None,
+            kind="refresh", urgency="routine", status="fired", decided_at=now, change_point=change,
+            sentence=(f"refresh: {age_h:.1f} h since the last training ({since:%Y-%m-%d %H:%M} UTC) >= "
+                      f"{t.refresh_s / 3600:.1f} h, {labels:,} new labels: a candidate on {rows} replaces the "
+                      "champion only if significantly better on the newest labels"),
+            evidence={"since": _iso(since), "labels": labels, "refresh_s": t.refresh_s,
+                      "episode": episode.decision_id if episode is not None else None},
+        )
+
     # --- storm control and the record -----------------------------------------------------------------
 
     def _settle(self, ledger: Ledger, model: ModelConfig, candidate: Decision) -> list[Decision]:
@@ -422,10 +460,12 @@ ON CONFLICT (decision_id) DO UPDATE SET
     decided_at = excluded.decided_at, fired_at = excluded.fired_at, evidence = excluded.evidence, updated_at = now()
 WHERE retrain_decisions.status <> 'fired' OR excluded.status = 'fired'
 """
-# a pool look trains nothing: it starts no cooldown, counts toward no cap and is no running training
+# a pool look trains nothing: it starts no cooldown, counts toward no cap and is no running training; a refresh
+# trains, but on its own schedule: it starts no cooldown and counts toward no cap either
 _HISTORY = """
-SELECT max(fired_at) FILTER (WHERE fired_at <= %(at)s),
-       count(*) FILTER (WHERE fired_at > %(at)s - interval '1 day' AND fired_at <= %(at)s),
+SELECT max(fired_at) FILTER (WHERE fired_at <= %(at)s AND kind <> 'refresh'),
+       count(*) FILTER (WHERE fired_at > %(at)s - interval '1 day' AND fired_at <= %(at)s AND kind <> 'refresh'),
+       max(fired_at) FILTER (WHERE fired_at <= %(at)s),
        (SELECT d.decision_id FROM retrain_decisions d
         WHERE d.model_name = %(m)s AND d.status = 'fired' AND d.fired_at > %(at)s - %(running)s * interval '1 second'
           AND d.kind <> 'pool'
@@ -466,7 +506,7 @@ class PostgresLedger:
         self.cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (TRIGGER_LOCK_CLASS, model))
 
     def history(self, model: str, at: datetime) -> History:
-        last, day, running = self.cur.execute(
+        last, day, trained, running = self.cur.execute(
             _HISTORY, {"m": model, "at": at, "running": self.max_training_s.get(model, 86_400)}).fetchone()
         outcomes = self.cur.execute(_OUTCOMES, {"m": model, "limit": 1000}).fetchall()
         rejected = 0
@@ -477,7 +517,8 @@ class PostgresLedger:
                 break
             rejected += 1
         rollout = self.cur.execute(_ROLLOUT, (model,)).fetchone()
-        return History(last_fired_at=last, fired_last_day=int(day), running=running, rejected_in_row=rejected,
+        return History(last_fired_at=last, fired_last_day=int(day), last_trained_at=trained, running=running,
+                       rejected_in_row=rejected,
                        rollout=None if rollout is None else rollout[0])
 
     def decision(self, decision_id: str) -> Decision | None:
@@ -526,6 +567,9 @@ class PostgresLedger:
     def has_former_champion(self, model: str) -> bool:
         return has_former_champion(self.cur, model)
 
+    def first_seen(self, model: ModelConfig) -> datetime | None:
+        return first_seen(self.cur, model)
+
     def refits(self, model: str, change_point: datetime) -> list[Decision]:
         rows = self.cur.execute(f"{_SELECT} WHERE model_name = %s AND kind = 'refit' AND change_point = %s "
                                 "ORDER BY first_decided_at", (model, change_point)).fetchall()
@@ -539,6 +583,12 @@ _DETECTIONS = """
 SELECT detector, label_index, predicted_at, error_mean_before, error_mean_after FROM detector_events
 WHERE model_name = %s AND model_version = %s ORDER BY label_index
 """
+
+
+def first_seen(cur: psycopg.Cursor[Any], model: ModelConfig) -> datetime | None:
+    """The start of the model's first window with labels (read-only: the replay uses it too)."""
+    return cur.execute("SELECT min(window_start) FROM window_performance WHERE model_name = %s AND window_s = %s "
+                       "AND segment = '*'", (model.name, model.window_s)).fetchone()[0]
 
 
 def has_former_champion(cur: psycopg.Cursor[Any], model: str) -> bool:

@@ -34,7 +34,14 @@ from feedback.errors import ModelConfigError
 from feedback.monitoring.config import ModelConfig, MonitoringConfig, parse_config
 from feedback.monitoring.profile import ROWS, ReferenceProfile
 from feedback.monitoring.round import evaluate_version
-from feedback.triggers.engine import Decider, Decision, has_former_champion, labels_since, trigger_event
+from feedback.triggers.engine import (
+    Decider,
+    Decision,
+    first_seen,
+    has_former_champion,
+    labels_since,
+    trigger_event,
+)
 from feedback.triggers.rules import CHANGE_KINDS, History
 
 #: every statement of a replay runs in one snapshot that refuses writes
@@ -98,6 +105,7 @@ class MemoryLedger:
         self._published: dict[str, dict[str, Any]] = {}
         self._slots: dict[str, datetime] = {}
         self.former_champions = False
+        self.first_window: datetime | None = None
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -110,14 +118,16 @@ class MemoryLedger:
         return list(self._decisions.values())
 
     def history(self, model: str, at: datetime) -> History:
-        fired = sorted((d.fired_at, d.decision_id) for d in self._decisions.values()
+        fired = sorted((d.fired_at, d.decision_id, d.kind) for d in self._decisions.values()
                        if d.model_name == model and d.status == "fired" and d.fired_at is not None
                        and d.kind != "pool")  # a pool look trains nothing (see the database ledger)
         running_since = at - timedelta(seconds=self.max_training_s.get(model, 86_400))
-        running = [decision_id for fired_at, decision_id in fired if fired_at > running_since]
+        running = [decision_id for fired_at, decision_id, _ in fired if fired_at > running_since]
+        storm = [t for t, _, kind in fired if kind != "refresh"]  # a refresh starts no cooldown, counts to no cap
         return History(
-            last_fired_at=max((t for t, _ in fired if t <= at), default=None),
-            fired_last_day=sum(1 for t, _ in fired if at - timedelta(days=1) < t <= at),
+            last_fired_at=max((t for t in storm if t <= at), default=None),
+            fired_last_day=sum(1 for t in storm if at - timedelta(days=1) < t <= at),
+            last_trained_at=max((t for t, _, _ in fired if t <= at), default=None),
             running=running[-1] if running else None,
         )
 
@@ -157,6 +167,10 @@ class MemoryLedger:
         return max((d.change_point for d in self._decisions.values() if d.model_name == model
                     and d.kind in CHANGE_KINDS and d.kind != "refit" and d.status in ("fired", "pending")
                     and d.change_point is not None), default=None)
+
+    def first_seen(self, model: ModelConfig) -> datetime | None:
+        """From the windows through ``cur``; without a cursor, :attr:`first_window` (set by a test)."""
+        return first_seen(self.cur, model) if self.cur is not None else self.first_window
 
     def has_former_champion(self, model: str) -> bool:
         """From the registry through ``cur``; without a cursor, :attr:`former_champions` (set by a test)."""

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from feedback.monitoring.config import ModelConfig, TriggerConfig
 
-Kind = Literal["calendar", "drift", "performance", "volume", "manual", "detector", "refit", "pool"]
+Kind = Literal["calendar", "drift", "performance", "volume", "manual", "detector", "refit", "pool", "refresh"]
 #: kinds whose decision carries a change point: an episode of change, trained from its change point
 CHANGE_KINDS: frozenset[str] = frozenset({"drift", "performance", "detector", "refit"})
 Urgency = Literal["routine", "elevated", "critical"]
@@ -425,8 +425,9 @@ def _num(x: float | None) -> str:
 class History:
     """What storm control needs to know of a model's past retrains, at the decision's event time."""
 
-    last_fired_at: datetime | None = None
-    fired_last_day: int = 0
+    last_fired_at: datetime | None = None  # the last retrain that starts a cooldown (not a pool look or refresh)
+    fired_last_day: int = 0  # retrains that count toward the daily cap (the same kinds)
+    last_trained_at: datetime | None = None  # the last training of any kind (a refresh too): the refresh's clock
     running: str | None = None  # the trigger id of a training without an outcome yet
     rejected_in_row: int = 0  # since a person last reset the breaker
     rollout: str | None = None  # a ramp under way ("v3 at 25%"): every retrain waits for it to end
@@ -457,8 +458,8 @@ def suppression(kind: Kind, at: datetime, history: History, config: TriggerConfi
     if history.rejected_in_row >= config.circuit_breaker:
         return (f"circuit breaker: {history.rejected_in_row} rejected candidates in a row "
                 f"(limit {config.circuit_breaker}); reset it with `pitstop triggers reset --model M`")
-    if kind in ("refit", "pool"):
-        return None  # a planned step of an episode (bounded by the ladder and recovery_tries; one pool look)
+    if kind in ("refit", "pool", "refresh"):
+        return None  # a planned step (bounded by the ladder and recovery_tries; one pool look; one refresh a period)
     if history.last_fired_at is not None:
         since = at - history.last_fired_at
         cooldown = timedelta(seconds=config.cooldown_s)
