@@ -95,6 +95,10 @@ class PerformanceTrigger:
     critical: float = 0.10
     floor: float | None = None
     persist: int = 3
+    #: a slow fall no single window's interval can show: the newest ``persist``, then 2x, 4x ... judged windows
+    #: (up to this many) pooled, an elevated drop judged on the pooled interval retrains too (metrics that are
+    #: means of events: accuracy, MAE, log loss). 0 or 1: single windows only
+    pool_windows: int = 16
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -644,6 +648,7 @@ _TRIGGER_SECTIONS: Mapping[str, Mapping[str, _Convert]] = {
         "critical": _number("a number greater than 0 and less than 1", lambda x: 0 < x < 1),
         "floor": _number("a finite number"),
         "persist": _integer(1, 1000),
+        "pool_windows": _integer(0, 1000),
     },
     "detectors": {"enabled": _boolean, "confirm_labels": _integer(1)},
 }

@@ -22,10 +22,13 @@ a training already running, and the circuit breaker.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
+
+from scipy.stats import norm
 
 from feedback.monitoring.config import ModelConfig, TriggerConfig
 
@@ -191,6 +194,7 @@ def decide(
     }
     perf_run = _perf_run(signals, levels)
     newest_level = _newest_level(signals, levels)
+    trend = pooled_drop(signals, baseline, model)
     drift_confirmed = len(drift_run) >= config.drift.windows
     drift_text = _drift_sentence(drift_run) if drift_run else ""
 
@@ -205,11 +209,19 @@ def decide(
         kind, urgency, status = "drift", "elevated", "fired"
         run_start = _earliest(perf_run, drift_run)
         sentence = f"{newest_level.sentence}; {drift_text}"
+    elif drift_confirmed and trend is not None:
+        kind, urgency, status = "drift", "elevated", "fired"
+        run_start = _earliest(trend[1], drift_run)
+        sentence = f"{trend[0].sentence}; {drift_text}"
     elif len(perf_run) >= config.performance.persist and newest_level is not None:
         kind, urgency, status = "performance", "elevated", "fired"
         run_start = perf_run[0].start
         sentence = (f"{newest_level.sentence}, for {len(perf_run)} windows in a row "
                     f"(persist >= {config.performance.persist}) without feature drift")
+    elif trend is not None:
+        kind, urgency, status = "performance", "elevated", "fired"
+        run_start = trend[1][0].start
+        sentence = f"{trend[0].sentence}, without feature drift"
     elif drift_confirmed and not any(s.perf is not None for s in drift_run):
         if len(drift_run) < config.drift.unjudged_windows:
             return None
@@ -258,6 +270,60 @@ def wait_for_labels(verdict: Verdict, labels_since_change: int, config: TriggerC
                      f"({verdict.change_point:%Y-%m-%d %H:%M} UTC): waiting for them")
     return replace(verdict, status=status, sentence=sentence, labels_since_change=labels_since_change,
                    labels_needed=needed)
+
+
+#: metrics whose window value is a mean over events, so that windows pool by their label counts
+POOLABLE = frozenset({"accuracy", "mae", "log_loss"})
+
+
+def pooled_drop(signals: Sequence[WindowSignal], baseline: float | None, model: ModelConfig
+                ) -> tuple[Level, list[WindowSignal]] | None:
+    """A slow fall no single window shows: the newest ``persist`` (at least 2), then twice, four times as many
+    ... judged windows (up to ``pool_windows``) pooled, weighted by their labels, with the interval of the pooled
+    mean (each window's standard error from its interval); the first pool whose favourable end is an elevated
+    drop or worse, with its windows (oldest first), or None. Only metrics that are means of events pool.
+
+    >>> from datetime import UTC
+    >>> from feedback.monitoring.config import parse_config
+    >>> m = parse_config("[models.m]" + chr(10) + 'task = "regression"').models["m"]
+    >>> t = datetime(2026, 3, 2, tzinfo=UTC)
+    >>> def w(i, mae):  # 250 labels a window, standard error 0.05
+    ...     return WindowSignal(start=t + timedelta(hours=i), drift_judged=False, series=0, drifted=(), labels=250,
+    ...                         perf=PerfPoint(value=mae, ci_low=mae - 0.098, ci_high=mae + 0.098, labels=250))
+    >>> one_by_one = [w(i, 1.09) for i in range(12)]  # 9% worse than 1.0: no window's interval shows 5%
+    >>> [performance_level(s.perf, 1.0, metric="mae", higher_is_better=False, config=m.triggers).name
+    ...  for s in one_by_one[:1]]
+    ['ok']
+    >>> level, run = pooled_drop(one_by_one, 1.0, m)
+    >>> len(run)
+    12
+    >>> level.sentence
+    'mae 1.09 over the last 12 windows (3,000 labels) rose 9.0% above baseline 1 (elevated >= 5%; CI [1.062, 1.118])'
+    >>> pooled_drop([w(i, 1.03) for i in range(16)], 1.0, m) is None  # 3%: under the elevated level
+    True
+    """
+    perf = model.triggers.performance
+    if baseline is None or model.metric not in POOLABLE or perf.pool_windows < 2:
+        return None
+    judged = [s for s in signals if s.perf is not None]
+    z = float(norm.ppf(0.5 + model.confidence / 2))
+    m = max(2, perf.persist)  # a pool is a persistent drop: never fewer windows than ``persist`` asks in a row
+    while m <= min(perf.pool_windows, len(judged)):
+        run = judged[-m:]
+        n = sum(s.perf.labels for s in run)  # type: ignore[union-attr]
+        if n > 0:
+            value = sum(s.perf.value * s.perf.labels for s in run) / n  # type: ignore[union-attr]
+            se = math.sqrt(sum((s.perf.labels * (s.perf.ci_high - s.perf.ci_low) / (2 * z)) ** 2  # type: ignore[union-attr]
+                               for s in run)) / n
+            point = PerfPoint(value=value, ci_low=value - z * se, ci_high=value + z * se, labels=n)
+            level = performance_level(point, baseline, metric=model.metric, higher_is_better=model.higher_is_better,
+                                      config=model.triggers)
+            if level.name != "ok":  # elevated or worse: a trend retrains as elevated, the windows judge critical
+                words = level.sentence.split(" ", 2)  # "<metric> <value> <the rest>"
+                sentence = f"{words[0]} {words[1]} over the last {m} windows ({n:,} labels) {words[2]}"
+                return Level(name=level.name, drop=level.drop, sentence=sentence), run
+        m *= 2
+    return None
 
 
 def _drift_run(signals: Sequence[WindowSignal], min_series: int) -> list[WindowSignal]:
