@@ -33,7 +33,15 @@ from feedback.triggers.outbox import enqueue
 from feedback.triggers.rules import CHANGE_KINDS
 from retrain_worker import holdout
 from retrain_worker.dataset import SEGMENT_PREFIX, Dataset, DatasetSpec, load_dataset
-from retrain_worker.gates import EvalSet, GateConfig, GateResult, run_gates, verdict
+from retrain_worker.gates import (
+    EvalSet,
+    GateConfig,
+    GateResult,
+    multiclass_log_loss,
+    run_gates,
+    top_label_confidence,
+    verdict,
+)
 from retrain_worker.intake import TriggerEvent
 from retrain_worker.trainers import TabularModel, TrainerError, train_with_budget
 from retrain_worker.validation import DataRules, failures, validate
@@ -345,15 +353,17 @@ class RetrainPipeline:
                   champion: Any | None, *, name: str = "recent", measure_latency: bool = True) -> EvalSet:
         X = test[list(dataset.features)]
         predicted = challenger.predict(X)
-        proba = _positive(model, challenger, X) if model.task == "classification" else None
+        classes = _classes(test, challenger, champion) if model.multiclass else None
+        proba = _class_proba(model, challenger, X, classes) if model.task == "classification" else None
         latency, champion_latency = (_latencies_ms_per_row(model, [challenger, champion], X) if measure_latency
                                      else (0.0, None))
         if champion is not None:
             champion_pred = champion.predict(X)
-            champion_proba = _positive(model, champion, X) if model.task == "classification" else None
+            champion_proba = _class_proba(model, champion, X, classes) if model.task == "classification" else None
         else:  # the model in production, as it served these very requests
             champion_pred = test["served_prediction"].to_numpy()
-            champion_proba = _served_positive(model, test) if model.task == "classification" else None
+            champion_proba = ((_served_matrix(test, classes) if classes is not None else _served_positive(model, test))
+                              if model.task == "classification" else None)
         y = test["label"].to_numpy()
         if model.task == "regression":
             y, predicted, champion_pred = (np.asarray(a, dtype=np.float64) for a in (y, predicted, champion_pred))
@@ -364,7 +374,8 @@ class RetrainPipeline:
                     if c.startswith(SEGMENT_PREFIX) and c[len(SEGMENT_PREFIX):] in model.segments}
         return EvalSet(name=name, y_true=y, challenger=predicted, champion=champion_pred,
                        challenger_proba=proba, champion_proba=champion_proba,
-                       positive_class=category_key(model.positive_class) if model.task == "classification" else 1,
+                       positive_class=category_key(model.positive_class) if model.task == "classification"
+                       and not model.multiclass else 1, classes=classes,
                        segments=segments, challenger_latency_ms_per_row=latency,
                        champion_latency_ms_per_row=champion_latency)
 
@@ -409,7 +420,7 @@ def training_profile(model: ModelConfig, version: str, dataset: Dataset, fitted:
     train = dataset.train
     X = train[list(dataset.features)]
     features = {name: [None if _missing(v) else v for v in train[name].tolist()] for name in dataset.features}
-    scores = _positive(model, fitted, X).tolist() if model.task == "classification" and model.score != "none" \
+    scores = _score_series(model, fitted, X).tolist() if model.task == "classification" and model.score != "none" \
         else None
     columns = reference_columns(model, features=features, predictions=np.asarray(fitted.predict(X)).tolist(),
                                 scores=scores, labels=train["label"].tolist())
@@ -446,6 +457,17 @@ def production_best(model: ModelConfig, history: pd.DataFrame, block: int) -> tu
             if ok.sum() < block // 2:
                 continue
             level: tuple[float, float | None] = (float(np.mean(np.abs(y[ok].astype(np.float64) - served[ok]))), None)
+        elif model.multiclass:
+            labels = [category_key(v) for v in y.tolist()]
+            if len(set(labels)) < 2:
+                continue
+            served = rows["served_probabilities"].tolist()
+            if any(p is None for p in served):
+                continue
+            true_p = np.array([float(p.get(t, 0.0)) for p, t in zip(served, labels, strict=True)])
+            loss = float(-np.mean(np.log(np.clip(true_p, 1e-15, 1 - 1e-15))))
+            hits = [category_key(p) == t for p, t in zip(rows["served_prediction"].tolist(), labels, strict=True)]
+            level = (loss, float(np.mean(hits)))
         else:
             positive = category_key(model.positive_class)
             truth = np.array([category_key(v) == positive for v in y.tolist()], dtype=np.int64)
@@ -462,7 +484,8 @@ def production_best(model: ModelConfig, history: pd.DataFrame, block: int) -> tu
 
 
 def main_error(task: str, s: EvalSet, which: str) -> float | None:
-    """A model's main error on an evaluation set: log loss (classification) or MAE (regression)."""
+    """A model's main error on an evaluation set: log loss (classification; of the true class's probability for a
+    multiclass set) or MAE (regression)."""
     from sklearn.metrics import log_loss, mean_absolute_error
 
     predicted = getattr(s, which)
@@ -471,6 +494,8 @@ def main_error(task: str, s: EvalSet, which: str) -> float | None:
     if task == "regression":
         return float(mean_absolute_error(s.y_true, predicted))
     proba = getattr(s, f"{which}_proba")
+    if s.classes is not None:
+        return None if proba is None or not len(s) else multiclass_log_loss(s.y_true, proba, s.classes)
     y = (s.y_true == s.positive_class).astype(int)
     if proba is None or len(set(y.tolist())) < 2:
         return None
@@ -540,6 +565,57 @@ def _positive(model: ModelConfig, fitted: Any, X: pd.DataFrame) -> np.ndarray:
     classes = [category_key(c) for c in np.asarray(fitted.classes_).tolist()]
     key = category_key(model.positive_class)
     return proba[:, classes.index(key)] if key in classes else np.zeros(len(X))
+
+
+def _classes(test: pd.DataFrame, *fitted: Any) -> tuple[str, ...]:
+    """A multiclass evaluation's classes: every class the models know, the served probabilities name, or the rows'
+    labels and served predictions hold (as category keys, sorted)."""
+    found = {category_key(v) for v in test["label"].tolist()}
+    found |= {category_key(v) for v in test["served_prediction"].tolist() if v is not None}
+    for served in test["served_probabilities"].tolist():
+        found |= set(served or ())
+    for model in fitted:
+        if model is not None:
+            found |= {category_key(c) for c in np.asarray(model.classes_).tolist()}
+    return tuple(sorted(found))
+
+
+def _class_proba(model: ModelConfig, fitted: Any, X: pd.DataFrame, classes: tuple[str, ...] | None) -> np.ndarray:
+    """The positive-class probability (binary), or the probability matrix over ``classes`` (a class the model
+    never saw: 0)."""
+    if classes is None:
+        return _positive(model, fitted, X)
+    proba = np.asarray(fitted.predict_proba(X), dtype=np.float64)
+    out = np.zeros((len(X), len(classes)))
+    index = {c: i for i, c in enumerate(classes)}
+    for j, c in enumerate(np.asarray(fitted.classes_).tolist()):
+        out[:, index[category_key(c)]] = proba[:, j]
+    return out
+
+
+def _served_matrix(test: pd.DataFrame, classes: tuple[str, ...]) -> np.ndarray:
+    """The class probabilities production served, over ``classes``; a request served without them is uniform (as
+    a binary one's missing probability is 0.5)."""
+    index = {c: i for i, c in enumerate(classes)}
+    out = np.zeros((len(test), len(classes)))
+    for i, served in enumerate(test["served_probabilities"].tolist()):
+        if not served:
+            out[i] = 1.0 / len(classes)
+            continue
+        for c, p in served.items():
+            out[i, index[c]] = float(p)
+    return out
+
+
+def _score_series(model: ModelConfig, fitted: Any, X: pd.DataFrame) -> np.ndarray:
+    """The monitoring's score series for a fitted model: the positive-class probability, or a multiclass model's
+    probability of its own prediction (feedback/monitoring/windows.py's)."""
+    if not model.multiclass:
+        return _positive(model, fitted, X)
+    proba = np.asarray(fitted.predict_proba(X), dtype=np.float64)
+    classes = [category_key(c) for c in np.asarray(fitted.classes_).tolist()]
+    return top_label_confidence(np.array([category_key(v) for v in np.asarray(fitted.predict(X)).tolist()]),
+                                proba, classes)
 
 
 def _served_positive(model: ModelConfig, test: pd.DataFrame) -> np.ndarray:
