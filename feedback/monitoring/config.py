@@ -204,7 +204,8 @@ class RolloutConfig:
     shadow_backfill_s: int = 30 * DAY_S  # predictions made before the shadow, unlabelled at its cutoff, score it
     agreement_alert: float = 0.8  # agreement below this is escalated to a person (it fails nothing)
     gap_p99_ratio: float = 3.0  # regression: p99 |gap| <= this x the champion's p99 absolute error
-    gap_p99_proba: float = 0.9  # classification: p99 of the positive-class probability gap <= this
+    gap_p99_proba: float = 0.9  # classification: p99 of the positive-class probability gap (multiclass: the class
+    # probabilities' total variation distance) <= this
     #: the ramp: the challenger's share steps through these (none skipped), each held for its dwell
     steps: tuple[float, ...] = (0.05, 0.10, 0.25, 0.50, 1.0)
     dwell_s: tuple[int, ...] = (2 * 3_600, 2 * 3_600, 6 * 3_600, DAY_S)  # one per step below 100% (seed 004)
