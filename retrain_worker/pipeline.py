@@ -236,11 +236,7 @@ class RetrainPipeline:
         fresh_error = main_error(model.task, fresh_sets[0], "challenger")
         scored = []
         for version, past in pool:
-            past_sets = [replace(self._eval_set(model, dataset, rows, past, None, name=name), champion=f.champion,
-                                 champion_proba=f.champion_proba,
-                                 champion_latency_ms_per_row=f.champion_latency_ms_per_row,
-                                 champion_reference_error=f.champion_reference_error,
-                                 champion_reference_accuracy=f.champion_reference_accuracy)
+            past_sets = [_beside(self._eval_set(model, dataset, rows, past, None, name=name), f)
                          for (name, rows), f in zip(frames, fresh_sets, strict=True)]
             error = main_error(model.task, past_sets[0], "challenger")
             if error is not None:
@@ -578,6 +574,34 @@ def _classes(test: pd.DataFrame, *fitted: Any) -> tuple[str, ...]:
         if model is not None:
             found |= {category_key(c) for c in np.asarray(model.classes_).tolist()}
     return tuple(sorted(found))
+
+
+def _beside(past: EvalSet, fresh: EvalSet) -> EvalSet:
+    """A former champion's set with the fresh set's champion beside it; a multiclass set's probabilities over the
+    classes of both sets (a former champion may know classes the fresh model never saw, or the reverse)."""
+    champion = {"champion": fresh.champion, "champion_proba": fresh.champion_proba,
+                "champion_latency_ms_per_row": fresh.champion_latency_ms_per_row,
+                "champion_reference_error": fresh.champion_reference_error,
+                "champion_reference_accuracy": fresh.champion_reference_accuracy}
+    if past.classes is None or fresh.classes is None:
+        return replace(past, **champion)
+    classes = tuple(sorted(set(past.classes) | set(fresh.classes)))
+    champion["champion_proba"] = _widen(fresh.champion_proba, fresh.classes, classes)
+    return replace(past, **champion, classes=classes,
+                   challenger_proba=_widen(past.challenger_proba, past.classes, classes))
+
+
+def _widen(proba: np.ndarray | None, have: tuple[str, ...], classes: tuple[str, ...]) -> np.ndarray | None:
+    """Probability columns over ``have`` as columns over ``classes`` (a superset; the others 0).
+
+    >>> _widen(np.array([[0.4, 0.6]]), ("a", "c"), ("a", "b", "c")).tolist()
+    [[0.4, 0.0, 0.6]]
+    """
+    if proba is None:
+        return None
+    out = np.zeros((len(proba), len(classes)))
+    out[:, [classes.index(c) for c in have]] = proba
+    return out
 
 
 def _class_proba(model: ModelConfig, fitted: Any, X: pd.DataFrame, classes: tuple[str, ...] | None) -> np.ndarray:

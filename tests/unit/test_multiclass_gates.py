@@ -99,3 +99,21 @@ def test_main_error_and_production_best_of_a_multiclass_model() -> None:
                             "served_probabilities": poor + good})
     error, accuracy = production_best(MODE, history, 2)
     assert error == pytest.approx(-np.log(0.8), rel=1e-12) and accuracy == 1.0
+
+
+def test_a_former_champion_knowing_other_classes_is_set_beside_the_fresh_champion() -> None:
+    """The model pool scores a former champion against the fresh set's champion: a multiclass set's probability
+    columns are widened to both sets' classes (the columns each lacks are 0), every row still summing to 1."""
+    from retrain_worker.pipeline import _beside
+
+    y = np.array(["a", "b"])
+    past = EvalSet(name="recent", y_true=y, challenger=np.array(["a", "c"]), challenger_proba=np.array(
+        [[0.6, 0.4], [0.3, 0.7]]), classes=("a", "c"), challenger_latency_ms_per_row=0.1)
+    fresh = EvalSet(name="recent", y_true=y, challenger=y, challenger_proba=np.array([[0.9, 0.1], [0.2, 0.8]]),
+                    champion=np.array(["b", "b"]), champion_proba=np.array([[0.5, 0.5], [0.1, 0.9]]),
+                    classes=("a", "b"), challenger_latency_ms_per_row=0.1, champion_latency_ms_per_row=0.2)
+    s = _beside(past, fresh)
+    assert s.classes == ("a", "b", "c") and s.champion_latency_ms_per_row == 0.2
+    np.testing.assert_array_equal(s.challenger_proba, [[0.6, 0.0, 0.4], [0.3, 0.0, 0.7]])
+    np.testing.assert_array_equal(s.champion_proba, [[0.5, 0.5, 0.0], [0.1, 0.9, 0.0]])
+    assert main_error("classification", s, "challenger") == pytest.approx(-(np.log(0.6) + np.log(1e-15)) / 2)
