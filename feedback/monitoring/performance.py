@@ -196,11 +196,17 @@ def multiclass_contributions(
 
     _check_lengths(y_true=y_true, y_pred=y_pred, probabilities=probabilities)
     out: list[dict[str, int]] = []
+    # a batch repeats a few pairs of classes: each pair's key is made once (keyed by type too: True is not 1)
+    keys: dict[tuple[type, object, type, object], str] = {}
     for truth, guess, proba in zip(y_true, y_pred, probabilities, strict=True):
         right = same_label(truth, guess)
         c: dict[str, int] = {"n": 1}
         _put(c, "correct", int(right))
-        c[confusion_key(truth, guess)] = 1
+        pair = (type(truth), truth, type(guess), guess)
+        key = keys.get(pair)
+        if key is None:
+            key = keys[pair] = confusion_key(truth, guess)
+        c[key] = 1
         if proba is not None:
             p_true = _check_probability(proba.get(category_key(class_value(truth)), 0.0))
             clipped = min(max(p_true, _P_CLIP), 1.0 - _P_CLIP)
