@@ -28,6 +28,13 @@ def data() -> tuple[pd.DataFrame, np.ndarray]:
     return pd.DataFrame(X, columns=[f"x{i}" for i in range(8)]), NAMES[y]
 
 
+@pytest.fixture(scope="module")
+def good(data):
+    """The default trainer's model on 4,000 clean rows."""
+    X, y = data
+    return _fit(X.iloc[:4000], y[:4000])
+
+
 def _fit(X: pd.DataFrame, y: np.ndarray):
     with threadpool_limits(1):
         return gradient_boosting("classification").fit(X, pd.Series(y), np.ones(len(y)))
@@ -44,13 +51,13 @@ def _set(model_a, model_b, X: pd.DataFrame, y: np.ndarray) -> EvalSet:
                    challenger_latency_ms_per_row=0.01, champion_latency_ms_per_row=0.01)
 
 
-def test_a_better_multiclass_candidate_passes_and_a_worse_one_is_rejected(data) -> None:
+def test_a_better_multiclass_candidate_passes_and_a_worse_one_is_rejected(data, good) -> None:
     """The default trainer fits 3 classes; a challenger trained on 4,000 clean rows passes every gate against one
     trained on 250, and the swap (the worse as challenger) fails on the log loss and AUC ratios; the gates' log
     loss is scikit-learn's."""
     X, y = data
     test_X, test_y = X.iloc[5000:], y[5000:]
-    good, weak = _fit(X.iloc[:4000], y[:4000]), _fit(X.iloc[4000:4250], y[4000:4250])
+    weak = _fit(X.iloc[4000:4250], y[4000:4250])
     better = _set(good, weak, test_X, test_y)
     results = run_gates("classification", [better], GateConfig())
     passed, summary = verdict(results)
@@ -69,12 +76,11 @@ def test_a_better_multiclass_candidate_passes_and_a_worse_one_is_rejected(data) 
     assert auc.observed == pytest.approx(macro_auc, rel=1e-9)
 
 
-def test_a_miscalibrated_multiclass_candidate_fails_calibration(data) -> None:
+def test_a_miscalibrated_multiclass_candidate_fails_calibration(data, good) -> None:
     """The same predictions given only 0.5 on their class (right about 94% of the time: a top-label ECE far above
     the champion's) fail the calibration gate; the gate's ECE is |0.5 - accuracy|, all rows in one bin."""
     X, y = data
     test_X, test_y = X.iloc[5000:], y[5000:]
-    good = _fit(X.iloc[:4000], y[:4000])
     s = _set(good, good, test_X, test_y)
     unsure = 0.25 + 0.25 * np.eye(3)[s.challenger_proba.argmax(axis=1)]
     results = run_gates("classification", [replace(s, challenger_proba=unsure)], GateConfig())
