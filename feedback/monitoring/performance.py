@@ -144,6 +144,8 @@ def classification_contributions(
 
 
 CONFUSION_PREFIX = "cm:"
+#: a multiclass window reports at most this many confusion cells (its largest)
+CONFUSION_CELLS = 20
 
 
 def class_value(label: object) -> object:
@@ -546,8 +548,9 @@ def multiclass_metrics(
       ``f1_score(average="macro" | "weighted")``); the interval takes the quantiles of 2000 draws of the confusion
       proportions from a Dirichlet posterior with a +0.5 prior per cell, seeded by ``seed``, as the binary f1's;
     * ``recall[<class>]`` for each class with support: its share of the class's events predicted right, Wilson;
-    * with ``confusion``, ``confusion[<true>-><predicted>]`` for each off-diagonal cell that holds events: the
-      share of the true class's events predicted as the other class, Wilson (the diagonal is the recall);
+    * with ``confusion``, ``confusion[<true>-><predicted>]`` for the ``CONFUSION_CELLS`` off-diagonal cells that
+      hold the most events: the share of the true class's events predicted as the other class, Wilson (the
+      diagonal is the recall; :func:`confusion_counts` gives the whole matrix);
     * ``log_loss``: the mean loss of the true class's probability, normal interval from the sum of squares;
     * ``ece``: top-label calibration, ``sum_b n_b/n |mean confidence_b - accuracy_b|`` with the confidence the
       probability each event gave its own prediction, its interval as the binary ECE's.
@@ -581,13 +584,14 @@ def multiclass_metrics(
                 name = f"recall[{class_name(label)}]"
                 out[name] = _wilson(name, int(counts[i, i]), int(support[i]), z)
         if confusion:
-            for i, truth in enumerate(classes):
-                for j, guess in enumerate(classes):
-                    if i != j and counts[i, j]:
-                        name = f"confusion[{class_name(truth)}->{class_name(guess)}]"
-                        # a confusion is an error: less is better
-                        found = _wilson(name, int(counts[i, j]), int(support[i]), z)
-                        out[name] = replace(found, higher_is_better=False)
+            # the largest cells only: a window of k classes has up to k * (k - 1), and each is a stored row
+            cells = sorted((-int(counts[i, j]), i, j) for i in range(len(classes)) for j in range(len(classes))
+                           if i != j and counts[i, j])[:CONFUSION_CELLS]
+            for _, i, j in sorted(cells, key=lambda c: (c[1], c[2])):
+                name = f"confusion[{class_name(classes[i])}->{class_name(classes[j])}]"
+                # a confusion is an error: less is better
+                found = _wilson(name, int(counts[i, j]), int(support[i]), z)
+                out[name] = replace(found, higher_is_better=False)
     n_scored = acc.get("n_scored", 0)
     if n_scored:
         out["log_loss"] = _normal_mean("log_loss", acc.get("logloss_sum", 0), acc.get("logloss_sq_sum", 0),

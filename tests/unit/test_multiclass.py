@@ -162,3 +162,21 @@ def test_a_classification_model_without_positive_class_is_multiclass() -> None:
     assert not binary.multiclass and binary.metric == "accuracy"
     with pytest.raises(ModelConfigError, match="positive_class"):
         parse_config('[models.mode]\ntask = "classification"\nmetric = "roc_auc"\n')
+
+
+def test_a_window_of_many_classes_reports_its_20_largest_confusions() -> None:
+    """With 12 classes (132 possible confusions) a window reports the 20 cells holding the most events, each the
+    share numpy gives, and every class's recall."""
+    rng = np.random.default_rng(9)
+    y = rng.integers(0, 12, 5000)
+    yhat = np.where(rng.random(5000) < 0.4, rng.integers(0, 12, 5000), y)
+    m = multiclass_metrics(_sum(multiclass_contributions(y.tolist(), yhat.tolist(), [None] * 5000)))
+    matrix = skm.confusion_matrix(y, yhat)
+    off = [(matrix[i, j], i, j) for i in range(12) for j in range(12) if i != j]
+    reported = {k for k in m if k.startswith("confusion[")}
+    assert len(reported) == 20 and sum(k.startswith("recall[") for k in m) == 12
+    smallest = min(m[k].value * matrix[int(k[10:].split("->")[0])].sum() for k in reported)
+    assert smallest >= sorted(off, reverse=True)[19][0] - 1e-9
+    for k in reported:
+        i, j = (int(v) for v in k[len("confusion["):-1].split("->"))
+        assert m[k].value == pytest.approx(matrix[i, j] / matrix[i].sum(), abs=1e-12)
