@@ -10,7 +10,8 @@ The six streams and the strategies are those of the measured anchors (river 0.26
 * S1 SEA variant 0 -> 3 at 20,000 (abrupt); S2 Agrawal function 0 -> 2 at 15,000 -> 0 again at 30,000
   (abrupt, recurring); S3 Hyperplane, a slow rotation everywhere (no drift point); S4 STAGGER 0 -> 2 at 20,000
   (abrupt); S5 FriedmanDrift "gra" (regression; abrupt at 14,000, the first concept returns at 28,000); S6
-  FriedmanDrift "gsg" (regression; gradual, two transitions of 1,000 samples from 14,000 and 28,000).
+  FriedmanDrift "gsg" (regression; gradual, two transitions of 1,000 samples from 14,000 and 28,000); S7
+  RandomRBF, 4 classes around 10 centroids in 8 features, new centroids at 20,000 (abrupt; multiclass, no anchor).
 * Protocol: label delay ``delay``; at step t the labels of samples 0..t-delay are known and the deployed
   model predicts x_t. Every batch strategy starts from one HistGradientBoosting model fitted on the first
   5,000 labels, deployed at t0 = 5,000 + delay - 1 (the step at which the 5,000th label arrives); every
@@ -172,6 +173,18 @@ def _s6():
     return synth.FriedmanDrift(drift_type="gsg", position=(14_000, 28_000), transition_window=1_000, seed=12)
 
 
+def _s7():
+    # four classes around 10 random centroids in 8 features; at 20,000 the centroids (and so the features'
+    # distribution and the classes' regions) are drawn afresh: abrupt, and the new concept is as learnable
+    return _ClippedConceptDriftStream(
+        synth.RandomRBF(seed_model=7, seed_sample=7, n_classes=4, n_features=8, n_centroids=10),
+        synth.RandomRBF(seed_model=8, seed_sample=8, n_classes=4, n_features=8, n_centroids=10),
+        position=20_000,
+        width=1,
+        seed=7,
+    )
+
+
 # name -> (river dataset factory, task, drift points, drift ends, drifts everywhere)
 STREAMS: dict[str, tuple[Callable[[], Any], str, tuple[int, ...], tuple[int, ...], bool]] = {
     "S1": (_s1, CLASSIFICATION, (20_000,), (20_000,), False),
@@ -180,6 +193,7 @@ STREAMS: dict[str, tuple[Callable[[], Any], str, tuple[int, ...], tuple[int, ...
     "S4": (_s4, CLASSIFICATION, (20_000,), (20_000,), False),
     "S5": (_s5, REGRESSION, (14_000, 28_000), (14_000, 28_000), False),
     "S6": (_s6, REGRESSION, (14_000, 28_000), (15_000, 29_000), False),
+    "S7": (_s7, CLASSIFICATION, (20_000,), (20_000,), False),
 }
 
 
@@ -232,7 +246,7 @@ def _within(stream: Stream) -> Stream:
 
 
 def load_stream(spec: str, n: int = 40_000) -> Stream:
-    """``"S1"``..``"S6"``, or ``"path/to/file.py:callable"``.
+    """``"S1"``..``"S7"``, or ``"path/to/file.py:callable"``.
 
     The callable is called with ``n=n`` if it takes a parameter ``n``, else with no argument, and returns a
     :class:`Stream` or a tuple ``(samples, task, drift_points)`` (optionally a fourth item, the drift ends;
@@ -244,7 +258,7 @@ def load_stream(spec: str, n: int = 40_000) -> Stream:
         return _within(Stream(key.upper(), _take(factory(), n), task, points, ends, everywhere))
     if ":" in key:
         return _within(_load_callable(key, n))
-    msg = f"unknown stream {spec!r}: S1..S6 or path/to/file.py:callable"
+    msg = f"unknown stream {spec!r}: S1..S7 or path/to/file.py:callable"
     raise ValueError(msg)
 
 

@@ -124,6 +124,8 @@ def config_for(stream: Stream, extra_toml: str = "", promotion: str = "after-gat
     kinds = "\n".join(f'{name} = "{"categorical" if isinstance(v, str) else "numeric"}"' for name, v in x0.items())
     classification = stream.task == "classification"
     labels = {_label(stream, y) for _, y in stream.samples[:INITIAL]}
+    # a stream of 0/1 labels is a binary model; any other classification stream (S7's four classes) is monitored
+    # as a multiclass model, without positive_class
     positive = "positive_class = 1" if classification and labels <= {0, 1} else ""
     text = TOML.format(model=MODEL, task=stream.task, positive=positive,
                        metric="accuracy" if classification else "mae",
@@ -279,7 +281,9 @@ class Loop:
         fitted = gradient_boosting(self.stream.task).fit(X, y, np.ones(INITIAL))
         features = {name: X[name].tolist() for name in X.columns}
         scores = None
-        if self.stream.task == "classification":
+        if self.model.multiclass:  # the score series of a model without positive_class: its top-label confidence
+            scores = fitted.predict_proba(X).max(axis=1).tolist()
+        elif self.stream.task == "classification":
             scores = fitted.predict_proba(X)[:, list(fitted.classes_).index(1)].tolist()
         columns = reference_columns(self.model, features=features, predictions=np.asarray(fitted.predict(X)).tolist(),
                                     scores=scores, labels=y.tolist())

@@ -11,7 +11,11 @@ river 0.26.1 and scikit-learn 1.9.1 before Pitstop had a retrain path); the code
   S3 Hyperplane with 5 of 10 features rotating (drift everywhere: no drift point, no stable stretch). S4
   STAGGER 0 -> 2 at 20,000 (abrupt). S5 FriedmanDrift "gra" (regression; abrupt at 14,000, the first concept
   returns at 28,000). S6 FriedmanDrift "gsg" (regression; gradual, transitions 14,000-15,000 and
-  28,000-29,000). ``path/to/file.py:callable`` adds a stream of your own (see ``load_stream``).
+  28,000-29,000). S7 RandomRBF with 4 classes (10 centroids, 8 features; ``seed_model`` 7 -> 8 at 20,000:
+  abrupt, the centroids and so the features and every class's region change; the first model falls from about
+  97% to 22%, a model on the 1,000 labels after the drift reaches about 94%): a multiclass stream, monitored
+  without ``positive_class`` (accuracy, macro F1, log loss of the class probabilities), and not in the anchors.
+  ``path/to/file.py:callable`` adds a stream of your own (see ``load_stream``).
 * Strategies. Every batch strategy starts from one model, ``HistGradientBoosting{Classifier,Regressor}
   (max_iter=100, early_stopping=False, random_state=0)`` fitted on the first 5,000 labels and deployed at
   t0 = 5,000 + D - 1, when the 5,000th label is known. (a) never retrain. (b) calendar: refit on all labels
@@ -47,7 +51,7 @@ Progress goes to stderr, the tables to stdout. ARF is the slow part (minutes per
 
 Run from the repository root::
 
-    .venv/bin/python bench/loop_quality.py                                # S1..S6, all but ds, dsf
+    .venv/bin/python bench/loop_quality.py                                # S1..S7, all but ds, dsf
     .venv/bin/python bench/loop_quality.py --strategies a,b,c,e,f         # the baselines: check the anchors
     .venv/bin/python bench/loop_quality.py S2 S5 --strategies a,c,d --delay 2000
     .venv/bin/python bench/loop_quality.py --strategies d,ds,dsf --no-plot   # direct against staged promotion
@@ -320,7 +324,7 @@ def print_summary(results: list[tuple[Stream, list[dict[str, Any]]]], strategies
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("streams", nargs="*", help="S1..S6 or path/to/file.py:callable (comma lists allowed)")
+    parser.add_argument("streams", nargs="*", help="S1..S7 or path/to/file.py:callable (comma lists allowed)")
     parser.add_argument("--stream", action="append", help="the same as the positional streams; repeatable")
     parser.add_argument("--delay", type=int, default=500, help="label delay D in samples")
     parser.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),

@@ -19,6 +19,10 @@ Pure functions over predictions (no models, no database). Each evaluation set, t
 - **calibration** (classification): the challenger's ECE at most the champion's + a tolerance;
 - **latency**: an absolute budget per row, and a ratio to the champion's.
 
+A classification model of any number of classes (no positive class: ``EvalSet.classes`` names the columns of its
+probability matrices) is gated on the same rows: log loss of the true class's probability, 1 - the macro
+one-vs-rest AUC (and its floor), top-label ECE, accuracy for the leakage check and the segments.
+
 With no champion yet, the first model is gated on the floors and the latency budget alone, and a row says so.
 A metric that cannot be computed (one class only, constant labels, no rows) is an informational row, never a
 pass: a gate that no evaluation set could decide fails the run with its own row.
@@ -58,7 +62,9 @@ class EvalSet:
     """One evaluation set: the labels, both models' predictions on the same rows, segments and latency.
 
     ``champion`` (and ``champion_proba``) is None when there is no champion yet. For classification,
-    ``challenger`` and ``champion`` are predicted labels and ``*_proba`` the probability of ``positive_class``.
+    ``challenger`` and ``champion`` are predicted labels and ``*_proba`` the probability of ``positive_class``;
+    for a model of any number of classes (``classes`` given), ``*_proba`` are matrices, one column per class of
+    ``classes`` in that order (the labels and predictions are those class names), and ``positive_class`` is unused.
     ``segments`` maps an attribute to each row's value, e.g. ``{"region": np.array(["eu", "us", ...])}``.
 
     Examples
@@ -81,6 +87,8 @@ class EvalSet:
     challenger_proba: np.ndarray | None = None
     champion_proba: np.ndarray | None = None
     positive_class: object = 1
+    #: a multiclass set: the class of each column of ``*_proba``
+    classes: tuple[str, ...] | None = None
     segments: Mapping[str, np.ndarray] = field(default_factory=dict)
     challenger_latency_ms_per_row: float
     champion_latency_ms_per_row: float | None = None
@@ -100,6 +108,13 @@ class EvalSet:
             if values is not None and len(values) != n:
                 msg = f"evaluation set {self.name!r}: {column} has {len(values)} rows, y_true has {n}"
                 raise ValueError(msg)
+        if self.classes is not None:
+            for column, values in (("challenger_proba", self.challenger_proba),
+                                   ("champion_proba", self.champion_proba)):
+                if values is not None and np.shape(values) != (n, len(self.classes)):
+                    msg = (f"evaluation set {self.name!r}: {column} has shape {np.shape(values)}, expected "
+                           f"({n}, {len(self.classes)}): one column per class")
+                    raise ValueError(msg)
         if self.champion is None and self.champion_proba is not None:
             msg = f"evaluation set {self.name!r}: champion_proba given without champion predictions"
             raise ValueError(msg)
@@ -359,7 +374,7 @@ def _gate_set(task: str, s: EvalSet, config: GateConfig) -> list[GateResult]:
             rows.append(_calibration(s, metric("challenger", "ece"), metric("champion", "ece"),
                                      config.calibration_tolerance))
             if s.challenger_proba is not None and s.champion_proba is not None and len(s):
-                extra = ece_noise(s.challenger_proba) - ece_noise(s.champion_proba)
+                extra = ece_noise(_confidence(s, "challenger")) - ece_noise(_confidence(s, "champion"))
                 if extra > 0 and rows[-1].threshold is not None:
                     rows[-1] = _calibration(s, metric("challenger", "ece"), metric("champion", "ece"),
                                             config.calibration_tolerance, noise=extra)
@@ -413,16 +428,87 @@ def _valid_predictions(task: str, s: EvalSet) -> GateResult:
 def _metrics(task: str, s: EvalSet) -> Callable[[str, str], Metric]:
     """A memoised ``metric(model, key)`` over one evaluation set."""
     cache: dict[tuple[str, str], Metric] = {}
-    y_binary = (np.asarray(s.y_true == s.positive_class, dtype=np.int64) if task == "classification" else None)
+    y_binary = (np.asarray(s.y_true == s.positive_class, dtype=np.int64)
+                if task == "classification" and s.classes is None else None)
 
     def metric(model: str, key: str) -> Metric:
         if (model, key) not in cache:
             pred = s.challenger if model == "challenger" else s.champion
             proba = s.challenger_proba if model == "challenger" else s.champion_proba
-            cache[model, key] = _compute(key, s.y_true, pred, proba, y_binary)
+            if s.classes is not None and key in ("log_loss", "ece", "auc", "auc_error"):
+                cache[model, key] = _compute_multiclass(key, s.y_true, pred, proba, s.classes)
+            else:
+                cache[model, key] = _compute(key, s.y_true, pred, proba, y_binary)
         return cache[model, key]
 
     return metric
+
+
+def class_columns(values: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+    """The column of each value's class in ``classes`` (-1: not one of them).
+
+    >>> class_columns(np.array(["b", "z", "a"]), ("a", "b")).tolist()
+    [1, -1, 0]
+    """
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index.get(v, -1) for v in np.asarray(values).tolist()], dtype=np.int64)
+
+
+def multiclass_log_loss(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> float:
+    """Mean ``-log p(true class)``, clipped to ``[1e-15, 1 - 1e-15]`` as the monitoring's; a label that is not one
+    of ``classes`` has probability 0 (scikit-learn's ``log_loss(y, proba, labels=classes)`` when every label is).
+
+    >>> round(multiclass_log_loss(np.array(["a", "c"]), np.array([[0.5, 0.2, 0.3], [0.1, 0.1, 0.8]]),
+    ...                           ("a", "b", "c")), 6)
+    0.458145
+    """
+    p = np.asarray(proba, dtype=np.float64)
+    column = class_columns(y_true, classes)
+    true_p = np.where(column >= 0, p[np.arange(len(p)), np.maximum(column, 0)], 0.0)
+    return float(-np.mean(np.log(np.clip(true_p, 1e-15, 1 - 1e-15))))
+
+
+def top_label_confidence(predicted: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+    """The probability each row gave its own prediction (0 when the prediction is not one of ``classes``): the
+    confidence top-label calibration bins, as the monitoring's.
+
+    >>> top_label_confidence(np.array(["c", "a"]), np.array([[0.5, 0.2, 0.3], [0.6, 0.3, 0.1]]), ("a", "b", "c"))
+    array([0.3, 0.6])
+    """
+    p = np.asarray(proba, dtype=np.float64)
+    column = class_columns(predicted, classes)
+    return np.where(column >= 0, p[np.arange(len(p)), np.maximum(column, 0)], 0.0)
+
+
+def _confidence(s: EvalSet, which: str) -> np.ndarray:
+    """What ECE bins for one model: the positive-class probability, or a multiclass model's top-label confidence."""
+    proba = getattr(s, f"{which}_proba")
+    if s.classes is None:
+        return proba
+    return top_label_confidence(getattr(s, which), proba, s.classes)
+
+
+def _compute_multiclass(key: str, y: np.ndarray, pred: np.ndarray | None, proba: np.ndarray | None,
+                        classes: Sequence[str]) -> Metric:
+    """Log loss, top-label ECE and macro one-vs-rest AUC of a model of any number of classes."""
+    n = len(y)
+    if n == 0:
+        return "no rows"
+    assert proba is not None and pred is not None  # classification, checked by _check_inputs
+    if key == "log_loss":
+        return multiclass_log_loss(y, proba, classes)
+    if key == "ece":
+        right = (np.asarray(pred) == np.asarray(y)).astype(np.int64)
+        return expected_calibration_error(right, top_label_confidence(pred, proba, classes))
+    # macro one-vs-rest AUC over the classes with both their own rows and others' (chance is 0.5)
+    p = np.asarray(proba, dtype=np.float64)
+    column = class_columns(y, classes)
+    aucs = [float(roc_auc_score(column == j, p[:, j])) for j in range(len(classes))
+            if 0 < int((column == j).sum()) < n]
+    if not aucs:
+        return f"one class only ({len(set(np.asarray(y).tolist())):,} label value(s) in {n:,} rows)"
+    auc = float(np.mean(aucs))
+    return auc if key == "auc" else 1.0 - auc
 
 
 def _compute(key: str, y: np.ndarray, pred: np.ndarray | None, proba: np.ndarray | None,

@@ -33,7 +33,16 @@ from feedback.triggers.outbox import enqueue
 from feedback.triggers.rules import CHANGE_KINDS
 from retrain_worker import holdout
 from retrain_worker.dataset import SEGMENT_PREFIX, Dataset, DatasetSpec, load_dataset
-from retrain_worker.gates import EvalSet, GateConfig, GateResult, run_gates, verdict
+from retrain_worker.gates import (
+    EvalSet,
+    GateConfig,
+    GateResult,
+    class_columns,
+    multiclass_log_loss,
+    run_gates,
+    top_label_confidence,
+    verdict,
+)
 from retrain_worker.intake import TriggerEvent
 from retrain_worker.trainers import TabularModel, TrainerError, train_with_budget
 from retrain_worker.validation import DataRules, failures, validate
@@ -294,11 +303,7 @@ class RetrainPipeline:
         fresh_error = main_error(model.task, fresh_sets[0], "challenger")
         scored = []
         for version, past in pool:
-            past_sets = [replace(self._eval_set(model, dataset, rows, past, None, name=name), champion=f.champion,
-                                 champion_proba=f.champion_proba,
-                                 champion_latency_ms_per_row=f.champion_latency_ms_per_row,
-                                 champion_reference_error=f.champion_reference_error,
-                                 champion_reference_accuracy=f.champion_reference_accuracy)
+            past_sets = [_beside(self._eval_set(model, dataset, rows, past, None, name=name), f)
                          for (name, rows), f in zip(frames, fresh_sets, strict=True)]
             error = main_error(model.task, past_sets[0], "challenger")
             if error is not None:
@@ -411,15 +416,17 @@ class RetrainPipeline:
                   champion: Any | None, *, name: str = "recent", measure_latency: bool = True) -> EvalSet:
         X = test[list(dataset.features)]
         predicted = challenger.predict(X)
-        proba = _positive(model, challenger, X) if model.task == "classification" else None
+        classes = _classes(test, challenger, champion) if model.multiclass else None
+        proba = _class_proba(model, challenger, X, classes) if model.task == "classification" else None
         latency, champion_latency = (_latencies_ms_per_row(model, [challenger, champion], X) if measure_latency
                                      else (0.0, None))
         if champion is not None:
             champion_pred = champion.predict(X)
-            champion_proba = _positive(model, champion, X) if model.task == "classification" else None
+            champion_proba = _class_proba(model, champion, X, classes) if model.task == "classification" else None
         else:  # the model in production, as it served these very requests
             champion_pred = test["served_prediction"].to_numpy()
-            champion_proba = _served_positive(model, test) if model.task == "classification" else None
+            champion_proba = ((_served_matrix(test, classes) if classes is not None else _served_positive(model, test))
+                              if model.task == "classification" else None)
         y = test["label"].to_numpy()
         if model.task == "regression":
             y, predicted, champion_pred = (np.asarray(a, dtype=np.float64) for a in (y, predicted, champion_pred))
@@ -430,7 +437,8 @@ class RetrainPipeline:
                     if c.startswith(SEGMENT_PREFIX) and c[len(SEGMENT_PREFIX):] in model.segments}
         return EvalSet(name=name, y_true=y, challenger=predicted, champion=champion_pred,
                        challenger_proba=proba, champion_proba=champion_proba,
-                       positive_class=category_key(model.positive_class) if model.task == "classification" else 1,
+                       positive_class=category_key(model.positive_class) if model.task == "classification"
+                       and not model.multiclass else 1, classes=classes,
                        segments=segments, challenger_latency_ms_per_row=latency,
                        champion_latency_ms_per_row=champion_latency)
 
@@ -476,7 +484,7 @@ def training_profile(model: ModelConfig, version: str, dataset: Dataset, fitted:
     train = dataset.train if rows is None else rows
     X = train[list(dataset.features)]
     features = {name: [None if _missing(v) else v for v in train[name].tolist()] for name in dataset.features}
-    scores = _positive(model, fitted, X).tolist() if model.task == "classification" and model.score != "none" \
+    scores = _score_series(model, fitted, X).tolist() if model.task == "classification" and model.score != "none" \
         else None
     columns = reference_columns(model, features=features, predictions=np.asarray(fitted.predict(X)).tolist(),
                                 scores=scores, labels=train["label"].tolist())
@@ -513,6 +521,17 @@ def production_best(model: ModelConfig, history: pd.DataFrame, block: int) -> tu
             if ok.sum() < block // 2:
                 continue
             level: tuple[float, float | None] = (float(np.mean(np.abs(y[ok].astype(np.float64) - served[ok]))), None)
+        elif model.multiclass:
+            labels = [category_key(v) for v in y.tolist()]
+            if len(set(labels)) < 2:
+                continue
+            served = rows["served_probabilities"].tolist()
+            if any(p is None for p in served):
+                continue
+            true_p = np.array([float(p.get(t, 0.0)) for p, t in zip(served, labels, strict=True)])
+            loss = float(-np.mean(np.log(np.clip(true_p, 1e-15, 1 - 1e-15))))
+            hits = [category_key(p) == t for p, t in zip(rows["served_prediction"].tolist(), labels, strict=True)]
+            level = (loss, float(np.mean(hits)))
         else:
             positive = category_key(model.positive_class)
             truth = np.array([category_key(v) == positive for v in y.tolist()], dtype=np.int64)
@@ -571,23 +590,35 @@ def _refresh_kept(model: ModelConfig, s: EvalSet, passed: bool, summary: str) ->
 
 
 def _eval_row_errors(task: str, s: EvalSet, which: str) -> np.ndarray:
-    """Per-row main error of ``which`` model on an evaluation set: log loss of the positive-class probability
-    (classification with probabilities), the 0/1 error (without), or the absolute error (regression)."""
+    """Per-row main error of ``which`` model on an evaluation set: log loss of the positive-class probability, or
+    of the true class's on a multiclass set (classification with probabilities), the 0/1 error (without), or the
+    absolute error (regression)."""
     predicted = np.asarray(getattr(s, which))
     if task == "regression":
         return np.abs(np.asarray(s.y_true, dtype=np.float64) - predicted.astype(np.float64))
     proba = getattr(s, f"{which}_proba")
     if proba is None:
         return (predicted != s.y_true).astype(np.float64)
+    if s.classes is not None:  # a multiclass set: -log p(true class), as multiclass_log_loss averages it
+        matrix = np.asarray(proba, dtype=np.float64)
+        column = class_columns(s.y_true, s.classes)
+        true_p = np.where(column >= 0, matrix[np.arange(len(matrix)), np.maximum(column, 0)], 0.0)
+        return -np.log(np.clip(true_p, 1e-15, 1 - 1e-15))
     p = np.clip(np.asarray(proba, dtype=np.float64), 1e-15, 1 - 1e-15)
     positive = s.y_true == s.positive_class
     return -np.where(positive, np.log(p), np.log(1 - p))
 
 
 def _main_row_errors(model: ModelConfig, fitted: Any, X: pd.DataFrame, y: np.ndarray) -> np.ndarray:
-    """``fitted``'s main error on each row: log loss of the positive class (classification with a positive class
-    and probabilities), else the 0/1 error; absolute error (regression)."""
-    if model.task == "classification" and model.positive_class is not None and hasattr(fitted, "predict_proba"):
+    """``fitted``'s main error on each row: log loss of the positive class (binary) or of the true class
+    (multiclass) for a classifier with probabilities, else the 0/1 error; absolute error (regression)."""
+    if model.task == "classification" and model.positive_class is None and hasattr(fitted, "predict_proba"):
+        classes = tuple(category_key(c) for c in np.asarray(fitted.classes_).tolist())
+        column = class_columns(np.array([category_key(v) for v in np.asarray(y).tolist()]), classes)
+        matrix = np.asarray(fitted.predict_proba(X), dtype=np.float64)
+        true_p = np.where(column >= 0, matrix[np.arange(len(matrix)), np.maximum(column, 0)], 0.0)
+        return -np.log(np.clip(true_p, 1e-15, 1 - 1e-15))
+    if model.task == "classification" and hasattr(fitted, "predict_proba"):
         classes = [category_key(c) for c in np.asarray(fitted.classes_).tolist()]
         key = category_key(model.positive_class)
         proba = np.asarray(fitted.predict_proba(X))[:, classes.index(key)] if key in classes else np.zeros(len(X))
@@ -628,7 +659,8 @@ def _worse_refit(gated: np.ndarray, final: np.ndarray, max_ratio: float) -> str 
 
 
 def main_error(task: str, s: EvalSet, which: str) -> float | None:
-    """A model's main error on an evaluation set: log loss (classification) or MAE (regression)."""
+    """A model's main error on an evaluation set: log loss (classification; of the true class's probability for a
+    multiclass set) or MAE (regression)."""
     from sklearn.metrics import log_loss, mean_absolute_error
 
     predicted = getattr(s, which)
@@ -637,6 +669,8 @@ def main_error(task: str, s: EvalSet, which: str) -> float | None:
     if task == "regression":
         return float(mean_absolute_error(s.y_true, predicted))
     proba = getattr(s, f"{which}_proba")
+    if s.classes is not None:
+        return None if proba is None or not len(s) else multiclass_log_loss(s.y_true, proba, s.classes)
     y = (s.y_true == s.positive_class).astype(int)
     if proba is None or len(set(y.tolist())) < 2:
         return None
@@ -706,6 +740,85 @@ def _positive(model: ModelConfig, fitted: Any, X: pd.DataFrame) -> np.ndarray:
     classes = [category_key(c) for c in np.asarray(fitted.classes_).tolist()]
     key = category_key(model.positive_class)
     return proba[:, classes.index(key)] if key in classes else np.zeros(len(X))
+
+
+def _classes(test: pd.DataFrame, *fitted: Any) -> tuple[str, ...]:
+    """A multiclass evaluation's classes: every class the models know, the served probabilities name, or the rows'
+    labels and served predictions hold (as category keys, sorted)."""
+    found = {category_key(v) for v in test["label"].tolist()}
+    found |= {category_key(v) for v in test["served_prediction"].tolist() if v is not None}
+    for served in test["served_probabilities"].tolist():
+        found |= set(served or ())
+    for model in fitted:
+        if model is not None:
+            found |= {category_key(c) for c in np.asarray(model.classes_).tolist()}
+    return tuple(sorted(found))
+
+
+def _beside(past: EvalSet, fresh: EvalSet) -> EvalSet:
+    """A former champion's set with the fresh set's champion beside it; a multiclass set's probabilities over the
+    classes of both sets (a former champion may know classes the fresh model never saw, or the reverse)."""
+    champion = {"champion": fresh.champion, "champion_proba": fresh.champion_proba,
+                "champion_latency_ms_per_row": fresh.champion_latency_ms_per_row,
+                "champion_reference_error": fresh.champion_reference_error,
+                "champion_reference_accuracy": fresh.champion_reference_accuracy}
+    if past.classes is None or fresh.classes is None:
+        return replace(past, **champion)
+    classes = tuple(sorted(set(past.classes) | set(fresh.classes)))
+    champion["champion_proba"] = _widen(fresh.champion_proba, fresh.classes, classes)
+    return replace(past, **champion, classes=classes,
+                   challenger_proba=_widen(past.challenger_proba, past.classes, classes))
+
+
+def _widen(proba: np.ndarray | None, have: tuple[str, ...], classes: tuple[str, ...]) -> np.ndarray | None:
+    """Probability columns over ``have`` as columns over ``classes`` (a superset; the others 0).
+
+    >>> _widen(np.array([[0.4, 0.6]]), ("a", "c"), ("a", "b", "c")).tolist()
+    [[0.4, 0.0, 0.6]]
+    """
+    if proba is None:
+        return None
+    out = np.zeros((len(proba), len(classes)))
+    out[:, [classes.index(c) for c in have]] = proba
+    return out
+
+
+def _class_proba(model: ModelConfig, fitted: Any, X: pd.DataFrame, classes: tuple[str, ...] | None) -> np.ndarray:
+    """The positive-class probability (binary), or the probability matrix over ``classes`` (a class the model
+    never saw: 0)."""
+    if classes is None:
+        return _positive(model, fitted, X)
+    proba = np.asarray(fitted.predict_proba(X), dtype=np.float64)
+    out = np.zeros((len(X), len(classes)))
+    index = {c: i for i, c in enumerate(classes)}
+    for j, c in enumerate(np.asarray(fitted.classes_).tolist()):
+        out[:, index[category_key(c)]] = proba[:, j]
+    return out
+
+
+def _served_matrix(test: pd.DataFrame, classes: tuple[str, ...]) -> np.ndarray:
+    """The class probabilities production served, over ``classes``; a request served without them is uniform (as
+    a binary one's missing probability is 0.5)."""
+    index = {c: i for i, c in enumerate(classes)}
+    out = np.zeros((len(test), len(classes)))
+    for i, served in enumerate(test["served_probabilities"].tolist()):
+        if not served:
+            out[i] = 1.0 / len(classes)
+            continue
+        for c, p in served.items():
+            out[i, index[c]] = float(p)
+    return out
+
+
+def _score_series(model: ModelConfig, fitted: Any, X: pd.DataFrame) -> np.ndarray:
+    """The monitoring's score series for a fitted model: the positive-class probability, or a multiclass model's
+    probability of its own prediction (feedback/monitoring/windows.py's)."""
+    if not model.multiclass:
+        return _positive(model, fitted, X)
+    proba = np.asarray(fitted.predict_proba(X), dtype=np.float64)
+    classes = [category_key(c) for c in np.asarray(fitted.classes_).tolist()]
+    return top_label_confidence(np.array([category_key(v) for v in np.asarray(fitted.predict(X)).tolist()]),
+                                proba, classes)
 
 
 def _served_positive(model: ModelConfig, test: pd.DataFrame) -> np.ndarray:

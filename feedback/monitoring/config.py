@@ -23,10 +23,14 @@ ScoreSource = Literal["probabilities", "score", "none"]
 
 DAY_S = 86_400
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "ece")
+#: a classification model without ``positive_class`` (any number of classes): its metrics
+MULTICLASS_METRICS = ("accuracy", "macro_f1", "weighted_f1", "log_loss", "ece")
 REGRESSION_METRICS = ("mae", "rmse", "r2")
 LOWER_IS_BETTER = frozenset({"log_loss", "ece", "mae", "rmse"})
-# metrics computed from the positive-class probability, so a model with score = "none" cannot have them
+# metrics computed from the class probabilities, so a model with score = "none" cannot have them
 NEEDS_SCORE = frozenset({"roc_auc", "log_loss", "ece"})
+# metrics of one class against the rest: they need positive_class
+NEEDS_POSITIVE = frozenset({"precision", "recall", "f1", "roc_auc"})
 
 _DURATION = re.compile(r"([0-9]+)([smhd])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3_600, "d": DAY_S}
@@ -221,7 +225,8 @@ class RolloutConfig:
     shadow_backfill_s: int = 30 * DAY_S  # predictions made before the shadow, unlabelled at its cutoff, score it
     agreement_alert: float = 0.8  # agreement below this is escalated to a person (it fails nothing)
     gap_p99_ratio: float = 3.0  # regression: p99 |gap| <= this x the champion's p99 absolute error
-    gap_p99_proba: float = 0.9  # classification: p99 of the positive-class probability gap <= this
+    gap_p99_proba: float = 0.9  # classification: p99 of the positive-class probability gap (multiclass: the class
+    # probabilities' total variation distance) <= this
     #: the ramp: the challenger's share steps through these (none skipped), each held for its dwell
     steps: tuple[float, ...] = (0.05, 0.10, 0.25, 0.50, 1.0)
     dwell_s: tuple[int, ...] = (2 * 3_600, 2 * 3_600, 6 * 3_600, DAY_S)  # one per step below 100% (seed 004)
@@ -292,6 +297,12 @@ class ModelConfig:
     def thresholds_for(self, feature: str) -> Thresholds:
         """The thresholds of one feature: its own override if it has one, else the model's."""
         return self.feature_thresholds.get(feature, self.thresholds)
+
+    @property
+    def multiclass(self) -> bool:
+        """A classification model without ``positive_class``: any number of classes, multiclass metrics (accuracy,
+        macro and weighted F1, per-class recall, log loss and top-label ECE from the class probabilities)."""
+        return self.task == "classification" and self.positive_class is None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -437,6 +448,7 @@ def _window(value: Any) -> int:
 
 
 _UNIT_INTERVAL = "a number between 0 and 1"
+_POSITIVE_EXPECTED = "the positive label as it appears in events (a non-empty string, an integer or a boolean)"
 _KNOBS: Mapping[str, _Convert] = {
     "window": _window,
     "span": _integer(1, 10_000),
@@ -658,7 +670,8 @@ _SECTIONS: Mapping[str, Mapping[str, _Convert]] = {
 }
 # the range an absolute performance limit can take, by metric
 _METRIC_RANGE: Mapping[str, tuple[float, float, str]] = {
-    **{m: (0.0, 1.0, _UNIT_INTERVAL) for m in ("accuracy", "precision", "recall", "f1", "roc_auc", "ece")},
+    **{m: (0.0, 1.0, _UNIT_INTERVAL) for m in ("accuracy", "precision", "recall", "f1", "roc_auc", "ece", "macro_f1",
+                                                "weighted_f1")},
     **{m: (0.0, math.inf, "a number >= 0") for m in ("log_loss", "mae", "rmse")},
     "r2": (-math.inf, 1.0, "a number <= 1"),
 }
@@ -698,10 +711,10 @@ class _Parser:
         task = self.task(table, at)
         classification = task == "classification"
         positive_class = self.positive_class(table, at, classification)
-        metric = self.metric(table, at, task)
+        metric = self.metric(table, at, task, positive_class)
         higher_is_better = self.direction(table, at, metric)
         segments = self.segments(table, at)
-        score = self.score(table, at, classification, metric)
+        score = self.score(table, at, classification, metric, positive_class)
         features = self.features(table, at)
         performance = PerformanceConfig(**{**defaults.sections["performance"], **own.sections["performance"]})
         if performance.threshold is not None:
@@ -844,18 +857,26 @@ class _Parser:
             if value is not None:
                 self.fail(key, value, "no positive_class, since task = 'regression'")
             return None
-        expected = "the positive label as it appears in events (a non-empty string, an integer or a boolean)"
-        if value is None:
-            self.fail(key, None, f"{expected} for a classification model", problem="missing")
+        if value is None:  # optional: a model of any number of classes, monitored with multiclass metrics
+            return None
         if not isinstance(value, str | int) or value == "":
-            self.fail(key, value, expected)
+            self.fail(key, value, _POSITIVE_EXPECTED)
         return value
 
-    def metric(self, table: Mapping[str, Any], at: tuple[str, ...], task: Task) -> str:
-        options = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+    def metric(self, table: Mapping[str, Any], at: tuple[str, ...], task: Task,
+               positive_class: str | int | bool | None) -> str:
+        if task == "regression":
+            options: Sequence[str] = REGRESSION_METRICS
+        else:
+            options = CLASSIFICATION_METRICS if positive_class is not None else MULTICLASS_METRICS
         metric = table.get("metric", options[0])
+        if task == "classification" and positive_class is None and isinstance(metric, str) and metric in NEEDS_POSITIVE:
+            self.fail((*at, "positive_class"), None, f"{_POSITIVE_EXPECTED} for metric {metric!r} (precision, "
+                      "recall, f1 and roc_auc are of one class against the rest)", problem="missing")
         if not isinstance(metric, str) or metric not in options:
-            self.fail((*at, "metric"), metric, f"{_one_of(options)} for task {task!r}")
+            extra = (f" with positive_class {positive_class!r} ('macro_f1' and 'weighted_f1' are for a model "
+                     "without one)" if metric in MULTICLASS_METRICS and positive_class is not None else "")
+            self.fail((*at, "metric"), metric, f"{_one_of(options)} for task {task!r}{extra}")
         return metric
 
     def direction(self, table: Mapping[str, Any], at: tuple[str, ...], metric: str) -> bool:
@@ -876,14 +897,19 @@ class _Parser:
             self.fail((*at, "segments"), segments, f"unique segment attribute names ({repeated!r} repeats)")
         return tuple(segments)
 
-    def score(self, table: Mapping[str, Any], at: tuple[str, ...], classification: bool, metric: str) -> ScoreSource:
+    def score(self, table: Mapping[str, Any], at: tuple[str, ...], classification: bool, metric: str,
+              positive_class: str | int | bool | None) -> ScoreSource:
         score = table.get("score", "probabilities" if classification else "none")
         if score not in _SCORES:
             self.fail((*at, "score"), score, _one_of(_SCORES))
         if not classification and score != "none":
             self.fail((*at, "score"), score, "'none' for a regression model (there is no positive-class probability)")
+        if classification and positive_class is None and score == "score":
+            self.fail((*at, "score"), score, "'probabilities' or 'none' for a model without positive_class (a "
+                      "single score is the positive class's probability)")
         if score == "none" and metric in NEEDS_SCORE:
-            usable = [m for m in CLASSIFICATION_METRICS if m not in NEEDS_SCORE]
+            options = CLASSIFICATION_METRICS if positive_class is not None else MULTICLASS_METRICS
+            usable = [m for m in options if m not in NEEDS_SCORE]
             self.fail((*at, "metric"), metric, f"{_one_of(usable)}, since score = 'none' gives no probability")
         return score
 

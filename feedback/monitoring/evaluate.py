@@ -365,6 +365,8 @@ def _drift_rows(
 
 
 def metrics_of(config: ModelConfig, acc: Mapping[str, int]) -> dict[str, performance.MetricValue]:
+    if config.multiclass:
+        return performance.multiclass_metrics(acc, confidence=config.confidence)
     if config.task == "classification":
         return performance.classification_metrics(acc, confidence=config.confidence)
     return performance.regression_metrics(acc, confidence=config.confidence)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.stats import norm
@@ -138,6 +139,88 @@ def classification_contributions(
             c[_ECE_N[ece_bin]] = 1
             _put(c, _ECE_P[ece_bin], _q(prob))
             _put(c, _ECE_Y[ece_bin], int(actual))
+        out.append(c)
+    return out
+
+
+CONFUSION_PREFIX = "cm:"
+#: a multiclass window reports at most this many confusion cells (its largest)
+CONFUSION_CELLS = 20
+
+
+def class_value(label: object) -> object:
+    """A label as one class of the multiclass confusion: a whole float is its integer (JSON's ``1.0`` is ``1``,
+    as :func:`same_label` has it), booleans and strings stay what they are (``True`` is not ``1``, ``"1"`` is
+    not ``1``).
+
+    >>> class_value(2.0), class_value(True), class_value("2"), class_value(np.int64(3))
+    (2, True, '2', 3)
+    """
+    if _is_bool(label):
+        return bool(label)
+    if isinstance(label, np.generic):
+        label = label.item()
+    if type(label) is float and label.is_integer():
+        return int(label)
+    return label
+
+
+def confusion_key(truth: object, predicted: object) -> str:
+    """The aggregate key of one confusion cell: the pair of classes as a JSON array, so that the types survive.
+
+    >>> confusion_key("a", "b"), confusion_key(1.0, True)
+    ('cm:["a","b"]', 'cm:[1,true]')
+    """
+    return CONFUSION_PREFIX + json.dumps([class_value(truth), class_value(predicted)], separators=(",", ":"))
+
+
+def multiclass_contributions(
+    y_true: Sequence[object], y_pred: Sequence[object], probabilities: Sequence[Mapping[str, float] | None]
+) -> list[dict[str, int]]:
+    """One aggregate contribution per labelled event of a model of any number of classes (no positive class).
+
+    Counts ``n``, ``correct`` and one confusion cell ``cm:[<true>,<predicted>]`` (:func:`confusion_key`). When
+    the event carries class probabilities (keyed by the class as ``category_key`` writes it: ``"a"``, ``"1"``,
+    ``"true"``), it adds ``n_scored``, the log loss of the true class's probability and its square (clipped to
+    ``[1e-15, 1 - 1e-15]``; a class the probabilities leave out has probability 0), and the top-label calibration
+    bins (``ece_n:<b>``, ``ece_p:<b>``, ``ece_y:<b>``): the probability the event gave its own prediction
+    against whether that prediction was right. Zero entries are left out.
+
+    Examples
+    --------
+    >>> multiclass_contributions(["a"], ["b"], [None])[0]
+    {'n': 1, 'cm:["a","b"]': 1}
+    >>> c = multiclass_contributions([2], [2], [{"1": 0.1, "2": 0.7, "3": 0.2}])[0]
+    >>> sorted(c), c["logloss_sum"] == round(-math.log(0.7) * SCALE)
+    (['cm:[2,2]', 'correct', 'ece_n:7', 'ece_p:7', 'ece_y:7', 'logloss_sq_sum', 'logloss_sum', 'n', 'n_scored'], True)
+    """
+    from feedback.monitoring.profile import category_key  # profile imports nothing of ours; no cycle
+
+    _check_lengths(y_true=y_true, y_pred=y_pred, probabilities=probabilities)
+    out: list[dict[str, int]] = []
+    # a batch repeats a few pairs of classes: each pair's key is made once (keyed by type too: True is not 1)
+    keys: dict[tuple[type, object, type, object], str] = {}
+    for truth, guess, proba in zip(y_true, y_pred, probabilities, strict=True):
+        right = same_label(truth, guess)
+        c: dict[str, int] = {"n": 1}
+        _put(c, "correct", int(right))
+        pair = (type(truth), truth, type(guess), guess)
+        key = keys.get(pair)
+        if key is None:
+            key = keys[pair] = confusion_key(truth, guess)
+        c[key] = 1
+        if proba is not None:
+            p_true = _check_probability(proba.get(category_key(class_value(truth)), 0.0))
+            clipped = min(max(p_true, _P_CLIP), 1.0 - _P_CLIP)
+            loss = -math.log(clipped)
+            c["n_scored"] = 1
+            _put(c, "logloss_sum", _q(loss))
+            _put(c, "logloss_sq_sum", _q(loss * loss))
+            confidence = _check_probability(proba.get(category_key(class_value(guess)), 0.0))
+            ece_bin = min(int(confidence * ECE_BINS), ECE_BINS - 1)
+            c[_ECE_N[ece_bin]] = 1
+            _put(c, _ECE_P[ece_bin], _q(confidence))
+            _put(c, _ECE_Y[ece_bin], int(right))
         out.append(c)
     return out
 
@@ -392,6 +475,127 @@ def classification_metrics(
             bounds=(0.0, math.inf),
             higher_is_better=False,
         )
+        out["ece"] = _ece(acc, n_scored, z)
+    return out
+
+
+def confusion_counts(acc: Mapping[str, int]) -> tuple[list[object], np.ndarray]:
+    """The classes of a multiclass window (every label and prediction it holds, in a stable order) and its
+    confusion matrix, ``counts[i, j]``: events of true class ``i`` predicted as ``j``.
+
+    >>> confusion_counts({"n": 3, 'cm:["b","a"]': 2, 'cm:["a","a"]': 1})
+    (['a', 'b'], array([[1, 0],
+           [2, 0]]))
+    """
+    cells = [(json.loads(k[len(CONFUSION_PREFIX):]), v) for k, v in acc.items() if k.startswith(CONFUSION_PREFIX)]
+    # sorted by type, then value: labels of one type compare, and a mixed set still has one order
+    # keyed by type too: a set would merge True and 1
+    distinct = {(type(c).__name__, c): c for (t, p), _ in cells for c in (t, p)}
+    classes = [distinct[k] for k in sorted(distinct)]
+    index = {(type(c), c): i for i, c in enumerate(classes)}
+    counts = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    for (t, p), v in cells:
+        counts[index[(type(t), t)], index[(type(p), p)]] += v
+    return classes, counts
+
+
+def class_name(label: object) -> str:
+    """A class as metric names show it: ``recall[a]``, ``recall[1]``, ``recall[true]``.
+
+    >>> class_name("churned"), class_name(1), class_name(True)
+    ('churned', '1', 'true')
+    """
+    return label if isinstance(label, str) else json.dumps(label)
+
+
+def _f1_scores(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per class F1 ``2 tp / (2 tp + fp + fn)`` and support, along the last two axes (0 where undefined)."""
+    tp = np.diagonal(counts, axis1=-2, axis2=-1)
+    support = counts.sum(axis=-1)
+    predicted = counts.sum(axis=-2)
+    den = support + predicted
+    f1 = np.divide(2.0 * tp, den, out=np.zeros(den.shape), where=den > 0)
+    return f1, support
+
+
+def _multiclass_f1(counts: np.ndarray, confidence: float, seed: int) -> tuple[MetricValue, MetricValue]:
+    """Macro and weighted F1 with intervals from the same Dirichlet posterior draws over the confusion cells."""
+    n = int(counts.sum())
+    f1, support = _f1_scores(counts)
+    macro, weighted = float(f1.mean()), float((f1 * support).sum() / n)
+    k = counts.shape[0]
+    rng = np.random.default_rng(seed)
+    theta = rng.dirichlet(counts.ravel().astype(float) + _F1_PRIOR, size=_F1_DRAWS).reshape(_F1_DRAWS, k, k)
+    draw_f1, draw_support = _f1_scores(theta)
+    tail = (1.0 - confidence) / 2.0
+    out = []
+    for name, value, draws in (("macro_f1", macro, draw_f1.mean(axis=-1)),
+                               ("weighted_f1", weighted, (draw_f1 * draw_support).sum(axis=-1))):
+        low, high = np.quantile(draws, [tail, 1.0 - tail])
+        out.append(_metric(name, value, float(low), float(high), n=n, higher_is_better=True, method="dirichlet"))
+    return out[0], out[1]
+
+
+def multiclass_metrics(
+    acc: Mapping[str, int], *, confidence: float = 0.95, seed: int = 0, confusion: bool = True
+) -> dict[str, MetricValue]:
+    """The metrics of a window of a model of any number of classes (aggregates of
+    :func:`multiclass_contributions`); a metric whose denominator is zero is omitted (no events: ``{}``).
+
+    * ``accuracy``, Wilson's interval;
+    * ``macro_f1`` and ``weighted_f1``: the mean of the per-class F1 ``2 tp / (2 tp + fp + fn)`` over the classes
+      the window holds (as labels or predictions), plain or weighted by each class's support (scikit-learn's
+      ``f1_score(average="macro" | "weighted")``); the interval takes the quantiles of 2000 draws of the confusion
+      proportions from a Dirichlet posterior with a +0.5 prior per cell, seeded by ``seed``, as the binary f1's;
+    * ``recall[<class>]`` for each class with support: its share of the class's events predicted right, Wilson;
+    * with ``confusion``, ``confusion[<true>-><predicted>]`` for the ``CONFUSION_CELLS`` off-diagonal cells that
+      hold the most events: the share of the true class's events predicted as the other class, Wilson (the
+      diagonal is the recall; :func:`confusion_counts` gives the whole matrix);
+    * ``log_loss``: the mean loss of the true class's probability, normal interval from the sum of squares;
+    * ``ece``: top-label calibration, ``sum_b n_b/n |mean confidence_b - accuracy_b|`` with the confidence the
+      probability each event gave its own prediction, its interval as the binary ECE's.
+
+    Examples
+    --------
+    >>> acc: dict[str, int] = {}
+    >>> for c in multiclass_contributions(["a", "a", "b", "c"], ["a", "b", "b", "c"], [None] * 4):
+    ...     add(acc, c)
+    >>> m = multiclass_metrics(acc)
+    >>> m["accuracy"].value, round(m["macro_f1"].value, 4), m["recall[a]"].value, m["confusion[a->b]"].value
+    (0.75, 0.7778, 0.5, 0.5)
+    >>> list(m)
+    ['accuracy', 'macro_f1', 'weighted_f1', 'recall[a]', 'recall[b]', 'recall[c]', 'confusion[a->b]']
+    >>> multiclass_metrics({})
+    {}
+    """
+    z = _z(confidence)
+    _check_non_negative(acc)
+    n = acc.get("n", 0)
+    out: dict[str, MetricValue] = {}
+    if n == 0:
+        return out
+    out["accuracy"] = _wilson("accuracy", acc.get("correct", 0), n, z)
+    classes, counts = confusion_counts(acc)
+    if counts.sum():
+        out["macro_f1"], out["weighted_f1"] = _multiclass_f1(counts, confidence, seed)
+        support = counts.sum(axis=1)
+        for i, label in enumerate(classes):
+            if support[i]:
+                name = f"recall[{class_name(label)}]"
+                out[name] = _wilson(name, int(counts[i, i]), int(support[i]), z)
+        if confusion:
+            # the largest cells only: a window of k classes has up to k * (k - 1), and each is a stored row
+            cells = sorted((-int(counts[i, j]), i, j) for i in range(len(classes)) for j in range(len(classes))
+                           if i != j and counts[i, j])[:CONFUSION_CELLS]
+            for _, i, j in sorted(cells, key=lambda c: (c[1], c[2])):
+                name = f"confusion[{class_name(classes[i])}->{class_name(classes[j])}]"
+                # a confusion is an error: less is better
+                found = _wilson(name, int(counts[i, j]), int(support[i]), z)
+                out[name] = replace(found, higher_is_better=False)
+    n_scored = acc.get("n_scored", 0)
+    if n_scored:
+        out["log_loss"] = _normal_mean("log_loss", acc.get("logloss_sum", 0), acc.get("logloss_sq_sum", 0),
+                                       n_scored, z, bounds=(0.0, math.inf), higher_is_better=False)
         out["ece"] = _ece(acc, n_scored, z)
     return out
 

@@ -363,11 +363,12 @@ class WindowUpdater:
     ) -> None:
         """One version's label changes: each prediction leaves its old label's cells and joins its new one's."""
         predictions = [r[7] for r in rows]
-        p_pos = [_positive_probability(config, r[8], r[9]) for r in rows]
-        new = _contributions(config, [r[2] for r in rows], predictions, p_pos)
+        # the positive class's probability (binary), or the event's class probabilities (multiclass)
+        scored = [_scored(config, r[8], r[9]) for r in rows]
+        new = _contributions(config, [r[2] for r in rows], predictions, scored)
         had_old = [i for i, r in enumerate(rows) if r[1] is not None]
         old = dict(zip(had_old, _contributions(
-            config, [rows[i][1] for i in had_old], [predictions[i] for i in had_old], [p_pos[i] for i in had_old]
+            config, [rows[i][1] for i in had_old], [predictions[i] for i in had_old], [scored[i] for i in had_old]
         ), strict=True))
         label_series = profile.series.get(LABEL)
         if label_series is not None:
@@ -571,7 +572,7 @@ def _series_values(config: ModelConfig, name: str, events: Sequence[PredictionEv
     if name == PREDICTION:
         return [p.prediction for p in events]
     if name == SCORE:
-        return [_positive_probability(config, p.probabilities, p.score) for p in events]
+        return [_score_value(config, p.prediction, p.probabilities, p.score) for p in events]
     return [p.features.get(name) for p in events]
 
 
@@ -583,12 +584,36 @@ def _positive_probability(config: ModelConfig, probabilities: Mapping[str, float
     return None
 
 
+def _score_value(config: ModelConfig, prediction: Any, probabilities: Mapping[str, float] | None,
+                 score: float | None) -> float | None:
+    """The score series' value of one prediction: the positive class's probability, or for a multiclass model
+    the probability the model gave its own prediction (its top-label confidence)."""
+    if not config.multiclass:
+        return _positive_probability(config, probabilities, score)
+    if config.score == "probabilities" and probabilities is not None:
+        return probabilities.get(category_key(performance.class_value(prediction)))
+    return None
+
+
+def _scored(config: ModelConfig, probabilities: Mapping[str, float] | None, score: float | None) -> Any:
+    """What the performance aggregates read of a prediction's scores: the positive-class probability, or the
+    whole class probabilities of a multiclass model (None without them, or with ``score = "none"``)."""
+    if not config.multiclass:
+        return _positive_probability(config, probabilities, score)
+    return probabilities if config.score == "probabilities" else None
+
+
 def _contributions(
-    config: ModelConfig, labels: Sequence[Any], predictions: Sequence[Any], p_pos: Sequence[float | None]
+    config: ModelConfig, labels: Sequence[Any], predictions: Sequence[Any], scored: Sequence[Any]
 ) -> list[dict[str, int]]:
-    """Each labelled prediction's performance aggregates; a non-numeric regression pair contributes nothing."""
+    """Each labelled prediction's performance aggregates; a non-numeric regression pair contributes nothing.
+
+    ``scored``: per prediction, what :func:`_scored` reads (the positive-class probability, or the class
+    probabilities of a multiclass model)."""
+    if config.multiclass:
+        return performance.multiclass_contributions(labels, predictions, scored)
     if config.task == "classification":
-        return performance.classification_contributions(labels, predictions, p_pos, positive=config.positive_class)
+        return performance.classification_contributions(labels, predictions, scored, positive=config.positive_class)
     numeric = [i for i, (y, f) in enumerate(zip(labels, predictions, strict=True))
                if type(y) in (int, float) and type(f) in (int, float)]
     out: list[dict[str, int]] = [{} for _ in labels]
@@ -682,7 +707,7 @@ def profile_from_first_predictions(
         config,
         features=[r[0] for r in rows],
         predictions=[r[1] for r in rows],
-        scores=[_positive_probability(config, r[2], r[3]) for r in rows],
+        scores=[_score_value(config, r[1], r[2], r[3]) for r in rows],
         labels=[r[4] for r in rows],
     )
     return build_profile(config.name, model_version, columns, series_kinds(config),

@@ -736,6 +736,9 @@ class ShadowRows:
     failed: np.ndarray
     served_proba: np.ndarray | None = None
     shadow_proba: np.ndarray | None = None
+    #: a multiclass model's rows: the total variation distance between the two sides' class probabilities
+    #: (:func:`probability_gap`; NaN where a side has none), which bounds the disagreement tail instead
+    proba_gap: np.ndarray | None = None
     scored: int | None = None
     failures: int | None = None
     latency: Mapping[str, Any] = field(default_factory=dict)
@@ -743,7 +746,7 @@ class ShadowRows:
     def __post_init__(self) -> None:
         n = len(self.labels)
         arrays = {"served": self.served, "shadow": self.shadow, "failed": self.failed,
-                  "served_proba": self.served_proba, "shadow_proba": self.shadow_proba}
+                  "served_proba": self.served_proba, "shadow_proba": self.shadow_proba, "proba_gap": self.proba_gap}
         for name, a in arrays.items():
             if a is not None and len(a) != n:
                 msg = f"{name} has {len(a)} rows, labels {n}"
@@ -790,7 +793,9 @@ def shadow_verdict(rows: ShadowRows, config: RolloutConfig, *, task: str, positi
     ``waiting`` until ``shadow_min_labels`` labelled rows and ``shadow_min_duration_s`` of event time; then
     ``passed`` iff challenger error <= ``shadow_max_ratio`` x champion error, the failure rate (of every scored
     row) <= ``shadow_max_failure_rate``, and the disagreement tail is bounded: classification with probabilities on
-    both sides, p99 |shadow p(positive) - served p(positive)| <= ``gap_p99_proba``; regression, p99 |shadow -
+    both sides, p99 |shadow p(positive) - served p(positive)| <= ``gap_p99_proba`` (a multiclass model, no positive
+    class: the p99 of ``rows.proba_gap``, the total variation distance between the class probabilities, which is
+    that same gap for two classes); regression, p99 |shadow -
     served| <= ``gap_p99_ratio`` x the champion's p99 absolute error (classification without probabilities: not
     bounded, and said so); else ``failed``. Once ``min_requests`` rows are scored, a failure rate significantly
     above the limit (one-sided exact binomial test, p < 0.01) fails at once. ``expired`` when
@@ -831,7 +836,12 @@ def shadow_verdict(rows: ShadowRows, config: RolloutConfig, *, task: str, positi
         agree = ok & (shadow == served)
         gaps = None
         tail_errors = (np.empty(0), np.empty(0))
-        if rows.served_proba is not None and rows.shadow_proba is not None:
+        if rows.proba_gap is not None:
+            both = ok & np.isfinite(rows.proba_gap)
+            if both.any():
+                gaps = np.asarray(rows.proba_gap, dtype=np.float64)[both]
+                tail_errors = (challenger_errors[both], champion_errors[both])
+        elif rows.served_proba is not None and rows.shadow_proba is not None:
             both = ok & np.isfinite(rows.served_proba) & np.isfinite(rows.shadow_proba)
             if both.any():
                 gaps = np.abs(rows.shadow_proba[both] - rows.served_proba[both])
@@ -881,7 +891,8 @@ def shadow_verdict(rows: ShadowRows, config: RolloutConfig, *, task: str, positi
     figures.update(failure_rate=rate, max_failure_rate=config.shadow_max_failure_rate, binomial_p=p_value,
                    early_fail=early)
 
-    checks.append(_tail_check(task, gaps, champion_errors, config, positive_class, tail_errors))
+    checks.append(_tail_check(task, gaps, champion_errors, config, positive_class, tail_errors,
+                              multiclass=rows.proba_gap is not None))
     figures.update(gap_p99=checks[-1].observed, gap_threshold=checks[-1].threshold)
 
     agreement = float(agree.mean()) if n else None
@@ -930,7 +941,8 @@ def shadow_verdict(rows: ShadowRows, config: RolloutConfig, *, task: str, positi
 
 
 def _tail_check(task: str, gaps: np.ndarray | None, champion_errors: np.ndarray, config: RolloutConfig,
-                positive_class: Any, tail_errors: tuple[np.ndarray, np.ndarray]) -> ShadowCheck:
+                positive_class: Any, tail_errors: tuple[np.ndarray, np.ndarray], *,
+                multiclass: bool = False) -> ShadowCheck:
     """The disagreement tail: the p99 of the prediction gap against its bound, and who is right out there.
 
     A gap past the bound fails only when the requests past it resolve against the challenger (its mean error on
@@ -952,8 +964,11 @@ def _tail_check(task: str, gaps: np.ndarray | None, champion_errors: np.ndarray,
             return ShadowCheck(name="gap_tail", passed=None, observed=None, threshold=None,
                                sentence="no class probabilities on both sides: the disagreement tail is not bounded")
         bound = config.gap_p99_proba
-        label = f"p({category_key(positive_class)})" if positive_class is not None else "p(positive)"
-        what = f"p99 of the {label} gap {{}} {{}} {bound:.2f}"
+        if multiclass:
+            what = f"p99 of the class-probability distance (total variation) {{}} {{}} {bound:.2f}"
+        else:
+            label = f"p({category_key(positive_class)})" if positive_class is not None else "p(positive)"
+            what = f"p99 of the {label} gap {{}} {{}} {bound:.2f}"
     p99 = float(np.percentile(gaps, 99))
     if p99 <= bound:
         return ShadowCheck(name="gap_tail", passed=True, observed=p99, threshold=bound,
@@ -973,7 +988,9 @@ SELECT f.label, f.served_prediction, f.shadow_prediction, f.shadow_error IS NOT 
             THEN (f.served_probabilities ->> %(positive)s)::float8 END,
        CASE WHEN jsonb_typeof(f.shadow_probabilities -> %(positive)s) = 'number'
             THEN (f.shadow_probabilities ->> %(positive)s)::float8 END,
-       (SELECT p.score FROM predictions p WHERE p.prediction_id = f.prediction_id AND %(score)s)
+       (SELECT p.score FROM predictions p WHERE p.prediction_id = f.prediction_id AND %(score)s),
+       CASE WHEN %(multiclass)s THEN f.served_probabilities END,
+       CASE WHEN %(multiclass)s THEN f.shadow_probabilities END
 FROM shadow_feedback f
 WHERE f.model_name = %(model)s AND f.shadow_version = %(version)s AND f.labeled_at > %(cutoff)s
   AND NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.prediction_id = f.prediction_id AND o.observed_at <= %(cutoff)s)
@@ -999,7 +1016,7 @@ def load_shadow_rows(cur: psycopg.Cursor[Any], model: ModelConfig, version: str,
     """
     positive = category_key(model.positive_class) if model.positive_class is not None else "1"
     rows = cur.execute(_LABELLED, {"model": model.name, "version": version, "cutoff": cutoff, "positive": positive,
-                                   "score": model.score == "score"}).fetchall()
+                                   "score": model.score == "score", "multiclass": model.multiclass}).fetchall()
     scored, failures, timed, shadow_p99 = cur.execute(_SCORED, (model.name, version)).fetchone()  # type: ignore[misc]
     served_p99 = cur.execute(_SERVED_LATENCY, (model.name, version)).fetchone()[0] if timed else None  # type: ignore[index]
     failed = np.array([r[3] for r in rows], dtype=bool)
@@ -1007,17 +1024,36 @@ def load_shadow_rows(cur: psycopg.Cursor[Any], model: ModelConfig, version: str,
         labels, served, shadow = (np.array([_number(r[i]) for r in rows], dtype=np.float64) for i in (0, 1, 2))
     else:
         labels, served, shadow = (np.array([category_key(r[i]) for r in rows], dtype=object) for i in (0, 1, 2))
-    served_proba = shadow_proba = None
-    if model.task == "classification":
+    served_proba = shadow_proba = proba_gap = None
+    if model.multiclass:
+        proba_gap = np.array([probability_gap(r[7], r[8]) for r in rows], dtype=np.float64)
+    elif model.task == "classification":
         shadow_proba = np.array([np.nan if r[5] is None else r[5] for r in rows], dtype=np.float64)
         if model.score == "score":
             served_proba = np.array([np.nan if r[6] is None else r[6] for r in rows], dtype=np.float64)
         elif model.score == "probabilities":
             served_proba = np.array([np.nan if r[4] is None else r[4] for r in rows], dtype=np.float64)
     return ShadowRows(labels=labels, served=served, shadow=shadow, failed=failed, served_proba=served_proba,
-                      shadow_proba=shadow_proba, scored=int(scored), failures=int(failures),
+                      shadow_proba=shadow_proba, proba_gap=proba_gap, scored=int(scored), failures=int(failures),
                       latency={"timed": int(timed), "shadow_p99_ms": _finite(shadow_p99),
                                "served_p99_ms": _finite(served_p99)})
+
+
+def probability_gap(served: Mapping[str, float] | None, shadow: Mapping[str, float] | None) -> float:
+    """How far apart two class-probability answers are: the total variation distance, half the summed absolute
+    differences over every class either names (a class one leaves out has 0 there); NaN when a side has none.
+    For two classes it is the binary gate's |p(positive) - p'(positive)|.
+
+    >>> probability_gap({"a": 0.7, "b": 0.2, "c": 0.1}, {"a": 0.1, "b": 0.2, "c": 0.7})
+    0.6
+    >>> probability_gap({"0": 0.3, "1": 0.7}, {"0": 0.6, "1": 0.4}), probability_gap(None, {"a": 1.0})
+    (0.3, nan)
+    """
+    if not served or not shadow:
+        return float("nan")
+    keys = set(served) | set(shadow)
+    total = sum(abs(float(served.get(k, 0.0)) - float(shadow.get(k, 0.0))) for k in keys)
+    return round(total / 2, 12)
 
 
 def _number(value: Any) -> float:

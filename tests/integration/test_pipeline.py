@@ -471,3 +471,48 @@ def test_a_pool_look_proposes_a_former_champion_without_training(store: Feedback
                     "('r2', 'churn', 'rejected', now() + interval '1 minute')")
         history = PostgresLedger(cur, max_training_s={}).history("churn", T0 + timedelta(hours=14))
     assert history.rejected_in_row == 1  # r2, then "unchanged" skipped, then candidates break the run
+
+
+MODE_TOML = """
+[models.mode]
+task = "classification"
+metric = "macro_f1"
+window = "1h"
+[models.mode.retrain]
+budget = "120s"
+min_train_rows = 800
+min_test_rows = 200
+promotion = "after-gates"
+"""
+
+
+def test_a_multiclass_model_is_retrained_on_its_new_concept_and_gated(store: FeedbackStore) -> None:
+    """A 3-class model (no positive_class) whose concept changes is retrained by the default trainer on the rows
+    since the change; the multiclass gates (log loss of the true class, macro AUC, top-label ECE) pass it against
+    the served predictions, and its profile's score series is its top-label confidence."""
+    rng = random.Random(5)
+    classes = ("bike", "bus", "car")
+    preds, labels = [], []
+    for i in range(10 * 300):
+        at = T0 + timedelta(seconds=i * 12)
+        a, b = rng.gauss(0, 1), rng.gauss(0, 1)
+        served = classes[0 if a < -0.5 else 1 if a < 0.5 else 2]
+        preds.append(prediction(i, model_name="mode", predicted_at=at, features={"a": a, "b": b}, prediction=served,
+                                probabilities={c: 0.8 if c == served else 0.1 for c in classes}, segment={}))
+        signal = b if at >= CHANGE else a
+        truth = classes[0 if signal < -0.5 else 1 if signal < 0.5 else 2]
+        if rng.random() < 0.05:
+            truth = rng.choice(classes)
+        labels.append(outcome(i, label=truth, observed_at=at + timedelta(minutes=5)))
+    store.write_batch(preds, labels)
+    trigger = TriggerEvent(trigger_id=f"mode/drift/v1/{CHANGE:%Y-%m-%dT%H:%M:%SZ}", model_name="mode",
+                           model_version="v1", kind="drift", urgency="elevated", decided_at=T0 + timedelta(hours=10),
+                           change_point=CHANGE, labels_since_change=1200, reason="drift", requested_by=None)
+    result = RetrainPipeline(store, parse_config(MODE_TOML)).handle(trigger)
+    assert result.result == "candidate", result.sentence
+    ratio = next(g for g in result.gates if g.name == "log_loss_vs_champion" and g.set_name == "recent")
+    assert ratio.passed and ratio.observed < 0.5 * ratio.threshold, ratio.sentence  # far better than the stale one
+    assert any(g.name == "calibration" and g.passed for g in result.gates)
+    [(series,)] = store.rows("SELECT profile FROM reference_profiles WHERE model_version = %s", (result.version,))
+    score = next(s for s in series["series"] if s["name"] == "__score__")
+    assert sum(score["counts"]) == result.lineage["train_rows"] and score["edges"][0] > 1 / 3

@@ -59,6 +59,7 @@ class World:
     latency_ms: dict[str, float] = field(default_factory=dict)
     users: int = 3_000
     per_hour: int = 600
+    classes: tuple[Any, ...] = (0, 1)
     at: datetime = T0
     seq: int = 0
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(7))
@@ -75,21 +76,27 @@ class World:
                 user = f"u{int(self.rng.integers(self.users))}"
                 version = served_by or (deployment.route(user) if deployment else "v1")
                 at = self.at + timedelta(seconds=3600 * k / self.per_hour)
-                label = int(self.rng.integers(2))
+                label = int(self.rng.integers(len(self.classes)))
                 failed = self.rng.random() < self.failure.get(version, 0.0)
                 wrong = self.rng.random() < self.error[version]
+                predicted = _wrong(label, self.classes, self.rng) if wrong else label
                 predictions.append((f"r{self.seq}", "churn", version, at, Jsonb({"x": 1.0}),
-                                    Jsonb(None if failed else (1 - label if wrong else label)),
+                                    Jsonb(None if failed else self.classes[predicted]),
                                     user, Jsonb({"region": "eu" if self.seq % 2 else "us"}),
                                     self.latency_ms.get(version, 4.0) * (1 + self.rng.random()),
                                     "RuntimeError: boom" if failed else None))
-                labels.append((f"r{self.seq}", Jsonb(label), at + timedelta(minutes=1)))
+                labels.append((f"r{self.seq}", Jsonb(self.classes[label]), at + timedelta(minutes=1)))
             cur.executemany("INSERT INTO predictions (prediction_id, model_name, model_version, predicted_at,"
                             " features, prediction, routing_key, segment, latency_ms, error)"
                             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", predictions)
             cur.executemany("INSERT INTO current_labels (prediction_id, label, observed_at) VALUES (%s, %s, %s)",
                             labels)
         self.at += timedelta(hours=1)
+
+
+def _wrong(label: int, classes: tuple[Any, ...], rng: np.random.Generator) -> int:
+    """Another class than ``label``'s (the other one of two, without a draw)."""
+    return 1 - label if len(classes) == 2 else (label + 1 + int(rng.integers(len(classes) - 1))) % len(classes)
 
 
 def _dumps_deployment(row: tuple[Any, ...]) -> bytes:
@@ -104,7 +111,7 @@ def _model() -> LogisticRegression:
 
 
 def _setup(store: FeedbackStore, *, shadow_error: float = 0.2, served_error: float = 0.3,
-           champion_loads: bool = True) -> None:
+           champion_loads: bool = True, classes: tuple[Any, ...] = (0, 1), shadow_status: str = "passed") -> None:
     """v1 the champion; v2 a candidate whose shadow passed, scored on 1,500 labelled requests served by v1."""
     registry = Registry()
     rng = np.random.default_rng(3)
@@ -116,12 +123,12 @@ def _setup(store: FeedbackStore, *, shadow_error: float = 0.2, served_error: flo
         rows, shadow_rows, labels = [], [], []
         for i in range(1_500):
             at = T0 - timedelta(hours=30) + timedelta(seconds=60 * i)
-            label = int(rng.integers(2))
-            served = label if rng.random() >= served_error else 1 - label
-            shadow = label if rng.random() > shadow_error else 1 - label
-            rows.append((f"s{i}", at, Jsonb(served), f"u{i % 1000}"))
-            shadow_rows.append((f"s{i}", Jsonb(shadow)))
-            labels.append((f"s{i}", Jsonb(label), at + timedelta(minutes=5)))
+            label = int(rng.integers(len(classes)))
+            served = label if rng.random() >= served_error else _wrong(label, classes, rng)
+            shadow = label if rng.random() > shadow_error else _wrong(label, classes, rng)
+            rows.append((f"s{i}", at, Jsonb(classes[served]), f"u{i % 1000}"))
+            shadow_rows.append((f"s{i}", Jsonb(classes[shadow])))
+            labels.append((f"s{i}", Jsonb(classes[label]), at + timedelta(minutes=5)))
         cur.executemany("INSERT INTO predictions (prediction_id, model_name, model_version, predicted_at, features,"
                         " prediction, routing_key, latency_ms) VALUES (%s, 'churn', 'v1', %s, '{}', %s, %s, 4)",
                         rows)
@@ -129,8 +136,8 @@ def _setup(store: FeedbackStore, *, shadow_error: float = 0.2, served_error: flo
                         " VALUES ('churn', 'v2', %s, %s)", shadow_rows)
         cur.executemany("INSERT INTO current_labels (prediction_id, label, observed_at) VALUES (%s, %s, %s)", labels)
         cur.execute("INSERT INTO shadows (model_name, version, champion, cutoff, started_at, status, sentence,"
-                    " decided_at) VALUES ('churn', 'v2', 'v1', %s, %s, 'passed', 'passed', %s)",
-                    (T0 - timedelta(hours=31), T0 - timedelta(hours=30), T0))
+                    " decided_at) VALUES ('churn', 'v2', 'v1', %s, %s, %s, %s, %s)",
+                    (T0 - timedelta(hours=31), T0 - timedelta(hours=30), shadow_status, shadow_status, T0))
         if not champion_loads:
             cur.execute("UPDATE model_artifacts SET data = data || '\\x00'::bytea WHERE artifact_id ="
                         " (SELECT artifact_id FROM model_versions WHERE version = 'v1')")
@@ -366,3 +373,40 @@ def test_a_version_ramped_before_ramps_again_after_a_new_shadow(store: FeedbackS
     with store.pool.connection() as conn:
         assert [r[0] for r in conn.execute("SELECT rollout_id FROM rollouts ORDER BY recorded_at")] == [
             "churn/v2", "churn/v2#2"]
+
+
+MODES = ("bike", "bus", "car")
+MULTICLASS = FAST.replace("positive_class = 1\n", "")
+
+
+def test_a_much_worse_challenger_of_a_3_class_model_is_rolled_back_on_its_error(store: FeedbackStore) -> None:
+    """A 3-class model (no positive_class): the canary misclassifies 70% of its labelled requests against the
+    champion's 30%, so the error rule (0/1 error per labelled request) rolls it back at its first look."""
+    _setup(store, classes=MODES)
+    # judged at the first look, on its 30-odd labelled requests (the promotion test would otherwise keep the
+    # champion first, on the same evidence)
+    controller, alerts = _controller(store, MULTICLASS + "min_labelled = 20\n")
+    world = World(store, error={"v1": 0.30, "v2": 0.70}, classes=MODES)
+    world.hour(served_by="v1")
+    _run(world, controller, 3, until="rolled_back")
+    events = _events(store)
+    assert [k for k, *_ in events] == ["step", "rolled_back"], events
+    assert "error" in events[-1][3] and "1.15 x the champion v1" in events[-1][3], events[-1][3]
+    assert _stages(store)["v2"] == "rejected" and [a.kind for a in alerts.sent] == ["rollback"]
+
+
+def test_a_3_class_shadow_much_worse_than_the_champion_fails(store: FeedbackStore) -> None:
+    """A running shadow of a 3-class model wrong on 60% of 1,500 labelled requests where the champion is wrong on
+    30% fails the shadow gate (0/1 error) and its version is rejected; the verdict's figures say so."""
+    from feedback.registry.versions import Registry
+    from feedback.rollout.shadow import judge_round
+
+    _setup(store, classes=MODES, shadow_error=0.6, shadow_status="running")
+    with store.pool.connection() as conn:
+        conn.execute("INSERT INTO predictions (prediction_id, model_name, model_version, predicted_at, features,"
+                     " prediction) VALUES ('late', 'churn', 'v1', %s, '{}', '\"bus\"')", (T0 + timedelta(days=2),))
+    [judged] = judge_round(store, Registry(), parse_config(MULTICLASS))
+    assert judged.verdict.status == "failed", judged.verdict.sentence
+    figures = judged.verdict.figures
+    assert figures["n_labelled"] == 1_500 and figures["challenger_error"] > 1.10 * figures["champion_error"]
+    assert _stages(store)["v2"] == "rejected"

@@ -213,3 +213,50 @@ def test_a_confident_classification_tail_passes_only_when_the_challenger_is_righ
     assert (float((shadow[past] != truth[past]).mean()) <= float((served[past] != truth[past]).mean())) == passes
     assert tail.passed is passes, tail.sentence
     assert f"on the {int(past.sum()):,} labelled requests past it" in tail.sentence
+
+
+@pytest.mark.parametrize(("right_in_the_tail", "passes"), [(True, True), (False, False)])
+def test_a_3_class_tail_is_bounded_by_the_class_probability_distance(right_in_the_tail: bool, passes: bool) -> None:
+    """A 3-class model (no positive class): its 0/1 errors judge the mean, and the total variation distance between
+    the two sides' class probabilities bounds the tail; a confident flip the champion gets wrong passes, one it
+    gets right fails. The distances are computed here with numpy."""
+    from feedback.rollout.shadow import probability_gap
+
+    rng = np.random.default_rng(5)
+    n, classes = 3000, np.array(["bike", "bus", "car"])
+    truth = rng.integers(0, 3, n)
+    flipped = rng.random(n) < (0.19 if right_in_the_tail else 0.05)
+    other = (truth + rng.integers(1, 3, n)) % 3
+    served = np.where(flipped, other, truth) if right_in_the_tail else truth.copy()
+    shadow = truth.copy() if right_in_the_tail else np.where(flipped, other, truth)
+
+    def sure(k: np.ndarray, p: float) -> np.ndarray:
+        return np.where(np.eye(3, dtype=bool)[k], p, (1 - p) / 2)
+
+    p_served, p_shadow = sure(served, 0.96), sure(shadow, 0.98)
+    tv = 0.5 * np.abs(p_served - p_shadow).sum(axis=1)
+    gap = np.array([probability_gap(dict(zip(classes, a, strict=True)), dict(zip(classes, b, strict=True)))
+                    for a, b in zip(p_served, p_shadow, strict=True)])
+    np.testing.assert_allclose(gap, tv, atol=1e-12)
+    rows = ShadowRows(labels=classes[truth], served=classes[served], shadow=classes[shadow],
+                      failed=np.zeros(n, dtype=bool), proba_gap=gap)
+    verdict = shadow_verdict(rows, RolloutConfig(shadow_max_ratio=2.0), task="classification", duration_s=2 * DAY)
+    tail = _checks(verdict)["gap_tail"]
+    assert tail.observed == pytest.approx(np.percentile(tv, 99))
+    assert tail.passed is passes, tail.sentence
+    assert "class-probability distance (total variation)" in tail.sentence
+    assert verdict.figures["champion_error"] == pytest.approx(np.mean(served != truth))
+
+
+def test_a_3_class_challenger_much_worse_than_the_champion_fails_its_shadow() -> None:
+    """Wrong on 45% of 1,500 labelled 3-class requests where the champion is wrong on 20%: the error ratio fails."""
+    rng = np.random.default_rng(6)
+    n, classes = 1500, np.array(["bike", "bus", "car"])
+    truth = rng.integers(0, 3, n)
+    other = (truth + rng.integers(1, 3, n)) % 3
+    served = np.where(rng.random(n) < 0.2, other, truth)
+    shadow = np.where(rng.random(n) < 0.45, other, truth)
+    v = shadow_verdict(ShadowRows(labels=classes[truth], served=classes[served], shadow=classes[shadow],
+                                  failed=np.zeros(n, dtype=bool)), CONFIG, task="classification", duration_s=2 * DAY)
+    assert v.status == "failed" and _checks(v)["error_ratio"].passed is False
+    assert v.figures["challenger_error"] == pytest.approx(np.mean(shadow != truth))
