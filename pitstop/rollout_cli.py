@@ -45,6 +45,7 @@ def actor() -> str:
 
 def run(settings: Settings, command: str, model: str, *, say: Say, **kwargs: Any) -> int:
     """One command (``rollback``, ``promote``, ``pause``, ``resume``, ``clear``) on ``model``; its sentence."""
+    settings.require_model(model)  # the same one line as every command, naming the file and the models
     with _session(settings) as (store, controller):
         try:
             if command == "resume":

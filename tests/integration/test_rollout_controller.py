@@ -341,8 +341,11 @@ def test_the_command_line_pauses_trails_promotes_and_says_what_to_do(services, d
     assert back.returncode == 0 and "returned churn to the previous champion v1 (from v2)" in back.stdout
     again = cli("rollback", "--model", "churn")
     assert again.returncode == 0 and "is already rolled back" in again.stdout
-    unknown = cli("rollback", "--model", "eta")
-    assert unknown.returncode == 1 and "no model 'eta' in the configuration" in unknown.stderr
+    for command in ("rollback", "promote", "pause", "rollout"):  # the same one line as every other command
+        args = ["clear", "--model", "eta"] if command == "rollout" else ["--model", "eta"]
+        unknown = cli(command, *args)
+        assert unknown.returncode == 1 and unknown.stderr.count("\n") == 1, (command, unknown.stderr)
+        assert "model 'eta' is not configured in " in unknown.stderr and "configured models: churn" in unknown.stderr
 
 
 def test_a_champion_without_errors_on_the_shadows_requests_leaves_nothing_to_gain(store: FeedbackStore) -> None:
