@@ -26,11 +26,22 @@ points of category mass); the other 13 are independent draws of the same distrib
   categorical ``scipy.stats.chi2_contingency(correction=False)`` plus Cohen's w, PSI and JS on the
   reference categories. PSI and Cohen's w use Pitstop's smoothing (``(c + 0.5) / (n + 0.5 k)``,
   PSI floored at 1e-3; with a missing/other bin of zero counts on both sides, as Pitstop has) so
-  the numbers are comparable; Holm over the tests. Flag = Holm-adjusted p < 0.01 and (KS >= 0.05
-  or PSI >= 0.15 or JS >= 0.1) for a numeric feature, (Cohen's w >= 0.1 or PSI >= 0.15 or JS >=
-  0.1) for a categorical one. One window (the whole current frame): median of ``--raw-repeat``
-  runs (default 5). 24 windows (Holm over 480 tests, as Pitstop): one run, as a point of
-  comparison for the 24-window figure. Times start from the DataFrames' columns.
+  the numbers are comparable; Holm over the tests. Each effect floor is compared with the lower end
+  of the effect's ``confidence`` interval (config.confidence, 0.95), written out here from the
+  formulas documented in feedback/monitoring/stats.py and not imported from it (alpha = 1 -
+  confidence, n and m the reference's and the window's row counts, k the bins non-empty on either
+  side, z the normal quantile at 1 - alpha / 2): KS ``max(0, D - sqrt(ln(2 / alpha) / 2 (1/n +
+  1/m)))`` (two-sample DKW band) with D from ``ks_2samp``; PSI, JS and Cohen's w by Fisher's
+  square root for a noncentral chi-square ``x = n m / (n + m) * v`` with k - 1 dof, ``lambda_low =
+  max(0, max(0, sqrt(x) - z)^2 - (k - 1))``, ``v_low = lambda_low (1/n + 1/m)``, where v is PSI,
+  ``8 ln(2) JS^2`` or ``w^2``. Flag = Holm-adjusted p < 0.01 and (KS_low >= 0.05 or PSI_low >=
+  0.15 or JS_low >= 0.1) for a numeric feature, (w_low >= 0.1 or PSI_low >= 0.15 or JS_low >= 0.1)
+  for a categorical one. One window (the whole current frame): median of ``--raw-repeat`` runs
+  (default 5). 24 windows (Holm over 480 tests, as Pitstop): one run, as a point of comparison for
+  the 24-window figure. Times start from the DataFrames' columns. The verdicts are compared with
+  Pitstop's feature by feature in every window ("verdicts per window" line; disagreements listed
+  with both sides' numbers), and the 1-window statistics and lower bounds by their largest
+  difference.
 * The tools (skipped with ``--no-tools``): ``bench/_drift_tools.py`` in its own virtualenv
   (``.bench-venvs/alibi``, ``.bench-venvs/evidently``; made by ``bash bench/setup_drift_tools.sh``),
   ``--repeat 3``, one JSON line each; their own settings and verdict rules (see that file), on the
@@ -233,10 +244,20 @@ def run_pitstop(
     flagged1 = [name for j, (_, name) in enumerate(arrays1.rows) if arrays1.drift[j, 0]]
     out["flagged_1"] = verdict(flagged1, shifted)
     out["stats_1"] = {
-        name: {k: float(getattr(arrays1, k)[j, 0]) for k in ("psi", "js", "stat", "effect", "p_adj")}
+        name: {k: float(getattr(arrays1, k)[j, 0])
+               for k in ("psi", "js", "stat", "effect", "psi_low", "js_low", "effect_low", "p_adj")}
         for j, (_, name) in enumerate(arrays1.rows)
     }
     counts24 = flag_counts(config, profile, many)
+    arrays24 = drift_arrays(config, profile, s24)
+    out["flagged_by_window_24"] = [sorted(name for j, (_, name) in enumerate(arrays24.rows) if arrays24.drift[j, i])
+                                   for i in range(WINDOWS)]
+    out["stats_by_window_24"] = [
+        {name: {k: float(getattr(arrays24, k)[j, i])
+                for k in ("psi", "js", "effect", "psi_low", "js_low", "effect_low", "p_adj")}
+         for j, (_, name) in enumerate(arrays24.rows)}
+        for i in range(WINDOWS)
+    ]
     out["flagged_24"] = per_window_verdict(counts24, WINDOWS, shifted)
     results, tests = evaluate_drift(config, profile, s24)
     from_results: dict[str, int] = {}
@@ -285,6 +306,31 @@ def psi_of(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
     return float(np.sum((q - p) * np.log(q / p)))
 
 
+def ks_low(d: float, n: int, m: int, confidence: float) -> float:
+    """Two-sample DKW band: ``max(0, D - sqrt(ln(2 / alpha) / 2 * (1 / n + 1 / m)))``, alpha = 1 - confidence."""
+    alpha = 1.0 - confidence
+    return max(0.0, d - float(np.sqrt(np.log(2.0 / alpha) / 2.0 * (1.0 / n + 1.0 / m))))
+
+
+def chi2_scale_low(v: float, a: np.ndarray, b: np.ndarray, confidence: float) -> float:
+    """Lower bound of a divergence ``v`` whose ``n m / (n + m)`` multiple is about noncentral chi-square, k - 1 dof.
+
+    Fisher's square root: ``sqrt(X) ~ N(sqrt(dof + lambda), <= 1)``, so ``lambda >= (sqrt(x) - z)^2 - dof``;
+    ``k`` counts the bins non-empty in ``a`` or ``b``, ``n`` and ``m`` their totals.
+    """
+    inv = 1.0 / a.sum() + 1.0 / b.sum()
+    dof = max(int(np.count_nonzero((a + b) > 0)) - 1, 0)
+    z = float(sps.norm.ppf((1.0 + confidence) / 2.0))
+    root = max(float(np.sqrt(v / inv)) - z, 0.0)
+    return max(root**2 - dof, 0.0) * inv
+
+
+def js_low(d: float, a: np.ndarray, b: np.ndarray, confidence: float) -> float:
+    """JS distance (base 2): ``8 ln(2) d^2`` is the divergence that scales to chi-square."""
+    scale = 8.0 * np.log(2.0)
+    return float(np.sqrt(chi2_scale_low(scale * d**2, a, b, confidence) / scale))
+
+
 def holm_adjust(p: np.ndarray) -> np.ndarray:
     order = np.argsort(p, kind="stable")
     m = len(p)
@@ -294,8 +340,8 @@ def holm_adjust(p: np.ndarray) -> np.ndarray:
     return out
 
 
-def raw_stats(ref: pd.DataFrame, cur: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Every statistic of every feature of one window, from the raw values."""
+def raw_stats(ref: pd.DataFrame, cur: pd.DataFrame, confidence: float) -> dict[str, dict[str, float]]:
+    """Every statistic of every feature of one window, and the lower bounds of the effects, from the raw values."""
     out: dict[str, dict[str, float]] = {}
     for c in _drift_data.NUMERIC:
         x, y = ref[c].to_numpy(dtype=np.float64), cur[c].to_numpy(dtype=np.float64)
@@ -304,8 +350,11 @@ def raw_stats(ref: pd.DataFrame, cur: pd.DataFrame) -> dict[str, dict[str, float
         # a missing-value bin (empty here) as Pitstop keeps one; it only changes the smoothing's k
         a = np.append(np.histogram(x, edges)[0], np.count_nonzero(np.isnan(x)))
         b = np.append(np.histogram(y, edges)[0], np.count_nonzero(np.isnan(y)))
-        out[c] = {"ks": float(ks.statistic), "p": float(ks.pvalue), "psi": psi_of(a, b),
-                  "js": float(jensenshannon(a, b, base=2))}
+        psi, js = psi_of(a, b), float(jensenshannon(a, b, base=2))
+        n_x, n_y = int(np.count_nonzero(~np.isnan(x))), int(np.count_nonzero(~np.isnan(y)))
+        out[c] = {"ks": float(ks.statistic), "p": float(ks.pvalue), "psi": psi, "js": js,
+                  "ks_low": ks_low(float(ks.statistic), n_x, n_y, confidence),
+                  "psi_low": chi2_scale_low(psi, a, b, confidence), "js_low": js_low(js, a, b, confidence)}
     for c in _drift_data.CATEGORICAL:
         x, y = ref[c].to_numpy(), cur[c].to_numpy()
         cats, a = np.unique(x, return_counts=True)
@@ -321,13 +370,15 @@ def raw_stats(ref: pd.DataFrame, cur: pd.DataFrame) -> dict[str, dict[str, float
         pr = smoothed(a, 0.0)
         q = b / b.sum()
         w = float(np.sqrt(np.sum((q - pr) ** 2 / pr)))
-        out[c] = {"chi2": float(chi2), "p": float(p), "w": w, "psi": psi_of(a, b),
-                  "js": float(jensenshannon(a, b, base=2))}
+        psi, js = psi_of(a, b), float(jensenshannon(a, b, base=2))
+        out[c] = {"chi2": float(chi2), "p": float(p), "w": w, "psi": psi, "js": js,
+                  "w_low": float(np.sqrt(chi2_scale_low(w**2, a, b, confidence))),
+                  "psi_low": chi2_scale_low(psi, a, b, confidence), "js_low": js_low(js, a, b, confidence)}
     return out
 
 
 def raw_flags(per_window: list[dict[str, dict[str, float]]], config: ModelConfig) -> list[list[str]]:
-    """Holm over every test of every window, then Pitstop's rule; the flagged features of each window."""
+    """Holm over every test of every window, then Pitstop's rule (floors on the lower bounds); flagged per window."""
     names = list(per_window[0])
     p = np.array([[w[c]["p"] for c in names] for w in per_window])
     p_adj = holm_adjust(p.ravel()).reshape(p.shape)
@@ -337,8 +388,9 @@ def raw_flags(per_window: list[dict[str, dict[str, float]]], config: ModelConfig
         out = []
         for j, c in enumerate(names):
             s = w[c]
-            effect = s["ks"] >= th.ks if "ks" in s else s["w"] >= th.chi2_effect
-            if p_adj[i, j] < config.alpha and (effect or s["psi"] >= th.psi or s["js"] >= th.js):
+            s["p_adj"] = float(p_adj[i, j])
+            effect = s["ks_low"] >= th.ks if "ks" in s else s["w_low"] >= th.chi2_effect
+            if p_adj[i, j] < config.alpha and (effect or s["psi_low"] >= th.psi or s["js_low"] >= th.js):
                 out.append(c)
         flagged.append(out)
     return flagged
@@ -347,7 +399,7 @@ def raw_flags(per_window: list[dict[str, dict[str, float]]], config: ModelConfig
 def run_raw(config: ModelConfig, ref: pd.DataFrame, cur: pd.DataFrame, shifted: list[str],
             args: argparse.Namespace) -> dict[str, Any]:
     def one() -> tuple[list[dict[str, dict[str, float]]], list[list[str]]]:
-        per = [raw_stats(ref, cur)]
+        per = [raw_stats(ref, cur, config.confidence)]
         return per, raw_flags(per, config)
 
     times = []
@@ -359,7 +411,7 @@ def run_raw(config: ModelConfig, ref: pd.DataFrame, cur: pd.DataFrame, shifted: 
                            "flagged_1": verdict(flags[0], shifted), "stats_1": per[0]}
     bounds = np.array_split(np.arange(len(cur)), WINDOWS)
     t0 = time.perf_counter()
-    per24 = [raw_stats(ref, cur.iloc[b[0] : b[-1] + 1]) for b in bounds]
+    per24 = [raw_stats(ref, cur.iloc[b[0] : b[-1] + 1], config.confidence) for b in bounds]
     flags24 = raw_flags(per24, config)
     out["windows_24_ms"] = (time.perf_counter() - t0) * 1e3
     counts: dict[str, int] = {}
@@ -367,21 +419,55 @@ def run_raw(config: ModelConfig, ref: pd.DataFrame, cur: pd.DataFrame, shifted: 
         for f in fl:
             counts[f] = counts.get(f, 0) + 1
     out["flagged_24"] = per_window_verdict(counts, WINDOWS, shifted)
+    out["flagged_by_window_24"] = [sorted(fl) for fl in flags24]
+    out["stats_by_window_24"] = per24
     return out
+
+
+def window_agreement(pit: dict[str, Any], raw: dict[str, Any], config: ModelConfig) -> dict[str, Any]:
+    """Pitstop's verdicts against scipy's, feature by feature in each of the 24 windows; both sides' numbers where
+    they differ. Also the single floor comparisons (a lower bound against its floor) that land on different sides,
+    whether or not the verdict changes: Pitstop's KS is on a fine value grid, at most the raw-value one."""
+    th = config.thresholds
+    floors_differ = []
+    for i, (wp, wr) in enumerate(zip(pit["stats_by_window_24"], raw["stats_by_window_24"], strict=True)):
+        for f, r in wr.items():
+            effect, floor = ("ks_low", th.ks) if "ks_low" in r else ("w_low", th.chi2_effect)
+            for name, mine, theirs, limit in ((effect, wp[f]["effect_low"], r[effect], floor),
+                                              ("psi_low", wp[f]["psi_low"], r["psi_low"], th.psi),
+                                              ("js_low", wp[f]["js_low"], r["js_low"], th.js)):
+                if (mine >= limit) != (theirs >= limit):
+                    floors_differ.append({"window": i, "feature": f, "bound": name, "pitstop": mine, "scipy": theirs,
+                                          "floor": limit})
+    disagreements = []
+    for i, (fp, fr) in enumerate(zip(pit["flagged_by_window_24"], raw["flagged_by_window_24"], strict=True)):
+        for f in sorted(set(fp) ^ set(fr)):
+            disagreements.append({"window": i, "feature": f, "pitstop": f in fp, "scipy": f in fr,
+                                  "pitstop_stats": pit["stats_by_window_24"][i][f],
+                                  "scipy_stats": raw["stats_by_window_24"][i][f]})
+    windows_agree = sum(fp == fr for fp, fr in zip(pit["flagged_by_window_24"], raw["flagged_by_window_24"],
+                                                   strict=True))
+    verdicts = WINDOWS * len(pit["stats_by_window_24"][0])
+    return {"windows_agree": windows_agree, "windows": WINDOWS, "verdicts": verdicts,
+            "verdicts_agree": verdicts - len(disagreements), "disagreements": disagreements,
+            "floor_comparisons": 3 * verdicts, "floor_comparisons_differ": floors_differ}
 
 
 def agreement(pit: dict[str, dict[str, float]], raw: dict[str, dict[str, float]]) -> dict[str, float]:
     """Largest differences between Pitstop's 1-window numbers (from bins) and scipy's (from raw values)."""
-    diff: dict[str, list[float]] = {"psi": [], "js": [], "ks": [], "chi2": [], "cohens_w": []}
+    diff: dict[str, list[float]] = {"psi": [], "js": [], "ks": [], "chi2": [], "cohens_w": [], "psi_low": [],
+                                    "js_low": [], "ks_low": [], "cohens_w_low": []}
     for name, r in raw.items():
         p = pit[name]
-        diff["psi"].append(abs(p["psi"] - r["psi"]))
-        diff["js"].append(abs(p["js"] - r["js"]))
+        for k in ("psi", "js", "psi_low", "js_low"):
+            diff[k].append(abs(p[k] - r[k]))
         if "ks" in r:
             diff["ks"].append(abs(p["stat"] - r["ks"]))
+            diff["ks_low"].append(abs(p["effect_low"] - r["ks_low"]))
         else:
             diff["chi2"].append(abs(p["stat"] - r["chi2"]) / max(r["chi2"], 1e-12))
             diff["cohens_w"].append(abs(p["effect"] - r["w"]))
+            diff["cohens_w_low"].append(abs(p["effect_low"] - r["w_low"]))
     return {("max_rel_" if k == "chi2" else "max_abs_") + k: max(v) for k, v in diff.items()}
 
 
@@ -527,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"N={n:,}: scipy from raw rows")
         res["raw"] = run_raw(config, ref, cur, shifted, args)
         res["agreement_1_window"] = agreement(res["pitstop"]["stats_1"], res["raw"]["stats_1"])
+        res["agreement_24_windows"] = window_agreement(res["pitstop"], res["raw"], config)
         if not args.no_tools:
             res["tools"] = []
             for tool in TOOLS:
@@ -549,6 +636,22 @@ def main(argv: list[str] | None = None) -> int:
         a = res["agreement_1_window"]
         print("  pitstop (bins) vs scipy (raw), 1 window, largest difference: "
               + ", ".join(f"{k} {v:.2g}" for k, v in a.items()))
+        g = res["agreement_24_windows"]
+        one_same = res["pitstop"]["flagged_1"]["flagged"] == res["raw"]["flagged_1"]["flagged"]
+        print(f"  pitstop vs scipy verdicts per window (floors on the lower bounds): 1 window "
+              f"{'agrees' if one_same else 'DIFFERS'}; 24 windows: {g['windows_agree']}/{g['windows']} windows "
+              f"and {g['verdicts_agree']}/{g['verdicts']} feature verdicts agree")
+        for d in g["disagreements"]:
+            ps, rs = d["pitstop_stats"], d["scipy_stats"]
+            eff = "ks_low" if "ks_low" in rs else "w_low"
+            print(f"    window {d['window']} {d['feature']}: pitstop {'drift' if d['pitstop'] else 'stable'} "
+                  f"(p_adj {ps['p_adj']:.3g}, effect_low {ps['effect_low']:.4f}, psi_low {ps['psi_low']:.4f}, "
+                  f"js_low {ps['js_low']:.4f}), scipy {'drift' if d['scipy'] else 'stable'} (p_adj {rs['p_adj']:.3g}, "
+                  f"{eff} {rs[eff]:.4f}, psi_low {rs['psi_low']:.4f}, js_low {rs['js_low']:.4f})")
+        fd = g["floor_comparisons_differ"]
+        print(f"  single floor comparisons (bound vs floor) on different sides: {len(fd)}/{g['floor_comparisons']}"
+              + "".join(f"; window {d['window']} {d['feature']} {d['bound']} pitstop {d['pitstop']:.4f} vs scipy "
+                        f"{d['scipy']:.4f} (floor {d['floor']:g})" for d in fd))
         tm = res["target_met"]
         print(f"  target: drift_arrays 24 windows {res['pitstop']['drift_arrays_24']['median_ms']:.3f} ms "
               f"-> {'MET' if tm['time'] else 'NOT MET'} (< {TARGET_MS:g} ms); exactly the shifted features in "
