@@ -16,6 +16,7 @@ from pitstop.outbox_relay import OutboxPublisher
 from pitstop.settings import Settings
 from retrain_worker.pipeline import RetrainPipeline
 from retrain_worker.worker import RetrainWorker
+from streams.topic_ids import ForgetTopicIds, TopicIds
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +36,14 @@ def run(settings: Settings, *, should_stop: Callable[[], bool] | None = None) ->
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
     longest = max((m.retrain.budget_s for m in settings.monitoring.models.values()), default=600)
+    topic_ids = TopicIds(bootstrap, client_id=f"{retrain_group(settings)}-topic-ids")
     consumer = KafkaConsumer(
-        settings.topics.retrain_triggers, bootstrap_servers=bootstrap, group_id=retrain_group(settings),
+        bootstrap_servers=bootstrap, group_id=retrain_group(settings),
         enable_auto_commit=False, auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=1000,
         max_poll_records=20, max_poll_interval_ms=max(300_000, int(longest * 2000)),  # a training between polls
     )
+    # a broker that came back (topics made again) is rejoined through a rebalance
+    consumer.subscribe([settings.topics.retrain_triggers], listener=ForgetTopicIds(topic_ids))
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", client_id=f"{retrain_group(settings)}-dlq")
     outbox = OutboxPublisher(bootstrap, settings.topics.prefix, client_id=f"{retrain_group(settings)}-outbox")
     store = FeedbackStore(database_url, settings.db_schema, max_size=3).open()
@@ -49,6 +53,7 @@ def run(settings: Settings, *, should_stop: Callable[[], bool] | None = None) ->
         dead_letter_topic=settings.topics.dead_letter,
         send_dead_letter=lambda t, k, v: producer.send(t, key=k, value=v),
         flush_dead_letters=lambda: producer.flush(timeout=30), publish=lambda: outbox.publish(store),
+        topic_id=topic_ids,
     )
     log.info("retrain worker: consuming %s (group %s)", settings.topics.retrain_triggers, retrain_group(settings))
     try:

@@ -81,10 +81,14 @@ class IntakeResult:
 
 
 class TriggerIntake:
-    """Takes batches of trigger messages: records the new trigger ids and the dead letters in one transaction."""
+    """Takes batches of trigger messages: records the new trigger ids and the dead letters in one transaction.
+    ``topic_id(topic)`` is the id the broker gave the topic (streams/topic_ids.py), which keys a dead letter's row
+    by the topic's life; "" keys it without one."""
 
-    def __init__(self, store: FeedbackStore, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(self, store: FeedbackStore, *, topic_id: Callable[[str], str] = lambda topic: "",
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.store = store
+        self.topic_id = topic_id
         self.clock = clock
 
     def receive(self, messages: Sequence[InboundMessage]) -> IntakeResult:
@@ -97,8 +101,9 @@ class TriggerIntake:
                 good.append((m, decode_trigger(m.value)))
             except TriggerRejected as exc:
                 result.dead_letters.append(DeadLetterRecord(
-                    source_topic=m.topic, source_partition=m.partition, source_offset=m.offset, element_index=-1,
-                    key=m.key, raw=m.value or b"", reason=str(exc), received_at=now))
+                    source_topic=m.topic, source_topic_id=self.topic_id(m.topic), source_partition=m.partition,
+                    source_offset=m.offset, element_index=-1, key=m.key, raw=m.value or b"", reason=str(exc),
+                    received_at=now))
         with self.store.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             taken: set[str] = set()
             if good:

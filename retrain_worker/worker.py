@@ -34,15 +34,17 @@ UPDATE retrain_intake SET attempts = attempts + 1, last_error = %s WHERE trigger
 class RetrainWorker:
     """Poll triggers, answer each, commit its offset. The Kafka clients and the outbox publishing come from the
     caller: ``consumer`` (kafka-python, subscribed, auto-commit off), ``send_dead_letter(topic, key, value)`` with
-    ``flush_dead_letters()``, and ``publish()`` (the outbox relay)."""
+    ``flush_dead_letters()``, ``publish()`` (the outbox relay) and ``topic_id(topic)``, the id the broker gave the
+    topic, which keys a dead letter's row by the topic's life (streams/topic_ids.py)."""
 
     def __init__(self, store: FeedbackStore, pipeline: RetrainPipeline, consumer: Any, *, dead_letter_topic: str,
                  send_dead_letter: Callable[[str, bytes | None, bytes], Any], flush_dead_letters: Callable[[], Any],
-                 publish: Callable[[], Any], max_tries: int = 3) -> None:
+                 publish: Callable[[], Any], topic_id: Callable[[str], str] = lambda topic: "",
+                 max_tries: int = 3) -> None:
         self.store = store
         self.pipeline = pipeline
         self.consumer = consumer
-        self.intake = TriggerIntake(store)
+        self.intake = TriggerIntake(store, topic_id=topic_id)
         self.dead_letter_topic = dead_letter_topic
         self.send_dead_letter = send_dead_letter
         self.flush_dead_letters = flush_dead_letters

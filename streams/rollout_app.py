@@ -23,6 +23,7 @@ from pitstop.outbox_relay import OutboxPublisher
 from pitstop.settings import Settings
 from streams.app import faust_app, handle_then_ack, publish_outbox
 from streams.consumer import set_fetch_max_wait
+from streams.topic_ids import TopicIds
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,13 @@ def build_rollout_app(settings: Settings, *, ready_file: Path | None = None) -> 
     alerts = alert_sink(settings.alert_webhook)
     models = ShadowModelCache()
     cursors = ScanCursors()
-    intake = CandidateIntake(store, settings.monitoring, registry=registry, alerts=alerts, models=models)
+    topic_ids = TopicIds(bootstrap, client_id=f"{app_id}-topic-ids")
+    intake = CandidateIntake(store, settings.monitoring, registry=registry, alerts=alerts, models=models,
+                             topic_id=topic_ids)
+
+    @app.on_rebalance_complete.connect
+    async def _forget_topic_ids(sender: faust.App, **_: Any) -> None:
+        topic_ids.forget()  # a broker that came back (topics made again) is rejoined through a rebalance
 
     @app.agent(candidates, name="candidates", concurrency=1)
     async def take_candidates(stream: faust.StreamT[Any]) -> None:

@@ -348,13 +348,17 @@ class CandidateIntake:
     """Takes batches of candidate messages: a malformed one, or one the registry contradicts, becomes a dead
     letter with its reason; a valid one starts its shadow. A database outage is waited out with backoff, the
     stream held (:meth:`stop` gives up, raising :class:`IngestStopped`: nothing is acked); any other error is
-    retried ``max_tries`` times, then the message is a dead letter naming it, never silently dropped."""
+    retried ``max_tries`` times, then the message is a dead letter naming it, never silently dropped.
+    ``topic_id(topic)`` is the id the broker gave the topic (streams/topic_ids.py), which keys a dead letter's row
+    by the topic's life; "" keys it without one."""
 
     def __init__(self, store: FeedbackStore, config: MonitoringConfig, *, registry: Registry | None = None,
                  alerts: AlertSink | None = None, models: ShadowModelCache | None = None,
                  backoff: Backoff = INTAKE_BACKOFF, max_tries: int = 3,
+                 topic_id: Callable[[str], str] = lambda topic: "",
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.store = store
+        self.topic_id = topic_id
         self.config = config
         self.registry = registry or Registry()
         self.alerts = alerts
@@ -381,9 +385,9 @@ class CandidateIntake:
                     if start.outcome != "refused":
                         continue
                     reason = f"refused: {start.sentence}"
-            dead.append(DeadLetterRecord(source_topic=m.topic, source_partition=m.partition, source_offset=m.offset,
-                                         element_index=-1, key=m.key, raw=m.value or b"", reason=reason,
-                                         received_at=now))
+            dead.append(DeadLetterRecord(source_topic=m.topic, source_topic_id=self.topic_id(m.topic),
+                                         source_partition=m.partition, source_offset=m.offset, element_index=-1,
+                                         key=m.key, raw=m.value or b"", reason=reason, received_at=now))
         if dead:
             result.dead_letters = self._retrying(lambda: self._store_dead_letters(dead), result)
         return result

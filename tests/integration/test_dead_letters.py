@@ -22,7 +22,7 @@ from feedback.store.ingest import DEAD_LETTER_RAW_PREFIX_BYTES, InboundMessage, 
 from pitstop import stack
 from pitstop.settings import Topics
 from schemas import SCHEMA_DIR, EventKind
-from streams.app import TopicIds
+from streams.topic_ids import TopicIds
 from tests.conftest import Services, wait_until
 from tests.factories import NOW, prediction_dict
 

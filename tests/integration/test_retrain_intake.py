@@ -4,19 +4,23 @@ event on the trigger topic goes to the dead-letter table and topic with its reas
 from __future__ import annotations
 
 import json
+import threading
 from datetime import timedelta
 from pathlib import Path
 
 import jsonschema
 import orjson
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient
 
 from feedback.store import FeedbackStore
 from feedback.store.ingest import InboundMessage
 from feedback.triggers.engine import Decision, trigger_event
-from pitstop.settings import Topics
+from pitstop import retrain_service, stack
+from pitstop.settings import Settings, Topics
 from retrain_worker.intake import TriggerIntake, decode_trigger, publish_dead_letters
-from tests.conftest import Services
+from streams.topic_ids import TopicIds
+from tests.conftest import Services, wait_until
 from tests.factories import T0
 
 DEAD_LETTER_SCHEMA = json.loads((Path(__file__).parents[2] / "schemas" / "dead_letter.schema.json").read_text())
@@ -96,3 +100,57 @@ def test_decoding_a_trigger_names_what_is_wrong() -> None:
         else:
             msg = f"accepted {doc}"
             raise AssertionError(msg)
+
+
+def test_the_topic_id_of_each_local_broker_life_keeps_its_trigger_dead_letters_apart(
+    stack_dir: Path, store: FeedbackStore
+) -> None:
+    """Two lives of a real local broker: the intake's topic ids differ, so 5 malformed triggers at offsets 0-4 in
+    each life are 10 rows, and the second life's messages delivered again add none."""
+    topic = "life.retrain-triggers"
+    ids: list[str] = []
+    for life in range(2):
+        broker = stack.start_broker(stack_dir / f"life-{life}")
+        try:
+            stack.ensure_topics(broker.address, [topic], 1)
+            topic_ids = TopicIds(broker.address)
+            intake = TriggerIntake(store, topic_id=topic_ids)
+            messages = [InboundMessage(topic=topic, partition=0, offset=i, key=b"churn", value=b"{bad %d" % i)
+                        for i in range(5)]
+            assert [d.dead_letter_id for d in intake.receive(messages).dead_letters] == [
+                d.dead_letter_id for d in intake.receive(messages).dead_letters]  # a redelivery finds its rows
+            ids.append(topic_ids(topic))
+        finally:
+            stack.stop_process(broker)
+    assert ids[0] != ids[1] and all(len(i) == 36 for i in ids), ids
+    rows = store.rows("SELECT source_topic_id, count(*) FROM dead_letters GROUP BY 1 ORDER BY min(id)")
+    assert rows == [(ids[0], 5), (ids[1], 5)]
+
+
+def test_the_retrain_worker_keys_its_dead_letters_by_the_topic_id(services: Services, db_schema: str, topics: Topics,
+                                                                  store: FeedbackStore, tmp_path: Path) -> None:
+    """`pitstop retrain-worker` on the real broker: a malformed trigger's row carries the id the broker gave the
+    trigger topic."""
+    settings = Settings.from_env({"PITSTOP_KAFKA_BOOTSTRAP": services.kafka_bootstrap,
+                                  "PITSTOP_DATABASE_URL": services.database_url, "PITSTOP_DB_SCHEMA": db_schema,
+                                  "PITSTOP_TOPIC_PREFIX": topics.prefix, "PITSTOP_APP_ID": db_schema,
+                                  "PITSTOP_STATE_DIR": str(tmp_path / "state")})
+    producer = KafkaProducer(bootstrap_servers=services.kafka_bootstrap, acks="all")
+    producer.send(topics.retrain_triggers, key=b"churn", value=b"{not json")
+    producer.flush()
+    producer.close()
+    stop = threading.Event()
+    worker = threading.Thread(target=retrain_service.run, args=(settings,), kwargs={"should_stop": stop.is_set})
+    worker.start()
+    try:
+        wait_until(lambda: store.scalar("SELECT count(*) FROM dead_letters") == 1, 60, lambda: "no dead letter row")
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    admin = KafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
+    try:
+        (described,) = admin.describe_topics([topics.retrain_triggers])
+    finally:
+        admin.close()
+    assert store.rows("SELECT source_topic, source_topic_id FROM dead_letters") == [
+        (topics.retrain_triggers, described["topic_id"])]

@@ -216,6 +216,34 @@ def test_the_intake_dead_letters_what_it_cannot_start(store: FeedbackStore) -> N
     assert store.rows("SELECT status FROM shadows") == [("running",)]
 
 
+def test_the_topic_id_of_each_local_broker_life_keeps_its_candidate_dead_letters_apart(
+    stack_dir: Path, store: FeedbackStore
+) -> None:
+    """Two lives of a real local broker: the intake's topic ids differ, so 5 malformed candidates at offsets 0-4 in
+    each life are 10 rows, and the second life's messages delivered again add none."""
+    from pitstop import stack
+    from streams.topic_ids import TopicIds
+
+    topic = "life.candidates"
+    ids: list[str] = []
+    for life in range(2):
+        broker = stack.start_broker(stack_dir / f"life-{life}")
+        try:
+            stack.ensure_topics(broker.address, [topic], 1)
+            topic_ids = TopicIds(broker.address)
+            intake = CandidateIntake(store, _config(), topic_id=topic_ids)
+            messages = [InboundMessage(topic=topic, partition=0, offset=i, key=b"churn", value=b"{bad %d" % i)
+                        for i in range(5)]
+            assert [d.dead_letter_id for d in intake.receive(messages).dead_letters] == [
+                d.dead_letter_id for d in intake.receive(messages).dead_letters]  # a redelivery finds its rows
+            ids.append(topic_ids(topic))
+        finally:
+            stack.stop_process(broker)
+    assert ids[0] != ids[1] and all(len(i) == 36 for i in ids), ids
+    rows = store.rows("SELECT source_topic_id, count(*) FROM dead_letters GROUP BY 1 ORDER BY min(id)")
+    assert rows == [(ids[0], 5), (ids[1], 5)]
+
+
 def test_a_shadow_waits_for_a_rollout_and_a_newer_candidate_supersedes_it(store: FeedbackStore) -> None:
     """During an active rollout a candidate's shadow waits; once the rollout ends the scoring round starts it at
     the watermark then; a newer candidate expires it (archived) and runs instead."""
@@ -406,7 +434,8 @@ def test_judge_round_passes_a_good_candidate_fails_a_bad_one_and_expires_a_starv
 def test_the_rollout_worker_takes_a_candidate_from_the_broker_and_scores_with_it(
         services, db_schema: str, topics, store: FeedbackStore, unique_name: str, tmp_path: Path) -> None:
     """`pitstop rollout-worker` on the real broker: a candidate event published on the candidates topic starts
-    its shadow and the live predictions get scored; a malformed message goes to the dead-letter table and topic."""
+    its shadow and the live predictions get scored; a malformed message goes to the dead-letter table (its row
+    keyed by the id the broker gave the candidates topic) and topic."""
     import os
 
     from kafka import KafkaConsumer, KafkaProducer
@@ -448,8 +477,16 @@ def test_the_rollout_worker_takes_a_candidate_from_the_broker_and_scores_with_it
         stack.stop_process(worker, timeout_s=15)
     assert store.rows("SELECT status FROM shadows") == [("running",)]
     assert store.scalar("SELECT count(*) FROM shadow_predictions WHERE error IS NOT NULL") == 0
-    [(reason,)] = store.rows("SELECT reason FROM dead_letters")
+    [(reason, topic_id)] = store.rows("SELECT reason, source_topic_id FROM dead_letters")
     assert reason.startswith("not_json: ")
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
+    try:
+        (described,) = admin.describe_topics([topics.candidates])
+    finally:
+        admin.close()
+    assert topic_id == described["topic_id"]
     consumer = KafkaConsumer(topics.dead_letter, bootstrap_servers=services.kafka_bootstrap,
                              auto_offset_reset="earliest")
     letters: list[dict[str, Any]] = []
