@@ -316,8 +316,10 @@ class RetrainPipeline:
         if not scored or fresh_error is None:
             return None
         error, _, best, best_sets = min(scored, key=lambda t: (t[0], t[1]))
-        if error >= fresh_error:
-            return None
+        p = one_sided_p(_eval_row_errors(model.task, best_sets[0], "challenger"),
+                        _eval_row_errors(model.task, fresh_sets[0], "challenger"))
+        if error > fresh_error * (1 - model.retrain.pool_min_gain) or p >= model.retrain.pool_alpha:
+            return None  # not clearly better: the fresh model, of the newest data, stays the candidate
         results = run_gates(model.task, best_sets, config)
         passed, summary = verdict(results)
         label = "log loss" if model.task == "classification" else "MAE"
@@ -391,10 +393,14 @@ class RetrainPipeline:
         if not scored or champion_error is None:
             return self._record(trigger, "unchanged", "model pool: no error could be computed", lineage=lineage)
         best_error, _, best, best_set = min(scored, key=lambda t: (t[0], t[1]))
-        if best_error >= champion_error:
+        p = one_sided_p(_eval_row_errors(model.task, best_set, "challenger"),
+                        _eval_row_errors(model.task, best_set, "champion"))
+        if best_error > champion_error * (1 - model.retrain.pool_min_gain) or p >= model.retrain.pool_alpha:
+            # a swap on noise makes a new champion whose baseline is the degraded stretch, and hides the change
             return self._record(trigger, "unchanged", (
-                f"model pool: no former champion beats the champion {champion.version} ({label} "  # type: ignore[union-attr]
-                f"{champion_error:.4g}; best {best.version} {best_error:.4g}) on the {len(since):,} rows since the "
+                f"model pool: no former champion clearly beats the champion {champion.version} ({label} "  # type: ignore[union-attr]
+                f"{champion_error:.4g}; best {best.version} {best_error:.4g}, p = {p:.2g}; a former champion must be "
+                f"{model.retrain.pool_min_gain:.0%} lower and significantly so) on the {len(since):,} rows since the "
                 "change"), lineage=lineage)
         results = run_gates(model.task, [best_set], gate_config(model, champion_measured=True))
         passed, summary = verdict(results)
@@ -574,23 +580,34 @@ def _refresh_kept(model: ModelConfig, s: EvalSet, passed: bool, summary: str) ->
     >>> _refresh_kept(m, s, False, "failed 1 of 9 checks: mae_vs_champion (recent)")
     'failed 1 of 9 checks: mae_vs_champion (recent)'
     """
-    from scipy.stats import ttest_rel
-
     if not passed:
         return summary
     challenger, champion = (_eval_row_errors(model.task, s, which) for which in ("challenger", "champion"))
     label = "log loss" if model.task == "classification" and s.challenger_proba is not None else (
         "error rate" if model.task == "classification" else "MAE")
-    n, diff = len(challenger), challenger - champion
-    if n < 2 or np.ptp(diff) <= 1e-12 * max(1.0, float(np.abs(diff).max())):
-        p = 0.0 if n >= 2 and diff.mean() < 0 else 1.0  # a constant difference: certain either way
-    else:
-        p = float(ttest_rel(challenger, champion, alternative="less").pvalue)
+    n, p = len(challenger), one_sided_p(challenger, champion)
     alpha = model.triggers.refresh_alpha
     if p < alpha:
         return None
     return (f"challenger {label} {challenger.mean():.4g} not significantly below the champion's "
             f"{champion.mean():.4g} on {n:,} recent rows (p = {p:.2g} >= {alpha:g})")
+
+
+def one_sided_p(errors: np.ndarray, others: np.ndarray) -> float:
+    """The p-value that ``errors`` are lower than ``others`` on the same rows (one-sided paired t-test); a constant
+    difference is certain either way.
+
+    >>> round(one_sided_p(np.array([0.0, 0.1, 0.0, 0.2]), np.array([1.0, 1.2, 0.9, 1.1])), 5)
+    0.00013
+    >>> one_sided_p(np.zeros(3), np.ones(3)), one_sided_p(np.ones(3), np.ones(3))
+    (0.0, 1.0)
+    """
+    from scipy.stats import ttest_rel
+
+    diff = errors - others
+    if len(diff) < 2 or np.ptp(diff) <= 1e-12 * max(1.0, float(np.abs(diff).max())):
+        return 0.0 if len(diff) >= 2 and diff.mean() < 0 else 1.0
+    return float(ttest_rel(errors, others, alternative="less").pvalue)
 
 
 def _eval_row_errors(task: str, s: EvalSet, which: str) -> np.ndarray:

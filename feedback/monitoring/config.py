@@ -193,6 +193,13 @@ class RetrainConfig:
     #: episode, so the pool must reach past them to the concept before (bench S5: with 3, the returning
     #: concept's model had dropped out)
     pool_size: int = 8
+    #: a former champion comes back only when significantly better (one-sided paired t-test of the per-row errors
+    #: at this level) than the champion (a pool look) or the fresh model: a swap on noise made a new champion
+    #: whose baseline was the degraded stretch after a change, and hid the change (bench S2: 1.1 points)
+    pool_alpha: float = 0.05
+    #: ... and its error this much lower (relative): a returning concept's model is far better, not a shade
+    #: (S2: two models of the old concept at log loss 5.401 and 5.408 on the new one differed significantly)
+    pool_min_gain: float = 0.1
     #: the frozen held-out set (retrain_worker/holdout.py): its size (0: none), refresh and maximum age
     holdout_rows: int = 500
     holdout_refresh_s: int = 7 * DAY_S
@@ -583,6 +590,8 @@ _RETRAIN: Mapping[str, _Convert] = {
     "min_train_rows": _integer(1),
     "min_test_rows": _integer(1),
     "pool_size": _integer(0),
+    "pool_alpha": _number("a number greater than 0 and less than 1", lambda x: 0 < x < 1),
+    "pool_min_gain": _number("a number >= 0 and less than 1", lambda x: 0 <= x < 1),
     "holdout_rows": _integer(0),
     "holdout_refresh": _duration,
     "holdout_max_age": _duration,

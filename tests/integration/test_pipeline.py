@@ -388,7 +388,7 @@ def test_a_pool_look_proposes_a_former_champion_without_training(store: Feedback
     assert store.scalar("SELECT count(*) FROM holdout_sets") == holdouts  # nor froze anything
     again = pipeline.handle(trigger(4, "pool", 13, 12))
     assert again.result == "unchanged"
-    assert again.sentence.startswith(f"model pool: no former champion beats the champion {a.version}")
+    assert again.sentence.startswith(f"model pool: no former champion clearly beats the champion {a.version}")
     with store.pool.connection() as conn, conn.cursor() as cur:
         cur.execute("INSERT INTO retrain_outcomes (trigger_id, model_name, outcome, recorded_at) VALUES "
                     "('r1', 'churn', 'rejected', now() - interval '3 minutes'), "
