@@ -45,8 +45,8 @@ def actor() -> str:
 
 def run(settings: Settings, command: str, model: str, *, say: Say, **kwargs: Any) -> int:
     """One command (``rollback``, ``promote``, ``pause``, ``resume``, ``clear``) on ``model``; its sentence."""
-    settings.require_model(model)  # the same one line as every command, naming the file and the models
-    with _session(settings) as (store, controller):
+    with _session(settings) as (store, controller):  # the database first, as every command
+        settings.require_model(model)  # then the same one line as every command, naming the file and the models
         try:
             if command == "resume":
                 sentence = controller.pause(model, actor(), resume=True)

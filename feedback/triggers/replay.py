@@ -319,7 +319,7 @@ def override_config(text: str, model: str, overrides: Sequence[str], *, path: st
     Traceback (most recent call last):
     ...
     feedback.errors.ModelConfigError: pitstop.toml: models.churn.triggers.performance.elevatd: unknown key; \
-expected one of: elevated, critical, floor, persist (did you mean 'elevated'?)
+expected one of: elevated, critical, floor, persist, pool_windows (did you mean 'elevated'?)
     >>> override_config(text, "churn", ["triggers.performance.elevated=2"])
     Traceback (most recent call last):
     ...

@@ -439,4 +439,4 @@ def test_a_multiclass_model_is_retrained_on_its_new_concept_and_gated(store: Fee
     assert any(g.name == "calibration" and g.passed for g in result.gates)
     [(series,)] = store.rows("SELECT profile FROM reference_profiles WHERE model_version = %s", (result.version,))
     score = next(s for s in series["series"] if s["name"] == "__score__")
-    assert sum(score["counts"]) == result.lineage["train_rows"] and score["edges"][0] > 1 / 3
+    assert sum(score["counts"]) == result.lineage["final_fit"]["rows"] and score["edges"][0] > 1 / 3

@@ -149,7 +149,9 @@ def test_list_shows_the_fired_decision_with_its_sentence(history: DriftedHistory
     assert decision["labels_since_change"] >= decision["labels_needed"] == 5000
     assert decision["event"] == "queued" and decision["published_at"] is None and decision["outcome"] is None
 
-    one_line_error(run_cli(history.env, "triggers", "list", "--model", "churn", "--limit", "0"), "--limit 0")
+    refused = run_cli(history.env, "triggers", "list", "--model", "churn", "--limit", "0")  # by the parser
+    assert refused.returncode == 2 and refused.stdout == "", refused
+    assert refused.stderr.splitlines()[-1].endswith("argument --limit: '0': expected an integer >= 1"), refused.stderr
     one_line_error(run_cli(history.env, "triggers", "list", "--model", "nope"), "configured models: churn")
 
 
