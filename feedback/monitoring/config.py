@@ -194,11 +194,12 @@ class RetrainConfig:
     #: concept's model had dropped out)
     pool_size: int = 8
     #: a former champion comes back only when significantly better (one-sided paired t-test of the per-row errors
-    #: at this level) than the champion (a pool look) or the fresh model: a swap on noise made a new champion
-    #: whose baseline was the degraded stretch after a change, and hid the change (bench S2: 1.1 points)
+    #: at this level) than the fresh model of a retrain, or than the champion in a pool look ...
     pool_alpha: float = 0.05
-    #: ... and its error this much lower (relative): a returning concept's model is far better, not a shade
-    #: (S2: two models of the old concept at log loss 5.401 and 5.408 on the new one differed significantly)
+    #: ... where its error must also be this much lower (relative): a swap on a shade made a new champion whose
+    #: baseline was the degraded stretch after a change, and hid it (S2: two models of the old concept at log loss
+    #: 5.401 and 5.408 on the new one differed significantly; 1.1 points lost). A retrain installs a new champion
+    #: either way, so there significance alone decides (S6: a former champion 6% better than the fresh model)
     pool_min_gain: float = 0.1
     #: the frozen held-out set (retrain_worker/holdout.py): its size (0: none), refresh and maximum age
     holdout_rows: int = 500
