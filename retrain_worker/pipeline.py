@@ -316,10 +316,8 @@ class RetrainPipeline:
         if not scored or fresh_error is None:
             return None
         error, _, best, best_sets = min(scored, key=lambda t: (t[0], t[1]))
-        p = one_sided_p(_eval_row_errors(model.task, best_sets[0], "challenger"),
-                        _eval_row_errors(model.task, fresh_sets[0], "challenger"))
-        if error >= fresh_error or p >= model.retrain.pool_alpha:
-            return None  # not significantly better: the fresh model, of the newest data, stays the candidate
+        if error >= fresh_error:  # a new champion either way, gated the same: the lower error is the candidate
+            return None
         results = run_gates(model.task, best_sets, config)
         passed, summary = verdict(results)
         label = "log loss" if model.task == "classification" else "MAE"
