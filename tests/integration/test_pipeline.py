@@ -31,6 +31,9 @@ budget = "120s"
 min_train_rows = 1000
 min_test_rows = 200
 promotion = "after-gates"
+# one recipe: the search over recency in labels trains four models more a retrain (a process each); it is
+# tested with it on in test_retrain_recipe.py
+recency_search = []
 """
 CHANGE = T0 + timedelta(hours=6)
 SCHEMA = json.loads((Path(__file__).parents[2] / "schemas" / "candidate.schema.json").read_text())
@@ -407,6 +410,7 @@ budget = "120s"
 min_train_rows = 800
 min_test_rows = 200
 promotion = "after-gates"
+recency_search = []
 """
 
 

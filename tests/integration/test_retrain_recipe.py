@@ -15,7 +15,11 @@ from feedback.store import FeedbackStore
 from feedback.triggers.engine import PostgresLedger
 from retrain_worker.pipeline import RetrainPipeline
 from tests.factories import T0
-from tests.integration.test_pipeline import CHANGE, TOML, _concept_change, _trigger
+from tests.integration.test_pipeline import CHANGE, _concept_change, _trigger
+from tests.integration.test_pipeline import TOML as PIPELINE_TOML
+
+TOML = PIPELINE_TOML.replace("recency_search = []\n", "")  # the defaults: the search over recency is on
+assert TOML != PIPELINE_TOML
 
 
 def test_a_final_fit_worse_than_the_gated_model_is_refused(store: FeedbackStore, tmp_path, monkeypatch) -> None:
