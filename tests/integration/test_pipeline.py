@@ -30,10 +30,10 @@ window = "1h"
 budget = "120s"
 min_train_rows = 1000
 min_test_rows = 200
-promotion = "after-gates"
 # one recipe: the search over recency in labels trains four models more a retrain (a process each); it is
 # tested with it on in test_retrain_recipe.py
 recency_search = []
+promotion = "after-gates"
 """
 CHANGE = T0 + timedelta(hours=6)
 SCHEMA = json.loads((Path(__file__).parents[2] / "schemas" / "candidate.schema.json").read_text())
@@ -409,8 +409,8 @@ window = "1h"
 budget = "120s"
 min_train_rows = 800
 min_test_rows = 200
-promotion = "after-gates"
 recency_search = []
+promotion = "after-gates"
 """
 
 

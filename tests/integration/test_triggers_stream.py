@@ -78,7 +78,10 @@ def test_a_drifting_stream_publishes_exactly_one_trigger(
     assert first["window_start"] == change.isoformat()
     assert {d["feature"] for d in first["drifted"]} == {"age", "tenure"}
     assert "drift on 2 of 4 features" in event["reason"]
-    assert store.scalar("SELECT count(*) FROM retrain_decisions") == 1
+    # one fired decision; a round that saw the pooled drop before the drift was confirmed may have left a pending
+    # performance decision of the same change beside it (it fires into a running training: suppressed)
+    assert store.scalar("SELECT count(*) FROM retrain_decisions WHERE status = 'fired'") == 1, store.rows(
+        "SELECT decision_id, status, sentence FROM retrain_decisions")
 
 
 def test_a_stable_stream_of_the_same_size_publishes_none(
