@@ -22,7 +22,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from feedback.monitoring import performance
 from feedback.monitoring.config import ModelConfig, MonitoringConfig
+from feedback.monitoring.evaluate import tested_level
 from feedback.monitoring.profile import ReferenceProfile, build_profile, category_key
 from feedback.monitoring.windows import WindowUpdater, install_profile, reference_columns, series_kinds
 from feedback.registry.artifacts import serialise
@@ -230,6 +232,7 @@ class RetrainPipeline:
             return self._record(trigger, "rejected", f"{version}: {summary}", version=version, gates=results,
                                 lineage=lineage, model_object=challenger, stage="rejected")
         stage = "champion" if cfg.promotion == "after-gates" else "candidate"
+        lineage["expected"] = _tested_level(model, eval_set)
         final, rows = self._final_fit(trigger, model, dataset, challenger, half_life, lineage)
         if isinstance(final, Outcome):
             return final
@@ -759,6 +762,32 @@ def _positive(model: ModelConfig, fitted: Any, X: pd.DataFrame) -> np.ndarray:
     classes = [category_key(c) for c in np.asarray(fitted.classes_).tolist()]
     key = category_key(model.positive_class)
     return proba[:, classes.index(key)] if key in classes else np.zeros(len(X))
+
+
+def _tested_level(model: ModelConfig, s: EvalSet) -> dict[str, Any] | None:
+    """The monitoring's main metric of the gated model on the recent test window (rows it never learnt), with its
+    interval, from the aggregates a production window would hold of the same predictions: the level the new
+    version's windows are judged against at the least (``baseline_of`` in feedback/monitoring/evaluate.py).
+    None when there are no rows or the metric cannot be computed from them."""
+    if len(s) == 0:
+        return None
+    truth, guess = s.y_true.tolist(), s.challenger.tolist()
+    try:
+        if model.task == "regression":
+            found = performance.regression_contributions(truth, guess)
+        elif s.classes is not None:
+            proba = (s.challenger_proba.tolist() if s.challenger_proba is not None else None)
+            found = performance.multiclass_contributions(
+                truth, guess, [dict(zip(s.classes, row, strict=True)) for row in proba] if proba else [None] * len(s))
+        else:
+            p = s.challenger_proba.tolist() if s.challenger_proba is not None else [None] * len(s)
+            found = performance.classification_contributions(truth, guess, p, positive=s.positive_class)
+    except ValueError:  # a value the monitoring could not count either
+        return None
+    acc: dict[str, int] = {}
+    for c in found:
+        performance.add(acc, c)
+    return tested_level(model, acc)
 
 
 def _classes(test: pd.DataFrame, *fitted: Any) -> tuple[str, ...]:

@@ -30,6 +30,12 @@ confidence intervals. A window is judged once it has ``min_labels`` labels and
 judged windows pooled,
 and a later window is ``degraded`` when its whole confidence interval is worse than the
 baseline by ``max_drop`` (or than the absolute ``performance.threshold``).
+
+A version the retrain worker trained carries its tested level: the main metric on the recent test window, rows
+the recipe never learnt, with its interval (``lineage.expected``). Its baseline is never worse than that level's
+unfavourable bound: when its first windows fall short of it, the concept it was tested on has already gone (a
+refit trained on the stale concept just as an old one returned), and taking those windows as the level would
+hide the change. The first windows are then judged like any other.
 """
 
 from __future__ import annotations
@@ -94,8 +100,18 @@ class Evaluation:
     drift: list[DriftResult] = field(default_factory=list)
     performance: list[PerformanceResult] = field(default_factory=list)
     tests: int = 0
-    #: the main metric's baseline (the version's earliest judged windows pooled), when there is one
+    #: the main metric's baseline (the version's earliest judged windows pooled, or its tested level), if any
     baseline: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """The level a version's windows are judged against: its earliest judged windows pooled (``starts``), or
+    the unfavourable bound of its tested level when that is better (``starts`` empty)."""
+
+    value: float
+    starts: tuple[datetime, ...]
+    source: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,20 +394,18 @@ def judged_performance(config: ModelConfig, acc: Mapping[str, int], rows: int) -
 
 
 def evaluate_performance(
-    config: ModelConfig, segment: str, data: WindowData, baseline: Mapping[str, int] | None,
-    baseline_starts: Sequence[datetime],
+    config: ModelConfig, segment: str, data: WindowData, baseline: Baseline | None,
 ) -> list[PerformanceResult]:
     """Performance results for every window of one segment against the version's baseline."""
     window = timedelta(seconds=config.window_s)
-    base_metrics = metrics_of(config, baseline) if baseline else {}
-    base = base_metrics.get(config.metric)
+    baseline_starts = baseline.starts if baseline is not None else ()
     if config.performance.threshold is not None:
         limit: float | None = config.performance.threshold
         limit_text = f"the limit {limit:.4g}"
-    elif base is not None:
+    elif baseline is not None:
         factor = (1 - config.performance.max_drop) if config.higher_is_better else (1 + config.performance.max_drop)
-        limit = base.value * factor
-        limit_text = f"{factor:.2f} x baseline {base.value:.4g} = {limit:.4g}"
+        limit = baseline.value * factor
+        limit_text = f"{factor:.2f} x baseline {baseline.value:.4g} ({baseline.source}) = {limit:.4g}"
     else:
         limit, limit_text = None, "no baseline yet"
     out: list[PerformanceResult] = []
@@ -433,9 +447,12 @@ def evaluate_performance(
 
 
 def baseline_of(
-    config: ModelConfig, windows: Sequence[tuple[datetime, Mapping[str, int], int]]
-) -> tuple[dict[str, int] | None, list[datetime]]:
-    """The pooled aggregates of the version's earliest ``performance.baseline_windows`` judged windows."""
+    config: ModelConfig, windows: Sequence[tuple[datetime, Mapping[str, int], int]],
+    expected: Mapping[str, Any] | None = None,
+) -> Baseline | None:
+    """The version's baseline: its earliest ``performance.baseline_windows`` judged windows pooled, unless its
+    tested level (``expected``, as :func:`tested_level` records it) has an unfavourable bound better than
+    theirs, or there are none yet: then that bound."""
     acc: dict[str, int] = {}
     starts: list[datetime] = []
     for start, stats_, rows in sorted(windows, key=lambda w: w[0]):
@@ -444,15 +461,33 @@ def baseline_of(
             starts.append(start)
             if len(starts) == config.performance.baseline_windows:
                 break
-    return (acc or None), starts
+    found = metrics_of(config, acc).get(config.metric) if acc else None
+    pooled = None if found is None else Baseline(found.value, tuple(starts), "its first windows")
+    floor = _tested_floor(config, expected)
+    if floor is None:
+        return pooled
+    if pooled is None or (pooled.value < floor if config.higher_is_better else pooled.value > floor):
+        n = int(expected.get("n", 0)) if expected else 0
+        return Baseline(floor, (), f"tested on {n:,} recent labels")
+    return pooled
 
 
-def baseline_value(config: ModelConfig, baseline: Mapping[str, int] | None) -> float | None:
-    """The main metric of the pooled baseline aggregates, or None without a baseline."""
-    if not baseline:
+def _tested_floor(config: ModelConfig, expected: Mapping[str, Any] | None) -> float | None:
+    """The unfavourable bound of a tested level of the model's main metric, or None (none, another metric)."""
+    if not expected or expected.get("metric") != config.metric:
         return None
-    found = metrics_of(config, baseline).get(config.metric)
-    return None if found is None else found.value
+    bound = expected.get("ci_low" if config.higher_is_better else "ci_high")
+    return float(bound) if isinstance(bound, int | float) and np.isfinite(bound) else None
+
+
+def tested_level(config: ModelConfig, acc: Mapping[str, int]) -> dict[str, Any] | None:
+    """The main metric of a tested model's aggregates with its interval, as the registry keeps it in
+    ``lineage.expected`` (None when the metric cannot be computed from them)."""
+    found = metrics_of(config, acc).get(config.metric) if acc else None
+    if found is None or not all(np.isfinite([found.value, found.ci_low, found.ci_high])):
+        return None
+    return {"metric": config.metric, "value": found.value, "ci_low": found.ci_low, "ci_high": found.ci_high,
+            "n": found.n}
 
 
 def to_window_data(

@@ -16,7 +16,6 @@ from feedback.monitoring.config import ModelConfig
 from feedback.monitoring.evaluate import (
     Evaluation,
     baseline_of,
-    baseline_value,
     evaluate_drift,
     evaluate_performance,
     summary,
@@ -80,6 +79,11 @@ LEFT JOIN window_performance p USING (model_name, model_version, window_s, segme
 WHERE c.model_name = %s AND c.model_version = %s AND c.window_s = %s AND c.segment = '*' AND c.series = %s
 ORDER BY c.window_start
 LIMIT %s
+"""
+
+# what the retrain worker measured of the version before it was deployed (None for a model registered by hand)
+_TESTED_LEVEL = """
+SELECT lineage->'expected' FROM model_versions WHERE model_name = %s AND version = %s
 """
 
 _FORGET_RESULTS = """
@@ -225,7 +229,8 @@ def evaluate_version(
     perf: dict[str, dict[datetime, dict[str, int]]] = defaultdict(dict)
     for segment, start, s in cur.execute(_WINDOW_PERF, (*key, first, newest)).fetchall():
         perf[segment][start] = exact_stats(s)
-    baseline, baseline_starts = baseline_of(config, early)
+    tested = cur.execute(_TESTED_LEVEL, (config.name, profile.model_version)).fetchone()
+    baseline = baseline_of(config, early, tested[0] if tested else None)
     segments = {
         seg: to_window_data(starts, counts[seg], perf.get(seg, {}), profile)
         for seg in sorted(counts, key=lambda s: (s != ALL, s))
@@ -233,10 +238,10 @@ def evaluate_version(
     drift, tests = evaluate_drift(config, profile, segments)
     evaluation = Evaluation(
         model_name=config.name, model_version=profile.model_version, evaluated_at=newest + step, drift=drift,
-        tests=tests, baseline=baseline_value(config, baseline),
+        tests=tests, baseline=baseline.value if baseline is not None else None,
     )
     for seg, data in segments.items():
-        evaluation.performance.extend(evaluate_performance(config, seg, data, baseline, baseline_starts))
+        evaluation.performance.extend(evaluate_performance(config, seg, data, baseline))
     return evaluation
 
 

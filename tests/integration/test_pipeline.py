@@ -97,6 +97,10 @@ def test_a_drift_trigger_makes_a_gated_candidate_trained_on_the_new_concept(stor
     assert result.lineage["final_fit"] == {"rows": result.lineage["train_rows"] + result.lineage["test_rows"],
                                            "recent_window": True}
     assert n_rows == result.lineage["final_fit"]["rows"]
+    # its tested level (the gated recipe on the recent window, before the refit): the floor of its baseline
+    expected = result.lineage["expected"]
+    assert expected["metric"] == config.models["churn"].metric and expected["n"] == result.lineage["test_rows"]
+    assert expected["ci_low"] < expected["value"] < expected["ci_high"]
     assert series == ["__label__", "__prediction__", "__score__", "age", "plan", "tenure"]
 
     again = pipeline.handle(_trigger())

@@ -101,12 +101,12 @@ def test_performance_degrades_only_when_the_interval_clears_the_limit() -> None:
 
     rng = np.random.default_rng(3)
     early = [(T0 + timedelta(hours=i), window(0.75, 2000, rng), 2000) for i in range(24)]
-    baseline, starts = baseline_of(CONFIG, early)
-    assert len(starts) == CONFIG.performance.baseline_windows
+    baseline = baseline_of(CONFIG, early)
+    assert baseline is not None and len(baseline.starts) == CONFIG.performance.baseline_windows
     later = [window(0.67, 2000, rng), window(0.74, 2000, rng), window(0.5, 100, rng)]
     data = WindowData(tuple(T0 + timedelta(days=2, hours=i) for i in range(3)), {}, np.array([2000, 2000, 2000]),
                       tuple(later))
-    results = [r for r in evaluate_performance(CONFIG, "*", data, baseline, starts) if r.metric == "accuracy"]
+    results = [r for r in evaluate_performance(CONFIG, "*", data, baseline) if r.metric == "accuracy"]
     assert [r.status for r in results] == ["degraded", "ok", "unjudged"]
 
 
@@ -193,3 +193,33 @@ def test_a_drift_sentence_quotes_the_bound_that_passed_the_floor() -> None:
     assert drift.status == "drift"
     assert "x: drift, psi " in drift.sentence and "(lower bound 0.1" in drift.sentence
     assert ">= floor 0.050; ks p-value" in drift.sentence
+
+
+def test_the_baseline_is_never_worse_than_the_tested_levels_bound() -> None:
+    """First windows at 0.67 after a test at 0.80 [0.78, 0.82]: the baseline is 0.78 and those windows are judged
+    (degraded); first windows at 0.80 after a test at 0.74 [0.72, 0.76] stay the baseline; a tested level of
+    another metric, or without a finite bound, is ignored."""
+    rng = np.random.default_rng(5)
+
+    def window(acc: float, n: int = 2000) -> dict[str, int]:
+        y = rng.integers(0, 2, n)
+        yhat = np.where(rng.random(n) < acc, y, 1 - y)
+        s: dict[str, int] = {}
+        for c in performance.classification_contributions(y.tolist(), yhat.tolist(), [None] * n, positive=1):
+            performance.add(s, c)
+        return s
+
+    tested = {"metric": "accuracy", "value": 0.80, "ci_low": 0.78, "ci_high": 0.82, "n": 3000}
+    poor = [(T0 + timedelta(hours=i), window(0.67), 2000) for i in range(6)]
+    baseline = baseline_of(CONFIG, poor, tested)
+    assert baseline is not None and baseline.value == 0.78 and baseline.starts == ()
+    data = WindowData(tuple(w[0] for w in poor), {}, np.array([2000] * 6), tuple(w[1] for w in poor))
+    statuses = {r.status for r in evaluate_performance(CONFIG, "*", data, baseline) if r.metric == "accuracy"}
+    assert statuses == {"degraded"}
+    assert baseline_of(CONFIG, [], tested).value == 0.78  # no judged window yet: the tested level alone
+
+    good = [(T0 + timedelta(hours=i), window(0.80), 2000) for i in range(6)]
+    kept = baseline_of(CONFIG, good, {**tested, "value": 0.74, "ci_low": 0.72, "ci_high": 0.76})
+    assert kept is not None and len(kept.starts) == CONFIG.performance.baseline_windows and kept.value > 0.78
+    for ignored in ({**tested, "metric": "f1"}, {**tested, "ci_low": None}, {**tested, "ci_low": float("nan")}):
+        assert baseline_of(CONFIG, poor, ignored).starts != ()
