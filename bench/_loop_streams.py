@@ -11,7 +11,9 @@ The six streams and the strategies are those of the measured anchors (river 0.26
   (abrupt, recurring); S3 Hyperplane, a slow rotation everywhere (no drift point); S4 STAGGER 0 -> 2 at 20,000
   (abrupt); S5 FriedmanDrift "gra" (regression; abrupt at 14,000, the first concept returns at 28,000); S6
   FriedmanDrift "gsg" (regression; gradual, two transitions of 1,000 samples from 14,000 and 28,000); S7
-  RandomRBF, 4 classes around 10 centroids in 8 features, new centroids at 20,000 (abrupt; multiclass, no anchor).
+  RandomRBF, 4 classes around 10 centroids in 8 features, new centroids at 20,000 (abrupt; multiclass, no anchor);
+  S8 SEA 0 -> 3 at 12,000 -> 0 at 28,000 (recurring; the return meets the refit ladder's last rung); S9 Agrawal
+  0 -> 2, gradual over 17,000-27,000, no feature drift (S8 and S9: no anchor).
 * Protocol: label delay ``delay``; at step t the labels of samples 0..t-delay are known and the deployed
   model predicts x_t. Every batch strategy starts from one HistGradientBoosting model fitted on the first
   5,000 labels, deployed at t0 = 5,000 + delay - 1 (the step at which the 5,000th label arrives); every
@@ -53,6 +55,7 @@ __all__ = [
     "plot_errors",
     "run_baseline",
     "score",
+    "significant_rise",
     "to_frame",
 ]
 
@@ -185,6 +188,29 @@ def _s7():
     )
 
 
+def _s8():
+    # SEA 0 -> 3 at 12,000, back to 0 at 28,000: the old concept returns as the refit ladder's last rung (16 x
+    # 1,000 labels since the change, known at 28,000 + the delay) trains on the concept that is just leaving.
+    # SEA's concepts share the features' distribution: only the labels show the change.
+    first = _ClippedConceptDriftStream(
+        synth.SEA(variant=0, seed=8), synth.SEA(variant=3, seed=8), position=12_000, width=1, seed=8
+    )
+    return _ClippedConceptDriftStream(first, synth.SEA(variant=0, seed=9), position=28_000, width=1, seed=9)
+
+
+def _s9():
+    # Agrawal function 0 -> 2, a slow gradual change (river's sigmoid over a width of 10,000 centred on 22,000:
+    # 12% of the samples drawn from the new concept at 17,000, 88% at 27,000); the features' distribution is the
+    # same under both functions: no feature drift, only a slow fall in performance
+    return _ClippedConceptDriftStream(
+        synth.Agrawal(classification_function=0, seed=21),
+        synth.Agrawal(classification_function=2, seed=21),
+        position=22_000,
+        width=10_000,
+        seed=21,
+    )
+
+
 # name -> (river dataset factory, task, drift points, drift ends, drifts everywhere)
 STREAMS: dict[str, tuple[Callable[[], Any], str, tuple[int, ...], tuple[int, ...], bool]] = {
     "S1": (_s1, CLASSIFICATION, (20_000,), (20_000,), False),
@@ -194,6 +220,8 @@ STREAMS: dict[str, tuple[Callable[[], Any], str, tuple[int, ...], tuple[int, ...
     "S5": (_s5, REGRESSION, (14_000, 28_000), (14_000, 28_000), False),
     "S6": (_s6, REGRESSION, (14_000, 28_000), (15_000, 29_000), False),
     "S7": (_s7, CLASSIFICATION, (20_000,), (20_000,), False),
+    "S8": (_s8, CLASSIFICATION, (12_000, 28_000), (12_000, 28_000), False),
+    "S9": (_s9, CLASSIFICATION, (17_000,), (27_000,), False),
 }
 
 
@@ -246,7 +274,7 @@ def _within(stream: Stream) -> Stream:
 
 
 def load_stream(spec: str, n: int = 40_000) -> Stream:
-    """``"S1"``..``"S7"``, or ``"path/to/file.py:callable"``.
+    """``"S1"``..``"S9"``, or ``"path/to/file.py:callable"``.
 
     The callable is called with ``n=n`` if it takes a parameter ``n``, else with no argument, and returns a
     :class:`Stream` or a tuple ``(samples, task, drift_points)`` (optionally a fourth item, the drift ends;
@@ -258,7 +286,7 @@ def load_stream(spec: str, n: int = 40_000) -> Stream:
         return _within(Stream(key.upper(), _take(factory(), n), task, points, ends, everywhere))
     if ":" in key:
         return _within(_load_callable(key, n))
-    msg = f"unknown stream {spec!r}: S1..S7 or path/to/file.py:callable"
+    msg = f"unknown stream {spec!r}: S1..S9 or path/to/file.py:callable"
     raise ValueError(msg)
 
 
@@ -434,6 +462,42 @@ def run_baseline(stream: Stream, strategy: str, *, delay: int) -> StrategyRun:
 
 
 # ---------------------------------------------------------------------------------------------------- scores
+
+
+def significant_rise(stream: Stream, *, window: int = 1_000, step: int = 50, alpha: float = 0.01,
+                     train: int = 5_000) -> list[int | None]:
+    """For each drift point p, the first step t >= p at which the error rise is significant: a model of the
+    concept before (HGB on the ``train`` samples before the ``window`` before p) errs more on the samples of
+    [max(p, t - window), t) than on the ``window`` before p (one-sided Welch t-test on the 0/1 or absolute errors,
+    p < ``alpha``, checked every ``step`` samples up to the drift's end + 5,000); None if it never is. An
+    independent reference for "detected within 1,000 labels of the point where the error rise is significant"
+    on a gradual drift (for an abrupt one it is a few dozen samples after p)."""
+    from scipy import stats
+
+    out: list[int | None] = []
+    for p, end in zip(stream.drift_points, stream.drift_ends, strict=True):
+        lo = max(0, p - window - train)
+        if p - window - lo < 1_000:
+            out.append(None)
+            continue
+        xs = to_frame([x for x, _ in stream.samples[lo:min(len(stream.samples), end + PROTOCOL.stable_gap)]])
+        ys = [y for _, y in stream.samples[lo:lo + len(xs)]]
+        model = _fit(stream.task, xs.iloc[:p - window - lo], ys[:p - window - lo])
+        guess = model.predict(xs.iloc[p - window - lo:])
+        truth = ys[p - window - lo:]
+        if stream.task == CLASSIFICATION:
+            err = np.array([0.0 if g == y else 1.0 for g, y in zip(guess, truth, strict=True)])
+        else:
+            err = np.abs(np.asarray(guess, dtype=float) - np.asarray(truth, dtype=float))
+        before, after = err[:window], err[window:]
+        found = None
+        for t in range(step, len(after) + 1, step):
+            recent = after[max(0, t - window):t]
+            if stats.ttest_ind(recent, before, equal_var=False, alternative="greater").pvalue < alpha:
+                found = p + t
+                break
+        out.append(found)
+    return out
 
 
 def errors(stream: Stream, run: StrategyRun) -> np.ndarray:

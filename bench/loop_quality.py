@@ -15,6 +15,10 @@ river 0.26.1 and scikit-learn 1.9.1 before Pitstop had a retrain path); the code
   abrupt, the centroids and so the features and every class's region change; the first model falls from about
   97% to 22%, a model on the 1,000 labels after the drift reaches about 94%): a multiclass stream, monitored
   without ``positive_class`` (accuracy, macro F1, log loss of the class probabilities), and not in the anchors.
+  S8 SEA 0 -> 3 at 12,000 -> 0 at 28,000 (abrupt, recurring: the old concept returns just as the refit
+  ladder's last rung, 16,000 labels after the first change, trains on the leaving one). S9 Agrawal 0 -> 2,
+  gradual: river's sigmoid of width 10,000 centred on 22,000, counted from 17,000 (12% of the samples from the
+  new concept) to 27,000 (88%); no feature drift under either. S8 and S9 are not in the anchors.
   ``path/to/file.py:callable`` adds a stream of your own (see ``load_stream``).
 * Strategies. Every batch strategy starts from one model, ``HistGradientBoosting{Classifier,Regressor}
   (max_iter=100, early_stopping=False, random_state=0)`` fitted on the first 5,000 labels and deployed at
@@ -31,18 +35,20 @@ river 0.26.1 and scikit-learn 1.9.1 before Pitstop had a retrain path); the code
   event time (``bench/_pitstop_loop.py:run_pitstop_staged``); (ds) with Pitstop's rollout defaults, (dsf)
   with a shadow of 6 h, dwells of 1 h and a hold of 6 h (the stream's 250 samples an event-hour make the
   defaults 26,500 samples).
-* Figures, every strategy scored on every step t >= t0: whole-stream accuracy % (MAE for regression); the
-  same over the 5,000 steps from each drift point; over the last 10,000 steps; the number of retrains (new
-  models deployed after the initial one); for each drift point, the labels after the drift that the first
-  retrain decision after it had (t_trigger - D - p + 1, counting decisions whose labelled data reach the
-  drift, before the next drift point; "-" if none); false triggers, decisions on stable stretches (before
-  the first drift point, or from 5,000 steps after a drift's end to the next drift point; "-" for S3); and
-  the strategy's wall time. For Pitstop's strategies also the figure from each drift point to the next one
-  (or the end), and for the staged ones what the rollout did: candidates, how their shadows ended (passed,
-  failed, expired, superseded by a newer candidate), how their ramps ended (promoted, rolled back, champion
-  kept, abandoned, still open), and the samples from each candidate to its ramp's start and to 100%. Beside
-  each baseline's whole-stream figure, the anchor's figure and the difference (only with the anchors'
-  protocol: 40,000 samples, D = 500).
+* Figures, every strategy scored on every step t >= t0: whole-stream accuracy % (MAE for regression); the same over
+  the 5,000 steps from each drift point; over the last 10,000 steps; the number of retrains (new models deployed
+  after the initial one); for each drift point, the labels after the drift that the first retrain decision after it
+  had (t_trigger - D - p + 1, counting decisions whose labelled data reach the drift, before the next drift point;
+  "-" if none); false triggers, decisions on stable stretches (before the first drift point, or from 5,000 steps
+  after a drift's end to the next drift point; "-" for S3); and the strategy's wall time. Each drift's "error rise
+  significant at" (``significant_rise``: a model of the concept before errs significantly more, one-sided Welch
+  t-test p < 0.01, on the 1,000 samples before t than on the 1,000 before the drift point) and, for Pitstop, the
+  labels from it to the detection. For Pitstop's strategies also the figure from each drift point to the next one
+  (or the end), and for the staged ones what the rollout did: candidates, how their shadows ended (passed, failed,
+  expired, superseded by a newer candidate), how their ramps ended (promoted, rolled back, champion kept, abandoned,
+  still open), and the samples from each candidate to its ramp's start and to 100%. Beside each baseline's
+  whole-stream figure, the anchor's figure and the difference (only with the anchors' protocol: 40,000 samples, D =
+  500).
 * The plot (``--plot``, default bench/loop_quality.png; needs matplotlib): rolling mean error over 1,000
   steps (error rate, or absolute error) per strategy, one panel per stream, dashed lines at drift points and
   grey bands over gradual transitions.
@@ -51,7 +57,7 @@ Progress goes to stderr, the tables to stdout. ARF is the slow part (minutes per
 
 Run from the repository root::
 
-    .venv/bin/python bench/loop_quality.py                                # S1..S7, all but ds, dsf
+    .venv/bin/python bench/loop_quality.py                                # S1..S9, all but ds, dsf
     .venv/bin/python bench/loop_quality.py --strategies a,b,c,e,f         # the baselines: check the anchors
     .venv/bin/python bench/loop_quality.py S2 S5 --strategies a,c,d --delay 2000
     .venv/bin/python bench/loop_quality.py --strategies d,ds,dsf --no-plot   # direct against staged promotion
@@ -86,6 +92,7 @@ from bench._loop_streams import (  # noqa: E402
     plot_errors,
     run_baseline,
     score,
+    significant_rise,
 )
 
 STRATEGIES = ("a", "b", "c", "d", "e", "f", "d1", "ds", "dsf")
@@ -174,7 +181,18 @@ def _diff(value: float | None, anchor: float | None, task: str) -> str:
     return f"{round(100 * (value - anchor) / anchor, 1) + 0.0:+.1f}%"
 
 
-def print_stream(stream: Stream, rows: list[dict[str, Any]], delay: int) -> None:
+def after_significance(stream: Stream, s: dict[str, Any], rise: list[int | None]) -> list[int | None] | None:
+    """Per drift point, the labels from the point where the error rise became significant
+    (``significant_rise``) to the strategy's detection (or its trigger, when it reports no detection);
+    negative: before it. None where either is missing."""
+    found = s.get("labels_to_detection") or s.get("labels_to_trigger")
+    if not found or not rise:
+        return None
+    return [None if n is None or r is None else p + n - 1 - r
+            for p, n, r in zip(stream.drift_points, found, rise, strict=True)]
+
+
+def print_stream(stream: Stream, rows: list[dict[str, Any]], delay: int, rise: list[int | None] = ()) -> None:
     task = stream.task
     metric = "accuracy %" if task == "classification" else "MAE"
     if stream.drifts_everywhere:
@@ -185,7 +203,9 @@ def print_stream(stream: Stream, rows: list[dict[str, Any]], delay: int) -> None
         drifts = "drifts at " + ", ".join(
             f"{p:,}" if p == e else f"{p:,}-{e:,}" for p, e in zip(stream.drift_points, stream.drift_ends, strict=True)
         )
-    print(f"\n{stream.name} ({task}, {len(stream.samples):,} samples, {drifts}; {metric} over t >= "
+    significant = ("; error rise significant at " + ", ".join("-" if r is None else f"{r:,}" for r in rise)
+                   if rise else "")
+    print(f"\n{stream.name} ({task}, {len(stream.samples):,} samples, {drifts}{significant}; {metric} over t >= "
           f"{PROTOCOL.t0(delay):,}, delay {delay})")
     after_head = " / ".join(f"@{p:,}" for p in stream.drift_points) or "-"
     header = ["strategy", "whole", f"after drift {after_head}", "last 10k", "retrains",
@@ -202,6 +222,9 @@ def print_stream(stream: Stream, rows: list[dict[str, Any]], delay: int) -> None
         if s.get("labels_to_detection") is not None:  # detected (decision recorded) -> fired
             ltt = " / ".join(f"{'-' if d is None else f'{d:,}'} -> {'-' if t is None else f'{t:,}'}"
                              for d, t in zip(s["labels_to_detection"], s["labels_to_trigger"], strict=True)) or "-"
+            if s.get("detection_after_significance"):
+                ltt += " (" + " / ".join("-" if v is None else f"{v:+,}" for v in s["detection_after_significance"]
+                                         ) + " after significance)"
         false = "-" if s["false_triggers"] is None else str(s["false_triggers"])
         table.append([row["label"], _fmt(s["whole"], task), after, _fmt(s["last"], task), str(s["retrains"]), ltt,
                       false, f"{s['seconds']:.1f}", _fmt(row["anchor"], task) if row["anchor"] is not None else "",
@@ -324,7 +347,7 @@ def print_summary(results: list[tuple[Stream, list[dict[str, Any]]]], strategies
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("streams", nargs="*", help="S1..S7 or path/to/file.py:callable (comma lists allowed)")
+    parser.add_argument("streams", nargs="*", help="S1..S9 or path/to/file.py:callable (comma lists allowed)")
     parser.add_argument("--stream", action="append", help="the same as the positional streams; repeatable")
     parser.add_argument("--delay", type=int, default=500, help="label delay D in samples")
     parser.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
@@ -353,10 +376,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     results: list[tuple[Stream, list[dict[str, Any]]]] = []
     runs_for_plot: list[tuple[Stream, list[StrategyRun]]] = []
+    rises: dict[str, list[int | None]] = {}
     for spec in specs:
         t = time.perf_counter()
         stream = load_stream(spec, args.samples)
         _log(f"{stream.name}: {len(stream.samples):,} samples ({stream.task}) in {time.perf_counter() - t:.1f} s")
+        rise = significant_rise(stream) if not stream.drifts_everywhere else []
+        rises[stream.name] = rise
         rows: list[dict[str, Any]] = []
         runs: list[StrategyRun] = []
         for strategy in strategies:
@@ -376,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             s = score(stream, run, delay=args.delay)
             s["after_drift_episode"] = episode_figures(stream, run, args.delay)
+            s["detection_after_significance"] = after_significance(stream, s, rise)
             anchor = _anchor(stream, strategy, args.delay) if strategy not in PITSTOP else None
             rows.append({"strategy": strategy, "label": run.label, "score": s, "anchor": anchor,
                          "notes": run.notes})
@@ -384,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(run)
             _log(f"{stream.name} {run.label}: whole {_fmt(s['whole'], stream.task)}, {len(run.deployed_at)} "
                  f"retrains, {run.seconds:.1f} s")
-        print_stream(stream, rows, args.delay)
+        print_stream(stream, rows, args.delay, rise)
         print_rollouts(stream, rows)
         sys.stdout.flush()
         results.append((stream, rows))
@@ -419,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
             "streams": [
                 {"name": s.name, "task": s.task, "samples": len(s.samples), "drift_points": list(s.drift_points),
                  "drift_ends": list(s.drift_ends), "drifts_everywhere": s.drifts_everywhere,
+                 "significant_rise": rises.get(s.name),
                  "anchors": ANCHORS.get(s.name) if _anchor(s, "a", args.delay) is not None else None,
                  "strategies": rows}
                 for s, rows in results
