@@ -242,6 +242,7 @@ class RolloutConfig:
     step_min_requests: int = 200  # each arm's requests at a step before it may advance
     promote_ratio: float = 0.98  # promote only if the challenger's error is <= this x the champion's ...
     alpha: float = 0.05  # ... significantly so (always-valid mSPRT p-value), segments not significantly worse
+    segment_max_ratio: float = 1.10  # ... and each declared segment value shown below this x the champion's error
     max_duration_s: int = 28 * DAY_S  # a ramp that proves nothing by then keeps the champion
     hold_s: int = 2 * DAY_S  # after 100%, the new champion is judged against the frozen pre-ramp baseline
     #: rollback, at any step and during the hold, each arm on its own traffic
@@ -634,6 +635,7 @@ _ROLLOUT: Mapping[str, _Convert] = {
     "shadow_min_duration": _duration,
     "shadow_max_duration": _duration,
     "shadow_max_ratio": _number("a number >= 1", lambda x: x >= 1),
+    "segment_max_ratio": _number("a number >= 1", lambda x: x >= 1),
     "shadow_max_failure_rate": _number(_UNIT_INTERVAL, lambda x: 0 <= x <= 1),
     "shadow_backfill": _duration,
     "agreement_alert": _number(_UNIT_INTERVAL, lambda x: 0 <= x <= 1),

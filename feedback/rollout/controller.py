@@ -45,6 +45,7 @@ from feedback.rollout.rules import (
     plan_test,
     rollback_findings,
     step_ready,
+    users_within,
 )
 from feedback.triggers.alerts import Alert, AlertSink
 from feedback.triggers.outbox import enqueue
@@ -85,9 +86,13 @@ FROM shadow_feedback f
 WHERE f.model_name = %s AND f.shadow_version = %s AND f.label IS NOT NULL AND f.labeled_at > %s
   AND f.shadow_error IS NULL
 """
+# the distinct users (the router's key, else the request) of a span: how many, seen once, seen twice, the first
 _UNITS_SEEN = """
-SELECT count(DISTINCT coalesce(routing_key, prediction_id)) AS users, min(predicted_at) AS first
-FROM predictions WHERE model_name = %s AND predicted_at > %s AND predicted_at <= %s
+SELECT count(*) AS users, count(*) FILTER (WHERE visits = 1) AS once, count(*) FILTER (WHERE visits = 2) AS twice,
+       min(first) AS first
+FROM (SELECT count(*) AS visits, min(predicted_at) AS first FROM predictions
+      WHERE model_name = %s AND predicted_at > %s AND predicted_at <= %s
+      GROUP BY coalesce(routing_key, prediction_id)) u
 """
 _DEPLOYMENT = "SELECT * FROM deployments WHERE model_name = %s FOR UPDATE"
 _UPSERT_DEPLOYMENT = """
@@ -326,17 +331,17 @@ class _Look:
 
     def units_available(self) -> float:
         """Users each arm can expect within the ramp's maximum duration at its last step below 100%: the distinct
-        users of the last ``max_duration`` (scaled up when the history is shorter) x that share."""
+        users of the last ``max_duration`` (when the history is shorter, as many as its rate and its returning
+        users say: ``users_within``) x that share."""
         assert self.now is not None
         span_start = self.now - timedelta(seconds=self.cfg.max_duration_s)
         row = self.cur.execute(_UNITS_SEEN, (self.model.name, span_start, self.now)).fetchone()
-        users, first = row["users"], row["first"]
-        if not users or first is None:
+        if not row["users"] or row["first"] is None:
             return 0.0
-        seen_s = max((self.now - first).total_seconds(), 3_600.0)
-        scale = max(1.0, self.cfg.max_duration_s / seen_s)
+        seen_s = max((self.now - row["first"]).total_seconds(), 3_600.0)
+        users = users_within(row["users"], row["once"], row["twice"], seen_s, self.cfg.max_duration_s)
         below_full = [s for s in self.cfg.steps if s < 1.0]
-        return users * scale * (below_full[-1] if below_full else 0.5)
+        return users * (below_full[-1] if below_full else 0.5)
 
     # -- ramping ----------------------------------------------------------------------------------------------
 

@@ -153,13 +153,23 @@ def _error(challenger: ArmStats, champion: ArmStats, config: RolloutConfig) -> F
 
 @dataclass(slots=True, kw_only=True)
 class PromotionTest:
-    """The promotion test's state across looks: the overall mSPRT and one per declared segment value."""
+    """The promotion test's state across looks: the overall mSPRT and, per declared segment value, two: harm
+    (the challenger's error significantly above the champion's) and non-inferiority (significantly below
+    ``segment_ratio`` x the champion's).
+
+    A promotion needs both the overall gain and, for every segment value holding at least ``segment_min_share`` of
+    the users, its non-inferiority shown: a challenger much better overall is significant long before a fifth of
+    the users can show it 15 points worse, and "not significantly worse" then promoted it (issue 16). A smaller
+    value is reported, not required (like the offline gate's small segments)."""
 
     tau2: float
     ratio: float
     alpha: float
+    segment_ratio: float = 1.10
+    segment_min_share: float = 0.05
     overall: SequentialTest = field(init=False)
     segments: dict[str, SequentialTest] = field(default_factory=dict)
+    within: dict[str, SequentialTest] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.overall = SequentialTest(tau2=self.tau2, alpha=self.alpha, ratio=self.ratio)
@@ -178,17 +188,26 @@ class PromotionTest:
         combined = combine_strata([(c.units, a.units) for c, a in strata], self.ratio)
         p = self.overall.p_value if combined is None else self.overall.look_difference(combined.d, combined.v)
         self.overall.looks += 1
-        worse = []
+        worse, unshown = [], []
         names = sorted({k for c, a in strata for k in set(c.segments) & set(a.segments)})
+        users = sum(c.units.n + a.units.n for c, a in strata)
         for name in names:
+            pairs = [(c.segments[name], a.segments[name]) for c, a in strata
+                     if name in c.segments and name in a.segments]
             test = self.segments.setdefault(name, SequentialTest(tau2=self.tau2, alpha=self.alpha))
-            seg = combine_strata([(c.segments[name], a.segments[name]) for c, a in strata
-                                  if name in c.segments and name in a.segments], 1.0)
+            within = self.within.setdefault(name, SequentialTest(tau2=self.tau2, alpha=self.alpha,
+                                                                 ratio=self.segment_ratio))
+            seg, close = combine_strata(pairs, 1.0), combine_strata(pairs, self.segment_ratio)
             test.looks += 1
-            if seg is not None:
+            within.looks += 1
+            if seg is not None and close is not None:
                 test.look_difference(seg.d, seg.v)
+                within.look_difference(close.d, close.v)
             if test.significant and test.difference > 0:
                 worse.append(f"{name} (p = {test.p_value:.2g})")
+            elif (not (within.significant and within.difference < 0)
+                  and sum(b.n + a.n for b, a in pairs) >= self.segment_min_share * users):
+                unshown.append(f"{name} (p = {within.p_value:.2g})")
         if combined is None:
             return Decision(kind="continue", p_value=p, sentence="fewer than 2 users an arm at every step: not yet")
         figures = (f"challenger {combined.mean_b:.4g} against {self.ratio:g} x champion {combined.mean_a:.4g} = "
@@ -201,22 +220,32 @@ class PromotionTest:
         if worse:
             return Decision(kind="continue", p_value=p, sentence=(
                 f"{figures}; significantly worse in {', '.join(worse)}: not promoted"))
+        if self.overall.significant and unshown:
+            return Decision(kind="continue", p_value=p, sentence=(
+                f"{figures}; not yet shown within {self.segment_ratio:g} x the champion in {', '.join(unshown)}: "
+                "not promoted"))
         if self.overall.significant:
             return Decision(kind="promote", p_value=p, sentence=f"{figures} <= alpha {self.alpha:g}: promote")
         return Decision(kind="continue", p_value=p, sentence=f"{figures} > alpha {self.alpha:g}: not yet")
 
     def to_json(self) -> dict[str, Any]:
-        return {"tau2": self.tau2, "ratio": self.ratio, "alpha": self.alpha,
+        return {"tau2": self.tau2, "ratio": self.ratio, "alpha": self.alpha, "segment_ratio": self.segment_ratio,
+                "segment_min_share": self.segment_min_share,
                 "overall": [self.overall.p_value, self.overall.looks, self.overall.difference],
-                "segments": {k: [t.p_value, t.looks, t.difference] for k, t in self.segments.items()}}
+                "segments": {k: [t.p_value, t.looks, t.difference] for k, t in self.segments.items()},
+                "within": {k: [t.p_value, t.looks, t.difference] for k, t in self.within.items()}}
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> PromotionTest:
-        test = cls(tau2=doc["tau2"], ratio=doc["ratio"], alpha=doc["alpha"])
+        test = cls(tau2=doc["tau2"], ratio=doc["ratio"], alpha=doc["alpha"],
+                   segment_ratio=doc.get("segment_ratio", 1.10), segment_min_share=doc.get("segment_min_share", 0.05))
         test.overall.p_value, test.overall.looks, test.overall.difference = doc["overall"]
         for name, (p, looks, d) in doc.get("segments", {}).items():
-            seg = SequentialTest(tau2=test.tau2, alpha=test.alpha, p_value=p, looks=looks, difference=d)
-            test.segments[name] = seg
+            test.segments[name] = SequentialTest(tau2=test.tau2, alpha=test.alpha, p_value=p, looks=looks,
+                                                 difference=d)
+        for name, (p, looks, d) in doc.get("within", {}).items():
+            test.within[name] = SequentialTest(tau2=test.tau2, alpha=test.alpha, ratio=test.segment_ratio,
+                                               p_value=p, looks=looks, difference=d)
         return test
 
 
@@ -233,24 +262,45 @@ class Combined:
     strata: int
 
 
+#: a step's comparison counts once each arm has this many users: below, the normal approximation the sequential test
+#: rests on fails (2 users of a segment in a 5% arm, both without an error, read as "significantly better" at
+#: p = 0.0002, and the always-valid p-value kept it for the rest of the ramp)
+MIN_STRATUM_UNITS = 20
+
+
 def combine_strata(strata: Sequence[tuple[UnitStats, UnitStats]], ratio: float) -> Combined | None:
-    """Per stratum (challenger, champion) users; each stratum's ``mean_B - ratio x mean_A`` weighted by its users
-    (``w = (n_B + n_A) / total``), variance ``sum w**2 (var_B/n_B + ratio**2 var_A/n_A)``; strata with fewer than 2
-    users an arm are left out (None when none is left). One stratum is the plain two-sample comparison.
+    """Per stratum (challenger, champion) users; each stratum's ``mean_B - ratio x mean_A`` with its variance
+    ``v = s**2 (1/n_B + ratio**2/n_A)``, ``s**2`` the larger of the two arms' variances (a small arm's variance is
+    often near 0 by chance), combined with inverse-variance weights (``w ~ 1/v``, the least variance an unbiased
+    combination can have; combined variance ``sum w**2 v``); strata with fewer than ``MIN_STRATUM_UNITS`` users an
+    arm are left out (None when none is left). One stratum is the plain two-sample comparison.
+
+    Weighted by their users instead (``n_B + n_A``), a ramp's early steps, 5% of 2,000 users with 100 in the
+    challenger's arm, keep their noise in the combined variance for good, whatever the 50% step gathers: a
+    challenger 15 points worse on one segment stayed at p = 0.24-0.28 and was promoted (issue 16). Weighted by
+    ``n_B n_A / (n_B + n_A)`` they still do when users return: the 50% step's per-user means sharpen look after
+    look while its users do not grow.
 
     >>> c = combine_strata([(UnitStats(n=100, mean=1.0, var=1.0), UnitStats(n=100, mean=2.0, var=1.0)),
     ...                     (UnitStats(n=300, mean=3.0, var=1.0), UnitStats(n=300, mean=3.0, var=1.0))], 1.0)
     >>> c.d, round(c.v, 6), c.mean_b, c.mean_a
     (-0.25, 0.005, 2.5, 2.75)
+    >>> early = (UnitStats(n=20, mean=0.5, var=1.0), UnitStats(n=2000, mean=0.0, var=1.0))  # a 5% canary arm
+    >>> late = (UnitStats(n=1000, mean=0.5, var=1.0), UnitStats(n=1000, mean=0.0, var=1.0))  # a 50% step
+    >>> round(math.sqrt(combine_strata([early, late], 1.0).v), 4)  # the 50% step alone: 0.0447 (by users: 0.1151)
+    0.0439
     """
-    kept = [(b, a) for b, a in strata if b.n >= 2 and a.n >= 2]
+    kept = [(b, a) for b, a in strata if b.n >= MIN_STRATUM_UNITS and a.n >= MIN_STRATUM_UNITS]
     if not kept:
         return None
-    total = sum(b.n + a.n for b, a in kept)
-    w = [(b.n + a.n) / total for b, a in kept]
+    # each step's variance; a step without any (every user's mean alike) counts as the most precise one seen
+    own = [max(b.var, a.var) * (1 / b.n + ratio * ratio / a.n) for b, a in kept]
+    floor = min([v for v in own if v > 0], default=1.0)
+    info = [1 / (v if v > 0 else floor) for v in own]
+    w = [i / sum(info) for i in info]
     return Combined(
         d=sum(wi * (b.mean - ratio * a.mean) for wi, (b, a) in zip(w, kept, strict=True)),
-        v=sum(wi * wi * (b.var / b.n + ratio * ratio * a.var / a.n) for wi, (b, a) in zip(w, kept, strict=True)),
+        v=sum(wi * wi * v for wi, v in zip(w, own, strict=True)),
         mean_b=sum(wi * b.mean for wi, (b, _) in zip(w, kept, strict=True)),
         mean_a=sum(wi * a.mean for wi, (_, a) in zip(w, kept, strict=True)),
         n_b=sum(b.n for b, _ in kept), n_a=sum(a.n for _, a in kept), strata=len(kept))
@@ -286,6 +336,27 @@ class Decision:
     sentence: str
 
 
+def users_within(users: int, once: int, twice: int, seen_s: float, horizon_s: float) -> float:
+    """The distinct users to expect over ``horizon_s``, having seen ``users`` in ``seen_s`` (``once`` of them with
+    one request, ``twice`` with two): the rate so far carried over the horizon, but never more than the population
+    the repeat visits show (Chao1's bias-corrected estimate, ``users + once (once - 1) / (2 (twice + 1))``).
+    Returning users come back rather than adding to the count: scaled linearly, 2,000 returning users over a day
+    counted as 18,640 in 28 days (issue 16).
+
+    >>> users_within(2_000, 0, 0, 86_400, 28 * 86_400)  # 2,000 users, each seen again and again
+    2000.0
+    >>> users_within(1_000, 1_000, 0, 86_400, 28 * 86_400)  # every request a new user: the rate holds
+    28000.0
+    >>> round(users_within(1_000, 500, 500, 86_400, 28 * 86_400))  # half seen twice already
+    1249
+    """
+    if users <= 0 or seen_s <= 0:
+        return 0.0
+    linear = users * max(1.0, horizon_s / seen_s)
+    population = users + once * (once - 1) / (2 * (twice + 1))
+    return float(min(linear, population))
+
+
 def plan_test(champion: UnitStats, expected_ratio: float | None, units_available: float,
               config: RolloutConfig) -> tuple[PromotionTest | None, str]:
     """The promotion test for a ramp about to start, or None with the reason to abandon it.
@@ -303,7 +374,8 @@ def plan_test(champion: UnitStats, expected_ratio: float | None, units_available
     """
     if expected_ratio is None or champion.n < 2 or not champion.mean > 0:
         tau2 = max((0.05 * champion.mean) ** 2, 1e-12)
-        return (PromotionTest(tau2=tau2, ratio=config.promote_ratio, alpha=config.alpha),
+        return (PromotionTest(tau2=tau2, ratio=config.promote_ratio, alpha=config.alpha,
+                              segment_ratio=config.segment_max_ratio),
                 "no shadow or champion figures to plan the sample with: the ramp runs to its maximum duration")
     effect = (config.promote_ratio - expected_ratio) * champion.mean
     if effect <= 0:
@@ -315,7 +387,8 @@ def plan_test(champion: UnitStats, expected_ratio: float | None, units_available
                 f"({effect / sd:.2g} sd) at 80% power; {units_available:,.0f} available")
     if needed > units_available:
         return None, f"{sentence}: impractical"
-    return PromotionTest(tau2=effect * effect, ratio=config.promote_ratio, alpha=config.alpha), sentence
+    return (PromotionTest(tau2=effect * effect, ratio=config.promote_ratio, alpha=config.alpha,
+                          segment_ratio=config.segment_max_ratio), sentence)
 
 
 def step_ready(dwell_s: float, dwell_needed_s: int, step_requests: Mapping[str, int], min_requests: int) -> str | None:

@@ -13,7 +13,16 @@ import pytest
 from scipy.stats import binomtest
 
 from feedback.monitoring.config import RolloutConfig
-from feedback.rollout.rules import ArmStats, PromotionTest, UnitStats, plan_test, rollback_findings, step_ready
+from feedback.rollout.rules import (
+    ArmStats,
+    PromotionTest,
+    UnitStats,
+    combine_strata,
+    plan_test,
+    rollback_findings,
+    step_ready,
+    users_within,
+)
 
 CFG = RolloutConfig()
 
@@ -169,3 +178,64 @@ def test_arms_level_at_every_step_are_not_rolled_back_on_the_pooled_figures() ->
     assert rollback_findings(challenger, champion, CFG, strata) == []
     decision = PromotionTest(tau2=0.01 ** 2, ratio=1.0, alpha=0.05).look_strata(strata)
     assert decision.kind == "continue" and "4 steps" in decision.sentence
+
+
+
+@pytest.mark.parametrize(("users", "once", "twice", "seen_h", "expected"), [
+    (2_000, 0, 0, 24, 2_000),         # 2,000 users, each back many times: the population, not 28 x a day
+    (1_000, 1_000, 0, 24, 28_000),    # every request a new user: the day's rate over 28 days
+    (1_000, 500, 500, 24, 1_249),     # half already seen twice: Chao1, 1,000 + 500 x 499 / (2 x 501)
+    (1_000, 10, 0, 28 * 24, 1_000),   # the history spans the horizon: what was seen
+    (0, 0, 0, 24, 0),
+])
+def test_the_planner_counts_returning_users_once(users: int, once: int, twice: int, seen_h: int,
+                                                 expected: int) -> None:
+    assert round(users_within(users, once, twice, seen_h * 3_600, 28 * 24 * 3_600)) == expected
+
+
+def test_a_tiny_early_arm_keeps_no_noise_in_the_combined_test() -> None:
+    """Three early steps with small challenger arms, then a 50% step whose users return and whose per-user means
+    sharpen look after look: the combined variance falls to the 50% step's own (weighted by users, the early
+    strata's share of the weights never falls, nor their noise)."""
+    early = [(UnitStats(n=n, mean=0.45, var=0.25), UnitStats(n=380, mean=0.30, var=0.21)) for n in (20, 40, 95)]
+    late = (UnitStats(n=200, mean=0.45, var=0.0025), UnitStats(n=200, mean=0.30, var=0.0021))  # 100 requests a user
+    alone = combine_strata([late], 1.0)
+    combined = combine_strata([*early, late], 1.0)
+    by_users = sum(((b.n + a.n) / 1535) ** 2 * (b.var / b.n + a.var / a.n) for b, a in [*early, late])
+    assert combined.v < 1.5 * alone.v and by_users > 20 * alone.v, (combined.v, alone.v, by_users)
+
+
+def test_an_arm_of_a_few_users_never_decides_a_segment() -> None:
+    """2 users of a segment in a 5% arm, both without an error: with their own variance (0) they read as
+    "significantly better" at once, and the always-valid p-value kept that verdict for the rest of the ramp; a
+    step counts from 20 users an arm."""
+    tiny = UnitStats(n=2, mean=0.0, var=0.0)
+    assert combine_strata([(tiny, UnitStats(n=400, mean=0.3, var=0.2))], 1.0) is None
+    test = PromotionTest(tau2=0.03 ** 2, ratio=0.98, alpha=0.05)
+    arm = ArmStats(version="v2", units=UnitStats(n=100, mean=0.2, var=0.2), segments={"region=apac": tiny})
+    test.look(arm, ArmStats(version="v1", units=UnitStats(n=2_000, mean=0.3, var=0.2),
+                            segments={"region=apac": UnitStats(n=400, mean=0.3, var=0.2)}))
+    assert test.segments["region=apac"].p_value == 1.0 and test.within["region=apac"].p_value == 1.0
+
+
+@pytest.mark.parametrize(("apac", "apac_share", "expected"), [
+    (0.20, 0.20, "promote"),     # better everywhere: each segment shown within 1.10 x, promoted
+    (0.32, 0.20, "continue"),    # 7% worse on a fifth of the users: neither harm nor its absence shown
+    (0.45, 0.20, "continue"),    # 15 points worse: significantly worse
+    (0.45, 0.03, "promote"),     # the same on 3% of the users: reported, not required (below 5%)
+])
+def test_promotion_needs_every_segment_shown_within_the_ratio(apac: float, apac_share: float,
+                                                              expected: str) -> None:
+    """The challenger 0.20 against 0.30 elsewhere, 4,000 users an arm: the overall gain is significant in every
+    row; what decides is each segment value's evidence."""
+    n = 4_000
+    k = int(n * apac_share)
+
+    def arm(version: str, rest: float, seg: float) -> ArmStats:
+        return ArmStats(version=version, units=UnitStats(n=n, mean=(rest * (n - k) + seg * k) / n, var=0.2),
+                        segments={"region=eu": UnitStats(n=n - k, mean=rest, var=0.2),
+                                  "region=apac": UnitStats(n=k, mean=seg, var=0.2)})
+
+    decision = PromotionTest(tau2=0.05 ** 2, ratio=0.98, alpha=0.05).look(arm("v2", 0.20, apac),
+                                                                          arm("v1", 0.30, 0.30))
+    assert decision.kind == expected, decision.sentence
