@@ -239,3 +239,28 @@ def test_promotion_needs_every_segment_shown_within_the_ratio(apac: float, apac_
     decision = PromotionTest(tau2=0.05 ** 2, ratio=0.98, alpha=0.05).look(arm("v2", 0.20, apac),
                                                                           arm("v1", 0.30, 0.30))
     assert decision.kind == expected, decision.sentence
+
+
+def test_the_stratified_test_holds_its_false_positive_rate_over_a_ramps_steps() -> None:
+    """500 A/A ramps through the 5, 10, 25 and 50% steps (per-user error rates alike in both arms, a step's level
+    different from the next's), 8 looks a step as users accumulate: the combined test (inverse-variance weights,
+    plugged-in variances) promotes in at most alpha of them."""
+    rng = np.random.default_rng(17)
+    promoted = 0
+    shares, users = (0.05, 0.10, 0.25, 0.50), 2_000
+    for _ in range(500):
+        test = PromotionTest(tau2=0.02 ** 2, ratio=1.0, alpha=0.05)
+        done: list[tuple[ArmStats, ArmStats]] = []
+        for share, level in zip(shares, rng.uniform(2, 5, len(shares)), strict=True):
+            b_all, a_all = rng.beta(2, level, int(users * share)), rng.beta(2, level, int(users * (1 - share)))
+            for k in range(1, 9):
+                b, a = b_all[: len(b_all) * k // 8], a_all[: len(a_all) * k // 8]
+                step = (_arm("v2", b), _arm("v1", a)) if len(b) > 1 else None
+                if step is not None and test.look_strata([*done, step]).kind == "promote":
+                    promoted += 1
+                    break
+            else:
+                done.append((_arm("v2", b_all), _arm("v1", a_all)))
+                continue
+            break
+    assert promoted / 500 <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 500), promoted
