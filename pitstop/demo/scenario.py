@@ -313,6 +313,10 @@ class _LiveDemo:
             "          champion by the rollout worker (`rollout` lines say each step and why)",
             "act two   then the demo deploys a deliberately bad candidate (it fails every request) at 5%;",
             "          the controller must roll it back by itself",
+            "not here  slower drift (README, 'Every kind of drift'): a slow fall no window shows alone is caught on",
+            "          pooled windows; drift everywhere by a daily refresh that replaces the champion only when",
+            "          significantly better; a concept that returns brings a former champion back without training,",
+            "          and a new version is judged against the level it was tested at, never its first windows alone",
             "columns   sent p/o: predictions/outcomes published   stored: predictions in the "
             "store",
             "          joined: stored predictions with a label     cover: joined / stored",
