@@ -679,7 +679,9 @@ def _values(row: Any) -> tuple[Any, ...]:
 def _arm_from_json(doc: Mapping[str, Any]) -> ArmStats:
     return ArmStats(version=doc["version"], requests=doc["requests"], failures=doc["failures"],
                     latency_n=doc["latency_n"], latency_p95_ms=doc["latency_p95_ms"],
-                    latency_p99_ms=doc["latency_p99_ms"], labelled=doc["labelled"], error=doc["error"])
+                    latency_p99_ms=doc["latency_p99_ms"], labelled=doc["labelled"], error=doc["error"],
+                    units=UnitStats(n=doc.get("units", 0), mean=doc.get("unit_mean", 0.0), var=doc.get("unit_var", 0.0))
+                    if "unit_var" in doc else UnitStats())
 
 
 def _jsonable(value: Any) -> Any:

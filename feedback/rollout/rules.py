@@ -12,7 +12,8 @@ Rollback (any step, the hold period included), each a :class:`Finding` with its 
 - latency: the challenger's p95 above ``latency_p95_ratio`` x the champion's (and ``latency_margin_ms`` above
   it), or its p99 above ``latency_p99_max_ms``, once each arm has ``min_latency_samples`` timed requests;
 - error: its labelled error above ``error_ratio`` x the champion's, with at least ``min_labelled`` labelled
-  requests in each arm.
+  requests in each arm, and significantly so on the users' mean errors (one-sided at ``FAILURE_ALPHA``: 50
+  labelled requests an arm are a noisy figure, and a rollback latches).
 
 Promotion: the challenger's mean error per routing key (a user's requests are correlated, so a user is one unit)
 must be at most ``promote_ratio`` x the champion's, significantly so by the always-valid mSPRT p-value
@@ -28,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from scipy.stats import binomtest
+from scipy.stats import binomtest, norm
 
 from feedback.monitoring.config import RolloutConfig
 from feedback.rollout.sequential import SequentialTest, required_per_arm
@@ -69,7 +70,7 @@ class ArmStats:
         return {"version": self.version, "requests": self.requests, "failures": self.failures,
                 "latency_n": self.latency_n, "latency_p95_ms": self.latency_p95_ms,
                 "latency_p99_ms": self.latency_p99_ms, "labelled": self.labelled, "error": self.error,
-                "units": self.units.n, "unit_mean": self.units.mean}
+                "units": self.units.n, "unit_mean": self.units.mean, "unit_var": self.units.var}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,7 +96,9 @@ def rollback_findings(challenger: ArmStats, champion: ArmStats, config: RolloutC
     ['v2 failed 30 of 30 requests (100.0%) > 1.0% (2 x the champion v1 0.0% + 1.0%, p = 1e-60): roll back']
     """
     by_step = standardized_error(strata) if strata else None
-    error = _error(*by_step, config) if by_step is not None else _error(challenger, champion, config)
+    units = combine_strata([(c.units, a.units) for c, a in strata] if strata else [(challenger.units, champion.units)],
+                           config.error_ratio)
+    error = _error(*(by_step or (challenger, champion)), config, units)
     return [f for f in (_failures(challenger, champion, config), *_latency(challenger, champion, config), error)
             if f is not None]
 
@@ -138,17 +141,26 @@ def _latency(challenger: ArmStats, champion: ArmStats, config: RolloutConfig) ->
     return found
 
 
-def _error(challenger: ArmStats, champion: ArmStats, config: RolloutConfig) -> Finding | None:
+def _error(challenger: ArmStats, champion: ArmStats, config: RolloutConfig, units: Combined | None) -> Finding | None:
+    """The error rule: above ``error_ratio`` x the champion's, and significantly so on the users' mean errors
+    (``units``: ``mean_B - error_ratio x mean_A`` combined over the steps; one-sided z-test at ``FAILURE_ALPHA``).
+    Without 20 users an arm to test on, the ratio alone decides, as a safety rule should."""
     if (min(challenger.labelled, champion.labelled) < config.min_labelled or challenger.error is None
             or champion.error is None):
         return None
     limit = config.error_ratio * champion.error
     if challenger.error <= limit:
         return None
+    significance = ""
+    if units is not None:
+        p = float(norm.sf(units.d / math.sqrt(units.v))) if units.v > 0 else (0.0 if units.d > 0 else 1.0)
+        if p >= FAILURE_ALPHA:
+            return None
+        significance = f", p = {p:.2g} on {units.n_b:,} and {units.n_a:,} users"
     return Finding(cause="error", observed=challenger.error, threshold=limit, sentence=(
         f"{challenger.version} error {challenger.error:.4g} > {config.error_ratio:g} x the champion "
         f"{champion.version} {champion.error:.4g} = {limit:.4g} on {challenger.labelled:,} and "
-        f"{champion.labelled:,} labelled requests: roll back"))
+        f"{champion.labelled:,} labelled requests{significance}: roll back"))
 
 
 @dataclass(slots=True, kw_only=True)

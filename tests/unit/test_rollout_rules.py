@@ -264,3 +264,27 @@ def test_the_stratified_test_holds_its_false_positive_rate_over_a_ramps_steps() 
                 continue
             break
     assert promoted / 500 <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 500), promoted
+
+
+@pytest.mark.parametrize(("users", "challenger_error", "expected"), [
+    (50, 0.35, False),     # 1.25 x the champion's 0.28 on 50 users an arm: p = 0.39, noise
+    (2_000, 0.35, False),  # the same on 2,000: p = 0.04, above 0.01
+    (2_000, 0.45, True),   # 1.6 x: p < 1e-10
+    (19, 0.90, True),      # 60 requests from 19 users an arm, too few to test: the ratio alone decides
+])
+def test_the_error_rule_needs_its_excess_to_be_significant(users: int, challenger_error: float,
+                                                            expected: bool) -> None:
+    """Above 1.15 x the champion's labelled error, and significantly so on the users' mean errors, checked
+    against a one-sided z-test computed here from the same figures."""
+    from scipy.stats import norm
+
+    var = 0.23
+
+    def arm(version: str, error: float) -> ArmStats:
+        return ArmStats(version=version, labelled=max(users, 60), error=error,
+                        units=UnitStats(n=users, mean=error, var=var))
+
+    found = "error" in _causes(arm("v2", challenger_error), arm("v1", 0.28))
+    d = challenger_error - CFG.error_ratio * 0.28
+    p = norm.sf(d / np.sqrt(var / users + CFG.error_ratio ** 2 * var / users))
+    assert found == expected and (users < 20 or found == (p < 0.01)), p
