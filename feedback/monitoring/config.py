@@ -259,6 +259,7 @@ class RolloutConfig:
     min_labelled: int = 50  # ... with at least this many labelled rows per arm
     min_requests: int = 30  # an arm's failures and latency are judged from this many requests
     keep_champions: int = 3  # the last N champions stay loadable
+    latch: str = "episode"  # an automatic rollback holds its episode's candidates ("model": every candidate)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -659,6 +660,7 @@ _ROLLOUT: Mapping[str, _Convert] = {
     "min_labelled": _integer(1),
     "min_requests": _integer(1),
     "keep_champions": _integer(1),
+    "latch": _choice("episode", "model"),
 }
 _ROLLOUT_RENAMES = {k: f"{k}_s" for k in ("shadow_min_duration", "shadow_max_duration", "shadow_backfill", "dwell",
                                           "max_duration", "hold")}

@@ -40,8 +40,10 @@ from feedback.registry.versions import Registry
 from feedback.rollout.rules import (
     ArmStats,
     Finding,
+    Latch,
     PromotionTest,
     UnitStats,
+    latch_holds,
     plan_test,
     rollback_findings,
     step_ready,
@@ -241,12 +243,14 @@ class _Look:
             return None
         name, version, now = self.model.name, shadow["version"], self.now
         assert now is not None
-        latch = self.cur.execute("SELECT version, reason FROM rollback_latches WHERE model_name = %s",
-                                 (name,)).fetchone()
-        if latch is not None:
+        row = self.cur.execute("SELECT version, reason, change_point, automatic FROM rollback_latches"
+                               " WHERE model_name = %s", (name,)).fetchone()
+        latch = Latch(**row) if row is not None else None
+        held = latch_holds(latch, version, self.episode(version), self.cfg.latch)
+        if held is not None:
             return LookResult(model_name=name, state=None, changed=False, sentence=(
-                f"{version} passed its shadow but waits: the rollback of {latch['version']} is latched "
-                f"({latch['reason']}); `pitstop rollout clear --model {name}` lets ramps start again"))
+                f"{version} passed its shadow but waits: {held}; `pitstop rollout clear --model {name}` lets "
+                "ramps start again"))
         champion = self.champion_version(shadow)
         earlier = self.cur.execute("SELECT count(*) AS n FROM rollouts WHERE model_name = %s AND challenger = %s",
                                    (name, version)).fetchone()["n"]
@@ -432,15 +436,24 @@ class _Look:
 
     # -- endings ----------------------------------------------------------------------------------------------
 
+    def episode(self, version: str) -> datetime | None:
+        """The change point of the trigger the version answered (None: none, or a version registered by hand)."""
+        found = self.registry.get(self.rcur, self.model.name, version)
+        at = found.lineage.get("change_point") if found is not None else None
+        return datetime.fromisoformat(at) if isinstance(at, str) else None
+
     def roll_back(self, rollout: dict[str, Any], findings: Sequence[Finding],
                   stats: Mapping[str, ArmStats]) -> LookResult:
         sentence = "; ".join(f.sentence for f in findings)
         result = self.end(rollout, "rolled_back", sentence,
                           {"findings": [f.cause for f in findings], "arms": {v: s.to_json() for v, s in stats.items()}},
                           None)
-        self.cur.execute("INSERT INTO rollback_latches (model_name, version, reason) VALUES (%s, %s, %s) "
-                         "ON CONFLICT (model_name) DO UPDATE SET version = excluded.version, reason = excluded.reason, "
-                         "latched_at = now()", (self.model.name, rollout["challenger"], sentence))
+        self.cur.execute("INSERT INTO rollback_latches (model_name, version, reason, change_point, automatic)"
+                         " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (model_name) DO UPDATE SET version ="
+                         " excluded.version, reason = excluded.reason, change_point = excluded.change_point,"
+                         " automatic = excluded.automatic, latched_at = now()",
+                         (self.model.name, rollout["challenger"], sentence, self.episode(rollout["challenger"]),
+                          all(f.cause != "manual" for f in findings)))
         self.alert("rollback", sentence, rollout["challenger"])
         return result
 

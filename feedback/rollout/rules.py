@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from scipy.stats import binomtest, norm
@@ -346,6 +347,48 @@ class Decision:
     kind: str
     p_value: float
     sentence: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Latch:
+    """A latched rollback: the version held back, why, its episode (the change point of the trigger it answered;
+    None without one) and whether the controller set it (a rule broken) or a person did."""
+
+    version: str
+    reason: str
+    change_point: datetime | None = None
+    automatic: bool = False
+
+
+def latch_holds(latch: Latch | None, candidate: str, candidate_change: datetime | None, scope: str) -> str | None:
+    """Why a candidate that passed its shadow may not ramp because of a latched rollback (None: it may).
+
+    An automatic rollback holds its own episode: the rolled-back version and any candidate of the same change (its
+    refits, a refresh of it), and a candidate without a change point (which episode it answers is unknown). A
+    candidate of a later episode (a change point after the latched one's) may shadow and ramp without a person:
+    the world changed again, and holding every later candidate until someone clears the latch left a degraded
+    champion serving (issue 16). A person's rollback, or ``scope = "model"``, holds every candidate.
+
+    >>> from datetime import UTC
+    >>> e1, e2 = datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 9, tzinfo=UTC)
+    >>> auto = Latch(version="v2", reason="error 0.41 > 1.15 x 0.30", change_point=e1, automatic=True)
+    >>> latch_holds(auto, "v3", e2, "episode") is None
+    True
+    >>> latch_holds(auto, "v3", e1, "episode")
+    'the rollback of v2 is latched (error 0.41 > 1.15 x 0.30) and v3 answers the same change (2026-03-01 00:00 UTC)'
+    """
+    if latch is None:
+        return None
+    held = f"the rollback of {latch.version} is latched ({latch.reason})"
+    if not latch.automatic:
+        return f"{held} by a person"
+    if scope == "model":
+        return f"{held}; rollout.latch = \"model\" holds every candidate"
+    if candidate_change is None or latch.change_point is None:
+        return f"{held} and {candidate} answers no later change"
+    if candidate_change <= latch.change_point:
+        return f"{held} and {candidate} answers the same change ({latch.change_point:%Y-%m-%d %H:%M} UTC)"
+    return None
 
 
 def users_within(users: int, once: int, twice: int, seen_s: float, horizon_s: float) -> float:

@@ -456,3 +456,39 @@ def test_the_planner_counts_returning_users_once(store: FeedbackStore) -> None:
     available = float(result.sentence.split(" available")[0].rsplit("; ", 1)[1].replace(",", ""))
     assert users > 1_990 and 0.5 * users <= available <= 0.5 * users * 1.05, result.sentence
     assert result.sentence.endswith("impractical") and [a.kind for a in alerts.sent] == ["rollout_abandoned"]
+
+
+@pytest.mark.parametrize("scope", ["episode", "model"])
+def test_an_automatic_rollback_holds_its_episode_and_lets_a_later_one_ramp(store: FeedbackStore, scope: str) -> None:
+    """v2 answered the change of March 1 and is rolled back (its canary fails every request): the latch records that
+    episode. v3, a refit of the same change, waits; v3 answering a later change ramps without a person. With
+    rollout.latch = "model" every candidate waits, as a person's rollback makes them."""
+    e1, e2 = datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 20, tzinfo=UTC)
+    _setup(store)
+    with store.pool.connection() as conn:
+        conn.execute("UPDATE model_versions SET lineage = %s WHERE version = 'v2'",
+                     (Jsonb({"change_point": e1.isoformat()}),))
+    text = FAST if scope == "episode" else FAST + 'latch = "model"\n'
+    controller, _ = _controller(store, text)
+    world = World(store, error={"v1": 0.30, "v2": 0.20}, failure={"v2": 1.0})
+    world.hour(served_by="v1")
+    _run(world, controller, 3)
+    with store.pool.connection() as conn:
+        assert conn.execute("SELECT version, change_point, automatic FROM rollback_latches").fetchone() == (
+            "v2", e1, True)
+        conn.execute("INSERT INTO model_versions (model_name, version, stage, lineage) VALUES ('churn', 'v3', "
+                     "'shadow', %s)", (Jsonb({"change_point": e1.isoformat()}),))
+        conn.execute("INSERT INTO shadows (model_name, version, champion, cutoff, started_at, status, decided_at)"
+                     " VALUES ('churn', 'v3', 'v1', %s, %s, 'passed', %s)", (world.at, world.at, world.at))
+    [waits] = controller.look()
+    why = "v3 answers the same change (2026-03-01 00:00 UTC)" if scope == "episode" else "holds every candidate"
+    assert not waits.changed and why in waits.sentence, waits.sentence
+    with store.pool.connection() as conn:
+        conn.execute("UPDATE model_versions SET lineage = %s WHERE version = 'v3'",
+                     (Jsonb({"change_point": e2.isoformat()}),))
+    [later] = controller.look()
+    if scope == "episode":
+        assert later.changed and later.state == "ramping", later.sentence
+        assert _messages(store)[-1].challenger == "v3"
+    else:
+        assert not later.changed and 'rollout.latch = "model" holds every candidate' in later.sentence, later.sentence

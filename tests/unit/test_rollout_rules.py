@@ -7,6 +7,7 @@ promotion; step readiness."""
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -15,9 +16,11 @@ from scipy.stats import binomtest
 from feedback.monitoring.config import RolloutConfig
 from feedback.rollout.rules import (
     ArmStats,
+    Latch,
     PromotionTest,
     UnitStats,
     combine_strata,
+    latch_holds,
     plan_test,
     rollback_findings,
     step_ready,
@@ -288,3 +291,23 @@ def test_the_error_rule_needs_its_excess_to_be_significant(users: int, challenge
     d = challenger_error - CFG.error_ratio * 0.28
     p = norm.sf(d / np.sqrt(var / users + CFG.error_ratio ** 2 * var / users))
     assert found == expected and (users < 20 or found == (p < 0.01)), p
+
+
+E1, E2 = datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 20, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("automatic", "latched_change", "candidate_change", "scope", "waits"), [
+    (True, E1, E2, "episode", None),                     # a later episode ramps without a person
+    (True, E1, E1, "episode", "answers the same change"),  # the episode's refit waits
+    (True, E2, E1, "episode", "answers the same change"),  # an older change: no later one
+    (True, E1, None, "episode", "answers no later change"),  # which episode: unknown
+    (True, None, E2, "episode", "answers no later change"),  # the latched version answered none
+    (True, E1, E2, "model", "holds every candidate"),      # the model's config keeps the old latch
+    (False, E1, E2, "episode", "by a person"),             # a person's rollback holds every candidate
+])
+def test_a_latch_holds_its_episode(automatic: bool, latched_change: datetime | None,
+                                   candidate_change: datetime | None, scope: str, waits: str | None) -> None:
+    latch = Latch(version="v2", reason="error 0.41 > 1.15 x 0.30", change_point=latched_change, automatic=automatic)
+    found = latch_holds(latch, "v3", candidate_change, scope)
+    assert (found is None) if waits is None else (found is not None and waits in found), found
+    assert latch_holds(None, "v3", candidate_change, scope) is None
