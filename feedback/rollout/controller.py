@@ -34,15 +34,19 @@ import pandas as pd
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from scipy.stats import ttest_rel
 
 from feedback.monitoring.config import ModelConfig, MonitoringConfig, RolloutConfig
 from feedback.registry.versions import Registry
 from feedback.rollout.rules import (
+    MIN_STRATUM_UNITS,
     ArmStats,
     Finding,
     Latch,
     PromotionTest,
     UnitStats,
+    champion_degraded,
+    first_step,
     latch_holds,
     plan_test,
     rollback_findings,
@@ -87,6 +91,13 @@ SELECT coalesce(f.routing_key, f.prediction_id) AS unit, f.served_prediction, f.
 FROM shadow_feedback f
 WHERE f.model_name = %s AND f.shadow_version = %s AND f.label IS NOT NULL AND f.labeled_at > %s
   AND f.shadow_error IS NULL
+"""
+# a fired decision of a confirmed drop on the champion's windows, of the change the candidate answers
+_DEGRADED = """
+SELECT kind, evidence FROM retrain_decisions
+WHERE model_name = %s AND model_version = %s AND change_point = %s AND status = 'fired'
+  AND kind IN ('drift', 'performance')
+ORDER BY fired_at DESC LIMIT 1
 """
 # the distinct users (the router's key, else the request) of a span: how many, seen once, seen twice, the first
 _UNITS_SEEN = """
@@ -280,11 +291,15 @@ class _Look:
             self.event(rollout_id, version, "abandoned", 0.0, sentence, {"plan": plan})
             self.alert("rollout_abandoned", sentence, version)
             return LookResult(model_name=name, state="abandoned", sentence=sentence, changed=True)
-        share = self.cfg.steps[0]
+        degraded = self.degraded(version, champion)
+        step, urgency = first_step(self.cfg.steps, degraded, self.shadow_gain_p(shadow) if degraded else None,
+                                   self.cfg.alpha)
+        share = self.cfg.steps[step]
         measured = "no labelled shadow rows" if ratio is None else (
             f"shadow error ratio {ratio:.3f} on {shadow_units:,} labelled requests")
-        sentence = f"ramp of {version} against {champion} starts: {version} serves {_pct(share)}; {measured}; {plan}"
-        self.insert_rollout(rollout_id, shadow, champion, state="ramping", step=0, share=share, test=test.to_json(),
+        sentence = (f"ramp of {version} against {champion} starts: {version} serves {_pct(share)}; {measured}; "
+                    f"{plan}{f'; {urgency}' if urgency else ''}")
+        self.insert_rollout(rollout_id, shadow, champion, state="ramping", step=step, share=share, test=test.to_json(),
                             sentence=sentence, ended=False)
         self.registry.move(self.rcur, name, version, "canary", reason=sentence)
         self.deploy(champion=champion, challenger=version, share=share, salt=rollout_id, state="canary",
@@ -332,6 +347,32 @@ class _Look:
         if not served > 0:  # a champion without an error on these requests: nothing to gain
             return (math.inf if shadow_error > 0 else 1.0), len(rows)
         return shadow_error / served, len(rows)
+
+    def shadow_gain_p(self, shadow: Mapping[str, Any]) -> float | None:
+        """One-sided paired t-test of the challenger's per-user error below the champion's on the labelled shadow
+        rows (the same requests); None with fewer than 20 users or no spread."""
+        rows = self.cur.execute(_SHADOW_LABELLED, (self.model.name, shadow["version"], shadow["cutoff"])).fetchall()
+        frame = pd.DataFrame({"unit": [r["unit"] for r in rows],
+                              "served": row_errors(self.model, [r["served_prediction"] for r in rows],
+                                                   [r["label"] for r in rows]),
+                              "shadow": row_errors(self.model, [r["shadow_prediction"] for r in rows],
+                                                   [r["label"] for r in rows])})
+        per_user = frame.groupby("unit")[["served", "shadow"]].mean().dropna()
+        if len(per_user) < MIN_STRATUM_UNITS:
+            return None
+        p = float(ttest_rel(per_user["shadow"], per_user["served"], alternative="less").pvalue)
+        return p if math.isfinite(p) else None
+
+    def degraded(self, version: str, champion: str) -> str | None:
+        """The champion confirmed degraded in the episode the candidate answers: a fired drift or performance
+        decision on the champion's windows with the candidate's change point (one sentence), or None."""
+        change = self.episode(version)
+        if change is None:
+            return None
+        row = self.cur.execute(_DEGRADED, (self.model.name, champion, change)).fetchone()
+        if row is None:
+            return None
+        return champion_degraded(champion, row["kind"], row["evidence"], change)
 
     def units_available(self) -> float:
         """Users each arm can expect within the ramp's maximum duration at its last step below 100%: the distinct

@@ -391,6 +391,53 @@ def latch_holds(latch: Latch | None, candidate: str, candidate_change: datetime 
     return None
 
 
+def champion_degraded(champion: str, kind: str, evidence: Mapping[str, Any], change: datetime) -> str:
+    """The sentence of a champion confirmed degraded, from its fired decision's evidence: the newest judged
+    window's level against the baseline.
+
+    >>> from datetime import UTC
+    >>> ev = {"metric": "accuracy", "baseline": 0.83, "windows": [{"performance": {"value": 0.74}},
+    ...                                                             {"performance": None}]}
+    >>> champion_degraded("v1", "performance", ev, datetime(2026, 3, 1, 14, tzinfo=UTC))
+    'champion v1 degraded since 2026-03-01 14:00 UTC (performance decision): accuracy 0.74 against its baseline 0.83'
+    """
+    since = f"champion {champion} degraded since {change:%Y-%m-%d %H:%M} UTC ({kind} decision)"
+    levels = [w["performance"]["value"] for w in evidence.get("windows", ())
+              if isinstance(w, Mapping) and isinstance(w.get("performance"), Mapping)]
+    baseline = evidence.get("baseline")
+    if not levels or not isinstance(baseline, int | float):
+        return since
+    return f"{since}: {evidence.get('metric', 'its metric')} {levels[-1]:.4g} against its baseline {baseline:.4g}"
+
+
+def first_step(steps: Sequence[float], degraded: str | None, shadow_p: float | None, alpha: float
+               ) -> tuple[int, str]:
+    """The ramp's first step (an index into ``steps``) and, when it is not the first, why.
+
+    Waiting has a cost when the champion is confirmed degraded (a fired drift or performance decision of the
+    episode the candidate answers): if its shadow also showed the challenger significantly better on the same
+    requests (one-sided paired p below ``alpha``), the ramp starts at the largest share below 50%, with every
+    rollback rule active there; a challenger never serves most of the traffic before a canary share. A healthy
+    champion, or a shadow that showed no significant gain, keeps the cautious path from the first share.
+
+    >>> first_step((0.05, 0.10, 0.25, 0.50, 1.0), "champion v1 degraded", 0.001, 0.05)
+    (2, 'champion v1 degraded; the shadow showed the challenger better (p = 0.001): starting the ramp at 25%')
+    >>> first_step((0.05, 0.10, 0.25, 0.50, 1.0), None, 0.001, 0.05)
+    (0, '')
+    """
+    if degraded is None:
+        return 0, ""
+    if shadow_p is None or not shadow_p < alpha:
+        shown = "too few users" if shadow_p is None else f"p = {shadow_p:.2g}"
+        return 0, f"{degraded}, but the shadow did not show the challenger significantly better ({shown})"
+    below = [i for i, share in enumerate(steps) if share < 0.5]
+    if not below or below[-1] == 0:
+        return 0, f"{degraded}; the shadow showed the challenger better (p = {shadow_p:.2g})"
+    i = below[-1]
+    return i, (f"{degraded}; the shadow showed the challenger better (p = {shadow_p:.2g}): starting the ramp at "
+               f"{steps[i]:.0%}")
+
+
 def users_within(users: int, once: int, twice: int, seen_s: float, horizon_s: float) -> float:
     """The distinct users to expect over ``horizon_s``, having seen ``users`` in ``seen_s`` (``once`` of them with
     one request, ``twice`` with two): the rate so far carried over the horizon, but never more than the population

@@ -492,3 +492,40 @@ def test_an_automatic_rollback_holds_its_episode_and_lets_a_later_one_ramp(store
         assert _messages(store)[-1].challenger == "v3"
     else:
         assert not later.changed and 'rollout.latch = "model" holds every candidate' in later.sentence, later.sentence
+
+
+@pytest.mark.parametrize(("decision_change", "share"), [
+    (datetime(2026, 3, 1, tzinfo=UTC), 0.25),   # v1 confirmed degraded in v2's episode: the ramp starts at 25%
+    (datetime(2026, 2, 1, tzinfo=UTC), 0.05),   # a decision of another change: the cautious path
+    (None, 0.05),                               # no decision: the cautious path
+])
+def test_a_degraded_champion_starts_the_ramp_at_the_largest_canary_share(store: FeedbackStore,
+                                                                        decision_change: datetime | None,
+                                                                        share: float) -> None:
+    """v2 answers the change of March 1 and its shadow showed it better on the same requests (0.20 against 0.30);
+    when a fired performance decision on v1's windows confirms v1 degraded since that change, waiting costs: the
+    ramp starts at 25% (the largest share below 50%), with every rollback rule active; otherwise at 5%."""
+    e1 = datetime(2026, 3, 1, tzinfo=UTC)
+    _setup(store)
+    with store.pool.connection() as conn:
+        conn.execute("UPDATE model_versions SET lineage = %s WHERE version = 'v2'",
+                     (Jsonb({"change_point": e1.isoformat()}),))
+        if decision_change is not None:
+            conn.execute(
+                "INSERT INTO retrain_decisions (decision_id, model_name, model_version, kind, urgency, status,"
+                " sentence, change_point, first_decided_at, decided_at, fired_at, evidence) VALUES ('d1', 'churn',"
+                " 'v1', 'performance', 'elevated', 'fired', 'accuracy fell', %s, %s, %s, %s, %s)",
+                (decision_change, T0, T0, T0, Jsonb({"metric": "accuracy", "baseline": 0.83,
+                                                     "windows": [{"performance": {"value": 0.70}}]})))
+    controller, _ = _controller(store)
+    world = World(store, error={"v1": 0.30, "v2": 0.20})
+    world.hour(served_by="v1")
+    [started] = controller.look()
+    assert started.state == "ramping" and _messages(store)[-1].challenger_share == share, started.sentence
+    if share == 0.25:
+        assert ("champion v1 degraded since 2026-03-01 00:00 UTC (performance decision): accuracy 0.7 against its "
+                "baseline 0.83; the shadow showed the challenger better (p = ") in started.sentence, started.sentence
+        assert "starting the ramp at 25%" in started.sentence
+        _run(world, controller, 30, until="promoted")  # the steps after it as before: 50%, the hold, champion
+        assert [(k, s) for k, s, _, _ in _events(store)] == [("step", 0.25), ("step", 0.50), ("holding", 1.0),
+                                                             ("promoted", 1.0)]

@@ -20,6 +20,7 @@ from feedback.rollout.rules import (
     PromotionTest,
     UnitStats,
     combine_strata,
+    first_step,
     latch_holds,
     plan_test,
     rollback_findings,
@@ -311,3 +312,22 @@ def test_a_latch_holds_its_episode(automatic: bool, latched_change: datetime | N
     found = latch_holds(latch, "v3", candidate_change, scope)
     assert (found is None) if waits is None else (found is not None and waits in found), found
     assert latch_holds(None, "v3", candidate_change, scope) is None
+
+
+STEPS = (0.05, 0.10, 0.25, 0.50, 1.0)
+
+
+@pytest.mark.parametrize(("steps", "degraded", "shadow_p", "expected"), [
+    (STEPS, "champion v1 degraded", 0.001, 2),   # waiting costs and the shadow showed the gain: 25%
+    (STEPS, "champion v1 degraded", 0.20, 0),    # the shadow did not show it: the cautious path
+    (STEPS, "champion v1 degraded", None, 0),    # too few shadow users to tell
+    (STEPS, None, 0.001, 0),                     # a healthy champion: the cautious path
+    ((0.05, 0.5, 1.0), "champion v1 degraded", 0.001, 0),  # no share below 50% but the first
+    ((0.5, 1.0), "champion v1 degraded", 0.001, 0),
+])
+def test_urgency_starts_the_ramp_at_the_largest_share_below_half(steps: tuple[float, ...], degraded: str | None,
+                                                                 shadow_p: float | None, expected: int) -> None:
+    step, why = first_step(steps, degraded, shadow_p, 0.05)
+    assert step == expected, why
+    assert steps[step] < 0.5 or step == 0
+    assert (degraded is None) == (why == "")
