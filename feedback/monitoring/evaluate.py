@@ -102,6 +102,9 @@ class Evaluation:
     tests: int = 0
     #: the main metric's baseline (the version's earliest judged windows pooled, or its tested level), if any
     baseline: float | None = None
+    #: the level the version's earliest judged windows show, pooled (None before its first judged window): what
+    #: it reached in production, for "recovered after a change?" (the tested level would answer before any window)
+    observed: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +115,7 @@ class Baseline:
     value: float
     starts: tuple[datetime, ...]
     source: str
+    observed: float | None = None  # the earliest judged windows' pooled level, whichever is the baseline
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,13 +466,14 @@ def baseline_of(
             if len(starts) == config.performance.baseline_windows:
                 break
     found = metrics_of(config, acc).get(config.metric) if acc else None
-    pooled = None if found is None else Baseline(found.value, tuple(starts), "its first windows")
+    observed = None if found is None else found.value
+    pooled = None if observed is None else Baseline(observed, tuple(starts), "its first windows", observed)
     floor = _tested_floor(config, expected)
     if floor is None:
         return pooled
     if pooled is None or (pooled.value < floor if config.higher_is_better else pooled.value > floor):
         n = int(expected.get("n", 0)) if expected else 0
-        return Baseline(floor, (), f"tested on {n:,} recent labels")
+        return Baseline(floor, (), f"tested on {n:,} recent labels", observed)
     return pooled
 
 

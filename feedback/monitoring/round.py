@@ -239,6 +239,7 @@ def evaluate_version(
     evaluation = Evaluation(
         model_name=config.name, model_version=profile.model_version, evaluated_at=newest + step, drift=drift,
         tests=tests, baseline=baseline.value if baseline is not None else None,
+        observed=baseline.observed if baseline is not None else None,
     )
     for seg, data in segments.items():
         evaluation.performance.extend(evaluate_performance(config, seg, data, baseline))

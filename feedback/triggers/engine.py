@@ -233,8 +233,8 @@ class Decider:
             change_point = prior.change_point  # the same episode, seen from a span that has moved on
         labels = ledger.labels_since(model, version, change_point, evaluation.evaluated_at)
         verdict = wait_for_labels(replace(verdict, change_point=change_point), labels, model.triggers)
-        if evaluation.baseline is not None:  # the level before the change: what a retrain must recover
-            verdict = replace(verdict, evidence={**verdict.evidence, "baseline": evaluation.baseline})
+        if evaluation.observed is not None:  # the level before the change: what a retrain must recover
+            verdict = replace(verdict, evidence={**verdict.evidence, "baseline": evaluation.observed})
         return _from_verdict(model, version, verdict, now)
 
     def _follow_up(self, ledger: Ledger, model: ModelConfig, evaluation: Evaluation | None, now: datetime
@@ -275,21 +275,22 @@ class Decider:
             )
         level = episode.evidence.get("baseline")
         reach = 2 * minimum * (t.refit_ladder[-1] if t.refit_ladder else 1)
-        if (evaluation is None or evaluation.baseline is None or level is None or labels > reach
+        # the new version's level as its own windows show it (its tested level would answer before any window)
+        if (evaluation is None or evaluation.observed is None or level is None or labels > reach
                 or evaluation.model_version == episode.model_version):
             return None
-        drop = relative_drop(evaluation.baseline, float(level), higher_is_better=model.higher_is_better)
+        drop = relative_drop(evaluation.observed, float(level), higher_is_better=model.higher_is_better)
         if drop is None or drop <= t.performance.elevated:
             return None
         tries = sum(1 for d in fired if d.evidence.get("unrecovered"))
-        sentence = (f"not recovered: {evaluation.model_version}'s {model.metric} baseline {evaluation.baseline:.4g} "
+        sentence = (f"not recovered: {evaluation.model_version}'s {model.metric} baseline {evaluation.observed:.4g} "
                     f"is {drop:.1%} worse than {float(level):.4g} before the change ({change:%Y-%m-%d %H:%M} UTC)")
         decision = Decision(
             decision_id=_unrecovered_id(model.name, change, evaluation.model_version), model_name=model.name,
             model_version=evaluation.model_version, kind="refit", urgency="elevated", status="fired",
             decided_at=now, change_point=change, labels_since_change=labels, sentence=sentence,
             evidence={"episode": episode.decision_id, "unrecovered": evaluation.model_version, "level": level,
-                      "baseline": evaluation.baseline, "tries": tries},
+                      "baseline": evaluation.observed, "tries": tries},
         )
         if tries >= t.recovery_tries:
             return replace(decision, status="suppressed", suppressed_by=(

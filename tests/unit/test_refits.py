@@ -47,7 +47,8 @@ def look(decider: Decider, ledger: Ledger, hours: float, *, version: str = "v1",
     """One look of the engine at event time CHANGE + ``hours`` with the live version's evaluation (no windows of
     its own to judge, so only the follow-up can decide) and its outcome recorded as a candidate."""
     now = CHANGE + timedelta(hours=hours)
-    evaluation = Evaluation(model_name="churn", model_version=version, evaluated_at=now, baseline=baseline)
+    evaluation = Evaluation(model_name="churn", model_version=version, evaluated_at=now, baseline=baseline,
+                            observed=baseline)
     found = decider.decide(ledger, model, evaluation, wall_now=now)
     return found
 
@@ -205,3 +206,19 @@ def test_the_live_version_is_the_newest_and_between_equals_the_deployed_champion
     assert live_evaluations([champion, canary], {"churn": "v1"})["churn"].model_version == "v1"
     later = Evaluation(model_name="churn", model_version="v2", evaluated_at=now + timedelta(hours=6))
     assert live_evaluations([champion, later], {"churn": "v1"})["churn"].model_version == "v2"
+
+
+
+def test_a_tested_level_alone_never_decides_recovery() -> None:
+    """A new version's baseline can be its tested level before any window of its own is judged; whether it
+    recovered the level before the change is judged on its own windows only (``observed``): a refit of an
+    unrecovered version fired 250 samples after the version started, with a few hundred labels more, burnt the
+    episode's recovery tries and left S6's second transition on a worse model (bench/loop_quality.py)."""
+    ledger, decider = Ledger(), Decider(CONFIG)
+    episode(ledger, baseline=0.95)
+    ledger.labels = 2_000
+    now = CHANGE + timedelta(hours=6)
+    tested_only = Evaluation(model_name="churn", model_version="v2", evaluated_at=now, baseline=0.85, observed=None)
+    assert decider.decide(ledger, CHURN, tested_only, wall_now=now) == []
+    seen = replace(tested_only, observed=0.85)
+    assert [d.evidence.get("unrecovered") for d in decider.decide(ledger, CHURN, seen, wall_now=now)] == ["v2"]
