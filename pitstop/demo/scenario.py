@@ -309,7 +309,8 @@ class _LiveDemo:
             f"          {DUPLICATE_OUTCOME_SHARE:.0%} twice, {CORRECTED_OUTCOME_SHARE:.0%} "
             f"corrected later; {BAD_MESSAGE_SHARE:.1%} of all messages are malformed (dead "
             "letters)",
-            "act one   the drift fires a retrain; its candidate is shadowed, ramped 5-10-25-50-100%, held, and made",
+            "act one   the drift fires a retrain; its candidate is shadowed, ramped to 100% (from 25% when the",
+            "          champion is confirmed degraded and the shadow showed the gain, 5% otherwise), held, and made",
             "          champion by the rollout worker (`rollout` lines say each step and why)",
             "act two   then the demo deploys a deliberately bad candidate (it fails every request) at 5%;",
             "          the controller must roll it back by itself",
