@@ -274,8 +274,8 @@ def _raw_by_version(store: FeedbackStore, version: str) -> dict[datetime, tuple[
 
 
 #: the timeline's steps of act one (for its candidate) and act two (for the bad candidate), in order
-ACT_ONE = ("decision", "training", "gates", "shadow started", "shadow passed", "ramp 5%", "ramp 10%", "ramp 25%",
-           "ramp 50%", "hold 100%", "promoted")
+ACT_ONE = ("decision", "training", "gates", "shadow started", "shadow passed", "ramp 25%", "ramp 50%", "hold 100%",
+           "promoted")
 ACT_TWO = ("ramp 5%", "rolled back", "latch cleared")
 
 

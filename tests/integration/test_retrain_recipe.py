@@ -75,7 +75,9 @@ def test_a_refresh_replaces_the_champion_only_when_significantly_better(store: F
     registered or published, and no rejection for the circuit breaker. A third at the same cutoff has no unseen
     row to be judged on: the window falls back to rows the champion learnt, where it wins."""
     _concept_change(store)
-    pipeline = RetrainPipeline(store, parse_config(TOML))  # the champion: the served model of the old concept
+    # the champion: the served model of the old concept; one recipe (recency_search = []): the refresh's rule is
+    # under test here, the search above
+    pipeline = RetrainPipeline(store, parse_config(PIPELINE_TOML))
     refresh = replace(_trigger("drift", hours_after=9), trigger_id="churn/refresh/a", kind="refresh")
     better = pipeline.handle(refresh)
     assert better.result == "candidate" and better.lineage["train_window"][0] >= CHANGE.isoformat(), better.sentence

@@ -432,7 +432,7 @@ def test_a_challenger_better_overall_but_worse_on_a_fifth_of_the_users_is_never_
     world = World(store, error={"v1": 0.30, "v2": 0.30}, users=2_000, by_user=True,
                   segment_error={("v2", "eu"): 0.10, ("v2", "apac"): 0.45})
     world.hour(served_by="v1")
-    _run(world, controller, 30, until="promoted")
+    _run(world, controller, 12, until="promoted")
     with store.pool.connection() as conn:
         [(state, share, sentence)] = conn.execute("SELECT state, share, sentence FROM rollouts").fetchall()
     assert _stages(store)["v2"] != "champion" and state == "ramping" and share == 0.5, (state, sentence)
