@@ -39,6 +39,13 @@ WHERE o.model_name = %s AND o.trigger_id IN (
     WHERE model_name = %s AND (model_version = ANY(%s) OR (model_version IS NULL AND recorded_at >= %s)))
 ORDER BY o.recorded_at
 """
+# this run's fired retrain decisions whose training has no outcome yet
+_TRAINING = """
+SELECT count(*) FROM retrain_decisions d
+WHERE d.model_name = %s AND d.status = 'fired'
+  AND (d.model_version = ANY(%s) OR (d.model_version IS NULL AND d.recorded_at >= %s))
+  AND NOT EXISTS (SELECT 1 FROM retrain_outcomes o WHERE o.trigger_id = d.decision_id)
+"""
 _GATES = """
 SELECT passed, sentence FROM model_gate_results WHERE model_name = %s AND version = %s ORDER BY ordinal
 """

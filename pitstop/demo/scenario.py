@@ -45,6 +45,7 @@ from pitstop.demo.console import (
     _RAMP,
     _RETRAINS,
     _ROLLOUT_EVENTS,
+    _TRAINING,
     ACCURACY_WINDOW,
     _clip,
     _coverage_lines,
@@ -464,13 +465,16 @@ class _LiveDemo:
     # -- the end ------------------------------------------------------------------------------
 
     def drain(self, stop: _StopRequest, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
-        """Wait (briefly) until the workers have stored what was published; a second Ctrl-C
-        stops waiting."""
+        """Wait (briefly) until the workers have stored what was published and a training under way has its
+        outcome, saying each decision and outcome as it lands (a retrain fired near the end is shown whole); a
+        second Ctrl-C stops waiting."""
         deadline = time.monotonic() + timeout_s
-        previous, stable = None, 0
-        while time.monotonic() < deadline and stop.count < 2 and stable < 3:
+        previous, stable, training = None, 0, 0
+        while time.monotonic() < deadline and stop.count < 2 and (stable < 3 or training):
             try:
                 counts = read_counts(self.store)
+                training = self.store.scalar(_TRAINING, (MODEL_NAME, self.versions, self.wall_start))
+                self._decision_lines()
             except psycopg.Error:
                 return
             stable = stable + 1 if counts == previous else 0
