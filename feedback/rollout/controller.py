@@ -331,33 +331,31 @@ class _Look:
         stats = arm_stats(self.cur, self.model, [champion], shadow["started_at"], self.now)
         return stats[champion].units
 
-    def shadow_ratio(self, shadow: Mapping[str, Any]) -> tuple[float | None, int]:
-        """The challenger's per-user error over the champion's on the labelled shadow rows (labels after its
-        cutoff, the same requests)."""
+    def shadow_per_user(self, shadow: Mapping[str, Any]) -> tuple[pd.DataFrame, int]:
+        """The champion's (``served``) and the challenger's (``shadow``) mean error per user on the labelled shadow
+        rows (labels after its cutoff, the same requests), and the rows' count."""
         rows = self.cur.execute(_SHADOW_LABELLED, (self.model.name, shadow["version"], shadow["cutoff"])).fetchall()
-        if not rows:
-            return None, 0
         frame = pd.DataFrame({"unit": [r["unit"] for r in rows],
                               "served": row_errors(self.model, [r["served_prediction"] for r in rows],
                                                    [r["label"] for r in rows]),
                               "shadow": row_errors(self.model, [r["shadow_prediction"] for r in rows],
                                                    [r["label"] for r in rows])})
-        per_user = frame.groupby("unit")[["served", "shadow"]].mean()
+        return frame.groupby("unit")[["served", "shadow"]].mean(), len(rows)
+
+    def shadow_ratio(self, shadow: Mapping[str, Any]) -> tuple[float | None, int]:
+        """The challenger's per-user error over the champion's on the labelled shadow rows."""
+        per_user, n = self.shadow_per_user(shadow)
+        if not n:
+            return None, 0
         served, shadow_error = float(per_user["served"].mean()), float(per_user["shadow"].mean())
         if not served > 0:  # a champion without an error on these requests: nothing to gain
-            return (math.inf if shadow_error > 0 else 1.0), len(rows)
-        return shadow_error / served, len(rows)
+            return (math.inf if shadow_error > 0 else 1.0), n
+        return shadow_error / served, n
 
     def shadow_gain_p(self, shadow: Mapping[str, Any]) -> float | None:
         """One-sided paired t-test of the challenger's per-user error below the champion's on the labelled shadow
         rows (the same requests); None with fewer than 20 users or no spread."""
-        rows = self.cur.execute(_SHADOW_LABELLED, (self.model.name, shadow["version"], shadow["cutoff"])).fetchall()
-        frame = pd.DataFrame({"unit": [r["unit"] for r in rows],
-                              "served": row_errors(self.model, [r["served_prediction"] for r in rows],
-                                                   [r["label"] for r in rows]),
-                              "shadow": row_errors(self.model, [r["shadow_prediction"] for r in rows],
-                                                   [r["label"] for r in rows])})
-        per_user = frame.groupby("unit")[["served", "shadow"]].mean().dropna()
+        per_user = self.shadow_per_user(shadow)[0].dropna()
         if len(per_user) < MIN_STRATUM_UNITS:
             return None
         p = float(ttest_rel(per_user["shadow"], per_user["served"], alternative="less").pvalue)
