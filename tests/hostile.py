@@ -264,7 +264,10 @@ def unaccounted(store: FeedbackStore, topics: dict[str, str], messages: list[Mes
                 problems.append(f"{'both stored and dead-lettered' if dead else 'lost'}: {where}")
             if in_store:
                 stored += 1
-            if good and not in_store:
+            # a good event inside a message that is not JSON as a whole (a hostile element beside it wrote invalid
+            # UTF-8, NaN or a nesting past the limit) cannot be read apart from it: it goes with the message
+            unreadable = whole in letters and letters[whole].startswith("not_json")
+            if good and not in_store and not unreadable:
                 problems.append(f"good input not stored ({letters.get(own) or letters.get(whole)}): {where}")
             if good and in_store and m.topic_kind == "prediction" and not same_json(predictions[pid], doc["features"]):
                 problems.append(f"features changed: {predictions[pid]!r} != {doc['features']!r}: {where}")
