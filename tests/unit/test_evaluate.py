@@ -89,21 +89,23 @@ def test_small_windows_are_unjudged_not_healthy() -> None:
     assert "999 rows < minimum 1000" in results[0].sentence
 
 
+def _window(acc: float, n: int, rng: np.random.Generator) -> dict[str, int]:
+    """The accuracy aggregates of ``n`` binary predictions right with probability ``acc``."""
+    y = rng.integers(0, 2, n)
+    yhat = np.where(rng.random(n) < acc, y, 1 - y)
+    s: dict[str, int] = {}
+    for c in performance.classification_contributions(y.tolist(), yhat.tolist(), [None] * n, positive=1):
+        performance.add(s, c)
+    return s
+
+
 def test_performance_degrades_only_when_the_interval_clears_the_limit() -> None:
     """Accuracy 0.75 baseline; a 0.67 window of 2,000 labels is degraded, a 0.74 one is not."""
-    def window(acc: float, n: int, rng) -> dict[str, int]:
-        y = rng.integers(0, 2, n)
-        yhat = np.where(rng.random(n) < acc, y, 1 - y)
-        s: dict[str, int] = {}
-        for c in performance.classification_contributions(y.tolist(), yhat.tolist(), [None] * n, positive=1):
-            performance.add(s, c)
-        return s
-
     rng = np.random.default_rng(3)
-    early = [(T0 + timedelta(hours=i), window(0.75, 2000, rng), 2000) for i in range(24)]
+    early = [(T0 + timedelta(hours=i), _window(0.75, 2000, rng), 2000) for i in range(24)]
     baseline = baseline_of(CONFIG, early)
     assert baseline is not None and len(baseline.starts) == CONFIG.performance.baseline_windows
-    later = [window(0.67, 2000, rng), window(0.74, 2000, rng), window(0.5, 100, rng)]
+    later = [_window(0.67, 2000, rng), _window(0.74, 2000, rng), _window(0.5, 100, rng)]
     data = WindowData(tuple(T0 + timedelta(days=2, hours=i) for i in range(3)), {}, np.array([2000, 2000, 2000]),
                       tuple(later))
     results = [r for r in evaluate_performance(CONFIG, "*", data, baseline) if r.metric == "accuracy"]
@@ -202,12 +204,7 @@ def test_the_baseline_is_never_worse_than_the_tested_levels_bound() -> None:
     rng = np.random.default_rng(5)
 
     def window(acc: float, n: int = 2000) -> dict[str, int]:
-        y = rng.integers(0, 2, n)
-        yhat = np.where(rng.random(n) < acc, y, 1 - y)
-        s: dict[str, int] = {}
-        for c in performance.classification_contributions(y.tolist(), yhat.tolist(), [None] * n, positive=1):
-            performance.add(s, c)
-        return s
+        return _window(acc, n, rng)
 
     tested = {"metric": "accuracy", "value": 0.80, "ci_low": 0.78, "ci_high": 0.82, "n": 3000}
     poor = [(T0 + timedelta(hours=i), window(0.67), 2000) for i in range(6)]
