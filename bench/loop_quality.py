@@ -268,12 +268,13 @@ def rollout_summary(notes: dict[str, Any]) -> dict[str, Any]:
         "candidates": counts["candidates"],
         "shadows": {k: counts.get(f"shadows_{k}", 0) for k in ("passed", "failed", "expired", "superseded", "open")},
         "rollouts": {k: counts.get(f"rollouts_{k}", 0) for k in ("promoted", "rolled_back", "kept_champion",
-                                                                "abandoned", "ramping", "holding", "paused")},
+                                                                "abandoned", "superseded", "ramping", "holding",
+                                                                "paused")},
         "candidate_to_ramp": [r["samples"] for r in rollout["candidate_to_ramp"]],
         "candidate_to_full": [r["samples"] for r in rollout["to_full"]],
         "shadow_failures": [s["sentence"] for s in rollout["shadows"] if s["status"] == "failed"],
         "ramp_endings": [r["sentence"] for r in rollout["rollouts"] if r["state"] in ("rolled_back", "kept_champion",
-                                                                                     "abandoned")],
+                                                                                     "abandoned", "superseded")],
         "errors": len(rollout["errors"]),
     }
 
@@ -286,7 +287,8 @@ def print_rollouts(stream: Stream, rows: list[dict[str, Any]]) -> None:
     task = stream.task
     print(f"\n  {stream.name}: direct promotion against the staged rollout (shadow, ramp, hold)")
     header = ["strategy", "after drift 5k", "drift to next", "candidates", "shadow pass/fail/expired/superseded",
-              "ramps promoted/rolled back/kept/abandoned/open", "candidate -> ramp", "candidate -> 100%", "errors"]
+              "ramps promoted/rolled back/kept/abandoned/superseded/open", "candidate -> ramp", "candidate -> 100%",
+              "errors"]
     table = [header]
     for row in rows:
         s = row["score"]
@@ -300,7 +302,7 @@ def print_rollouts(stream: Stream, rows: list[dict[str, Any]]) -> None:
         table.append([row["label"], after, episode, str(r["candidates"]),
                       f"{sh['passed']}/{sh['failed']}/{sh['expired']}/{sh['superseded']}",
                       f"{ro['promoted']}/{ro['rolled_back']}/{ro['kept_champion']}/{ro['abandoned']}/"
-                      f"{ro['ramping'] + ro['holding'] + ro['paused']}",
+                      f"{ro['superseded']}/{ro['ramping'] + ro['holding'] + ro['paused']}",
                       ", ".join(f"{v:,}" for v in r["candidate_to_ramp"]) or "-",
                       ", ".join(f"{v:,}" for v in r["candidate_to_full"]) or "-", str(r["errors"])])
     _print_table(table)

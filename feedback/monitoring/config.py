@@ -228,6 +228,7 @@ class RolloutConfig:
     #: shadow: the candidate scores every live prediction beside the champion; judged on labelled rows only
     shadow_min_labels: int = 1_000
     shadow_min_duration_s: int = DAY_S  # one business cycle (seed 000)
+    shadow_urgent_min_labels: int = 200  # with the champion confirmed degraded: a conclusive paired test from this
     shadow_max_duration_s: int = 14 * DAY_S  # a shadow that never gathers its labels ends, with the reason
     shadow_max_ratio: float = 1.10  # challenger error <= this x champion's on the same requests (seed 000)
     shadow_max_failure_rate: float = 0.01  # failures also count as errors; past this share the shadow fails
@@ -239,7 +240,9 @@ class RolloutConfig:
     #: the ramp: the challenger's share steps through these (none skipped), each held for its dwell
     steps: tuple[float, ...] = (0.05, 0.10, 0.25, 0.50, 1.0)
     dwell_s: tuple[int, ...] = (2 * 3_600, 2 * 3_600, 6 * 3_600, DAY_S)  # one per step below 100% (seed 004)
-    step_min_requests: int = 200  # each arm's requests at a step before it may advance
+    #: each arm's requests at a step before it may advance (a floor; the statistical minimum, the failure rule's
+    #: power over the challenger's whole ramp, is rules.step_minimum)
+    step_min_requests: int = 30
     promote_ratio: float = 0.98  # promote only if the challenger's error is <= this x the champion's ...
     alpha: float = 0.05  # ... significantly so (always-valid mSPRT p-value), segments not significantly worse
     segment_max_ratio: float = 1.10  # ... and each declared segment value shown below this x the champion's error
@@ -634,6 +637,7 @@ _POSITIVE = "a number > 0"
 _ROLLOUT: Mapping[str, _Convert] = {
     "shadow_min_labels": _integer(1),
     "shadow_min_duration": _duration,
+    "shadow_urgent_min_labels": _integer(1),
     "shadow_max_duration": _duration,
     "shadow_max_ratio": _number("a number >= 1", lambda x: x >= 1),
     "segment_max_ratio": _number("a number >= 1", lambda x: x >= 1),

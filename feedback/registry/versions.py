@@ -27,7 +27,7 @@ Stage = Literal["candidate", "shadow", "canary", "champion", "previous", "reject
 TRANSITIONS: Mapping[str, frozenset[str]] = {
     "candidate": frozenset({"shadow", "rejected", "champion", "archived"}),
     "shadow": frozenset({"canary", "rejected", "archived"}),
-    "canary": frozenset({"champion", "rejected"}),
+    "canary": frozenset({"champion", "rejected", "archived"}),  # archived: its ramp superseded by a later episode
     "champion": frozenset({"previous"}),
     "previous": frozenset({"champion", "archived", "candidate"}),  # candidate: proposed again by the model pool
     "rejected": frozenset({"archived"}),

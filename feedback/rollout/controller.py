@@ -34,25 +34,24 @@ import pandas as pd
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from scipy.stats import ttest_rel
 
 from feedback.monitoring.config import ModelConfig, MonitoringConfig, RolloutConfig
 from feedback.registry.versions import Registry
 from feedback.rollout.rules import (
-    MIN_STRATUM_UNITS,
     ArmStats,
     Finding,
     Latch,
     PromotionTest,
     UnitStats,
-    champion_degraded,
     first_step,
     latch_holds,
+    paired_gain,
     plan_test,
     rollback_findings,
     step_ready,
     users_within,
 )
+from feedback.rollout.urgency import answers_later_change, degradation, episode
 from feedback.triggers.alerts import Alert, AlertSink
 from feedback.triggers.outbox import enqueue
 
@@ -91,13 +90,6 @@ SELECT coalesce(f.routing_key, f.prediction_id) AS unit, f.served_prediction, f.
 FROM shadow_feedback f
 WHERE f.model_name = %s AND f.shadow_version = %s AND f.label IS NOT NULL AND f.labeled_at > %s
   AND f.shadow_error IS NULL
-"""
-# a fired decision of a confirmed drop on the champion's windows, of the change the candidate answers
-_DEGRADED = """
-SELECT kind, evidence FROM retrain_decisions
-WHERE model_name = %s AND model_version = %s AND change_point = %s AND status = 'fired'
-  AND kind IN ('drift', 'performance')
-ORDER BY fired_at DESC LIMIT 1
 """
 # the distinct users (the router's key, else the request) of a span: how many, seen once, seen twice, the first
 _UNITS_SEEN = """
@@ -292,15 +284,16 @@ class _Look:
             self.alert("rollout_abandoned", sentence, version)
             return LookResult(model_name=name, state="abandoned", sentence=sentence, changed=True)
         degraded = self.degraded(version, champion)
-        step, urgency = first_step(self.cfg.steps, degraded, self.shadow_gain_p(shadow) if degraded else None,
-                                   self.cfg.alpha)
+        gain_p = self.shadow_gain_p(shadow) if degraded else None
+        step, urgency = first_step(self.cfg.steps, degraded, gain_p, self.cfg.alpha)
+        urgent = degraded if gain_p is not None and gain_p < self.cfg.alpha else None
         share = self.cfg.steps[step]
         measured = "no labelled shadow rows" if ratio is None else (
             f"shadow error ratio {ratio:.3f} on {shadow_units:,} labelled requests")
         sentence = (f"ramp of {version} against {champion} starts: {version} serves {_pct(share)}; {measured}; "
                     f"{plan}{f'; {urgency}' if urgency else ''}")
         self.insert_rollout(rollout_id, shadow, champion, state="ramping", step=step, share=share, test=test.to_json(),
-                            sentence=sentence, ended=False)
+                            sentence=sentence, ended=False, urgency=urgent)
         self.registry.move(self.rcur, name, version, "canary", reason=sentence)
         self.deploy(champion=champion, challenger=version, share=share, salt=rollout_id, state="canary",
                     reason=sentence)
@@ -355,22 +348,12 @@ class _Look:
     def shadow_gain_p(self, shadow: Mapping[str, Any]) -> float | None:
         """One-sided paired t-test of the challenger's per-user error below the champion's on the labelled shadow
         rows (the same requests); None with fewer than 20 users or no spread."""
-        per_user = self.shadow_per_user(shadow)[0].dropna()
-        if len(per_user) < MIN_STRATUM_UNITS:
-            return None
-        p = float(ttest_rel(per_user["shadow"], per_user["served"], alternative="less").pvalue)
-        return p if math.isfinite(p) else None
+        per_user = self.shadow_per_user(shadow)[0]
+        return paired_gain(per_user["shadow"].to_numpy(), per_user["served"].to_numpy(), per_user.index)[0]
 
     def degraded(self, version: str, champion: str) -> str | None:
-        """The champion confirmed degraded in the episode the candidate answers: a fired drift or performance
-        decision on the champion's windows with the candidate's change point (one sentence), or None."""
-        change = self.episode(version)
-        if change is None:
-            return None
-        row = self.cur.execute(_DEGRADED, (self.model.name, champion, change)).fetchone()
-        if row is None:
-            return None
-        return champion_degraded(champion, row["kind"], row["evidence"], change)
+        """The champion confirmed degraded in the episode the candidate answers (feedback/rollout/urgency.py)."""
+        return degradation(self.rcur, self.registry, self.model.name, version, champion)
 
     def units_available(self) -> float:
         """Users each arm can expect within the ramp's maximum duration at its last step below 100%: the distinct
@@ -396,6 +379,9 @@ class _Look:
         findings = rollback_findings(stats[challenger], stats[champion], self.cfg, strata)
         if findings:
             return self.roll_back(rollout, findings, stats)
+        newer = self.later_episode(challenger)
+        if newer is not None and rollout["state"] == "ramping":
+            return self.supersede(rollout, newer)
         if rollout["state"] == "paused":
             return LookResult(model_name=name, state="paused", changed=False,
                               sentence=f"paused at {_pct(rollout['share'])}; no rollback rule broken")
@@ -410,8 +396,10 @@ class _Look:
             return self.end(rollout, "kept_champion", sentence, evidence, test)
         step = rollout["step"]
         step_traffic = arm_stats(self.cur, self.model, [champion, challenger], rollout["step_started_at"], self.now)
-        waiting = step_ready((self.now - rollout["step_started_at"]).total_seconds(), self.cfg.dwell_s[step],
-                             {v: s.requests for v, s in step_traffic.items()}, self.cfg.step_min_requests)
+        waiting = step_ready(dwell_s=(self.now - rollout["step_started_at"]).total_seconds(),
+                             dwell_needed_s=self.cfg.dwell_s[step], urgent=rollout.get("urgency") is not None,
+                             step_requests={v: s.requests for v, s in step_traffic.items()},
+                             challenger=stats[challenger], champion=stats[champion], config=self.cfg)
         next_share = self.cfg.steps[step + 1]
         if waiting is None and next_share >= 1.0 and decision.kind != "promote":
             waiting = decision.sentence
@@ -459,11 +447,15 @@ class _Look:
         findings = rollback_findings(stats[challenger], baseline, self.cfg)
         if findings:
             return self.roll_back(rollout, findings, {**stats, baseline.version: baseline})
-        if self.now - since < timedelta(seconds=self.cfg.hold_s):
+        newer = self.later_episode(challenger)
+        if self.now - since < timedelta(seconds=self.cfg.hold_s) and newer is None:
             return LookResult(model_name=name, state="holding", changed=False, sentence=(
                 f"holding: {(self.now - since).total_seconds() / 3600:.1f} h of {self.cfg.hold_s / 3600:.0f} h"))
-        sentence = (f"{challenger} is champion: it held {_days(self.cfg.hold_s)} at 100% within every rule against "
-                    f"{rollout['champion']}'s frozen figures ({_figures(stats[challenger])})")
+        held = (f"it held {_days(self.cfg.hold_s)} at 100%" if newer is None else
+                f"it held {(self.now - since).total_seconds() / 3600:.1f} h at 100% and {newer} answers a later "
+                "change: its hold ends early, so the newer candidate ramps against it")
+        sentence = (f"{challenger} is champion: {held} within every rule against {rollout['champion']}'s frozen "
+                    f"figures ({_figures(stats[challenger])})")
         self.registry.move(self.rcur, name, challenger, "champion", reason=sentence)
         self.retire_old_champions()
         self.update(rollout, state="promoted", ended_at=self.now, sentence=sentence)
@@ -475,11 +467,32 @@ class _Look:
 
     # -- endings ----------------------------------------------------------------------------------------------
 
+    def later_episode(self, challenger: str) -> str | None:
+        """A candidate that passed its shadow and answers a later change than the ramp's challenger (one episode,
+        one ramp: the world changed again, and the ramp's challenger was trained for the world before)."""
+        shadow = self.cur.execute(_PASSED_SHADOW, (self.model.name,)).fetchone()
+        if shadow is None or shadow["version"] == challenger:
+            return None
+        return shadow["version"] if answers_later_change(self.rcur, self.registry, self.model.name,
+                                                         shadow["version"], challenger) else None
+
+    def supersede(self, rollout: dict[str, Any], newer: str) -> LookResult:
+        """End a ramp whose challenger answers an earlier change than ``newer``: back to the champion, the
+        challenger archived (nothing showed it harmful), no latch; the next look starts ``newer``'s ramp."""
+        challenger = rollout["challenger"]
+        sentence = (f"the ramp of {challenger} at {_pct(rollout['share'])} is superseded: {newer} passed its shadow "
+                    "and answers a later change; all traffic back to the champion "
+                    f"{rollout['champion']} until {newer}'s ramp starts")
+        self.update(rollout, state="superseded", share=0.0, ended_at=self.now, sentence=sentence)
+        self.registry.move(self.rcur, self.model.name, challenger, "archived", reason=sentence)
+        self.deploy(champion=rollout["champion"], challenger=None, share=0.0, salt=rollout["salt"], state="steady",
+                    reason=sentence)
+        self.event(rollout["rollout_id"], challenger, "superseded", 0.0, sentence, {"by": newer})
+        return LookResult(model_name=self.model.name, state="superseded", sentence=sentence, changed=True)
+
     def episode(self, version: str) -> datetime | None:
         """The change point of the trigger the version answered (None: none, or a version registered by hand)."""
-        found = self.registry.get(self.rcur, self.model.name, version)
-        at = found.lineage.get("change_point") if found is not None else None
-        return datetime.fromisoformat(at) if isinstance(at, str) else None
+        return episode(self.rcur, self.registry, self.model.name, version)
 
     def roll_back(self, rollout: dict[str, Any], findings: Sequence[Finding],
                   stats: Mapping[str, ArmStats]) -> LookResult:
@@ -619,13 +632,14 @@ class _Look:
     # -- writes -----------------------------------------------------------------------------------------------
 
     def insert_rollout(self, rollout_id: str, shadow: Mapping[str, Any], champion: str, *, state: str, step: int,
-                       share: float, test: Mapping[str, Any], sentence: str, ended: bool) -> None:
+                       share: float, test: Mapping[str, Any], sentence: str, ended: bool,
+                       urgency: str | None = None) -> None:
         self.cur.execute(
             "INSERT INTO rollouts (rollout_id, model_name, champion, challenger, salt, state, step, share,"
-            " step_started_at, started_at, ended_at, test, sentence) VALUES"
-            " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            " step_started_at, started_at, ended_at, test, sentence, urgency) VALUES"
+            " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (rollout_id, self.model.name, champion, shadow["version"], rollout_id, state, step, share, self.now,
-             self.now, self.now if ended else None, Jsonb(dict(test)), sentence))
+             self.now, self.now if ended else None, Jsonb(dict(test)), sentence, urgency))
 
     def update(self, rollout: dict[str, Any], *, test: PromotionTest | None = None, **changes: Any) -> None:
         if test is not None:

@@ -28,9 +28,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from scipy.stats import binomtest, norm
+import numpy as np
+import pandas as pd
+from scipy.stats import binom, binomtest, norm, ttest_1samp
 
 from feedback.monitoring.config import RolloutConfig
 from feedback.rollout.sequential import SequentialTest, required_per_arm
@@ -493,18 +496,107 @@ def plan_test(champion: UnitStats, expected_ratio: float | None, units_available
                           segment_ratio=config.segment_max_ratio), sentence)
 
 
-def step_ready(dwell_s: float, dwell_needed_s: int, step_requests: Mapping[str, int], min_requests: int) -> str | None:
-    """Why a step may not advance yet (None: it may): its dwell in event time, and each arm's requests at it.
+def failure_sample(limit: float, harm: float, *, alpha: float = FAILURE_ALPHA, power: float = 0.8,
+                   cap: int = 100_000) -> int:
+    """The challenger requests the failure rule needs to find a failure rate of ``harm`` against its ``limit`` with
+    ``power`` (one-sided exact binomial test at ``alpha``): the smallest n at which a challenger failing at ``harm``
+    is rolled back with that probability. ``cap`` when even that many are not enough.
 
-    >>> step_ready(3600, 7200, {"v2": 400, "v1": 8000}, 200)
-    'dwell 1.0 h of 2.0 h'
-    >>> step_ready(7200, 7200, {"v2": 150, "v1": 8000}, 200) is None
-    False
+    >>> failure_sample(0.01, 0.05)  # a champion that never fails: its limit 1%, the absolute ceiling 5%
+    157
+    >>> failure_sample(0.05, 0.10)
+    267
     """
-    if dwell_s < dwell_needed_s:
+    return _failure_sample(round(limit, 4), round(harm, 4), alpha, power, cap)
+
+
+@lru_cache(maxsize=256)
+def _failure_sample(limit: float, harm: float, alpha: float, power: float, cap: int) -> int:
+    if not 0 <= limit < harm <= 1:
+        return cap
+    low = 1
+    while low <= cap:  # in chunks growing tenfold: the answer is most often below a thousand
+        n = np.arange(low, min(cap, 10 * low + 999) + 1)
+        critical = binom.isf(alpha, n, limit)  # the rule fires at more than this many failures
+        found = np.flatnonzero(binom.sf(critical, n, harm) >= power)
+        if len(found):
+            return int(n[found[0]])
+        low = int(n[-1]) + 1
+    return cap
+
+
+def step_minimum(champion: ArmStats, config: RolloutConfig) -> tuple[int, float]:
+    """The challenger's requests over the ramp before its first step may advance, and the failure rate they are
+    sized to find: the failure rule's power (80%) against a challenger failing at the absolute ceiling
+    ``failure_max`` or at twice the rule's limit, whichever is higher (a champion that fails itself puts the limit
+    near the ceiling). The error rule's harm was measured on the same requests by the shadow, a paired comparison far
+    stronger than the ramp's first labels; the step guards against what the shadow cannot see: failed requests
+    and latency. Sized once over the ramp, not per step: the rules judge the challenger's whole ramp, and a
+    challenger failing at ``harm`` fails as many requests before it is caught at 5% as at 25%, only faster.
+
+    >>> step_minimum(ArmStats(version="v1", requests=5_000, failures=0), RolloutConfig())
+    (157, 0.05)
+    """
+    limit = min(config.failure_ratio * champion.failure_rate + config.failure_margin, config.failure_max)
+    harm = min(1.0, max(config.failure_max, 2 * limit))
+    return failure_sample(limit, harm), harm
+
+
+def step_ready(*, dwell_s: float, dwell_needed_s: int, urgent: bool, step_requests: Mapping[str, int],
+               challenger: ArmStats, champion: ArmStats, config: RolloutConfig) -> str | None:
+    """Why a step may not advance yet (None: it may).
+
+    - its dwell in event time, waived when the champion is confirmed degraded (``urgent``): waiting then costs the
+      degraded champion's error on most of the traffic, and the evidence below, not a clock, is what a step needs;
+    - each arm's requests at the step: at least ``step_min_requests`` (a step is seen before it is left);
+    - the challenger's requests over the ramp: the failure rule's :func:`step_minimum`, and, when the champion's
+      requests are timed, the latency rules' ``min_latency_samples`` timed ones.
+
+    >>> cfg = RolloutConfig()
+    >>> champ = ArmStats(version="v1", requests=8_000, latency_n=8_000)
+    >>> step_ready(dwell_s=3600, dwell_needed_s=7200, urgent=False, step_requests={"v2": 400, "v1": 8000},
+    ...            challenger=ArmStats(version="v2", requests=400, latency_n=400), champion=champ, config=cfg)
+    'dwell 1.0 h of 2.0 h'
+    >>> why = step_ready(dwell_s=3600, dwell_needed_s=7200, urgent=True, step_requests={"v2": 120, "v1": 8000},
+    ...                  challenger=ArmStats(version="v2", requests=120, latency_n=120), champion=champ, config=cfg)
+    >>> for reason in why.split("; "): print(reason)
+    v2 120 of 157 requests over the ramp (the failure rule finds a 5.0% failure rate with 80% power)
+    v2 120 of 200 timed requests (the latency rules judge from 200)
+    """
+    if not urgent and dwell_s < dwell_needed_s:
         return f"dwell {dwell_s / 3600:.1f} h of {dwell_needed_s / 3600:.1f} h"
-    short = [f"{v} {n:,} of {min_requests:,} requests" for v, n in step_requests.items() if n < min_requests]
+    short = [f"{v} {n:,} of {config.step_min_requests:,} requests at this step" for v, n in step_requests.items()
+             if n < config.step_min_requests]
+    needed, harm = step_minimum(champion, config)
+    if challenger.requests < needed:
+        short.append(f"{challenger.version} {challenger.requests:,} of {needed:,} requests over the ramp (the failure "
+                     f"rule finds a {_pct(harm)} failure rate with 80% power)")
+    if champion.latency_n and challenger.latency_n < config.min_latency_samples:
+        short.append(f"{challenger.version} {challenger.latency_n:,} of {config.min_latency_samples:,} timed requests "
+                     f"(the latency rules judge from {config.min_latency_samples:,})")
     return "; ".join(short) or None
+
+
+def paired_gain(challenger: np.ndarray, champion: np.ndarray, units: Sequence[Any]) -> tuple[float | None, int]:
+    """One-sided paired t-test of the challenger's error below the champion's on the same requests, each user's
+    requests averaged first (a user's requests are correlated; a user is one unit): (p, users); p is None with
+    fewer than ``MIN_STRATUM_UNITS`` users or no spread.
+
+    >>> rng = np.random.default_rng(7)
+    >>> champ = (rng.random(600) < 0.30).astype(float); chall = (rng.random(600) < 0.10).astype(float)
+    >>> p, n = paired_gain(chall, champ, [f"u{i % 200}" for i in range(600)])
+    >>> p < 1e-6, n
+    (True, 200)
+    """
+    frame = pd.DataFrame({"unit": list(units), "b": challenger, "a": champion}).dropna()
+    per_user = frame.groupby("unit")[["b", "a"]].mean()
+    if len(per_user) < MIN_STRATUM_UNITS:
+        return None, len(per_user)
+    diff = (per_user["b"] - per_user["a"]).to_numpy()
+    if not diff.std() > 0:
+        return (0.0 if diff.mean() < 0 else 1.0) if diff.mean() != 0 else None, len(per_user)
+    p = float(ttest_1samp(diff, 0.0, alternative="less").pvalue)
+    return (p if math.isfinite(p) else None), len(per_user)
 
 
 def _pct(x: float) -> str:

@@ -44,6 +44,8 @@ from feedback.errors import IngestStopped
 from feedback.monitoring.config import ModelConfig, MonitoringConfig, RolloutConfig
 from feedback.monitoring.profile import category_key
 from feedback.registry.versions import ModelVersion, Registry
+from feedback.rollout.rules import paired_gain
+from feedback.rollout.urgency import answers_later_change, degradation
 from feedback.store import DeadLetterRecord, FeedbackStore, insert_dead_letters
 from feedback.store.ingest import TRANSIENT_ERRORS, Backoff, InboundMessage, retry_transient
 from feedback.triggers.alerts import Alert, AlertSink
@@ -215,7 +217,9 @@ def start_shadow(conn: psycopg.Connection[Any], registry: Registry, candidate: C
     nothing is written); the version is loaded once, digest checked, to prove it loads (else it is rejected:
     ``failed``, a ``shadow_failed`` event and an alert). Its shadow runs at once, or waits while a rollout of
     the model is under way (the scoring round starts it when none is); an older waiting or running shadow of
-    the model is superseded (expired, its version archived).
+    the model is superseded (expired, its version archived). A candidate answering a later change than the ramp's
+    challenger does not wait: one episode, one ramp (the controller ends the earlier episode's ramp once this
+    shadow passes).
 
     The shadow's clock starts at the model's watermark; a model with no prediction yet starts at the cutoff, and
     one with neither at the event's ``created_at``, the only time there is.
@@ -273,7 +277,7 @@ def start_shadow(conn: psycopg.Connection[Any], registry: Registry, candidate: C
         else:
             _supersede(cur, registry, name, version_name, started_at)
             active = cur.execute(_ACTIVE_ROLLOUT, (name,)).fetchone()
-            if active is not None:
+            if active is not None and not answers_later_change(cur, registry, name, version_name, active[0]):
                 status, kind = "waiting", "shadow_waiting"
                 sentence = f"{version_name} waits for the rollout of {active[0]} to end"
             else:
@@ -746,11 +750,14 @@ class ShadowRows:
     scored: int | None = None
     failures: int | None = None
     latency: Mapping[str, Any] = field(default_factory=dict)
+    #: each labelled row's user (the router's key, else the request): the paired test averages a user's rows first
+    units: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.labels)
         arrays = {"served": self.served, "shadow": self.shadow, "failed": self.failed,
-                  "served_proba": self.served_proba, "shadow_proba": self.shadow_proba, "proba_gap": self.proba_gap}
+                  "served_proba": self.served_proba, "shadow_proba": self.shadow_proba, "proba_gap": self.proba_gap,
+                  "units": self.units}
         for name, a in arrays.items():
             if a is not None and len(a) != n:
                 msg = f"{name} has {len(a)} rows, labels {n}"
@@ -786,7 +793,7 @@ class ShadowVerdict:
 
 
 def shadow_verdict(rows: ShadowRows, config: RolloutConfig, *, task: str, positive_class: Any = None,
-                   duration_s: float) -> ShadowVerdict:
+                   duration_s: float, urgent: str | None = None) -> ShadowVerdict:
     """The shadow gate on labelled rows (``duration_s``: event time since the shadow started).
 
     Error per row: misclassified (0/1) for classification, the absolute error for regression. A failed shadow
@@ -807,6 +814,12 @@ def shadow_verdict(rows: ShadowRows, config: RolloutConfig, *, task: str, positi
     |gap| <= the champion's MAE) is reported; below ``agreement_alert`` on at least ``shadow_min_labels`` rows it
     asks for a person (``escalate``), and fails nothing.
 
+    ``urgent`` (the sentence of the champion confirmed degraded in the episode the candidate answers): waiting costs
+    the champion's error on every request, so the shadow passes before its labels and duration once it has
+    ``shadow_urgent_min_labels`` labelled rows, the judged checks pass, and the paired test shows the challenger's
+    error below the champion's on the same requests (one-sided, each user one unit, p < ``EARLY_FAIL_P``; the
+    ramp's always-valid test and rollback rules still follow).
+
     >>> from feedback.monitoring.config import RolloutConfig
     >>> y = np.array(["1", "0"] * 600)
     >>> served = y.copy(); served[:120] = "0"
@@ -816,11 +829,12 @@ def shadow_verdict(rows: ShadowRows, config: RolloutConfig, *, task: str, positi
     >>> v.status, v.checks[2].sentence
     ('passed', 'challenger error 0.0417 <= 1.10 x champion 0.05 = 0.055 on 1,200 labelled requests: passed')
     """
-    labels, served, shadow, failed = rows.labels, rows.served, rows.shadow, rows.failed
+    labels, served, shadow, failed, units = rows.labels, rows.served, rows.shadow, rows.failed, rows.units
     if task == "regression":
         y, s, c = (np.asarray(a, dtype=np.float64) for a in (labels, served, np.where(failed, np.nan, shadow)))
         usable = np.isfinite(y) & np.isfinite(s)
         y, s, c, failed = y[usable], s[usable], c[usable], failed[usable]
+        units = units[usable] if units is not None else None
         ok = ~failed & np.isfinite(c)
         failed = ~ok
         champion_abs = np.abs(s - y)
@@ -922,8 +936,17 @@ def shadow_verdict(rows: ShadowRows, config: RolloutConfig, *, task: str, positi
     figures["latency"] = latency
 
     judged = (checks[2], checks[3], checks[4])
+    gain_p, gain_users = (paired_gain(challenger_errors, champion_errors, units if units is not None else range(n))
+                          if urgent is not None and n >= config.shadow_urgent_min_labels else (None, 0))
+    figures.update(urgent=urgent, gain_p=gain_p, gain_users=gain_users)
     if early:
         status, headline = "failed", f"failed: {checks[3].sentence}"
+    elif (gain_p is not None and gain_p < EARLY_FAIL_P and not (enough_labels and long_enough)
+          and all(c.passed is not False for c in judged)):
+        status = "passed"
+        headline = (f"passed early: {urgent}; the challenger's error is below the champion's on the same requests "
+                    f"(paired p = {gain_p:.2g} on {gain_users:,} users, {n:,} labelled requests); "
+                    f"{'; '.join(c.sentence for c in judged)}")
     elif enough_labels and long_enough:
         failing = [c for c in judged if c.passed is False]
         status = "failed" if failing else "passed"
@@ -994,7 +1017,8 @@ SELECT f.label, f.served_prediction, f.shadow_prediction, f.shadow_error IS NOT 
             THEN (f.shadow_probabilities ->> %(positive)s)::float8 END,
        (SELECT p.score FROM predictions p WHERE p.prediction_id = f.prediction_id AND %(score)s),
        CASE WHEN %(multiclass)s THEN f.served_probabilities END,
-       CASE WHEN %(multiclass)s THEN f.shadow_probabilities END
+       CASE WHEN %(multiclass)s THEN f.shadow_probabilities END,
+       coalesce(f.routing_key, f.prediction_id)
 FROM shadow_feedback f
 WHERE f.model_name = %(model)s AND f.shadow_version = %(version)s AND f.labeled_at > %(cutoff)s
   AND NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.prediction_id = f.prediction_id AND o.observed_at <= %(cutoff)s)
@@ -1040,7 +1064,8 @@ def load_shadow_rows(cur: psycopg.Cursor[Any], model: ModelConfig, version: str,
     return ShadowRows(labels=labels, served=served, shadow=shadow, failed=failed, served_proba=served_proba,
                       shadow_proba=shadow_proba, proba_gap=proba_gap, scored=int(scored), failures=int(failures),
                       latency={"timed": int(timed), "shadow_p99_ms": _finite(shadow_p99),
-                               "served_p99_ms": _finite(served_p99)})
+                               "served_p99_ms": _finite(served_p99)},
+                      units=np.array([r[9] for r in rows], dtype=object))
 
 
 def probability_gap(served: Mapping[str, float] | None, shadow: Mapping[str, float] | None) -> float:
@@ -1127,9 +1152,12 @@ def _judge(conn: psycopg.Connection[Any], registry: Registry, model: ModelConfig
             return None, []
         _, cutoff, started_at, stored = row
         at = max(model_watermark(cur, model.name) or started_at, started_at)
+        champion = cur.execute("SELECT champion FROM shadows WHERE model_name = %s AND version = %s",
+                               (model.name, version)).fetchone()[0]  # type: ignore[index]
         verdict = shadow_verdict(load_shadow_rows(cur, model, version, cutoff), model.rollout, task=model.task,
                                  positive_class=model.positive_class,
-                                 duration_s=(at - started_at).total_seconds())
+                                 duration_s=(at - started_at).total_seconds(),
+                                 urgent=degradation(cur, registry, model.name, version, champion))
         figures = _jsonable(verdict.figures)
         escalated = False
         if verdict.escalate and not cur.execute(

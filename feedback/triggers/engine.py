@@ -379,7 +379,7 @@ class Decider:
                            suppressed_by=candidate.suppressed_by if candidate.status == "suppressed" else None)
         if decision.status == "fired":
             reason = suppression(decision.kind, decision.decided_at, ledger.history(model.name, decision.decided_at),
-                                 model.triggers)
+                                 model.triggers, decision.change_point)
             if reason is not None:
                 decision = replace(decision, status="suppressed", suppressed_by=reason)
             else:
@@ -476,9 +476,11 @@ FROM retrain_decisions WHERE model_name = %(m)s AND status = 'fired' AND kind <>
 """
 # a ramp under way (feedback/rollout/controller.py): a retrain waits for it
 _ROLLOUT = """
-SELECT challenger || ' at ' || round((100 * share)::numeric, 1) || '%%' || CASE WHEN state = 'ramping' THEN ''
-       ELSE ', ' || state END
-FROM rollouts WHERE model_name = %s AND state IN ('ramping', 'paused', 'holding')
+SELECT r.challenger || ' at ' || round((100 * r.share)::numeric, 1) || '%%' || CASE WHEN r.state = 'ramping' THEN ''
+       ELSE ', ' || r.state END,
+       v.lineage ->> 'change_point'
+FROM rollouts r LEFT JOIN model_versions v ON v.model_name = r.model_name AND v.version = r.challenger
+WHERE r.model_name = %s AND r.state IN ('ramping', 'paused', 'holding')
 """
 # the outcomes since the last reset of the breaker, newest first (a reset starts the count again)
 _OUTCOMES = """
@@ -519,8 +521,9 @@ class PostgresLedger:
             rejected += 1
         rollout = self.cur.execute(_ROLLOUT, (model,)).fetchone()
         return History(last_fired_at=last, fired_last_day=int(day), last_trained_at=trained, running=running,
-                       rejected_in_row=rejected,
-                       rollout=None if rollout is None else rollout[0])
+                       rejected_in_row=rejected, rollout=None if rollout is None else rollout[0],
+                       rollout_change=None if rollout is None or rollout[1] is None
+                       else datetime.fromisoformat(rollout[1]))
 
     def decision(self, decision_id: str) -> Decision | None:
         row = self.cur.execute(f"{_SELECT} WHERE decision_id = %s", (decision_id,)).fetchone()

@@ -423,7 +423,8 @@ def test_a_3_class_shadow_much_worse_than_the_champion_fails(store: FeedbackStor
 
 def test_a_challenger_better_overall_but_worse_on_a_fifth_of_the_users_is_never_promoted(store: FeedbackStore) -> None:
     """2,000 returning users, a fifth of them in region apac: v2 errs 0.15 in eu and 0.45 in apac against v1's 0.30
-    everywhere (9 points better overall, 15 worse on apac), through steps that advance at 20 requests an arm. The
+    everywhere (9 points better overall, 15 worse on apac), through steps that advance at 20 requests an arm (and
+    the failure rule's minimum over the ramp). The
     steps' comparisons are combined by the information each holds: the first steps' handful of apac users in v2's
     arm must not keep their noise in the combined test for good (weighted by users, apac's p stayed above 0.2
     while the overall test promoted v2 at the 50% step)."""
@@ -432,9 +433,13 @@ def test_a_challenger_better_overall_but_worse_on_a_fifth_of_the_users_is_never_
     world = World(store, error={"v1": 0.30, "v2": 0.30}, users=2_000, by_user=True,
                   segment_error={("v2", "eu"): 0.10, ("v2", "apac"): 0.45})
     world.hour(served_by="v1")
-    _run(world, controller, 12, until="promoted")
-    with store.pool.connection() as conn:
-        [(state, share, sentence)] = conn.execute("SELECT state, share, sentence FROM rollouts").fetchall()
+    for _ in range(24):  # the 5% step waits for the failure rule's 157 requests (30 an hour): about 6 hours
+        world.hour()
+        controller.look()
+        with store.pool.connection() as conn:
+            [(state, share, sentence)] = conn.execute("SELECT state, share, sentence FROM rollouts").fetchall()
+        if state != "ramping" or "significantly worse" in sentence:
+            break
     assert _stages(store)["v2"] != "champion" and state == "ramping" and share == 0.5, (state, sentence)
     assert "significantly worse in region=apac" in sentence, sentence
 
@@ -517,7 +522,7 @@ def test_a_degraded_champion_starts_the_ramp_at_the_largest_canary_share(store: 
                 " 'v1', 'performance', 'elevated', 'fired', 'accuracy fell', %s, %s, %s, %s, %s)",
                 (decision_change, T0, T0, T0, Jsonb({"metric": "accuracy", "baseline": 0.83,
                                                      "windows": [{"performance": {"value": 0.70}}]})))
-    controller, _ = _controller(store)
+    controller, _ = _controller(store, FAST.replace('["1h", "1h", "1h", "1h"]', '["6h", "6h", "6h", "6h"]'))
     world = World(store, error={"v1": 0.30, "v2": 0.20})
     world.hour(served_by="v1")
     [started] = controller.look()
@@ -526,5 +531,56 @@ def test_a_degraded_champion_starts_the_ramp_at_the_largest_canary_share(store: 
         assert ("champion v1 degraded since 2026-03-01 00:00 UTC (performance decision): accuracy 0.7 against its "
                 "baseline 0.83; the shadow showed the challenger better (p = ") in started.sentence, started.sentence
         assert "starting the ramp at 25%" in started.sentence
-        _run(world, controller, 2)  # the next steps as ever: 50% after its dwell, then 100% held
-        assert [(k, s) for k, s, _, _ in _events(store)][:3] == [("step", 0.25), ("step", 0.50), ("holding", 1.0)]
+        # on evidence, not the 6 h dwells: 25% until the failure rule's 157 requests (150 an hour), then 50% until
+        # the promotion test's win, then 100% held
+        _run(world, controller, 4, until="holding")
+        steps = [(k, s, at - T0) for k, s, at, _ in _events(store)]
+        assert [(k, s) for k, s, _ in steps] == [("step", 0.25), ("step", 0.50), ("holding", 1.0)], steps
+        assert steps[-1][2] < timedelta(hours=6), steps
+    else:
+        _run(world, controller, 3)
+        assert [(k, s) for k, s, _, _ in _events(store)] == [("step", 0.05)]  # the 6 h dwell holds
+
+
+@pytest.mark.parametrize("v2_state", ["ramping", "holding"])
+def test_a_candidate_of_a_later_change_ends_the_earlier_episodes_ramp(store: FeedbackStore, v2_state: str) -> None:
+    """One episode, one ramp: v2 answers the change of March 1 and is ramping (or holding at 100%) when v3, which
+    answers a change of March 9, passes its shadow. A ramp ends superseded (v2 archived, not rejected, no latch,
+    everyone back on v1); a hold ends with v2 champion early (it passed the promotion test and every rule so far).
+    The next look starts v3's ramp against whichever is champion."""
+    e1, e2 = datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 9, tzinfo=UTC)
+    _setup(store)
+    with store.pool.connection() as conn:
+        conn.execute("UPDATE model_versions SET lineage = %s WHERE version = 'v2'",
+                     (Jsonb({"change_point": e1.isoformat()}),))
+    controller, _ = _controller(store)
+    world = World(store, error={"v1": 0.30, "v2": 0.20, "v3": 0.15})
+    world.hour(served_by="v1")
+    controller.look()
+    _run(world, controller, 1 if v2_state == "ramping" else 16, until=v2_state)
+    with store.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        assert cur.execute("SELECT state FROM rollouts").fetchone()[0] == v2_state
+        Registry().register(cur, ModelVersion(model_name="churn", version="v3", stage="candidate",
+                                              lineage={"change_point": e2.isoformat()}),
+                            serialise(_model()), reason="test")
+        Registry().move(cur, "churn", "v3", "shadow", reason="test shadow")
+        cur.execute("INSERT INTO shadows (model_name, version, champion, cutoff, started_at, status, sentence,"
+                    " decided_at) VALUES ('churn', 'v3', 'v1', %s, %s, 'passed', 'passed', %s)",
+                    (world.at - timedelta(hours=3), world.at - timedelta(hours=2), world.at))
+    world.hour()
+    [ended] = controller.look()
+    stages = _stages(store)
+    with store.pool.connection() as conn:
+        latches = conn.execute("SELECT count(*) FROM rollback_latches").fetchone()[0]
+    if v2_state == "ramping":
+        assert ended.state == "superseded" and "v3 passed its shadow and answers a later change" in ended.sentence
+        assert stages["v2"] == "archived" and stages["v1"] == "champion" and latches == 0
+        assert _messages(store)[-1].challenger is None and _messages(store)[-1].champion == "v1"
+    else:
+        assert ended.state == "promoted" and "its hold ends early" in ended.sentence, ended.sentence
+        assert stages["v2"] == "champion"
+    world.hour()
+    [started] = controller.look()
+    champion = "v1" if v2_state == "ramping" else "v2"
+    assert started.state == "ramping" and started.sentence.startswith(f"ramp of v3 against {champion} starts")
+    assert _messages(store)[-1].challenger == "v3"

@@ -10,8 +10,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
+import pandas as pd
 import pytest
-from scipy.stats import binomtest
+from scipy.stats import binom, binomtest, ttest_rel
 
 from feedback.monitoring.config import RolloutConfig
 from feedback.rollout.rules import (
@@ -22,8 +23,10 @@ from feedback.rollout.rules import (
     combine_strata,
     first_step,
     latch_holds,
+    paired_gain,
     plan_test,
     rollback_findings,
+    step_minimum,
     step_ready,
     users_within,
 )
@@ -138,10 +141,73 @@ def test_the_plan_abandons_what_the_ramp_cannot_decide() -> None:
     assert test is None and why.endswith("impractical")
 
 
-def test_a_step_waits_for_its_dwell_and_each_arms_requests() -> None:
-    assert step_ready(7199, 7200, {"v1": 500, "v2": 500}, 200) == "dwell 2.0 h of 2.0 h"
-    assert step_ready(7200, 7200, {"v1": 500, "v2": 199}, 200) == "v2 199 of 200 requests"
-    assert step_ready(7200, 7200, {"v1": 500, "v2": 200}, 200) is None
+_CHAMP = ArmStats(version="v1", requests=9_000, failures=0, latency_n=9_000)
+
+
+@pytest.mark.parametrize(("dwell_s", "urgent", "at_step", "over_ramp", "timed", "expected"), [
+    (7_199, False, 500, 500, 500, "dwell 2.0 h of 2.0 h"),
+    (7_199, True, 500, 500, 500, None),                   # urgency waives the dwell, not the evidence
+    (7_200, False, 29, 500, 500, "v2 29 of 30 requests at this step"),
+    (7_200, False, 100, 156, 500, "v2 156 of 157 requests over the ramp"),
+    (0, True, 100, 157, 199, "v2 199 of 200 timed requests"),
+    (0, True, 100, 157, 200, None),
+])
+def test_a_step_waits_for_its_dwell_and_the_rules_evidence(dwell_s: int, urgent: bool, at_step: int,
+                                                           over_ramp: int, timed: int, expected: str | None) -> None:
+    why = step_ready(dwell_s=dwell_s, dwell_needed_s=7_200, urgent=urgent, step_requests={"v1": 5_000, "v2": at_step},
+                     challenger=ArmStats(version="v2", requests=over_ramp, latency_n=timed), champion=_CHAMP,
+                     config=CFG)
+    assert (why is None) if expected is None else (why is not None and why.startswith(expected))
+
+
+def test_untimed_traffic_does_not_wait_for_latency_samples() -> None:
+    champion = replace(_CHAMP, latency_n=0)
+    assert step_ready(dwell_s=0, dwell_needed_s=0, urgent=False, step_requests={"v1": 500, "v2": 500},
+                      challenger=ArmStats(version="v2", requests=157), champion=champion, config=CFG) is None
+
+
+@pytest.mark.parametrize(("champion_failures", "limit", "harm"), [
+    (0, 0.01, 0.05),      # a champion that never fails: its limit 1%, the ceiling 5%
+    (90, 0.03, 0.06),     # 1% failing: limit 2 x 1% + 1% = 3%, the harm twice it
+    (270, 0.05, 0.10),    # 3% failing: the limit is the ceiling, the harm twice it
+])
+def test_the_step_minimum_gives_the_failure_rule_its_power(champion_failures: int, limit: float,
+                                                           harm: float) -> None:
+    """Checked against scipy: at the minimum, a challenger failing at the harm is rolled back by the failure
+    rule (the exact binomial test) with at least 80% probability, by the binomial's own sum and by the rule itself
+    on drawn failure counts."""
+    needed, found_harm = step_minimum(replace(_CHAMP, failures=champion_failures), CFG)
+    assert found_harm == pytest.approx(harm)
+    ks = np.arange(needed + 1)
+    fires = np.array([binomtest(int(k), needed, limit, alternative="greater").pvalue < 0.01 and k / needed > limit
+                      for k in ks])
+    power = binom.pmf(ks, needed, harm)[fires].sum()
+    assert power >= 0.8
+    rng = np.random.default_rng(3)
+    champion = replace(_CHAMP, failures=champion_failures)
+    caught = [bool(rollback_findings(ArmStats(version="v2", requests=needed, failures=int(k)), champion, CFG))
+              for k in rng.binomial(needed, harm, 400)]
+    assert np.mean(caught) >= 0.74
+
+
+@pytest.mark.parametrize(("challenger_rate", "users", "significant"), [
+    (0.10, 200, True),     # a third of the champion's error on 600 paired requests
+    (0.30, 200, False),    # the same error: nothing shown
+    (0.10, 10, False),     # too few users to test
+])
+def test_the_paired_gain_averages_each_user_first(challenger_rate: float, users: int, significant: bool) -> None:
+    rng = np.random.default_rng(11)
+    champion = (rng.random(600) < 0.30).astype(float)
+    challenger = (rng.random(600) < challenger_rate).astype(float)
+    units = [f"u{i % users}" for i in range(600)]
+    p, n = paired_gain(challenger, champion, units)
+    assert n == users
+    if users < 20:
+        assert p is None
+        return
+    per_user = pd.DataFrame({"u": units, "b": challenger, "a": champion}).groupby("u").mean()
+    assert p == pytest.approx(ttest_rel(per_user["b"], per_user["a"], alternative="less").pvalue)
+    assert (p < 0.01) is significant
 
 
 def test_a_later_look_the_other_way_does_not_borrow_an_earlier_significance() -> None:

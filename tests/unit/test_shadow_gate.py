@@ -260,3 +260,41 @@ def test_a_3_class_challenger_much_worse_than_the_champion_fails_its_shadow() ->
                                   failed=np.zeros(n, dtype=bool)), CONFIG, task="classification", duration_s=2 * DAY)
     assert v.status == "failed" and _checks(v)["error_ratio"].passed is False
     assert v.figures["challenger_error"] == pytest.approx(np.mean(shadow != truth))
+
+
+URGENT = "champion v1 degraded since 2026-03-01 00:00 UTC (performance decision)"
+
+
+@pytest.mark.parametrize(("urgent", "n", "shadow_fixes", "failures", "status"), [
+    (URGENT, 400, 0.60, 0, "passed"),     # degraded champion, a clear gain on 400 labelled rows: passes early
+    (None, 400, 0.60, 0, "waiting"),      # a healthy champion: the cautious gate (1,000 labels, a day)
+    (URGENT, 150, 0.60, 0, "waiting"),    # below the 200-label floor
+    (URGENT, 400, 0.02, 0, "waiting"),    # no significant gain on the same requests
+    (URGENT, 400, 0.60, 7, "waiting"),    # 1.75% failed: above the 1% limit, no early pass (not yet significant)
+    (URGENT, 400, 0.60, 12, "failed"),    # 3% failed, significantly: failed at once, as ever
+])
+def test_a_degraded_champion_lets_a_conclusive_shadow_pass_early(urgent: str | None, n: int, shadow_fixes: float,
+                                                                 failures: int, status: str) -> None:
+    """With the champion confirmed degraded, the shadow passes before its 1,000 labels and its day once the paired
+    test (each user's rows averaged, scipy's paired t-test) shows the challenger better at p < 0.01 on at least
+    200 labelled rows, and every judged check passes; otherwise it waits as ever."""
+    from scipy.stats import ttest_rel
+    rows = _classification(n, served_flip=0.30, shadow_fixes=shadow_fixes, failures=failures, seed=4)
+    units = np.array([f"u{i % 150}" for i in range(n)], dtype=object)
+    rows = ShadowRows(labels=rows.labels, served=rows.served, shadow=rows.shadow, failed=rows.failed,
+                      served_proba=rows.served_proba, shadow_proba=rows.shadow_proba, units=units)
+    v = shadow_verdict(rows, CONFIG, task="classification", positive_class=1, duration_s=3_600, urgent=urgent)
+    assert v.status == status, v.sentence
+    if urgent is not None and n >= 200:
+        ok = ~rows.failed
+        b = np.where(ok, rows.shadow != rows.labels, True).astype(float)
+        a = (rows.served != rows.labels).astype(float)
+        frame = {u: ([], []) for u in units}
+        for u, x, y in zip(units, b, a, strict=True):
+            frame[u][0].append(x)
+            frame[u][1].append(y)
+        per_b, per_a = zip(*((np.mean(x), np.mean(y)) for x, y in frame.values()), strict=True)
+        assert v.figures["gain_p"] == pytest.approx(ttest_rel(per_b, per_a, alternative="less").pvalue)
+    if status == "passed":
+        assert v.sentence.startswith(f"passed early: {URGENT}; the challenger's error is below the champion's"), \
+            v.sentence

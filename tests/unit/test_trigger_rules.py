@@ -176,6 +176,36 @@ STORM = [
 ]
 
 
+EPISODE = AT - timedelta(days=2)  # the change the ramp's challenger answers
+RAMP = History(rollout="v3 at 25.0%", rollout_change=EPISODE)
+ONE_EPISODE_ONE_RAMP = [
+    # name, kind, the decision's change point, expected reason prefix or None
+    ("a refit of the ramp's episode waits", "refit", EPISODE, "a rollout is under way"),
+    ("a refresh waits", "refresh", EPISODE, "a rollout is under way"),
+    ("the calendar waits", "calendar", None, "a rollout is under way"),
+    ("a person's request waits", "manual", None, "a rollout is under way"),
+    ("a drift of the same change waits", "drift", EPISODE, "a rollout is under way"),
+    ("a drift found later does not", "drift", AT - timedelta(hours=5), None),
+    ("a performance drop found later does not", "performance", AT - timedelta(hours=5), None),
+    ("a pool look at a later change does not", "pool", AT - timedelta(hours=5), None),
+    ("a refit of a later change still waits", "refit", AT - timedelta(hours=5), "a rollout is under way"),
+]
+
+
+@pytest.mark.parametrize(("name", "kind", "change", "expected"), ONE_EPISODE_ONE_RAMP,
+                         ids=[c[0] for c in ONE_EPISODE_ONE_RAMP])
+def test_a_ramp_holds_its_own_episode_only(name: str, kind: str, change: datetime | None,
+                                           expected: str | None) -> None:
+    reason = suppression(kind, AT, RAMP, CHURN.triggers, change)  # type: ignore[arg-type]
+    assert (reason is None) if expected is None else (reason is not None and reason.startswith(expected)), reason
+
+
+def test_a_ramp_of_a_version_answering_no_change_holds_no_later_change() -> None:
+    ramp = History(rollout="v3 at 5.0%")  # a calendar retrain's ramp
+    assert suppression("drift", AT, ramp, CHURN.triggers, AT - timedelta(hours=1)) is None
+    assert suppression("calendar", AT, ramp, CHURN.triggers) is not None
+
+
 @pytest.mark.parametrize(("name", "kind", "past", "expected"), STORM, ids=[c[0] for c in STORM])
 def test_storm_control(name: str, kind: str, past: History, expected: str | None) -> None:
     """Cooldown, daily cap, a running training and the circuit breaker hold back automatic retrains."""
