@@ -399,7 +399,8 @@ class _Look:
         waiting = step_ready(dwell_s=(self.now - rollout["step_started_at"]).total_seconds(),
                              dwell_needed_s=self.cfg.dwell_s[step], urgent=rollout.get("urgency") is not None,
                              step_requests={v: s.requests for v, s in step_traffic.items()},
-                             challenger=stats[challenger], champion=stats[champion], config=self.cfg)
+                             challenger=stats[challenger], champion=stats[champion], config=self.cfg,
+                             to_full=self.cfg.steps[step + 1] >= 1.0)
         next_share = self.cfg.steps[step + 1]
         if waiting is None and next_share >= 1.0 and decision.kind != "promote":
             waiting = decision.sentence

@@ -543,25 +543,28 @@ def step_minimum(champion: ArmStats, config: RolloutConfig) -> tuple[int, float]
 
 
 def step_ready(*, dwell_s: float, dwell_needed_s: int, urgent: bool, step_requests: Mapping[str, int],
-               challenger: ArmStats, champion: ArmStats, config: RolloutConfig) -> str | None:
+               challenger: ArmStats, champion: ArmStats, config: RolloutConfig, to_full: bool = False) -> str | None:
     """Why a step may not advance yet (None: it may).
 
     - its dwell in event time, waived when the champion is confirmed degraded (``urgent``): waiting then costs the
       degraded champion's error on most of the traffic, and the evidence below, not a clock, is what a step needs;
     - each arm's requests at the step: at least ``step_min_requests`` (a step is seen before it is left);
-    - the challenger's requests over the ramp: the failure rule's :func:`step_minimum`, and, when the champion's
-      requests are timed, the latency rules' ``min_latency_samples`` timed ones.
+    - the challenger's requests over the ramp: the failure rule's :func:`step_minimum`;
+    - into 100% (``to_full``), when the champion's requests are timed, each arm's ``min_latency_samples`` timed
+      requests: the latency rules judge from that many, and a challenger must not serve everyone before they could
+      (servers often time a sample of their requests only, so this is not asked of the early steps).
 
     >>> cfg = RolloutConfig()
     >>> champ = ArmStats(version="v1", requests=8_000, latency_n=8_000)
     >>> step_ready(dwell_s=3600, dwell_needed_s=7200, urgent=False, step_requests={"v2": 400, "v1": 8000},
     ...            challenger=ArmStats(version="v2", requests=400, latency_n=400), champion=champ, config=cfg)
     'dwell 1.0 h of 2.0 h'
-    >>> why = step_ready(dwell_s=3600, dwell_needed_s=7200, urgent=True, step_requests={"v2": 120, "v1": 8000},
-    ...                  challenger=ArmStats(version="v2", requests=120, latency_n=120), champion=champ, config=cfg)
-    >>> for reason in why.split("; "): print(reason)
-    v2 120 of 157 requests over the ramp (the failure rule finds a 5.0% failure rate with 80% power)
-    v2 120 of 200 timed requests (the latency rules judge from 200)
+    >>> step_ready(dwell_s=3600, dwell_needed_s=7200, urgent=True, step_requests={"v2": 120, "v1": 8000},
+    ...            challenger=ArmStats(version="v2", requests=120, latency_n=120), champion=champ, config=cfg)
+    'v2 120 of 157 requests over the ramp (the failure rule finds a 5.0% failure rate with 80% power)'
+    >>> step_ready(dwell_s=0, dwell_needed_s=0, urgent=True, step_requests={"v2": 900, "v1": 900}, to_full=True,
+    ...            challenger=ArmStats(version="v2", requests=900, latency_n=120), champion=champ, config=cfg)
+    'v2 120 of 200 timed requests (the latency rules judge from 200)'
     """
     if not urgent and dwell_s < dwell_needed_s:
         return f"dwell {dwell_s / 3600:.1f} h of {dwell_needed_s / 3600:.1f} h"
@@ -571,9 +574,10 @@ def step_ready(*, dwell_s: float, dwell_needed_s: int, urgent: bool, step_reques
     if challenger.requests < needed:
         short.append(f"{challenger.version} {challenger.requests:,} of {needed:,} requests over the ramp (the failure "
                      f"rule finds a {_pct(harm)} failure rate with 80% power)")
-    if champion.latency_n and challenger.latency_n < config.min_latency_samples:
-        short.append(f"{challenger.version} {challenger.latency_n:,} of {config.min_latency_samples:,} timed requests "
-                     f"(the latency rules judge from {config.min_latency_samples:,})")
+    if to_full and champion.latency_n and min(challenger.latency_n, champion.latency_n) < config.min_latency_samples:
+        short += [f"{arm.version} {arm.latency_n:,} of {config.min_latency_samples:,} timed requests (the latency "
+                  f"rules judge from {config.min_latency_samples:,})" for arm in (challenger, champion)
+                  if arm.latency_n < config.min_latency_samples]
     return "; ".join(short) or None
 
 

@@ -379,7 +379,7 @@ class Decider:
                            suppressed_by=candidate.suppressed_by if candidate.status == "suppressed" else None)
         if decision.status == "fired":
             reason = suppression(decision.kind, decision.decided_at, ledger.history(model.name, decision.decided_at),
-                                 model.triggers, decision.change_point)
+                                 model.triggers, decision.change_point, decision.model_version)
             if reason is not None:
                 decision = replace(decision, status="suppressed", suppressed_by=reason)
             else:
@@ -478,7 +478,7 @@ FROM retrain_decisions WHERE model_name = %(m)s AND status = 'fired' AND kind <>
 _ROLLOUT = """
 SELECT r.challenger || ' at ' || round((100 * r.share)::numeric, 1) || '%%' || CASE WHEN r.state = 'ramping' THEN ''
        ELSE ', ' || r.state END,
-       v.lineage ->> 'change_point'
+       v.lineage ->> 'change_point', r.challenger
 FROM rollouts r LEFT JOIN model_versions v ON v.model_name = r.model_name AND v.version = r.challenger
 WHERE r.model_name = %s AND r.state IN ('ramping', 'paused', 'holding')
 """
@@ -522,6 +522,7 @@ class PostgresLedger:
         rollout = self.cur.execute(_ROLLOUT, (model,)).fetchone()
         return History(last_fired_at=last, fired_last_day=int(day), last_trained_at=trained, running=running,
                        rejected_in_row=rejected, rollout=None if rollout is None else rollout[0],
+                       rollout_challenger=None if rollout is None else rollout[2],
                        rollout_change=None if rollout is None or rollout[1] is None
                        else datetime.fromisoformat(rollout[1]))
 

@@ -491,11 +491,17 @@ def _num(x: float | None) -> str:
 EPISODE_KINDS: frozenset[str] = frozenset({"drift", "performance", "detector", "pool"})
 
 
-def new_episode(kind: str, change_point: datetime | None, ramp_change: datetime | None) -> bool:
-    """Whether a decision answers a change found after the one a ramp's challenger answers (``ramp_change``;
-    None: the challenger answers none, so any change point is later)."""
-    return (kind in EPISODE_KINDS and change_point is not None
-            and (ramp_change is None or change_point > ramp_change))
+def new_episode(kind: str, change_point: datetime | None, version: str | None, history: History) -> bool:
+    """Whether a decision answers a change found after the one the ramp's challenger answers: a drift, performance,
+    detector or pool decision on the challenger's own windows (``version``), with a change point after the
+    challenger's (``history.rollout_change``; None: the challenger answers none, so any change point is later).
+
+    On the champion's windows a decision during the ramp is the degradation the ramp answers, seen again: a
+    gradual change moves its change point window by window, and taking each move for a new change restarted the
+    ramp again and again. The challenger was trained after the change; its own windows degrading are news."""
+    return (kind in EPISODE_KINDS and change_point is not None and version is not None
+            and version == history.rollout_challenger
+            and (history.rollout_change is None or change_point > history.rollout_change))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -508,18 +514,19 @@ class History:
     running: str | None = None  # the trigger id of a training without an outcome yet
     rejected_in_row: int = 0  # since a person last reset the breaker
     rollout: str | None = None  # a ramp under way ("v3 at 25%"): a retrain of its episode waits for it to end
+    rollout_challenger: str | None = None  # the ramp's challenger
     rollout_change: datetime | None = None  # the change point the ramp's challenger answers (None: none)
 
 
 def suppression(kind: Kind, at: datetime, history: History, config: TriggerConfig,
-                change_point: datetime | None = None) -> str | None:
+                change_point: datetime | None = None, version: str | None = None) -> str | None:
     """Why a retrain that should fire may not (one sentence), or None when it may.
 
     A manual request passes cooldown, cap and breaker (a person decided) but not a running training; a refit
     of an episode already fired passes cooldown and cap. A ramp under way holds every retrain of its own episode
     (its refits, a refresh, the calendar: one episode, one ramp), but not a change found after the one its
-    challenger answers (a drift, performance or detector decision, or a pool look, with a later ``change_point``):
-    the world changed again, and the ramp's challenger was trained for the world before.
+    challenger answers (:func:`new_episode`): the world changed again, and the challenger was trained for the
+    world before.
 
     >>> from datetime import UTC
     >>> from feedback.monitoring.config import TriggerConfig
@@ -530,11 +537,11 @@ def suppression(kind: Kind, at: datetime, history: History, config: TriggerConfi
     True
     >>> suppression("manual", t, History(rollout="v3 at 25%"), TriggerConfig())
     'a rollout is under way (v3 at 25%): the retrain waits until it ends'
-    >>> ramp = History(rollout="v3 at 25%", rollout_change=t - timedelta(days=2))
-    >>> suppression("drift", t, ramp, TriggerConfig(), change_point=t - timedelta(hours=5)) is None
+    >>> ramp = History(rollout="v3 at 25%", rollout_challenger="v3", rollout_change=t - timedelta(days=2))
+    >>> suppression("drift", t, ramp, TriggerConfig(), change_point=t - timedelta(hours=5), version="v3") is None
     True
     """
-    if history.rollout is not None and not new_episode(kind, change_point, history.rollout_change):
+    if history.rollout is not None and not new_episode(kind, change_point, version, history):
         return f"a rollout is under way ({history.rollout}): the retrain waits until it ends"
     if history.running is not None:
         return f"a training for this model is already running (trigger {history.running})"

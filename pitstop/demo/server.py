@@ -47,10 +47,11 @@ from schemas.events import Value
 FIRST_DEPLOYMENT_TIMEOUT_S = 30.0
 #: how often a tick routes its requests again when a deployment applied meanwhile unloaded a version
 ROUTE_TRIES = 3
-#: requests of each version in a tick served (and timed) one at a time: 6 a second for each arm with traffic (a 5%
+#: requests of each version in a tick served (and timed) one at a time: 12 a second for each arm with traffic (a 5%
 #: canary gets about 5 a tick at the demo's rate), so an arm has the rollback rules' 200 timed requests
-#: (``min_latency_samples``) about 35 event hours into a ramp; they cost about 11 ms each, 70 ms a tick for two arms
-TIMED_PER_VERSION = 3
+#: (``min_latency_samples``), which the step to 100% waits for, about 17 event hours into a ramp; they cost about
+#: 11 ms each, 130 ms a tick for two arms
+TIMED_PER_VERSION = 6
 
 _ACTIVE_ROLLOUT = """
 SELECT challenger, state FROM rollouts WHERE model_name = %s AND state IN ('ramping', 'paused', 'holding')

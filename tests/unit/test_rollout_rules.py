@@ -144,26 +144,29 @@ def test_the_plan_abandons_what_the_ramp_cannot_decide() -> None:
 _CHAMP = ArmStats(version="v1", requests=9_000, failures=0, latency_n=9_000)
 
 
-@pytest.mark.parametrize(("dwell_s", "urgent", "at_step", "over_ramp", "timed", "expected"), [
-    (7_199, False, 500, 500, 500, "dwell 2.0 h of 2.0 h"),
-    (7_199, True, 500, 500, 500, None),                   # urgency waives the dwell, not the evidence
-    (7_200, False, 29, 500, 500, "v2 29 of 30 requests at this step"),
-    (7_200, False, 100, 156, 500, "v2 156 of 157 requests over the ramp"),
-    (0, True, 100, 157, 199, "v2 199 of 200 timed requests"),
-    (0, True, 100, 157, 200, None),
+@pytest.mark.parametrize(("dwell_s", "urgent", "at_step", "over_ramp", "timed", "to_full", "expected"), [
+    (7_199, False, 500, 500, 500, False, "dwell 2.0 h of 2.0 h"),
+    (7_199, True, 500, 500, 500, False, None),                  # urgency waives the dwell, not the evidence
+    (7_200, False, 29, 500, 500, False, "v2 29 of 30 requests at this step"),
+    (7_200, False, 100, 156, 500, False, "v2 156 of 157 requests over the ramp"),
+    (0, True, 100, 157, 10, False, None),                       # the early steps do not wait for timed requests
+    (0, True, 100, 157, 199, True, "v2 199 of 200 timed requests"),  # 100% does
+    (0, True, 100, 157, 200, True, None),
 ])
 def test_a_step_waits_for_its_dwell_and_the_rules_evidence(dwell_s: int, urgent: bool, at_step: int,
-                                                           over_ramp: int, timed: int, expected: str | None) -> None:
+                                                           over_ramp: int, timed: int, to_full: bool,
+                                                           expected: str | None) -> None:
     why = step_ready(dwell_s=dwell_s, dwell_needed_s=7_200, urgent=urgent, step_requests={"v1": 5_000, "v2": at_step},
                      challenger=ArmStats(version="v2", requests=over_ramp, latency_n=timed), champion=_CHAMP,
-                     config=CFG)
+                     config=CFG, to_full=to_full)
     assert (why is None) if expected is None else (why is not None and why.startswith(expected))
 
 
 def test_untimed_traffic_does_not_wait_for_latency_samples() -> None:
     champion = replace(_CHAMP, latency_n=0)
     assert step_ready(dwell_s=0, dwell_needed_s=0, urgent=False, step_requests={"v1": 500, "v2": 500},
-                      challenger=ArmStats(version="v2", requests=157), champion=champion, config=CFG) is None
+                      challenger=ArmStats(version="v2", requests=157), champion=champion, config=CFG,
+                      to_full=True) is None
 
 
 @pytest.mark.parametrize(("champion_failures", "limit", "harm"), [

@@ -177,32 +177,35 @@ STORM = [
 
 
 EPISODE = AT - timedelta(days=2)  # the change the ramp's challenger answers
-RAMP = History(rollout="v3 at 25.0%", rollout_change=EPISODE)
+RAMP = History(rollout="v3 at 25.0%", rollout_challenger="v3", rollout_change=EPISODE)
+LATER = AT - timedelta(hours=5)
 ONE_EPISODE_ONE_RAMP = [
-    # name, kind, the decision's change point, expected reason prefix or None
-    ("a refit of the ramp's episode waits", "refit", EPISODE, "a rollout is under way"),
-    ("a refresh waits", "refresh", EPISODE, "a rollout is under way"),
-    ("the calendar waits", "calendar", None, "a rollout is under way"),
-    ("a person's request waits", "manual", None, "a rollout is under way"),
-    ("a drift of the same change waits", "drift", EPISODE, "a rollout is under way"),
-    ("a drift found later does not", "drift", AT - timedelta(hours=5), None),
-    ("a performance drop found later does not", "performance", AT - timedelta(hours=5), None),
-    ("a pool look at a later change does not", "pool", AT - timedelta(hours=5), None),
-    ("a refit of a later change still waits", "refit", AT - timedelta(hours=5), "a rollout is under way"),
+    # name, kind, the decision's change point and version, expected reason prefix or None
+    ("a refit of the ramp's episode waits", "refit", EPISODE, "v3", "a rollout is under way"),
+    ("a refresh waits", "refresh", EPISODE, "v3", "a rollout is under way"),
+    ("the calendar waits", "calendar", None, "v3", "a rollout is under way"),
+    ("a person's request waits", "manual", None, None, "a rollout is under way"),
+    ("a drift of the same change waits", "drift", EPISODE, "v3", "a rollout is under way"),
+    ("a drift found later on the challenger does not", "drift", LATER, "v3", None),
+    ("a performance drop found later on the challenger does not", "performance", LATER, "v3", None),
+    ("a pool look at a later change does not", "pool", LATER, "v3", None),
+    ("a refit of a later change still waits", "refit", LATER, "v3", "a rollout is under way"),
+    # the champion is known degraded: a gradual change moves its change point, window after window
+    ("a later change point on the champion's windows waits", "drift", LATER, "v1", "a rollout is under way"),
 ]
 
 
-@pytest.mark.parametrize(("name", "kind", "change", "expected"), ONE_EPISODE_ONE_RAMP,
+@pytest.mark.parametrize(("name", "kind", "change", "version", "expected"), ONE_EPISODE_ONE_RAMP,
                          ids=[c[0] for c in ONE_EPISODE_ONE_RAMP])
-def test_a_ramp_holds_its_own_episode_only(name: str, kind: str, change: datetime | None,
+def test_a_ramp_holds_its_own_episode_only(name: str, kind: str, change: datetime | None, version: str | None,
                                            expected: str | None) -> None:
-    reason = suppression(kind, AT, RAMP, CHURN.triggers, change)  # type: ignore[arg-type]
+    reason = suppression(kind, AT, RAMP, CHURN.triggers, change, version)  # type: ignore[arg-type]
     assert (reason is None) if expected is None else (reason is not None and reason.startswith(expected)), reason
 
 
-def test_a_ramp_of_a_version_answering_no_change_holds_no_later_change() -> None:
-    ramp = History(rollout="v3 at 5.0%")  # a calendar retrain's ramp
-    assert suppression("drift", AT, ramp, CHURN.triggers, AT - timedelta(hours=1)) is None
+def test_a_ramp_of_a_version_answering_no_change_holds_no_later_change_of_its_own() -> None:
+    ramp = History(rollout="v3 at 5.0%", rollout_challenger="v3")  # a calendar retrain's ramp
+    assert suppression("drift", AT, ramp, CHURN.triggers, AT - timedelta(hours=1), "v3") is None
     assert suppression("calendar", AT, ramp, CHURN.triggers) is not None
 
 
