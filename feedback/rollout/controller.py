@@ -320,9 +320,17 @@ class _Look:
         return None
 
     def champion_units(self, champion: str, shadow: Mapping[str, Any]) -> UnitStats:
-        """The champion's per-user errors since the shadow started: the test's planning figures."""
-        stats = arm_stats(self.cur, self.model, [champion], shadow["started_at"], self.now)
-        return stats[champion].units
+        """The champion's per-user errors, the test's planning figures: on its requests since the shadow started,
+        or on the shadow's labelled rows (the requests it served that the shadow was judged on) when those hold
+        more users. A shadow that passed early (the champion degraded) ends before the requests since its start
+        have labels; planned from none, the test's prior was nil and the ramp never promoted (found by
+        bench/loop_quality.py: S1 and S2 ramps open at 50% for 18,000 samples)."""
+        since = arm_stats(self.cur, self.model, [champion], shadow["started_at"], self.now)[champion].units
+        served = self.shadow_per_user(shadow)[0]["served"].dropna().to_numpy()
+        if len(served) <= since.n:
+            return since
+        return UnitStats(n=len(served), mean=float(served.mean()),
+                         var=float(served.var(ddof=1)) if len(served) > 1 else 0.0)
 
     def shadow_per_user(self, shadow: Mapping[str, Any]) -> tuple[pd.DataFrame, int]:
         """The champion's (``served``) and the challenger's (``shadow``) mean error per user on the labelled shadow

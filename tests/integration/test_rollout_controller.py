@@ -584,3 +584,19 @@ def test_a_candidate_of_a_later_change_ends_the_earlier_episodes_ramp(store: Fee
     champion = "v1" if v2_state == "ramping" else "v2"
     assert started.state == "ramping" and started.sentence.startswith(f"ramp of v3 against {champion} starts")
     assert _messages(store)[-1].challenger == "v3"
+
+
+def test_a_shadow_that_passed_early_plans_the_test_from_its_own_rows(store: FeedbackStore) -> None:
+    """A shadow that passed early (the champion degraded) ends before the champion's requests since its start have
+    labels: the test is planned from the champion's errors on the shadow's labelled rows. Planned from none, its
+    prior was nil (tau2 1e-12) and the ramp sat at 50% for good, whatever the gain (bench/loop_quality.py S1, S2)."""
+    _setup(store)
+    with store.pool.connection() as conn:
+        # after the last labelled request the shadow was judged on: no champion request since its start
+        conn.execute("UPDATE shadows SET started_at = %s WHERE version = 'v2'", (T0 - timedelta(hours=5),))
+    controller, _ = _controller(store)
+    [started] = controller.look()
+    assert started.state == "ramping" and "needs about" in started.sentence, started.sentence
+    with store.pool.connection() as conn:
+        tau2 = conn.execute("SELECT test->>'tau2' FROM rollouts").fetchone()[0]
+    assert float(tau2) > 1e-4, tau2  # the gain the shadow measured (0.2 against 0.3), squared
