@@ -438,10 +438,11 @@ def test_a_challenger_better_overall_but_worse_on_a_fifth_of_the_users_is_never_
         controller.look()
         with store.pool.connection() as conn:
             [(state, share, sentence)] = conn.execute("SELECT state, share, sentence FROM rollouts").fetchall()
-        if state != "ramping" or "significantly worse" in sentence:
+        if state != "ramping":
             break
-    assert _stages(store)["v2"] != "champion" and state == "ramping" and share == 0.5, (state, sentence)
-    assert "significantly worse in region=apac" in sentence, sentence
+    assert _stages(store)["v2"] == "rejected" and state == "kept_champion" and share == 0.0, (state, sentence)
+    assert "significantly worse in region=apac" in sentence and sentence.endswith("keep the champion"), sentence
+    assert [(k, s) for k, s, _, _ in _events(store)][-2:] == [("step", 0.5), ("kept_champion", 0.0)]
 
 
 def test_the_planner_counts_returning_users_once(store: FeedbackStore) -> None:
