@@ -118,8 +118,10 @@ budget = "600s"
 """
 
 
-def config_for(stream: Stream, extra_toml: str = "", promotion: str = "after-gates") -> MonitoringConfig:
-    """The bench model's configuration: Pitstop's defaults at the stream's time scale, plus ``extra_toml``."""
+def config_for(stream: Stream, extra_toml: str = "", promotion: str = "after-gates",
+               model_toml: str = "") -> MonitoringConfig:
+    """The bench model's configuration: Pitstop's defaults at the stream's time scale, plus ``extra_toml``;
+    ``model_toml`` adds keys to the model's own table (``segments = ["region"]``: TOML defines a table once)."""
     x0 = features(stream.samples[0][0])
     kinds = "\n".join(f'{name} = "{"categorical" if isinstance(v, str) else "numeric"}"' for name, v in x0.items())
     classification = stream.task == "classification"
@@ -127,6 +129,8 @@ def config_for(stream: Stream, extra_toml: str = "", promotion: str = "after-gat
     # a stream of 0/1 labels is a binary model; any other classification stream (S7's four classes) is monitored
     # as a multiclass model, without positive_class
     positive = "positive_class = 1" if classification and labels <= {0, 1} else ""
+    if model_toml:
+        positive = f"{positive}\n{model_toml}"
     text = TOML.format(model=MODEL, task=stream.task, positive=positive,
                        metric="accuracy" if classification else "mae",
                        score="probabilities" if classification else "none", features=kinds, promotion=promotion)
@@ -210,11 +214,14 @@ def _frame(xs: list[dict[str, Any]]) -> pd.DataFrame:
 class Loop:
     """One stream through Pitstop's loop; :meth:`run` returns strategy (d)'s run."""
 
+    #: keys a subclass adds to the model's own table (bench/rollout_safety.py declares a segment); none here
+    MODEL_TOML = ""
+
     def __init__(self, stream: Stream, *, delay: int, db: _Database, extra_toml: str = "",
                  promotion: str = "after-gates") -> None:
         self.stream = stream
         self.delay = delay
-        self.config = config_for(stream, extra_toml, promotion)
+        self.config = config_for(stream, extra_toml, promotion, model_toml=self.MODEL_TOML)
         self.model = self.config.models[MODEL]
         self.xs = [features(x) for x, _ in stream.samples]
         self.ys = [_label(stream, y) for _, y in stream.samples]
@@ -464,12 +471,18 @@ class StagedLoop(Loop):
             for k, i in enumerate(indices):
                 value = predicted[k].item()
                 self.predictions[i] = value
-                events[i] = PredictionEvent(
+                events[i] = self._served(version, i, PredictionEvent(
                     prediction_id=f"s{i}", model_name=MODEL, model_version=version, predicted_at=at(i),
                     features=self.xs[i], prediction=value, routing_key=routing_key(i),
                     probabilities={str(c): float(proba[k, j]) for j, c in enumerate(classes)} if classification
-                    else None)
+                    else None))
         return [events[i] for i in range(start, end)]
+
+    def _served(self, version: str, i: int, event: PredictionEvent) -> PredictionEvent:
+        """Sample ``i``'s event as ``version`` served it. Here the model's answer as it is, with no latency and no
+        failure; a subclass adds what a server would record (bench/rollout_safety.py: latency, failed requests,
+        the segment)."""
+        return event
 
     # --- the loop ----------------------------------------------------------------------------------------------
 
@@ -528,6 +541,8 @@ class StagedLoop(Loop):
             self.controller.look()
             self._new_events(end)
             start = end
+            if self._stop_after(end):
+                break
         return StrategyRun(name=self.name, label=self.label, predictions=self.predictions,
                            deployed_at=self.deployed_at, triggered_at=self.triggered_at,
                            seconds=time.perf_counter() - started,
@@ -535,6 +550,11 @@ class StagedLoop(Loop):
                                   "detected_at": self._detected_at(),
                                   "outcomes": self.outcomes, "alerts": len(self.alerts.alerts),
                                   "decisions": self._decisions(), "rollout": self._rollout_notes()})
+
+    def _stop_after(self, step: int) -> bool:
+        """Whether the run ends after the step ending at ``step``: never here, the whole stream is played; a
+        subclass may act between steps and end early (bench/rollout_safety.py)."""
+        return False
 
     def _outbox(self, topic: str, decode: Callable[[bytes], Any]) -> list[Any]:
         """The unsent events of ``topic`` in the outbox, decoded as their consumer decodes them; marked sent."""
