@@ -526,20 +526,29 @@ def _failure_sample(limit: float, harm: float, alpha: float, power: float, cap: 
     return cap
 
 
-def step_minimum(champion: ArmStats, config: RolloutConfig) -> tuple[int, float]:
-    """The challenger's requests over the ramp before its first step may advance, and the failure rate they are
-    sized to find: the failure rule's power (80%) against a challenger failing at the absolute ceiling
-    ``failure_max`` or at twice the rule's limit, whichever is higher (a champion that fails itself puts the limit
-    near the ceiling). The error rule's harm was measured on the same requests by the shadow, a paired comparison far
-    stronger than the ramp's first labels; the step guards against what the shadow cannot see: failed requests
-    and latency. Sized once over the ramp, not per step: the rules judge the challenger's whole ramp, and a
-    challenger failing at ``harm`` fails as many requests before it is caught at 5% as at 25%, only faster.
+def step_minimum(champion: ArmStats, config: RolloutConfig, *, to_full: bool = False) -> tuple[int, float]:
+    """The challenger's requests over the ramp before a step may advance, and the failure rate they are sized to
+    find with the failure rule's power (80%).
 
-    >>> step_minimum(ArmStats(version="v1", requests=5_000, failures=0), RolloutConfig())
-    (157, 0.05)
+    - Leaving the first step: a challenger failing at the absolute ceiling ``failure_max`` or at twice the rule's
+      limit, whichever is higher (a champion that fails itself puts the limit near the ceiling).
+    - Into 100% (``to_full``): three times the rule's limit, capped at the first harm (3% against a champion that
+      never fails: a challenger failing 3% of its requests, caught at 5% to 50% by this power, reached 100% on the
+      urgent path with the first step's minimum alone; bench/rollout_safety.py, S5).
+
+    The error rule's harm was measured on the same requests by the shadow, a paired comparison far stronger than
+    the ramp's first labels; the minimum guards against what the shadow cannot see, failed requests. Sized over
+    the ramp, not per step: the rules judge the challenger's whole ramp, and a challenger failing at ``harm``
+    fails as many requests before it is caught at 5% as at 25%, only faster.
+
+    >>> champion = ArmStats(version="v1", requests=5_000, failures=0)
+    >>> step_minimum(champion, RolloutConfig()), step_minimum(champion, RolloutConfig(), to_full=True)
+    ((157, 0.05), (454, 0.03))
     """
     limit = min(config.failure_ratio * champion.failure_rate + config.failure_margin, config.failure_max)
     harm = min(1.0, max(config.failure_max, 2 * limit))
+    if to_full:
+        harm = min(harm, 3 * limit)
     return failure_sample(limit, harm), harm
 
 
@@ -550,7 +559,7 @@ def step_ready(*, dwell_s: float, dwell_needed_s: int, urgent: bool, step_reques
     - its dwell in event time, waived when the champion is confirmed degraded (``urgent``): waiting then costs the
       degraded champion's error on most of the traffic, and the evidence below, not a clock, is what a step needs;
     - each arm's requests at the step: at least ``step_min_requests`` (a step is seen before it is left);
-    - the challenger's requests over the ramp: the failure rule's :func:`step_minimum`;
+    - the challenger's requests over the ramp: the failure rule's :func:`step_minimum` (a larger one into 100%);
     - into 100% (``to_full``), when the champion's requests are timed, each arm's ``min_latency_samples`` timed
       requests: the latency rules judge from that many, and a challenger must not serve everyone before they could
       (servers often time a sample of their requests only, so this is not asked of the early steps).
@@ -571,7 +580,7 @@ def step_ready(*, dwell_s: float, dwell_needed_s: int, urgent: bool, step_reques
         return f"dwell {dwell_s / 3600:.1f} h of {dwell_needed_s / 3600:.1f} h"
     short = [f"{v} {n:,} of {config.step_min_requests:,} requests at this step" for v, n in step_requests.items()
              if n < config.step_min_requests]
-    needed, harm = step_minimum(champion, config)
+    needed, harm = step_minimum(champion, config, to_full=to_full)
     if challenger.requests < needed:
         short.append(f"{challenger.version} {challenger.requests:,} of {needed:,} requests over the ramp (the failure "
                      f"rule finds a {_pct(harm)} failure rate with 80% power)")

@@ -150,8 +150,9 @@ _CHAMP = ArmStats(version="v1", requests=9_000, failures=0, latency_n=9_000)
     (7_200, False, 29, 500, 500, False, "v2 29 of 30 requests at this step"),
     (7_200, False, 100, 156, 500, False, "v2 156 of 157 requests over the ramp"),
     (0, True, 100, 157, 10, False, None),                       # the early steps do not wait for timed requests
-    (0, True, 100, 157, 199, True, "v2 199 of 200 timed requests"),  # 100% does
-    (0, True, 100, 157, 200, True, None),
+    (0, True, 100, 454, 199, True, "v2 199 of 200 timed requests"),  # 100% does
+    (0, True, 100, 453, 200, True, "v2 453 of 454 requests over the ramp"),  # and for power against 3%
+    (0, True, 100, 454, 200, True, None),
 ])
 def test_a_step_waits_for_its_dwell_and_the_rules_evidence(dwell_s: int, urgent: bool, at_step: int,
                                                            over_ramp: int, timed: int, to_full: bool,
@@ -165,21 +166,23 @@ def test_a_step_waits_for_its_dwell_and_the_rules_evidence(dwell_s: int, urgent:
 def test_untimed_traffic_does_not_wait_for_latency_samples() -> None:
     champion = replace(_CHAMP, latency_n=0)
     assert step_ready(dwell_s=0, dwell_needed_s=0, urgent=False, step_requests={"v1": 500, "v2": 500},
-                      challenger=ArmStats(version="v2", requests=157), champion=champion, config=CFG,
+                      challenger=ArmStats(version="v2", requests=454), champion=champion, config=CFG,
                       to_full=True) is None
 
 
-@pytest.mark.parametrize(("champion_failures", "limit", "harm"), [
-    (0, 0.01, 0.05),      # a champion that never fails: its limit 1%, the ceiling 5%
-    (90, 0.03, 0.06),     # 1% failing: limit 2 x 1% + 1% = 3%, the harm twice it
-    (270, 0.05, 0.10),    # 3% failing: the limit is the ceiling, the harm twice it
+@pytest.mark.parametrize(("champion_failures", "to_full", "limit", "harm"), [
+    (0, False, 0.01, 0.05),      # a champion that never fails: its limit 1%, the ceiling 5%
+    (90, False, 0.03, 0.06),     # 1% failing: limit 2 x 1% + 1% = 3%, the harm twice it
+    (270, False, 0.05, 0.10),    # 3% failing: the limit is the ceiling, the harm twice it
+    (0, True, 0.01, 0.03),       # into 100%: three times the limit
+    (270, True, 0.05, 0.10),     # ... capped at the first step's harm
 ])
-def test_the_step_minimum_gives_the_failure_rule_its_power(champion_failures: int, limit: float,
+def test_the_step_minimum_gives_the_failure_rule_its_power(champion_failures: int, to_full: bool, limit: float,
                                                            harm: float) -> None:
     """Checked against scipy: at the minimum, a challenger failing at the harm is rolled back by the failure
     rule (the exact binomial test) with at least 80% probability, by the binomial's own sum and by the rule itself
     on drawn failure counts."""
-    needed, found_harm = step_minimum(replace(_CHAMP, failures=champion_failures), CFG)
+    needed, found_harm = step_minimum(replace(_CHAMP, failures=champion_failures), CFG, to_full=to_full)
     assert found_harm == pytest.approx(harm)
     ks = np.arange(needed + 1)
     fires = np.array([binomtest(int(k), needed, limit, alternative="greater").pvalue < 0.01 and k / needed > limit
