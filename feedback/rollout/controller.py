@@ -456,13 +456,14 @@ class _Look:
         findings = rollback_findings(stats[challenger], baseline, self.cfg)
         if findings:
             return self.roll_back(rollout, findings, {**stats, baseline.version: baseline})
-        newer = self.later_episode(challenger)
+        later = self.later_episode(challenger)
+        newer = f"{later} answers a later change" if later is not None else self.better_in_hold(challenger)
         if self.now - since < timedelta(seconds=self.cfg.hold_s) and newer is None:
             return LookResult(model_name=name, state="holding", changed=False, sentence=(
                 f"holding: {(self.now - since).total_seconds() / 3600:.1f} h of {self.cfg.hold_s / 3600:.0f} h"))
         held = (f"it held {_days(self.cfg.hold_s)} at 100%" if newer is None else
-                f"it held {(self.now - since).total_seconds() / 3600:.1f} h at 100% and {newer} answers a later "
-                "change: its hold ends early, so the newer candidate ramps against it")
+                f"it held {(self.now - since).total_seconds() / 3600:.1f} h at 100% and {newer}: its hold ends "
+                "early, so the newer candidate ramps against it")
         sentence = (f"{challenger} is champion: {held} within every rule against {rollout['champion']}'s frozen "
                     f"figures ({_figures(stats[challenger])})")
         self.registry.move(self.rcur, name, challenger, "champion", reason=sentence)
@@ -484,6 +485,19 @@ class _Look:
             return None
         return shadow["version"] if answers_later_change(self.rcur, self.registry, self.model.name,
                                                          shadow["version"], challenger) else None
+
+
+    def better_in_hold(self, challenger: str) -> str | None:
+        """A newer candidate (a refit of the same episode) whose shadow passed in the hold, while ``challenger``
+        served every request, and showed it better on those same requests (paired, one-sided, p < alpha): it takes
+        over (one sentence naming it), else None."""
+        shadow = self.cur.execute(_PASSED_SHADOW, (self.model.name,)).fetchone()
+        if shadow is None or shadow["version"] == challenger:
+            return None
+        p = self.shadow_gain_p(shadow)
+        if p is None or not p < self.cfg.alpha:
+            return None
+        return f"{shadow['version']} passed its shadow against it, better on the same requests (paired p = {p:.2g})"
 
     def supersede(self, rollout: dict[str, Any], newer: str) -> LookResult:
         """End a ramp whose challenger answers an earlier change than ``newer``: back to the champion, the

@@ -180,7 +180,7 @@ _LOCK = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
 _TRY_LOCK = "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))"
 _SHADOW = "SELECT status, cutoff, started_at, verdict FROM shadows WHERE model_name = %s AND version = %s FOR UPDATE"
 _ACTIVE_ROLLOUT = """
-SELECT challenger FROM rollouts WHERE model_name = %s AND state IN ('ramping', 'paused', 'holding')
+SELECT challenger, state FROM rollouts WHERE model_name = %s AND state IN ('ramping', 'paused', 'holding')
 ORDER BY started_at DESC LIMIT 1
 """
 _INSERT_SHADOW = """
@@ -219,7 +219,8 @@ def start_shadow(conn: psycopg.Connection[Any], registry: Registry, candidate: C
     the model is under way (the scoring round starts it when none is); an older waiting or running shadow of
     the model is superseded (expired, its version archived). A candidate answering a later change than the ramp's
     challenger does not wait: one episode, one ramp (the controller ends the earlier episode's ramp once this
-    shadow passes).
+    shadow passes); nor does one arriving in the hold, when the challenger serves every request (it takes over
+    only if its shadow shows it better on them).
 
     The shadow's clock starts at the model's watermark; a model with no prediction yet starts at the cutoff, and
     one with neither at the event's ``created_at``, the only time there is.
@@ -277,7 +278,8 @@ def start_shadow(conn: psycopg.Connection[Any], registry: Registry, candidate: C
         else:
             _supersede(cur, registry, name, version_name, started_at)
             active = cur.execute(_ACTIVE_ROLLOUT, (name,)).fetchone()
-            if active is not None and not answers_later_change(cur, registry, name, version_name, active[0]):
+            if (active is not None and active[1] != "holding"
+                    and not answers_later_change(cur, registry, name, version_name, active[0])):
                 status, kind = "waiting", "shadow_waiting"
                 sentence = f"{version_name} waits for the rollout of {active[0]} to end"
             else:
@@ -661,7 +663,8 @@ def score_round(store_or_conn: FeedbackStore | psycopg.Connection[Any], registry
 
 
 def _start_waiting(conn: psycopg.Connection[Any], stats: ScoreStats) -> None:
-    """Start each waiting shadow whose model has no active rollout any more, its clock at the watermark then."""
+    """Start each waiting shadow whose model has no active rollout any more, or one in its hold (the challenger
+    serves every request), its clock at the watermark then."""
     waiting = conn.execute("SELECT model_name, version FROM shadows WHERE status = 'waiting' "
                            "ORDER BY model_name, version").fetchall()
     for model, version in waiting:
@@ -670,10 +673,15 @@ def _start_waiting(conn: psycopg.Connection[Any], stats: ScoreStats) -> None:
                 if not cur.execute(_TRY_LOCK, (SHADOW_LOCK_CLASS, model)).fetchone()[0]:
                     continue
                 row = cur.execute(_SHADOW, (model, version)).fetchone()
-                if row is None or row[0] != "waiting" or cur.execute(_ACTIVE_ROLLOUT, (model,)).fetchone():
+                if row is None or row[0] != "waiting":
+                    continue
+                active = cur.execute(_ACTIVE_ROLLOUT, (model,)).fetchone()
+                if active is not None and active[1] != "holding":
                     continue
                 started_at = model_watermark(cur, model) or row[2]
-                sentence = f"shadow of {version} started at {_at(started_at)}: no rollout of {model} is under way"
+                sentence = (f"shadow of {version} started at {_at(started_at)}: " + (
+                    f"no rollout of {model} is under way" if active is None else
+                    f"{active[0]} serves every request in its hold; {version} takes over only if shown better"))
                 cur.execute("UPDATE shadows SET status = 'running', started_at = %s, sentence = %s, "
                             "updated_at = now() WHERE model_name = %s AND version = %s",
                             (started_at, sentence, model, version))

@@ -478,7 +478,7 @@ FROM retrain_decisions WHERE model_name = %(m)s AND status = 'fired' AND kind <>
 _ROLLOUT = """
 SELECT r.challenger || ' at ' || round((100 * r.share)::numeric, 1) || '%%' || CASE WHEN r.state = 'ramping' THEN ''
        ELSE ', ' || r.state END,
-       v.lineage ->> 'change_point', r.challenger
+       v.lineage ->> 'change_point', r.challenger, r.state = 'holding'
 FROM rollouts r LEFT JOIN model_versions v ON v.model_name = r.model_name AND v.version = r.challenger
 WHERE r.model_name = %s AND r.state IN ('ramping', 'paused', 'holding')
 """
@@ -523,6 +523,7 @@ class PostgresLedger:
         return History(last_fired_at=last, fired_last_day=int(day), last_trained_at=trained, running=running,
                        rejected_in_row=rejected, rollout=None if rollout is None else rollout[0],
                        rollout_challenger=None if rollout is None else rollout[2],
+                       rollout_holding=rollout is not None and bool(rollout[3]),
                        rollout_change=None if rollout is None or rollout[1] is None
                        else datetime.fromisoformat(rollout[1]))
 

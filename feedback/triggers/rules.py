@@ -515,6 +515,7 @@ class History:
     rejected_in_row: int = 0  # since a person last reset the breaker
     rollout: str | None = None  # a ramp under way ("v3 at 25%"): a retrain of its episode waits for it to end
     rollout_challenger: str | None = None  # the ramp's challenger
+    rollout_holding: bool = False  # the ramp's challenger serves 100% in its hold
     rollout_change: datetime | None = None  # the change point the ramp's challenger answers (None: none)
 
 
@@ -526,7 +527,8 @@ def suppression(kind: Kind, at: datetime, history: History, config: TriggerConfi
     of an episode already fired passes cooldown and cap. A ramp under way holds every retrain of its own episode
     (its refits, a refresh, the calendar: one episode, one ramp), but not a change found after the one its
     challenger answers (:func:`new_episode`): the world changed again, and the challenger was trained for the
-    world before.
+    world before. In the hold (the challenger serves everyone) a refit of the episode may train and shadow against
+    it, and takes over only if its shadow shows it better on the same requests.
 
     >>> from datetime import UTC
     >>> from feedback.monitoring.config import TriggerConfig
@@ -541,7 +543,8 @@ def suppression(kind: Kind, at: datetime, history: History, config: TriggerConfi
     >>> suppression("drift", t, ramp, TriggerConfig(), change_point=t - timedelta(hours=5), version="v3") is None
     True
     """
-    if history.rollout is not None and not new_episode(kind, change_point, version, history):
+    if (history.rollout is not None and not new_episode(kind, change_point, version, history)
+            and not (kind == "refit" and history.rollout_holding)):
         return f"a rollout is under way ({history.rollout}): the retrain waits until it ends"
     if history.running is not None:
         return f"a training for this model is already running (trigger {history.running})"

@@ -543,13 +543,19 @@ def test_a_degraded_champion_starts_the_ramp_at_the_largest_canary_share(store: 
         assert [(k, s) for k, s, _, _ in _events(store)] == [("step", 0.05)]  # the 6 h dwell holds
 
 
-@pytest.mark.parametrize("v2_state", ["ramping", "holding"])
-def test_a_candidate_of_a_later_change_ends_the_earlier_episodes_ramp(store: FeedbackStore, v2_state: str) -> None:
+@pytest.mark.parametrize(("v2_state", "v3_change", "v3_better"), [
+    ("ramping", "2026-03-09", True), ("holding", "2026-03-09", True),
+    ("holding", "2026-03-01", True),    # a refit of v2's own episode, better on the requests v2 served: takes over
+    ("holding", "2026-03-01", False),   # ... as good only: the hold runs its course
+])
+def test_a_candidate_of_a_later_change_ends_the_earlier_episodes_ramp(store: FeedbackStore, v2_state: str,
+                                                                      v3_change: str, v3_better: bool) -> None:
     """One episode, one ramp: v2 answers the change of March 1 and is ramping (or holding at 100%) when v3, which
     answers a change of March 9, passes its shadow. A ramp ends superseded (v2 archived, not rejected, no latch,
     everyone back on v1); a hold ends with v2 champion early (it passed the promotion test and every rule so far).
+    A refit of v2's own episode ends the hold only when its shadow showed it better on the requests v2 served.
     The next look starts v3's ramp against whichever is champion."""
-    e1, e2 = datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 9, tzinfo=UTC)
+    e1 = datetime(2026, 3, 1, tzinfo=UTC)
     _setup(store)
     with store.pool.connection() as conn:
         conn.execute("UPDATE model_versions SET lineage = %s WHERE version = 'v2'",
@@ -562,18 +568,32 @@ def test_a_candidate_of_a_later_change_ends_the_earlier_episodes_ramp(store: Fee
     with store.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
         assert cur.execute("SELECT state FROM rollouts").fetchone()[0] == v2_state
         Registry().register(cur, ModelVersion(model_name="churn", version="v3", stage="candidate",
-                                              lineage={"change_point": e2.isoformat()}),
+                                              lineage={"change_point": f"{v3_change}T00:00:00+00:00"}),
                             serialise(_model()), reason="test")
         Registry().move(cur, "churn", "v3", "shadow", reason="test shadow")
         cur.execute("INSERT INTO shadows (model_name, version, champion, cutoff, started_at, status, sentence,"
                     " decided_at) VALUES ('churn', 'v3', 'v1', %s, %s, 'passed', 'passed', %s)",
                     (world.at - timedelta(hours=3), world.at - timedelta(hours=2), world.at))
+        # v3's shadow scored the last 3 hours' requests, all served by v2: right on each (better) or as v2 was
+        rows = cur.execute("SELECT p.prediction_id, p.prediction, l.label FROM predictions p JOIN current_labels l"
+                           " USING (prediction_id) WHERE p.predicted_at >= %s AND p.model_version = 'v2'",
+                           (world.at - timedelta(hours=3),)).fetchall()
+        cur.executemany("INSERT INTO shadow_predictions (model_name, version, prediction_id, prediction)"
+                        " VALUES ('churn', 'v3', %s, %s)",
+                        [(pid, Jsonb(label if v3_better else prediction)) for pid, prediction, label in rows])
     world.hour()
     [ended] = controller.look()
     stages = _stages(store)
     with store.pool.connection() as conn:
         latches = conn.execute("SELECT count(*) FROM rollback_latches").fetchone()[0]
-    if v2_state == "ramping":
+    if v3_change == "2026-03-01":
+        if not v3_better:
+            assert ended.state == "holding" and not ended.changed, ended.sentence
+            return
+        assert ended.state == "promoted" and "v3 passed its shadow against it, better on the same requests" in \
+            ended.sentence, ended.sentence
+        assert stages["v2"] == "champion"
+    elif v2_state == "ramping":
         assert ended.state == "superseded" and "v3 passed its shadow and answers a later change" in ended.sentence
         assert stages["v2"] == "archived" and stages["v1"] == "champion" and latches == 0
         assert _messages(store)[-1].challenger is None and _messages(store)[-1].champion == "v1"

@@ -203,6 +203,15 @@ def test_a_ramp_holds_its_own_episode_only(name: str, kind: str, change: datetim
     assert (reason is None) if expected is None else (reason is not None and reason.startswith(expected)), reason
 
 
+def test_in_the_hold_a_refit_of_the_episode_may_train() -> None:
+    """The challenger serves everyone in its hold: a refit of its episode trains and shadows against it (it takes
+    over only if shown better); a refresh still waits."""
+    hold = replace(RAMP, rollout="v3 at 100.0%, holding", rollout_holding=True)
+    assert suppression("refit", AT, hold, CHURN.triggers, EPISODE, "v3") is None
+    assert suppression("refresh", AT, hold, CHURN.triggers, EPISODE, "v3") is not None
+    assert suppression("refit", AT, RAMP, CHURN.triggers, EPISODE, "v3") is not None
+
+
 def test_a_ramp_of_a_version_answering_no_change_holds_no_later_change_of_its_own() -> None:
     ramp = History(rollout="v3 at 5.0%", rollout_challenger="v3")  # a calendar retrain's ramp
     assert suppression("drift", AT, ramp, CHURN.triggers, AT - timedelta(hours=1), "v3") is None
