@@ -34,13 +34,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binom, binomtest, norm, ttest_1samp
+from scipy.stats import beta, binom, binomtest, norm, ttest_1samp
 
 from feedback.monitoring.config import RolloutConfig
 from feedback.rollout.sequential import SequentialTest, required_per_arm
 
 #: the level at which a failure rate counts as above its limit
 FAILURE_ALPHA = 0.01
+#: the level at which a challenger's failure rate counts as shown low, before it serves everyone: the bound is
+#: looked at again and again, so it is stricter (a challenger failing at three times the limit passed 3.9% of 2,000
+#: simulated ramps looked at every 50 requests at 0.01)
+SHOWN_LOW_ALPHA = 0.001
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -526,30 +530,50 @@ def _failure_sample(limit: float, harm: float, alpha: float, power: float, cap: 
     return cap
 
 
-def step_minimum(champion: ArmStats, config: RolloutConfig, *, to_full: bool = False) -> tuple[int, float]:
-    """The challenger's requests over the ramp before a step may advance, and the failure rate they are sized to
-    find with the failure rule's power (80%).
-
-    - Leaving the first step: a challenger failing at the absolute ceiling ``failure_max`` or at twice the rule's
-      limit, whichever is higher (a champion that fails itself puts the limit near the ceiling).
-    - Into 100% (``to_full``): three times the rule's limit, capped at the first harm (3% against a champion that
-      never fails: a challenger failing 3% of its requests, caught at 5% to 50% by this power, reached 100% on the
-      urgent path with the first step's minimum alone; bench/rollout_safety.py, S5).
+def step_minimum(champion: ArmStats, config: RolloutConfig) -> tuple[int, float]:
+    """The challenger's requests over the ramp before its first step may advance, and the failure rate they are
+    sized to find with the failure rule's power (80%): a challenger failing at the absolute ceiling
+    ``failure_max`` or at twice the rule's limit, whichever is higher (a champion that fails itself puts the limit
+    near the ceiling).
 
     The error rule's harm was measured on the same requests by the shadow, a paired comparison far stronger than
     the ramp's first labels; the minimum guards against what the shadow cannot see, failed requests. Sized over
     the ramp, not per step: the rules judge the challenger's whole ramp, and a challenger failing at ``harm``
-    fails as many requests before it is caught at 5% as at 25%, only faster.
+    fails as many requests before it is caught at 5% as at 25%, only faster. Into 100% the failures must be shown
+    low instead (:func:`failures_shown_low`).
 
-    >>> champion = ArmStats(version="v1", requests=5_000, failures=0)
-    >>> step_minimum(champion, RolloutConfig()), step_minimum(champion, RolloutConfig(), to_full=True)
-    ((157, 0.05), (454, 0.03))
+    >>> step_minimum(ArmStats(version="v1", requests=5_000, failures=0), RolloutConfig())
+    (157, 0.05)
     """
     limit = min(config.failure_ratio * champion.failure_rate + config.failure_margin, config.failure_max)
-    harm = min(1.0, max(config.failure_max, 2 * limit))
-    if to_full:
-        harm = min(harm, 3 * limit)
-    return failure_sample(limit, harm), harm
+    return failure_sample(limit, min(1.0, max(config.failure_max, 2 * limit))), min(1.0, max(config.failure_max,
+                                                                                        2 * limit))
+
+
+def failures_shown_low(challenger: ArmStats, champion: ArmStats, config: RolloutConfig) -> str | None:
+    """Why the challenger may not serve everyone yet on its failures (None: it may): the exact one-sided upper
+    bound (Clopper-Pearson, at ``1 - SHOWN_LOW_ALPHA``) of its failure rate over the ramp must be below three times
+    the failure rule's limit (3% against a champion that never fails), capped at the first step's harm.
+
+    Shown, not merely unrefuted: a fixed count of requests with 80% power let one challenger failing 3% of its
+    requests in five reach 100% (bench/rollout_safety.py, S5 and S4 on the urgent path); a bound is reached by a
+    healthy challenger in about 230 requests and by one failing at 3% with at most SHOWN_LOW_ALPHA's chance at any
+    one look.
+
+    >>> cfg, champ = RolloutConfig(), ArmStats(version="v1", requests=9_000)
+    >>> failures_shown_low(ArmStats(version="v2", requests=230, failures=0), champ, cfg) is None
+    True
+    >>> failures_shown_low(ArmStats(version="v2", requests=600, failures=18), champ, cfg)
+    'v2 failed 18 of 600 requests: not yet shown below 3.0% (upper bound 5.8%)'
+    """
+    limit = min(config.failure_ratio * champion.failure_rate + config.failure_margin, config.failure_max)
+    harm = min(1.0, max(config.failure_max, 2 * limit), 3 * limit)
+    n, k = challenger.requests, challenger.failures
+    upper = 1.0 if n == 0 else (1.0 if k >= n else float(beta.ppf(1 - SHOWN_LOW_ALPHA, k + 1, n - k)))
+    if upper < harm:
+        return None
+    return (f"{challenger.version} failed {k:,} of {n:,} requests: not yet shown below {_pct(harm)} "
+            f"(upper bound {_pct(upper)})")
 
 
 def step_ready(*, dwell_s: float, dwell_needed_s: int, urgent: bool, step_requests: Mapping[str, int],
@@ -559,7 +583,8 @@ def step_ready(*, dwell_s: float, dwell_needed_s: int, urgent: bool, step_reques
     - its dwell in event time, waived when the champion is confirmed degraded (``urgent``): waiting then costs the
       degraded champion's error on most of the traffic, and the evidence below, not a clock, is what a step needs;
     - each arm's requests at the step: at least ``step_min_requests`` (a step is seen before it is left);
-    - the challenger's requests over the ramp: the failure rule's :func:`step_minimum` (a larger one into 100%);
+    - the challenger's requests over the ramp: the failure rule's :func:`step_minimum`; into 100% its failures
+      shown low (:func:`failures_shown_low`);
     - into 100% (``to_full``), when the champion's requests are timed, each arm's ``min_latency_samples`` timed
       requests: the latency rules judge from that many, and a challenger must not serve everyone before they could
       (servers often time a sample of their requests only, so this is not asked of the early steps).
@@ -580,10 +605,13 @@ def step_ready(*, dwell_s: float, dwell_needed_s: int, urgent: bool, step_reques
         return f"dwell {dwell_s / 3600:.1f} h of {dwell_needed_s / 3600:.1f} h"
     short = [f"{v} {n:,} of {config.step_min_requests:,} requests at this step" for v, n in step_requests.items()
              if n < config.step_min_requests]
-    needed, harm = step_minimum(champion, config, to_full=to_full)
+    needed, harm = step_minimum(champion, config)
     if challenger.requests < needed:
         short.append(f"{challenger.version} {challenger.requests:,} of {needed:,} requests over the ramp (the failure "
                      f"rule finds a {_pct(harm)} failure rate with 80% power)")
+    low = failures_shown_low(challenger, champion, config) if to_full else None
+    if low is not None:
+        short.append(low)
     if to_full and champion.latency_n and min(challenger.latency_n, champion.latency_n) < config.min_latency_samples:
         short += [f"{arm.version} {arm.latency_n:,} of {config.min_latency_samples:,} timed requests (the latency "
                   f"rules judge from {config.min_latency_samples:,})" for arm in (challenger, champion)
