@@ -545,9 +545,14 @@ def step_minimum(champion: ArmStats, config: RolloutConfig) -> tuple[int, float]
     >>> step_minimum(ArmStats(version="v1", requests=5_000, failures=0), RolloutConfig())
     (157, 0.05)
     """
+    limit, harm = _failure_harm(champion, config)
+    return failure_sample(limit, harm), harm
+
+
+def _failure_harm(champion: ArmStats, config: RolloutConfig) -> tuple[float, float]:
+    """The failure rule's limit against ``champion``, and the failure rate the first step's minimum is sized for."""
     limit = min(config.failure_ratio * champion.failure_rate + config.failure_margin, config.failure_max)
-    return failure_sample(limit, min(1.0, max(config.failure_max, 2 * limit))), min(1.0, max(config.failure_max,
-                                                                                        2 * limit))
+    return limit, min(1.0, max(config.failure_max, 2 * limit))
 
 
 def failures_shown_low(challenger: ArmStats, champion: ArmStats, config: RolloutConfig) -> str | None:
@@ -566,8 +571,8 @@ def failures_shown_low(challenger: ArmStats, champion: ArmStats, config: Rollout
     >>> failures_shown_low(ArmStats(version="v2", requests=600, failures=18), champ, cfg)
     'v2 failed 18 of 600 requests: not yet shown below 3.0% (upper bound 5.8%)'
     """
-    limit = min(config.failure_ratio * champion.failure_rate + config.failure_margin, config.failure_max)
-    harm = min(1.0, max(config.failure_max, 2 * limit), 3 * limit)
+    limit, first = _failure_harm(champion, config)
+    harm = min(first, 3 * limit)
     n, k = challenger.requests, challenger.failures
     upper = 1.0 if n == 0 else (1.0 if k >= n else float(beta.ppf(1 - SHOWN_LOW_ALPHA, k + 1, n - k)))
     if upper < harm:
