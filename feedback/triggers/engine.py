@@ -482,6 +482,12 @@ SELECT r.challenger || ' at ' || round((100 * r.share)::numeric, 1) || '%%' || C
 FROM rollouts r LEFT JOIN model_versions v ON v.model_name = r.model_name AND v.version = r.challenger
 WHERE r.model_name = %s AND r.state IN ('ramping', 'paused', 'holding')
 """
+# during a ramp: the change point each version was trained to answer (rules.new_episode keeps those trained for the
+# ramp's episode or a later one)
+_ANSWERED = """
+SELECT version, (lineage ->> 'change_point')::timestamptz FROM model_versions
+WHERE model_name = %s AND lineage ->> 'change_point' IS NOT NULL
+"""
 # the outcomes since the last reset of the breaker, newest first (a reset starts the count again)
 _OUTCOMES = """
 SELECT outcome FROM retrain_outcomes
@@ -520,12 +526,14 @@ class PostgresLedger:
                 break
             rejected += 1
         rollout = self.cur.execute(_ROLLOUT, (model,)).fetchone()
+        answered = {} if rollout is None else dict(self.cur.execute(_ANSWERED, (model,)).fetchall())
         return History(last_fired_at=last, fired_last_day=int(day), last_trained_at=trained, running=running,
                        rejected_in_row=rejected, rollout=None if rollout is None else rollout[0],
                        rollout_challenger=None if rollout is None else rollout[2],
                        rollout_holding=rollout is not None and bool(rollout[3]),
                        rollout_change=None if rollout is None or rollout[1] is None
-                       else datetime.fromisoformat(rollout[1]))
+                       else datetime.fromisoformat(rollout[1]),
+                       answered=answered)
 
     def decision(self, decision_id: str) -> Decision | None:
         row = self.cur.execute(f"{_SELECT} WHERE decision_id = %s", (decision_id,)).fetchone()

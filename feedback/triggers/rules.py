@@ -492,16 +492,26 @@ EPISODE_KINDS: frozenset[str] = frozenset({"drift", "performance", "detector", "
 
 
 def new_episode(kind: str, change_point: datetime | None, version: str | None, history: History) -> bool:
-    """Whether a decision answers a change found after the one the ramp's challenger answers: a drift, performance,
-    detector or pool decision on the challenger's own windows (``version``), with a change point after the
-    challenger's (``history.rollout_change``; None: the challenger answers none, so any change point is later).
+    """Whether a decision answers a change found after the one the ramp answers: a drift, performance, detector or
+    pool decision on the windows of a version trained for the ramp's episode or a later one, with a change point
+    after the one that version was trained to answer.
 
-    On the champion's windows a decision during the ramp is the degradation the ramp answers, seen again: a
-    gradual change moves its change point window by window, and taking each move for a new change restarted the
-    ramp again and again. The challenger was trained after the change; its own windows degrading are news."""
-    return (kind in EPISODE_KINDS and change_point is not None and version is not None
-            and version == history.rollout_challenger
-            and (history.rollout_change is None or change_point > history.rollout_change))
+    Those versions are the ramp's challenger (``history.rollout_challenger``, answering
+    ``history.rollout_change``; None: it answers none, so any change point is later) and every version whose
+    training answered the ramp's change or a later one (``history.answered``: a refit ramping against the
+    episode's first candidate, now champion, leaves that champion trained for the same world). Their windows
+    degrading are news: the world changed again since they were trained.
+
+    On a stale champion's windows (trained before the ramp's change) a decision during the ramp is the degradation
+    the ramp answers, seen again: a gradual change moves its change point window by window, and taking each move
+    for a new change restarted the ramp again and again."""
+    if kind not in EPISODE_KINDS or change_point is None or version is None:
+        return False
+    if version == history.rollout_challenger:
+        return history.rollout_change is None or change_point > history.rollout_change
+    answered = history.answered.get(version)
+    return (answered is not None and change_point > answered
+            and (history.rollout_change is None or answered >= history.rollout_change))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -517,6 +527,9 @@ class History:
     rollout_challenger: str | None = None  # the ramp's challenger
     rollout_holding: bool = False  # the ramp's challenger serves 100% in its hold
     rollout_change: datetime | None = None  # the change point the ramp's challenger answers (None: none)
+    # during a ramp, the change point each version was trained to answer, of the versions trained for the ramp's
+    # episode or a later one (:func:`new_episode`)
+    answered: Mapping[str, datetime] = field(default_factory=dict)
 
 
 def suppression(kind: Kind, at: datetime, history: History, config: TriggerConfig,

@@ -299,3 +299,31 @@ def test_a_retrain_requested_during_a_rollout_waits_recorded_until_it_ends(store
         fired = engine.manual(conn, "churn", reason="new features", requested_by="ana", request_id="r1")
         assert fired.status == "fired"
     assert store.scalar("SELECT count(*) FROM outbox") == 1
+
+
+@pytest.mark.parametrize(("v1_answers", "expected"), [
+    ("episode", "fired"),  # v1 was trained for the ramp's episode: its windows drifting again are news
+    (None, "suppressed"),  # v1 is stale (trained for no change): the drift is the one the ramp answers
+])
+def test_during_a_refits_ramp_a_later_drift_on_a_champion_of_the_same_episode_escapes_it(
+        store: FeedbackStore, config: MonitoringConfig, v1_answers: str | None, expected: str) -> None:
+    """A refit (v3) of the episode v1 was trained for ramps against v1; the world changes again and v1's windows
+    drift from DRIFT_HOUR. That change is later than the one both answer: its retrain fires through the ramp. Had v1
+    been trained before the ramp's change, the drift would be the degradation the ramp answers, and waits."""
+    from psycopg.types.json import Jsonb
+
+    episode = T0 - timedelta(days=3)
+    with store.pool.connection() as conn:
+        lineage = {"change_point": episode.isoformat()}
+        conn.execute("INSERT INTO model_versions (model_name, version, stage, lineage) VALUES "
+                     "('churn', 'v1', 'champion', %s), ('churn', 'v3', 'canary', %s)",
+                     (Jsonb(lineage if v1_answers else {}), Jsonb(lineage)))
+        conn.execute("INSERT INTO rollouts (rollout_id, model_name, champion, challenger, salt, state, step, share,"
+                     " step_started_at, started_at) VALUES ('churn/v3', 'churn', 'v1', 'v3', 's', 'ramping', 0, 0.05,"
+                     " now(), now())")
+    run_hours(store, config, TriggerEngine(config, Alerts()), range(10), drift=True)
+    change = T0 + timedelta(hours=DRIFT_HOUR)
+    rows = store.rows("SELECT decision_id, status, suppressed_by FROM retrain_decisions")
+    assert [(r[0], r[1]) for r in rows] == [(f"churn/drift/v1/{change:%Y-%m-%dT%H:%M:%SZ}", expected)], rows
+    assert (rows[0][2] or "").startswith("" if expected == "fired" else "a rollout is under way"), rows
+    assert store.scalar("SELECT count(*) FROM outbox") == (1 if expected == "fired" else 0)

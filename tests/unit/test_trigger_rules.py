@@ -177,7 +177,9 @@ STORM = [
 
 
 EPISODE = AT - timedelta(days=2)  # the change the ramp's challenger answers
-RAMP = History(rollout="v3 at 25.0%", rollout_challenger="v3", rollout_change=EPISODE)
+# v2, champion, was trained for the same episode (v3 is its refit); v1 for an earlier change
+RAMP = History(rollout="v3 at 25.0%", rollout_challenger="v3", rollout_change=EPISODE,
+               answered={"v1": EPISODE - timedelta(days=30), "v2": EPISODE, "v3": EPISODE})
 LATER = AT - timedelta(hours=5)
 ONE_EPISODE_ONE_RAMP = [
     # name, kind, the decision's change point and version, expected reason prefix or None
@@ -191,7 +193,13 @@ ONE_EPISODE_ONE_RAMP = [
     ("a pool look at a later change does not", "pool", LATER, "v3", None),
     ("a refit of a later change still waits", "refit", LATER, "v3", "a rollout is under way"),
     # the champion is known degraded: a gradual change moves its change point, window after window
-    ("a later change point on the champion's windows waits", "drift", LATER, "v1", "a rollout is under way"),
+    ("a later change point on the stale champion's windows waits", "drift", LATER, "v1", "a rollout is under way"),
+    ("and on a version answering no change", "drift", LATER, "v0", "a rollout is under way"),
+    # the ramp is a refit: its champion was trained for the same world, and its windows degrading are news
+    ("a drift found later on a champion of the ramp's episode does not", "drift", LATER, "v2", None),
+    ("a performance drop found later on it does not", "performance", LATER, "v2", None),
+    ("the ramp's own change seen on that champion waits", "drift", EPISODE, "v2", "a rollout is under way"),
+    ("a refit found on it waits", "refit", LATER, "v2", "a rollout is under way"),
 ]
 
 
