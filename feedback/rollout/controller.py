@@ -43,6 +43,7 @@ from feedback.rollout.rules import (
     Latch,
     PromotionTest,
     UnitStats,
+    cuped_units,
     first_step,
     latch_holds,
     paired_gain,
@@ -80,11 +81,17 @@ WHERE model_name = %s AND model_version = ANY(%s) AND predicted_at >= %s AND pre
 GROUP BY model_version
 """
 _LABELLED = """
-SELECT p.model_version, coalesce(p.routing_key, p.prediction_id) AS unit, p.segment, p.prediction, l.label
+SELECT p.model_version, coalesce(p.routing_key, p.prediction_id) AS unit, p.segment, p.prediction, l.label,
+       s.prediction AS champion_prediction
 FROM predictions p JOIN current_labels l USING (prediction_id)
+LEFT JOIN shadow_predictions s ON s.model_name = p.model_name AND s.version = %s AND s.prediction_id = p.prediction_id
+                              AND s.error IS NULL
 WHERE p.model_name = %s AND p.model_version = ANY(%s) AND p.predicted_at >= %s AND p.predicted_at <= %s
   AND p.error IS NULL
 """
+#: a step's CUPED adjustment needs the champion's shadow-scored prediction on at least this share of the
+#: challenger's labelled requests (the rollout worker scores them within seconds; labels come later)
+CUPED_MIN_COVERAGE = 0.9
 _SHADOW_LABELLED = """
 SELECT coalesce(f.routing_key, f.prediction_id) AS unit, f.served_prediction, f.shadow_prediction, f.label
 FROM shadow_feedback f
@@ -443,7 +450,8 @@ class _Look:
         versions = [rollout["champion"], rollout["challenger"]]
         out = []
         for start, end in zip(starts, ends, strict=True):
-            step = arm_stats(self.cur, self.model, versions, start, end)
+            step = arm_stats(self.cur, self.model, versions, start, end,
+                             covariate=(rollout["challenger"], rollout["champion"]))
             out.append((step[rollout["challenger"]], step[rollout["champion"]]))
         return out
 
@@ -719,19 +727,27 @@ def record_event(cur: psycopg.Cursor[Any], rollout_id: str | None, model: str, v
 
 
 def arm_stats(cur: psycopg.Cursor[Any], model: ModelConfig, versions: Sequence[str], since: datetime,
-              until: datetime | None) -> dict[str, ArmStats]:
+              until: datetime | None, *, covariate: tuple[str, str] | None = None) -> dict[str, ArmStats]:
     """Each version's requests, failures, latency and labelled errors (per user and per declared segment value)
-    among the model's predictions served by it in [since, until]."""
+    among the model's predictions served by it in [since, until].
+
+    ``covariate`` (challenger, champion): the users' errors of both arms, overall and per segment value, are
+    CUPED-adjusted (:func:`~feedback.rollout.rules.cuped_units`) with the champion's error on each request as
+    covariate: on the challenger's requests, the champion's shadow-scored prediction (feedback/rollout/shadow.py
+    scores it during the ramp). Where fewer than ``CUPED_MIN_COVERAGE`` of the challenger's labelled requests have
+    one, or the rule declines, the figures stay as they are."""
     stats = {v: ArmStats(version=v) for v in versions}
     for row in cur.execute(_TRAFFIC, (model.name, list(versions), since, until)).fetchall():
         v, requests, failures, latency_n, p95, p99 = _values(row)
         stats[v] = replace(stats[v], requests=requests, failures=failures, latency_n=latency_n,
                            latency_p95_ms=p95, latency_p99_ms=p99)
-    rows = [_values(r) for r in cur.execute(_LABELLED, (model.name, list(versions), since, until)).fetchall()]
+    champion = covariate[1] if covariate is not None else None
+    rows = [_values(r) for r in cur.execute(_LABELLED, (champion, model.name, list(versions), since, until)).fetchall()]
     if not rows:
         return stats
+    labels = [r[4] for r in rows]
     frame = pd.DataFrame({"version": [r[0] for r in rows], "unit": [r[1] for r in rows],
-                          "error": row_errors(model, [r[3] for r in rows], [r[4] for r in rows])})
+                          "error": row_errors(model, [r[3] for r in rows], labels)})
     for attribute in model.segments:
         frame[attribute] = [str((r[2] or {}).get(attribute)) for r in rows]
     for v, part in frame.groupby("version"):
@@ -741,7 +757,37 @@ def arm_stats(cur: psycopg.Cursor[Any], model: ModelConfig, versions: Sequence[s
                 segments[f"{attribute}={value}"] = unit_stats(seg)
         stats[str(v)] = replace(stats[str(v)], labelled=len(part), error=float(part["error"].mean()),
                                 units=unit_stats(part), segments=segments)
+    if covariate is not None:
+        frame["covariate"] = np.where(frame["version"] == champion, frame["error"],
+                                      row_errors(model, [r[5] for r in rows], labels))
+        _adjust(stats, frame, model, *covariate)
     return stats
+
+
+def _adjust(stats: dict[str, ArmStats], frame: pd.DataFrame, model: ModelConfig, challenger: str,
+            champion: str) -> None:
+    """Replace both arms' user figures, overall and per segment value, with their CUPED-adjusted ones where the
+    rule applies (see :func:`arm_stats`)."""
+    b, a = frame[frame["version"] == challenger], frame[frame["version"] == champion]
+    if b.empty or a.empty or b["covariate"].notna().mean() < CUPED_MIN_COVERAGE:
+        return
+    b = b[b["covariate"].notna()]
+    pairs = {"": (b, a)}
+    for attribute in model.segments:
+        for value, seg in b.groupby(attribute):
+            pairs[f"{attribute}={value}"] = (seg, a[a[attribute] == value])
+    segments_b, segments_a = dict(stats[challenger].segments), dict(stats[champion].segments)
+    for name, (pb, pa) in pairs.items():
+        adjusted = cuped_units(pb, pa) if len(pa) else None
+        if adjusted is None:
+            continue
+        if name:
+            segments_b[name], segments_a[name] = adjusted
+        else:
+            stats[challenger] = replace(stats[challenger], units=adjusted[0])
+            stats[champion] = replace(stats[champion], units=adjusted[1])
+    stats[challenger] = replace(stats[challenger], segments=segments_b)
+    stats[champion] = replace(stats[champion], segments=segments_a)
 
 
 def unit_stats(rows: pd.DataFrame) -> UnitStats:

@@ -21,6 +21,8 @@ must be at most ``promote_ratio`` x the champion's, significantly so by the alwa
 way (the challenger's error above ``promote_ratio`` x the champion's) keeps the champion: the gain is not worth a
 change; so does a declared segment significantly worse (found by bench/rollout_safety.py: blocking the promotion
 alone left a model 15 points worse on a fifth of the users serving half of them until the ramp's 4 weeks ran out).
+The users' errors are CUPED-adjusted with the champion's error on the same requests (:func:`cuped_units`): the
+two versions err on mostly the same requests, and the variance they share is taken out of the comparison.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class UnitStats:
     n: int = 0
     mean: float = 0.0
     var: float = 0.0
+    #: the variance before the CUPED adjustment (:func:`cuped_units`); None when the figures are not adjusted
+    raw_var: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -233,7 +237,8 @@ class PromotionTest:
             return Decision(kind="continue", p_value=p, sentence="fewer than 2 users an arm at every step: not yet")
         figures = (f"challenger {combined.mean_b:.4g} against {self.ratio:g} x champion {combined.mean_a:.4g} = "
                    f"{self.ratio * combined.mean_a:.4g} per user ({combined.n_b:,} and {combined.n_a:,} users"
-                   f"{f', {combined.strata} steps' if combined.strata > 1 else ''}), mSPRT p = {p:.3g}")
+                   f"{f', {combined.strata} steps' if combined.strata > 1 else ''}"
+                   f"{_adjusted(combined)}), mSPRT p = {p:.3g}")
         if self.overall.significant and self.overall.difference > 0:
             return Decision(kind="keep", p_value=p, sentence=(
                 f"{figures}: the challenger's error is significantly above {self.ratio:g} x the champion's, "
@@ -281,6 +286,7 @@ class Combined:
     n_b: int
     n_a: int
     strata: int
+    adjusted: int = 0  # steps whose users' errors are CUPED-adjusted (:func:`cuped_units`)
 
 
 #: a step's comparison counts once each arm has this many users: below, the normal approximation the sequential test
@@ -324,7 +330,72 @@ def combine_strata(strata: Sequence[tuple[UnitStats, UnitStats]], ratio: float) 
         v=sum(wi * wi * v for wi, v in zip(w, own, strict=True)),
         mean_b=sum(wi * b.mean for wi, (b, _) in zip(w, kept, strict=True)),
         mean_a=sum(wi * a.mean for wi, (_, a) in zip(w, kept, strict=True)),
-        n_b=sum(b.n for b, _ in kept), n_a=sum(a.n for _, a in kept), strata=len(kept))
+        n_b=sum(b.n for b, _ in kept), n_a=sum(a.n for _, a in kept), strata=len(kept),
+        adjusted=sum(b.raw_var is not None for b, _ in kept))
+
+
+#: a step's CUPED adjustment is left out when the champion's error on the requests it did not serve differs from its
+#: error on those it did at this level (two-sided). The arms are randomised, so the two agree unless serving changed
+#: the outcomes (a feedback loop): the covariate would then carry the treatment's effect and bias the estimate.
+CUPED_BALANCE_ALPHA = 0.001
+
+
+def cuped_units(challenger: pd.DataFrame, champion: pd.DataFrame) -> tuple[UnitStats, UnitStats] | None:
+    """Both arms' per-user mean errors adjusted with the champion's own error on the same requests as covariate
+    (CUPED: Deng, Xu, Kohavi and Walker, "Improving the sensitivity of online controlled experiments by utilizing
+    pre-experiment data", 2013); None when it cannot be applied (fewer than ``MIN_STRATUM_UNITS`` users an arm, no
+    spread in the covariate, or the arms' covariates out of balance at ``CUPED_BALANCE_ALPHA``).
+
+    Each frame holds one row per labelled request: ``unit`` (the user), ``error`` (the served version's) and
+    ``covariate`` (the champion's error on that request: its served error on its own arm, its shadow-scored one
+    on the challenger's). Per user, ``y`` and ``x`` are the means; ``theta`` is the within-arm regression slope
+    of ``y`` on ``x``, and each user's ``y - theta (x - mean x)`` (mean over both arms) replaces ``y``. The
+    adjusted means estimate the same errors; their difference keeps its expectation and loses the variance the
+    two versions share (hard requests are hard for both). ``raw_var`` keeps the challenger's variance before.
+
+    >>> rng = np.random.default_rng(1)
+    >>> x = rng.binomial(1, 0.3, 400).astype(float)  # the champion's errors
+    >>> y = np.where(rng.random(400) < 0.9, x, 1 - x)  # the challenger's: the same on 90% of requests
+    >>> b = pd.DataFrame({"unit": range(200), "error": y[:200], "covariate": x[:200]})
+    >>> a = pd.DataFrame({"unit": range(200, 400), "error": x[200:], "covariate": x[200:]})
+    >>> ub, ua = cuped_units(b, a)
+    >>> round(ub.raw_var, 3), round(ub.var, 3)  # the challenger's users' variance, before and after
+    (0.213, 0.099)
+    """
+    per = [_user_means(frame) for frame in (challenger, champion)]
+    if min(len(y) for y, _ in per) < MIN_STRATUM_UNITS:
+        return None
+    sxx = sum(float(((x - x.mean()) ** 2).sum()) for _, x in per)
+    if not sxx > 0:
+        return None
+    theta = sum(float(((x - x.mean()) * (y - y.mean())).sum()) for y, x in per) / sxx
+    (_, x_b), (_, x_a) = per
+    se = math.sqrt(x_b.var(ddof=1) / len(x_b) + x_a.var(ddof=1) / len(x_a))
+    if se > 0 and abs(x_b.mean() - x_a.mean()) / se > norm.isf(CUPED_BALANCE_ALPHA / 2):
+        return None
+    x_bar = float(np.concatenate([x_b, x_a]).mean())
+    out = []
+    for y, x in per:
+        adjusted = y - theta * (x - x_bar)
+        out.append(UnitStats(n=len(y), mean=float(adjusted.mean()), var=float(adjusted.var(ddof=1)),
+                             raw_var=float(y.var(ddof=1))))
+    return out[0], out[1]
+
+
+def _user_means(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's mean error and mean covariate (users in order of first appearance; NaN rows left out)."""
+    kept = frame[frame["error"].notna() & frame["covariate"].notna()]
+    codes, uniques = pd.factorize(kept["unit"])
+    count = np.bincount(codes, minlength=len(uniques))
+    return (np.bincount(codes, kept["error"].to_numpy(float), len(uniques)) / count,
+            np.bincount(codes, kept["covariate"].to_numpy(float), len(uniques)) / count)
+
+
+def _adjusted(c: Combined) -> str:
+    if not c.adjusted:
+        return ""
+    steps = "" if c.strata == 1 else f" in {c.adjusted} of {c.strata} steps"
+    return f"; CUPED on the champion's error on the same requests{steps}"
 
 
 def standardized_error(strata: Sequence[tuple[ArmStats, ArmStats]]) -> tuple[ArmStats, ArmStats] | None:

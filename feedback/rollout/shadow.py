@@ -591,6 +591,17 @@ WHERE p.model_name = %(model)s AND p.predicted_at >= %(since)s
 ORDER BY p.model_version, p.predicted_at, p.prediction_id
 LIMIT %(chunk)s
 """
+# during a ramp: the requests its challenger served, which the champion scores (the promotion test's covariate)
+_UNSCORED_SERVED = _UNSCORED.replace("WHERE p.model_name = %(model)s", "WHERE p.model_name = %(model)s "
+                                     "AND p.model_version = %(served)s")
+# the ramps whose champion is scored beside its challenger (rules.cuped_units): not in the hold, where the
+# challenger serves every request and nothing is compared
+_RAMPS = """
+SELECT model_name, champion, challenger, started_at FROM rollouts WHERE state IN ('ramping', 'paused')
+ORDER BY model_name
+"""
+_RAMP = "SELECT 1 FROM rollouts WHERE model_name = %s AND champion = %s AND challenger = %s AND started_at = %s " \
+        "AND state IN ('ramping', 'paused')"
 _INSERT_SCORES = """
 INSERT INTO shadow_predictions (model_name, version, prediction_id, prediction, probabilities, latency_ms, error,
                                 backfilled)
@@ -616,6 +627,8 @@ def score_round(store_or_conn: FeedbackStore | psycopg.Connection[Any], registry
                 cursors: ScanCursors | None = None, clock: Callable[[], float] = time.monotonic) -> ScoreStats:
     """Start the waiting shadows no rollout holds back any more, then let each running shadow score the
     predictions it has not scored yet, ``chunk`` rows at a time, until none is left or ``budget_s`` is spent.
+    During a ramp (not its hold) the champion scores the requests its challenger served since the ramp began, in
+    the same way: the promotion test's covariate (:func:`feedback.rollout.rules.cuped_units`).
 
     Each model gets an equal slice of the budget and at least one chunk, so a slow model delays the others by one
     chunk at most. A backlog larger than the round drains over the next rounds. An error in one model's scoring
@@ -628,10 +641,12 @@ def score_round(store_or_conn: FeedbackStore | psycopg.Connection[Any], registry
     begun = clock()
     with _connection(store_or_conn) as conn:
         _start_waiting(conn, stats)
-        shadows = [r for r in conn.execute("SELECT model_name, version, started_at FROM shadows "
-                                           "WHERE status = 'running' ORDER BY model_name, version").fetchall()
+        shadows = [(*r, None) for r in conn.execute("SELECT model_name, version, started_at FROM shadows "
+                                                    "WHERE status = 'running' ORDER BY model_name, version")
                    if r[0] in config.models]
-        for i, (model, version, started_at) in enumerate(shadows):
+        shadows += [(model, champion, started_at, challenger)
+                    for model, champion, challenger, started_at in conn.execute(_RAMPS) if model in config.models]
+        for i, (model, version, started_at, served) in enumerate(shadows):
             deadline = begun + budget_s * (i + 1) / len(shadows)
             after = cursors.start(model, version, started_at) or _BEGINNING
             first = True
@@ -639,7 +654,7 @@ def score_round(store_or_conn: FeedbackStore | psycopg.Connection[Any], registry
                 first = False
                 try:
                     done = _score_chunk(conn, registry, config.models[model], version, started_at, after, chunk,
-                                        timed_rows, models or MODELS, stats)
+                                        timed_rows, models or MODELS, stats, served=served)
                 except TRANSIENT_ERRORS as exc:
                     log.warning("shadow %s %s: not scored this round, database unavailable: %s", model, version, exc)
                     stats.skipped.append(model)
@@ -693,26 +708,35 @@ def _start_waiting(conn: psycopg.Connection[Any], stats: ScoreStats) -> None:
 
 def _score_chunk(conn: psycopg.Connection[Any], registry: Registry, model: ModelConfig, version_name: str,
                  started: datetime, after: Position, chunk: int, timed_rows: int, models: ShadowModelCache,
-                 stats: ScoreStats) -> tuple[int, Position | None] | None:
+                 stats: ScoreStats, *, served: str | None = None) -> tuple[int, Position | None] | None:
     """Score up to ``chunk`` unscored rows of one shadow after ``after`` in one transaction under the model's lock;
     how many rows it selected and the last one's position. None: another process holds the lock, or the shadow is
-    not the one running since ``started`` any more."""
+    not the one running since ``started`` any more.
+
+    ``served``: the challenger of a ramp that started at ``started``, whose champion ``version_name`` scores the
+    requests it served (none before the ramp's start: nothing is backfilled)."""
     with conn.transaction(), conn.cursor() as cur:
         if not cur.execute(_TRY_LOCK, (SHADOW_LOCK_CLASS, model.name)).fetchone()[0]:
             return None
-        row = cur.execute(_SHADOW, (model.name, version_name)).fetchone()
-        if row is None or row[0] != "running" or row[2] != started:
+        if served is None:
+            row = cur.execute(_SHADOW, (model.name, version_name)).fetchone()
+            if row is None or row[0] != "running" or row[2] != started:
+                return None
+            _, cutoff, started_at, _ = row
+            since = started_at - timedelta(seconds=model.rollout.shadow_backfill_s)
+        elif cur.execute(_RAMP, (model.name, version_name, served, started)).fetchone() is None:
             return None
-        _, cutoff, started_at, _ = row
+        else:
+            cutoff = started_at = since = started
         version = registry.get(cur, model.name, version_name)
         if version is None:
             msg = f"{model.name} {version_name} has a running shadow but is not in the registry"
             raise LookupError(msg)
         fitted = models.get(cur, registry, version)
-        since = started_at - timedelta(seconds=model.rollout.shadow_backfill_s)
-        rows = cur.execute(_UNSCORED, {"model": model.name, "version": version_name, "started": started_at,
-                                       "since": since, "cutoff": cutoff, "chunk": chunk, "after_version": after[0],
-                                       "after_at": after[1], "after_id": after[2]}).fetchall()
+        rows = cur.execute(_UNSCORED if served is None else _UNSCORED_SERVED, {
+            "model": model.name, "version": version_name, "started": started_at, "since": since, "cutoff": cutoff,
+            "chunk": chunk, "after_version": after[0], "after_at": after[1], "after_id": after[2],
+            "served": served}).fetchall()
         if not rows:
             return 0, None
         scores = score_rows(fitted, [_features(r[1]) for r in rows], task=model.task, timed_rows=timed_rows)

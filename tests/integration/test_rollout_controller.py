@@ -64,6 +64,12 @@ class World:
     #: override ``error``; None: the region alternates by request
     by_user: bool = False
     segment_error: dict[tuple[str, str], float] = field(default_factory=dict)
+    #: the champion (v1) is shadow-scored on the requests another version serves, as the rollout worker does
+    #: during a ramp: its errors are drawn first, and the other version errs where it does, except on a share
+    #: ``1 - error[version] / error["v1"]`` of them (hard requests are hard for both)
+    shadow_champion: bool = False
+    #: draw the errors that way but store none of the champion's scores (the same traffic, no covariate)
+    store_shadow: bool = True
     at: datetime = T0
     seq: int = 0
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(7))
@@ -74,7 +80,7 @@ class World:
             row = cur.execute("SELECT message_version, champion, challenger, challenger_share, salt, state,"
                               " decided_at, reason FROM deployments WHERE model_name = 'churn'").fetchone()
             deployment = None if row is None else parse_deployment(_dumps_deployment(row))
-            predictions, labels = [], []
+            predictions, labels, shadowed = [], [], []
             for k in range(self.per_hour):
                 self.seq += 1
                 uid = int(self.rng.integers(self.users))
@@ -85,6 +91,12 @@ class World:
                 label = int(self.rng.integers(len(self.classes)))
                 failed = self.rng.random() < self.failure.get(version, 0.0)
                 wrong = self.rng.random() < self.segment_error.get((version, region), self.error[version])
+                if self.shadow_champion:
+                    champion_wrong = wrong = self.rng.random() < self.error["v1"]
+                    if version != "v1":
+                        wrong = champion_wrong and self.rng.random() < self.error[version] / self.error["v1"]
+                        shadowed.append((f"r{self.seq}", Jsonb(self.classes[_wrong(label, self.classes, self.rng)
+                                                                            if champion_wrong else label])))
                 predicted = _wrong(label, self.classes, self.rng) if wrong else label
                 predictions.append((f"r{self.seq}", "churn", version, at, Jsonb({"x": 1.0}),
                                     Jsonb(None if failed else self.classes[predicted]),
@@ -97,6 +109,8 @@ class World:
                             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", predictions)
             cur.executemany("INSERT INTO current_labels (prediction_id, label, observed_at) VALUES (%s, %s, %s)",
                             labels)
+            cur.executemany("INSERT INTO shadow_predictions (model_name, version, prediction_id, prediction)"
+                            " VALUES ('churn', 'v1', %s, %s)", shadowed if self.store_shadow else [])
         self.at += timedelta(hours=1)
 
 
@@ -621,3 +635,25 @@ def test_a_shadow_that_passed_early_plans_the_test_from_its_own_rows(store: Feed
     with store.pool.connection() as conn:
         tau2 = conn.execute("SELECT test->>'tau2' FROM rollouts").fetchone()[0]
     assert float(tau2) > 1e-4, tau2  # the gain the shadow measured (0.2 against 0.3), squared
+
+
+@pytest.mark.parametrize("shadowed", [True, False])
+def test_the_champions_error_on_the_same_requests_shortens_the_ab_test(store: FeedbackStore, shadowed: bool) -> None:
+    """v2 errs where v1 does, except on a tenth of those requests: error 0.27 against 0.30. With v1 scored on
+    v2's requests (what the rollout worker does during a ramp), the promotion test is CUPED-adjusted and v2
+    reaches 100% after 3 hours at 50% (p = 0.011); on the same traffic without those scores it is still at 50%
+    after 24 hours of 600 requests (p = 1)."""
+    _setup(store, shadow_error=0.25)
+    controller, _ = _controller(store)
+    world = World(store, error={"v1": 0.30, "v2": 0.27}, shadow_champion=True, store_shadow=shadowed)
+    world.hour(served_by="v1")
+    _run(world, controller, 24, until="holding")
+    events = _events(store)
+    if shadowed:
+        assert events[-1][0] == "holding", events
+        assert "CUPED on the champion's error on the same requests" in events[-1][3], events[-1][3]
+    else:
+        assert events[-1][:2] == ("step", 0.5), events
+        with store.pool.connection() as conn:
+            sentence = conn.execute("SELECT sentence FROM rollouts").fetchone()[0]
+        assert "not yet" in sentence and "CUPED" not in sentence, sentence

@@ -302,6 +302,31 @@ def test_live_and_backfilled_predictions_are_scored_once(store: FeedbackStore) -
     assert all(r[3] is not None and r[3] >= 0 for r in rows[:20]) and all(r[3] is None for r in rows[20:])
 
 
+def test_during_a_ramp_the_champion_scores_the_challengers_requests_only(store: FeedbackStore) -> None:
+    """While v2 ramps against v1, each round scores v1 on the requests v2 served since the ramp began (the
+    promotion test's covariate), never v1's own requests nor those before the ramp; in the hold, nothing more."""
+    _register(store, "v1", Oracle(), stage="champion")
+    _register(store, "v2", Oracle(wrong=True), stage="canary")
+    ramp_start = T0 + timedelta(minutes=100)
+    preds = [prediction(i, prediction_id=f"churn-{i}", model_version="v2" if i % 4 == 0 else "v1",
+                        features={"age": 30 + (i * 7) % 40, "plan": "pro"}, prediction=0) for i in range(60, 200)]
+    store.write_batch(preds, [])
+    with store.pool.connection() as conn:
+        conn.execute("INSERT INTO rollouts (rollout_id, model_name, champion, challenger, salt, state, step, share,"
+                     " step_started_at, started_at) VALUES ('churn/v2', 'churn', 'v1', 'v2', 's', 'ramping', 0,"
+                     " 0.25, %s, %s)", (ramp_start, ramp_start))
+        stats = score_round(conn, Registry(), _config(), chunk=7)
+        again = score_round(conn, Registry(), _config())
+        conn.execute("UPDATE rollouts SET state = 'holding'")
+        store.write_batch([prediction(i, prediction_id=f"churn-{i}", model_version="v2") for i in range(200, 220)], [])
+        held = score_round(conn, Registry(), _config())
+    rows = store.rows("SELECT version, prediction_id, prediction FROM shadow_predictions ORDER BY prediction_id")
+    expected = sorted(f"churn-{i}" for i in range(100, 200) if i % 4 == 0)
+    assert [r[1] for r in rows] == expected and {r[0] for r in rows} == {"v1"}
+    assert all(r[2] == _truth(30 + (int(r[1].split("-")[1]) * 7) % 40) for r in rows)  # v1's answer, not v2's
+    assert (stats.scored, again.scored, held.scored) == (len(expected), 0, 0)
+
+
 def test_a_model_that_raises_on_some_rows_fails_only_those(store: FeedbackStore) -> None:
     """The batch raises, so the rows are scored one by one: each row the model refuses stores its one-line error,
     every other row its prediction."""
