@@ -72,6 +72,8 @@ WHERE s.model_name = %s AND s.status = 'passed'
                   AND r.recorded_at >= s.updated_at)
 ORDER BY s.decided_at DESC NULLS LAST LIMIT 1
 """
+# who started a ramp: the actor of its first step (the controller, or a person's command such as a drill)
+_STARTED_BY = "SELECT actor FROM rollout_events WHERE rollout_id = %s AND kind = 'step' ORDER BY event_id LIMIT 1"
 _TRAFFIC = """
 SELECT model_version, count(*) AS requests, count(*) FILTER (WHERE error IS NOT NULL) AS failures,
        count(latency_ms) AS latency_n, percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95,
@@ -394,7 +396,7 @@ class _Look:
         findings = rollback_findings(stats[challenger], stats[champion], self.cfg, strata)
         if findings:
             return self.roll_back(rollout, findings, stats)
-        newer = self.later_episode(challenger)
+        newer = self.later_episode(rollout)
         if newer is not None and rollout["state"] == "ramping":
             return self.supersede(rollout, newer)
         if rollout["state"] == "paused":
@@ -464,7 +466,7 @@ class _Look:
         findings = rollback_findings(stats[challenger], baseline, self.cfg)
         if findings:
             return self.roll_back(rollout, findings, {**stats, baseline.version: baseline})
-        later = self.later_episode(challenger)
+        later = self.later_episode(rollout)
         newer = f"{later} answers a later change" if later is not None else self.better_in_hold(challenger)
         if self.now - since < timedelta(seconds=self.cfg.hold_s) and newer is None:
             return LookResult(model_name=name, state="holding", changed=False, sentence=(
@@ -485,11 +487,18 @@ class _Look:
 
     # -- endings ----------------------------------------------------------------------------------------------
 
-    def later_episode(self, challenger: str) -> str | None:
+    def later_episode(self, rollout: Mapping[str, Any]) -> str | None:
         """A candidate that passed its shadow and answers a later change than the ramp's challenger (one episode,
-        one ramp: the world changed again, and the ramp's challenger was trained for the world before)."""
+        one ramp: the world changed again, and the ramp's challenger was trained for the world before). Never
+        for a ramp a person started (a drill): automation does not end what a person began; the candidate waits
+        (`pitstop demo --fast` found it: a refit that passed its shadow superseded act two's failing drill before
+        its failures could roll it back)."""
+        challenger = rollout["challenger"]
         shadow = self.cur.execute(_PASSED_SHADOW, (self.model.name,)).fetchone()
         if shadow is None or shadow["version"] == challenger:
+            return None
+        started_by = self.cur.execute(_STARTED_BY, (rollout["rollout_id"],)).fetchone()
+        if started_by is not None and started_by["actor"] != "controller":
             return None
         return shadow["version"] if answers_later_change(self.rcur, self.registry, self.model.name,
                                                          shadow["version"], challenger) else None

@@ -657,3 +657,25 @@ def test_the_champions_error_on_the_same_requests_shortens_the_ab_test(store: Fe
         with store.pool.connection() as conn:
             sentence = conn.execute("SELECT sentence FROM rollouts").fetchone()[0]
         assert "not yet" in sentence and "CUPED" not in sentence, sentence
+
+
+def test_a_drill_a_person_started_is_not_superseded_and_is_rolled_back(store: FeedbackStore) -> None:
+    """A person's drill (v4, no change answered, failing every request) ramps at 5% while v2, a candidate of a
+    change, has passed its shadow and waits: the drill is rolled back on its failures, not superseded by v2
+    (`pitstop demo --fast` found a refit ending act two's drill that way)."""
+    _setup(store)  # v2 passed its shadow
+    with store.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        cur.execute("UPDATE model_versions SET lineage = %s WHERE version = 'v2'",
+                    (Jsonb({"change_point": "2026-03-01T00:00:00+00:00"}),))
+        Registry().register(cur, ModelVersion(model_name="churn", version="v4", stage="candidate",
+                                              lineage={"drill": True}), serialise(_model()), reason="drill")
+    controller, _ = _controller(store)
+    world = World(store, error={"v1": 0.30, "v2": 0.20, "v4": 0.30}, failure={"v4": 1.0})
+    world.hour(served_by="v1")
+    assert "started a rollback drill" in controller.drill("churn", "ana", "v4")
+    looks = []
+    for _ in range(4):
+        world.hour()
+        looks += controller.look()
+    assert [r.state for r in looks if r.changed] == ["rolled_back"], [r.sentence for r in looks]
+    assert _stages(store)["v4"] == "rejected"
