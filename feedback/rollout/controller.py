@@ -278,10 +278,12 @@ class _Look:
             self.event(rollout_id, version, "promoted", 1.0, sentence, {})
             return LookResult(model_name=name, state="promoted", sentence=sentence, changed=True)
         refusal = self.rollback_target_refusal(champion)
+        per_user, shadow_units = self.shadow_per_user(shadow)  # once: the plan, the ratio and the paired test
         if refusal is None:
-            before = self.champion_units(champion, shadow)
-            ratio, shadow_units = self.shadow_ratio(shadow)
-            test, plan = plan_test(before, ratio, self.units_available(), self.cfg)
+            before = self.champion_units(champion, shadow, per_user)
+            ratio = shadow_ratio(per_user, shadow_units)
+            test, plan = plan_test(before, ratio, self.units_available(), self.cfg,
+                                   adjusted_var=adjusted_variance(per_user))
         else:
             test, plan = None, refusal
         if test is None:
@@ -293,7 +295,7 @@ class _Look:
             self.alert("rollout_abandoned", sentence, version)
             return LookResult(model_name=name, state="abandoned", sentence=sentence, changed=True)
         degraded = self.degraded(version, champion)
-        gain_p = self.shadow_gain_p(shadow) if degraded else None
+        gain_p = _gain_p(per_user) if degraded else None
         step, urgency = first_step(self.cfg.steps, degraded, gain_p, self.cfg.alpha)
         urgent = degraded if gain_p is not None and gain_p < self.cfg.alpha else None
         share = self.cfg.steps[step]
@@ -328,14 +330,14 @@ class _Look:
             return f"the champion {champion}, the rollback target, does not load: {type(exc).__name__}: {exc}"
         return None
 
-    def champion_units(self, champion: str, shadow: Mapping[str, Any]) -> UnitStats:
+    def champion_units(self, champion: str, shadow: Mapping[str, Any], per_user: pd.DataFrame) -> UnitStats:
         """The champion's per-user errors, the test's planning figures: on its requests since the shadow started,
         or on the shadow's labelled rows (the requests it served that the shadow was judged on) when those hold
         more users. A shadow that passed early (the champion degraded) ends before the requests since its start
         have labels; planned from none, the test's prior was nil and the ramp never promoted (found by
         bench/loop_quality.py: S1 and S2 ramps open at 50% for 18,000 samples)."""
         since = arm_stats(self.cur, self.model, [champion], shadow["started_at"], self.now)[champion].units
-        served = self.shadow_per_user(shadow)[0]["served"].dropna().to_numpy()
+        served = per_user["served"].dropna().to_numpy()
         if len(served) <= since.n:
             return since
         return UnitStats(n=len(served), mean=float(served.mean()),
@@ -352,21 +354,10 @@ class _Look:
                                                    [r["label"] for r in rows])})
         return frame.groupby("unit")[["served", "shadow"]].mean(), len(rows)
 
-    def shadow_ratio(self, shadow: Mapping[str, Any]) -> tuple[float | None, int]:
-        """The challenger's per-user error over the champion's on the labelled shadow rows."""
-        per_user, n = self.shadow_per_user(shadow)
-        if not n:
-            return None, 0
-        served, shadow_error = float(per_user["served"].mean()), float(per_user["shadow"].mean())
-        if not served > 0:  # a champion without an error on these requests: nothing to gain
-            return (math.inf if shadow_error > 0 else 1.0), n
-        return shadow_error / served, n
-
     def shadow_gain_p(self, shadow: Mapping[str, Any]) -> float | None:
         """One-sided paired t-test of the challenger's per-user error below the champion's on the labelled shadow
         rows (the same requests); None with fewer than 20 users or no spread."""
-        per_user = self.shadow_per_user(shadow)[0]
-        return paired_gain(per_user["shadow"].to_numpy(), per_user["served"].to_numpy(), per_user.index)[0]
+        return _gain_p(self.shadow_per_user(shadow)[0])
 
     def degraded(self, version: str, champion: str) -> str | None:
         """The champion confirmed degraded in the episode the candidate answers (feedback/rollout/urgency.py)."""
@@ -797,6 +788,31 @@ def _adjust(stats: dict[str, ArmStats], frame: pd.DataFrame, model: ModelConfig,
             stats[champion] = replace(stats[champion], units=adjusted[1])
     stats[challenger] = replace(stats[challenger], segments=segments_b)
     stats[champion] = replace(stats[champion], segments=segments_a)
+
+
+def shadow_ratio(per_user: pd.DataFrame, rows: int) -> float | None:
+    """The challenger's per-user error over the champion's on the labelled shadow rows (None: no rows)."""
+    if not rows:
+        return None
+    served, shadow_error = float(per_user["served"].mean()), float(per_user["shadow"].mean())
+    if not served > 0:  # a champion without an error on these requests: nothing to gain
+        return math.inf if shadow_error > 0 else 1.0
+    return shadow_error / served
+
+
+def adjusted_variance(per_user: pd.DataFrame) -> float | None:
+    """The variance of the challenger's per-user errors once adjusted with the champion's on the same requests
+    (``shadow - theta served``, theta the regression slope): what the ramp's CUPED-adjusted test will see, on the
+    shadow's rows (None: fewer than 20 users, or no spread in the champion's errors)."""
+    both = per_user[["served", "shadow"]].dropna()
+    if len(both) < 20 or not both["served"].var(ddof=1) > 0:
+        return None
+    theta = both["served"].cov(both["shadow"]) / both["served"].var(ddof=1)
+    return float((both["shadow"] - theta * both["served"]).var(ddof=1))
+
+
+def _gain_p(per_user: pd.DataFrame) -> float | None:
+    return paired_gain(per_user["shadow"].to_numpy(), per_user["served"].to_numpy(), per_user.index)[0]
 
 
 def unit_stats(rows: pd.DataFrame) -> UnitStats:

@@ -539,17 +539,21 @@ def users_within(users: int, once: int, twice: int, seen_s: float, horizon_s: fl
 
 
 def plan_test(champion: UnitStats, expected_ratio: float | None, units_available: float,
-              config: RolloutConfig) -> tuple[PromotionTest | None, str]:
+              config: RolloutConfig, *, adjusted_var: float | None = None) -> tuple[PromotionTest | None, str]:
     """The promotion test for a ramp about to start, or None with the reason to abandon it.
 
     ``champion``: the champion's per-user errors before the ramp; ``expected_ratio``: the challenger's error over
     the champion's as the shadow measured it; ``units_available``: the users each arm can expect within the ramp's
     maximum duration. The effect to find is the gain beyond ``promote_ratio`` the shadow measured; a fixed-horizon
     sample size for it (the mSPRT needs somewhat more) above what the ramp can gather means the ramp cannot decide.
+    ``adjusted_var``: the per-user variance the CUPED-adjusted test will see (:func:`cuped_units`, measured on the
+    shadow's rows); when smaller than the champion's it sizes the sample instead.
 
     >>> test, why = plan_test(UnitStats(n=5000, mean=0.30, var=0.04), 0.80, 20_000, RolloutConfig())
     >>> why
     'needs about 216 users an arm to find a 0.054 lower error per user (0.27 sd) at 80% power; 20,000 available'
+    >>> plan_test(UnitStats(n=5000, mean=0.30, var=0.04), 0.80, 20_000, RolloutConfig(), adjusted_var=0.01)[1][:58]
+    'needs about 54 users an arm to find a 0.054 lower error pe'
     >>> plan_test(UnitStats(n=5000, mean=0.30, var=0.04), 0.99, 20_000, RolloutConfig())[1]
     'the shadow measured the challenger at 0.99 x the champion: no gain beyond 0.98 x to find'
     """
@@ -563,9 +567,13 @@ def plan_test(champion: UnitStats, expected_ratio: float | None, units_available
         return None, (f"the shadow measured the challenger at {expected_ratio:.2f} x the champion: no gain beyond "
                       f"{config.promote_ratio:g} x to find")
     sd = math.sqrt(champion.var) if champion.var > 0 else champion.mean
+    adjusted = adjusted_var is not None and 0 < adjusted_var < sd * sd
+    if adjusted:
+        sd = math.sqrt(adjusted_var)  # type: ignore[arg-type]
     needed = required_per_arm(effect / sd, alpha=config.alpha)
     sentence = (f"needs about {needed:,} users an arm to find a {effect:.2g} lower error per user "
-                f"({effect / sd:.2g} sd) at 80% power; {units_available:,.0f} available")
+                f"({effect / sd:.2g} sd{' once CUPED-adjusted' if adjusted else ''}) at 80% power; "
+                f"{units_available:,.0f} available")
     if needed > units_available:
         return None, f"{sentence}: impractical"
     return (PromotionTest(tau2=effect * effect, ratio=config.promote_ratio, alpha=config.alpha,

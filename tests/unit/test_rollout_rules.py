@@ -509,3 +509,23 @@ def test_cuped_keeps_the_false_promotion_rate_and_finds_a_gain_sooner(better: fl
 def _unit(users: pd.DataFrame) -> UnitStats:
     y = users["error"].to_numpy()
     return UnitStats(n=len(y), mean=float(y.mean()), var=float(y.var(ddof=1)))
+
+
+def test_the_plan_sizes_the_sample_with_the_variance_the_adjusted_test_sees() -> None:
+    """On the shadow's users (champion ``served``, challenger ``shadow`` errors on the same requests) the adjusted
+    variance is that of the residuals of an independent least-squares line (numpy's polyfit, ddof 1), and a plan
+    given it needs a fraction of the users the champion's own variance asks for."""
+    from feedback.rollout.controller import adjusted_variance
+
+    rng = np.random.default_rng(9)
+    served = rng.beta(2, 5, 400)
+    shadow = np.clip(0.8 * served + rng.normal(0, 0.05, 400), 0, 1)
+    per_user = pd.DataFrame({"served": served, "shadow": shadow})
+    slope, intercept = np.polyfit(served, shadow, 1)
+    assert adjusted_variance(per_user) == pytest.approx(np.var(shadow - slope * served, ddof=1), rel=1e-9)
+    assert adjusted_variance(per_user.head(19)) is None
+    champion = UnitStats(n=400, mean=float(served.mean()), var=float(served.var(ddof=1)))
+    plain = plan_test(champion, 0.8, 10_000, CFG)[1]
+    adjusted = plan_test(champion, 0.8, 10_000, CFG, adjusted_var=adjusted_variance(per_user))[1]
+    needed = [int(t.split("needs about ")[1].split(" users")[0].replace(",", "")) for t in (plain, adjusted)]
+    assert needed[1] < needed[0] / 4 and "once CUPED-adjusted" in adjusted, (plain, adjusted)
