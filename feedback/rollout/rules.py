@@ -338,20 +338,26 @@ def combine_strata(strata: Sequence[tuple[UnitStats, UnitStats]], ratio: float) 
 #: error on those it did at this level (two-sided). The arms are randomised, so the two agree unless serving changed
 #: the outcomes (a feedback loop): the covariate would then carry the treatment's effect and bias the estimate.
 CUPED_BALANCE_ALPHA = 0.001
+#: the adjusted variance is never taken below this share of the larger arm's variance before (at most a tenfold
+#: reduction): a step's few users can share no request the two versions answer differently, by chance, and the
+#: plug-in variance of 0 then read as certainty (bench/loop_quality.py S1: 52 challenger users, none with a
+#: champion error, ended a good ramp "no practical gain" at p = 1e-305)
+CUPED_MIN_VARIANCE_SHARE = 0.1
 
 
 def cuped_units(challenger: pd.DataFrame, champion: pd.DataFrame) -> tuple[UnitStats, UnitStats] | None:
     """Both arms' per-user mean errors adjusted with the champion's own error on the same requests as covariate
     (CUPED: Deng, Xu, Kohavi and Walker, "Improving the sensitivity of online controlled experiments by utilizing
     pre-experiment data", 2013); None when it cannot be applied (fewer than ``MIN_STRATUM_UNITS`` users an arm, no
-    spread in the covariate, or the arms' covariates out of balance at ``CUPED_BALANCE_ALPHA``).
+    spread in either arm's covariate, or the arms' covariates out of balance at ``CUPED_BALANCE_ALPHA``).
 
     Each frame holds one row per labelled request: ``unit`` (the user), ``error`` (the served version's) and
     ``covariate`` (the champion's error on that request: its served error on its own arm, its shadow-scored one
     on the challenger's). Per user, ``y`` and ``x`` are the means; ``theta`` is the within-arm regression slope
     of ``y`` on ``x``, and each user's ``y - theta (x - mean x)`` (mean over both arms) replaces ``y``. The
     adjusted means estimate the same errors; their difference keeps its expectation and loses the variance the
-    two versions share (hard requests are hard for both). ``raw_var`` keeps the challenger's variance before.
+    two versions share (hard requests are hard for both), down to ``CUPED_MIN_VARIANCE_SHARE`` of the larger arm's
+    variance before. ``raw_var`` keeps each arm's variance before.
 
     >>> rng = np.random.default_rng(1)
     >>> x = rng.binomial(1, 0.3, 400).astype(float)  # the champion's errors
@@ -365,19 +371,20 @@ def cuped_units(challenger: pd.DataFrame, champion: pd.DataFrame) -> tuple[UnitS
     per = [_user_means(frame) for frame in (challenger, champion)]
     if min(len(y) for y, _ in per) < MIN_STRATUM_UNITS:
         return None
-    sxx = sum(float(((x - x.mean()) ** 2).sum()) for _, x in per)
-    if not sxx > 0:
+    if not all(x.var(ddof=1) > 0 for _, x in per):
         return None
+    sxx = sum(float(((x - x.mean()) ** 2).sum()) for _, x in per)
     theta = sum(float(((x - x.mean()) * (y - y.mean())).sum()) for y, x in per) / sxx
     (_, x_b), (_, x_a) = per
     se = math.sqrt(x_b.var(ddof=1) / len(x_b) + x_a.var(ddof=1) / len(x_a))
     if se > 0 and abs(x_b.mean() - x_a.mean()) / se > norm.isf(CUPED_BALANCE_ALPHA / 2):
         return None
     x_bar = float(np.concatenate([x_b, x_a]).mean())
+    floor = CUPED_MIN_VARIANCE_SHARE * max(float(y.var(ddof=1)) for y, _ in per)
     out = []
     for y, x in per:
         adjusted = y - theta * (x - x_bar)
-        out.append(UnitStats(n=len(y), mean=float(adjusted.mean()), var=float(adjusted.var(ddof=1)),
+        out.append(UnitStats(n=len(y), mean=float(adjusted.mean()), var=max(float(adjusted.var(ddof=1)), floor),
                              raw_var=float(y.var(ddof=1))))
     return out[0], out[1]
 

@@ -529,3 +529,21 @@ def test_the_plan_sizes_the_sample_with_the_variance_the_adjusted_test_sees() ->
     adjusted = plan_test(champion, 0.8, 10_000, CFG, adjusted_var=adjusted_variance(per_user))[1]
     needed = [int(t.split("needs about ")[1].split(" users")[0].replace(",", "")) for t in (plain, adjusted)]
     assert needed[1] < needed[0] / 4 and "once CUPED-adjusted" in adjusted, (plain, adjusted)
+
+
+def test_a_step_whose_users_share_no_discordant_request_claims_no_certainty() -> None:
+    """52 challenger users where the champion never erred (the challenger neither): no spread in that arm's
+    covariate, so no adjustment; and where both arms have spread but the versions agree on every request, the
+    adjusted variance stays at a tenth of the larger arm's. Before, the plug-in variance of 0 ended a good ramp
+    "no practical gain" at p = 1e-305 (bench/loop_quality.py S1)."""
+    rng = np.random.default_rng(3)
+    a = pd.DataFrame({"unit": range(949), "error": (rng.random(949) < 0.03).astype(float)})
+    a["covariate"] = a["error"]
+    b = pd.DataFrame({"unit": range(1000, 1052), "error": 0.0, "covariate": 0.0})
+    assert cuped_units(b, a) is None
+    b.loc[:4, ["error", "covariate"]] = 1.0  # 5 users the champion errs on, and the challenger with it
+    ub, ua = cuped_units(b, a)
+    assert ub.var >= 0.1 * max(ub.raw_var, ua.raw_var) > 0 and ua.var >= 0.1 * max(ub.raw_var, ua.raw_var)
+    test = PromotionTest(tau2=0.005 ** 2, ratio=0.98, alpha=0.05)
+    decision = test.look_strata([(ArmStats(version="v2", units=ub), ArmStats(version="v1", units=ua))])
+    assert decision.kind == "continue" and decision.p_value > 0.05, decision
