@@ -61,7 +61,8 @@ def _fit(threshold: float) -> LogisticRegression:
 
 class Server:
     """A model server: each event hour, requests from 1,000 users routed and predicted by the serving router, the
-    labels (the truth: age above 50, 5% flipped) one minute later, both written to the store."""
+    labels (the truth: age above 50, 5% flipped) one minute later, both written to the store (at the end of the hour,
+    or every ``write_every`` requests)."""
 
     def __init__(self, store: FeedbackStore, serving: ServingRouter) -> None:
         self.store = store
@@ -70,9 +71,12 @@ class Server:
         self.at = T0
         self.seq = 0
 
-    def hour(self, requests: int = 600) -> dict[str, int]:
+    def hour(self, requests: int = 600, write_every: int | None = None) -> dict[str, int]:
         events, outcomes, served = [], [], {}
         for k in range(requests):
+            if write_every is not None and len(events) == write_every:
+                self.store.write_batch(events, outcomes)
+                events, outcomes = [], []
             self.seq += 1
             age = float(self.rng.normal(45, 10))
             at = self.at + timedelta(seconds=3_600 * k / requests)
@@ -154,7 +158,9 @@ def test_a_candidate_goes_through_shadow_and_ramp_to_champion_then_a_drill_is_ro
                 rollout_cli.drill(settings, "churn", switch_s=3.0, wait_s=60.0, settle_s=1.0, say=said.append)))
             drill.start()
             while drill.is_alive():
-                server.hour()
+                # the drill times when the last request its version served reached the store: written as served
+                # (as a model server publishes each request), not at the end of an hour that takes seconds to serve
+                server.hour(write_every=20)
             assert result == [0], said
         finally:
             stack.stop_process(worker, timeout_s=15)
