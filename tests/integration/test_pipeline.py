@@ -217,7 +217,6 @@ def test_a_worker_killed_mid_training_leaves_the_champion_and_the_trigger_for_th
     import signal
     import subprocess
     import sys
-    import time
 
     import orjson
     import psutil
@@ -225,6 +224,7 @@ def test_a_worker_killed_mid_training_leaves_the_champion_and_the_trigger_for_th
 
     from feedback.triggers.engine import Decision, trigger_event
     from tests.conftest import wait_until
+    from tests.trainer_fixtures import HELPER_PID_FILE
 
     _concept_change(store)
     trigger = _trigger()
@@ -243,16 +243,20 @@ def test_a_worker_killed_mid_training_leaves_the_champion_and_the_trigger_for_th
         env.update(PITSTOP_KAFKA_BOOTSTRAP=services.kafka_bootstrap, PITSTOP_DATABASE_URL=services.database_url,
                    PITSTOP_DB_SCHEMA=db_schema, PITSTOP_TOPIC_PREFIX=topics.prefix, PITSTOP_CONFIG=str(config),
                    PITSTOP_APP_ID=db_schema, PITSTOP_STATE_DIR=str(tmp_path / "state"))
+        env[HELPER_PID_FILE] = str(helper_pid)  # written by the hanging trainer from within its fit
         with open(tmp_path / "worker.log", "ab") as log:
             return subprocess.Popen([sys.executable, "-m", "pitstop.cli", "retrain-worker"], env=env,
                                     stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
 
+    helper_pid = tmp_path / "helper.pid"
     hanging = start(TOML.replace('budget = "120s"', 'budget = "120s"\ntrainer = "tests.trainer_fixtures:hanging"'))
     trainer: list[psutil.Process] = []
     try:
         wait_until(lambda: store.scalar("SELECT count(*) FROM retrain_intake") == 1, 60,
                    lambda: (tmp_path / "worker.log").read_text())
-        time.sleep(2)  # inside the trainer now
+        # inside the trainer's fit now: it has started its helper process and written the helper's pid
+        wait_until(lambda: helper_pid.exists() and helper_pid.read_text().strip(), 60,
+                   lambda: (tmp_path / "worker.log").read_text())
         trainer = psutil.Process(hanging.pid).children(recursive=True)
         assert trainer, "no trainer process was running"
         os.killpg(hanging.pid, signal.SIGKILL)
