@@ -28,12 +28,11 @@ a candidate goes live through the rollout's code, in event time. Each sample bel
 ``deployments`` row (``pitstop.router.Deployment.route``; the registry's champion before the first rollout),
 loaded from the registry and tagged on the event. After each window's monitor round and triggers, the
 candidate events the pipeline put in the outbox are decoded as the rollout worker decodes them
-(``decode_candidate``) and start shadows (``start_shadow``), then one ``score_round`` (drained: no time
-budget), one ``judge_round`` and one ``Controller.look()`` run, as the rollout worker's loop does every few
-seconds; a new deployment serves from the next window. ``ds`` keeps Pitstop's rollout defaults (24 h shadow,
-dwells of 2, 2, 6 and 24 h, a 48 h hold: 26,500 samples at 250 an event-hour); ``dsf`` sets
-:data:`FAST_ROLLOUT`. No latency is recorded (the latency rules do not apply), and nobody clears a latched
-rollback.
+(``decode_candidate``) and start shadows (``start_shadow``), then one rollout tick runs (``RolloutTick``: shadow
+scoring with no time budget, judging, the controller's look), as the rollout worker does every few seconds; a
+new deployment serves from the next window. ``ds`` keeps Pitstop's rollout defaults (24 h shadow, dwells of 2, 2,
+6 and 24 h, a 48 h hold: 26,500 samples at 250 an event-hour); ``dsf`` sets :data:`FAST_ROLLOUT`. No latency is
+recorded (the latency rules do not apply), and nobody clears a latched rollback.
 """
 
 from __future__ import annotations
@@ -63,28 +62,25 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench._loop_streams import StrategyRun, Stream  # noqa: E402
-from feedback.monitoring.config import MonitoringConfig, parse_config  # noqa: E402
+from feedback import topics  # noqa: E402
+from feedback.alerts import Alert  # noqa: E402
+from feedback.config import MonitoringConfig, parse_config  # noqa: E402
 from feedback.monitoring.profile import build_profile  # noqa: E402
 from feedback.monitoring.round import Monitor  # noqa: E402
 from feedback.monitoring.windows import WindowUpdater, install_profile, reference_columns, series_kinds  # noqa: E402
 from feedback.registry.artifacts import serialise  # noqa: E402
 from feedback.registry.versions import ModelVersion, Registry  # noqa: E402
-from feedback.rollout.controller import Controller  # noqa: E402
 from feedback.rollout.shadow import (  # noqa: E402
-    ScanCursors,
-    ShadowModelCache,
     decode_candidate,
-    judge_round,
-    score_round,
     start_shadow,
 )
+from feedback.rollout.tick import RolloutTick  # noqa: E402
 from feedback.store import FeedbackStore, migrate  # noqa: E402
-from feedback.triggers.alerts import Alert  # noqa: E402
-from feedback.triggers.engine import TRIGGER_TOPIC, TriggerEngine  # noqa: E402
+from feedback.triggers.engine import TriggerEngine  # noqa: E402
 from pitstop import stack  # noqa: E402
 from pitstop.router import Deployment  # noqa: E402
 from retrain_worker.intake import decode_trigger  # noqa: E402
-from retrain_worker.pipeline import CANDIDATE_TOPIC, RetrainPipeline  # noqa: E402
+from retrain_worker.pipeline import RetrainPipeline  # noqa: E402
 from retrain_worker.trainers import gradient_boosting  # noqa: E402
 from schemas import OutcomeEvent, PredictionEvent  # noqa: E402
 
@@ -355,7 +351,7 @@ class Loop:
         """The unsent trigger events in the outbox, as the worker would receive them; marked sent."""
         with self.store.pool.connection() as conn, conn.transaction():
             rows = conn.execute("SELECT id, payload FROM outbox WHERE sent_at IS NULL AND topic = %s ORDER BY id",
-                                (TRIGGER_TOPIC,)).fetchall()
+                                (topics.RETRAIN_TRIGGERS,)).fetchall()
             conn.execute("UPDATE outbox SET sent_at = now() WHERE sent_at IS NULL")
         return [decode_trigger(orjson.dumps(payload)) for _, payload in rows]
 
@@ -423,9 +419,7 @@ class StagedLoop(Loop):
                  label: str = "(ds) Pitstop staged") -> None:
         super().__init__(stream, delay=delay, db=db, extra_toml=extra_toml, promotion="shadow")
         self.name, self.label = name, label
-        self.controller = Controller(self.store, self.config, self.alerts, registry=self.registry)
-        self.shadow_models = ShadowModelCache()
-        self.cursors = ScanCursors()
+        self.tick = RolloutTick(self.store, self.config, self.alerts, registry=self.registry)
         self.served: dict[str, Any] = {}  # version -> the fitted model, loaded from the registry
         self.candidates: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
@@ -527,18 +521,15 @@ class StagedLoop(Loop):
             now = at(end)
             self.monitor.run_once(after=lambda conn, evaluations, now=now: self.engine.run(
                 conn, evaluations, wall_now=now))
-            for trigger in self._outbox(TRIGGER_TOPIC, decode_trigger):
+            for trigger in self._outbox(topics.RETRAIN_TRIGGERS, decode_trigger):
                 self._handle(trigger, end)
-            for candidate in self._outbox(CANDIDATE_TOPIC, decode_candidate):
+            for candidate in self._outbox(topics.CANDIDATES, decode_candidate):
                 with self.store.pool.connection() as conn:
                     begun = start_shadow(conn, self.registry, candidate, self.config, self.alerts,
-                                         models=self.shadow_models)
+                                         models=self.tick.models)
                 self.candidates.append({"at": end, "version": candidate.version, "stage": candidate.stage,
                                         "start": begun.outcome, "sentence": begun.sentence})
-            score_round(self.store, self.registry, self.config, budget_s=1e9, models=self.shadow_models,
-                        cursors=self.cursors)
-            judge_round(self.store, self.registry, self.config, self.alerts)
-            self.controller.look()
+            self.tick()
             self._new_events(end)
             start = end
             if self._stop_after(end):

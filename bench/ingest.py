@@ -82,7 +82,7 @@ import psycopg
 from kafka import KafkaProducer
 from psycopg import sql
 
-from feedback.monitoring.config import ModelConfig, MonitoringConfig, load_config
+from feedback.config import ModelConfig, MonitoringConfig, load_config
 from feedback.monitoring.profile import LABEL, PREDICTION, ROWS, SCORE, ReferenceProfile, build_profile, category_key
 from feedback.monitoring.windows import WindowUpdater, install_profile, reference_columns
 from feedback.store import FeedbackStore, migrate

@@ -94,7 +94,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import _drift_data  # noqa: E402
 
-from feedback.monitoring.config import ModelConfig, parse_config  # noqa: E402
+from feedback.config import ModelConfig, parse_config  # noqa: E402
 from feedback.monitoring.evaluate import WindowData, drift_arrays, evaluate_drift  # noqa: E402
 from feedback.monitoring.profile import ReferenceProfile, build_profile  # noqa: E402
 

@@ -47,7 +47,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench._pitstop_loop import database  # noqa: E402
-from feedback.monitoring.config import parse_config  # noqa: E402
+from feedback.config import parse_config  # noqa: E402
 from feedback.registry.artifacts import serialise  # noqa: E402
 from feedback.registry.versions import ModelVersion, Registry  # noqa: E402
 from feedback.store import FeedbackStore, migrate  # noqa: E402

@@ -110,12 +110,13 @@ from bench._pitstop_loop import (  # noqa: E402
     database,
     index_of,
 )
+from feedback import topics  # noqa: E402
 from feedback.monitoring.profile import build_profile  # noqa: E402
 from feedback.monitoring.windows import install_profile, reference_columns, series_kinds  # noqa: E402
+from feedback.outbox import enqueue  # noqa: E402
 from feedback.registry.artifacts import serialise  # noqa: E402
 from feedback.registry.versions import ModelVersion  # noqa: E402
-from feedback.triggers.outbox import enqueue  # noqa: E402
-from retrain_worker.pipeline import CANDIDATE_TOPIC, candidate_event  # noqa: E402
+from retrain_worker.pipeline import candidate_event  # noqa: E402
 from retrain_worker.trainers import TabularModel, gradient_boosting  # noqa: E402
 from schemas import PredictionEvent  # noqa: E402
 
@@ -521,7 +522,7 @@ class PlantedLoop(StagedLoop):
                                  trigger_id=trigger.trigger_id if trigger is not None else None,
                                  trainer=lineage["trainer"], lineage=lineage, metrics={})
             ref = self.registry.register(cur, entry, artifact, reason=sentence)
-            enqueue(cur, f"{MODEL}/{version}", CANDIDATE_TOPIC, MODEL, candidate_event(ref, "candidate", [], lineage))
+            enqueue(cur, f"{MODEL}/{version}", topics.CANDIDATES, MODEL, candidate_event(ref, "candidate", [], lineage))
             if trigger is not None:
                 cur.execute(_RECORD, (trigger.trigger_id, MODEL, "candidate", sentence))
             install_profile(conn, self.updater, profile)

@@ -98,7 +98,8 @@ sys.path.insert(0, str(ROOT))
 
 import feedback.monitoring.evaluate as evaluate_module  # noqa: E402
 import feedback.monitoring.round as round_module  # noqa: E402
-from feedback.monitoring.config import MonitoringConfig, parse_config  # noqa: E402
+from feedback.alerts import Alert  # noqa: E402
+from feedback.config import MonitoringConfig, parse_config  # noqa: E402
 from feedback.monitoring.evaluate import Evaluation  # noqa: E402
 from feedback.monitoring.profile import ReferenceProfile, build_profile  # noqa: E402
 from feedback.monitoring.round import Monitor  # noqa: E402
@@ -110,7 +111,6 @@ from feedback.monitoring.windows import (  # noqa: E402
     series_kinds,
 )
 from feedback.store import FeedbackStore, migrate  # noqa: E402
-from feedback.triggers.alerts import Alert  # noqa: E402
 from feedback.triggers.engine import Decision, TriggerEngine  # noqa: E402
 from pitstop import stack  # noqa: E402
 from schemas import PredictionEvent  # noqa: E402

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Sequence
 
@@ -184,12 +185,12 @@ def cmd_retrain_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_rollout_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from feedback.store import migrate
-    from pitstop import rollout_service
-
-    _, database_url = settings.require_services()
-    migrate(database_url, settings.db_schema)
-    return rollout_service.run(settings)
+    # Faust runs only in streams/: this process becomes `python -m streams rollout-worker`, once the services are
+    # known (an unset one is said here, in one line)
+    settings.require_services()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "streams", "rollout-worker", f"--instance={args.instance}"])
 
 
 def build_parser() -> argparse.ArgumentParser:

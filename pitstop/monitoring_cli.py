@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from feedback.monitoring.config import ModelConfig
+from feedback.config import ModelConfig
 from feedback.monitoring.profile import build_profile
 from feedback.monitoring.round import Monitor
 from feedback.monitoring.windows import WindowUpdater, install_profile, reference_columns, series_kinds

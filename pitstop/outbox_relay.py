@@ -1,4 +1,4 @@
-"""Publishing the outbox to Kafka: the relay of feedback/triggers/outbox.py with a kafka-python producer."""
+"""Publishing the outbox to Kafka: the relay of feedback/outbox.py with a kafka-python producer."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 from kafka import KafkaProducer
 
+from feedback.outbox import relay
 from feedback.store import FeedbackStore
-from feedback.triggers.outbox import relay
 
 log = logging.getLogger(__name__)
 

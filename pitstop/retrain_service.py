@@ -10,13 +10,13 @@ from collections.abc import Callable
 
 from kafka import KafkaConsumer, KafkaProducer
 
+from feedback.alerts import alert_sink
 from feedback.store import FeedbackStore
-from feedback.triggers.alerts import alert_sink
 from pitstop.outbox_relay import OutboxPublisher
 from pitstop.settings import Settings
+from pitstop.topic_ids import ForgetTopicIds, TopicIds
 from retrain_worker.pipeline import RetrainPipeline
 from retrain_worker.worker import RetrainWorker
-from streams.topic_ids import ForgetTopicIds, TopicIds
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from feedback.alerts import LogAlertSink
 from feedback.registry.artifacts import serialise
 from feedback.registry.versions import ModelVersion, Registry
 from feedback.rollout.controller import Controller, RolloutError
 from feedback.rollout.drill import FailingModel
 from feedback.store import FeedbackStore
-from feedback.triggers.alerts import LogAlertSink
 from pitstop.errors import PitstopError
 from pitstop.outbox_relay import OutboxPublisher
 from pitstop.settings import Settings

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from feedback.config import EMPTY, ModelConfig, MonitoringConfig, load_config
 from feedback.errors import ModelConfigError
-from feedback.monitoring.config import EMPTY, ModelConfig, MonitoringConfig, load_config
+from feedback.topics import Topics
 from pitstop.errors import ConfigError, ConfigFileError, PitstopError
 from schemas import Limits
 
@@ -26,50 +27,6 @@ STACK_DIR_VAR = "PITSTOP_STACK_DIR"
 DEFAULT_CONFIG = "pitstop.toml"
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Topics:
-    """Topic names, all under one prefix."""
-
-    prefix: str = "pitstop."
-
-    @property
-    def predictions(self) -> str:
-        return f"{self.prefix}predictions"
-
-    @property
-    def outcomes(self) -> str:
-        return f"{self.prefix}outcomes"
-
-    @property
-    def dead_letter(self) -> str:
-        return f"{self.prefix}dead-letter"
-
-    @property
-    def monitoring(self) -> str:
-        return f"{self.prefix}monitoring"
-
-    @property
-    def retrain_triggers(self) -> str:
-        return f"{self.prefix}retrain-triggers"
-
-    @property
-    def candidates(self) -> str:
-        return f"{self.prefix}candidates"
-
-    @property
-    def deployments(self) -> str:
-        """Which versions serve each model and the challenger's share (pitstop/router.py)."""
-        return f"{self.prefix}deployments"
-
-    def all(self) -> tuple[str, ...]:
-        return (self.predictions, self.outcomes, self.dead_letter, self.monitoring, self.retrain_triggers,
-                self.candidates, self.deployments)
-
-    def compacted(self) -> tuple[str, ...]:
-        """Topics whose newest message per key is all that matters: created with ``cleanup.policy=compact``."""
-        return (self.deployments,)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -458,7 +458,8 @@ ROLLOUT_PREFIX = "rollout-"
 
 
 def start_rollout_worker(env: Mapping[str, str], log_path: Path, index: int) -> ProcessRecord:
-    """Start one rollout worker process (``pitstop rollout-worker``: shadows and the ramp) with ``env``."""
+    """Start one rollout worker process (``python -m streams rollout-worker``: shadows and the ramp) with
+    ``env``."""
     marker = f"--instance={index}"
-    proc = _spawn([sys.executable, "-m", "pitstop.cli", "rollout-worker", marker], log_path, {**os.environ, **env})
+    proc = _spawn([sys.executable, "-m", "streams", "rollout-worker", marker], log_path, {**os.environ, **env})
     return ProcessRecord.of(proc.pid, f"{ROLLOUT_PREFIX}{index}", marker)

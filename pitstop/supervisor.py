@@ -19,8 +19,8 @@ from pathlib import Path
 import psutil
 import psycopg
 
+from feedback.config import load_config
 from feedback.errors import ModelConfigError
-from feedback.monitoring.config import load_config
 from feedback.store import migrate
 from pitstop import stack
 from pitstop.errors import StackError

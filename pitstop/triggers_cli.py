@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import psycopg
 
+from feedback.config import ModelConfig
 from feedback.errors import ModelConfigError
-from feedback.monitoring.config import ModelConfig
+from feedback.outbox import relay
 from feedback.store import connect_kwargs
-from feedback.triggers.outbox import relay
 from pitstop.errors import ConfigFileError, PitstopError
 from pitstop.settings import Settings
 
@@ -161,7 +161,7 @@ def request_retrain(settings: Settings, model: str, *, reason: str, request_id: 
     elif not _REQUEST_ID.fullmatch(request_id):
         msg = f"--id {request_id!r}: expected 1 to 100 letters, digits, '.', '_', ':' or '-'"
         raise PitstopError(msg)
-    from feedback.triggers.alerts import LogAlertSink
+    from feedback.alerts import LogAlertSink
     from feedback.triggers.engine import TriggerEngine, decision_id
 
     did = decision_id(model, "manual", request_id)

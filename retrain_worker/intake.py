@@ -1,7 +1,7 @@
 """The retrain worker's intake: trigger events from `pitstop.retrain-triggers`, checked against their schema;
 a malformed event goes to the dead-letter table and topic with its reason.
 
-The relay republishes an event whose sent mark did not commit (feedback/triggers/outbox.py), so the same id can
+The relay republishes an event whose sent mark did not commit (feedback/outbox.py), so the same id can
 arrive twice: ``retrain_intake`` remembers the ids seen and when, and the retrain's recorded outcome makes
 handling a trigger twice harmless (retrain_worker/pipeline.py).
 """
@@ -82,7 +82,7 @@ class IntakeResult:
 
 class TriggerIntake:
     """Takes batches of trigger messages: records the new trigger ids and the dead letters in one transaction.
-    ``topic_id(topic)`` is the id the broker gave the topic (streams/topic_ids.py), which keys a dead letter's row
+    ``topic_id(topic)`` is the id the broker gave the topic (pitstop/topic_ids.py), which keys a dead letter's row
     by the topic's life; "" keys it without one."""
 
     def __init__(self, store: FeedbackStore, *, topic_id: Callable[[str], str] = lambda topic: "",

@@ -22,16 +22,17 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from feedback import topics
+from feedback.alerts import Alert, AlertSink
+from feedback.config import ModelConfig, MonitoringConfig
 from feedback.monitoring import performance
-from feedback.monitoring.config import ModelConfig, MonitoringConfig
 from feedback.monitoring.evaluate import tested_level
 from feedback.monitoring.profile import ReferenceProfile, build_profile, category_key
 from feedback.monitoring.windows import WindowUpdater, install_profile, reference_columns, series_kinds
+from feedback.outbox import enqueue
 from feedback.registry.artifacts import serialise
 from feedback.registry.versions import GateRecord, ModelVersion, Registry
 from feedback.store import FeedbackStore
-from feedback.triggers.alerts import Alert, AlertSink
-from feedback.triggers.outbox import enqueue
 from feedback.triggers.rules import CHANGE_KINDS
 from retrain_worker import holdout
 from retrain_worker.dataset import SEGMENT_PREFIX, Dataset, DatasetSpec, load_dataset
@@ -55,7 +56,6 @@ log = logging.getLogger(__name__)
 #: "unchanged": a pool look that found no former champion better than the champion (nothing trained)
 Result = Literal["candidate", "rejected", "failed", "unchanged"]
 RETRAIN_LOCK_CLASS = 0x5254  # advisory lock class of "a model's training"
-CANDIDATE_TOPIC = "candidates"
 
 _OUTCOME = "SELECT outcome, sentence FROM retrain_outcomes WHERE trigger_id = %s"
 _RECORD = """
@@ -341,7 +341,7 @@ class RetrainPipeline:
             self.registry.move(cur, model.name, best.version, stage, reason=sentence)  # type: ignore[arg-type]
             again = self.registry.get(cur, model.name, best.version)
             assert again is not None
-            enqueue(cur, f"{model.name}/{best.version}@{trigger.trigger_id}", CANDIDATE_TOPIC, model.name,
+            enqueue(cur, f"{model.name}/{best.version}@{trigger.trigger_id}", topics.CANDIDATES, model.name,
                     candidate_event(again, stage, results, {**lineage, "proposed_again": True},
                                     trigger_id=trigger.trigger_id))
             cur.execute(_RECORD, (trigger.trigger_id, model.name, "candidate", sentence))
@@ -475,7 +475,7 @@ class RetrainPipeline:
                 if registered_stage != "candidate":
                     self.registry.move(cur, model_name, version, registered_stage, reason=sentence)  # type: ignore[arg-type]
                 if result == "candidate":
-                    enqueue(cur, f"{model_name}/{version}", CANDIDATE_TOPIC, model_name,
+                    enqueue(cur, f"{model_name}/{version}", topics.CANDIDATES, model_name,
                             candidate_event(ref, registered_stage, gates, lineage or {}))
             cur.execute(_RECORD, (trigger.trigger_id, model_name, result, sentence))
             cur.execute(_PROGRESS, (trigger.trigger_id, model_name, WORKER, "done", f"{result}: {sentence}"))
@@ -569,7 +569,7 @@ def _refresh_kept(model: ModelConfig, s: EvalSet, passed: bool, summary: str) ->
     every gate and be significantly better on the recent window, by a one-sided paired t-test of the per-row
     main errors (log loss, or absolute error) at ``refresh_alpha``.
 
-    >>> from feedback.monitoring.config import parse_config
+    >>> from feedback.config import parse_config
     >>> m = parse_config("[models.eta]" + chr(10) + 'task = "regression"').models["eta"]
     >>> y = np.arange(400.0)
     >>> s = EvalSet(name="recent", y_true=y, challenger=y + 1.0 + np.sin(y), champion=y + 1.5 + np.sin(y),

@@ -35,7 +35,7 @@ class RetrainWorker:
     """Poll triggers, answer each, commit its offset. The Kafka clients and the outbox publishing come from the
     caller: ``consumer`` (kafka-python, subscribed, auto-commit off), ``send_dead_letter(topic, key, value)`` with
     ``flush_dead_letters()``, ``publish()`` (the outbox relay) and ``topic_id(topic)``, the id the broker gave the
-    topic, which keys a dead letter's row by the topic's life (streams/topic_ids.py)."""
+    topic, which keys a dead letter's row by the topic's life (pitstop/topic_ids.py)."""
 
     def __init__(self, store: FeedbackStore, pipeline: RetrainPipeline, consumer: Any, *, dead_letter_topic: str,
                  send_dead_letter: Callable[[str, bytes | None, bytes], Any], flush_dead_letters: Callable[[], Any],

@@ -14,6 +14,7 @@ import faust
 import orjson
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
+from feedback.alerts import alert_sink
 from feedback.errors import IngestStopped
 from feedback.monitoring.round import Monitor
 from feedback.monitoring.windows import WindowUpdater
@@ -26,13 +27,12 @@ from feedback.store.ingest import (
     dead_letter_key,
     encode_dead_letter,
 )
-from feedback.triggers.alerts import alert_sink
 from feedback.triggers.engine import TriggerEngine
 from pitstop.outbox_relay import OutboxPublisher
 from pitstop.settings import Settings
+from pitstop.topic_ids import TopicIds
 from schemas import EventKind
 from streams.consumer import set_fetch_max_wait
-from streams.topic_ids import TopicIds
 
 log = logging.getLogger(__name__)
 

@@ -6,24 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import faust
 
-from feedback.registry.versions import Registry
-from feedback.rollout.controller import Controller
-from feedback.rollout.shadow import CandidateIntake, ScanCursors, ShadowModelCache, judge_round, score_round
+from feedback.alerts import alert_sink
+from feedback.rollout.shadow import CandidateIntake
+from feedback.rollout.tick import RolloutTick
 from feedback.store import FeedbackStore
 from feedback.store.ingest import TRANSIENT_ERRORS
-from feedback.triggers.alerts import alert_sink
 from pitstop.outbox_relay import OutboxPublisher
 from pitstop.settings import Settings
+from pitstop.topic_ids import TopicIds
 from streams.app import faust_app, handle_then_ack, publish_outbox
 from streams.consumer import set_fetch_max_wait
-from streams.topic_ids import TopicIds
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +52,11 @@ def build_rollout_app(settings: Settings, *, ready_file: Path | None = None) -> 
     dead_letter = app.topic(topics.dead_letter, value_type=bytes, key_type=bytes, value_serializer="raw",
                             key_serializer="raw")
     store = FeedbackStore(database_url, settings.db_schema, max_size=4)
-    registry = Registry()
     alerts = alert_sink(settings.alert_webhook)
-    models = ShadowModelCache()
-    cursors = ScanCursors()
+    tick = RolloutTick(store, settings.monitoring, alerts, score_budget_s=SCORE_BUDGET_S,
+                       judge_every_s=JUDGE_EVERY_ROUNDS * settings.rollout_interval_s)
     topic_ids = TopicIds(bootstrap, client_id=f"{app_id}-topic-ids")
-    intake = CandidateIntake(store, settings.monitoring, registry=registry, alerts=alerts, models=models,
+    intake = CandidateIntake(store, settings.monitoring, registry=tick.registry, alerts=alerts, models=tick.models,
                              topic_id=topic_ids)
 
     @app.on_rebalance_complete.connect
@@ -72,25 +69,17 @@ def build_rollout_app(settings: Settings, *, ready_file: Path | None = None) -> 
         async for events in stream.noack_take(CANDIDATE_BATCH, within=0.5):
             await handle_then_ack(stream, events, intake.receive, dead_letter)
 
-    judged_at = [float("-inf")]
-
-    def shadow_round() -> None:
-        score_round(store, registry, settings.monitoring, budget_s=SCORE_BUDGET_S, models=models, cursors=cursors)
-        if time.monotonic() - judged_at[0] >= JUDGE_EVERY_ROUNDS * settings.rollout_interval_s:
-            judged_at[0] = time.monotonic()
-            judge_round(store, registry, settings.monitoring, alerts)
-
-    controller = Controller(store, settings.monitoring, alerts, registry=registry)
     outbox = OutboxPublisher(bootstrap, topics.prefix, client_id=f"{app_id}-outbox")
 
     def ramp_round() -> None:
         # a ramp's deployment message goes out at once (the ingest's relay would publish it within seconds)
-        if any(look.changed for look in controller.look()):
+        if any(look.changed for look in tick.ramps()):
             publish_outbox(outbox, store)
 
-    # The rounds of each tick, in order, each in a worker thread: shadows score and are judged, then the ramp
-    # controller looks (a shadow that passed starts its ramp in the same tick).
-    rounds: list[Callable[[], object]] = [shadow_round, ramp_round]
+    # The tick's rounds (feedback/rollout/tick.py), in order, each in a worker thread: shadows score and are
+    # judged, then the ramp controller looks (a shadow that passed starts its ramp in the same tick). A failure in
+    # the first does not stop the second.
+    rounds: list[Callable[[], object]] = [tick.shadows, ramp_round]
 
     @app.timer(interval=settings.rollout_interval_s)
     async def rollout_rounds() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from river import drift
 
-from feedback.monitoring.config import DetectorConfig
+from feedback.config import DetectorConfig
 
 SCALE_SAMPLES = 200
 #: the layout of :meth:`ErrorStreamDetectors.dumps`; state of another layout is rebuilt from the store

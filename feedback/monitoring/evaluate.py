@@ -48,8 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from feedback.config import ModelConfig
 from feedback.monitoring import performance, stats
-from feedback.monitoring.config import ModelConfig
 from feedback.monitoring.profile import LABEL, ROWS, ReferenceProfile, SeriesProfile
 
 SIGNIFICANCE = {"numeric": "ks", "categorical": "chi2"}

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from feedback.monitoring.config import ModelConfig
+from feedback.config import ModelConfig
 from feedback.monitoring.evaluate import (
     Evaluation,
     baseline_of,

@@ -35,8 +35,8 @@ import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
+from feedback.config import DetectorConfig, ModelConfig, MonitoringConfig
 from feedback.monitoring import performance
-from feedback.monitoring.config import DetectorConfig, ModelConfig, MonitoringConfig
 from feedback.monitoring.detectors import ErrorStreamDetectors, config_document
 from feedback.monitoring.profile import (
     LABEL,
@@ -243,7 +243,7 @@ def segments_of(
     ``max_segment_values`` is pooled as ``__other__``, so a high-cardinality attribute (a user
     id declared by mistake) cannot multiply the windows without bound.
 
-    >>> from feedback.monitoring.config import parse_config
+    >>> from feedback.config import parse_config
     >>> c = parse_config('[models.m]\ntask = "regression"\nsegments = ["region"]').models["m"]
     >>> segments_of(c, {"region": "eu"}), segments_of(c, None)
     (['*', 'region=eu'], ['*', 'region=__missing__'])

@@ -35,7 +35,10 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from feedback.monitoring.config import ModelConfig, MonitoringConfig, RolloutConfig
+from feedback import topics
+from feedback.alerts import Alert, AlertSink
+from feedback.config import ModelConfig, MonitoringConfig, RolloutConfig
+from feedback.outbox import enqueue
 from feedback.registry.versions import Registry
 from feedback.rollout.rules import (
     ArmStats,
@@ -53,12 +56,9 @@ from feedback.rollout.rules import (
     users_within,
 )
 from feedback.rollout.urgency import answers_later_change, degradation, episode
-from feedback.triggers.alerts import Alert, AlertSink
-from feedback.triggers.outbox import enqueue
 
 log = logging.getLogger(__name__)
 
-DEPLOYMENT_TOPIC = "deployments"
 ACTIVE = ("ramping", "paused", "holding")
 _LOCK_SPACE = 0x524F4C4C  # "ROLL": one controller look per model at a time
 
@@ -716,7 +716,7 @@ def publish_deployment(cur: psycopg.Cursor[Any], model: str, *, champion: str, c
            "reason": reason[:2000]}
     cur.execute(_UPSERT_DEPLOYMENT, doc)
     payload = {"schema_version": 1, **doc, "decided_at": at.isoformat() if at else None}
-    enqueue(cur, f"deployment/{model}/{current + 1}", DEPLOYMENT_TOPIC, model, payload)
+    enqueue(cur, f"deployment/{model}/{current + 1}", topics.DEPLOYMENTS, model, payload)
     return current + 1
 
 

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import beta, binom, binomtest, norm, ttest_1samp
 
-from feedback.monitoring.config import RolloutConfig
+from feedback.config import RolloutConfig
 from feedback.rollout.sequential import SequentialTest, required_per_arm
 
 #: the level at which a failure rate counts as above its limit

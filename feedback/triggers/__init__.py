@@ -1,1 +1,2 @@
-"""Retrain triggers: the decision rules (pure), the engine (monitoring results -> decisions + outbox), alerts."""
+"""Retrain triggers: the decision rules (pure), the calendar in event time, the engine (monitoring results ->
+decisions + outbox), and the replay of a history under another configuration."""

@@ -4,7 +4,7 @@ A round looks at each model with triggers: the rules' verdict on its live versio
 the newest traffic), the calendar in event time, and the labels gathered since the last training. Every
 verdict worth a record becomes a :class:`Decision` with a deterministic id; storm control may hold a retrain
 back (recorded as ``suppressed``, with the reason). A fired decision's event is written to the outbox in the
-same transaction as the decision (feedback/triggers/outbox.py publishes it after commit), so an event exists
+same transaction as the decision (feedback/outbox.py publishes it after commit), so an event exists
 if and only if its decision was committed, and a replayed or repeated input never makes a second event for
 an id: a fired decision is final.
 
@@ -23,12 +23,13 @@ from typing import Any, Protocol
 import psycopg
 from psycopg.types.json import Jsonb
 
-from feedback.monitoring.config import ModelConfig, MonitoringConfig
+from feedback import topics
+from feedback.alerts import Alert, AlertSink
+from feedback.config import ModelConfig, MonitoringConfig
 from feedback.monitoring.evaluate import Evaluation
+from feedback.outbox import enqueue
 from feedback.registry.versions import Registry
-from feedback.triggers.alerts import Alert, AlertSink
 from feedback.triggers.calendar import EventClock, Schedule, parse_schedule
-from feedback.triggers.outbox import enqueue
 from feedback.triggers.rules import (
     CHANGE_KINDS,
     Detection,
@@ -47,7 +48,6 @@ from feedback.triggers.signals import window_signals
 
 log = logging.getLogger(__name__)
 
-TRIGGER_TOPIC = "retrain-triggers"
 TRIGGER_LOCK_CLASS = 0x5452  # advisory lock class of "a model's retrain decisions"
 SCHEMA_VERSION = 1
 
@@ -553,7 +553,7 @@ class PostgresLedger:
         ))
 
     def publish(self, d: Decision) -> None:
-        enqueue(self.cur, d.decision_id, TRIGGER_TOPIC, d.model_name, trigger_event(d))
+        enqueue(self.cur, d.decision_id, topics.RETRAIN_TRIGGERS, d.model_name, trigger_event(d))
 
     def calendar_slot(self, model: str) -> datetime | None:
         row = self.cur.execute("SELECT calendar_slot FROM trigger_state WHERE model_name = %s", (model,)).fetchone()

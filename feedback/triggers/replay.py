@@ -30,8 +30,8 @@ from typing import Any
 
 import psycopg
 
+from feedback.config import ModelConfig, MonitoringConfig, parse_config
 from feedback.errors import ModelConfigError
-from feedback.monitoring.config import ModelConfig, MonitoringConfig, parse_config
 from feedback.monitoring.profile import ROWS, ReferenceProfile
 from feedback.monitoring.round import evaluate_version
 from feedback.triggers.engine import (

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from scipy.stats import norm
 
-from feedback.monitoring.config import ModelConfig, TriggerConfig
+from feedback.config import ModelConfig, TriggerConfig
 
 Kind = Literal["calendar", "drift", "performance", "volume", "manual", "detector", "refit", "pool", "refresh"]
 #: kinds whose decision carries a change point: an episode of change, trained from its change point
@@ -126,7 +126,7 @@ def performance_level(
 ) -> Level:
     """The level of one judged window: the favourable end of its CI against the baseline's drop limits and the floor.
 
-    >>> from feedback.monitoring.config import TriggerConfig
+    >>> from feedback.config import TriggerConfig
     >>> mae = PerfPoint(value=4.61, ci_low=4.50, ci_high=4.72, labels=900)
     >>> level = performance_level(mae, 4.02, metric="mae", higher_is_better=False, config=TriggerConfig())
     >>> level.name, level.sentence
@@ -255,7 +255,7 @@ def wait_for_labels(verdict: Verdict, labels_since_change: int, config: TriggerC
     unless ``critical_waits``): the worker trains on the new concept, and needs enough of it.
 
     >>> from datetime import UTC
-    >>> from feedback.monitoring.config import TriggerConfig
+    >>> from feedback.config import TriggerConfig
     >>> v = Verdict(kind="drift", urgency="elevated", status="fired", change_point=datetime(2026, 3, 2, 14, tzinfo=UTC),
     ...             labels_since_change=0, labels_needed=1000, sentence="drift on 3 of 20 features")
     >>> print(wait_for_labels(v, 312, TriggerConfig()).sentence)
@@ -284,7 +284,7 @@ def pooled_drop(signals: Sequence[WindowSignal], baseline: float | None, model: 
     drop or worse, with its windows (oldest first), or None. Only metrics that are means of events pool.
 
     >>> from datetime import UTC
-    >>> from feedback.monitoring.config import parse_config
+    >>> from feedback.config import parse_config
     >>> m = parse_config("[models.m]" + chr(10) + 'task = "regression"').models["m"]
     >>> t = datetime(2026, 3, 2, tzinfo=UTC)
     >>> def w(i, mae):  # 250 labels a window, standard error 0.05
@@ -544,7 +544,7 @@ def suppression(kind: Kind, at: datetime, history: History, config: TriggerConfi
     it, and takes over only if its shadow shows it better on the same requests.
 
     >>> from datetime import UTC
-    >>> from feedback.monitoring.config import TriggerConfig
+    >>> from feedback.config import TriggerConfig
     >>> t = datetime(2026, 3, 2, 14, tzinfo=UTC)
     >>> suppression("drift", t, History(last_fired_at=t - timedelta(hours=2)), TriggerConfig())
     'cooldown: the last retrain fired 2.0 h ago, cooldown 6.0 h (until 2026-03-02 18:00 UTC)'

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime
 
-from feedback.monitoring.config import ModelConfig
+from feedback.config import ModelConfig
 from feedback.monitoring.evaluate import Evaluation
 from feedback.triggers.rules import DriftedSeries, PerfPoint, WindowSignal
 

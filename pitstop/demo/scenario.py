@@ -26,9 +26,9 @@ from typing import Any
 import psycopg
 from kafka import KafkaProducer
 
+from feedback.alerts import LogAlertSink
 from feedback.rollout.controller import Controller
 from feedback.store import FeedbackStore
-from feedback.triggers.alerts import LogAlertSink
 from pitstop import stack
 from pitstop.client import PitstopProducer
 from pitstop.demo.acts import Acts

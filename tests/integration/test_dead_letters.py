@@ -21,8 +21,8 @@ from feedback.store.database import _migration_files
 from feedback.store.ingest import DEAD_LETTER_RAW_PREFIX_BYTES, InboundMessage, Ingestor
 from pitstop import stack
 from pitstop.settings import Topics
+from pitstop.topic_ids import TopicIds
 from schemas import SCHEMA_DIR, EventKind
-from streams.topic_ids import TopicIds
 from tests.conftest import Services, wait_until
 from tests.factories import NOW, prediction_dict
 

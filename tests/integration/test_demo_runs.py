@@ -15,22 +15,19 @@ import orjson
 import pandas as pd
 import pytest
 
-from feedback.monitoring.config import load_config
+from feedback import topics
+from feedback.config import load_config
 from feedback.monitoring.profile import ROWS
 from feedback.monitoring.round import Monitor, exact_stats
 from feedback.monitoring.windows import WindowUpdater, window_start
 from feedback.registry.versions import Registry
-from feedback.rollout.controller import Controller
 from feedback.rollout.shadow import (
-    ScanCursors,
-    ShadowModelCache,
     decode_candidate,
-    judge_round,
-    score_round,
     start_shadow,
 )
+from feedback.rollout.tick import RolloutTick
 from feedback.store import FeedbackStore
-from feedback.triggers.engine import TRIGGER_TOPIC, TriggerEngine
+from feedback.triggers.engine import TriggerEngine
 from pitstop.demo import world
 from pitstop.demo.acts import Acts
 from pitstop.demo.console import timeline
@@ -39,7 +36,7 @@ from pitstop.demo.server import RoutedServer, register_first_champion
 from pitstop.router import Deployment, KillSwitch, RouteTable
 from pitstop.serving import ModelCache, ServingRouter
 from retrain_worker.intake import decode_trigger
-from retrain_worker.pipeline import CANDIDATE_TOPIC, Outcome, RetrainPipeline
+from retrain_worker.pipeline import Outcome, RetrainPipeline
 from schemas import OutcomeEvent, PredictionEvent
 
 CONFIG = load_config(demo_config_path())
@@ -207,14 +204,13 @@ def play_acts(store: FeedbackStore, feed: world.DemoFeed, *, max_hours: int = MA
     engine = TriggerEngine(FAST_CONFIG, _NoAlerts())
     pipeline = RetrainPipeline(store, FAST_CONFIG)
     registry = Registry()
-    controller = Controller(store, FAST_CONFIG, _NoAlerts(), registry=registry)
-    models, cursors = ShadowModelCache(), ScanCursors()
+    tick = RolloutTick(store, FAST_CONFIG, _NoAlerts(), registry=registry)
     since = datetime.now(UTC) - timedelta(seconds=1)
     register_first_champion(store, feed.model_version, at=feed.clock_start, registry=registry)
     serving = ServingRouter(RouteTable(KillSwitch({})), ModelCache(store))
     feed.serve(RoutedServer(serving))
     said: list[str] = []
-    acts = Acts(store, controller, wall_start=since, drill_version="bad-test", publish=lambda: None,
+    acts = Acts(store, tick.controller, wall_start=since, drill_version="bad-test", publish=lambda: None,
                 say=said.append, tag=str, registry=registry)
     played = PlayedActs(acts=acts, outcomes=[], said=said, hours=0)
     while not acts.done and played.hours < max_hours:
@@ -230,13 +226,11 @@ def play_acts(store: FeedbackStore, feed: world.DemoFeed, *, max_hours: int = MA
                           [e for e in events if isinstance(e, OutcomeEvent)])
         if hour % ROUND_EVERY_H == 0:
             monitor.run_once(after=lambda conn, evaluations: engine.run(conn, evaluations))
-            played.outcomes += [pipeline.handle(t) for t in _outbox(store, TRIGGER_TOPIC, decode_trigger)]
-        for candidate in _outbox(store, CANDIDATE_TOPIC, decode_candidate):
+            played.outcomes += [pipeline.handle(t) for t in _outbox(store, topics.RETRAIN_TRIGGERS, decode_trigger)]
+        for candidate in _outbox(store, topics.CANDIDATES, decode_candidate):
             with store.pool.connection() as conn:
-                start_shadow(conn, registry, candidate, FAST_CONFIG, models=models)
-        score_round(store, registry, FAST_CONFIG, budget_s=1e9, models=models, cursors=cursors)
-        judge_round(store, registry, FAST_CONFIG)
-        controller.look()
+                start_shadow(conn, registry, candidate, FAST_CONFIG, models=tick.models)
+        tick()
         acts.poll()
     return played
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feedback.monitoring.config import load_config
+from feedback.config import load_config
 from feedback.monitoring.round import Monitor
 from feedback.monitoring.windows import WindowUpdater
 from feedback.store import FeedbackStore

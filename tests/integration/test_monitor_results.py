@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from feedback.monitoring.config import parse_config
+from feedback.config import parse_config
 from feedback.monitoring.round import Monitor
 from feedback.monitoring.windows import WindowUpdater
 from feedback.store import FeedbackStore

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from feedback.config import parse_config
 from feedback.monitoring import performance
-from feedback.monitoring.config import parse_config
 from feedback.monitoring.profile import build_profile
 from feedback.monitoring.round import Monitor, exact_stats
 from feedback.monitoring.windows import WindowUpdater, install_profile, reference_columns, series_kinds

@@ -12,7 +12,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from feedback.monitoring.config import parse_config
+from feedback.config import parse_config
 from feedback.registry.versions import Registry
 from feedback.store import FeedbackStore
 from feedback.triggers.engine import PostgresLedger

@@ -18,8 +18,8 @@ from feedback.store.ingest import InboundMessage
 from feedback.triggers.engine import Decision, trigger_event
 from pitstop import retrain_service, stack
 from pitstop.settings import Settings, Topics
+from pitstop.topic_ids import TopicIds
 from retrain_worker.intake import TriggerIntake, decode_trigger, publish_dead_letters
-from streams.topic_ids import TopicIds
 from tests.conftest import Services, wait_until
 from tests.factories import T0
 

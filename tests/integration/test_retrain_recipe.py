@@ -9,7 +9,7 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 
-from feedback.monitoring.config import parse_config
+from feedback.config import parse_config
 from feedback.registry.versions import Registry
 from feedback.store import FeedbackStore
 from feedback.triggers.engine import PostgresLedger

@@ -16,7 +16,7 @@ import pytest
 from psycopg.types.json import Jsonb
 from sklearn.linear_model import LogisticRegression
 
-from feedback.monitoring.config import parse_config
+from feedback.config import parse_config
 from feedback.registry.artifacts import serialise
 from feedback.registry.versions import ModelVersion, Registry
 from feedback.rollout.controller import Controller, RolloutError

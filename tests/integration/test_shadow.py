@@ -15,7 +15,8 @@ import orjson
 import pandas as pd
 import pytest
 
-from feedback.monitoring.config import MonitoringConfig, parse_config
+from feedback.alerts import Alert
+from feedback.config import MonitoringConfig, parse_config
 from feedback.registry.artifacts import Artifact, serialise
 from feedback.registry.versions import ModelVersion, Registry
 from feedback.rollout.shadow import (
@@ -30,7 +31,6 @@ from feedback.rollout.shadow import (
 )
 from feedback.store import FeedbackStore
 from feedback.store.ingest import InboundMessage
-from feedback.triggers.alerts import Alert
 from retrain_worker.pipeline import candidate_event
 from tests.factories import T0, outcome, prediction
 
@@ -222,7 +222,7 @@ def test_the_topic_id_of_each_local_broker_life_keeps_its_candidate_dead_letters
     """Two lives of a real local broker: the intake's topic ids differ, so 5 malformed candidates at offsets 0-4 in
     each life are 10 rows, and the second life's messages delivered again add none."""
     from pitstop import stack
-    from streams.topic_ids import TopicIds
+    from pitstop.topic_ids import TopicIds
 
     topic = "life.candidates"
     ids: list[str] = []

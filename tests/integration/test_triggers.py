@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from feedback.monitoring.config import MonitoringConfig, parse_config
+from feedback.alerts import Alert
+from feedback.config import MonitoringConfig, parse_config
 from feedback.monitoring.round import Monitor
 from feedback.monitoring.windows import WindowUpdater
+from feedback.outbox import relay
 from feedback.store import FeedbackStore
-from feedback.triggers.alerts import Alert
 from feedback.triggers.engine import Decision, TriggerEngine
-from feedback.triggers.outbox import relay
 from tests.factories import DRIFT_HOUR, DRIFT_TOML, T0, drifting_hour
 
 TOML = DRIFT_TOML

@@ -20,11 +20,11 @@ import psycopg
 import pytest
 from kafka import KafkaConsumer
 
-from feedback.monitoring.config import MonitoringConfig, parse_config
+from feedback.alerts import LogAlertSink
+from feedback.config import MonitoringConfig, parse_config
 from feedback.monitoring.round import Monitor
 from feedback.monitoring.windows import WindowUpdater
 from feedback.store import FeedbackStore, migrate
-from feedback.triggers.alerts import LogAlertSink
 from feedback.triggers.engine import TriggerEngine
 from pitstop.settings import Topics
 from tests.conftest import Services

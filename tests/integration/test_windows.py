@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn import metrics as skm
 
+from feedback.config import parse_config
 from feedback.monitoring import performance
-from feedback.monitoring.config import parse_config
 from feedback.monitoring.profile import LABEL, PREDICTION, ROWS, SCORE, build_profile
 from feedback.monitoring.round import exact_stats
 from feedback.monitoring.windows import WindowUpdater, count_uncounted, install_profile, profile_from_first_predictions

@@ -16,8 +16,7 @@ import numpy as np
 import orjson
 import pytest
 
-from feedback.store.ingest import Backoff
-from feedback.triggers.alerts import (
+from feedback.alerts import (
     Alert,
     AlertSink,
     FanOut,
@@ -26,6 +25,7 @@ from feedback.triggers.alerts import (
     alert_id_for,
     alert_sink,
 )
+from feedback.store.ingest import Backoff
 
 AT = datetime(2026, 1, 5, 3, 0, tzinfo=UTC)
 FAST = Backoff(first_s=0.05, max_s=0.1)

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from feedback.errors import ModelConfigError
-from feedback.monitoring.config import (
+from feedback.config import (
     EMPTY,
     DetectorConfig,
     ModelConfig,
@@ -18,6 +17,7 @@ from feedback.monitoring.config import (
     parse_config,
     parse_duration_s,
 )
+from feedback.errors import ModelConfigError
 
 FULL = """
 [defaults]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from feedback.monitoring.config import DetectorConfig
+from feedback.config import DetectorConfig
 from feedback.monitoring.detectors import ErrorStreamDetectors
 
 

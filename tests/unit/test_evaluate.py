@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
+from feedback.config import parse_config
 from feedback.monitoring import performance
-from feedback.monitoring.config import parse_config
 from feedback.monitoring.evaluate import WindowData, baseline_of, evaluate_drift, evaluate_performance
 from feedback.monitoring.profile import build_profile
 

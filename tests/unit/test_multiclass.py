@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from feedback.config import parse_config
 from feedback.errors import ModelConfigError
-from feedback.monitoring.config import parse_config
 from feedback.monitoring.performance import (
     add,
     class_value,

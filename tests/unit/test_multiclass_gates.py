@@ -11,7 +11,7 @@ from sklearn import metrics as skm
 from sklearn.datasets import make_classification
 from threadpoolctl import threadpool_limits
 
-from feedback.monitoring.config import parse_config
+from feedback.config import parse_config
 from feedback.monitoring.profile import category_key
 from retrain_worker.gates import EvalSet, GateConfig, multiclass_log_loss, run_gates, verdict
 from retrain_worker.pipeline import main_error, production_best

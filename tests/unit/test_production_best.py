@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, log_loss, mean_absolute_error
 
-from feedback.monitoring.config import parse_config
+from feedback.config import parse_config
 from retrain_worker.pipeline import production_best
 
 CLF = parse_config('[models.m]\ntask = "classification"\npositive_class = 1\n').models["m"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from feedback.monitoring.config import ModelConfig, parse_config
+from feedback.config import ModelConfig, parse_config
 from feedback.monitoring.evaluate import Evaluation
 from feedback.triggers.engine import Decider, Decision
 from feedback.triggers.replay import MemoryLedger

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from scipy.stats import binom, binomtest, ttest_rel
 
-from feedback.monitoring.config import RolloutConfig
+from feedback.config import RolloutConfig
 from feedback.rollout.rules import (
     ArmStats,
     Latch,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from feedback.monitoring.config import RolloutConfig
-from feedback.rollout.shadow import ShadowRows, shadow_verdict
+from feedback.config import RolloutConfig
+from feedback.rollout.shadow_gate import ShadowRows, shadow_verdict
 
 DAY = 86_400
 CONFIG = RolloutConfig()
@@ -220,7 +220,7 @@ def test_a_3_class_tail_is_bounded_by_the_class_probability_distance(right_in_th
     """A 3-class model (no positive class): its 0/1 errors judge the mean, and the total variation distance between
     the two sides' class probabilities bounds the tail; a confident flip the champion gets wrong passes, one it
     gets right fails. The distances are computed here with numpy."""
-    from feedback.rollout.shadow import probability_gap
+    from feedback.rollout.shadow_gate import probability_gap
 
     rng = np.random.default_rng(5)
     n, classes = 3000, np.array(["bike", "bus", "car"])

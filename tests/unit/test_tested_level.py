@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from feedback.monitoring.config import parse_config
+from feedback.config import parse_config
 from retrain_worker.gates import EvalSet
 from retrain_worker.pipeline import _tested_level
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from feedback.monitoring.config import parse_config
+from feedback.config import parse_config
 from feedback.triggers.rules import (
     Detection,
     DriftedSeries,
@@ -240,7 +240,7 @@ def _error_stream(rates: list[float], per_window: int, seed: int) -> tuple[list[
     on the error stream and their detections carry the prediction time of the label that made them fire."""
     import numpy as np
 
-    from feedback.monitoring.config import DetectorConfig
+    from feedback.config import DetectorConfig
     from feedback.monitoring.detectors import ErrorStreamDetectors
 
     rng = np.random.default_rng(seed)
