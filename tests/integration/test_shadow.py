@@ -462,7 +462,10 @@ def test_the_rollout_worker_takes_a_candidate_from_the_broker_and_scores_with_it
     its shadow and the live predictions get scored; a malformed message goes to the dead-letter table (its row
     keyed by the id the broker gave the candidates topic) and topic."""
     import os
+    import subprocess
+    import sys
 
+    import psutil
     from kafka import KafkaConsumer, KafkaProducer
 
     from pitstop import stack
@@ -490,16 +493,23 @@ def test_the_rollout_worker_takes_a_candidate_from_the_broker_and_scores_with_it
     producer.flush()
     producer.close()
     log_path = tmp_path / "rollout.log"
-    worker = stack.start_rollout_worker(env, log_path, 0)
+    # started as an operator starts it: `pitstop rollout-worker` becomes `python -m streams rollout-worker` (the
+    # same process: Faust runs only in streams/)
+    with open(log_path, "ab") as log:
+        started = subprocess.Popen([sys.executable, "-m", "pitstop.cli", "rollout-worker"], env=env,
+                                   stdout=log, stderr=log, start_new_session=True)
+    worker = stack.ProcessRecord.of(started.pid, "rollout-0", "rollout-worker")
     try:
         def tail() -> str:
             return "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
 
         wait_until(lambda: store.rows("SELECT status FROM shadows") == [("running",)], 60, tail)
+        assert psutil.Process(started.pid).cmdline()[1:] == ["-m", "streams", "rollout-worker", "--instance=0"]
         _predictions(store, range(100, 120))  # live traffic after the start
         wait_until(lambda: store.scalar("SELECT count(*) FROM shadow_predictions") == 120, 30, tail)
     finally:
         stack.stop_process(worker, timeout_s=15)
+        started.wait(15)  # reaped here: the Popen is ours
     assert store.rows("SELECT status FROM shadows") == [("running",)]
     assert store.scalar("SELECT count(*) FROM shadow_predictions WHERE error IS NOT NULL") == 0
     [(reason, topic_id)] = store.rows("SELECT reason, source_topic_id FROM dead_letters")
