@@ -6,7 +6,9 @@ Per monitored model version, segment and tumbling window of ``predicted_at``:
   the label, and the row count, from predictions new to the store;
 * ``window_performance``: additive performance aggregates (feedback/monitoring/performance.py) of the
   labelled predictions;
-* ``detector_state``: river detectors on the version's error stream, in label arrival order.
+* ``detector_state``: river detectors on the version's error stream, in label arrival order;
+* ``window_changes``: the id of the transaction that last changed each window (per segment), so that a monitor
+  round evaluates only what changed (feedback/monitoring/changes.py).
 
 Replays count nothing twice because only rows the transaction actually inserted are counted,
 and a label is counted through ``current_labels.counted_label``: the label whose contribution
@@ -82,6 +84,18 @@ INSERT INTO window_performance AS w
 SELECT * FROM staged ORDER BY model_name, model_version, window_s, segment, window_start
 ON CONFLICT (model_name, model_version, window_s, segment, window_start)
 DO UPDATE SET stats = add_stats(w.stats, excluded.stats)
+"""
+
+# The windows a transaction changed, marked with its id (migration 015): written after the counts and the
+# aggregates, in key order, so that every writer takes the rows' locks in one order (counts, aggregates, marks).
+# A window marked twice by one transaction is left alone the second time.
+_MARK_CHANGED = """
+INSERT INTO window_changes AS c (model_name, model_version, window_s, segment, window_start, changed)
+SELECT m, v, w, s, t, pg_current_xact_id()
+FROM unnest(%(m)s::text[], %(v)s::text[], %(w)s::int4[], %(s)s::text[], %(t)s::timestamptz[]) AS k(m, v, w, s, t)
+ORDER BY 1, 2, 3, 4, 5
+ON CONFLICT (model_name, model_version, window_s, segment, window_start)
+DO UPDATE SET changed = excluded.changed WHERE c.changed <> excluded.changed
 """
 
 # Moves each listed prediction's contribution from the label it counted to its current label;
@@ -425,6 +439,9 @@ class WindowUpdater:
                 for row in stats:
                     copy.write_row(row)
             cur.execute(_UPSERT_STATS)
+        changed = sorted({row[:5] for row in counts} | {row[:5] for row in stats})
+        if changed:
+            cur.execute(_MARK_CHANGED, dict(zip("mvwst", (list(c) for c in zip(*changed, strict=True)), strict=True)))
         if delta.errors:
             self._update_detectors(cur, delta.errors)
 
@@ -644,6 +661,8 @@ SET source = excluded.source, n_rows = excluded.n_rows, profile = excluded.profi
 """
 
 _FORGET_WINDOWS = (
+    # every window of the version changes: those the recount leaves empty too
+    "UPDATE window_changes SET changed = pg_current_xact_id() WHERE model_name = %(m)s AND model_version = %(v)s",
     "DELETE FROM window_counts WHERE model_name = %(m)s AND model_version = %(v)s",
     "DELETE FROM window_performance WHERE model_name = %(m)s AND model_version = %(v)s",
     """UPDATE current_labels c SET counted_label = NULL FROM predictions p
