@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections import defaultdict
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 import psycopg
 
 from feedback.config import ModelConfig
@@ -86,9 +88,15 @@ _TESTED_LEVEL = """
 SELECT lineage->'expected' FROM model_versions WHERE model_name = %s AND version = %s
 """
 
-_FORGET_RESULTS = """
-DELETE FROM monitor_results WHERE model_name = %s AND model_version = %s AND window_start = ANY(%s)
+# the windows (segment, start) of a version whose rows a round writes again, or which it no longer produces
+_WINDOW_KEYS = "(segment, window_start) IN (SELECT * FROM unnest(%s::text[], %s::timestamptz[]))"
+_FORGET_RESULTS = f"DELETE FROM monitor_results WHERE model_name = %s AND model_version = %s AND {_WINDOW_KEYS}"
+_FORGET_WINDOWS = f"DELETE FROM monitor_windows WHERE model_name = %s AND model_version = %s AND {_WINDOW_KEYS}"
+_STORED_WINDOWS = """
+SELECT segment, window_start, fingerprint FROM monitor_windows
+WHERE model_name = %s AND model_version = %s AND window_start = ANY(%s)
 """
+_WINDOW_COLUMNS = "model_name, model_version, segment, window_start, fingerprint, evaluated_at"
 
 _STAGE_RESULTS = """
 CREATE TEMP TABLE IF NOT EXISTS _in_results (LIKE monitor_results INCLUDING DEFAULTS) ON COMMIT DELETE ROWS
@@ -123,6 +131,8 @@ class RoundResult:
     summaries: list[dict[str, Any]]
     profiles_built: list[tuple[str, str]]
     labels_swept: int
+    #: result rows written (the rows of the windows whose results changed)
+    results_written: int = 0
 
 
 class Monitor:
@@ -160,14 +170,15 @@ class Monitor:
                             continue
                         evaluations.append(evaluation)
                         summaries.append(summary(evaluation, mc))
+                written = 0
                 if write and evaluations:
                     with conn.transaction(), conn.cursor() as cur:
-                        write_results(cur, evaluations)
+                        written = write_results(cur, evaluations)
                 if after is not None:
                     after(conn, evaluations)
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (MONITOR_LOCK,))
-        return RoundResult(evaluations, summaries, built, swept)
+        return RoundResult(evaluations, summaries, built, swept, written)
 
     def _sweep(self, conn: psycopg.Connection[Any]) -> int:
         """Count labels a race left uncounted: up to ``SWEEP_CHUNKS`` chunks a round, one transaction each."""
@@ -247,28 +258,62 @@ def evaluate_version(
 
 
 def write_results(cur: psycopg.Cursor[Any], evaluations: Sequence[Evaluation]) -> int:
-    """Store every result row; the latest evaluation of a window replaces all of the previous one's rows (a
-    window that falls back to unjudged keeps no metric of its earlier verdict)."""
-    cur.execute(_STAGE_RESULTS)
+    """Store the result rows of every window whose rows differ from those stored; returns the rows written.
+
+    A window (of one segment of a version) is written whole: its previous rows go and its new ones come, so a
+    window that falls back to unjudged keeps no metric of its earlier verdict. Whether its rows differ is told by a
+    fingerprint of them (``monitor_windows``), without ``evaluated_at``: a window whose rows are the same keeps the
+    rows and the ``evaluated_at`` of the evaluation that last changed them. A (segment, window) stored for a window
+    the evaluation covers but no longer produces (its segment lost every row) goes.
+    """
+    rows: list[tuple[Any, ...]] = []
+    saved: list[tuple[Any, ...]] = []
     for ev in evaluations:
-        starts = sorted({r.window_start for r in ev.drift} | {r.window_start for r in ev.performance})
-        cur.execute(_FORGET_RESULTS, (ev.model_name, ev.model_version, starts))
-    n = 0
-    with cur.copy(f"COPY _in_results ({_RESULT_COLUMNS}) FROM STDIN") as copy:
-        for ev in evaluations:
-            head = (ev.model_name, ev.model_version)
-            for d in ev.drift:
-                copy.write_row((*head, d.segment, d.window_start, d.window_end, "drift", d.metric, d.feature,
-                                _finite(d.value), d.threshold, _finite(d.p_value), None, None, d.status,
-                                d.sample_size, None, d.sentence, ev.evaluated_at))
-                n += 1
-            for p in ev.performance:
-                copy.write_row((*head, p.segment, p.window_start, p.window_end, "performance", p.metric, "",
-                                _finite(p.value), p.threshold, None, _finite(p.ci_low), _finite(p.ci_high), p.status,
-                                p.sample_size, p.label_coverage, p.sentence, ev.evaluated_at))
-                n += 1
-    cur.execute(_UPSERT_RESULTS)
-    return n
+        windows = _window_rows(ev)
+        fingerprints = {key: _fingerprint(rows) for key, rows in windows.items()}
+        stored = {(seg, start): fp for seg, start, fp in cur.execute(_STORED_WINDOWS, (
+            ev.model_name, ev.model_version, sorted({start for _, start in windows}))).fetchall()}
+        changed = sorted(k for k, fp in fingerprints.items() if stored.get(k) != fp)
+        forget = changed + sorted(set(stored) - set(fingerprints))
+        if not forget:
+            continue
+        params = (ev.model_name, ev.model_version, [k[0] for k in forget], [k[1] for k in forget])
+        cur.execute(_FORGET_RESULTS, params)
+        cur.execute(_FORGET_WINDOWS, params)
+        for key in changed:
+            rows += [(ev.model_name, ev.model_version, *row, ev.evaluated_at) for row in windows[key]]
+            saved.append((ev.model_name, ev.model_version, *key, fingerprints[key], ev.evaluated_at))
+    if rows:
+        cur.execute(_STAGE_RESULTS)
+        with cur.copy(f"COPY _in_results ({_RESULT_COLUMNS}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cur.execute(_UPSERT_RESULTS)
+        with cur.copy(f"COPY monitor_windows ({_WINDOW_COLUMNS}) FROM STDIN") as copy:
+            for row in saved:
+                copy.write_row(row)
+    return len(rows)
+
+
+def _window_rows(ev: Evaluation) -> dict[tuple[str, datetime], list[tuple[Any, ...]]]:
+    """The evaluation's result rows (the columns of ``_RESULT_COLUMNS`` after the version and before
+    ``evaluated_at``), by (segment, window start)."""
+    windows: dict[tuple[str, datetime], list[tuple[Any, ...]]] = defaultdict(list)
+    for d in ev.drift:
+        windows[(d.segment, d.window_start)].append((
+            d.segment, d.window_start, d.window_end, "drift", d.metric, d.feature, _finite(d.value), d.threshold,
+            _finite(d.p_value), None, None, d.status, d.sample_size, None, d.sentence))
+    for p in ev.performance:
+        windows[(p.segment, p.window_start)].append((
+            p.segment, p.window_start, p.window_end, "performance", p.metric, "", _finite(p.value), p.threshold,
+            None, _finite(p.ci_low), _finite(p.ci_high), p.status, p.sample_size, p.label_coverage, p.sentence))
+    return windows
+
+
+def _fingerprint(rows: Sequence[tuple[Any, ...]]) -> int:
+    """A stable 63-bit fingerprint of a window's rows (the same in every process, unlike ``hash``)."""
+    digest = hashlib.blake2b(orjson.dumps(rows), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 def exact_stats(text: str) -> dict[str, int]:

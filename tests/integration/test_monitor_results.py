@@ -82,3 +82,93 @@ def test_a_version_whose_first_windows_fall_short_of_its_tested_level_is_judged_
         statuses = store.rows("SELECT status FROM performance_by_window WHERE metric = 'accuracy' ORDER BY "
                               "window_start")
         assert [s for (s,) in statuses] == ["baseline", "ok", "ok"], statuses
+
+
+SEGMENTED = parse_config("""
+[models.churn]
+task = "classification"
+positive_class = 1
+segments = ["region"]
+window = "1h"
+span = 6
+min_rows = 50
+min_labels = 30
+min_label_coverage = 0.5
+reference_rows = 100
+[models.churn.performance]
+baseline_windows = 1
+""")
+
+
+def _segmented_hour(store: FeedbackStore, hour: int, n: int, first_id: int, *, labelled: int | None = None) -> None:
+    """``n`` predictions in the hour, the first ``labelled`` of them (all by default) with their label."""
+    ids = range(first_id, first_id + n)
+    preds = [prediction(i, predicted_at=T0 + timedelta(hours=hour, seconds=30 * (i - first_id)),
+                        features={"age": 20 + (i * 7) % 50}, prediction=i % 2,
+                        segment={"region": "eu" if i % 3 else "us"},
+                        probabilities={"0": 0.4, "1": 0.6} if i % 2 else {"0": 0.6, "1": 0.4}) for i in ids]
+    store.write_batch(preds, [outcome(i, label=(i // 3) % 2) for i in ids[:labelled]])
+
+
+def _stored(store: FeedbackStore) -> dict[tuple, tuple]:
+    """Every result row by key: its values, the transaction that wrote it (xmin) and its evaluated_at."""
+    return {(seg, start, kind, metric, feature): (value, p_value, ci_low, ci_high, status, size, sentence, xmin, at)
+            for seg, start, kind, metric, feature, value, p_value, ci_low, ci_high, status, size, sentence, xmin, at
+            in store.rows("SELECT segment, window_start, kind, metric, feature, value, p_value, ci_low, ci_high, "
+                          "status, sample_size, sentence, xmin::text, evaluated_at FROM monitor_results")}
+
+
+def _evaluated(monitor: Monitor) -> dict[tuple, tuple]:
+    """The same keys and values from a fresh evaluation of the store (written nowhere)."""
+    result = monitor.run_once(write=False)
+    assert result is not None
+    (ev,) = result.evaluations
+    rows = {(d.segment, d.window_start, "drift", d.metric, d.feature): (d.value, d.p_value, None, None, d.status,
+                                                                        d.sample_size, d.sentence)
+            for d in ev.drift}
+    rows |= {(p.segment, p.window_start, "performance", p.metric, ""): (p.value, None, p.ci_low, p.ci_high, p.status,
+                                                                        p.sample_size, p.sentence)
+             for p in ev.performance}
+    return rows
+
+
+def test_a_round_writes_only_the_windows_whose_results_changed(services, db_schema) -> None:
+    """The first round writes every row; a round with nothing new writes none; late labels in one window rewrite
+    that window's rows (every segment it has) and leave the other windows' rows as they were, transaction and
+    evaluated_at included. After each round the table holds exactly what a fresh evaluation of the store gives.
+    (The late labels keep every test judged as it was: a window newly judged changes the number of tests Holm
+    corrects for, and with it every drift row's p-value and sentence.)"""
+    updater = WindowUpdater(SEGMENTED)
+    with FeedbackStore(services.database_url, db_schema, windows=updater) as store:
+        for hour in range(4):
+            _segmented_hour(store, hour, 120, 1000 * hour, labelled=105 if hour == 1 else None)
+        monitor = Monitor(store, updater)
+        first = monitor.run_once()
+        assert first is not None
+        stored = _stored(store)
+        assert first.results_written == len(stored) > 0
+        assert {k: v[:7] for k, v in stored.items()} == _evaluated(monitor)
+
+        again = monitor.run_once()
+        assert again is not None and again.results_written == 0
+        assert _stored(store) == stored
+
+        late_hour = T0 + timedelta(hours=1)  # window 1 gets its labels now
+        store.write_batch([], [outcome(i, label=(i // 3) % 2) for i in range(1105, 1120)])
+        later = monitor.run_once()
+        assert later is not None
+        now = _stored(store)
+        assert {k: v[:7] for k, v in now.items()} == _evaluated(monitor)
+        rewritten = {k for k in now if k not in stored or now[k][7] != stored[k][7]}
+        assert later.results_written == len(rewritten)
+        windows = {(seg, start) for seg, start, *_ in rewritten}
+        assert windows >= {(s, late_hour) for s in ("*", "region=eu", "region=us")}
+        for window in windows:  # written whole, and only when some row of it differs
+            before = {k: v[:7] for k, v in stored.items() if k[:2] == window}
+            after = {k: v[:7] for k, v in now.items() if k[:2] == window}
+            assert {k for k in now if k[:2] == window} <= rewritten
+            assert before != after, window
+        untouched = [k for k in now if k[:2] not in windows]
+        assert untouched, "every window was rewritten"
+        assert all(now[k] == stored[k] for k in untouched)
+        assert len(rewritten) < len(now) / 2, (len(rewritten), len(now))
