@@ -6,8 +6,8 @@ import hashlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,6 +15,7 @@ import orjson
 import psycopg
 
 from feedback.config import ModelConfig
+from feedback.monitoring.changes import changed_since, snapshot
 from feedback.monitoring.evaluate import (
     Evaluation,
     baseline_of,
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 MONITOR_LOCK = 0x5049_4D4E  # one monitor round at a time across workers
 #: chunks of the stray-label sweep per round (feedback.monitoring.windows.SWEEP_CHUNK labels each)
 SWEEP_CHUNKS = 4
+#: a monitor evaluates every version again every this many rounds, changed or not (an hour at the default
+#: 10 s interval): what no window change marks (a tested level registered late) is seen within it
+FULL_PASS_ROUNDS = 360
 
 # a loose index scan over predictions_model_time: the model's versions without a profile
 _UNPROFILED = """
@@ -90,6 +94,11 @@ SELECT lineage->'expected' FROM model_versions WHERE model_name = %s AND version
 
 # the windows (segment, start) of a version whose rows a round writes again, or which it no longer produces
 _WINDOW_KEYS = "(segment, window_start) IN (SELECT * FROM unnest(%s::text[], %s::timestamptz[]))"
+# every version's tested level, to tell one that changed since its evaluation (registered after its windows)
+_TESTED_LEVELS = """
+SELECT model_name, version, (lineage->'expected')::text FROM model_versions WHERE model_name = ANY(%s)
+"""
+
 _FORGET_RESULTS = f"DELETE FROM monitor_results WHERE model_name = %s AND model_version = %s AND {_WINDOW_KEYS}"
 _FORGET_WINDOWS = f"DELETE FROM monitor_windows WHERE model_name = %s AND model_version = %s AND {_WINDOW_KEYS}"
 _STORED_WINDOWS = """
@@ -136,19 +145,35 @@ class RoundResult:
 
 
 class Monitor:
-    """Runs monitor rounds against one store; safe to run from every worker (one round at a time)."""
+    """Runs monitor rounds against one store; safe to run from every worker (one round at a time).
 
-    def __init__(self, store: FeedbackStore, updater: WindowUpdater) -> None:
+    A round evaluates only the versions whose windows changed since this monitor's last round of their model
+    (``window_changes``, feedback/monitoring/changes.py): the others keep the evaluation of the round that last
+    evaluated them, slimmed to what the trigger engine and the round's summary read (:func:`slim`). An evaluation
+    is a function of the version's windows, its profile (reinstalling one marks every window) and its tested level
+    (compared at every round); every ``full_every`` rounds every version is evaluated again all the same (cheap: a
+    window's rows are written only when they differ).
+    """
+
+    def __init__(self, store: FeedbackStore, updater: WindowUpdater, *, full_every: int = FULL_PASS_ROUNDS) -> None:
         self.store = store
         self.updater = updater
+        self.full_every = full_every
+        #: per model, the snapshot under which this monitor's last round of it read its windows
+        self._since: dict[str, str] = {}
+        #: per version, its evaluation as of the round that last evaluated it (slimmed), and its tested level then
+        self._kept: dict[tuple[str, str], tuple[Evaluation, str | None]] = {}
+        self._rounds = 0
 
     def run_once(
         self, *, models: Sequence[str] | None = None, write: bool = True, after: AfterRound | None = None
     ) -> RoundResult | None:
         """One round; ``None`` when another process holds the round.
 
-        ``after`` runs at the end of the round, still under its lock, with the round's evaluations (the
-        trigger engine decides there: one decider at a time across workers).
+        ``after`` runs at the end of the round, still under its lock, with the evaluation of every version (those
+        evaluated this round whole, the others as kept; the trigger engine decides there: one decider at a time
+        across workers). ``evaluations`` and ``summaries`` of the result are those of the versions evaluated this
+        round. ``write=False`` (a look that stores nothing) evaluates every version and keeps nothing.
         """
         config = self.updater.config
         names = sorted(models if models is not None else config.models)
@@ -158,15 +183,25 @@ class Monitor:
             try:
                 built = self._build_profiles(conn)
                 swept = self._sweep(conn)
-                evaluations, summaries = [], []
+                evaluations, summaries, kept = [], [], []
                 with conn.cursor() as cur:
+                    seen_at = snapshot(cur)  # before any accumulator is read: nothing committed after it is lost
+                    changed = self._changed(cur, names) if write else None
+                    tested = {(m, v): level for m, v, level in cur.execute(_TESTED_LEVELS, (names,)).fetchall()}
                     for model, version in cur.execute(_VERSIONS, (names,)).fetchall():
+                        key = (model, version)
+                        have = self._kept.get(key)
+                        if changed is not None and key not in changed and have and have[1] == tested.get(key):
+                            kept.append(have[0])
+                            continue
                         mc = config.models[model]
-                        profile = self.updater.profiles(cur, [(model, version)]).get((model, version))
+                        profile = self.updater.profiles(cur, [key]).get(key)
                         if profile is None:
                             continue
                         evaluation = evaluate_version(cur, mc, profile)
                         if evaluation is None:
+                            if write:
+                                self._kept.pop(key, None)
                             continue
                         evaluations.append(evaluation)
                         summaries.append(summary(evaluation, mc))
@@ -174,11 +209,38 @@ class Monitor:
                 if write and evaluations:
                     with conn.transaction(), conn.cursor() as cur:
                         written = write_results(cur, evaluations)
+                if write:
+                    self._remember(names, seen_at, evaluations, tested)
                 if after is not None:
-                    after(conn, evaluations)
+                    after(conn, evaluations + kept)
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (MONITOR_LOCK,))
         return RoundResult(evaluations, summaries, built, swept, written)
+
+    def _changed(self, cur: psycopg.Cursor[Any], names: Sequence[str]) -> set[tuple[str, str]] | None:
+        """The versions of ``names`` with a window changed since this monitor's last round of their model; None
+        when every version is to be evaluated (a full pass is due)."""
+        if self._rounds % self.full_every == 0:
+            return None
+        found: set[tuple[str, str]] = set()
+        by_snapshot: dict[str, list[str]] = defaultdict(list)
+        for name in names:
+            if name in self._since:
+                by_snapshot[self._since[name]].append(name)
+        for since, models in by_snapshot.items():
+            found.update((c.model_name, c.model_version) for c in changed_since(cur, since, models))
+        return found  # a version kept by no earlier round is evaluated whether it is here or not
+
+    def _remember(self, names: Sequence[str], seen_at: str, evaluations: Sequence[Evaluation],
+                  tested: Mapping[tuple[str, str], str | None]) -> None:
+        """After a round's results are stored: its snapshot for its models, and its evaluations, slimmed, with the
+        tested level each was judged with."""
+        self._rounds += 1
+        for name in names:
+            self._since[name] = seen_at
+        for ev in evaluations:
+            key = (ev.model_name, ev.model_version)
+            self._kept[key] = (slim(ev, self.updater.config.models[ev.model_name]), tested.get(key))
 
     def _sweep(self, conn: psycopg.Connection[Any]) -> int:
         """Count labels a race left uncounted: up to ``SWEEP_CHUNKS`` chunks a round, one transaction each."""
@@ -314,6 +376,37 @@ def _fingerprint(rows: Sequence[tuple[Any, ...]]) -> int:
     """A stable 63-bit fingerprint of a window's rows (the same in every process, unlike ``hash``)."""
     digest = hashlib.blake2b(orjson.dumps(rows), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1
+
+
+def slim(evaluation: Evaluation, config: ModelConfig) -> Evaluation:
+    """What the trigger engine (feedback/triggers/signals.py) and :func:`summary` read of an evaluation, and no
+    more: every drift verdict of all traffic, the drift verdicts that flagged a segment, and the main metric of all
+    traffic, without their sentences (a round keeps one of these per version between its evaluations).
+
+    >>> from datetime import UTC, datetime
+    >>> from feedback.config import parse_config
+    >>> from feedback.monitoring.evaluate import DriftResult
+    >>> at = datetime(2026, 3, 1, tzinfo=UTC)
+    >>> row = dict(window_start=at, window_end=at, feature="age", value=0.3, threshold=0.2, p_value=0.001,
+    ...            sample_size=500, sentence="a long sentence")
+    >>> ev = Evaluation(model_name="churn", model_version="v1", evaluated_at=at, drift=[
+    ...     DriftResult(segment="*", metric="drift", status="drift", **row),
+    ...     DriftResult(segment="*", metric="psi", status="drift", **row),
+    ...     DriftResult(segment="region=eu", metric="drift", status="drift", **row),
+    ...     DriftResult(segment="region=us", metric="drift", status="stable", **row)])
+    >>> config = parse_config('[models.churn]\\ntask = "classification"\\npositive_class = 1').models["churn"]
+    >>> [(r.segment, r.metric, r.sentence) for r in slim(ev, config).drift]
+    [('*', 'drift', ''), ('region=eu', 'drift', '')]
+    >>> summary(slim(ev, config), config) == summary(ev, config)
+    True
+    """
+    return replace(
+        evaluation,
+        drift=[replace(r, sentence="") for r in evaluation.drift
+               if r.metric == "drift" and (r.segment == ALL or r.status == "drift")],
+        performance=[replace(r, sentence="") for r in evaluation.performance
+                     if r.segment == ALL and r.metric == config.metric],
+    )
 
 
 def exact_stats(text: str) -> dict[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from feedback.config import parse_config
+from feedback.monitoring.evaluate import summary
 from feedback.monitoring.round import Monitor
 from feedback.monitoring.windows import WindowUpdater
 from feedback.store import FeedbackStore
@@ -172,3 +173,63 @@ def test_a_round_writes_only_the_windows_whose_results_changed(services, db_sche
         assert untouched, "every window was rewritten"
         assert all(now[k] == stored[k] for k in untouched)
         assert len(rewritten) < len(now) / 2, (len(rewritten), len(now))
+
+
+TWO_MODELS = parse_config("""
+[models.churn]
+task = "classification"
+positive_class = 1
+segments = ["region"]
+window = "1h"
+span = 6
+min_rows = 50
+min_labels = 30
+reference_rows = 100
+[models.other]
+task = "classification"
+positive_class = 1
+window = "1h"
+span = 6
+min_rows = 50
+min_labels = 30
+reference_rows = 100
+""")
+
+
+def test_a_round_evaluates_only_the_versions_whose_windows_changed(services, db_schema) -> None:
+    """After the first round, a round evaluates the versions with a changed window only; the trigger engine still
+    gets every version, the others as the last round that evaluated them found them, with the same window signals
+    and summary as a fresh evaluation of the whole store gives."""
+    from feedback.triggers.signals import window_signals
+
+    updater = WindowUpdater(TWO_MODELS)
+    with FeedbackStore(services.database_url, db_schema, windows=updater) as store:
+        for hour in range(3):
+            _segmented_hour(store, hour, 120, 1000 * hour)
+            store.write_batch([prediction(i, model_name="other", predicted_at=T0 + timedelta(hours=hour, seconds=i),
+                                          features={"age": 30 + i % 20}, prediction=i % 2)
+                               for i in range(50_000 + 1000 * hour, 50_000 + 1000 * hour + 120)], [])
+        monitor = Monitor(store, updater)
+        seen: list[list] = []
+
+        def after(conn, evaluations) -> None:
+            seen.append(evaluations)
+
+        first = monitor.run_once(after=after)
+        assert first is not None and sorted(e.model_name for e in first.evaluations) == ["churn", "other"]
+        quiet = monitor.run_once(after=after)
+        assert quiet is not None and quiet.evaluations == [] and quiet.summaries == [] and quiet.results_written == 0
+        store.write_batch([], [outcome(i, label=1) for i in range(2000, 2030)])  # churn's third window only
+        later = monitor.run_once(after=after)
+        assert later is not None and [e.model_name for e in later.evaluations] == ["churn"]
+
+        fresh = {e.model_name: e for e in Monitor(store, updater).run_once(write=False).evaluations}
+        for given in (seen[1], seen[2]):
+            assert sorted(e.model_name for e in given) == ["churn", "other"]
+        for ev in seen[2]:
+            config = TWO_MODELS.models[ev.model_name]
+            assert window_signals(ev, config) == window_signals(fresh[ev.model_name], config)
+            assert summary(ev, config) == summary(fresh[ev.model_name], config)
+            assert (ev.baseline, ev.observed, ev.evaluated_at, ev.tests) == (
+                fresh[ev.model_name].baseline, fresh[ev.model_name].observed, fresh[ev.model_name].evaluated_at,
+                fresh[ev.model_name].tests)
