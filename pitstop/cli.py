@@ -1,5 +1,5 @@
 """`pitstop`: the operator's command line (up, down, status, migrate, topics, demo, monitor, reference, triggers,
-retrain, retrain-worker, rollout-worker, models, rollback, promote, pause, rollout clear, drill)."""
+retrain, retrain-worker, monitor-worker, rollout-worker, models, rollback, promote, pause, rollout clear, drill)."""
 
 from __future__ import annotations
 
@@ -184,6 +184,15 @@ def cmd_retrain_worker(args: argparse.Namespace, settings: Settings) -> int:
     return retrain_service.run(settings)
 
 
+def cmd_monitor_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from feedback.store import migrate
+    from pitstop import monitor_service
+
+    _, database_url = settings.require_services()
+    migrate(database_url, settings.db_schema)
+    return monitor_service.run(settings)
+
+
 def cmd_rollout_worker(args: argparse.Namespace, settings: Settings) -> int:
     # Faust runs only in streams/: this process becomes `python -m streams rollout-worker`, once the services are
     # known (an unset one is said here, in one line)
@@ -271,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "candidates (runs until Ctrl-C)")
     worker.add_argument("--instance", type=int, default=0, help=argparse.SUPPRESS)  # tells `pitstop up`'s apart
     worker.set_defaults(func=cmd_retrain_worker)
+    monitor = sub.add_parser("monitor-worker", help="the monitor rounds and the retrain decisions, and the outbox "
+                             "relay (runs until Ctrl-C)")
+    monitor.add_argument("--instance", type=int, default=0, help=argparse.SUPPRESS)  # tells `pitstop up`'s apart
+    monitor.set_defaults(func=cmd_monitor_worker)
     rollout = sub.add_parser("rollout-worker", help="take candidates through shadow evaluation: score live "
                              "predictions with them, judge them (runs until Ctrl-C)")
     rollout.add_argument("--instance", type=int, default=0, help=argparse.SUPPRESS)  # tells `pitstop up`'s apart
@@ -337,10 +350,10 @@ def _unreachable(exc: Exception, settings: Settings) -> str | None:
 
 
 #: commands that act on the models' configuration: refused when PITSTOP_CONFIG is not the running stack's
-_USE_MODEL_CONFIG = ("demo", "monitor", "reference", "triggers", "retrain", "retrain-worker", "rollout-worker",
-                     "rollback", "promote", "pause", "rollout", "drill")
+_USE_MODEL_CONFIG = ("demo", "monitor", "reference", "triggers", "retrain", "retrain-worker", "monitor-worker",
+                     "rollout-worker", "rollback", "promote", "pause", "rollout", "drill")
 #: commands that run until stopped, whose logs are for diagnosis
-_WORKERS = ("up", "retrain-worker", "rollout-worker")
+_WORKERS = ("up", "retrain-worker", "monitor-worker", "rollout-worker")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -48,3 +48,12 @@ class OutboxPublisher:
             self._producer.flush(timeout=FLUSH_TIMEOUT_S)
         for future in futures:
             future.get(timeout=FLUSH_TIMEOUT_S)  # raises the broker's refusal, if any
+
+
+def publish_outbox(outbox: OutboxPublisher, store: FeedbackStore) -> int:
+    """Publish committed decisions' events; a failure is logged and retried on the next tick (the rows stay)."""
+    try:
+        return outbox.publish(store)
+    except Exception as exc:  # the broker or the database away: the outbox keeps the events
+        log.warning("outbox not published yet, retried on the next tick: %s", exc)
+        return 0

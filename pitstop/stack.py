@@ -454,6 +454,17 @@ def start_retrain_worker(env: Mapping[str, str], log_path: Path, index: int) -> 
     return ProcessRecord.of(proc.pid, f"{RETRAIN_PREFIX}{index}", marker)
 
 
+MONITOR_PREFIX = "monitor-"
+
+
+def start_monitor_worker(env: Mapping[str, str], log_path: Path, index: int) -> ProcessRecord:
+    """Start one monitor worker process (``pitstop monitor-worker``: the monitor rounds, the retrain decisions and
+    the outbox relay) with ``env``."""
+    marker = f"--instance={index}"
+    proc = _spawn([sys.executable, "-m", "pitstop.cli", "monitor-worker", marker], log_path, {**os.environ, **env})
+    return ProcessRecord.of(proc.pid, f"{MONITOR_PREFIX}{index}", marker)
+
+
 ROLLOUT_PREFIX = "rollout-"
 
 

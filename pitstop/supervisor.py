@@ -39,6 +39,9 @@ RESTART_WINDOW_S = 600.0
 RESTART_LOG_LINES = 5
 #: Retrain worker processes `pitstop up` starts (trainings of different models run in parallel across them).
 RETRAIN_WORKERS = 1
+#: Monitor worker processes `pitstop up` starts (monitor rounds, retrain decisions and the outbox relay; one round
+#: at a time across them).
+MONITOR_WORKERS = 1
 #: Rollout worker processes `pitstop up` starts (shadow scoring and the ramp; more would share the models' locks).
 ROLLOUT_WORKERS = 1
 
@@ -113,6 +116,11 @@ def start_stack(settings: Settings, workers: int, *, on_step: Callable[[str], No
         record.save(state_dir)
         _wait_ready(running)
         on_step(f"workers   {workers} ingest worker(s) ready (logs in {state_dir / 'logs'})")
+        for index in range(MONITOR_WORKERS):
+            record.workers.append(_start_monitor_worker(running, index))
+        record.save(state_dir)
+        on_step(f"monitor   {MONITOR_WORKERS} monitor worker(s) started (monitor rounds, retrain decisions, "
+                "outbox relay)")
         for index in range(RETRAIN_WORKERS):
             record.workers.append(_start_retrain_worker(running, index))
         record.save(state_dir)
@@ -161,6 +169,12 @@ def _start_retrain_worker(running: RunningStack, index: int) -> stack.ProcessRec
     return stack.start_retrain_worker(running.worker_env, log_path, index)
 
 
+def _start_monitor_worker(running: RunningStack, index: int) -> stack.ProcessRecord:
+    log_path = running.state_dir / "logs" / f"{stack.MONITOR_PREFIX}{index}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    return stack.start_monitor_worker(running.worker_env, log_path, index)
+
+
 def _start_rollout_worker(running: RunningStack, index: int) -> stack.ProcessRecord:
     log_path = running.state_dir / "logs" / f"{stack.ROLLOUT_PREFIX}{index}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,11 +187,13 @@ def _restart(running: RunningStack, worker: stack.ProcessRecord, position: int) 
         return _start_retrain_worker(running, int(worker.name.removeprefix(stack.RETRAIN_PREFIX)))
     if worker.name.startswith(stack.ROLLOUT_PREFIX):
         return _start_rollout_worker(running, int(worker.name.removeprefix(stack.ROLLOUT_PREFIX)))
+    if worker.name.startswith(stack.MONITOR_PREFIX):
+        return _start_monitor_worker(running, int(worker.name.removeprefix(stack.MONITOR_PREFIX)))
     return _start_worker(running, position)
 
 
 def _worker_log(running: RunningStack, worker: stack.ProcessRecord, position: int) -> Path:
-    if worker.name.startswith((stack.RETRAIN_PREFIX, stack.ROLLOUT_PREFIX)):
+    if worker.name.startswith((stack.RETRAIN_PREFIX, stack.ROLLOUT_PREFIX, stack.MONITOR_PREFIX)):
         return running.state_dir / "logs" / f"{worker.name}.log"
     return _log_path(running, position)
 
@@ -195,7 +211,7 @@ def _start_worker(running: RunningStack, index: int) -> stack.ProcessRecord:
 def _wait_ready(running: RunningStack) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     for index, worker in enumerate(running.record.workers):
-        if worker.name.startswith((stack.RETRAIN_PREFIX, stack.ROLLOUT_PREFIX)):
+        if worker.name.startswith((stack.RETRAIN_PREFIX, stack.ROLLOUT_PREFIX, stack.MONITOR_PREFIX)):
             continue  # ready when it polls: nothing waits on it
         while not _ready_file(running, index).exists():
             if not stack.is_ours(worker):

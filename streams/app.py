@@ -1,5 +1,6 @@
-"""The Faust app: the input topics, the ingest agent, the dead-letter topic, the monitor's timer (with the retrain
-decisions after each round) and the outbox relay."""
+"""The ingest worker's Faust app: the input topics, the ingest agent (which also counts the monitored models'
+windows in its transaction) and the dead-letter topic. The monitor rounds, the retrain decisions and the outbox
+relay run in the monitor worker (pitstop/monitor_service.py)."""
 
 from __future__ import annotations
 
@@ -11,24 +12,18 @@ from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 import faust
-import orjson
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
-from feedback.alerts import alert_sink
 from feedback.errors import IngestStopped
-from feedback.monitoring.round import Monitor
 from feedback.monitoring.windows import WindowUpdater
 from feedback.store import DeadLetterRecord, FeedbackStore
 from feedback.store.ingest import (
     DEAD_LETTER_RAW_PREFIX_BYTES,
-    TRANSIENT_ERRORS,
     InboundMessage,
     Ingestor,
     dead_letter_key,
     encode_dead_letter,
 )
-from feedback.triggers.engine import TriggerEngine
-from pitstop.outbox_relay import OutboxPublisher
 from pitstop.settings import Settings
 from pitstop.topic_ids import TopicIds
 from schemas import EventKind
@@ -38,8 +33,6 @@ log = logging.getLogger(__name__)
 
 #: Exit status of a worker that stopped on an unexpected error (EX_SOFTWARE).
 EXIT_INGEST_BUG = 70
-#: seconds between looks at the outbox for events to publish
-OUTBOX_INTERVAL_S = 2.0
 
 
 def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.App:
@@ -73,31 +66,6 @@ def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.Ap
         # Reading the next batch while writing this one measured no faster (BENCHMARKS.md).
         async for events in stream.noack_take(settings.batch_messages, within=settings.batch_within_s):
             await handle_then_ack(stream, events, ingestor.ingest, dead_letter)
-
-    if windows.enabled:
-        monitoring = app.topic(topics.monitoring, value_type=bytes, key_type=bytes,
-                               value_serializer="raw", key_serializer="raw")
-        # its own caches: rounds run in another thread than the ingest's writes
-        monitor = Monitor(store, WindowUpdater(settings.monitoring))
-        alerts = alert_sink(settings.alert_webhook)
-        engine = TriggerEngine(settings.monitoring, alerts)
-        outbox = OutboxPublisher(bootstrap, topics.prefix, client_id=f"{settings.app_id}-outbox")
-
-        @app.timer(interval=settings.monitor_interval_s)
-        async def monitor_round() -> None:
-            for model, value in await asyncio.to_thread(run_monitor_round, monitor, engine):
-                await monitoring.send(key=model.encode(), value=value)
-            await asyncio.to_thread(publish_outbox, outbox, store)
-
-        @app.timer(interval=OUTBOX_INTERVAL_S)
-        async def relay_outbox() -> None:
-            # decisions of other processes too (a manual `pitstop retrain` without a broker)
-            await asyncio.to_thread(publish_outbox, outbox, store)
-
-        @app.on_before_shutdown.connect
-        async def _stop_deciding(sender: faust.App, **_: Any) -> None:
-            await asyncio.to_thread(outbox.close)
-            await asyncio.to_thread(alerts.close)
 
     @app.on_before_shutdown.connect
     async def _stop_ingest(sender: faust.App, **_: Any) -> None:
@@ -189,35 +157,6 @@ def _too_large(exc: BaseException | None) -> bool:
 
 
 _TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
-
-
-def run_monitor_round(monitor: Monitor, engine: TriggerEngine | None = None) -> list[tuple[str, bytes]]:
-    """One monitor round, then the retrain decisions on its evaluations (under the round's lock); its summaries
-    as (model, message) pairs. A failed round is logged and skipped: it consumes no events, and the next round
-    recomputes everything from the store (a decision already fired stays fired)."""
-    after = None if engine is None else (lambda conn, evaluations: engine.run(conn, evaluations))
-    try:
-        result = monitor.run_once(after=after)
-    except TRANSIENT_ERRORS as exc:
-        log.warning("monitor round skipped, database unavailable: %s", exc)
-        return []
-    except Exception:
-        log.exception("monitor round failed; the next round starts afresh")
-        return []
-    if result is None:
-        return []
-    for model, version in result.profiles_built:
-        log.info("reference profile built for %s %s from its first predictions", model, version)
-    return [(s["model_name"], orjson.dumps(s)) for s in result.summaries]
-
-
-def publish_outbox(outbox: OutboxPublisher, store: FeedbackStore) -> int:
-    """Publish committed decisions' events; a failure is logged and retried on the next tick (the rows stay)."""
-    try:
-        return outbox.publish(store)
-    except Exception as exc:  # the broker or the database away: the outbox keeps the events
-        log.warning("outbox not published yet, retried on the next tick: %s", exc)
-        return 0
 
 
 def _exit_unacked(events: list[Any]) -> NoReturn:

@@ -17,10 +17,10 @@ from feedback.rollout.shadow import CandidateIntake
 from feedback.rollout.tick import RolloutTick
 from feedback.store import FeedbackStore
 from feedback.store.ingest import TRANSIENT_ERRORS
-from pitstop.outbox_relay import OutboxPublisher
+from pitstop.outbox_relay import OutboxPublisher, publish_outbox
 from pitstop.settings import Settings
 from pitstop.topic_ids import TopicIds
-from streams.app import faust_app, handle_then_ack, publish_outbox
+from streams.app import faust_app, handle_then_ack
 from streams.consumer import set_fetch_max_wait
 
 log = logging.getLogger(__name__)

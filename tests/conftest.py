@@ -149,12 +149,13 @@ class WorkerHandle:
 def start_worker(
     services: Services, db_schema: str, topics: Topics, unique_name: str, tmp_path: Path
 ) -> Iterator[Callable[..., WorkerHandle]]:
-    """Start ingest worker processes for this test's topics and schema; all stopped afterwards."""
+    """Start worker processes for this test's topics and schema (ingest workers; ``kind="monitor"``: a monitor
+    worker, the monitor rounds, the retrain decisions and the outbox relay); all stopped afterwards."""
     started: list[WorkerHandle] = []
 
-    def _start(index: int = 0, *, database_url: str | None = None, wait: bool = True,
+    def _start(index: int = 0, *, kind: str = "ingest", database_url: str | None = None, wait: bool = True,
                **extra_env: str) -> WorkerHandle:
-        ready = tmp_path / f"worker-{index}-{len(started)}.ready"
+        ready = tmp_path / f"{kind}-{index}-{len(started)}.ready"
         env = {
             "PITSTOP_KAFKA_BOOTSTRAP": services.kafka_bootstrap,
             "PITSTOP_DATABASE_URL": database_url or services.database_url,
@@ -165,11 +166,12 @@ def start_worker(
             "PITSTOP_READY_FILE": str(ready),
             **extra_env,
         }
-        log_path = tmp_path / f"worker-{index}-{len(started)}.log"
-        handle = WorkerHandle(stack.start_worker(env, log_path, index), log_path, ready)
+        log_path = tmp_path / f"{kind}-{index}-{len(started)}.log"
+        start = {"ingest": stack.start_worker, "monitor": stack.start_monitor_worker}[kind]
+        handle = WorkerHandle(start(env, log_path, index), log_path, ready)
         started.append(handle)
         if wait:
-            wait_until(ready.exists, 60, lambda: f"worker not ready:\n{handle.log_tail()}")
+            wait_until(ready.exists, 60, lambda: f"{kind} worker not ready:\n{handle.log_tail()}")
         return handle
 
     yield _start

@@ -81,8 +81,8 @@ def test_up_detach_status_down(stack_dir: Path, tmp_path: Path) -> None:
         status = _pitstop(stack_dir, "status", "--json")
         assert status.returncode == 0, status.stdout + status.stderr
         rows = {r["component"]: r for r in json.loads(status.stdout)}
-        assert set(rows) == {"supervisor", "broker", "database", "config", "worker-0", "worker-1", "retrain-0",
-                             "rollout-0"}
+        assert set(rows) == {"supervisor", "broker", "database", "config", "worker-0", "worker-1", "monitor-0",
+                             "retrain-0", "rollout-0"}
         assert all(r["healthy"] for r in rows.values())
         assert demo_config_path() in rows["config"]["detail"] and "churn" in rows["config"]["detail"]
         again = _pitstop(stack_dir, "up", "--detach")

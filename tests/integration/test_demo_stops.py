@@ -46,7 +46,8 @@ def test_demo_stops_its_stack_when_its_output_goes(services: Services, db_schema
         demo.send_signal(signal.SIGINT)  # Ctrl-C on the pipeline: with the closed pipe, or as the demo meets it
         demo.wait(60)
         assert any(b"workers" in line for line in lines), lines
-        assert {"supervisor", "worker-0", "retrain-0", "rollout-0"} <= {p.name for p in seen.values()}, seen
+        started = {p.name for p in seen.values()}
+        assert {"supervisor", "worker-0", "monitor-0", "retrain-0", "rollout-0"} <= started, seen
         left = [f"{p.name} (pid {p.pid})" for p in seen.values() if stack.is_ours(p)]
         assert left == [], f"left running: {left}; stderr: {log_path.read_text()[-2000:]}"
         assert not (state_dir / stack.STACK_FILE).exists()

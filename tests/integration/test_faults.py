@@ -115,3 +115,40 @@ def test_unexpected_error_exits_the_worker_without_acking(
         assert conn.execute("SELECT count(*) FROM predictions").fetchone() == (0,)
     start_worker()
     wait_until(lambda: _counts(store) == (200, 220, 200), 60, lambda: f"{_counts(store)}")
+
+
+def test_a_monitor_worker_rides_out_a_database_outage(
+    own_postgres: tuple[Path, int, str], db_schema: str, start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    """While Postgres is down the monitor worker's rounds are skipped, said in its log; once it is back the worker,
+    still the same process, judges the windows that came meanwhile."""
+    from datetime import timedelta
+
+    from feedback.config import parse_config
+    from feedback.monitoring.windows import WindowUpdater
+    from tests.factories import T0, drifting_hour
+    from tests.integration.test_triggers import TOML
+
+    pgdata, port, url = own_postgres
+    migrate(url, db_schema)
+    config = tmp_path / "pitstop.toml"
+    config.write_text(TOML)
+    monitor = start_worker(kind="monitor", database_url=url, PITSTOP_CONFIG=str(config),
+                           PITSTOP_MONITOR_INTERVAL_S="0.5")
+    newest = "SELECT max(window_start) FROM monitor_results WHERE kind = 'performance' AND status <> 'unjudged'"
+
+    def hours(store: FeedbackStore, span: range) -> None:
+        for hour in span:
+            store.write_batch(*drifting_hour(hour, drift=False))
+
+    with FeedbackStore(url, db_schema, windows=WindowUpdater(parse_config(TOML))) as store:
+        hours(store, range(4))
+        wait_until(lambda: store.scalar(newest) == T0 + timedelta(hours=3), 60, lambda: monitor.log_tail())
+    stack.stop_postgres(pgdata)
+    wait_until(lambda: monitor.log_path.read_text().count("database unavailable") >= 2, 60,
+               lambda: f"no skipped round logged:\n{monitor.log_tail()}")
+    stack.start_postgres(pgdata, port)
+    with FeedbackStore(url, db_schema, windows=WindowUpdater(parse_config(TOML))) as store:
+        hours(store, range(4, 7))
+        wait_until(lambda: store.scalar(newest) == T0 + timedelta(hours=6), 60, lambda: monitor.log_tail())
+    assert stack.is_ours(monitor.record), "the monitor worker must survive the outage"

@@ -38,7 +38,12 @@ def test_worker_counts_windows_and_publishes_rounds(
     prediction and label exactly once, and publishes a schema-valid round that flags the shifted feature."""
     config = tmp_path / "pitstop.toml"
     config.write_text(TOML)
-    worker = start_worker(PITSTOP_CONFIG=str(config), PITSTOP_MONITOR_INTERVAL_S="1")
+    ingest = start_worker(PITSTOP_CONFIG=str(config))
+    monitor = start_worker(kind="monitor", PITSTOP_CONFIG=str(config), PITSTOP_MONITOR_INTERVAL_S="1")
+
+    def tail() -> str:  # what both logged, for a failure's message
+        return f"ingest:\n{ingest.log_tail()}\nmonitor:\n{monitor.log_tail()}"
+
     rng = np.random.default_rng(8)
     n = 1200
     shift = [0.0 if i < 600 else 1.5 for i in range(n)]
@@ -57,7 +62,7 @@ def test_worker_counts_windows_and_publishes_rounds(
                                 " WHERE segment = '*'")
         return int(rows), int(labelled)
 
-    wait_until(lambda: totals() == (n, n), 90, lambda: f"windows hold {totals()}\n{worker.log_tail()}")
+    wait_until(lambda: totals() == (n, n), 90, lambda: f"windows hold {totals()}\n{tail()}")
     consumer = KafkaConsumer(topics.monitoring, bootstrap_servers=services.kafka_bootstrap,
                              auto_offset_reset="earliest", consumer_timeout_ms=1000)
     events: list[dict[str, Any]] = []
@@ -66,7 +71,7 @@ def test_worker_counts_windows_and_publishes_rounds(
         events.extend(json.loads(m.value) for m in consumer)
         return any(e["drift"]["flagged"] == ["x"] for e in events)
 
-    wait_until(flagged_round, 60, lambda: f"rounds: {events[-2:]}\n{worker.log_tail()}")
+    wait_until(flagged_round, 60, lambda: f"rounds: {events[-2:]}\n{tail()}")
     consumer.close()
     validator = jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.FormatChecker())
     for event in events:

@@ -58,11 +58,16 @@ def test_a_drifting_stream_publishes_exactly_one_trigger(
     drift's first window and whose evidence names the drifted features."""
     config = tmp_path / "pitstop.toml"
     config.write_text(TOML)
-    worker = start_worker(PITSTOP_CONFIG=str(config), PITSTOP_MONITOR_INTERVAL_S="1")
+    ingest = start_worker(PITSTOP_CONFIG=str(config))
+    monitor = start_worker(kind="monitor", PITSTOP_CONFIG=str(config), PITSTOP_MONITOR_INTERVAL_S="1")
+
+    def tail() -> str:  # what both logged, for a failure's message
+        return f"ingest:\n{ingest.log_tail()}\nmonitor:\n{monitor.log_tail()}"
+
     _stream(services, topics, drift=True)
-    wait_until(_settled(store), 120, lambda: worker.log_tail())
+    wait_until(_settled(store), 120, lambda: tail())
     wait_until(lambda: store.scalar("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL") == 1, 30,
-               lambda: f"{store.rows('SELECT * FROM retrain_decisions')}\n{worker.log_tail()}")
+               lambda: f"{store.rows('SELECT * FROM retrain_decisions')}\n{tail()}")
     time.sleep(3)  # more rounds: still one
     events = _triggers(services, topics)
     assert len(events) == 1, events
@@ -90,9 +95,59 @@ def test_a_stable_stream_of_the_same_size_publishes_none(
     """Without drift, the same volume of traffic through the same worker decides nothing and publishes nothing."""
     config = tmp_path / "pitstop.toml"
     config.write_text(TOML)
-    worker = start_worker(PITSTOP_CONFIG=str(config), PITSTOP_MONITOR_INTERVAL_S="1")
+    ingest = start_worker(PITSTOP_CONFIG=str(config))
+    monitor = start_worker(kind="monitor", PITSTOP_CONFIG=str(config), PITSTOP_MONITOR_INTERVAL_S="1")
+
+    def tail() -> str:  # what both logged, for a failure's message
+        return f"ingest:\n{ingest.log_tail()}\nmonitor:\n{monitor.log_tail()}"
+
     _stream(services, topics, drift=False)
-    wait_until(_settled(store), 120, lambda: worker.log_tail())
+    wait_until(_settled(store), 120, lambda: tail())
     time.sleep(3)  # several rounds on the complete data
     assert store.rows("SELECT decision_id, status, sentence FROM retrain_decisions") == []
     assert _triggers(services, topics) == []
+
+
+def _in_round(store: FeedbackStore) -> bool:
+    """A monitor round holds its lock now (a session-level advisory lock: a killed worker's goes with its
+    connection)."""
+    from feedback.monitoring.round import MONITOR_LOCK
+
+    return bool(store.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                             "AND classid = 0 AND objid = %s", (MONITOR_LOCK,)))
+
+
+def test_a_monitor_worker_killed_mid_round_loses_no_decision_and_makes_none_twice(
+    services: Services, topics: Topics, store: FeedbackStore, start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    """SIGKILL of the monitor worker while its round holds the lock, three times over (the first rounds build the
+    profile, judge every window and decide), then a worker left running: one fired decision, and only its id on
+    the triggers topic (a relay killed between publishing and marking the row sent publishes the same id again,
+    which consumers ignore)."""
+    from pitstop import stack
+
+    config = tmp_path / "pitstop.toml"
+    config.write_text(TOML)
+    ingest = start_worker(PITSTOP_CONFIG=str(config))
+    _stream(services, topics, drift=True)
+    # every event stored (counted once the first round has built the profile)
+    stored = "SELECT (SELECT count(*) FROM predictions) + (SELECT count(*) FROM outcomes)"
+    wait_until(lambda: store.scalar(stored) == 2 * HOURS * PER_HOUR, 120, lambda: ingest.log_tail())
+    kills = 0
+    for _ in range(3):
+        monitor = start_worker(kind="monitor", wait=False, PITSTOP_CONFIG=str(config),
+                               PITSTOP_MONITOR_INTERVAL_S="0.2")
+        wait_until(lambda: _in_round(store), 60, lambda m=monitor: m.log_tail(), interval_s=0.005)
+        stack.kill_process(monitor.record)
+        kills += 1
+        wait_until(lambda: not _in_round(store), 30, lambda: "the killed round's lock is still held")
+    monitor = start_worker(kind="monitor", PITSTOP_CONFIG=str(config), PITSTOP_MONITOR_INTERVAL_S="0.5")
+    wait_until(_settled(store), 120, lambda: monitor.log_tail())
+    wait_until(lambda: store.scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
+               and store.scalar("SELECT count(*) FROM outbox") >= 1, 30, lambda: monitor.log_tail())
+    time.sleep(2)  # more rounds: nothing new
+    fired = store.rows("SELECT decision_id FROM retrain_decisions WHERE status = 'fired'")
+    assert len(fired) == 1, store.rows("SELECT decision_id, status, sentence FROM retrain_decisions")
+    assert store.scalar("SELECT count(*) FROM outbox") == 1
+    assert {e["trigger_id"] for e in _triggers(services, topics)} == {fired[0][0]}
+    assert kills == 3

@@ -257,10 +257,12 @@ def test_train_with_budget_stops_a_hanging_trainer_and_what_it_started(tmp_path:
     before = descendants()
     started = time.monotonic()
     with pytest.raises(TrainerError) as caught:
-        train_with_budget("tests.trainer_fixtures:hanging", "classification", X, y, np.ones(len(X)), budget_s=6)
+        train_with_budget("tests.trainer_fixtures:hanging", "classification", X, y, np.ones(len(X)), budget_s=12)
     elapsed = time.monotonic() - started
-    assert 6 <= elapsed < 12  # a budget long enough for the child to start its helper on a loaded machine
-    assert str(caught.value) == "trainer 'tests.trainer_fixtures:hanging' passed its time budget of 6 s; stopped"
+    # a budget long enough for the spawned child to import, unpickle and start its helper on a loaded machine (6 s
+    # was not, with `make test` beside a benchmark at a load of 5 on 2 cores)
+    assert 12 <= elapsed < 20
+    assert str(caught.value) == "trainer 'tests.trainer_fixtures:hanging' passed its time budget of 12 s; stopped"
     assert descendants() <= before
     assert not active_children()
     helper = int(pid_file.read_text())

@@ -1,0 +1,119 @@
+"""`pitstop monitor-worker`: the monitor rounds and the retrain decisions in a process of their own (settings,
+kafka-python clients, signals), so that the ingest worker only ingests.
+
+Every ``PITSTOP_MONITOR_INTERVAL_S`` (10 s) a monitor round judges the windows that changed
+(feedback/monitoring/round.py), the trigger engine decides on its evaluations under the round's lock, and each
+evaluated version's summary goes to the monitoring topic. Every :data:`OUTBOX_INTERVAL_S` the outbox is relayed:
+the decisions of this process and of any other that wrote one without a broker (a manual `pitstop retrain`).
+
+Nothing here holds state the database does not: a worker killed mid-round has committed each decision with its
+outbox row or not at all, and the next round (of a restarted worker, or of another) decides again from the
+store; a decision id is deterministic, so none is made twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+from kafka import KafkaProducer
+
+from feedback.alerts import alert_sink
+from feedback.monitoring.round import Monitor
+from feedback.monitoring.windows import WindowUpdater
+from feedback.store import FeedbackStore
+from feedback.store.ingest import TRANSIENT_ERRORS
+from feedback.triggers.engine import TriggerEngine
+from pitstop.outbox_relay import OutboxPublisher, publish_outbox
+from pitstop.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: seconds between looks at the outbox for events to publish
+OUTBOX_INTERVAL_S = 2.0
+GROUP_SUFFIX = "-monitor"
+
+
+def run(settings: Settings, *, should_stop: Callable[[], bool] | None = None) -> int:
+    """Run one monitor worker until SIGINT/SIGTERM (or ``should_stop()``); returns the exit status."""
+    bootstrap, database_url = settings.require_services()
+    stop = threading.Event()
+    if should_stop is None and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    stopping = should_stop or stop.is_set
+    client_id = settings.app_id + GROUP_SUFFIX
+    windows = WindowUpdater(settings.monitoring)  # the round recounts (profiles, stray labels) as the ingest counts
+    store = FeedbackStore(database_url, settings.db_schema, windows=windows, max_size=2).open(wait=False)
+    monitor = Monitor(store, windows)
+    alerts = alert_sink(settings.alert_webhook)
+    engine = TriggerEngine(settings.monitoring, alerts)
+    outbox = OutboxPublisher(bootstrap, settings.topics.prefix, client_id=f"{client_id}-outbox")
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", client_id=client_id, retries=5,
+                             max_block_ms=10_000)
+    ready = os.environ.get("PITSTOP_READY_FILE")
+    log.info("monitor worker: a round every %g s over %d model(s)", settings.monitor_interval_s,
+             len(settings.monitoring.models))
+    try:
+        next_round = time.monotonic()
+        while not stopping():
+            if time.monotonic() >= next_round:
+                next_round = time.monotonic() + settings.monitor_interval_s
+                if settings.monitoring.models:
+                    for model, value in run_monitor_round(monitor, engine):
+                        _send(producer, settings.topics.monitoring, model, value)
+            publish_outbox(outbox, store)
+            if ready:
+                Path(ready).touch()
+                ready = None
+            _wait(stopping, min(OUTBOX_INTERVAL_S, max(0.0, next_round - time.monotonic())))
+    finally:
+        for close in (lambda: producer.close(timeout=10), outbox.close, store.close, alerts.close):
+            try:
+                close()
+            except Exception:  # a clean-up failure must not hide the original error
+                log.exception("monitor worker clean-up failed")
+    return 0
+
+
+def run_monitor_round(monitor: Monitor, engine: TriggerEngine | None = None) -> list[tuple[str, bytes]]:
+    """One monitor round, then the retrain decisions on its evaluations (under the round's lock); the summaries of
+    the versions it evaluated, as (model, message) pairs. A failed round is logged and skipped: the next round
+    evaluates again from the store (a decision already fired stays fired)."""
+    after = None if engine is None else (lambda conn, evaluations: engine.run(conn, evaluations))
+    try:
+        result = monitor.run_once(after=after)
+    except TRANSIENT_ERRORS as exc:
+        log.warning("monitor round skipped, database unavailable: %s", exc)
+        return []
+    except Exception:
+        log.exception("monitor round failed; the next round starts afresh")
+        return []
+    if result is None:
+        return []
+    for model, version in result.profiles_built:
+        log.info("reference profile built for %s %s from its first predictions", model, version)
+    return [(s["model_name"], orjson.dumps(s)) for s in result.summaries]
+
+
+def _send(producer: KafkaProducer, topic: str, model: str, value: bytes) -> None:
+    """A round's summary on the monitoring topic; one the broker does not take is logged and dropped (the results
+    and decisions it summarises are in the database)."""
+    try:
+        producer.send(topic, key=model.encode(), value=value).add_errback(
+            lambda exc: log.warning("monitoring summary of %s not published: %s", model, exc))
+    except Exception as exc:
+        log.warning("monitoring summary of %s not published: %s", model, exc)
+
+
+def _wait(stopping: Callable[[], bool], seconds: float) -> None:
+    """Sleep ``seconds``, waking every 0.2 s to see whether to stop."""
+    deadline = time.monotonic() + seconds
+    while not stopping() and time.monotonic() < deadline:
+        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
