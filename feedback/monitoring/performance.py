@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -284,7 +285,9 @@ def add(acc: dict[str, int], contribution: Mapping[str, int], sign: int = 1) -> 
             acc.pop(key, None)
 
 
+@functools.cache
 def _z(confidence: float) -> float:
+    """The normal quantile of a two-sided ``confidence`` interval: computed once per confidence level."""
     if not 0.0 < confidence < 1.0:
         msg = f"confidence must be in (0, 1), got {confidence!r}"
         raise ValueError(msg)
@@ -355,16 +358,19 @@ def _normal_mean(
     return _metric(name, mean, low, high, n=n, higher_is_better=higher_is_better, method="normal")
 
 
-def _f1(tp: int, fp: int, fn: int, tn: int, confidence: float, seed: int) -> MetricValue:
+def _f1(tp: int, fp: int, fn: int, z: float) -> MetricValue:
+    """F1 with an interval from its Jaccard index: F1 = 2J / (1 + J) with J = tp / (tp + fp + fn), a proportion of
+    the tp + fp + fn events that matter, so Wilson's interval of J, mapped through that increasing function, is
+    F1's (no draws: the same figures every time, in microseconds).
+
+    >>> m = _f1(30, 10, 5, 1.959963984540054)
+    >>> round(m.value, 4), round(m.ci_low, 4), round(m.ci_high, 4), m.method
+    (0.8, 0.6848, 0.8804, 'wilson-jaccard')
+    """
+    jaccard = _wilson("f1", tp, tp + fp + fn, z)
     value = 2 * tp / (2 * tp + fp + fn)
-    rng = np.random.default_rng(seed)
-    theta = rng.dirichlet(np.array([tp, fp, fn, tn], dtype=float) + _F1_PRIOR, size=_F1_DRAWS)
-    num = 2.0 * theta[:, 0]
-    den = num + theta[:, 1] + theta[:, 2]
-    draws = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(draws, [tail, 1.0 - tail])
-    return _metric("f1", value, float(low), float(high), n=tp + fp + fn, higher_is_better=True, method="dirichlet")
+    low, high = (2 * j / (1 + j) for j in (jaccard.ci_low, jaccard.ci_high))
+    return _metric("f1", value, low, high, n=tp + fp + fn, higher_is_better=True, method="wilson-jaccard")
 
 
 def _bins(acc: Mapping[str, int], prefix: str, count: int) -> list[int]:
@@ -424,9 +430,9 @@ def classification_metrics(
     no predicted positives: no precision; one class only among scored events: no ``roc_auc``).
 
     Intervals at ``confidence``: accuracy, precision and recall use Wilson's score interval
-    (no continuity correction); f1 takes the quantiles of 2000 draws of the confusion
-    proportions from a Dirichlet posterior with a +0.5 prior, seeded by ``seed`` so the result
-    is deterministic; ``roc_auc`` is the Mann-Whitney statistic of the two score histograms
+    (no continuity correction); f1 is ``2J / (1 + J)`` of the Wilson interval of its Jaccard index
+    ``J = tp / (tp + fp + fn)`` (:func:`_f1`); ``seed`` is not used (kept for the multiclass
+    metrics' draws); ``roc_auc`` is the Mann-Whitney statistic of the two score histograms
     (pairs within one bin count one half, see :func:`auc_max_error`) with the Hanley-McNeil
     (1982) standard error; ``log_loss`` is the mean per-event loss with a normal interval from
     the sum of squares (the whole range ``[0, inf]`` with one scored event); ``ece`` is
@@ -461,7 +467,7 @@ def classification_metrics(
     if tp + fn:
         out["recall"] = _wilson("recall", tp, tp + fn, z)
     if tp + fp + fn:
-        out["f1"] = _f1(tp, fp, fn, tn, confidence, seed)
+        out["f1"] = _f1(tp, fp, fn, z)
     if (auc := _roc_auc(acc, z)) is not None:
         out["roc_auc"] = auc
     n_scored = acc.get("n_scored", 0)
