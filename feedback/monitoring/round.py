@@ -36,12 +36,17 @@ from feedback.store import FeedbackStore
 
 log = logging.getLogger(__name__)
 
-MONITOR_LOCK = 0x5049_4D4E  # one monitor round at a time across workers
+#: advisory lock class of "the monitor round of a schema": one round at a time across the workers of one store
+#: (keyed by the schema, so that stores in other schemas of the same database never wait for it)
+MONITOR_LOCK = 0x5049_4D4E
 #: chunks of the stray-label sweep per round (feedback.monitoring.windows.SWEEP_CHUNK labels each)
 SWEEP_CHUNKS = 4
 #: a monitor evaluates every version again every this many rounds, changed or not (an hour at the default
 #: 10 s interval): what no window change marks (a tested level registered late) is seen within it
 FULL_PASS_ROUNDS = 360
+
+_TRY_ROUND_LOCK = "SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))"
+_ROUND_UNLOCK = "SELECT pg_advisory_unlock(%s, hashtext(current_schema()))"
 
 # a loose index scan over predictions_model_time: the model's versions without a profile
 _UNPROFILED = """
@@ -178,7 +183,7 @@ class Monitor:
         config = self.updater.config
         names = sorted(models if models is not None else config.models)
         with self.store.pool.connection() as conn:
-            if not conn.execute("SELECT pg_try_advisory_lock(%s)", (MONITOR_LOCK,)).fetchone()[0]:
+            if not conn.execute(_TRY_ROUND_LOCK, (MONITOR_LOCK,)).fetchone()[0]:
                 return None
             try:
                 built = self._build_profiles(conn)
@@ -214,7 +219,7 @@ class Monitor:
                 if after is not None:
                     after(conn, evaluations + kept)
             finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (MONITOR_LOCK,))
+                conn.execute(_ROUND_UNLOCK, (MONITOR_LOCK,))
         return RoundResult(evaluations, summaries, built, swept, written)
 
     def _changed(self, cur: psycopg.Cursor[Any], names: Sequence[str]) -> set[tuple[str, str]] | None:

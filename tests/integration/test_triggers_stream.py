@@ -113,8 +113,8 @@ def _in_round(store: FeedbackStore) -> bool:
     connection)."""
     from feedback.monitoring.round import MONITOR_LOCK
 
-    return bool(store.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                             "AND classid = 0 AND objid = %s", (MONITOR_LOCK,)))
+    return bool(store.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = %s "
+                             "AND objid = hashtext(current_schema())::oid", (MONITOR_LOCK,)))
 
 
 def test_a_monitor_worker_killed_mid_round_loses_no_decision_and_makes_none_twice(
