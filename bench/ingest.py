@@ -24,8 +24,9 @@ What it measures (see BENCHMARKS.md for the targets and the latest figures):
 * Memory (``--memory-events``): that many events streamed through one worker while its RSS is
   sampled every 2 s; RSS at 0/25/50/75/100% of the events and the slope after 25%.
 * Monitoring (``--monitor``): each throughput scenario's topics are drained again by workers
-  with ``PITSTOP_CONFIG=bench/monitoring.toml`` (the churn model, 3-minute windows; the monitor
-  round at its default interval), alternating with plain drains, ``--monitor-rounds`` of each in
+  with ``PITSTOP_CONFIG=bench/monitoring.toml`` (the churn model, 3-minute windows), each with a monitor worker
+  beside it running its rounds at their default interval (`pitstop monitor-worker`, as `pitstop up` runs it),
+  alternating with plain drains, ``--monitor-rounds`` of each in
   the order A B B A ... (A off, B on); the target is the median monitored rate over the median
   plain one. Before a monitored worker starts, its schema gets each version's reference profile,
   built from 5,000 predictions of a sample with another seed, so every event is counted from the
@@ -497,6 +498,18 @@ def start_worker(
     return record, wait_ready(ready, record, log_path), log_path
 
 
+def start_monitor_worker(ctx: Ctx, topics: Topics, schema: str, app_id: str, name: str,
+                         extra_env: dict[str, str]) -> stack.ProcessRecord:
+    """The product's monitor worker (``pitstop monitor-worker``: the monitor rounds at their default interval and
+    the retrain decisions) beside a monitored worker, on the same machine, as `pitstop up` runs them."""
+    ready = ctx.state_dir / f"ready-monitor-{name}"
+    log_path = ctx.state_dir / f"monitor-{name}.log"
+    env = {**ctx.worker_env(topics, schema, app_id, ready), **extra_env}
+    record = stack.start_monitor_worker(env, log_path, 100 + ctx.workers)
+    ctx.started.append(record)
+    return record
+
+
 def stop(ctx: Ctx, record: stack.ProcessRecord) -> None:
     stack.stop_process(record)
     with contextlib.suppress(ValueError):
@@ -749,9 +762,9 @@ def run_worker_drain(
 ) -> dict[str, Any]:
     """Start a worker over preloaded topics; time ready -> every prediction has its label.
 
-    With ``monitor`` the worker monitors (PITSTOP_CONFIG=bench/monitoring.toml, its monitor
-    round at the default interval), its schema has the reference profiles before it starts,
-    and the windows are checked exactly at the end."""
+    With ``monitor`` the worker counts the monitored model's windows (PITSTOP_CONFIG=bench/monitoring.toml) and
+    a monitor worker runs its rounds beside it at the default interval; the schema has the reference profiles
+    before they start, and the windows are checked exactly at the end."""
     name = f"{content.name}{suffix}"
     _, schema, app_id = ctx.names(f"w_{name}")
     n = content.stats.predictions
@@ -760,6 +773,7 @@ def run_worker_drain(
         install_reference_profiles(ctx, schema, monitor, seed)
         env["PITSTOP_CONFIG"] = monitor.path
     record, t_ready, log_path = start_worker(ctx, content.topics, schema, app_id, name, extra_env=env)
+    monitor_worker = start_monitor_worker(ctx, content.topics, schema, app_id, name, env) if monitor else None
     meter = CpuMeter(ctx, record.pid)
     rss_peak = rss_start = _rss_mb(record.pid)
     polls = 0
@@ -792,6 +806,8 @@ def run_worker_drain(
             ).fetchone()  # type: ignore[misc]
     finally:
         stop(ctx, record)
+        if monitor_worker is not None:
+            stop(ctx, monitor_worker)
     # Sustained: from the start of the first write transaction (so not the consumer group's
     # start-up, which on Tansu now and then takes seconds) to every label visible.
     seconds = t_done - first
