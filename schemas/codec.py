@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import reprlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -328,6 +329,11 @@ def _check_outcome(doc: Any, horizon: datetime) -> OutcomeEvent:
 _FEATURE_TYPES = frozenset((int, float, str, bool))
 
 
+#: a value shown in a reason: a few levels and characters of it, whatever it holds (a hostile document nests a
+#: thousand levels deep, past what repr can walk)
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlist, _SHOWN.maxdict = 3, 40, 40, 4, 4
+
 def _check_fields(doc: dict[str, Any], required: Sequence[str], allowed: frozenset[str], what: str) -> None:
     if len(doc) < len(required) or not doc.keys() >= set(required):
         missing = ", ".join(k for k in required if k not in doc)
@@ -339,7 +345,7 @@ def _check_fields(doc: dict[str, Any], required: Sequence[str], allowed: frozens
         raise _Invalid(msg)
     version = doc["schema_version"]
     if version != SCHEMA_VERSION or type(version) is bool:
-        msg = f"schema: schema_version must be {SCHEMA_VERSION}, got {version!r}"
+        msg = f"schema: schema_version must be {SCHEMA_VERSION}, got {_SHOWN.repr(version)}"
         raise _Invalid(msg)
     for key in allowed.difference(required):
         if key in doc and doc[key] is None and key != "error":

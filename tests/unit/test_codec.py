@@ -73,6 +73,9 @@ def test_offsets_are_normalised_to_utc() -> None:
         (OUT, outcome_dict(label=[1]), "schema: label must be a number"),
         (OUT, outcome_dict(observed_at="yesterday"), "timestamp: observed_at"),
         (OUT, b"[]", "schema: empty batch"),
+        # found by the hostile-corpus test: a schema_version nested past what repr can walk
+        (OUT, b'{"schema_version":' + b"[" * 1000 + b"]" * 1000 + b',"prediction_id":"p","label":1,'
+              b'"observed_at":"2026-03-01T12:00:00Z"}', "schema: schema_version must be 1, got [[[[...]]]]"),
     ],
 )
 def test_bad_single_input_is_rejected_with_reason(kind: EventKind, value: object, reason_start: str) -> None:
