@@ -180,3 +180,64 @@ def test_a_window_of_many_classes_reports_its_20_largest_confusions() -> None:
     for k in reported:
         i, j = (int(v) for v in k[len("confusion["):-1].split("->"))
         assert m[k].value == pytest.approx(matrix[i, j] / matrix[i].sum(), abs=1e-12)
+
+
+def _dirichlet_interval(cells: np.ndarray, seed: int) -> list[tuple[float, float]]:
+    """The macro and weighted F1 intervals the monitor reported before (2,000 Dirichlet draws, +0.5 a cell): the
+    reference the delta method must cover as well as."""
+    k = cells.shape[0]
+    theta = np.random.default_rng(seed).dirichlet(cells.ravel() + 0.5, size=2000).reshape(2000, k, k)
+    tp, rows, cols = np.diagonal(theta, axis1=1, axis2=2), theta.sum(axis=2), theta.sum(axis=1)
+    f1 = 2 * tp / (rows + cols)
+    return [tuple(np.quantile(x, [0.025, 0.975])) for x in (f1.mean(axis=1), (f1 * rows).sum(axis=1))]
+
+
+def _acc(cells: np.ndarray) -> dict[str, int]:
+    acc = {"n": int(cells.sum()), "correct": int(np.trace(cells))}
+    acc |= {f"cm:[{i},{j}]": int(c) for (i, j), c in np.ndenumerate(cells) if c}
+    return acc
+
+
+@pytest.mark.parametrize(("pi", "n"), [
+    ([[0.30, 0.04, 0.02], [0.05, 0.20, 0.05], [0.02, 0.07, 0.25]], 80),
+    ([[0.60, 0.02, 0.01, 0.01], [0.02, 0.20, 0.01, 0.01], [0.01, 0.01, 0.05, 0.01], [0.01, 0.0, 0.01, 0.02]], 300),
+    ([[0.45, 0.02], [0.03, 0.50]], 200),  # F1 near its bound
+])
+def test_f1_intervals_cover_as_well_as_the_dirichlet_draws(pi: list[list[float]], n: int) -> None:
+    """Over 400 windows, the delta-method intervals of macro and weighted F1 hold the population's value about 95% of
+    the time, and no less often than the 2,000-draw Dirichlet intervals they replaced (within 2 points)."""
+    p = np.array(pi)
+    truth = _population_f1(p)
+    rng = np.random.default_rng(5)
+    hits, reference = np.zeros(2), np.zeros(2)
+    for seed in range(400):
+        cells = rng.multinomial(n, p.ravel()).reshape(p.shape)
+        m = multiclass_metrics(_acc(cells), confusion=False)
+        before = _dirichlet_interval(cells, seed)
+        for k, name in enumerate(("macro_f1", "weighted_f1")):
+            hits[k] += m[name].ci_low <= truth[k] <= m[name].ci_high
+            reference[k] += before[k][0] <= truth[k] <= before[k][1]
+    assert np.all((hits / 400 >= 0.92) & (hits / 400 <= 0.99)), (hits / 400, reference / 400)
+    assert np.all(hits >= reference - 8), (hits / 400, reference / 400)
+
+
+def test_the_delta_method_variance_is_the_spread_of_f1_over_many_windows() -> None:
+    """At 5,000 events a window the delta method's standard error (from the interval's width on the logit scale)
+    matches the standard deviation of macro F1 over 2,000 simulated windows within 5%."""
+    from scipy.special import logit
+
+    p = np.array([[0.30, 0.04, 0.02], [0.05, 0.20, 0.05], [0.02, 0.07, 0.25]])
+    rng = np.random.default_rng(2)
+    values = [_population_f1(rng.multinomial(5000, p.ravel()).reshape(3, 3) / 5000)[0] for _ in range(2000)]
+    m = multiclass_metrics(_acc(np.round(p * 5000).astype(int)), confusion=False)["macro_f1"]
+    z = 1.959963984540054
+    se = (logit(m.ci_high) - logit(m.ci_low)) / (2 * z) * m.value * (1 - m.value)
+    assert se == pytest.approx(float(np.std(values)), rel=0.05)
+
+
+def test_a_perfect_window_has_an_interval_below_one() -> None:
+    """Every event right: F1 is 1 and the logit has no slope there; the interval is the mean of the per-class
+    Wilson-Jaccard intervals, below 1, not the point."""
+    m = multiclass_metrics(_acc(np.diag([40, 30, 30])), confusion=False)
+    for name in ("macro_f1", "weighted_f1"):
+        assert m[name].value == 1.0 and 0.9 < m[name].ci_low < 1.0 and m[name].ci_high == 1.0
