@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +30,7 @@ from feedback.store.ingest import TRANSIENT_ERRORS
 from feedback.triggers.engine import TriggerEngine
 from pitstop.outbox_relay import OutboxPublisher, publish_outbox
 from pitstop.settings import Settings
+from pitstop.stopping import stop_requested
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +42,7 @@ GROUP_SUFFIX = "-monitor"
 def run(settings: Settings, *, should_stop: Callable[[], bool] | None = None) -> int:
     """Run one monitor worker until SIGINT/SIGTERM (or ``should_stop()``); returns the exit status."""
     bootstrap, database_url = settings.require_services()
-    stop = threading.Event()
-    if should_stop is None and threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-    stopping = should_stop or stop.is_set
+    stopping = stop_requested(should_stop)
     client_id = settings.app_id + GROUP_SUFFIX
     windows = WindowUpdater(settings.monitoring)  # the round recounts (profiles, stray labels) as the ingest counts
     store = FeedbackStore(database_url, settings.db_schema, windows=windows, max_size=2).open(wait=False)

@@ -4,8 +4,6 @@ retrain_worker/worker.py."""
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from collections.abc import Callable
 
 from kafka import KafkaConsumer, KafkaProducer
@@ -14,6 +12,7 @@ from feedback.alerts import alert_sink
 from feedback.store import FeedbackStore
 from pitstop.outbox_relay import OutboxPublisher
 from pitstop.settings import Settings
+from pitstop.stopping import stop_requested
 from pitstop.topic_ids import ForgetTopicIds, TopicIds
 from retrain_worker.pipeline import RetrainPipeline
 from retrain_worker.worker import RetrainWorker
@@ -31,10 +30,7 @@ def retrain_group(settings: Settings) -> str:
 def run(settings: Settings, *, should_stop: Callable[[], bool] | None = None) -> int:
     """Run one retrain worker until SIGINT/SIGTERM (or ``should_stop()``); returns the exit status."""
     bootstrap, database_url = settings.require_services()
-    stop = threading.Event()
-    if should_stop is None and threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
+    stopping = stop_requested(should_stop)
     longest = max((m.retrain.budget_s for m in settings.monitoring.models.values()), default=600)
     topic_ids = TopicIds(bootstrap, client_id=f"{retrain_group(settings)}-topic-ids")
     consumer = KafkaConsumer(
@@ -57,7 +53,7 @@ def run(settings: Settings, *, should_stop: Callable[[], bool] | None = None) ->
     )
     log.info("retrain worker: consuming %s (group %s)", settings.topics.retrain_triggers, retrain_group(settings))
     try:
-        worker.run(should_stop or stop.is_set)
+        worker.run(stopping)
     finally:
         for close in (consumer.close, lambda: producer.close(timeout=10), outbox.close, store.close,
                       alerts.close):

@@ -85,7 +85,7 @@ def test_a_version_whose_first_windows_fall_short_of_its_tested_level_is_judged_
         assert [s for (s,) in statuses] == ["baseline", "ok", "ok"], statuses
 
 
-SEGMENTED = parse_config("""
+SEGMENTED_TOML = """
 [models.churn]
 task = "classification"
 positive_class = 1
@@ -98,7 +98,8 @@ min_label_coverage = 0.5
 reference_rows = 100
 [models.churn.performance]
 baseline_windows = 1
-""")
+"""
+SEGMENTED = parse_config(SEGMENTED_TOML)
 
 
 def _segmented_hour(store: FeedbackStore, hour: int, n: int, first_id: int, *, labelled: int | None = None) -> None:
@@ -175,16 +176,7 @@ def test_a_round_writes_only_the_windows_whose_results_changed(services, db_sche
         assert len(rewritten) < len(now) / 2, (len(rewritten), len(now))
 
 
-TWO_MODELS = parse_config("""
-[models.churn]
-task = "classification"
-positive_class = 1
-segments = ["region"]
-window = "1h"
-span = 6
-min_rows = 50
-min_labels = 30
-reference_rows = 100
+TWO_MODELS = parse_config(SEGMENTED_TOML + """
 [models.other]
 task = "classification"
 positive_class = 1

@@ -3,28 +3,21 @@ the accumulators, found by visibility in the round's snapshot, whatever order tr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import numpy as np
-import pytest
 
 from feedback.monitoring.changes import ChangedWindow, changed_since, snapshot
 from feedback.monitoring.profile import ROWS
-from feedback.monitoring.windows import WindowDelta, WindowUpdater, install_profile
+from feedback.monitoring.windows import WindowDelta, install_profile
 from feedback.store import FeedbackStore
 from tests.factories import T0, outcome
-from tests.integration.test_windows import CONFIG, events, reference
+from tests.integration import test_windows
+from tests.integration.test_windows import events, reference
 
 HOUR = timedelta(hours=1)
-
-
-@pytest.fixture
-def monitored(services, db_schema) -> Iterator[FeedbackStore]:
-    with FeedbackStore(services.database_url, db_schema, windows=WindowUpdater(CONFIG)) as s:
-        with s.pool.connection() as conn:
-            install_profile(conn, s.windows, reference())
-        yield s
+#: a store that counts windows, with the model's profile installed (test_windows' fixture)
+monitored = test_windows.monitored
 
 
 def _snapshot(store: FeedbackStore) -> str:
