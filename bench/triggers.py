@@ -52,9 +52,10 @@ Then, N models at a time, with one connection pool (2 connections) and a worker'
   only the versions whose windows changed, and writes only the result rows that differ, evaluates and writes
   nothing here: then (a) is a round where nothing changed, as the last column below). Its ``after`` only keeps
   the evaluations the round hands it, for (b). During these repetitions the round's steps are timed by
-  wrapping the functions ``run_once`` calls (``evaluate_version`` and inside it ``to_window_data``,
-  ``evaluate_drift``, ``evaluate_performance``; ``summary``, ``write_results``, the sweep and the profile
-  builder): the step table, medians over the repetitions.
+  wrapping the functions ``run_once`` calls (``VersionState.update`` and inside it the reading of the changed rows,
+  the statistics of the changed cells, the judging of the span and the building of the changed windows' rows;
+  ``summary``, ``write_results``, the sweep and the profile builder): the step table, medians over the
+  repetitions.
 * (b) decisions: ``TriggerEngine.run(conn, evaluations, wall_now=...)`` on the evaluations the last (a) handed
   its ``after`` (every version's: evaluated this round or as the round kept it), in two states of the decision
   ledger. "First look": before each repetition (untimed) ``retrain_decisions``,
@@ -136,6 +137,7 @@ import feedback.monitoring.round as round_module  # noqa: E402
 from feedback.alerts import Alert  # noqa: E402
 from feedback.config import ModelConfig, MonitoringConfig, parse_config  # noqa: E402
 from feedback.monitoring.evaluate import Evaluation  # noqa: E402
+from feedback.monitoring.incremental import VersionState  # noqa: E402
 from feedback.monitoring.profile import ReferenceProfile, build_profile  # noqa: E402
 from feedback.monitoring.round import Monitor, RoundResult  # noqa: E402
 from feedback.monitoring.windows import (  # noqa: E402
@@ -417,19 +419,22 @@ def stop_stack(ctx: Ctx) -> None:
 # --- one model count -------------------------------------------------------------------------------------
 
 # A model 10.. copies its workload's model's rows of the windows (segment, start) a delta changed, and marks them
-# changed (window_changes, as WindowUpdater.write marks the windows it writes), in the transaction of the copy.
+# changed (window_changes, as WindowUpdater.write marks the windows it writes), in the transaction of the copy; a row
+# whose counts are the same is left alone, mark included, as the ingest leaves a series no event of the delta touched.
 _THOSE_WINDOWS = "(segment, window_start) IN (SELECT * FROM unnest(%(segments)s::text[], %(starts)s::timestamptz[]))"
 _COPY_COUNTS = f"""
 INSERT INTO window_counts AS w (model_name, model_version, window_s, segment, window_start, series, counts)
 SELECT %(to)s, model_version, window_s, segment, window_start, series, counts FROM window_counts
 WHERE model_name = %(src)s AND {_THOSE_WINDOWS}
-ON CONFLICT (model_name, model_version, window_s, segment, window_start, series) DO UPDATE SET counts = excluded.counts
+ON CONFLICT (model_name, model_version, window_s, segment, window_start, series)
+DO UPDATE SET counts = excluded.counts, changed = pg_current_xact_id() WHERE w.counts <> excluded.counts
 """
 _COPY_PERF = f"""
 INSERT INTO window_performance AS w (model_name, model_version, window_s, segment, window_start, stats)
 SELECT %(to)s, model_version, window_s, segment, window_start, stats FROM window_performance
 WHERE model_name = %(src)s AND {_THOSE_WINDOWS}
-ON CONFLICT (model_name, model_version, window_s, segment, window_start) DO UPDATE SET stats = excluded.stats
+ON CONFLICT (model_name, model_version, window_s, segment, window_start)
+DO UPDATE SET stats = excluded.stats, changed = pg_current_xact_id() WHERE w.stats <> excluded.stats
 """
 _COPY_MARKS = f"""
 INSERT INTO window_changes (model_name, model_version, window_s, segment, window_start)
@@ -505,13 +510,13 @@ class Phases:
     """Wall time spent in the round's steps, by wrapping the functions ``Monitor.run_once`` looks up in its module
     (a few microseconds per call; the rest of a round is its queries for versions, profiles and the lock)."""
 
-    FUNCTIONS = ("evaluate_version", "to_window_data", "evaluate_drift", "evaluate_performance", "summary",
-                 "write_results")
+    FUNCTIONS = ("summary", "write_results")
     METHODS = ("_sweep", "_build_profiles")
+    STATE_METHODS = ("update", "_read", "_compute", "_judge", "_build")
 
     def __init__(self) -> None:
-        self.current: dict[str, float] = dict.fromkeys((*self.FUNCTIONS, *self.METHODS, "prepare_misses",
-                                                        "prepare_miss_s"), 0.0)
+        self.current: dict[str, float] = dict.fromkeys((*self.FUNCTIONS, *self.METHODS, *self.STATE_METHODS,
+                                                        "prepare_misses", "prepare_miss_s"), 0.0)
         self.runs: list[dict[str, float]] = []
         self._saved: list[tuple[Any, str, Any]] = []
 
@@ -539,7 +544,8 @@ class Phases:
         return wrapper
 
     def __enter__(self) -> Phases:
-        for owner, names in ((round_module, self.FUNCTIONS), (Monitor, self.METHODS)):
+        for owner, names in ((round_module, self.FUNCTIONS), (Monitor, self.METHODS),
+                             (VersionState, self.STATE_METHODS)):
             for name in names:
                 fn = getattr(owner, name)
                 self._saved.append((owner, name, fn))
@@ -559,18 +565,18 @@ class Phases:
 
     def stop(self, total_s: float) -> None:
         c = {k: v * 1e3 for k, v in self.current.items()}
-        inner = c["to_window_data"] + c["evaluate_drift"] + c["evaluate_performance"]
         self.runs.append({
-            "read windows (queries, parse, baseline)": c["evaluate_version"] - inner,
-            "to_window_data": c["to_window_data"],
-            "evaluate_drift": c["evaluate_drift"],
-            "evaluate_performance": c["evaluate_performance"],
+            "queries: watermark, earliest windows, fingerprints": c["update"] - c["_read"] - c["_judge"],
+            "read changed rows (queries, parse)": c["_read"] - c["_compute"],
+            "statistics of the changed cells": c["_compute"],
+            "judge the span (Holm, floors, baseline)": c["_judge"] - c["_build"],
+            "build the rows of changed parts": c["_build"],
             "summary": c["summary"],
-            "write_results": c["write_results"],
+            "write_results (fingerprints, COPY)": c["write_results"],
             "sweep + profile builder": c["_sweep"] + c["_build_profiles"],
-            "rest (lock, versions, profiles)": total_s * 1e3 - c["evaluate_version"] - c["summary"]
+            "rest (lock, marks, versions, profiles)": total_s * 1e3 - c["update"] - c["summary"]
             - c["write_results"] - c["_sweep"] - c["_build_profiles"],
-            "  of evaluate_drift: profile arrays rebuilt (cache misses)": c["prepare_miss_s"],
+            "  of the cells: profile arrays rebuilt (cache misses)": c["prepare_miss_s"],
             "  cache misses (count)": self.current["prepare_misses"],
         })
 

@@ -40,7 +40,6 @@ hide the change. The first windows are then judged like any other.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -138,9 +137,8 @@ def evaluate_drift(
     window = timedelta(seconds=config.window_s)
     for j, (segment, name) in enumerate(arrays.rows):
         series = profile.series[name]
-        m = {k: getattr(arrays, k)[j] for k in ("n", "psi", "js", "stat", "effect", "psi_low", "js_low", "effect_low",
-                                                "p_adj", "judged")}
-        out.extend(_drift_rows(config, segment, segments[segment], series, m, window, tests))
+        for i, start in enumerate(segments[segment].starts):
+            out.extend(drift_cell_rows(config, segment, start, window, series, arrays.cell(j, i), tests))
     return out, tests
 
 
@@ -160,6 +158,13 @@ class DriftArrays:
     p_adj: np.ndarray  # after Holm over every judged test
     judged: np.ndarray
     drift: np.ndarray  # significant and past an effect floor
+
+    def cell(self, j: int, i: int) -> dict[str, Any]:
+        """What :func:`drift_cell_rows` reads of row ``j``, window ``i``."""
+        return {k: getattr(self, k)[j, i] for k in _CELL}
+
+
+_CELL = ("n", "psi", "js", "stat", "effect", "psi_low", "js_low", "effect_low", "p_adj", "judged")
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,60 +227,97 @@ def _prepare(profile: ReferenceProfile) -> _Prepared:
     return prepared
 
 
+#: the raw statistics of one cell (one series of one window of one segment), in this order: what a round keeps of
+#: a cell between rounds (feedback/monitoring/incremental.py), and all it needs to judge the cell again
+RAW = ("n", "psi", "js", "stat", "effect", "psi_low", "js_low", "effect_low", "p")
+
+
+def series_order(profile: ReferenceProfile) -> tuple[str, ...]:
+    """The profile's series in the order of a segment's rows in :class:`DriftArrays`: numeric, then categorical."""
+    prep = _prepare(profile)
+    return prep.numeric + prep.categorical
+
+
 def drift_arrays(
     config: ModelConfig, profile: ReferenceProfile, segments: Mapping[str, WindowData]
 ) -> DriftArrays:
     """Every drift statistic, Holm-adjusted p-value and verdict, computed on whole arrays at once."""
+    raw = {segment: segment_statistics(config, profile, data) for segment, data in segments.items()}
+    return judge_drift(config, profile, raw)
+
+
+def segment_statistics(config: ModelConfig, profile: ReferenceProfile, data: WindowData) -> np.ndarray:
+    """The raw statistics (:data:`RAW`) of every series of one segment's windows: an array (RAW, series, windows)
+    with the series in :func:`series_order`."""
     prep = _prepare(profile)
-    rows: list[tuple[str, str]] = []
-    parts: dict[str, list[np.ndarray]] = defaultdict(list)
-    for segment, data in segments.items():
-        w = len(data.starts)
-        if prep.numeric:
-            cur = np.zeros((len(prep.numeric), w, prep.num_fine_width + 1))
-            for f, name in enumerate(prep.numeric):
-                c = data.counts.get(name)
-                if c is not None:
-                    cur[f, :, : c.shape[1] - 1] = c[:, :-1]
-                    cur[f, :, -1] = c[:, -1]
-            _check_counts(cur, profile)
-            fine_ref, fine_valid = prep.num_ref_fine[:, None, :], prep.num_valid_fine[:, None, :]
-            ks = stats.ks_from_grid(fine_ref, cur[:, :, :-1], method="stephens", bound=False, valid=fine_valid,
-                                    trusted=True)
-            coarse = np.matmul(cur, prep.num_to_coarse)  # batched over features; einsum was 5x slower
-            _divergences(parts, prep.num_ref_coarse[:, None, :], coarse, prep.num_valid_coarse[:, None, :],
-                         config.confidence)
-            parts["stat"].append(ks.statistic)
-            parts["effect"].append(ks.statistic)
-            parts["effect_low"].append(stats.ks_lower_bound(ks.statistic, fine_ref, cur[:, :, :-1], valid=fine_valid,
-                                                            confidence=config.confidence))
-            parts["p"].append(ks.pvalue)
-            parts["n"].append(cur.sum(axis=-1))
-            rows.extend((segment, name) for name in prep.numeric)
-        if prep.categorical:
-            cur = np.zeros((len(prep.categorical), w, prep.cat_ref.shape[1]))
-            for f, name in enumerate(prep.categorical):
-                c = data.counts.get(name)
-                if c is not None:
-                    cur[f, :, : c.shape[1]] = c
-            _check_counts(cur, profile)
-            ref = prep.cat_ref[:, None, :]
-            valid = prep.cat_valid[:, None, :]
-            chi = stats.chi_square(ref, cur, valid=valid, trusted=True)
-            _divergences(parts, ref, cur, valid, config.confidence)
-            w = cohens_w(ref, cur, valid=valid)
-            parts["stat"].append(chi.statistic)
-            parts["effect"].append(w)
-            parts["effect_low"].append(stats.cohens_w_lower_bound(w, ref, cur, valid=valid,
-                                                                   confidence=config.confidence))
-            parts["p"].append(chi.pvalue)
-            parts["n"].append(cur.sum(axis=-1))
-            rows.extend((segment, name) for name in prep.categorical)
-    if not rows:
+    w = len(data.starts)
+    out = np.empty((len(RAW), len(prep.numeric) + len(prep.categorical), w))
+    if prep.numeric:
+        cur = np.zeros((len(prep.numeric), w, prep.num_fine_width + 1))
+        for f, name in enumerate(prep.numeric):
+            c = data.counts.get(name)
+            if c is not None:
+                cur[f, :, : c.shape[1] - 1] = c[:, :-1]
+                cur[f, :, -1] = c[:, -1]
+        index = np.repeat(np.arange(len(prep.numeric)), w)
+        out[:, : len(prep.numeric)] = numeric_statistics(config, profile, index, cur.reshape(-1, cur.shape[-1])
+                                                         ).reshape(len(RAW), len(prep.numeric), w)
+    if prep.categorical:
+        cur = np.zeros((len(prep.categorical), w, prep.cat_ref.shape[1]))
+        for f, name in enumerate(prep.categorical):
+            c = data.counts.get(name)
+            if c is not None:
+                cur[f, :, : c.shape[1]] = c
+        index = np.repeat(np.arange(len(prep.categorical)), w)
+        out[:, len(prep.numeric):] = categorical_statistics(config, profile, index, cur.reshape(-1, cur.shape[-1])
+                                                            ).reshape(len(RAW), len(prep.categorical), w)
+    return out
+
+
+def numeric_statistics(config: ModelConfig, profile: ReferenceProfile, index: np.ndarray, cur: np.ndarray
+                       ) -> np.ndarray:
+    """The raw statistics (RAW, K) of K numeric cells: ``cur`` (K, fine bins + 1) holds each cell's counts on the
+    padded fine grid with the missing values last, ``index`` (K,) its series' place among the numeric ones.
+
+    Every operation works along the bins of one cell, so a cell's statistics do not depend on which other cells
+    are computed with it: a round that computes only the changed cells gets the numbers of a whole evaluation."""
+    prep = _prepare(profile)
+    _check_counts(cur, profile)
+    fine_ref, fine_valid, values = prep.num_ref_fine[index], prep.num_valid_fine[index], cur[:, :-1]
+    ks = stats.ks_from_grid(fine_ref, values, method="stephens", bound=False, valid=fine_valid, trusted=True)
+    coarse = np.empty((cur.shape[0], prep.num_ref_coarse.shape[1]))
+    for f in np.unique(index):  # integer counts: every order of summing them gives the same exact sums
+        rows = index == f
+        coarse[rows] = cur[rows] @ prep.num_to_coarse[f]
+    psi, js, psi_low, js_low = _divergences(prep.num_ref_coarse[index], coarse, prep.num_valid_coarse[index],
+                                            config.confidence)
+    effect_low = stats.ks_lower_bound(ks.statistic, fine_ref, values, valid=fine_valid, confidence=config.confidence)
+    return np.stack((cur.sum(axis=-1), psi, js, ks.statistic, ks.statistic, psi_low, js_low, effect_low, ks.pvalue))
+
+
+def categorical_statistics(config: ModelConfig, profile: ReferenceProfile, index: np.ndarray, cur: np.ndarray
+                           ) -> np.ndarray:
+    """The raw statistics (RAW, K) of K categorical cells: ``cur`` (K, categories) padded, ``index`` (K,) each
+    cell's series' place among the categorical ones (as :func:`numeric_statistics`)."""
+    prep = _prepare(profile)
+    _check_counts(cur, profile)
+    ref, valid = prep.cat_ref[index], prep.cat_valid[index]
+    chi = stats.chi_square(ref, cur, valid=valid, trusted=True)
+    psi, js, psi_low, js_low = _divergences(ref, cur, valid, config.confidence)
+    w = cohens_w(ref, cur, valid=valid)
+    effect_low = stats.cohens_w_lower_bound(w, ref, cur, valid=valid, confidence=config.confidence)
+    return np.stack((cur.sum(axis=-1), psi, js, chi.statistic, w, psi_low, js_low, effect_low, chi.pvalue))
+
+
+def judge_drift(config: ModelConfig, profile: ReferenceProfile, raw: Mapping[str, np.ndarray]) -> DriftArrays:
+    """Holm over every judged test and the verdicts, from each segment's raw statistics (RAW, series, windows)."""
+    order = series_order(profile)
+    rows = tuple((segment, name) for segment in raw for name in order)
+    if not rows or not next(iter(raw.values())).shape[-1]:
         empty = np.zeros((0, 0))
         return DriftArrays((), empty, empty, empty, empty, empty, empty, empty, empty, empty, empty.astype(bool),
                            empty.astype(bool))
-    got = {k: np.concatenate(v, axis=0) for k, v in parts.items()}
+    got = dict(zip(RAW, np.concatenate(list(raw.values()), axis=1), strict=True))
     minimum = np.array([config.min_labels if name == LABEL else config.min_rows for _, name in rows])[:, None]
     judged = got["n"] >= minimum
     p_adj = stats.holm(np.where(judged, got["p"], np.nan))
@@ -287,19 +329,17 @@ def drift_arrays(
     with np.errstate(invalid="ignore"):
         large = (got["psi_low"] >= psi_th) | (got["js_low"] >= js_th) | (got["effect_low"] >= effect_th)
         drift = judged & (p_adj < config.alpha) & large
-    return DriftArrays(tuple(rows), got["n"], got["psi"], got["js"], got["stat"], got["effect"], got["psi_low"],
+    return DriftArrays(rows, got["n"], got["psi"], got["js"], got["stat"], got["effect"], got["psi_low"],
                        got["js_low"], got["effect_low"], p_adj, judged, drift)
 
 
-def _divergences(parts: dict[str, list[np.ndarray]], ref: np.ndarray, cur: np.ndarray, valid: np.ndarray,
-                 confidence: float) -> None:
-    """PSI and the Jensen-Shannon distance of one block of series, with the lower ends of their intervals."""
+def _divergences(ref: np.ndarray, cur: np.ndarray, valid: np.ndarray, confidence: float
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """PSI and the Jensen-Shannon distance of a block of cells, with the lower ends of their intervals."""
     psi = stats.psi(ref, cur, valid=valid, trusted=True)
     js = stats.js_distance(ref, cur, valid=valid, trusted=True)
-    parts["psi"].append(psi)
-    parts["js"].append(js)
-    parts["psi_low"].append(stats.psi_lower_bound(psi, ref, cur, valid=valid, confidence=confidence))
-    parts["js_low"].append(stats.js_lower_bound(js, ref, cur, valid=valid, confidence=confidence))
+    return (psi, js, stats.psi_lower_bound(psi, ref, cur, valid=valid, confidence=confidence),
+            stats.js_lower_bound(js, ref, cur, valid=valid, confidence=confidence))
 
 
 def _check_counts(counts: np.ndarray, profile: ReferenceProfile) -> None:
@@ -326,58 +366,59 @@ def cohens_w(ref_counts: np.ndarray, cur_counts: np.ndarray, *, valid: np.ndarra
         return np.sqrt(np.sum(terms, axis=-1))
 
 
-def _drift_rows(
-    config: ModelConfig, segment: str, data: WindowData, series: SeriesProfile, m: dict[str, np.ndarray],
-    window: timedelta, tests: int,
+def drift_cell_rows(
+    config: ModelConfig, segment: str, start: datetime, window: timedelta, series: SeriesProfile,
+    m: Mapping[str, Any], tests: int,
 ) -> list[DriftResult]:
+    """The result rows of one series in one window of one segment: its verdict (metric ``drift``) and the metrics
+    behind it, from its statistics ``m`` (:meth:`DriftArrays.cell`) and the number of tests Holm corrected for."""
     th = config.thresholds_for(series.name)
     sig_name = SIGNIFICANCE[series.kind]
     effect_name, effect_th = ("ks", th.ks) if series.kind == "numeric" else ("cohens_w", th.chi2_effect)
-    rows: list[DriftResult] = []
-    for i, start in enumerate(data.starts):
-        n = int(m["n"][i])
-        base = {"segment": segment, "window_start": start, "window_end": start + window, "feature": series.name,
-                "sample_size": n}
-        if not m["judged"][i]:
-            minimum = config.min_labels if series.name == LABEL else config.min_rows
-            rows.append(DriftResult(
-                **base, metric="drift", value=None, threshold=None, p_value=None, status="unjudged",
-                sentence=f"{series.name}: not judged, {n} rows < minimum {minimum}",
-            ))
-            continue
-        psi, js, eff, p_adj = (float(m[k][i]) for k in ("psi", "js", "effect", "p_adj"))
-        floors = {  # metric: (sample value, lower bound, floor)
-            "psi": (psi, float(m["psi_low"][i]), th.psi),
-            "js": (js, float(m["js_low"][i]), th.js),
-            effect_name: (eff, float(m["effect_low"][i]), effect_th),
-        }
-        said = {k: stats.floor_sentence(k, *v) for k, v in floors.items()}
-        significant = p_adj < config.alpha
-        large = {k: low >= floor for k, (_, low, floor) in floors.items()}
-        drifted = significant and any(large.values())
-        if drifted:
-            why = ", ".join(said[k] for k in floors if large[k])
-            sentence = (f"{series.name}: drift, {why}; {sig_name} p-value {p_adj:.3g} < {config.alpha} "
-                        f"after Holm over {tests} tests")
-        elif significant:
-            sentence = (f"{series.name}: stable, significant ({sig_name} p-value {p_adj:.3g}) but below every "
-                        f"effect floor ({'; '.join(said.values())})")
-        else:
-            sentence = (f"{series.name}: stable, {sig_name} p-value {p_adj:.3g} >= {config.alpha} "
-                        f"after Holm over {tests} tests")
-        rows.append(DriftResult(**base, metric="drift", value=psi, threshold=th.psi, p_value=p_adj,
-                                status="drift" if drifted else "stable", sentence=sentence))
-        rows.append(DriftResult(**base, metric="psi", value=psi, threshold=th.psi, p_value=None,
-                                status=stats.psi_band(psi), sentence=said["psi"]))
-        rows.append(DriftResult(**base, metric="js", value=js, threshold=th.js, p_value=None,
-                                status="drift" if large["js"] else "stable", sentence=said["js"]))
-        rows.append(DriftResult(**base, metric=effect_name, value=eff, threshold=effect_th, p_value=p_adj,
-                                status="drift" if large[effect_name] and significant else "stable",
-                                sentence=said[effect_name]))
-        if sig_name == "chi2":
-            rows.append(DriftResult(**base, metric="chi2", value=float(m["stat"][i]), threshold=None,
-                                    p_value=p_adj, status="drift" if significant else "stable",
-                                    sentence=f"chi-square {float(m['stat'][i]):.1f}, p-value {p_adj:.3g} after Holm"))
+    n = int(m["n"])
+    base = {"segment": segment, "window_start": start, "window_end": start + window, "feature": series.name,
+            "sample_size": n}
+    if not m["judged"]:
+        minimum = config.min_labels if series.name == LABEL else config.min_rows
+        return [DriftResult(
+            **base, metric="drift", value=None, threshold=None, p_value=None, status="unjudged",
+            sentence=f"{series.name}: not judged, {n} rows < minimum {minimum}",
+        )]
+    psi, js, eff, p_adj = (float(m[k]) for k in ("psi", "js", "effect", "p_adj"))
+    floors = {  # metric: (sample value, lower bound, floor)
+        "psi": (psi, float(m["psi_low"]), th.psi),
+        "js": (js, float(m["js_low"]), th.js),
+        effect_name: (eff, float(m["effect_low"]), effect_th),
+    }
+    said = {k: stats.floor_sentence(k, *v) for k, v in floors.items()}
+    significant = p_adj < config.alpha
+    large = {k: low >= floor for k, (_, low, floor) in floors.items()}
+    drifted = significant and any(large.values())
+    if drifted:
+        why = ", ".join(said[k] for k in floors if large[k])
+        sentence = (f"{series.name}: drift, {why}; {sig_name} p-value {p_adj:.3g} < {config.alpha} "
+                    f"after Holm over {tests} tests")
+    elif significant:
+        sentence = (f"{series.name}: stable, significant ({sig_name} p-value {p_adj:.3g}) but below every "
+                    f"effect floor ({'; '.join(said.values())})")
+    else:
+        sentence = (f"{series.name}: stable, {sig_name} p-value {p_adj:.3g} >= {config.alpha} "
+                    f"after Holm over {tests} tests")
+    rows = [
+        DriftResult(**base, metric="drift", value=psi, threshold=th.psi, p_value=p_adj,
+                    status="drift" if drifted else "stable", sentence=sentence),
+        DriftResult(**base, metric="psi", value=psi, threshold=th.psi, p_value=None,
+                    status=stats.psi_band(psi), sentence=said["psi"]),
+        DriftResult(**base, metric="js", value=js, threshold=th.js, p_value=None,
+                    status="drift" if large["js"] else "stable", sentence=said["js"]),
+        DriftResult(**base, metric=effect_name, value=eff, threshold=effect_th, p_value=p_adj,
+                    status="drift" if large[effect_name] and significant else "stable", sentence=said[effect_name]),
+    ]
+    if sig_name == "chi2":
+        stat = float(m["stat"])
+        rows.append(DriftResult(**base, metric="chi2", value=stat, threshold=None, p_value=p_adj,
+                                status="drift" if significant else "stable",
+                                sentence=f"chi-square {stat:.1f}, p-value {p_adj:.3g} after Holm"))
     return rows
 
 
@@ -402,51 +443,71 @@ def evaluate_performance(
 ) -> list[PerformanceResult]:
     """Performance results for every window of one segment against the version's baseline."""
     window = timedelta(seconds=config.window_s)
-    baseline_starts = baseline.starts if baseline is not None else ()
-    if config.performance.threshold is not None:
-        limit: float | None = config.performance.threshold
-        limit_text = f"the limit {limit:.4g}"
-    elif baseline is not None:
-        factor = (1 - config.performance.max_drop) if config.higher_is_better else (1 + config.performance.max_drop)
-        limit = baseline.value * factor
-        limit_text = f"{factor:.2f} x baseline {baseline.value:.4g} ({baseline.source}) = {limit:.4g}"
-    else:
-        limit, limit_text = None, "no baseline yet"
+    limit = performance_limit(config, baseline)
     out: list[PerformanceResult] = []
     for i, start in enumerate(data.starts):
-        acc = data.perf[i]
-        rows = int(data.rows[i])
-        n = int(acc.get("n", 0))
-        coverage = n / rows if rows else None
-        common = {"segment": segment, "window_start": start, "window_end": start + window, "sample_size": n,
-                  "label_coverage": coverage}
-        if not judged_performance(config, acc, rows):
-            cov = "n/a" if coverage is None else f"{coverage:.0%}"
-            out.append(PerformanceResult(
-                **common, metric=config.metric, value=None, ci_low=None, ci_high=None, threshold=limit,
-                status="unjudged",
-                sentence=(f"{config.metric}: not judged, {n} labels (minimum {config.min_labels}), coverage {cov} "
-                          f"(minimum {config.min_label_coverage:.0%})"),
-            ))
-            continue
-        for name, mv in metrics_of(config, acc).items():
-            is_main = name == config.metric
-            status, sentence = "ok", f"{name} {mv.value:.4g} [{mv.ci_low:.4g}, {mv.ci_high:.4g}]"
-            if is_main and start in baseline_starts:
-                status, sentence = "baseline", f"{sentence}: part of the baseline"
-            elif is_main and limit is not None:
-                worse = mv.ci_high < limit if config.higher_is_better else mv.ci_low > limit
-                op = "<" if config.higher_is_better else ">"
-                bound = mv.ci_high if config.higher_is_better else mv.ci_low
-                if worse:
-                    status = "degraded"
-                    sentence = f"{sentence}: degraded, CI bound {bound:.4g} {op} {limit_text}"
-                else:
-                    sentence = f"{sentence}: ok against {limit_text}"
-            out.append(PerformanceResult(
-                **common, metric=name, value=mv.value, ci_low=mv.ci_low, ci_high=mv.ci_high,
-                threshold=limit if is_main else None, status=status, sentence=sentence,
-            ))
+        acc, rows = data.perf[i], int(data.rows[i])
+        metrics = metrics_of(config, acc) if judged_performance(config, acc, rows) else {}
+        out.extend(performance_window_rows(config, segment, start, window, acc, rows, baseline, limit, metrics))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """The level below (above, for an error) which a window's main metric is degraded, and how to say it."""
+
+    value: float | None
+    text: str
+
+
+def performance_limit(config: ModelConfig, baseline: Baseline | None) -> Limit:
+    if config.performance.threshold is not None:
+        return Limit(config.performance.threshold, f"the limit {config.performance.threshold:.4g}")
+    if baseline is not None:
+        factor = (1 - config.performance.max_drop) if config.higher_is_better else (1 + config.performance.max_drop)
+        limit = baseline.value * factor
+        return Limit(limit, f"{factor:.2f} x baseline {baseline.value:.4g} ({baseline.source}) = {limit:.4g}")
+    return Limit(None, "no baseline yet")
+
+
+def performance_window_rows(
+    config: ModelConfig, segment: str, start: datetime, window: timedelta, acc: Mapping[str, int], rows: int,
+    baseline: Baseline | None, limit: Limit, metrics: Mapping[str, performance.MetricValue],
+) -> list[PerformanceResult]:
+    """The performance rows of one window of one segment: its metrics (``metrics``, :func:`metrics_of` its
+    aggregates ``acc``) with their intervals, the main one judged against ``limit``."""
+    n = int(acc.get("n", 0))
+    coverage = n / rows if rows else None
+    common = {"segment": segment, "window_start": start, "window_end": start + window, "sample_size": n,
+              "label_coverage": coverage}
+    if not judged_performance(config, acc, rows):
+        cov = "n/a" if coverage is None else f"{coverage:.0%}"
+        return [PerformanceResult(
+            **common, metric=config.metric, value=None, ci_low=None, ci_high=None, threshold=limit.value,
+            status="unjudged",
+            sentence=(f"{config.metric}: not judged, {n} labels (minimum {config.min_labels}), coverage {cov} "
+                      f"(minimum {config.min_label_coverage:.0%})"),
+        )]
+    out: list[PerformanceResult] = []
+    in_baseline = baseline is not None and start in baseline.starts
+    for name, mv in metrics.items():
+        is_main = name == config.metric
+        status, sentence = "ok", f"{name} {mv.value:.4g} [{mv.ci_low:.4g}, {mv.ci_high:.4g}]"
+        if is_main and in_baseline:
+            status, sentence = "baseline", f"{sentence}: part of the baseline"
+        elif is_main and limit.value is not None:
+            worse = mv.ci_high < limit.value if config.higher_is_better else mv.ci_low > limit.value
+            op = "<" if config.higher_is_better else ">"
+            bound = mv.ci_high if config.higher_is_better else mv.ci_low
+            if worse:
+                status = "degraded"
+                sentence = f"{sentence}: degraded, CI bound {bound:.4g} {op} {limit.text}"
+            else:
+                sentence = f"{sentence}: ok against {limit.text}"
+        out.append(PerformanceResult(
+            **common, metric=name, value=mv.value, ci_low=mv.ci_low, ci_high=mv.ci_high,
+            threshold=limit.value if is_main else None, status=status, sentence=sentence,
+        ))
     return out
 
 

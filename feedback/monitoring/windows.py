@@ -72,18 +72,18 @@ CREATE TEMP TABLE IF NOT EXISTS _in_stats (
 # profile recounts a backlog chunk by chunk) must not upsert one chunk's rows again with the next.
 _UPSERT_COUNTS = """
 WITH staged AS (DELETE FROM _in_counts RETURNING *)
-INSERT INTO window_counts AS w
+INSERT INTO window_counts AS w (model_name, model_version, window_s, segment, window_start, series, counts)
 SELECT * FROM staged ORDER BY model_name, model_version, window_s, segment, window_start, series
 ON CONFLICT (model_name, model_version, window_s, segment, window_start, series)
-DO UPDATE SET counts = add_counts(w.counts, excluded.counts)
+DO UPDATE SET counts = add_counts(w.counts, excluded.counts), changed = pg_current_xact_id()
 """
 
 _UPSERT_STATS = """
 WITH staged AS (DELETE FROM _in_stats RETURNING *)
-INSERT INTO window_performance AS w
+INSERT INTO window_performance AS w (model_name, model_version, window_s, segment, window_start, stats)
 SELECT * FROM staged ORDER BY model_name, model_version, window_s, segment, window_start
 ON CONFLICT (model_name, model_version, window_s, segment, window_start)
-DO UPDATE SET stats = add_stats(w.stats, excluded.stats)
+DO UPDATE SET stats = add_stats(w.stats, excluded.stats), changed = pg_current_xact_id()
 """
 
 # The windows a transaction changed, marked with its id (migration 015): written after the counts and the

@@ -17,8 +17,9 @@ import pytest
 
 from feedback import topics
 from feedback.config import load_config
+from feedback.monitoring.incremental import exact_stats
 from feedback.monitoring.profile import ROWS
-from feedback.monitoring.round import Monitor, exact_stats
+from feedback.monitoring.round import Monitor
 from feedback.monitoring.windows import WindowUpdater, window_start
 from feedback.registry.versions import Registry
 from feedback.rollout.shadow import (

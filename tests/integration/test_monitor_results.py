@@ -134,10 +134,11 @@ def _evaluated(monitor: Monitor) -> dict[tuple, tuple]:
     return rows
 
 
-def test_a_round_writes_only_the_windows_whose_results_changed(services, db_schema) -> None:
+def test_a_round_writes_only_the_rows_whose_results_changed(services, db_schema) -> None:
     """The first round writes every row; a round with nothing new writes none; late labels in one window rewrite
-    that window's rows (every segment it has) and leave the other windows' rows as they were, transaction and
-    evaluated_at included. After each round the table holds exactly what a fresh evaluation of the store gives.
+    the rows of that window (every segment it has) that they change, its label series and its performance, and
+    leave every other row as it was, transaction and evaluated_at included. After each round the table holds
+    exactly what a fresh evaluation of the store gives.
     (The late labels keep every test judged as it was: a window newly judged changes the number of tests Holm
     corrects for, and with it every drift row's p-value and sentence.)"""
     updater = WindowUpdater(SEGMENTED)
@@ -165,11 +166,10 @@ def test_a_round_writes_only_the_windows_whose_results_changed(services, db_sche
         assert later.results_written == len(rewritten)
         windows = {(seg, start) for seg, start, *_ in rewritten}
         assert windows >= {(s, late_hour) for s in ("*", "region=eu", "region=us")}
-        for window in windows:  # written whole, and only when some row of it differs
-            before = {k: v[:7] for k, v in stored.items() if k[:2] == window}
-            after = {k: v[:7] for k, v in now.items() if k[:2] == window}
-            assert {k for k in now if k[:2] == window} <= rewritten
-            assert before != after, window
+        for k in now:  # a row is written when, and only when, what it says differs
+            assert (k in rewritten) == (k not in stored or now[k][:7] != stored[k][:7]), k
+        assert not set(stored) - set(now)
+        assert {feature for _, start, kind, _, feature in rewritten if kind == "drift"} <= {"__label__"}, rewritten
         untouched = [k for k in now if k[:2] not in windows]
         assert untouched, "every window was rewritten"
         assert all(now[k] == stored[k] for k in untouched)
@@ -225,3 +225,112 @@ def test_a_round_evaluates_only_the_versions_whose_windows_changed(services, db_
             assert (ev.baseline, ev.observed, ev.evaluated_at, ev.tests) == (
                 fresh[ev.model_name].baseline, fresh[ev.model_name].observed, fresh[ev.model_name].evaluated_at,
                 fresh[ev.model_name].tests)
+
+
+def _table(store: FeedbackStore) -> dict[tuple, tuple]:
+    """Every stored result row of every version by key, with the values a reader sees."""
+    return {tuple(r[:6]): tuple(r[6:]) for r in store.rows(
+        "SELECT model_version, segment, window_start, kind, metric, feature, window_end, value, threshold, p_value, "
+        "ci_low, ci_high, status, sample_size, label_coverage, sentence FROM monitor_results")}
+
+
+def _whole(monitor: Monitor) -> tuple[dict[tuple, tuple], dict[str, object]]:
+    """The same rows from a whole evaluation of the store (every window read and judged, nothing kept), and its
+    evaluations by version."""
+    result = monitor.run_once(write=False)
+    assert result is not None
+    rows: dict[tuple, tuple] = {}
+    for ev in result.evaluations:
+        v = ev.model_version
+        rows |= {(v, d.segment, d.window_start, "drift", d.metric, d.feature): (
+            d.window_end, d.value, d.threshold, d.p_value, None, None, d.status, d.sample_size, None, d.sentence)
+            for d in ev.drift}
+        rows |= {(v, p.segment, p.window_start, "performance", p.metric, ""): (
+            p.window_end, p.value, p.threshold, None, p.ci_low, p.ci_high, p.status, p.sample_size, p.label_coverage,
+            p.sentence) for p in ev.performance}
+    return rows, {ev.model_version: ev for ev in result.evaluations}
+
+
+def test_rounds_that_keep_their_evaluations_store_what_a_whole_evaluation_gives(services, db_schema) -> None:
+    """Side by side, after every round of a workload with two versions, segments, late labels, corrections, a
+    drift, a late prediction, the span sliding and the baseline's window changing: every result row the rounds
+    (which read only what changed and build only the windows whose inputs changed) leave in the table equals, value
+    for value (verdict, statistic, Holm-adjusted p-value, interval, sample, coverage, sentence), what a whole
+    evaluation of the store gives; so do the window signals and the summary the trigger engine gets. A round with
+    nothing new writes nothing. (The windows that slid out of the span keep the rows of their last evaluation, as
+    before.)"""
+    from feedback.triggers.signals import window_signals
+
+    config = SEGMENTED.models["churn"]
+    updater = WindowUpdater(SEGMENTED)
+    with FeedbackStore(services.database_url, db_schema, windows=updater) as store:
+        monitor = Monitor(store, updater)
+        given: list[list] = []
+
+        def round_matches(step: str) -> int:
+            result = monitor.run_once(after=lambda conn, evaluations: given.append(evaluations))
+            assert result is not None, step
+            whole, fresh = _whole(Monitor(store, updater))
+            span = {(v, start) for v, _, start, *_ in whole}  # the windows before the span keep their last rows
+            table = {k: row for k, row in _table(store).items() if (k[0], k[2]) in span}
+            assert table.keys() == whole.keys(), (step, table.keys() ^ whole.keys())
+            differ = {k: (table[k], whole[k]) for k in table if table[k] != whole[k]}
+            assert not differ, (step, list(differ.items())[:3])
+            assert sorted(e.model_version for e in given[-1]) == sorted(fresh), step
+            for ev in given[-1]:
+                ref = fresh[ev.model_version]
+                assert window_signals(ev, config) == window_signals(ref, config), step
+                assert summary(ev, config) == summary(ref, config), step
+                assert (ev.baseline, ev.observed, ev.tests, ev.evaluated_at) == (
+                    ref.baseline, ref.observed, ref.tests, ref.evaluated_at), step
+            return result.results_written
+
+        def v2_hour(hour: int, shift: int) -> None:
+            ids = range(80_000 + 1000 * hour, 80_000 + 1000 * hour + 90)
+            store.write_batch([prediction(i, model_version="v2",
+                                          predicted_at=T0 + timedelta(hours=hour, seconds=i % 3000),
+                                          features={"age": 20 + shift + (i * 7) % 50}, prediction=i % 2,
+                                          segment={"region": "eu" if i % 2 else "apac"},
+                                          probabilities={"0": 0.3, "1": 0.7}) for i in ids],
+                              [outcome(i, label=i % 2) for i in ids[:60]])
+
+        for hour in range(4):
+            _segmented_hour(store, hour, 120, 1000 * hour, labelled=105 if hour == 1 else None)
+        v2_hour(2, 0)
+        v2_hour(3, 0)
+        assert round_matches("first") > 0
+
+        store.write_batch([], [outcome(i, label=(i // 3) % 2) for i in range(1105, 1120)])  # late labels, hour 1
+        round_matches("late labels")
+
+        store.write_batch([], [outcome(i, label=1 - (i // 3) % 2, after_s=9000) for i in range(2000, 2050)])
+        round_matches("corrections")
+
+        for hour in (4, 5):  # v1 drifts: older customers from hour 4
+            ids = range(1000 * hour, 1000 * hour + 120)
+            store.write_batch([prediction(i, predicted_at=T0 + timedelta(hours=hour, seconds=30 * (i % 1000)),
+                                          features={"age": 60 + (i * 7) % 30}, prediction=1,
+                                          segment={"region": "eu" if i % 3 else "us"},
+                                          probabilities={"0": 0.2, "1": 0.8}) for i in ids],
+                              [outcome(i, label=0) for i in ids])
+        v2_hour(4, 30)
+        round_matches("drift")
+
+        store.write_batch([prediction(70_000 + i, predicted_at=T0 + timedelta(hours=5, seconds=i),
+                                      features={"age": 85 + i % 5}, prediction=1, segment={"region": "eu"})
+                           for i in range(200)], [])
+        round_matches("drift deepens in hour 5")  # hour 4's inputs stay; its Holm-adjusted p-values move
+
+        for hour in (6, 7):  # the span (6 windows) slides past hours 0 and 1
+            _segmented_hour(store, hour, 120, 1000 * hour)
+        round_matches("span slides")
+
+        store.write_batch([], [outcome(i, label=1 - (i // 3) % 2, after_s=9000) for i in range(0, 60)])
+        round_matches("the baseline's window corrected")  # hour 0: out of the span, still the baseline
+
+        store.write_batch([prediction(90_000 + i, predicted_at=T0 + timedelta(hours=5, seconds=i),
+                                      features={"age": 33}, prediction=0, segment={"region": "us"})
+                           for i in range(150)], [])
+        round_matches("late predictions, unlabelled")  # hour 5's coverage falls
+
+        assert round_matches("nothing new") == 0

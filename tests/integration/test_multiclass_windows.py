@@ -15,8 +15,9 @@ from sklearn import metrics as skm
 
 from feedback.config import parse_config
 from feedback.monitoring import performance
+from feedback.monitoring.incremental import exact_stats
 from feedback.monitoring.profile import build_profile
-from feedback.monitoring.round import Monitor, exact_stats
+from feedback.monitoring.round import Monitor
 from feedback.monitoring.windows import WindowUpdater, install_profile, reference_columns, series_kinds
 from feedback.store import FeedbackStore
 from tests.factories import T0, outcome, prediction

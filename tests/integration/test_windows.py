@@ -15,8 +15,8 @@ from sklearn import metrics as skm
 
 from feedback.config import parse_config
 from feedback.monitoring import performance
+from feedback.monitoring.incremental import exact_stats
 from feedback.monitoring.profile import LABEL, PREDICTION, ROWS, SCORE, build_profile
-from feedback.monitoring.round import exact_stats
 from feedback.monitoring.windows import WindowUpdater, count_uncounted, install_profile, profile_from_first_predictions
 from feedback.store import FeedbackStore
 from tests.factories import T0, outcome, prediction

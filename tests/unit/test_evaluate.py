@@ -220,3 +220,43 @@ def test_the_baseline_is_never_worse_than_the_tested_levels_bound() -> None:
     assert kept is not None and len(kept.starts) == CONFIG.performance.baseline_windows and kept.value > 0.78
     for ignored in ({**tested, "metric": "f1"}, {**tested, "ci_low": None}, {**tested, "ci_low": float("nan")}):
         assert baseline_of(CONFIG, poor, ignored).starts != ()
+
+
+def test_a_cells_statistics_do_not_depend_on_the_cells_computed_with_it() -> None:
+    """Every statistic of a cell (one series in one window) works along its own bins only: computed alone, or with
+    any other cells, it is the same to the bit as in a whole evaluation of 24 windows. A round that computes only
+    the changed cells (feedback/monitoring/incremental.py) relies on it."""
+    from feedback.monitoring.evaluate import (
+        _prepare,
+        categorical_statistics,
+        numeric_statistics,
+        segment_statistics,
+        series_order,
+    )
+
+    rng = np.random.default_rng(11)
+    profile = build_profile("m", "v1", sample(rng, 5000), {}, source="first 5000 predictions")
+    data = windows_of(profile, [sample(rng, int(rng.integers(50, 2000)), frozenset({"n03", "c1"}) if i % 5 else
+                                       frozenset()) for i in range(24)])
+    whole = segment_statistics(CONFIG, profile, data)
+    prep = _prepare(profile)
+    order = series_order(profile)
+    for _ in range(20):
+        cells = [(int(j), int(i)) for j, i in zip(rng.integers(0, len(order), 7), rng.integers(0, 24, 7),
+                                                  strict=True)]
+        for kind, compute in (("numeric", numeric_statistics), ("categorical", categorical_statistics)):
+            mine = [(j, i) for j, i in cells if profile.series[order[j]].kind == kind]
+            if not mine:
+                continue
+            offset = 0 if kind == "numeric" else len(prep.numeric)
+            width = prep.num_fine_width + 1 if kind == "numeric" else prep.cat_ref.shape[1]
+            cur = np.zeros((len(mine), width))
+            for row, (j, i) in enumerate(mine):
+                c = data.counts[order[j]][i]
+                if kind == "numeric":
+                    cur[row, : len(c) - 1], cur[row, -1] = c[:-1], c[-1]
+                else:
+                    cur[row, : len(c)] = c
+            got = compute(CONFIG, profile, np.array([j - offset for j, _ in mine]), cur)
+            want = np.stack([whole[:, j, i] for j, i in mine], axis=1)
+            assert np.array_equal(got, want, equal_nan=True), (kind, mine)
