@@ -87,10 +87,10 @@ else the rows whose ``recorded_at`` (the start of the writing transaction) is at
 median per model. The step tables also count the calls of ``evaluate._prepare`` that miss its cache of stacked
 profile arrays (it holds 1,024 profiles) and their time. While each series is timed, a thread samples every
 0.25 s whether an autovacuum worker is running (a round that rewrites result rows leaves as many dead rows); the
-share of samples and the load average are printed under the tables. Finally, unless ``--no-profile``, one round
-(c) at the largest N is run under cProfile (first look; after the (c) series, before the steady rounds) and the
-functions with the most own and cumulative time are printed (cProfile inflates Python-heavy parts; the
-table's wall times are the figures).
+share of samples and the load average are printed under the tables. Finally, unless ``--no-profile``, one steady
+round + decisions at the largest N is run under cProfile (after one more steady hour, with the ledger as the steady
+rounds left it) and the functions with the most own and cumulative time are printed (cProfile inflates
+Python-heavy parts; the table's wall times are the figures).
 
 It starts its own PostgreSQL server (``pitstop.stack.start_postgres``) in a temporary folder and stops it at
 the end, unless PITSTOP_DATABASE_URL is set (then it uses that, with fresh schemas it drops at the end).
@@ -778,16 +778,6 @@ def run_count(ctx: Ctx, n: int, profile: ReferenceProfile, deltas: dict[int, Win
         _log(f"N={n}: (c) round + decisions median {res['c_first_look']['median_ms']:.0f} ms (first look); "
              f"decisions {res['decisions']}")
 
-        if profile_calls:
-            reset()
-            prof = cProfile.Profile()
-            prof.enable()
-            t0 = time.perf_counter()
-            whole_round()
-            res["profiled_ms"] = (time.perf_counter() - t0) * 1e3
-            prof.disable()
-            res["profile"] = top_costs(prof)
-
         hours = iter(steady)
 
         def add_hour() -> None:
@@ -802,6 +792,15 @@ def run_count(ctx: Ctx, n: int, profile: ReferenceProfile, deltas: dict[int, Win
         res["steady_decisions"].pop("last")
         res["steady_decisions"]["changed"] = [len(found) for found in changed[-repeat:]]
         res["decisions_after_steady"] = recorded_decisions(store)
+        if profile_calls:
+            add_hour()
+            prof = cProfile.Profile()
+            prof.enable()
+            t0 = time.perf_counter()
+            whole_round()
+            res["profiled_ms"] = (time.perf_counter() - t0) * 1e3
+            prof.disable()
+            res["profile"] = top_costs(prof)
         _log(f"N={n}: steady round median {res['steady_round']['median_ms']:.0f} ms, with decisions "
              f"{res['steady_decisions']['median_ms']:.0f} ms; decisions {res['decisions_after_steady']}")
 
@@ -980,7 +979,7 @@ def print_details(results: list[dict[str, Any]]) -> None:
 
 def print_profile(r: dict[str, Any]) -> None:
     p = r["profile"]
-    print(f"\ncProfile of one round + decisions (first look), N={r['models']}: {r['profiled_ms']:,.0f} ms wall under "
+    print(f"\ncProfile of one steady round + decisions, N={r['models']}: {r['profiled_ms']:,.0f} ms wall under "
           f"the profiler; most own time:")
     for x in p["top_own"]:
         print(f"  {x['own_ms']:9.1f} ms own {x['cum_ms']:9.1f} ms cum {x['calls']:9,}x  {x['function']}")
@@ -1014,7 +1013,7 @@ def main(argv: list[str] | None = None) -> int:
         deltas = {i: workload_delta(counter, profile, i, args.seed) for i in workloads}
         # the steady hours: one a repetition, of the steady round and of the steady round + decisions
         steady = [{i: steady_delta(counter, profile, i, args.seed, rep) for i in workloads}
-                  for rep in range(2 * args.repeat)]
+                  for rep in range(2 * args.repeat + 1)]  # and one for the profiled round
         _log(f"counted {len(deltas)} workloads of {HOURS} x {PER_HOUR:,} predictions and {len(steady)} steady hours "
              f"in {time.perf_counter() - t0:.1f} s")
         results = [run_count(ctx, n, profile, deltas, steady, args.repeat, not args.no_profile and n == max(counts))
