@@ -2,8 +2,10 @@
 kafka-python clients, signals), so that the ingest worker only ingests.
 
 Every ``PITSTOP_MONITOR_INTERVAL_S`` (10 s) a monitor round judges the windows that changed
-(feedback/monitoring/round.py), the trigger engine decides on its evaluations under the round's lock, and each
-evaluated version's summary goes to the monitoring topic. Every :data:`OUTBOX_INTERVAL_S` the outbox is relayed:
+(feedback/monitoring/round.py), the trigger engine decides on its evaluations under the round's locks, and each
+evaluated version's summary goes to the monitoring topic. Monitor workers share the models: each takes its share
+among the workers alive (rendezvous hashing, `monitor_workers`), under one advisory lock per model, so more models
+means more monitor workers, on more machines. Every :data:`OUTBOX_INTERVAL_S` the outbox is relayed:
 the decisions of this process and of any other that wrote one without a broker (a manual `pitstop retrain`).
 
 Nothing here holds state the database does not: a worker killed mid-round has committed each decision with its
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,7 +50,10 @@ def run(settings: Settings, *, should_stop: Callable[[], bool] | None = None) ->
     client_id = settings.app_id + GROUP_SUFFIX
     windows = WindowUpdater(settings.monitoring)  # the round recounts (profiles, stray labels) as the ingest counts
     store = FeedbackStore(database_url, settings.db_schema, windows=windows, max_size=2).open(wait=False)
-    monitor = Monitor(store, windows)
+    # a share of the models, with the other monitor workers of the store (a worker not heard from for three rounds
+    # and two seconds has left its share to the others)
+    monitor = Monitor(store, windows, worker_id=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+                      lease_s=3 * settings.monitor_interval_s + 2)
     alerts = alert_sink(settings.alert_webhook)
     engine = TriggerEngine(settings.monitoring, alerts)
     outbox = OutboxPublisher(bootstrap, settings.topics.prefix, client_id=f"{client_id}-outbox")
@@ -57,19 +64,24 @@ def run(settings: Settings, *, should_stop: Callable[[], bool] | None = None) ->
              len(settings.monitoring.models))
     try:
         next_round = time.monotonic()
+        share: list[str] | None = None
         while not stopping():
             if time.monotonic() >= next_round:
                 next_round = time.monotonic() + settings.monitor_interval_s
                 if settings.monitoring.models:
                     for model, value in run_monitor_round(monitor, engine):
                         _send(producer, settings.topics.monitoring, model, value)
+                    if monitor.claimed != share:
+                        share = list(monitor.claimed)
+                        log.info("monitor worker %s: its share is %d of %d model(s): %s", monitor.worker_id,
+                                 len(share), len(settings.monitoring.models), ", ".join(share) or "none")
             publish_outbox(outbox, store)
             if ready:
                 Path(ready).touch()
                 ready = None
             _wait(stopping, min(OUTBOX_INTERVAL_S, max(0.0, next_round - time.monotonic())))
     finally:
-        for close in (lambda: producer.close(timeout=10), outbox.close, store.close, alerts.close):
+        for close in (monitor.leave, lambda: producer.close(timeout=10), outbox.close, store.close, alerts.close):
             try:
                 close()
             except Exception:  # a clean-up failure must not hide the original error
@@ -81,7 +93,8 @@ def run_monitor_round(monitor: Monitor, engine: TriggerEngine | None = None) -> 
     """One monitor round, then the retrain decisions on its evaluations (under the round's lock); the summaries of
     the versions it evaluated, as (model, message) pairs. A failed round is logged and skipped: the next round
     evaluates again from the store (a decision already fired stays fired)."""
-    after = None if engine is None else (lambda conn, evaluations: engine.run(conn, evaluations))
+    after = None if engine is None else (
+        lambda conn, evaluations: engine.run(conn, evaluations, models=monitor.claimed))
     try:
         result = monitor.run_once(after=after)
     except TRANSIENT_ERRORS as exc:
@@ -89,8 +102,6 @@ def run_monitor_round(monitor: Monitor, engine: TriggerEngine | None = None) -> 
         return []
     except Exception:
         log.exception("monitor round failed; the next round starts afresh")
-        return []
-    if result is None:
         return []
     for model, version in result.profiles_built:
         log.info("reference profile built for %s %s from its first predictions", model, version)

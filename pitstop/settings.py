@@ -59,6 +59,8 @@ class Settings:
     #: the models to monitor, from PITSTOP_CONFIG (default ./pitstop.toml when it exists)
     monitoring: MonitoringConfig = EMPTY
     monitor_interval_s: float = 10.0
+    #: monitor worker processes `pitstop up` starts; they share the models (more models, more monitor workers)
+    monitor_workers: int = 1
     #: seconds between the rollout worker's rounds (shadow scoring, the ramp's look); shadows are judged every 5
     rollout_interval_s: float = 2.0
     #: where alerts are POSTed as JSON, besides the log (PITSTOP_ALERT_WEBHOOK); None: the log only
@@ -124,6 +126,8 @@ class Settings:
             config_origin=origin,
             config_conflict=conflict,
             monitor_interval_s=_read(env, "PITSTOP_MONITOR_INTERVAL_S", _finite, 10.0, _SECONDS, _a_day_at_most),
+            monitor_workers=_read(env, "PITSTOP_MONITOR_WORKERS", int, 1, "an integer between 1 and 64",
+                                  lambda v: 1 <= v <= 64),
             rollout_interval_s=_read(env, "PITSTOP_ROLLOUT_INTERVAL_S", _finite, 2.0, _SECONDS, _a_day_at_most),
             kafka_bootstrap=kafka or local.get("PITSTOP_KAFKA_BOOTSTRAP"),
             database_url=database or local.get("PITSTOP_DATABASE_URL"),

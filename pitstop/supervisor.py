@@ -39,9 +39,6 @@ RESTART_WINDOW_S = 600.0
 RESTART_LOG_LINES = 5
 #: Retrain worker processes `pitstop up` starts (trainings of different models run in parallel across them).
 RETRAIN_WORKERS = 1
-#: Monitor worker processes `pitstop up` starts (monitor rounds, retrain decisions and the outbox relay; one round
-#: at a time across them).
-MONITOR_WORKERS = 1
 #: Rollout worker processes `pitstop up` starts (shadow scoring and the ramp; more would share the models' locks).
 ROLLOUT_WORKERS = 1
 
@@ -116,11 +113,11 @@ def start_stack(settings: Settings, workers: int, *, on_step: Callable[[str], No
         record.save(state_dir)
         _wait_ready(running)
         on_step(f"workers   {workers} ingest worker(s) ready (logs in {state_dir / 'logs'})")
-        for index in range(MONITOR_WORKERS):
+        for index in range(settings.monitor_workers):
             record.workers.append(_start_monitor_worker(running, index))
         record.save(state_dir)
-        on_step(f"monitor   {MONITOR_WORKERS} monitor worker(s) started (monitor rounds, retrain decisions, "
-                "outbox relay)")
+        on_step(f"monitor   {settings.monitor_workers} monitor worker(s) started (monitor rounds and retrain "
+                "decisions, the models shared between them; outbox relay)")
         for index in range(RETRAIN_WORKERS):
             record.workers.append(_start_retrain_worker(running, index))
         record.save(state_dir)

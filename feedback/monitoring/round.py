@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,9 +29,12 @@ from feedback.store import FeedbackStore
 
 log = logging.getLogger(__name__)
 
-#: advisory lock class of "the monitor round of a schema": one round at a time across the workers of one store
-#: (keyed by the schema, so that stores in other schemas of the same database never wait for it)
+#: advisory lock class of "the stray-label sweep of a schema": one sweep at a time across the monitor workers of one
+#: store (keyed by the schema, so that stores in other schemas of the same database never wait for it)
 MONITOR_LOCK = 0x5049_4D4E
+#: advisory lock class of "a model's round": one monitor worker evaluates and decides for a model at a time (keyed
+#: by the schema and the model's name); a killed worker's locks go with its connection
+MODEL_LOCK = 0x5049_4D4F
 #: chunks of the stray-label sweep per round (feedback.monitoring.windows.SWEEP_CHUNK labels each)
 SWEEP_CHUNKS = 4
 #: a version's kept state this many rounds old (an hour at the default 10 s interval) may be rebuilt from scratch,
@@ -37,8 +42,21 @@ SWEEP_CHUNKS = 4
 #: are written
 FULL_PASS_ROUNDS = 360
 
-_TRY_ROUND_LOCK = "SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))"
-_ROUND_UNLOCK = "SELECT pg_advisory_unlock(%s, hashtext(current_schema()))"
+_TRY_SWEEP_LOCK = "SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))"
+_SWEEP_UNLOCK = "SELECT pg_advisory_unlock(%s, hashtext(current_schema()))"
+_CLAIM_MODELS = f"""
+SELECT m FROM unnest(%s::text[]) AS m WHERE pg_try_advisory_lock({MODEL_LOCK}, hashtext(current_schema() || '/' || m))
+"""
+_RELEASE_MODELS = f"""
+SELECT pg_advisory_unlock({MODEL_LOCK}, hashtext(current_schema() || '/' || m)) FROM unnest(%s::text[]) AS m
+"""
+# the monitor workers of the store: each says it is alive at every round (and within long ones)
+_HEARTBEAT = """
+INSERT INTO monitor_workers (worker_id, seen_at) VALUES (%s, now())
+ON CONFLICT (worker_id) DO UPDATE SET seen_at = now()
+"""
+_LIVE_WORKERS = "SELECT worker_id FROM monitor_workers WHERE seen_at > now() - make_interval(secs => %s)"
+_FORGET_WORKERS = "DELETE FROM monitor_workers WHERE worker_id = %s OR seen_at < now() - interval '1 day'"
 
 # a loose index scan over predictions_model_time: the model's versions without a profile
 _UNPROFILED = """
@@ -82,7 +100,7 @@ class RoundResult:
 
 
 class Monitor:
-    """Runs monitor rounds against one store; safe to run from every worker (one round at a time).
+    """Runs monitor rounds against one store; any number of monitors may run them at once (one a model at a time).
 
     A round evaluates only the versions whose windows changed since this monitor's last round of their model
     (``window_changes``, feedback/monitoring/changes.py), and of those only what changed
@@ -97,10 +115,18 @@ class Monitor:
     written only where they differ, so a state that had drifted from the store would be corrected, not doubled.
     """
 
-    def __init__(self, store: FeedbackStore, updater: WindowUpdater, *, full_every: int = FULL_PASS_ROUNDS) -> None:
+    def __init__(self, store: FeedbackStore, updater: WindowUpdater, *, full_every: int = FULL_PASS_ROUNDS,
+                 worker_id: str | None = None, lease_s: float = 60.0) -> None:
         self.store = store
         self.updater = updater
         self.full_every = full_every
+        #: this monitor's name among the monitor workers sharing the store's models (None: it takes every model
+        #: it can lock), and how long a worker not heard from still owns its share
+        self.worker_id = worker_id
+        self.lease_s = lease_s
+        #: the models this monitor's current (or last) round holds
+        self.claimed: list[str] = []
+        self._heard = 0.0
         #: per model, the snapshot under which this monitor's last round of it read its windows
         self._since: dict[str, str] = {}
         #: per version: its kept evaluation, the tested level it was judged with, and the round its state was built
@@ -111,23 +137,27 @@ class Monitor:
 
     def run_once(
         self, *, models: Sequence[str] | None = None, write: bool = True, after: AfterRound | None = None
-    ) -> RoundResult | None:
-        """One round; ``None`` when another process holds the round.
+    ) -> RoundResult:
+        """One round over the models of ``models`` (all by default) that are this monitor's share and that no other
+        worker's round holds now (:attr:`claimed`).
 
-        ``after`` runs at the end of the round, still under its lock, with the evaluation of every version (those
-        evaluated this round, the others as kept; the trigger engine decides there: one decider at a time
-        across workers). ``evaluations`` and ``summaries`` of the result are those of the versions evaluated this
-        round, slimmed to what the engine and the summary read. ``write=False`` (a look that stores nothing)
-        evaluates every version whole, every result row included, and keeps nothing.
+        ``after`` runs at the end of the round, still under its locks, with the evaluation of every version of the
+        claimed models (those evaluated this round, the others as kept; the trigger engine decides there for the
+        claimed models: one decider a model at a time across workers). ``evaluations`` and ``summaries`` of the
+        result are those of the versions evaluated this round, slimmed to what the engine and the summary read.
+        ``write=False`` (a look that stores nothing) evaluates every version whole, every result row included, and
+        keeps nothing.
         """
         names = sorted(models if models is not None else self.updater.config.models)
         with self.store.pool.connection() as conn:
-            if not conn.execute(_TRY_ROUND_LOCK, (MONITOR_LOCK,)).fetchone()[0]:
-                return None
+            names = self._claim(conn, names)
+            self.claimed = names
             try:
                 for key in self._unsettled:
                     self._states.pop(key, None)
-                built = self._build_profiles(conn)
+                for key in [k for k in self._states if k[0] not in names]:  # another worker's share now
+                    del self._states[key]
+                built = self._build_profiles(conn, names)
                 swept = self._sweep(conn)
                 with conn.cursor() as cur:
                     seen_at = snapshot(cur)  # before any accumulator is read: nothing committed after it is lost
@@ -148,9 +178,31 @@ class Monitor:
                 if after is not None:
                     after(conn, evaluations + kept)
             finally:
-                conn.execute(_ROUND_UNLOCK, (MONITOR_LOCK,))
+                conn.execute(_RELEASE_MODELS, (names,))
         summaries = [summary(ev, self.updater.config.models[ev.model_name]) for ev in evaluations]
         return RoundResult(evaluations, summaries, built, swept, written)
+
+    def _claim(self, conn: psycopg.Connection[Any], names: Sequence[str]) -> list[str]:
+        """The models of ``names`` this round takes: this worker's share (when it shares them), those of it no
+        other worker's round holds now, locked until the round ends."""
+        if self.worker_id is not None:
+            self.heartbeat(conn)
+            live = [w for (w,) in conn.execute(_LIVE_WORKERS, (self.lease_s,)).fetchall()]
+            names = [name for name in names if owner(name, live) == self.worker_id]
+        return sorted(m for (m,) in conn.execute(_CLAIM_MODELS, (list(names),)).fetchall())
+
+    def heartbeat(self, conn: psycopg.Connection[Any], *, every_s: float = 0.0) -> None:
+        """Say this worker is alive (at most every ``every_s`` seconds): its share stays its own."""
+        if self.worker_id is not None and time.monotonic() - self._heard >= every_s:
+            conn.execute(_HEARTBEAT, (self.worker_id,))
+            self._heard = time.monotonic()
+
+    def leave(self) -> None:
+        """This worker stops: its share goes to the others at their next round (and workers gone a day are
+        forgotten)."""
+        if self.worker_id is not None:
+            with self.store.pool.connection() as conn:
+                conn.execute(_FORGET_WORKERS, (self.worker_id,))
 
     def _look(self, cur: psycopg.Cursor[Any], names: Sequence[str]) -> list[tuple[Any, Update]]:
         """Every version evaluated whole, from scratch; nothing kept."""
@@ -178,15 +230,16 @@ class Monitor:
         updates, kept = [], []
         for key in versions:
             model, version = key
+            self.heartbeat(cur.connection, every_s=self.lease_s / 4)  # a long round keeps its share
             have = self._states.get(key)
+            if have is not None and key not in marked and have.tested == tested.get(key) and key != refresh:
+                kept.append(have.evaluation)  # a profile installed again marks every window: it is in marked
+                continue
             profile = self.updater.profiles(cur, [key]).get(key)
             if profile is None:
                 continue
             fresh = (have is None or have.state.profile is not profile or have.tested != tested.get(key)
                      or key == refresh)
-            if not fresh and key not in marked:
-                kept.append(have.evaluation)
-                continue
             self._unsettled.add(key)
             if fresh:
                 state = VersionState(config.models[model], profile)
@@ -218,24 +271,30 @@ class Monitor:
         return found
 
     def _sweep(self, conn: psycopg.Connection[Any]) -> int:
-        """Count labels a race left uncounted: up to ``SWEEP_CHUNKS`` chunks a round, one transaction each."""
+        """Count labels a race left uncounted: up to ``SWEEP_CHUNKS`` chunks a round, one transaction each, by one
+        monitor worker at a time (the others skip it)."""
+        if not conn.execute(_TRY_SWEEP_LOCK, (MONITOR_LOCK,)).fetchone()[0]:
+            return 0
         swept = 0
-        for _ in range(SWEEP_CHUNKS):
-            with conn.transaction(), conn.cursor() as cur:
-                swept += count_uncounted(cur, self.updater)
-            if not self.updater.sweep_after:
-                break  # the whole index was seen
+        try:
+            for _ in range(SWEEP_CHUNKS):
+                with conn.transaction(), conn.cursor() as cur:
+                    swept += count_uncounted(cur, self.updater)
+                if not self.updater.sweep_after:
+                    break  # the whole index was seen
+        finally:
+            conn.execute(_SWEEP_UNLOCK, (MONITOR_LOCK,))
         return swept
 
-    def _build_profiles(self, conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    def _build_profiles(self, conn: psycopg.Connection[Any], names: Sequence[str]) -> list[tuple[str, str]]:
         built = []
         with conn.cursor() as cur:
-            for model in sorted(self.updater.config.models):
+            for model in names:
                 for (version,) in cur.execute(_UNPROFILED, {"m": model}).fetchall():
                     self.updater.unprofiled.add((model, version))
         for model, version in sorted(self.updater.unprofiled):
             config = self.updater.config.models.get(model)
-            if config is None:
+            if config is None or model not in names:
                 continue
             with conn.cursor() as cur:
                 if self.updater.profiles(cur, [(model, version)]):
@@ -248,6 +307,21 @@ class Monitor:
                          model, version, profile.source, n)
                 built.append((model, version))
         return built
+
+
+def owner(model: str, workers: Sequence[str]) -> str | None:
+    """The worker of ``workers`` whose share ``model`` is: the highest of a stable hash of (worker, model), so that
+    a worker that comes or goes moves only its own share (rendezvous hashing).
+
+    >>> owner("churn", ["a", "b"]) == owner("churn", ["b", "a"])
+    True
+    >>> sorted({owner(f"m{i}", ["a", "b", "c"]) for i in range(30)})
+    ['a', 'b', 'c']
+    >>> owner("churn", [])
+    """
+    if not workers:
+        return None
+    return max(workers, key=lambda w: hashlib.blake2b(f"{w}\0{model}".encode(), digest_size=8).digest())
 
 
 def evaluate_version(

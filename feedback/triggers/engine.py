@@ -15,7 +15,7 @@ The engine reads and writes through a :class:`Ledger`: the database for the live
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -648,15 +648,16 @@ class TriggerEngine:
         return PostgresLedger(cur, max_training_s=self.max_training_s)
 
     def run(self, conn: psycopg.Connection[Any], evaluations: Iterable[Evaluation], *,
-            wall_now: datetime | None = None) -> list[Decision]:
-        """Decide for every model with triggers; returns the decisions that are new or changed."""
+            wall_now: datetime | None = None, models: Collection[str] | None = None) -> list[Decision]:
+        """Decide for every model with triggers (of ``models``, when given: a monitor worker's share); returns the
+        decisions that are new or changed."""
         wall_now = wall_now or datetime.now(UTC)
         with conn.cursor() as cur:
             champions = dict(cur.execute("SELECT model_name, champion FROM deployments").fetchall())
         live = live_evaluations(evaluations, champions)
         changed: list[Decision] = []
         for name, model in sorted(self.config.models.items()):
-            if not model.triggers.enabled:
+            if not model.triggers.enabled or (models is not None and name not in models):
                 continue
             with conn.transaction(), conn.cursor() as cur:
                 ledger = self._ledger(cur)

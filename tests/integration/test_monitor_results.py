@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from feedback.config import parse_config
 from feedback.monitoring.evaluate import summary
-from feedback.monitoring.round import Monitor
+from feedback.monitoring.round import MODEL_LOCK, Monitor, owner
 from feedback.monitoring.windows import WindowUpdater
 from feedback.store import FeedbackStore
 from tests.factories import T0, outcome, prediction
@@ -334,3 +334,50 @@ def test_rounds_that_keep_their_evaluations_store_what_a_whole_evaluation_gives(
         round_matches("late predictions, unlabelled")  # hour 5's coverage falls
 
         assert round_matches("nothing new") == 0
+
+
+FOUR_MODELS = parse_config(SEGMENTED_TOML + "".join(f"""
+[models.m{i}]
+task = "classification"
+positive_class = 1
+window = "1h"
+span = 6
+min_rows = 50
+min_labels = 30
+reference_rows = 100
+""" for i in range(3)))
+
+
+def test_monitor_workers_share_the_models_and_take_over_a_share_left(services, db_schema) -> None:
+    """Two monitors with worker ids share four models: after one round each, their shares are disjoint, cover every
+    model, and each writes results for its share only; a model another worker's round holds is skipped, not
+    evaluated twice; when one leaves, the other takes every model at its next round."""
+    updater = WindowUpdater(FOUR_MODELS)
+    names = sorted(FOUR_MODELS.models)
+    with FeedbackStore(services.database_url, db_schema, windows=updater) as store:
+        for hour in range(3):
+            store.write_batch([prediction(10_000 * m + 1000 * hour + i, model_name=name,
+                                          predicted_at=T0 + timedelta(hours=hour, seconds=i),
+                                          features={"age": 30 + i % 20}, prediction=i % 2)
+                               for m, name in enumerate(names) for i in range(120)], [])
+        a = Monitor(store, updater, worker_id="a", lease_s=60)
+        b = Monitor(store, updater, worker_id="b", lease_s=60)
+        assert a.run_once().results_written > 0 and a.claimed == names  # alone: every model
+        b.run_once()
+        a.run_once()
+        assert a.claimed and b.claimed and sorted(a.claimed + b.claimed) == names, (a.claimed, b.claimed)
+        assert a.claimed == [m for m in names if owner(m, ["a", "b"]) == "a"]
+
+        with store.pool.connection() as held:  # b's share is busy in another round: a never takes it
+            held.execute("SELECT pg_advisory_lock(%s, hashtext(current_schema() || '/' || %s))",
+                         (MODEL_LOCK, b.claimed[0]))
+            busy, share = b.claimed[0], list(b.claimed)
+            b.run_once()
+            assert b.claimed == [m for m in share if m != busy]
+            held.execute("SELECT pg_advisory_unlock_all()")
+
+        b.leave()
+        a.run_once()
+        assert a.claimed == names
+        evaluated = store.rows("SELECT DISTINCT model_name FROM monitor_results ORDER BY 1")
+        assert [m for (m,) in evaluated] == names
