@@ -109,6 +109,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import gc
 import json
 import os
 import platform
@@ -126,6 +127,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import psycopg
 from psycopg import sql
 
@@ -728,6 +730,8 @@ def run_count(ctx: Ctx, n: int, profile: ReferenceProfile, deltas: dict[int, Win
         engine = TriggerEngine(config, alerts)
         written = Written(store)
 
+        gc.collect()
+        rss_before = _rss_mb()
         res["first_round_ms"], res["first_round_written"], wall_now = first_round(monitor, written, n)
         slot = wall_now.replace(hour=0, minute=0)
         with store.pool.connection() as conn:
@@ -807,6 +811,9 @@ def run_count(ctx: Ctx, n: int, profile: ReferenceProfile, deltas: dict[int, Win
         monitor.run_once()  # the first of two rounds with nothing written between them
         res["nothing_changed"] = timed(monitor.run_once, repeat, autovacuum=autovacuum, written=written)
         res["nothing_changed"].pop("last")
+        gc.collect()
+        res["rss_mb"] = {"before_first_round": rss_before, "after_rounds": _rss_mb(),
+                         "kept_states": len(monitor._states)}
         res["written_counted_by"] = written.counted_by
         _log(f"N={n}: nothing changed: round median {res['nothing_changed']['median_ms']:.0f} ms")
 
@@ -954,9 +961,19 @@ def print_phases(results: list[dict[str, Any]], key: str, round_key: str, title:
     _grid(head, rows, label_column=True)
 
 
+def _rss_mb() -> float:
+    """This process's resident memory, MiB."""
+    return psutil.Process().memory_info().rss / 2**20
+
+
 def print_details(results: list[dict[str, Any]]) -> None:
     for r in results:
         s = r["setup"]
+        m = r["rss_mb"]
+        print(f"N={r['models']}: process RSS {m['before_first_round']:,.0f} MiB before the first round (the bench's "
+              f"own data), {m['after_rounds']:,.0f} MiB after the rounds, {m['kept_states']:,} versions kept: "
+              f"{m['after_rounds'] - m['before_first_round']:+,.0f} MiB, the monitor's kept state and what the rounds "
+              "left allocated")
         print(f"N={r['models']}: {s['window_counts_rows']:,} window_counts rows ({s['window_counts_cells']:,} counts), "
               f"{s['window_performance_rows']:,} window_performance rows, {s['window_changes_rows']:,} window_changes "
               f"rows, populated in {s['populate_s']:.1f} s; "

@@ -294,6 +294,8 @@ def _z(confidence: float) -> float:
 
 def _check_non_negative(acc: Mapping[str, int], keys: Sequence[str] | None = None) -> None:
     # A negative count means a correction subtracted something that was never added.
+    if keys is None and (not acc or min(acc.values()) >= 0):
+        return
     for key in acc if keys is None else keys:
         if acc.get(key, 0) < 0:
             msg = f"aggregate {key!r} is negative ({acc[key]}): a subtraction without its addition"
@@ -371,8 +373,14 @@ def _f1(tp: int, fp: int, fn: int, z: float) -> MetricValue:
     return _metric("f1", value, low, high, n=tp + fp + fn, higher_is_better=True, method="wilson-jaccard")
 
 
+@functools.cache
+def _bin_keys(prefix: str, count: int) -> tuple[str, ...]:
+    return tuple(f"{prefix}:{b}" for b in range(count))
+
+
 def _bins(acc: Mapping[str, int], prefix: str, count: int) -> list[int]:
-    return [acc.get(f"{prefix}:{b}", 0) for b in range(count)]
+    get = acc.get
+    return [get(key, 0) for key in _bin_keys(prefix, count)]
 
 
 def _roc_auc(acc: Mapping[str, int], z: float) -> MetricValue | None:
