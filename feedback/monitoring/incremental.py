@@ -24,6 +24,7 @@ same code with nothing kept: every row read, every cell computed, every window b
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -125,9 +126,12 @@ class _Window:
     """What a state keeps of one window of one segment."""
 
     cells: np.ndarray  # (RAW, series) raw statistics
-    acc: dict[str, int]  # the performance aggregates
-    rows: int  # predictions counted
-    metrics: dict[str, performance.MetricValue] | None = None  # of acc, when judged (computed when needed)
+    rows: int = 0  # predictions counted
+    n: int = 0  # labels counted
+    #: the metrics of its aggregates, computed once it is judged; until then the aggregates themselves, compressed
+    #: (a classification window's aggregates are some 450 integers: as a dict, 45 KB a window)
+    metrics: dict[str, performance.MetricValue] | None = None
+    stats: bytes | None = None
     #: the series whose statistics, and whether the aggregates or the row count, changed since the rows were built
     dirty: set[int] = field(default_factory=set)
     perf_dirty: bool = True
@@ -157,11 +161,14 @@ class VersionState:
         self._column = {name: j for j, name in enumerate(self.order)}
         self._numeric = sum(1 for name in self.order if profile.series[name].kind == "numeric")
         self.windows: dict[Key, _Window] = {}
-        self.early: list[tuple[datetime, dict[str, int], int]] | None = None
+        #: the earliest windows of all traffic (start, aggregates compressed, rows): what the baseline pools
+        self.early: list[tuple[datetime, bytes, int]] | None = None
+        self._baseline_of: tuple[Any, ...] | None = None  # what the kept baseline was computed from
         self.tests = -1
         self.limit: Any = None
         self.baseline: Baseline | None = None
         self._zero: np.ndarray | None = None
+        self.baseline_now: Baseline | None = None
         self._keep_all = False  # keep every row built, not only the slim ones (a look or a replay)
 
     # --- reading -------------------------------------------------------------------------------------
@@ -207,17 +214,19 @@ class VersionState:
         traffic that can be among them (at or before the last kept, or any while fewer than the limit are kept)."""
         limit = self.config.performance.baseline_windows * 8
         if self.early is None:
-            self.early = [(start, exact_stats(s), int(rows or 0))
+            self.early = [(start, _pack(s), int(rows or 0))
                           for start, s, rows in cur.execute(_EARLY_WINDOWS, (*key, ROWS, limit)).fetchall()]
+            self._baseline_of = None
             return
         last = self.early[-1][0] if len(self.early) >= limit else None
         starts = sorted({start for segment, start in marked if segment == ALL and (last is None or start <= last)})
         if not starts:
             return
-        found = {start: (start, exact_stats(s), int(rows or 0))
+        found = {start: (start, _pack(s), int(rows or 0))
                  for start, s, rows in cur.execute(_SOME_EARLY_WINDOWS, (*key, ROWS, starts)).fetchall()}
         merged = {start: w for start, w in ((w[0], w) for w in self.early)} | found
         self.early = [merged[start] for start in sorted(merged)][:limit]
+        self._baseline_of = None
 
     def _read(self, cur: psycopg.Cursor[Any], key: tuple[str, str, int], since: str | None, marked: Sequence[Key],
               first: datetime, newest: datetime) -> None:
@@ -236,7 +245,7 @@ class VersionState:
             return
         zero = self._zero_cells()
         for k in fresh:
-            self.windows[k] = _Window(zero.copy(), {}, 0)
+            self.windows[k] = _Window(zero.copy())
         todo: dict[Key, dict[str, Sequence[int]]] = {k: {name: () for name in self.order} for k in fresh}
         for segment, start, series, c in counts:
             k = (segment, start)
@@ -250,8 +259,17 @@ class VersionState:
         for segment, start, s in perf:
             w = self.windows.get((segment, start))
             if w is not None:
-                w.acc, w.metrics, w.perf_dirty = exact_stats(s), None, True
+                self._aggregates(w, s)
         self._compute(todo)
+
+    def _aggregates(self, w: _Window, text: str) -> None:
+        """A window's aggregates as stored: its metrics when it is judged, else the aggregates kept compressed."""
+        acc = exact_stats(text)
+        w.n, w.perf_dirty = int(acc.get("n", 0)), True
+        if judged_performance(self.config, acc, w.rows):
+            w.metrics, w.stats = metrics_of(self.config, acc), None
+        else:
+            w.metrics, w.stats = None, _pack(text) if acc else None
 
     def _zero_cells(self) -> np.ndarray:
         """The statistics of a window with no rows in any series (every cell unjudged)."""
@@ -319,11 +337,15 @@ class VersionState:
         for seg in segments:  # a segment with no row in a window: zeros, as a whole evaluation counts them
             for start in starts:
                 if (seg, start) not in self.windows:
-                    self.windows[(seg, start)] = _Window(zero.copy(), {}, 0)
+                    self.windows[(seg, start)] = _Window(zero.copy())
         raw = {seg: np.stack([self.windows[(seg, s)].cells for s in starts], axis=-1) for seg in segments}
         arrays = judge_drift(config, self.profile, raw)
         tests = int(np.count_nonzero(arrays.judged))
-        baseline = baseline_of(config, self.early or [], json.loads(tested) if tested else None)
+        if self._baseline_of != (tested,):
+            early = [(start, _unpack(text), rows) for start, text, rows in self.early or []]
+            self.baseline_now = baseline_of(config, early, json.loads(tested) if tested else None)
+            self._baseline_of = (tested,)
+        baseline = self.baseline_now
         limit = performance_limit(config, baseline)
         every_series = tests != self.tests
         every_perf = limit != self.limit or baseline != self.baseline
@@ -394,9 +416,10 @@ class VersionState:
             built.append((j, drift_cell_rows(config, seg, start, step, self.profile.series[name],
                                              arrays.cell(row0 + j, i), tests)))
         if perf:
-            if w.metrics is None and judged_performance(config, w.acc, w.rows):
-                w.metrics = metrics_of(config, w.acc)
-            built.append((width, performance_window_rows(config, seg, start, step, w.acc, w.rows, baseline, limit,
+            counted = {"n": w.n}
+            if w.metrics is None and judged_performance(config, counted, w.rows):
+                w.metrics, w.stats = metrics_of(config, _unpack(w.stats)), None
+            built.append((width, performance_window_rows(config, seg, start, step, counted, w.rows, baseline, limit,
                                                          w.metrics or {})))
         for j, made in built:
             values = row_values(made)
@@ -431,6 +454,14 @@ def slim_rows(rows: Sequence[DriftResult | PerformanceResult], config: ModelConf
         if keep:
             out.append(replace(r, sentence=""))
     return out
+
+
+def _pack(text: str) -> bytes:
+    return zlib.compress(text.encode(), 1)
+
+
+def _unpack(packed: bytes | None) -> dict[str, int]:
+    return exact_stats(zlib.decompress(packed).decode()) if packed else {}
 
 
 def exact_stats(text: str) -> dict[str, int]:
