@@ -76,6 +76,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import feedback.rollout.controller as ctl  # noqa: E402
+import feedback.rollout.shadow as shadow_module  # noqa: E402
 from feedback.config import parse_config  # noqa: E402
 from feedback.registry.versions import ModelVersion, Registry  # noqa: E402
 from feedback.rollout.controller import Controller, publish_deployment, record_event  # noqa: E402
@@ -253,7 +254,8 @@ class Timers:
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         saved = ctl.arm_stats, ctl._Look.strata, psycopg.Cursor.execute, psycopg.Cursor.fetchall
-        statements = {ctl._WATERMARK: "sql watermark", ctl._TRAFFIC: "sql traffic", ctl._LABELLED: "sql labelled"}
+        statements = {shadow_module._WATERMARK: "sql watermark", ctl._TRAFFIC: "sql traffic",
+                      ctl._LABELLED: "sql labelled"}
         ctl.arm_stats = self.timed(  # type: ignore[assignment]
             saved[0], lambda *a: "arm_stats in strata" if self.in_strata else "arm_stats", "in_arm",
             lambda out: None if self.in_strata else self.ramp_stats.append(out))
@@ -327,7 +329,7 @@ def run_count(database_url: str, n: int, repeat: int, seed: int, explain: bool) 
 
 def explain_queries(store: FeedbackStore) -> dict[str, str]:
     since, until = T0, T0 + timedelta(hours=SPAN_H)
-    queries = {"watermark": (ctl._WATERMARK, (MODEL,)),
+    queries = {"watermark": (shadow_module._WATERMARK, {"model": MODEL}),
                "traffic": (ctl._TRAFFIC, (MODEL, [CHAMPION, CHALLENGER], since, until)),
                "labelled": (ctl._LABELLED, (CHAMPION, MODEL, [CHAMPION, CHALLENGER], since, until))}
     out = {}

@@ -55,6 +55,7 @@ from feedback.rollout.rules import (
     step_ready,
     users_within,
 )
+from feedback.rollout.shadow import model_watermark
 from feedback.rollout.urgency import answers_later_change, degradation, episode
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,6 @@ log = logging.getLogger(__name__)
 ACTIVE = ("ramping", "paused", "holding")
 _LOCK_SPACE = 0x524F4C4C  # "ROLL": one controller look per model at a time
 
-_WATERMARK = "SELECT max(predicted_at) FROM predictions WHERE model_name = %s"
 _ACTIVE = f"SELECT * FROM rollouts WHERE model_name = %s AND state IN {ACTIVE!r} FOR UPDATE"
 _PASSED_SHADOW = """
 SELECT s.* FROM shadows s
@@ -698,11 +698,9 @@ class _Look:
 # -- shared by the controller and the manual commands -------------------------------------------------------------
 
 def watermark(cur: psycopg.Cursor[Any], model: str) -> datetime | None:
-    """The model's event time: its newest prediction."""
-    row = cur.execute(_WATERMARK, (model,)).fetchone()
-    if row is None:
-        return None
-    return row["max"] if isinstance(row, dict) else row[0]
+    """The model's event time: its newest prediction (an index probe per version, never a table scan: 293 ms a
+    look at 1M rows when it scanned)."""
+    return model_watermark(cur, model)
 
 
 def publish_deployment(cur: psycopg.Cursor[Any], model: str, *, champion: str, challenger: str | None, share: float,

@@ -202,7 +202,9 @@ def model_watermark(cur: psycopg.Cursor[Any], model: str) -> datetime | None:
     """The model's event time: its newest ``predicted_at`` over every served version (None before its first
     prediction). One index probe per version (a skip scan of ``predictions_model_time``), never a table scan."""
     row = cur.execute(_WATERMARK, {"model": model}).fetchone()
-    return None if row is None else row[0]
+    if row is None:
+        return None
+    return row["max"] if isinstance(row, dict) else row[0]
 
 
 def start_shadow(conn: psycopg.Connection[Any], registry: Registry, candidate: CandidateEvent,
