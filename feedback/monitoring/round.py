@@ -241,12 +241,19 @@ class Monitor:
             fresh = (have is None or have.state.profile is not profile or have.tested != tested.get(key)
                      or key == refresh)
             self._unsettled.add(key)
-            if fresh:
-                state = VersionState(config.models[model], profile)
-                update = state.update(cur, tested=tested.get(key))
-            else:
-                state = have.state
-                update = state.update(cur, tested=tested.get(key), since=self._since[model], marked=marked[key])
+            state = VersionState(config.models[model], profile) if fresh else have.state
+            try:
+                if fresh:
+                    update = state.update(cur, tested=tested.get(key))
+                else:
+                    update = state.update(cur, tested=tested.get(key), since=self._since[model], marked=marked[key])
+            except psycopg.Error:
+                raise  # the database: the round stops, the next one starts afresh
+            except Exception:  # this version's accumulators or profile: the others are judged all the same
+                log.exception("monitor round: %s %s not evaluated (judged again from scratch at the next round)",
+                              model, version)
+                self._states.pop(key, None)
+                continue
             if update is None:
                 self._states.pop(key, None)
                 continue

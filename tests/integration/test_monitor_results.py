@@ -381,3 +381,31 @@ def test_monitor_workers_share_the_models_and_take_over_a_share_left(services, d
         assert a.claimed == names
         evaluated = store.rows("SELECT DISTINCT model_name FROM monitor_results ORDER BY 1")
         assert [m for (m,) in evaluated] == names
+
+
+def test_a_version_whose_counts_are_broken_is_logged_and_the_others_are_judged(services, db_schema, caplog) -> None:
+    """A negative count in one model's window (broken accumulators) stops that version's evaluation with a logged
+    reason naming it; the other model's rounds go on, and the broken one is judged again once repaired."""
+    updater = WindowUpdater(TWO_MODELS)
+    with FeedbackStore(services.database_url, db_schema, windows=updater) as store:
+        for hour in range(3):
+            _segmented_hour(store, hour, 120, 1000 * hour)
+            store.write_batch([prediction(i, model_name="other", predicted_at=T0 + timedelta(hours=hour, seconds=i),
+                                          features={"age": 30 + i % 20}, prediction=i % 2)
+                               for i in range(50_000 + 1000 * hour, 50_000 + 1000 * hour + 120)], [])
+        monitor = Monitor(store, updater)
+        monitor.run_once()
+        with store.pool.connection() as conn, conn.transaction():  # a broken writer: one count below zero
+            conn.execute("UPDATE window_counts SET counts[1] = -5, changed = pg_current_xact_id() "
+                         "WHERE model_name = 'churn' AND series = 'age' AND segment = '*' AND window_start = %s",
+                         (T0 + timedelta(hours=2),))
+            conn.execute("UPDATE window_changes SET changed = pg_current_xact_id() WHERE model_name = 'churn'")
+        store.write_batch([prediction(i, model_name="other", predicted_at=T0 + timedelta(hours=3, seconds=i % 1000),
+                                      features={"age": 30}, prediction=1) for i in range(60_000, 60_120)], [])
+        with caplog.at_level("ERROR", logger="feedback.monitoring.round"):
+            result = monitor.run_once()
+        assert [e.model_name for e in result.evaluations] == ["other"] and result.results_written > 0
+        assert "churn v1 not evaluated" in caplog.text and "negative count" in caplog.text
+        with store.pool.connection() as conn:
+            conn.execute("UPDATE window_counts SET counts[1] = 0 WHERE counts[1] = -5")
+        assert [e.model_name for e in monitor.run_once().evaluations] == ["churn"]
