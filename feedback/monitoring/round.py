@@ -18,7 +18,7 @@ from feedback.monitoring.changes import changed_since, snapshot
 from feedback.monitoring.evaluate import Evaluation, summary
 from feedback.monitoring.incremental import Key, Update, VersionState, read_tested_level
 from feedback.monitoring.profile import ReferenceProfile
-from feedback.monitoring.results import write_results
+from feedback.monitoring.results import VersionWrites, write_results
 from feedback.monitoring.windows import (
     WindowUpdater,
     count_uncounted,
@@ -41,6 +41,8 @@ SWEEP_CHUNKS = 4
 #: one version a round, the oldest first: a safety net under the change marks, cheap because only rows that differ
 #: are written
 FULL_PASS_ROUNDS = 360
+#: a round stores its results in transactions of about this many rows (a first round over 1,000 models builds 10M)
+WRITE_ROWS = 20_000
 
 _TRY_SWEEP_LOCK = "SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))"
 _SWEEP_UNLOCK = "SELECT pg_advisory_unlock(%s, hashtext(current_schema()))"
@@ -162,14 +164,9 @@ class Monitor:
                 with conn.cursor() as cur:
                     seen_at = snapshot(cur)  # before any accumulator is read: nothing committed after it is lost
                     if write:
-                        updates, kept = self._evaluate(cur, names)
+                        evaluations, kept, written = self._evaluate(cur, names)
                     else:
-                        updates, kept = self._look(cur, names), []
-                evaluations = [u.evaluation for _, u in updates]
-                written = 0
-                if write and updates:
-                    with conn.transaction(), conn.cursor() as cur:
-                        written = write_results(cur, [u.writes for _, u in updates])
+                        evaluations, kept, written = [u.evaluation for _, u in self._look(cur, names)], [], 0
                 if write:
                     self._rounds += 1
                     for name in names:
@@ -218,16 +215,28 @@ class Monitor:
         return out
 
     def _evaluate(self, cur: psycopg.Cursor[Any], names: Sequence[str]
-                  ) -> tuple[list[tuple[tuple[str, str], Update]], list[Evaluation]]:
-        """The versions with something changed brought up to date (and their states kept), and the kept evaluations
-        of the others."""
+                  ) -> tuple[list[Evaluation], list[Evaluation], int]:
+        """The versions with something changed brought up to date (their states kept, their results stored as they
+        come, a transaction every :data:`WRITE_ROWS` rows or so, so that a first round over many models never
+        holds all their rows at once); returns their evaluations, the kept evaluations of the others and the
+        result rows written."""
         config = self.updater.config
         marked = self._marked(cur, names)
         tested = {(m, v): level for m, v, level in cur.execute(_TESTED_LEVELS, (names,)).fetchall()}
         versions = [tuple(r) for r in cur.execute(_VERSIONS, (names,)).fetchall()]
         stale = [k for k in versions if k in self._states and self._rounds - self._states[k].round >= self.full_every]
         refresh = min(stale, key=lambda k: self._states[k].round) if stale else None
-        updates, kept = [], []
+        evaluations: list[Evaluation] = []
+        kept: list[Evaluation] = []
+        pending: list[VersionWrites] = []
+        written = 0
+
+        def flush() -> int:
+            with cur.connection.transaction():
+                count = write_results(cur, pending)
+            pending.clear()
+            return count
+
         for key in versions:
             model, version = key
             self.heartbeat(cur.connection, every_s=self.lease_s / 4)  # a long round keeps its share
@@ -259,8 +268,13 @@ class Monitor:
                 continue
             self._states[key] = _Kept(state, update.evaluation, tested.get(key),
                                       self._rounds if fresh else have.round)
-            updates.append((key, update))
-        return updates, kept
+            evaluations.append(update.evaluation)
+            pending.append(update.writes)
+            if sum(len(w.rows) for v in pending for w in v.windows) >= WRITE_ROWS:
+                written += flush()
+        if pending:
+            written += flush()
+        return evaluations, kept, written
 
     def _marked(self, cur: psycopg.Cursor[Any], names: Sequence[str]) -> dict[tuple[str, str], set[Key]]:
         """The windows (segment, start) of each version of ``names`` changed since this monitor's last round of
