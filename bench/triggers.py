@@ -813,7 +813,7 @@ def run_count(ctx: Ctx, n: int, profile: ReferenceProfile, deltas: dict[int, Win
         res["nothing_changed"].pop("last")
         gc.collect()
         res["rss_mb"] = {"before_first_round": rss_before, "after_rounds": _rss_mb(),
-                         "kept_states": len(monitor._states)}
+                         "kept_states": len(monitor._states), "kept_mb": deep_size(monitor._states) / 2**20}
         res["written_counted_by"] = written.counted_by
         _log(f"N={n}: nothing changed: round median {res['nothing_changed']['median_ms']:.0f} ms")
 
@@ -961,6 +961,35 @@ def print_phases(results: list[dict[str, Any]], key: str, round_key: str, title:
     _grid(head, rows, label_column=True)
 
 
+def deep_size(root: object) -> int:
+    """Bytes held by ``root`` and everything it references (each object once; numpy arrays by their buffers;
+    classes, functions and modules not followed): what the monitor keeps between rounds."""
+    seen: set[int] = set()
+    total = 0
+    stack = [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, type | type(deep_size) | type(sys)):
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        if isinstance(obj, np.ndarray):
+            continue  # getsizeof counts the buffer of an array that owns it
+        if isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, list | tuple | set | frozenset):
+            stack.extend(obj)
+        elif hasattr(obj, "__slots__") or hasattr(obj, "__dict__"):
+            for cls in type(obj).__mro__:
+                for name in getattr(cls, "__slots__", ()):
+                    if hasattr(obj, name):
+                        stack.append(getattr(obj, name))
+            if hasattr(obj, "__dict__"):
+                stack.append(obj.__dict__)
+    return total
+
+
 def _rss_mb() -> float:
     """This process's resident memory, MiB."""
     return psutil.Process().memory_info().rss / 2**20
@@ -973,7 +1002,7 @@ def print_details(results: list[dict[str, Any]]) -> None:
         print(f"N={r['models']}: process RSS {m['before_first_round']:,.0f} MiB before the first round (the bench's "
               f"own data), {m['after_rounds']:,.0f} MiB after the rounds, {m['kept_states']:,} versions kept: "
               f"{m['after_rounds'] - m['before_first_round']:+,.0f} MiB, the monitor's kept state and what the rounds "
-              "left allocated")
+              f"left allocated; the kept state itself (deep size of Monitor._states) {m['kept_mb']:,.1f} MiB")
         print(f"N={r['models']}: {s['window_counts_rows']:,} window_counts rows ({s['window_counts_cells']:,} counts), "
               f"{s['window_performance_rows']:,} window_performance rows, {s['window_changes_rows']:,} window_changes "
               f"rows, populated in {s['populate_s']:.1f} s; "

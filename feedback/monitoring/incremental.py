@@ -133,13 +133,14 @@ class _Window:
     metrics: dict[str, performance.MetricValue] | None = None
     stats: bytes | None = None
     #: the series whose statistics, and whether the aggregates or the row count, changed since the rows were built
-    dirty: set[int] = field(default_factory=set)
+    dirty: set[int] | None = None
     perf_dirty: bool = True
     p_adj: np.ndarray | None = None  # Holm-adjusted p-values the rows were built with
     parts: np.ndarray | None = None  # fingerprints of the rows of each part (series..., performance), as built
     shapes: np.ndarray | None = None  # of the metrics each part has rows of (hash(), this process only)
     fingerprint: int | None = None  # the window's, as last built
-    slim: list[list[DriftResult | PerformanceResult]] = field(default_factory=list)  # per part, as built
+    #: per part, as built: what the engine reads of its rows (None: nothing)
+    slim: list[list[DriftResult | PerformanceResult] | None] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +289,8 @@ class VersionState:
         for i, (k, name, _) in enumerate(cells):
             w = self.windows[k]
             w.cells[:, self._column[name]] = values[:, i]
+            if w.dirty is None:
+                w.dirty = set()
             w.dirty.add(self._column[name])
 
     def _fill(self, out: np.ndarray, counts: Mapping[Any, Sequence[int]], names: Sequence[str] | None = None) -> None:
@@ -364,15 +367,15 @@ class VersionState:
                     perf = True
                 else:
                     moved = np.flatnonzero(~((w.p_adj == p_adj) | (np.isnan(w.p_adj) & np.isnan(p_adj))))
-                    series = range(width) if every_series else sorted(w.dirty | set(moved.tolist()))
+                    series = range(width) if every_series else sorted((w.dirty or set()) | set(moved.tolist()))
                     perf = every_perf or w.perf_dirty
                 if not series and not perf and held:
                     continue
                 write = self._build(arrays, g * width, i, k, step, w, baseline, limit, tests, series, perf,
                                     whole=not held)
-                w.p_adj, w.dirty, w.perf_dirty = p_adj.copy(), set(), False
+                w.p_adj, w.dirty, w.perf_dirty = p_adj.copy(), None, False
                 if whole:
-                    built.extend(r for part in w.slim for r in part)
+                    built.extend(r for part in w.slim if part for r in part)
                     w.slim = []
                 elif write is not None and stored.get(k) != write.fingerprint:
                     writes.append(write)
@@ -384,7 +387,7 @@ class VersionState:
             for seg in segments:
                 for start in starts:
                     for part in self.windows[(seg, start)].slim:
-                        for r in part:
+                        for r in part or ():
                             (drift if isinstance(r, DriftResult) else perf_rows).append(r)  # type: ignore[arg-type]
         evaluation = Evaluation(
             model_name=config.name, model_version=self.profile.model_version, evaluated_at=starts[-1] + step,
@@ -407,7 +410,7 @@ class VersionState:
         parts = w.parts.copy() if w.parts is not None else np.zeros(width + 1, dtype=np.int64)
         shapes = w.shapes if w.shapes is not None else np.zeros(width + 1, dtype=np.int64)
         if not w.slim:
-            w.slim = [[] for _ in range(width + 1)]
+            w.slim = [None] * (width + 1)
         rows: list[tuple[Any, ...]] = []
         changed: list[tuple[str, str]] = []  # parts whose metrics changed
         built: list[tuple[int, list[DriftResult | PerformanceResult]]] = []
@@ -430,7 +433,7 @@ class VersionState:
                 if shape != shapes[j]:  # rows of other metrics may be stored: those the evaluation lost go
                     changed.append(("performance", "") if j == width else ("drift", self.order[j]))
             parts[j], shapes[j] = fp, shape
-            w.slim[j] = made if self._keep_all else slim_rows(made, config)
+            w.slim[j] = made if self._keep_all else (slim_rows(made, config) or None)
         w.parts, w.shapes = parts, shapes
         w.fingerprint = window_fingerprint(parts)
         if not rows:
