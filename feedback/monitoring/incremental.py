@@ -24,8 +24,9 @@ same code with nothing kept: every row read, every cell computed, every window b
 from __future__ import annotations
 
 import json
+import re
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -162,8 +163,8 @@ class VersionState:
         self._column = {name: j for j, name in enumerate(self.order)}
         self._numeric = sum(1 for name in self.order if profile.series[name].kind == "numeric")
         self.windows: dict[Key, _Window] = {}
-        #: the earliest windows of all traffic (start, aggregates compressed, rows): what the baseline pools
-        self.early: list[tuple[datetime, bytes, int]] | None = None
+        #: the earliest windows of all traffic (start, aggregates compressed, rows, labels): what the baseline pools
+        self.early: list[tuple[datetime, bytes, int, int]] | None = None
         self._baseline_of: tuple[Any, ...] | None = None  # what the kept baseline was computed from
         self.tests = -1
         self.limit: Any = None
@@ -215,7 +216,7 @@ class VersionState:
         traffic that can be among them (at or before the last kept, or any while fewer than the limit are kept)."""
         limit = self.config.performance.baseline_windows * 8
         if self.early is None:
-            self.early = [(start, _pack(s), int(rows or 0))
+            self.early = [(start, _pack(s), int(rows or 0), _labels(s))
                           for start, s, rows in cur.execute(_EARLY_WINDOWS, (*key, ROWS, limit)).fetchall()]
             self._baseline_of = None
             return
@@ -223,7 +224,7 @@ class VersionState:
         starts = sorted({start for segment, start in marked if segment == ALL and (last is None or start <= last)})
         if not starts:
             return
-        found = {start: (start, _pack(s), int(rows or 0))
+        found = {start: (start, _pack(s), int(rows or 0), _labels(s))
                  for start, s, rows in cur.execute(_SOME_EARLY_WINDOWS, (*key, ROWS, starts)).fetchall()}
         merged = {start: w for start, w in ((w[0], w) for w in self.early)} | found
         self.early = [merged[start] for start in sorted(merged)][:limit]
@@ -345,7 +346,7 @@ class VersionState:
         arrays = judge_drift(config, self.profile, raw)
         tests = int(np.count_nonzero(arrays.judged))
         if self._baseline_of != (tested,):
-            early = [(start, _unpack(text), rows) for start, text, rows in self.early or []]
+            early = [(start, _Packed(text, n), rows) for start, text, rows, n in self.early or []]
             self.baseline_now = baseline_of(config, early, json.loads(tested) if tested else None)
             self._baseline_of = (tested,)
         baseline = self.baseline_now
@@ -457,6 +458,48 @@ def slim_rows(rows: Sequence[DriftResult | PerformanceResult], config: ModelConf
         if keep:
             out.append(replace(r, sentence=""))
     return out
+
+
+class _Packed(Mapping[str, int]):
+    """Compressed aggregates read as a mapping, unpacked at the first look past their label count (the baseline
+    asks every early window whether it is judged and pools only the first few)."""
+
+    def __init__(self, packed: bytes | None, n: int) -> None:
+        self._packed = packed
+        self._acc: dict[str, int] | None = None
+        self._n = n
+
+    def _whole(self) -> dict[str, int]:
+        if self._acc is None:
+            self._acc = _unpack(self._packed)
+        return self._acc
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key == "n" and self._acc is None:
+            return self._n if self._n else default
+        return self._whole().get(key, default)
+
+    def __getitem__(self, key: str) -> int:
+        return self._whole()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._whole())
+
+    def __len__(self) -> int:
+        return len(self._whole())
+
+
+_LABELS = re.compile(r'"n": *(\d+)')
+
+
+def _labels(text: str) -> int:
+    """The label count ``n`` of stored aggregates, without parsing them.
+
+    >>> _labels('{"n": 12, "n_scored": 3}'), _labels('{"tp": 1}')
+    (12, 0)
+    """
+    found = _LABELS.search(text)
+    return int(found.group(1)) if found else 0
 
 
 def _pack(text: str) -> bytes:
