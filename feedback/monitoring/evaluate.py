@@ -368,7 +368,7 @@ def cohens_w(ref_counts: np.ndarray, cur_counts: np.ndarray, *, valid: np.ndarra
 
 def drift_cell_rows(
     config: ModelConfig, segment: str, start: datetime, window: timedelta, series: SeriesProfile,
-    m: Mapping[str, Any], tests: int,
+    m: Mapping[str, Any], tests: int, *, end: datetime | None = None,
 ) -> list[DriftResult]:
     """The result rows of one series in one window of one segment: its verdict (metric ``drift``) and the metrics
     behind it, from its statistics ``m`` (:meth:`DriftArrays.cell`) and the number of tests Holm corrected for."""
@@ -376,7 +376,7 @@ def drift_cell_rows(
     sig_name = SIGNIFICANCE[series.kind]
     effect_name, effect_th = ("ks", th.ks) if series.kind == "numeric" else ("cohens_w", th.chi2_effect)
     n = int(m["n"])
-    base = {"segment": segment, "window_start": start, "window_end": start + window, "feature": series.name,
+    base = {"segment": segment, "window_start": start, "window_end": end or start + window, "feature": series.name,
             "sample_size": n}
     if not m["judged"]:
         minimum = config.min_labels if series.name == LABEL else config.min_rows

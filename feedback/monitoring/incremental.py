@@ -415,10 +415,11 @@ class VersionState:
         rows: list[tuple[Any, ...]] = []
         changed: list[tuple[str, str]] = []  # parts whose metrics changed
         built: list[tuple[int, list[DriftResult | PerformanceResult]]] = []
+        end = start + step  # one object for every row of the window (a kept state holds thousands)
         for j in series:
             name = self.order[j]
             built.append((j, drift_cell_rows(config, seg, start, step, self.profile.series[name],
-                                             arrays.cell(row0 + j, i), tests)))
+                                             arrays.cell(row0 + j, i), tests, end=end)))
         if perf:
             counted = {"n": w.n}
             if w.metrics is None and judged_performance(config, counted, w.rows):
