@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,11 +57,8 @@ def monitor_report(settings: Settings, model: str, *, version: str | None, segme
         database_url = settings.require_reachable_database()
     updater = WindowUpdater(settings.monitoring)
     with FeedbackStore(database_url, settings.db_schema, windows=updater) as store:
-        monitor = Monitor(store, updater)
-        for _ in range(50):
-            if monitor.run_once(models=[model]) is not None:
-                break
-            time.sleep(0.1)  # a worker holds the round; its results are as fresh
+        # a round of this model's own (skipped when a worker's round holds the model: its results are as fresh)
+        Monitor(store, updater).run_once(models=[model])
         versions = [r[0] for r in store.rows(_VERSIONS, (model,))]
         if not versions:
             say(f"{model}: no reference profile yet (import one with `pitstop reference import`, or wait for "
