@@ -32,7 +32,8 @@ add up to the N - failed requests; the bench stops otherwise), then ``--repeat``
 rollout row is restored (untimed) to its state before the first look, so each repetition is the same look. The
 table shows the median and the min-max spread, in ms. The breakdown (of the median repetition, so its parts add
 up) is timed by wrapping, during the looks: ``arm_stats`` (the module function ``_Look.ramp`` calls: over the whole
-ramp and over the current step, "arm_stats"; called from ``strata``, one per step, counted in "strata"),
+ramp, "arm_stats" (until 2026-12-06 also over the current step, which now only counts its requests:
+``arm_requests``, in "rest"); called from ``strata``, one per step, counted in "strata"),
 ``_Look.strata``, and ``psycopg.Cursor.execute`` / ``fetchall`` (the SQL by statement: the watermark, ``_TRAFFIC``,
 ``_LABELLED``, the rest; fetchall is psycopg turning the result into Python rows). "pandas+py" is the arm_stats
 calls' time (both columns) less their SQL and fetch. ``--explain`` prints ``EXPLAIN (ANALYZE, BUFFERS)`` of the
@@ -355,7 +356,7 @@ def print_report(results: list[dict[str, Any]], info: dict[str, Any], repeat: in
           f"all labelled, {FAILURE:.1%} failed; target: a look <= {TARGET_MS:g} ms at 1M labelled ramp rows, flat "
           "from 10k to 1M\n")
     print(f"look, median of {repeat} [min-max], ms; the parts are the median repetition's (the lower middle one "
-          "for an even count; arm_stats: whole ramp + current step; strata: one arm_stats a step)")
+          "for an even count; arm_stats: the whole ramp; strata: one arm_stats a step)")
     head = f"{'rows':>10} | {'look ms':>26} | {'arm_stats':>9} | {'strata':>9} | {'rest':>7} | {'target':>8} | verdict"
     print(head)
     print("-" * len(head))

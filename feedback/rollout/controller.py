@@ -82,6 +82,11 @@ FROM predictions
 WHERE model_name = %s AND model_version = ANY(%s) AND predicted_at >= %s AND predicted_at <= %s
 GROUP BY model_version
 """
+_REQUESTS = """
+SELECT model_version, count(*) AS requests FROM predictions
+WHERE model_name = %s AND model_version = ANY(%s) AND predicted_at >= %s AND predicted_at <= %s
+GROUP BY model_version
+"""
 _LABELLED = """
 SELECT p.model_version, coalesce(p.routing_key, p.prediction_id) AS unit, p.segment, p.prediction, l.label,
        s.prediction AS champion_prediction
@@ -403,10 +408,11 @@ class _Look:
                         f"keep the champion {champion}")
             return self.end(rollout, "kept_champion", sentence, evidence, test)
         step = rollout["step"]
-        step_traffic = arm_stats(self.cur, self.model, [champion, challenger], rollout["step_started_at"], self.now)
+        step_requests = arm_requests(self.cur, self.model, [champion, challenger], rollout["step_started_at"],
+                                     self.now)
         waiting = step_ready(dwell_s=(self.now - rollout["step_started_at"]).total_seconds(),
                              dwell_needed_s=self.cfg.dwell_s[step], urgent=rollout.get("urgency") is not None,
-                             step_requests={v: s.requests for v, s in step_traffic.items()},
+                             step_requests=step_requests,
                              challenger=stats[challenger], champion=stats[champion], config=self.cfg,
                              to_full=self.cfg.steps[step + 1] >= 1.0)
         next_share = self.cfg.steps[step + 1]
@@ -722,6 +728,17 @@ def record_event(cur: psycopg.Cursor[Any], rollout_id: str | None, model: str, v
                  at: datetime | None, share: float | None, sentence: str, evidence: Mapping[str, Any],
                  actor: str = "controller") -> None:
     cur.execute(_EVENT, (rollout_id, model, version, kind, at, share, sentence, Jsonb(_jsonable(evidence)), actor))
+
+
+def arm_requests(cur: psycopg.Cursor[Any], model: ModelConfig, versions: Sequence[str], since: datetime,
+                 until: datetime) -> dict[str, int]:
+    """Each version's requests among the model's predictions in [since, until] (what a step's wait counts: no
+    labelled row read, no percentile sorted)."""
+    found = {v: 0 for v in versions}
+    for row in cur.execute(_REQUESTS, (model.name, list(versions), since, until)).fetchall():
+        version, requests = _values(row)
+        found[version] = int(requests)
+    return found
 
 
 def arm_stats(cur: psycopg.Cursor[Any], model: ModelConfig, versions: Sequence[str], since: datetime,
