@@ -13,7 +13,7 @@ import psycopg
 
 from pitstop import stack
 from pitstop.settings import read_env_file
-from tests.conftest import Services
+from tests.conftest import Services, wait_until
 
 
 def _pitstop(cwd: Path, *args: str, extra_env: dict[str, str] | None = None,
@@ -62,7 +62,7 @@ def test_up_detach_status_down(stack_dir: Path, tmp_path: Path) -> None:
 
     pgdata = stack_dir / ".pitstop" / "pgdata"
     leftover = stack.start_postgres(pgdata)  # a server left running on the stack's data (nobody recorded it)
-    config = {"PITSTOP_CONFIG": demo_config_path()}
+    config = {"PITSTOP_CONFIG": demo_config_path(), "PITSTOP_MONITOR_WORKERS": "2"}
     up = _pitstop(stack_dir, "up", "--detach", "--workers", "2", extra_env=config)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
@@ -82,8 +82,11 @@ def test_up_detach_status_down(stack_dir: Path, tmp_path: Path) -> None:
         assert status.returncode == 0, status.stdout + status.stderr
         rows = {r["component"]: r for r in json.loads(status.stdout)}
         assert set(rows) == {"supervisor", "broker", "database", "config", "worker-0", "worker-1", "monitor-0",
-                             "retrain-0", "rollout-0"}
+                             "monitor-1", "retrain-0", "rollout-0"}
         assert all(r["healthy"] for r in rows.values())
+        with psycopg.connect(env["PITSTOP_DATABASE_URL"]) as conn:  # both monitor workers share the models
+            wait_until(lambda: conn.execute("SELECT count(*) FROM pitstop.monitor_workers").fetchone()[0] == 2, 30,
+                       lambda: "the two monitor workers did not both say they are alive")
         assert demo_config_path() in rows["config"]["detail"] and "churn" in rows["config"]["detail"]
         again = _pitstop(stack_dir, "up", "--detach")
         assert again.returncode == 1 and "already running" in again.stderr

@@ -32,6 +32,8 @@ def test_env_file_fills_in_local_services_and_environment_wins(tmp_path: Path) -
 @pytest.mark.parametrize(("key", "value", "expected"), [
     ("PITSTOP_PARTITIONS", "0", "an integer between 1 and 1000"),
     ("PITSTOP_PARTITIONS", "x", "an integer between 1 and 1000"),
+    ("PITSTOP_MONITOR_WORKERS", "0", "an integer between 1 and 64"),
+    ("PITSTOP_MONITOR_WORKERS", "65", "an integer between 1 and 64"),
     ("PITSTOP_MAX_EVENT_BYTES", "-5", "an integer > 0"),
     ("PITSTOP_BATCH_WITHIN_S", "soon", "seconds > 0"),
     ("PITSTOP_DB_SCHEMA", "Robert'); DROP", "a lower-case SQL identifier"),
@@ -76,7 +78,7 @@ def test_alert_webhook_is_an_http_url_or_nothing() -> None:
 _SECONDS = ("PITSTOP_MONITOR_INTERVAL_S", "PITSTOP_ROLLOUT_INTERVAL_S", "PITSTOP_BATCH_WITHIN_S",
             "PITSTOP_MAX_FUTURE_SKEW_S")
 _COUNTS = ("PITSTOP_PARTITIONS", "PITSTOP_MAX_EVENT_BYTES", "PITSTOP_MAX_MESSAGE_BYTES", "PITSTOP_BATCH_MESSAGES",
-           "PITSTOP_MAX_EVENTS_PER_TXN", "PITSTOP_FETCH_MAX_WAIT_MS")
+           "PITSTOP_MAX_EVENTS_PER_TXN", "PITSTOP_FETCH_MAX_WAIT_MS", "PITSTOP_MONITOR_WORKERS")
 
 
 @pytest.mark.parametrize("key", _SECONDS + _COUNTS)
