@@ -4,8 +4,9 @@ An evaluation of a version judges every series of every window of its span, in e
 the performance of every window (feedback/monitoring/evaluate.py). Most of it does not change from one round to
 the next: an hour of new predictions changes the newest window, late labels change the label series and the
 aggregates of older windows. :class:`VersionState` keeps, per window of each segment, the raw statistics of its
-cells (:data:`~feedback.monitoring.evaluate.RAW`: sizes, divergences, their lower bounds, raw p-values) and its
-aggregates, and at each round:
+cells (:data:`~feedback.monitoring.evaluate.RAW`: sizes, divergences, their lower bounds, raw p-values), the
+metrics of its aggregates once it is judged (the aggregates themselves, compressed, until then), and the
+fingerprints of the rows it last built, and at each round:
 
 * reads only the accumulator rows a transaction changed since the last round (every row carries the id of the
   transaction that last changed it, migration 017; the windows come from ``window_changes``, migration 015),
@@ -13,9 +14,11 @@ aggregates, and at each round:
   numbers are those a whole evaluation gives it, to the bit;
 * judges the whole span again from the kept raw statistics: Holm over every judged test, the floors, the
   baseline (cheap: arrays of a few thousand numbers);
-* builds the result rows of a window only when something they are made of changed: its statistics or
-  aggregates, its Holm-adjusted p-values, the number of tests, the baseline or the limit. The rest keep the rows
-  the round stored before (and, in memory, only what the trigger engine reads of them: :func:`slim_rows`).
+* builds the rows of a window's parts (one per series, one for its performance) only when something they are
+  made of changed: the series' statistics or the aggregates, its Holm-adjusted p-values, the number of tests,
+  the baseline or the limit; every part of a window the store does not hold as this state last built it
+  (feedback/monitoring/results.py stores them). The rest keep the rows the store holds (and, in memory, only
+  what the trigger engine reads of them: :func:`slim_rows`).
 
 A whole evaluation (`pitstop monitor`, `pitstop triggers replay`, a version's first round in a process) is the
 same code with nothing kept: every row read, every cell computed, every window built.

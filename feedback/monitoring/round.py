@@ -1,4 +1,6 @@
-"""The monitor's round: build missing profiles, count stray labels, judge every version's windows, store results."""
+"""The monitor's round over this worker's share of the models: build missing profiles, count stray labels, bring
+every changed version's evaluation up to date (feedback/monitoring/incremental.py), store what changed
+(feedback/monitoring/results.py)."""
 
 from __future__ import annotations
 
