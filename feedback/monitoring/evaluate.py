@@ -232,6 +232,12 @@ def _prepare(profile: ReferenceProfile) -> _Prepared:
 RAW = ("n", "psi", "js", "stat", "effect", "psi_low", "js_low", "effect_low", "p")
 
 
+def cell_widths(profile: ReferenceProfile) -> tuple[int, int]:
+    """The padded widths :func:`numeric_statistics` and :func:`categorical_statistics` expect of a cell's counts."""
+    prep = _prepare(profile)
+    return prep.num_fine_width + 1, prep.cat_ref.shape[1]
+
+
 def series_order(profile: ReferenceProfile) -> tuple[str, ...]:
     """The profile's series in the order of a segment's rows in :class:`DriftArrays`: numeric, then categorical."""
     prep = _prepare(profile)

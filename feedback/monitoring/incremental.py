@@ -30,7 +30,7 @@ import json
 import re
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -44,9 +44,11 @@ from feedback.monitoring.evaluate import (
     Baseline,
     DriftResult,
     Evaluation,
+    Limit,
     PerformanceResult,
     baseline_of,
     categorical_statistics,
+    cell_widths,
     drift_cell_rows,
     judge_drift,
     judged_performance,
@@ -168,12 +170,12 @@ class VersionState:
         self.windows: dict[Key, _Window] = {}
         #: the earliest windows of all traffic (start, aggregates compressed, rows, labels): what the baseline pools
         self.early: list[tuple[datetime, bytes, int, int]] | None = None
-        self._baseline_of: tuple[Any, ...] | None = None  # what the kept baseline was computed from
+        self._baseline_of: tuple[Any, ...] | None = None  # what self.baseline was computed from
+        #: what the rows were last built with: the number of tests, the baseline and the limit
         self.tests = -1
-        self.limit: Any = None
         self.baseline: Baseline | None = None
+        self.limit: Limit | None = None
         self._zero: np.ndarray | None = None
-        self.baseline_now: Baseline | None = None
         self._keep_all = False  # keep every row built, not only the slim ones (a look or a replay)
 
     # --- reading -------------------------------------------------------------------------------------
@@ -187,7 +189,7 @@ class VersionState:
         ``since`` is the snapshot under which the state last read the store and ``marked`` the windows changed
         since (``window_changes``); without ``since`` everything is read again. ``tested`` is the version's tested
         level as text (``lineage->'expected'``). ``whole`` returns every result row (a look or a replay);
-        otherwise the evaluation holds :func:`slim_rows` and :attr:`Update.built` the rows built this time.
+        otherwise the evaluation holds :func:`slim_rows` and :attr:`Update.writes` what to store of this time's.
         ``newest`` evaluates the span ending at that window instead of the newest with data (a replay).
         """
         config = self.config
@@ -255,7 +257,7 @@ class VersionState:
         for segment, start, series, c in counts:
             k = (segment, start)
             w = self.windows.get(k)
-            if w is None:  # a row of a window no marked (counts of a segment not in window_changes)
+            if w is None:  # a row of a window not marked (counts of a segment not in window_changes)
                 continue
             if series == ROWS:
                 w.rows, w.perf_dirty = int(c[0]), True
@@ -302,13 +304,13 @@ class VersionState:
         ``names`` is None), ``names`` the series of each column."""
         keys = list(counts)
         names = names if names is not None else keys
-        prep_width = self._widths()
+        numeric_width, categorical_width = cell_widths(self.profile)
         numeric = [i for i, name in enumerate(names) if self._column[name] < self._numeric]
         categorical = [i for i, name in enumerate(names) if self._column[name] >= self._numeric]
         for columns, kind in ((numeric, "numeric"), (categorical, "categorical")):
             if not columns:
                 continue
-            width = prep_width[kind]
+            width = numeric_width if kind == "numeric" else categorical_width
             cur = np.zeros((len(columns), width))
             index = np.empty(len(columns), dtype=np.intp)
             for row, i in enumerate(columns):
@@ -324,12 +326,6 @@ class VersionState:
                     cur[row, : len(c)] = c
             compute = numeric_statistics if kind == "numeric" else categorical_statistics
             out[:, columns] = compute(self.config, self.profile, index, cur)
-
-    def _widths(self) -> dict[str, int]:
-        from feedback.monitoring.evaluate import _prepare  # the padded widths the statistics expect
-
-        prep = _prepare(self.profile)
-        return {"numeric": prep.num_fine_width + 1, "categorical": prep.cat_ref.shape[1]}
 
     # --- judging ---------------------------------------------------------------------------------------
 
@@ -348,11 +344,11 @@ class VersionState:
         raw = {seg: np.stack([self.windows[(seg, s)].cells for s in starts], axis=-1) for seg in segments}
         arrays = judge_drift(config, self.profile, raw)
         tests = int(np.count_nonzero(arrays.judged))
+        baseline = self.baseline
         if self._baseline_of != (tested,):
             early = [(start, _Packed(text, n), rows) for start, text, rows, n in self.early or []]
-            self.baseline_now = baseline_of(config, early, json.loads(tested) if tested else None)
+            baseline = baseline_of(config, early, json.loads(tested) if tested else None)
             self._baseline_of = (tested,)
-        baseline = self.baseline_now
         limit = performance_limit(config, baseline)
         every_series = tests != self.tests
         every_perf = limit != self.limit or baseline != self.baseline
@@ -404,7 +400,7 @@ class VersionState:
                                                 writes, gone))
 
     def _build(self, arrays: Any, row0: int, i: int, k: Key, step: timedelta, w: _Window, baseline: Baseline | None,
-               limit: Any, tests: int, series: Sequence[int], perf: bool, *, whole: bool) -> WindowWrite | None:
+               limit: Limit, tests: int, series: Sequence[int], perf: bool, *, whole: bool) -> WindowWrite | None:
         """Build the rows of the listed parts of a window; returns what to store of them (the parts whose rows
         changed, or, ``whole``, every part of the window) or None when no part changed. Keeps the parts' slim rows
         (every row, when the state keeps nothing: a look) and fingerprints."""
@@ -451,8 +447,6 @@ def slim_rows(rows: Sequence[DriftResult | PerformanceResult], config: ModelConf
     """What the trigger engine (feedback/triggers/signals.py) and the round's summary read of a window's rows: the
     drift verdicts of all traffic and those that flagged a segment, and the main metric of all traffic, without
     their sentences."""
-    from dataclasses import replace
-
     out: list[DriftResult | PerformanceResult] = []
     for r in rows:
         if isinstance(r, DriftResult):

@@ -18,7 +18,7 @@ import psycopg
 from feedback.config import ModelConfig
 from feedback.monitoring.changes import changed_since, snapshot
 from feedback.monitoring.evaluate import Evaluation, summary
-from feedback.monitoring.incremental import Key, Update, VersionState, read_tested_level
+from feedback.monitoring.incremental import Key, VersionState, read_tested_level
 from feedback.monitoring.profile import ReferenceProfile
 from feedback.monitoring.results import VersionWrites, write_results
 from feedback.monitoring.windows import (
@@ -168,7 +168,7 @@ class Monitor:
                     if write:
                         evaluations, kept, written = self._evaluate(cur, names)
                     else:
-                        evaluations, kept, written = [u.evaluation for _, u in self._look(cur, names)], [], 0
+                        evaluations, kept, written = self._look(cur, names), [], 0
                 if write:
                     self._rounds += 1
                     for name in names:
@@ -203,7 +203,7 @@ class Monitor:
             with self.store.pool.connection() as conn:
                 conn.execute(_FORGET_WORKERS, (self.worker_id,))
 
-    def _look(self, cur: psycopg.Cursor[Any], names: Sequence[str]) -> list[tuple[Any, Update]]:
+    def _look(self, cur: psycopg.Cursor[Any], names: Sequence[str]) -> list[Evaluation]:
         """Every version evaluated whole, from scratch; nothing kept."""
         out = []
         for model, version in cur.execute(_VERSIONS, (names,)).fetchall():
@@ -213,7 +213,7 @@ class Monitor:
             update = VersionState(self.updater.config.models[model], profile).update(
                 cur, tested=read_tested_level(cur, model, version), whole=True)
             if update is not None:
-                out.append(((model, version), update))
+                out.append(update.evaluation)
         return out
 
     def _evaluate(self, cur: psycopg.Cursor[Any], names: Sequence[str]
@@ -231,12 +231,14 @@ class Monitor:
         evaluations: list[Evaluation] = []
         kept: list[Evaluation] = []
         pending: list[VersionWrites] = []
-        written = 0
+        written = pending_rows = 0
 
         def flush() -> int:
+            nonlocal pending_rows
             with cur.connection.transaction():
                 count = write_results(cur, pending)
             pending.clear()
+            pending_rows = 0
             return count
 
         for key in versions:
@@ -272,7 +274,8 @@ class Monitor:
                                       self._rounds if fresh else have.round)
             evaluations.append(update.evaluation)
             pending.append(update.writes)
-            if sum(len(w.rows) for v in pending for w in v.windows) >= WRITE_ROWS:
+            pending_rows += sum(len(w.rows) for w in update.writes.windows)
+            if pending_rows >= WRITE_ROWS:
                 written += flush()
         if pending:
             written += flush()

@@ -176,8 +176,10 @@ def test_a_round_writes_only_the_rows_whose_results_changed(services, db_schema)
         assert len(rewritten) < len(now) / 2, (len(rewritten), len(now))
 
 
-TWO_MODELS = parse_config(SEGMENTED_TOML + """
-[models.other]
+def _plain(name: str) -> str:
+    """A classification model without segments, hourly windows over 6 hours."""
+    return f"""
+[models.{name}]
 task = "classification"
 positive_class = 1
 window = "1h"
@@ -185,7 +187,19 @@ span = 6
 min_rows = 50
 min_labels = 30
 reference_rows = 100
-""")
+"""
+
+
+TWO_MODELS = parse_config(SEGMENTED_TOML + _plain("other"))
+
+
+def _two_models_hours(store: FeedbackStore) -> None:
+    """Three hours of both TWO_MODELS: the segmented churn's labelled, the other's unlabelled."""
+    for hour in range(3):
+        _segmented_hour(store, hour, 120, 1000 * hour)
+        store.write_batch([prediction(i, model_name="other", predicted_at=T0 + timedelta(hours=hour, seconds=i),
+                                      features={"age": 30 + i % 20}, prediction=i % 2)
+                           for i in range(50_000 + 1000 * hour, 50_000 + 1000 * hour + 120)], [])
 
 
 def test_a_round_evaluates_only_the_versions_whose_windows_changed(services, db_schema) -> None:
@@ -196,11 +210,7 @@ def test_a_round_evaluates_only_the_versions_whose_windows_changed(services, db_
 
     updater = WindowUpdater(TWO_MODELS)
     with FeedbackStore(services.database_url, db_schema, windows=updater) as store:
-        for hour in range(3):
-            _segmented_hour(store, hour, 120, 1000 * hour)
-            store.write_batch([prediction(i, model_name="other", predicted_at=T0 + timedelta(hours=hour, seconds=i),
-                                          features={"age": 30 + i % 20}, prediction=i % 2)
-                               for i in range(50_000 + 1000 * hour, 50_000 + 1000 * hour + 120)], [])
+        _two_models_hours(store)
         monitor = Monitor(store, updater)
         seen: list[list] = []
 
@@ -251,7 +261,8 @@ def _whole(monitor: Monitor) -> tuple[dict[tuple, tuple], dict[str, object]]:
     return rows, {ev.model_version: ev for ev in result.evaluations}
 
 
-def test_rounds_that_keep_their_evaluations_store_what_a_whole_evaluation_gives(services, db_schema) -> None:
+def test_rounds_that_keep_their_evaluations_store_what_a_whole_evaluation_gives(services, db_schema,
+                                                                               monkeypatch) -> None:
     """Side by side, after every round of a workload with two versions, segments, late labels, corrections, a
     drift, a late prediction, the span sliding and the baseline's window changing: every result row the rounds
     (which read only what changed and build only the windows whose inputs changed) leave in the table equals, value
@@ -259,8 +270,10 @@ def test_rounds_that_keep_their_evaluations_store_what_a_whole_evaluation_gives(
     evaluation of the store gives; so do the window signals and the summary the trigger engine gets. A round with
     nothing new writes nothing. (The windows that slid out of the span keep the rows of their last evaluation, as
     before.)"""
+    import feedback.monitoring.round as round_module
     from feedback.triggers.signals import window_signals
 
+    monkeypatch.setattr(round_module, "WRITE_ROWS", 1)  # every version's results in a transaction of their own
     config = SEGMENTED.models["churn"]
     updater = WindowUpdater(SEGMENTED)
     with FeedbackStore(services.database_url, db_schema, windows=updater) as store:
@@ -336,16 +349,7 @@ def test_rounds_that_keep_their_evaluations_store_what_a_whole_evaluation_gives(
         assert round_matches("nothing new") == 0
 
 
-FOUR_MODELS = parse_config(SEGMENTED_TOML + "".join(f"""
-[models.m{i}]
-task = "classification"
-positive_class = 1
-window = "1h"
-span = 6
-min_rows = 50
-min_labels = 30
-reference_rows = 100
-""" for i in range(3)))
+FOUR_MODELS = parse_config(SEGMENTED_TOML + "".join(_plain(f"m{i}") for i in range(3)))
 
 
 def test_monitor_workers_share_the_models_and_take_over_a_share_left(services, db_schema) -> None:
@@ -388,11 +392,7 @@ def test_a_version_whose_counts_are_broken_is_logged_and_the_others_are_judged(s
     reason naming it; the other model's rounds go on, and the broken one is judged again once repaired."""
     updater = WindowUpdater(TWO_MODELS)
     with FeedbackStore(services.database_url, db_schema, windows=updater) as store:
-        for hour in range(3):
-            _segmented_hour(store, hour, 120, 1000 * hour)
-            store.write_batch([prediction(i, model_name="other", predicted_at=T0 + timedelta(hours=hour, seconds=i),
-                                          features={"age": 30 + i % 20}, prediction=i % 2)
-                               for i in range(50_000 + 1000 * hour, 50_000 + 1000 * hour + 120)], [])
+        _two_models_hours(store)
         monitor = Monitor(store, updater)
         monitor.run_once()
         with store.pool.connection() as conn, conn.transaction():  # a broken writer: one count below zero
