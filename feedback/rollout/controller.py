@@ -40,6 +40,8 @@ from feedback.alerts import Alert, AlertSink
 from feedback.config import ModelConfig, MonitoringConfig, RolloutConfig
 from feedback.outbox import enqueue
 from feedback.registry.versions import Registry
+from feedback.rollout import arms
+from feedback.rollout.arms import CUPED_MIN_COVERAGE, WHOLE
 from feedback.rollout.rules import (
     ArmStats,
     Finding,
@@ -61,6 +63,7 @@ from feedback.rollout.urgency import answers_later_change, degradation, episode
 log = logging.getLogger(__name__)
 
 ACTIVE = ("ramping", "paused", "holding")
+ENDED = ("promoted", "rolled_back", "kept_champion", "abandoned", "superseded")
 _LOCK_SPACE = 0x524F4C4C  # "ROLL": one controller look per model at a time
 
 _ACTIVE = f"SELECT * FROM rollouts WHERE model_name = %s AND state IN {ACTIVE!r} FOR UPDATE"
@@ -79,12 +82,7 @@ SELECT model_version, count(*) AS requests, count(*) FILTER (WHERE error IS NOT 
        count(latency_ms) AS latency_n, percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95,
        percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms) AS p99
 FROM predictions
-WHERE model_name = %s AND model_version = ANY(%s) AND predicted_at >= %s AND predicted_at <= %s
-GROUP BY model_version
-"""
-_REQUESTS = """
-SELECT model_version, count(*) AS requests FROM predictions
-WHERE model_name = %s AND model_version = ANY(%s) AND predicted_at >= %s AND predicted_at <= %s
+WHERE model_name = %s AND model_version = ANY(%s) AND predicted_at > %s AND predicted_at <= %s
 GROUP BY model_version
 """
 _LABELLED = """
@@ -93,12 +91,9 @@ SELECT p.model_version, coalesce(p.routing_key, p.prediction_id) AS unit, p.segm
 FROM predictions p JOIN current_labels l USING (prediction_id)
 LEFT JOIN shadow_predictions s ON s.model_name = p.model_name AND s.version = %s AND s.prediction_id = p.prediction_id
                               AND s.error IS NULL
-WHERE p.model_name = %s AND p.model_version = ANY(%s) AND p.predicted_at >= %s AND p.predicted_at <= %s
+WHERE p.model_name = %s AND p.model_version = ANY(%s) AND p.predicted_at > %s AND p.predicted_at <= %s
   AND p.error IS NULL
 """
-#: a step's CUPED adjustment needs the champion's shadow-scored prediction on at least this share of the
-#: challenger's labelled requests (the rollout worker scores them within seconds; labels come later)
-CUPED_MIN_COVERAGE = 0.9
 _SHADOW_LABELLED = """
 SELECT coalesce(f.routing_key, f.prediction_id) AS unit, f.served_prediction, f.shadow_prediction, f.label
 FROM shadow_feedback f
@@ -248,6 +243,8 @@ class _Look:
         rollout = self.cur.execute(_ACTIVE, (self.model.name,)).fetchone()
         if rollout is None:
             return self.maybe_start()
+        if rollout["period_starts"] is None:
+            self.build_figures(rollout)
         if rollout["state"] == "holding":
             return self.hold(rollout)
         return self.ramp(rollout)
@@ -387,8 +384,11 @@ class _Look:
     def ramp(self, rollout: dict[str, Any]) -> LookResult:
         name, champion, challenger = self.model.name, rollout["champion"], rollout["challenger"]
         assert self.now is not None
-        stats = arm_stats(self.cur, self.model, [champion, challenger], rollout["started_at"], self.now)
-        strata = self.strata(rollout)
+        figures = arms.read(self.cur, rollout["rollout_id"])
+        stats = figures.arms(WHOLE, [champion, challenger])
+        strata = [(s[challenger], s[champion]) for s in (
+            figures.arms(k, [champion, challenger], covariate=(challenger, champion))
+            for k in range(len(rollout["period_starts"])))]
         findings = rollback_findings(stats[challenger], stats[champion], self.cfg, strata)
         if findings:
             return self.roll_back(rollout, findings, stats)
@@ -408,8 +408,7 @@ class _Look:
                         f"keep the champion {champion}")
             return self.end(rollout, "kept_champion", sentence, evidence, test)
         step = rollout["step"]
-        step_requests = arm_requests(self.cur, self.model, [champion, challenger], rollout["step_started_at"],
-                                     self.now)
+        step_requests = figures.requests(len(rollout["period_starts"]) - 1, [champion, challenger])
         waiting = step_ready(dwell_s=(self.now - rollout["step_started_at"]).total_seconds(),
                              dwell_needed_s=self.cfg.dwell_s[step], urgent=rollout.get("urgency") is not None,
                              step_requests=step_requests,
@@ -425,6 +424,7 @@ class _Look:
             sentence = (f"{challenger} serves 100% and is held for {_days(self.cfg.hold_s)} against the champion "
                         f"{champion}'s frozen figures: {decision.sentence}")
             baseline = stats[champion].to_json()
+            self.new_period(rollout)
             self.update(rollout, state="holding", step=step + 1, share=1.0, step_started_at=self.now,
                         baseline=baseline, sentence=sentence, test=test)
             self.deploy(champion=champion, challenger=challenger, share=1.0, salt=rollout["salt"], state="hold",
@@ -433,32 +433,43 @@ class _Look:
             return LookResult(model_name=name, state="holding", sentence=sentence, changed=True)
         sentence = (f"{challenger} serves {_pct(next_share)} (from {_pct(rollout['share'])}): dwell and requests "
                     f"reached, no rollback rule broken; {decision.sentence}")
+        self.new_period(rollout)
         self.update(rollout, step=step + 1, share=next_share, step_started_at=self.now, sentence=sentence, test=test)
         self.deploy(champion=champion, challenger=challenger, share=next_share, salt=rollout["salt"], state="ramp",
                     reason=sentence)
         self.event(rollout["rollout_id"], challenger, "step", next_share, sentence, evidence)
         return LookResult(model_name=name, state="ramping", sentence=sentence, changed=True)
 
-    def strata(self, rollout: dict[str, Any]) -> list[tuple[ArmStats, ArmStats]]:
-        """(challenger, champion) figures per step of the ramp so far: each step is compared within itself (the
-        challenger's share grows with time, so pooled over the ramp its requests are the more recent ones)."""
-        starts = [r["at"] for r in self.cur.execute(
-            "SELECT at FROM rollout_events WHERE rollout_id = %s AND kind = 'step' ORDER BY event_id",
-            (rollout["rollout_id"],)).fetchall()] or [rollout["started_at"]]
-        ends = [*(t - timedelta(microseconds=1) for t in starts[1:]), self.now]
-        versions = [rollout["champion"], rollout["challenger"]]
-        out = []
-        for start, end in zip(starts, ends, strict=True):
-            step = arm_stats(self.cur, self.model, versions, start, end,
-                             covariate=(rollout["challenger"], rollout["champion"]))
-            out.append((step[rollout["challenger"]], step[rollout["champion"]]))
-        return out
+    def new_period(self, rollout: dict[str, Any]) -> None:
+        """A period of the ramp begins (a step, the hold, a resume): under the model's counting lock, at the watermark
+        read under it, which becomes the look's clock (feedback/rollout/arms.py)."""
+        self.cut()
+        arms.begin(self.cur, rollout["rollout_id"], self.now)
+
+    def cut(self) -> None:
+        arms.cut(self.cur, self.model.name)
+        self.now = max(self.now, watermark(self.cur, self.model.name) or self.now)  # type: ignore[type-var]
+
+    def build_figures(self, rollout: dict[str, Any]) -> None:
+        """Build the figures of a ramp that has none yet (under way before they were kept): its periods from its
+        events (each later step, resume and the hold), its rows counted once."""
+        self.cut()
+        starts = [rollout["started_at"]]
+        events = self.cur.execute(
+            "SELECT kind, at FROM rollout_events WHERE rollout_id = %s AND kind IN ('step', 'resumed', 'holding')"
+            " ORDER BY event_id", (rollout["rollout_id"],)).fetchall()
+        for i, event in enumerate(events):
+            if (i > 0 or event["kind"] != "step") and event["at"] > starts[-1]:
+                starts.append(event["at"])
+        arms.build(self.cur, rollout["rollout_id"], starts, self.model.task, self.model.segments)
+        rollout["period_starts"] = starts
 
     def hold(self, rollout: dict[str, Any]) -> LookResult:
         name, challenger = self.model.name, rollout["challenger"]
         assert self.now is not None
         since = rollout["step_started_at"]
-        stats = arm_stats(self.cur, self.model, [challenger], since, self.now)
+        hold_period = len(rollout["period_starts"]) - 1
+        stats = arms.read(self.cur, rollout["rollout_id"], [hold_period]).arms(hold_period, [challenger])
         baseline = _arm_from_json(rollout["baseline"])
         findings = rollback_findings(stats[challenger], baseline, self.cfg)
         if findings:
@@ -630,6 +641,7 @@ class _Look:
             return f"{rollout['challenger']} is not paused ({rollout['state']} at {_pct(rollout['share'])})"
         sentence = (f"{actor} resumed the ramp of {rollout['challenger']} at {_pct(rollout['share'])}; "
                     "its dwell restarts")
+        self.new_period(rollout)
         self.update(rollout, state="ramping", step_started_at=self.now, sentence=sentence)
         self.event(rollout["rollout_id"], rollout["challenger"], "resumed", rollout["share"], sentence, {},
                    actor=actor)
@@ -671,16 +683,22 @@ class _Look:
     def insert_rollout(self, rollout_id: str, shadow: Mapping[str, Any], champion: str, *, state: str, step: int,
                        share: float, test: Mapping[str, Any], sentence: str, ended: bool,
                        urgency: str | None = None) -> None:
+        if not ended:  # its first period begins: under the counting lock (feedback/rollout/arms.py)
+            self.cut()
         self.cur.execute(
             "INSERT INTO rollouts (rollout_id, model_name, champion, challenger, salt, state, step, share,"
-            " step_started_at, started_at, ended_at, test, sentence, urgency) VALUES"
-            " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            " step_started_at, started_at, ended_at, test, sentence, urgency, period_starts, task, segments) VALUES"
+            " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (rollout_id, self.model.name, champion, shadow["version"], rollout_id, state, step, share, self.now,
-             self.now, self.now if ended else None, Jsonb(dict(test)), sentence, urgency))
+             self.now, self.now if ended else None, Jsonb(dict(test)), sentence, urgency, [self.now], self.model.task,
+             list(self.model.segments)))
 
     def update(self, rollout: dict[str, Any], *, test: PromotionTest | None = None, **changes: Any) -> None:
         if test is not None:
             changes["test"] = test.to_json()
+        if changes.get("state") in ENDED:  # its per-request rows go; the per-arm figures stay
+            arms.cut(self.cur, self.model.name)
+            arms.forget(self.cur, rollout["rollout_id"])
         sets = ", ".join(f"{k} = %({k})s" for k in changes)
         values = {k: Jsonb(v) if isinstance(v, dict) else v for k, v in changes.items()}
         self.cur.execute(f"UPDATE rollouts SET {sets}, updated_at = now() WHERE rollout_id = %(rollout_id)s",
@@ -728,17 +746,6 @@ def record_event(cur: psycopg.Cursor[Any], rollout_id: str | None, model: str, v
                  at: datetime | None, share: float | None, sentence: str, evidence: Mapping[str, Any],
                  actor: str = "controller") -> None:
     cur.execute(_EVENT, (rollout_id, model, version, kind, at, share, sentence, Jsonb(_jsonable(evidence)), actor))
-
-
-def arm_requests(cur: psycopg.Cursor[Any], model: ModelConfig, versions: Sequence[str], since: datetime,
-                 until: datetime) -> dict[str, int]:
-    """Each version's requests among the model's predictions in [since, until] (what a step's wait counts: no
-    labelled row read, no percentile sorted)."""
-    found = {v: 0 for v in versions}
-    for row in cur.execute(_REQUESTS, (model.name, list(versions), since, until)).fetchall():
-        version, requests = _values(row)
-        found[version] = int(requests)
-    return found
 
 
 def arm_stats(cur: psycopg.Cursor[Any], model: ModelConfig, versions: Sequence[str], since: datetime,

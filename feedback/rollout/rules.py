@@ -368,24 +368,57 @@ def cuped_units(challenger: pd.DataFrame, champion: pd.DataFrame) -> tuple[UnitS
     >>> round(ub.raw_var, 3), round(ub.var, 3)  # the challenger's users' variance, before and after
     (0.213, 0.099)
     """
-    per = [_user_means(frame) for frame in (challenger, champion)]
-    if min(len(y) for y, _ in per) < MIN_STRATUM_UNITS:
+    return cuped_sums(*(UserSums.of(*_user_means(frame)) for frame in (challenger, champion)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserSums:
+    """One arm's users' mean errors ``y`` and mean covariates ``x`` as sums: what CUPED needs, kept as rows land
+    (feedback/rollout/arms.py) or summed from the users' means."""
+
+    n: int = 0
+    sy: float = 0.0
+    sx: float = 0.0
+    syy: float = 0.0
+    sxx: float = 0.0
+    sxy: float = 0.0
+
+    @classmethod
+    def of(cls, y: np.ndarray, x: np.ndarray) -> UserSums:
+        return cls(n=len(y), sy=float(y.sum()), sx=float(x.sum()), syy=float((y * y).sum()),
+                   sxx=float((x * x).sum()), sxy=float((x * y).sum()))
+
+    def centred(self) -> tuple[float, float, float]:
+        """The centred sums of squares and cross products: ``S_yy``, ``S_xx``, ``S_xy`` (never below 0 by rounding)."""
+        n = self.n
+        return (max(self.syy - self.sy * self.sy / n, 0.0), max(self.sxx - self.sx * self.sx / n, 0.0),
+                self.sxy - self.sx * self.sy / n)
+
+
+#: a covariate's spread counts as none below this share of its scale (sums kept as rows land carry rounding)
+_NO_SPREAD = 1e-12
+
+
+def cuped_sums(b: UserSums, a: UserSums) -> tuple[UnitStats, UnitStats] | None:
+    """:func:`cuped_units` over the arms' sums (challenger ``b``, champion ``a``)."""
+    if min(b.n, a.n) < MIN_STRATUM_UNITS:
         return None
-    if not all(x.var(ddof=1) > 0 for _, x in per):
+    centred = [s.centred() for s in (b, a)]
+    if not all(cxx > _NO_SPREAD * max(1.0, s.sxx) for s, (_, cxx, _) in zip((b, a), centred, strict=True)):
         return None
-    sxx = sum(float(((x - x.mean()) ** 2).sum()) for _, x in per)
-    theta = sum(float(((x - x.mean()) * (y - y.mean())).sum()) for y, x in per) / sxx
-    (_, x_b), (_, x_a) = per
-    se = math.sqrt(x_b.var(ddof=1) / len(x_b) + x_a.var(ddof=1) / len(x_a))
-    if se > 0 and abs(x_b.mean() - x_a.mean()) / se > norm.isf(CUPED_BALANCE_ALPHA / 2):
+    theta = sum(cxy for _, _, cxy in centred) / sum(cxx for _, cxx, _ in centred)
+    (_, cxx_b, _), (_, cxx_a, _) = centred
+    se = math.sqrt(cxx_b / (b.n - 1) / b.n + cxx_a / (a.n - 1) / a.n)
+    if se > 0 and abs(b.sx / b.n - a.sx / a.n) / se > norm.isf(CUPED_BALANCE_ALPHA / 2):
         return None
-    x_bar = float(np.concatenate([x_b, x_a]).mean())
-    floor = CUPED_MIN_VARIANCE_SHARE * max(float(y.var(ddof=1)) for y, _ in per)
+    x_bar = (b.sx + a.sx) / (b.n + a.n)
+    var_y = [cyy / (s.n - 1) for s, (cyy, _, _) in zip((b, a), centred, strict=True)]
+    floor = CUPED_MIN_VARIANCE_SHARE * max(var_y)
     out = []
-    for y, x in per:
-        adjusted = y - theta * (x - x_bar)
-        out.append(UnitStats(n=len(y), mean=float(adjusted.mean()), var=max(float(adjusted.var(ddof=1)), floor),
-                             raw_var=float(y.var(ddof=1))))
+    for s, (cyy, cxx, cxy), vy in zip((b, a), centred, var_y, strict=True):
+        adjusted_var = max((cyy - 2 * theta * cxy + theta * theta * cxx) / (s.n - 1), 0.0)
+        out.append(UnitStats(n=s.n, mean=s.sy / s.n - theta * (s.sx / s.n - x_bar), var=max(adjusted_var, floor),
+                             raw_var=vy))
     return out[0], out[1]
 
 
