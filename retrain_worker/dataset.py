@@ -28,20 +28,39 @@ log = logging.getLogger(__name__)
 CHUNK_ROWS = 20_000
 
 # each prediction's label as of the cutoff, by the outcome history's primary key (prediction_id, observed_at, label)
-_POINT_IN_TIME = """
-SELECT p.prediction_id, p.predicted_at, p.features, p.prediction, p.segment, l.label, l.observed_at,
-       p.probabilities, p.score, p.model_version
-FROM predictions p
-CROSS JOIN LATERAL (
+_LABEL = """
     SELECT o.label, o.observed_at FROM outcomes o
     WHERE o.prediction_id = p.prediction_id AND o.observed_at <= %(cutoff)s
     ORDER BY o.observed_at DESC, o.label DESC
     LIMIT 1
-) l
-WHERE p.model_name = %(model)s AND p.predicted_at < %(cutoff)s
-  AND p.predicted_at >= coalesce(%(since)s, '-infinity'::timestamptz)
-ORDER BY p.predicted_at, p.prediction_id
 """
+_MADE = """p.model_name = %(model)s AND p.predicted_at < %(cutoff)s
+  AND p.predicted_at >= coalesce(%(since)s, '-infinity'::timestamptz)"""
+_ORDER = "ORDER BY p.predicted_at, p.prediction_id"
+_POINT_IN_TIME = f"""
+SELECT p.prediction_id, p.predicted_at, p.features, p.prediction, p.segment, l.label, l.observed_at,
+       p.probabilities, p.score, p.model_version
+FROM predictions p
+CROSS JOIN LATERAL ({_LABEL}) l
+WHERE {_MADE}
+{_ORDER}
+"""
+# the same rows made before %(until)s (a prediction has a label at the cutoff if an outcome of it was observed by
+# then: the planner may join the outcomes as a whole), how many, and the served columns of those numbered (from 0,
+# in load_dataset's order) first + k * step to first + k * step + block - 1, below %(end)s, their labels looked up
+# alone; the features are never read
+_BEFORE = f"""FROM predictions p WHERE {_MADE} AND p.predicted_at < %(until)s
+  AND EXISTS (SELECT 1 FROM outcomes o WHERE o.prediction_id = p.prediction_id AND o.observed_at <= %(cutoff)s)"""
+_COUNT = f"SELECT count(*) {_BEFORE}"
+_STRETCHES = f"""
+SELECT l.label, p.prediction, p.probabilities, p.score
+FROM (SELECT p.prediction_id, row_number() OVER ({_ORDER}) - 1 AS i {_BEFORE}) n
+JOIN predictions p USING (prediction_id)
+CROSS JOIN LATERAL ({_LABEL}) l
+WHERE n.i >= %(first)s AND n.i < %(end)s AND (n.i - %(first)s) %% %(step)s < %(block)s
+ORDER BY n.i
+"""
+SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 
 #: columns the builder adds beside the features
 META = ("prediction_id", "predicted_at", "label", "labelled_at", "served_prediction", "served_probabilities",
@@ -141,6 +160,35 @@ def load_dataset(conn: psycopg.Connection[Any], spec: DatasetSpec, *, chunk_rows
     at = frame["predicted_at"].dt.tz_convert(None).to_numpy(dtype="datetime64[us]")
     frame["weight"] = row_weights(at, spec.cutoff, spec.weights, spec.change_point) if len(frame) else []
     return Dataset(spec=spec, frame=frame, features=features, test_start=_test_start(frame, spec))
+
+
+def load_stretches(conn: psycopg.Connection[Any], model_name: str, *, cutoff: datetime, since: datetime | None,
+                   until: datetime, block: int, starts: Callable[[int], range]) -> list[pd.DataFrame]:
+    """Stretches of ``block`` consecutive rows of the point-in-time rows of ``model_name`` made in [since, until)
+    as they stood at ``cutoff``, in load_dataset's order; ``starts`` chooses where they begin from the number of
+    those rows (a range whose step is at least ``block``: stretches never overlap, and each ends within the rows).
+
+    Only the columns of the served predictions are read (label, served_prediction, served_probabilities,
+    served_score), and only the rows of the stretches: their memory is bounded by the stretches, not the history.
+    The count and the rows come from one snapshot: the caller's transaction, or a repeatable-read one of its own on
+    an autocommit connection that is in none.
+    """
+    params = {"model": model_name, "cutoff": cutoff, "since": since, "until": until}
+    own = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    with conn.transaction(), conn.cursor() as cur:
+        if own:
+            cur.execute(SNAPSHOT)
+        found = starts(cur.execute(_COUNT, params).fetchone()[0])
+        if not found:
+            return []
+        if len(found) > 1 and found.step < block:
+            msg = f"stretches of {block} rows every {found.step} rows overlap"
+            raise ValueError(msg)
+        rows = cur.execute(_STRETCHES, {**params, "first": found.start, "end": found[-1] + block,
+                                        "step": found.step, "block": block}).fetchall()
+    served = pd.DataFrame({"label": [r[0] for r in rows], "served_prediction": [r[1] for r in rows],
+                           "served_probabilities": [r[2] for r in rows], "served_score": [r[3] for r in rows]})
+    return [served.iloc[k * block:(k + 1) * block] for k in range(len(found))]
 
 
 def _frame(rows: Sequence[tuple[Any, ...]]) -> pd.DataFrame:

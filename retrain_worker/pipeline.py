@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import psycopg
 
 from feedback import topics
 from feedback.alerts import Alert, AlertSink
@@ -35,7 +36,7 @@ from feedback.registry.versions import GateRecord, ModelVersion, Registry
 from feedback.store import FeedbackStore
 from feedback.triggers.rules import CHANGE_KINDS
 from retrain_worker import holdout
-from retrain_worker.dataset import SEGMENT_PREFIX, Dataset, DatasetSpec, load_dataset
+from retrain_worker.dataset import SEGMENT_PREFIX, SNAPSHOT, Dataset, DatasetSpec, load_dataset, load_stretches
 from retrain_worker.gates import (
     EvalSet,
     GateConfig,
@@ -354,14 +355,20 @@ class RetrainPipeline:
     def _pool_look(self, trigger: TriggerEvent, model: ModelConfig) -> Outcome:
         """A change seen early: the model's former champions scored against the champion on the rows since the
         change point, no training; the best, if it beats the champion and passes the same gates, is proposed
-        again at once (a concept that returns needs no new model). Otherwise the outcome is "unchanged"."""
+        again at once (a concept that returns needs no new model). Otherwise the outcome is "unchanged".
+
+        Only the rows since the change are loaded with their features; production's best level before the change
+        (the leakage gate's reference) is read from the store, bounded by the stretches it scores, in the same
+        snapshot: the look's memory no longer grows with the history."""
         self.frozen = None
         cfg, change = model.retrain, trigger.change_point
         if change is None:
             return self._record(trigger, "failed", "a pool look needs the change point")
-        spec = DatasetSpec(model_name=model.name, cutoff=trigger.decided_at,
-                           since=trigger.decided_at - timedelta(seconds=cfg.history_s), change_point=change)
-        with self.store.pool.connection() as conn:
+        history = trigger.decided_at - timedelta(seconds=cfg.history_s)
+        spec = DatasetSpec(model_name=model.name, cutoff=trigger.decided_at, since=max(change, history),
+                           change_point=change)
+        with self.store.pool.connection() as conn, conn.transaction():
+            conn.execute(SNAPSHOT)  # the rows since the change and the history before it as of one instant
             self._step(trigger, "loading", "loading the rows since the change for the model pool")
             dataset = load_dataset(conn, spec)
             with conn.cursor() as cur:
@@ -369,18 +376,18 @@ class RetrainPipeline:
                 champion_model = self.registry.load(cur, champion) if champion is not None else None
                 pool = [(v, self.registry.load(cur, v))
                     for v in self.registry.past_champions(cur, model.name, limit=model.retrain.pool_size)]
-        frame = dataset.frame
-        since = frame[frame["predicted_at"] >= change]
-        lineage: dict[str, Any] = {"trigger_id": trigger.trigger_id, "trigger_kind": "pool", "rows": len(since),
-                                   "change_point": change.isoformat()}
-        if champion_model is None or not pool:
-            return self._record(trigger, "unchanged", "model pool: no champion or no former champion to compare",
-                                lineage=lineage)
-        if len(since) < cfg.min_test_rows:
-            return self._record(trigger, "unchanged", f"model pool: {len(since):,} labelled rows since the change "
-                                f"(< {cfg.min_test_rows:,}): nothing compared", lineage=lineage)
+            since = dataset.frame
+            lineage: dict[str, Any] = {"trigger_id": trigger.trigger_id, "trigger_kind": "pool", "rows": len(since),
+                                       "change_point": change.isoformat()}
+            if champion_model is None or not pool:
+                return self._record(trigger, "unchanged", "model pool: no champion or no former champion to compare",
+                                    lineage=lineage)
+            if len(since) < cfg.min_test_rows:
+                return self._record(trigger, "unchanged", f"model pool: {len(since):,} labelled rows since the "
+                                    f"change (< {cfg.min_test_rows:,}): nothing compared", lineage=lineage)
+            error, accuracy = stored_production_best(conn, model, cutoff=trigger.decided_at, since=history,
+                                                     until=change, block=len(since))
         self._step(trigger, "evaluating", f"scoring {len(pool)} former champion(s) on {len(since):,} rows")
-        error, accuracy = production_best(model, frame[frame["predicted_at"] < change], len(since))
         scored = []
         for version, past in pool:
             s = replace(self._eval_set(model, dataset, since, past, champion_model, name="since change"),
@@ -519,12 +526,38 @@ def production_best(model: ModelConfig, history: pd.DataFrame, block: int) -> tu
     recovers production's former level after a drift is no leak, one far beyond any level production ever
     reached is suspicious.
     """
-    if block <= 0 or len(history) < block:
-        return None, None
-    step = max(block, (len(history) - block) // BEST_LEVEL_BLOCKS + 1)
+    return _best_level(model, [history.iloc[s:s + block] for s in best_level_starts(len(history), block)], block)
+
+
+def stored_production_best(conn: psycopg.Connection[Any], model: ModelConfig, *, cutoff: datetime,
+                           since: datetime | None, until: datetime, block: int) -> tuple[float | None, float | None]:
+    """:func:`production_best` of the point-in-time rows of ``model`` made in [since, until) as they stood at
+    ``cutoff``, read from the store: only the rows of the stretches it scores (at most BEST_LEVEL_BLOCKS x
+    ``block``) and only their served predictions and labels, never the features. The same result as
+    production_best over load_dataset's frame of those rows, without loading the history."""
+    stretches = load_stretches(conn, model.name, cutoff=cutoff, since=since, until=until, block=block,
+                               starts=lambda rows: best_level_starts(rows, block))
+    return _best_level(model, stretches, block)
+
+
+def best_level_starts(rows: int, block: int) -> range:
+    """Where the stretches production_best scores begin in a history of ``rows`` rows: at most BEST_LEVEL_BLOCKS
+    stretches of ``block`` consecutive rows, evenly spread from the first row, never overlapping; none when the
+    history is shorter than a stretch.
+
+    >>> best_level_starts(1000, 300), best_level_starts(100_000, 300), best_level_starts(299, 300)
+    (range(0, 701, 300), range(0, 99701, 1995), range(0, 0))
+    """
+    if block <= 0 or rows < block:
+        return range(0)
+    return range(0, rows - block + 1, max(block, (rows - block) // BEST_LEVEL_BLOCKS + 1))
+
+
+def _best_level(model: ModelConfig, stretches: list[pd.DataFrame], block: int) -> tuple[float | None, float | None]:
+    """The lowest main error of the served predictions on one of ``stretches`` (each ``block`` rows), with its
+    accuracy for classification; (None, None) when none can be scored."""
     best: tuple[float, float | None] | None = None
-    for start in range(0, len(history) - block + 1, step):
-        rows = history.iloc[start:start + block]
+    for rows in stretches:
         y = rows["label"].to_numpy()
         if model.task == "regression":
             served = pd.to_numeric(rows["served_prediction"], errors="coerce").to_numpy(dtype=np.float64)

@@ -5,19 +5,29 @@ their reasons."""
 from __future__ import annotations
 
 import json
+import math
 import random
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import jsonschema
+import numpy as np
 import pytest
 
 from feedback.config import parse_config
 from feedback.registry.versions import Registry
 from feedback.store import FeedbackStore
 from feedback.triggers.engine import PostgresLedger
+from retrain_worker.dataset import DatasetSpec, load_dataset, load_stretches
 from retrain_worker.intake import TriggerEvent
-from retrain_worker.pipeline import RetrainPipeline
+from retrain_worker.pipeline import (
+    BEST_LEVEL_BLOCKS,
+    RetrainPipeline,
+    best_level_starts,
+    production_best,
+    stored_production_best,
+)
 from tests.factories import T0, outcome, prediction
 
 TOML = """
@@ -406,6 +416,90 @@ def test_a_pool_look_proposes_a_former_champion_without_training(store: Feedback
                     "('r2', 'churn', 'rejected', now() + interval '1 minute')")
         history = PostgresLedger(cur, max_training_s={}).history("churn", T0 + timedelta(hours=14))
     assert history.rejected_in_row == 1  # r2, then "unchanged" skipped, then candidates break the run
+
+
+
+
+CHURN, MODE, ETA = (parse_config("""
+[models.churn]
+task = "classification"
+positive_class = 1
+[models.mode]
+task = "classification"
+[models.eta]
+task = "regression"
+""").models[name] for name in ("churn", "mode", "eta"))
+SCORED = parse_config('[models.churn]\ntask = "classification"\npositive_class = 1\nscore = "score"').models["churn"]
+
+
+def _served_history(store: FeedbackStore, decided: datetime, change: datetime, history: datetime) -> None:
+    """For "churn" (binary), "mode" (3 classes) and "eta" (regression): 3,000 predictions between ``history`` and
+    ``change``, ten to an instant, with ids that sort neither by time nor by number, served better in some
+    stretches than in others; 5% never labelled, 5% labelled only after ``decided``, 5% corrected after it; 300
+    predictions after the change; and 200 before ``history``, served perfectly (a loader that read them, or the
+    late labels, would find another best level)."""
+    rng = np.random.default_rng(7)
+    classes = ("bike", "bus", "car")
+    n, after, before = 3_000, 300, 200
+    preds, labels = [], []
+    for name in ("churn", "mode", "eta"):
+        for i in range(-before, n + after):
+            at = (history + timedelta(minutes=i) if i < 0 else history + (change - history) * (i // 10) / (n // 10)
+                  if i < n else change + (decided - change) * (i - n) / (after + 1))
+            quality = 1.0 if i < 0 else 0.5 + 0.5 * math.sin(i / 170.0)  # 1: served right and sure
+            pid = f"{name}-{(i * 7919) % 100_003:x}"
+            served: dict[str, Any]
+            if name == "eta":
+                truth: Any = float(rng.normal(20, 5))
+                served = {"prediction": truth + (1 - quality) * float(rng.normal(0, 8))}
+                wrong: Any = truth + 100.0
+            elif name == "mode":
+                truth = str(rng.choice(classes))
+                top = truth if rng.random() < 0.4 + 0.6 * quality else str(rng.choice(classes))
+                p_top = 0.34 + 0.6 * quality * float(rng.random())
+                served = {"prediction": top, "probabilities": {c: p_top if c == top else (1 - p_top) / 2
+                                                               for c in classes}}
+                wrong = classes[(classes.index(truth) + 1) % 3]
+            else:
+                truth = int(rng.random() < 0.4)
+                p1 = float(np.clip(0.5 + (truth - 0.5) * quality * 0.9 + rng.normal(0, 0.1), 0.01, 0.99))
+                served = {"prediction": int(p1 >= 0.5), "probabilities": {"0": 1 - p1, "1": p1},
+                          "score": float(np.clip(p1 + rng.normal(0, 0.05), 0.01, 0.99))}
+                wrong = 1 - truth
+            preds.append(prediction(0, prediction_id=pid, model_name=name, predicted_at=at, features={"x": i},
+                                    **served))
+            fate = rng.random()
+            if fate < 0.05:
+                continue  # never labelled
+            seen = decided + timedelta(minutes=1) if fate < 0.10 else at + timedelta(minutes=1)
+            labels.append(outcome(0, prediction_id=pid, label=truth, observed_at=seen))
+            if fate > 0.95:  # corrected after the cutoff: the label as it stood at the cutoff counts
+                labels.append(outcome(0, prediction_id=pid, label=wrong, observed_at=decided + timedelta(hours=1)))
+    store.write_batch(preds, labels)
+
+
+def test_production_best_from_the_store_equals_it_over_the_whole_history(store: FeedbackStore) -> None:
+    """Production's best level as the pool look reads it from the store (only the rows of the stretches it scores,
+    without features) is exactly production_best over the history loaded whole, as load_dataset loads it, for a
+    binary model (by probabilities and by score), a multiclass one and a regression: stretches of the 300-odd rows
+    since the change (as the pool look passes them: end to end), of 40 and 7 rows (50 stretches, gaps between
+    them), the whole history as one stretch, and one row longer (none)."""
+    decided, change, history = T0 + timedelta(days=3), T0 + timedelta(days=2), T0
+    _served_history(store, decided, change, history)
+    with store.pool.connection() as conn:
+        for model in (CHURN, SCORED, MODE, ETA):
+            frame = load_dataset(conn, DatasetSpec(model_name=model.name, cutoff=decided, since=history)).frame
+            before, since = frame[frame["predicted_at"] < change], frame[frame["predicted_at"] >= change]
+            assert 2_500 < len(before) < 2_900 and 250 < len(since) < 300  # the labelled ones at the cutoff
+            for block in (len(since), 40, 7, len(before), len(before) + 1):
+                expected = production_best(model, before, block)
+                assert (expected == (None, None)) == (block > len(before)), (model.name, block)
+                found = stored_production_best(conn, model, cutoff=decided, since=history, until=change, block=block)
+                assert found == expected, (model.name, model.score, block)
+                starts = best_level_starts(len(before), block)
+                stretches = load_stretches(conn, model.name, cutoff=decided, since=history, until=change,
+                                           block=block, starts=lambda _, s=starts: s)
+                assert [len(s) for s in stretches] == [block] * len(starts) and len(starts) <= BEST_LEVEL_BLOCKS
 
 
 MODE_TOML = """

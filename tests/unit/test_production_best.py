@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import accuracy_score, log_loss, mean_absolute_error
 
 from feedback.config import parse_config
-from retrain_worker.pipeline import production_best
+from retrain_worker.pipeline import BEST_LEVEL_BLOCKS, best_level_starts, production_best
 
 CLF = parse_config('[models.m]\ntask = "classification"\npositive_class = 1\n').models["m"]
 REG = parse_config('[models.m]\ntask = "regression"\nmetric = "mae"\n').models["m"]
@@ -43,3 +43,18 @@ def test_regression_uses_mae_and_too_short_a_history_gives_nothing() -> None:
     best = min(mean_absolute_error(y[i:i + 250], served[i:i + 250]) for i in range(0, 751, 250))
     assert error == pytest.approx(best) and accuracy is None
     assert production_best(REG, frame.iloc[:100], 250) == (None, None)
+
+
+def test_at_most_fifty_stretches_evenly_spread_are_scored_and_nothing_between_them() -> None:
+    """A long history is scored on BEST_LEVEL_BLOCKS stretches, the first at row 0, a step apart and never
+    overlapping (the store's bounded read fetches these rows only): a perfect stretch between two of them is not
+    seen, a good one at one of their starts is."""
+    starts = best_level_starts(10_000, 30)
+    assert starts == range(0, 9971, 200) and len(starts) == BEST_LEVEL_BLOCKS
+    assert best_level_starts(900, 300) == range(0, 601, 300) and best_level_starts(10, 0) == range(0)
+    frame = history(10_000, 4_000, 4_030)  # a start: scored
+    frame.loc[5_050:5_079, "served_probabilities"] = [{"0": 1.0 - y, "1": float(y)}
+                                                      for y in frame["label"].iloc[5_050:5_080]]  # between two
+    error, _ = production_best(CLF, frame, 30)
+    p1 = np.array([d["1"] for d in frame["served_probabilities"].iloc[4_000:4_030]])
+    assert error == pytest.approx(log_loss(frame["label"].iloc[4_000:4_030], p1, labels=[0, 1]))
