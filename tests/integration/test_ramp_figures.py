@@ -99,8 +99,11 @@ class Traffic:
                  "boom" if failed_every and i % failed_every == 0 else None)
                 for i, e in enumerate(events) if e.model_version == "v2"]
         with self.store.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.executemany("INSERT INTO shadow_predictions (model_name, version, prediction_id, prediction, error)"
-                            " VALUES ('churn', 'v1', %s, %s, %s) ON CONFLICT DO NOTHING", rows)
+            cur.execute("INSERT INTO shadow_predictions (model_name, version, prediction_id, prediction, error)"
+                        " SELECT 'churn', 'v1', id, p::jsonb, e FROM unnest(%s::text[], %s::text[], %s::text[]) AS"
+                        " t(id, p, e) ON CONFLICT DO NOTHING",
+                        ([r[0] for r in rows], [None if r[1] is None else str(r[1].obj) for r in rows],
+                         [r[2] for r in rows]))
 
 
 def _assert_units(kept: UnitStats, raw: UnitStats, where: str) -> None:
