@@ -3,7 +3,8 @@
 -- in the writer's own transaction, whoever writes (the ingest, a COPY, a test's INSERT).
 --
 -- A ramp's periods: period k holds the requests predicted after period_starts[k+1] (1-based SQL arrays) and up to
--- the next start; a step, and the hold, each begin a period. Period -1 is the whole ramp. A request belongs to the
+-- the next start; a step, a resume and the hold each begin a period. The whole ramp's counts are the sum of its
+-- periods' (its users' mean errors are not: they are kept per period only). A request belongs to the
 -- arm that served it (its model_version, the champion or the challenger).
 --
 -- ramp_rows is the ledger: per routed request that did not fail, what the figures hold for it (its error, and the
@@ -75,7 +76,7 @@ CREATE TABLE ramp_arms (
     PRIMARY KEY (rollout_id, period, version, part)
 );
 COMMENT ON TABLE ramp_arms IS
-    'Each ramp period''s figures per arm and segment value, kept as rows land (period -1: the whole ramp).';
+    'Each ramp period''s figures per arm and segment value, kept as rows land.';
 
 -- latency per period and arm in logarithmic buckets of 2% (a value's bucket: ceil(ln(ms) / ln(1.02)); ms <= 0.001
 -- in one bucket): a percentile within 1% of the exact one
@@ -143,16 +144,14 @@ BEGIN
         UPDATE ramp_rows r SET err = c.err1, cov = c.cov1 FROM changed c
         WHERE r.prediction_id = ANY(ids) AND r.prediction_id = c.prediction_id
     ), d AS (
-        SELECT c.rollout_id, per.period, c.version, part, c.unit,
+        SELECT c.rollout_id, c.period, c.version, part, c.unit,
                sum((c.err1 IS NOT NULL)::int - (c.err0 IS NOT NULL)::int) AS n,
                sum(coalesce(c.err1, 0) - coalesce(c.err0, 0)) AS e,
                sum((c.cov1 IS NOT NULL)::int - (c.cov0 IS NOT NULL)::int) AS cn,
                sum(CASE WHEN c.cov1 IS NOT NULL THEN c.err1 ELSE 0 END
                    - CASE WHEN c.cov0 IS NOT NULL THEN c.err0 ELSE 0 END) AS ce,
                sum(coalesce(c.cov1, 0) - coalesce(c.cov0, 0)) AS cx
-        FROM changed c
-        CROSS JOIN LATERAL unnest(ARRAY[-1, c.period]) AS per(period)
-        CROSS JOIN LATERAL unnest(c.parts) AS part
+        FROM changed c CROSS JOIN LATERAL unnest(c.parts) AS part
         GROUP BY 1, 2, 3, 4, 5
     ), u AS (
         INSERT INTO ramp_units AS t (rollout_id, period, version, part, unit, n, e, cn, ce, cx)
@@ -211,15 +210,15 @@ BEGIN
                           AND r.rollout_id IS NOT NULL)
     ), arms AS (
         INSERT INTO ramp_arms AS a (rollout_id, period, version, part, requests, failures)
-        SELECT n.rollout_id, per.period, n.version, '', count(*), count(*) FILTER (WHERE n.failed)
-        FROM n CROSS JOIN LATERAL unnest(ARRAY[-1, n.period]) AS per(period)
+        SELECT n.rollout_id, n.period, n.version, '', count(*), count(*) FILTER (WHERE n.failed)
+        FROM n
         GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
         ON CONFLICT (rollout_id, period, version, part) DO UPDATE
             SET requests = a.requests + excluded.requests, failures = a.failures + excluded.failures
     ), latency AS (
         INSERT INTO ramp_latency AS t (rollout_id, period, version, bucket, n)
-        SELECT n.rollout_id, per.period, n.version, ramp_bucket(n.latency_ms), count(*)
-        FROM n CROSS JOIN LATERAL unnest(ARRAY[-1, n.period]) AS per(period)
+        SELECT n.rollout_id, n.period, n.version, ramp_bucket(n.latency_ms), count(*)
+        FROM n
         WHERE n.latency_ms IS NOT NULL
         GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
         ON CONFLICT (rollout_id, period, version, bucket) DO UPDATE SET n = t.n + excluded.n

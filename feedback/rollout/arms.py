@@ -29,7 +29,7 @@ import psycopg
 from feedback.monitoring.windows import PROFILE_LOCK_CLASS
 from feedback.rollout.rules import ArmStats, UnitStats, UserSums, cuped_sums
 
-WHOLE = -1  # the period of the whole ramp
+WHOLE = -1  # the whole ramp: its periods' counts summed (its users' figures are kept per period only)
 #: a step's CUPED adjustment needs the champion's shadow-scored prediction on at least this share of the
 #: challenger's labelled requests (the rollout worker scores them within seconds; labels come later)
 CUPED_MIN_COVERAGE = 0.9
@@ -45,7 +45,9 @@ SELECT period, version, part, requests, failures, labelled, error_sum, users, su
 FROM ramp_arms WHERE rollout_id = %s
 """
 _LATENCY = """
-SELECT period, version, bucket, n FROM ramp_latency WHERE rollout_id = %s AND period = ANY(%s) ORDER BY bucket
+SELECT period, version, bucket, n FROM ramp_latency
+WHERE rollout_id = %(rollout)s AND (%(periods)s::int[] IS NULL OR period = ANY(%(periods)s::int[]))
+ORDER BY bucket
 """
 _LOCK_EXCLUSIVE = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
 
@@ -102,6 +104,11 @@ class Figures:
         return stats
 
     def arm(self, period: int, version: str) -> ArmStats:
+        """One version's figures in ``period``; over the whole ramp (:data:`WHOLE`) its requests, failures, latency
+        and labelled error, without the users' figures (a user's mean error over the ramp is not the sum of the
+        periods', and the rules compare users within each period)."""
+        if period == WHOLE:
+            return self._whole(version)
         whole = self.sums.get((period, version, ""), Sums())
         n, p95, p99 = _percentiles(self.latency.get((period, version), ()))
         stats = ArmStats(version=version, requests=whole.requests, failures=whole.failures, latency_n=n,
@@ -112,6 +119,19 @@ class Figures:
                     if p == period and v == version and part and s.users > 0}
         return replace(stats, labelled=whole.labelled, error=whole.error_sum / whole.labelled, units=whole.units(),
                        segments=dict(sorted(segments.items())))
+
+    def _whole(self, version: str) -> ArmStats:
+        parts = [s for (_, v, part), s in self.sums.items() if v == version and part == ""]
+        buckets: dict[int, int] = defaultdict(int)
+        for (_, v), rows in self.latency.items():
+            if v == version:
+                for bucket, count in rows:
+                    buckets[bucket] += count
+        n, p95, p99 = _percentiles(sorted(buckets.items()))
+        labelled, error_sum = sum(s.labelled for s in parts), sum(s.error_sum for s in parts)
+        return ArmStats(version=version, requests=sum(s.requests for s in parts),
+                        failures=sum(s.failures for s in parts), latency_n=n, latency_p95_ms=p95, latency_p99_ms=p99,
+                        labelled=labelled, error=error_sum / labelled if labelled > 0 else None)
 
     def requests(self, period: int, versions: Sequence[str]) -> dict[str, int]:
         return {v: self.sums.get((period, v, ""), Sums()).requests for v in versions}
@@ -144,15 +164,17 @@ class Figures:
         stats[champion] = replace(stats[champion], segments=segments_a)
 
 
-def read(cur: psycopg.Cursor[Any], rollout_id: str, latency_periods: Sequence[int] = (WHOLE,)) -> Figures:
-    """The stored figures of a ramp, with the latency buckets of ``latency_periods``: a few rows."""
+def read(cur: psycopg.Cursor[Any], rollout_id: str, latency_periods: Sequence[int] | None = None) -> Figures:
+    """The stored figures of a ramp, with the latency buckets of ``latency_periods`` (None: every period's, which
+    the whole ramp's percentiles need): a few hundred rows."""
     sums = {}
     for row in cur.execute(_ARMS, (rollout_id,)).fetchall():
         values = tuple(row.values()) if isinstance(row, dict) else tuple(row)
         period, version, part, *rest = values
         sums[(period, version, part)] = Sums(**dict(zip(_SUMS, rest, strict=True)))
     latency: dict[tuple[int, str], list[tuple[int, int]]] = defaultdict(list)
-    for row in cur.execute(_LATENCY, (rollout_id, list(latency_periods))).fetchall():
+    periods = None if latency_periods is None else list(latency_periods)
+    for row in cur.execute(_LATENCY, {"rollout": rollout_id, "periods": periods}).fetchall():
         period, version, bucket, n = tuple(row.values()) if isinstance(row, dict) else tuple(row)
         latency[(period, version)].append((bucket, n))
     return Figures(sums, latency)

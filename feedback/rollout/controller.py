@@ -423,7 +423,9 @@ class _Look:
         if next_share >= 1.0:
             sentence = (f"{challenger} serves 100% and is held for {_days(self.cfg.hold_s)} against the champion "
                         f"{champion}'s frozen figures: {decision.sentence}")
-            baseline = stats[champion].to_json()
+            # the champion's figures in the ramp's last period, its users' included (the hold's error rule compares
+            # users; over the whole ramp they are not kept): the most recent, as the steps compare within each
+            baseline = figures.arm(len(rollout["period_starts"]) - 1, champion).to_json()
             self.new_period(rollout)
             self.update(rollout, state="holding", step=step + 1, share=1.0, step_started_at=self.now,
                         baseline=baseline, sentence=sentence, test=test)

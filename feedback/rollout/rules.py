@@ -80,10 +80,13 @@ class ArmStats:
         return self.failures / self.requests if self.requests else 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "requests": self.requests, "failures": self.failures,
-                "latency_n": self.latency_n, "latency_p95_ms": self.latency_p95_ms,
-                "latency_p99_ms": self.latency_p99_ms, "labelled": self.labelled, "error": self.error,
-                "units": self.units.n, "unit_mean": self.units.mean, "unit_var": self.units.var}
+        """The figures as evidence (the users' only when there are any: the whole ramp's have none)."""
+        doc = {"version": self.version, "requests": self.requests, "failures": self.failures,
+               "latency_n": self.latency_n, "latency_p95_ms": self.latency_p95_ms,
+               "latency_p99_ms": self.latency_p99_ms, "labelled": self.labelled, "error": self.error}
+        if self.units.n:
+            doc |= {"units": self.units.n, "unit_mean": self.units.mean, "unit_var": self.units.var}
+        return doc
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
