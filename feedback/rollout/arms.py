@@ -241,7 +241,9 @@ def forget(cur: psycopg.Cursor[Any], rollout_id: str) -> None:
 
 
 def tidy(cur: psycopg.Cursor[Any]) -> None:
-    """Drop the placeholders no transaction can meet any more."""
+    """Drop the placeholders no transaction can meet any more (at every look of a ramp: labels of other models'
+    predictions, stored first, would pile up over a ramp's weeks). One the prediction comes for later is not needed:
+    its writer finds the label committed."""
     cur.execute("DELETE FROM ramp_rows WHERE rollout_id IS NULL AND (placed_at < now() - make_interval(secs => %s)"
                 " OR NOT EXISTS (SELECT 1 FROM rollouts WHERE state IN ('ramping', 'paused', 'holding')))",
                 (PLACEHOLDER_S,))

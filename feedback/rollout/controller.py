@@ -245,6 +245,7 @@ class _Look:
             return self.maybe_start()
         if rollout["period_starts"] is None:
             self.build_figures(rollout)
+        arms.tidy(self.cur)
         if rollout["state"] == "holding":
             return self.hold(rollout)
         return self.ramp(rollout)

@@ -256,3 +256,26 @@ def test_a_ramp_under_way_without_figures_builds_them_once_from_its_rows(ingest:
         raw = conn.execute("SELECT count(*) FROM predictions WHERE model_version = 'v1' AND predicted_at > %s",
                            (T0 + timedelta(hours=1),)).fetchone()[0]
     assert kept == raw > 0
+
+
+def test_placeholders_go_once_no_transaction_can_meet_them(ingest: FeedbackStore) -> None:
+    _ramp(ingest)
+    t = Traffic(ingest)
+    waiting = t.predictions(40, T0, timedelta(hours=1))
+    ingest.write_batch([], t.labels(waiting, T0 + timedelta(hours=2)))  # labels first: placeholders
+    with ingest.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        cur.execute("UPDATE ramp_rows SET placed_at = now() - interval '1 hour'"
+                    " WHERE prediction_id IN ('r1', 'r2', 'r3')")
+        arms.tidy(cur)
+        left = {r[0] for r in cur.execute("SELECT prediction_id FROM ramp_rows WHERE rollout_id IS NULL")}
+    assert len(left) == 37 and not left & {"r1", "r2", "r3"}
+    ingest.write_batch(waiting, [])  # the predictions come: their labels count, the old placeholders' too
+    _assert_same(ingest)
+    with ingest.pool.connection() as conn:
+        held = conn.execute("SELECT count(*) FROM ramp_rows WHERE err IS NOT NULL").fetchone()[0]
+    routed = [e for e in waiting if e.model_version in ("v1", "v2") and e.error is None]
+    assert held == len(routed)
+    with ingest.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        cur.execute("UPDATE rollouts SET state = 'rolled_back'")
+        arms.tidy(cur)  # no ramp under way: none is kept
+        assert cur.execute("SELECT count(*) FROM ramp_rows WHERE rollout_id IS NULL").fetchone()[0] == 0
