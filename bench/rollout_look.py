@@ -325,11 +325,15 @@ def check_figures(store: FeedbackStore, config: Any, figures: arms.Figures, star
                     _stop(f"the look's figures differ from arm_stats (period {period}, {v}): kept requests "
                           f"{a.requests} failures {a.failures} labelled {a.labelled} error {a.error!r}; arm_stats "
                           f"requests {b.requests} failures {b.failures} labelled {b.labelled} error {b.error!r}")
-                pairs = [(a.units, b.units)]
-                if set(a.segments) != set(b.segments):
+                if period == arms.WHOLE:  # the whole ramp's users' figures are kept per period only
+                    if a.units.n or a.segments:
+                        _stop(f"the whole ramp's figures hold users' figures ({a.units}, {sorted(a.segments)})")
+                    pairs = []
+                elif set(a.segments) != set(b.segments):
                     _stop(f"the look's segment values differ from arm_stats (period {period}, {v}): "
                           f"{sorted(a.segments)} against {sorted(b.segments)}")
-                pairs += [(a.segments[s], b.segments[s]) for s in a.segments]
+                else:
+                    pairs = [(a.units, b.units), *((a.segments[s], b.segments[s]) for s in a.segments)]
                 for ku, ru in pairs:
                     dn, dm, dv = _units_diff(ku, ru)
                     worst["units_n"] = max(worst["units_n"], dn)
@@ -563,7 +567,8 @@ def run_count(database_url: str, n: int, repeat: int, seed: int, explain: bool) 
 
 
 def explain_queries(store: FeedbackStore) -> dict[str, str]:
-    queries = {"ramp_arms": (arms._ARMS, (ROLLOUT_ID,)), "ramp_latency": (arms._LATENCY, (ROLLOUT_ID, [arms.WHOLE]))}
+    queries = {"ramp_arms": (arms._ARMS, (ROLLOUT_ID,)),
+               "ramp_latency": (arms._LATENCY, {"rollout": ROLLOUT_ID, "periods": None})}
     out = {}
     with store.pool.connection() as conn:
         for name, (query, params) in queries.items():
