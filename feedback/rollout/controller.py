@@ -754,7 +754,8 @@ def record_event(cur: psycopg.Cursor[Any], rollout_id: str | None, model: str, v
 def arm_stats(cur: psycopg.Cursor[Any], model: ModelConfig, versions: Sequence[str], since: datetime,
               until: datetime | None, *, covariate: tuple[str, str] | None = None) -> dict[str, ArmStats]:
     """Each version's requests, failures, latency and labelled errors (per user and per declared segment value)
-    among the model's predictions served by it in [since, until].
+    among the model's predictions served by it in (since, until], read from the raw rows: the planner's figures
+    before a ramp starts, and the reference the figures a look reads (feedback/rollout/arms.py) are held equal to.
 
     ``covariate`` (challenger, champion): the users' errors of both arms, overall and per segment value, are
     CUPED-adjusted (:func:`~feedback.rollout.rules.cuped_units`) with the champion's error on each request as
