@@ -76,7 +76,9 @@ Then, N models at a time, with one connection pool (2 connections) and a worker'
   more steady hour, with the ledger as the previous round left it (no reset). The decisions recorded after
   these rounds are counted by kind and status, as after (c), and printed side by side.
 * Nothing changed: ``run_once()`` once, untimed, then timed ``run_once()`` repetitions with nothing written to
-  the windows before or between them: each is the second of two rounds with no write between.
+  the windows before or between them: each is the second of two rounds with no write between. Then the same with
+  the decisions (``run_once(after=...)`` calling ``engine.run`` over every model, as the worker's round does), and,
+  unless ``--no-profile``, one of those under cProfile at the largest N.
 
 For every round measured (first, (a), (c), steady, steady + decisions, nothing changed) the result rows it wrote
 to ``monitor_results`` are counted, untimed: the round's ``RoundResult.results_written`` when it has that field,
@@ -811,6 +813,17 @@ def run_count(ctx: Ctx, n: int, profile: ReferenceProfile, deltas: dict[int, Win
         monitor.run_once()  # the first of two rounds with nothing written between them
         res["nothing_changed"] = timed(monitor.run_once, repeat, autovacuum=autovacuum, written=written)
         res["nothing_changed"].pop("last")
+        # what the worker's round where nothing changed costs: the round and the decisions over every model
+        res["idle_decisions"] = timed(whole_round, repeat, autovacuum=autovacuum, written=written)
+        res["idle_decisions"].pop("last")
+        if profile_calls:
+            prof = cProfile.Profile()
+            prof.enable()
+            t0 = time.perf_counter()
+            whole_round()
+            res["idle_profiled_ms"] = (time.perf_counter() - t0) * 1e3
+            prof.disable()
+            res["idle_profile"] = top_costs(prof)
         gc.collect()
         res["rss_mb"] = {"before_first_round": rss_before, "after_rounds": _rss_mb(),
                          "kept_states": len(monitor._states), "kept_mb": deep_size(monitor._states) / 2**20}
@@ -1023,10 +1036,10 @@ def print_details(results: list[dict[str, Any]]) -> None:
         print(f"  while timing: {during}; autovacuum seen on: {', '.join(r['autovacuum_tables']) or '-'}")
 
 
-def print_profile(r: dict[str, Any]) -> None:
-    p = r["profile"]
-    print(f"\ncProfile of one steady round + decisions, N={r['models']}: {r['profiled_ms']:,.0f} ms wall under "
-          f"the profiler; most own time:")
+def print_profile(r: dict[str, Any], key: str = "profile", what: str = "one steady round + decisions") -> None:
+    p = r[key]
+    ms = r["profiled_ms" if key == "profile" else "idle_profiled_ms"]
+    print(f"\ncProfile of {what}, N={r['models']}: {ms:,.0f} ms wall under the profiler; most own time:")
     for x in p["top_own"]:
         print(f"  {x['own_ms']:9.1f} ms own {x['cum_ms']:9.1f} ms cum {x['calls']:9,}x  {x['function']}")
     print("most cumulative time:")
@@ -1087,8 +1100,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_details(results)
     for r in results:
+        print(f"\nN={r['models']}: a round where nothing changed, with the decisions over every model (the worker's): "
+              f"{_cell(r['idle_decisions'])} ms, against {_cell(r['nothing_changed'])} for the round alone")
         if "profile" in r:
             print_profile(r)
+        if "idle_profile" in r:
+            print_profile(r, "idle_profile", "one round where nothing changed + decisions")
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "results": results}, indent=2, default=str))
     return 0
