@@ -41,15 +41,11 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import platform
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -63,9 +59,9 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._postgres import database, machine  # noqa: E402
 from feedback.config import parse_config  # noqa: E402
 from feedback.store import migrate  # noqa: E402
-from pitstop import stack  # noqa: E402
 from retrain_worker.dataset import SNAPSHOT, DatasetSpec, load_dataset  # noqa: E402
 from retrain_worker.pipeline import best_level_starts, production_best, stored_production_best  # noqa: E402
 
@@ -239,32 +235,6 @@ def print_report(results: list[dict[str, Any]], info: dict[str, Any], repeat: in
               f"{r['load'][0]:.2f}-{r['load'][1]:.2f} during the runs")
 
 
-def machine(database_url: str) -> dict[str, Any]:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        pg = conn.execute("SHOW server_version").fetchone()[0]
-        settings = dict(conn.execute("SELECT name, setting FROM pg_settings WHERE name IN ('shared_buffers',"
-                                     " 'work_mem', 'jit')").fetchall())
-    return {"nproc": os.cpu_count(), "python": platform.python_version(), "postgres": pg, "settings": settings,
-            "date": datetime.now(UTC).isoformat(timespec="seconds")}
-
-
-@contextlib.contextmanager
-def database() -> Iterator[str]:
-    url = os.environ.get("PITSTOP_DATABASE_URL")
-    if url:
-        yield url
-        return
-    folder = Path(tempfile.mkdtemp(prefix="pitstop-bench-pool-"))
-    try:
-        record = stack.start_postgres(folder / "pgdata")
-        try:
-            yield stack.postgres_url(record.address)
-        finally:
-            stack.stop_postgres(folder / "pgdata")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default="10000,100000,1000000", help="labelled history rows before the change")
@@ -282,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     if not counts or min(counts) < 1 or args.since < 1 or args.repeat < 1:
         parser.error("--rows, --since and --repeat need counts of at least 1")
     started = time.perf_counter()
-    with database() as url:
+    with database("pitstop-bench-pool-") as url:
         _log(f"postgres {url}; load average {os.getloadavg()}")
         info = machine(url)
         results = [run_count(url, n, args.since, args.repeat, args.seed) for n in counts]

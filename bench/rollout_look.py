@@ -82,11 +82,8 @@ import argparse
 import contextlib
 import math
 import os
-import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -106,12 +103,12 @@ sys.path.insert(0, str(ROOT))
 import feedback.rollout.arms as arms  # noqa: E402
 import feedback.rollout.controller as ctl  # noqa: E402
 import feedback.rollout.shadow as shadow_module  # noqa: E402
+from bench._postgres import database, machine  # noqa: E402
 from feedback.config import parse_config  # noqa: E402
 from feedback.registry.versions import ModelVersion, Registry  # noqa: E402
 from feedback.rollout.controller import Controller, arm_stats, publish_deployment, record_event  # noqa: E402
 from feedback.rollout.rules import ArmStats, PromotionTest, UnitStats  # noqa: E402
 from feedback.store import FeedbackStore, migrate  # noqa: E402
-from pitstop import stack  # noqa: E402
 from schemas import OutcomeEvent, PredictionEvent  # noqa: E402
 
 TARGET_MS = 20.0
@@ -649,32 +646,6 @@ def print_report(results: list[dict[str, Any]], info: dict[str, Any], repeat: in
             print(f"\nEXPLAIN ANALYZE {name}, N={r['rows']:,}:\n{plan}")
 
 
-def machine(database_url: str) -> dict[str, Any]:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        pg = conn.execute("SHOW server_version").fetchone()[0]
-        settings = dict(conn.execute("SELECT name, setting FROM pg_settings WHERE name IN ('shared_buffers',"
-                                     " 'work_mem', 'jit')").fetchall())
-    return {"nproc": os.cpu_count(), "python": platform.python_version(), "postgres": pg, "settings": settings,
-            "date": datetime.now(UTC).isoformat(timespec="seconds")}
-
-
-@contextlib.contextmanager
-def database() -> Iterator[str]:
-    url = os.environ.get("PITSTOP_DATABASE_URL")
-    if url:
-        yield url
-        return
-    folder = Path(tempfile.mkdtemp(prefix="pitstop-bench-look-"))
-    try:
-        record = stack.start_postgres(folder / "pgdata")
-        try:
-            yield stack.postgres_url(record.address)
-        finally:
-            stack.stop_postgres(folder / "pgdata")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default="10000,100000,1000000", help="labelled ramp rows, comma-separated")
@@ -687,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     if not counts or min(counts) < 10 or args.repeat < 1:
         parser.error("--rows needs counts of at least 10 and --repeat at least 1")
     started = time.perf_counter()
-    with database() as url:
+    with database("pitstop-bench-look-") as url:
         _log(f"postgres {url}; load average {os.getloadavg()}")
         info = machine(url)
         results = [run_count(url, n, args.repeat, args.seed, args.explain and n == max(counts)) for n in counts]

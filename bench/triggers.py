@@ -800,13 +800,7 @@ def run_count(ctx: Ctx, n: int, profile: ReferenceProfile, deltas: dict[int, Win
         res["decisions_after_steady"] = recorded_decisions(store)
         if profile_calls:
             add_hour()
-            prof = cProfile.Profile()
-            prof.enable()
-            t0 = time.perf_counter()
-            whole_round()
-            res["profiled_ms"] = (time.perf_counter() - t0) * 1e3
-            prof.disable()
-            res["profile"] = top_costs(prof)
+            res["profiled_ms"], res["profile"] = profiled(whole_round)
         _log(f"N={n}: steady round median {res['steady_round']['median_ms']:.0f} ms, with decisions "
              f"{res['steady_decisions']['median_ms']:.0f} ms; decisions {res['decisions_after_steady']}")
 
@@ -817,13 +811,7 @@ def run_count(ctx: Ctx, n: int, profile: ReferenceProfile, deltas: dict[int, Win
         res["idle_decisions"] = timed(whole_round, repeat, autovacuum=autovacuum, written=written)
         res["idle_decisions"].pop("last")
         if profile_calls:
-            prof = cProfile.Profile()
-            prof.enable()
-            t0 = time.perf_counter()
-            whole_round()
-            res["idle_profiled_ms"] = (time.perf_counter() - t0) * 1e3
-            prof.disable()
-            res["idle_profile"] = top_costs(prof)
+            res["idle_profiled_ms"], res["idle_profile"] = profiled(whole_round)
         gc.collect()
         res["rss_mb"] = {"before_first_round": rss_before, "after_rounds": _rss_mb(),
                          "kept_states": len(monitor._states), "kept_mb": deep_size(monitor._states) / 2**20}
@@ -845,6 +833,17 @@ def run_count(ctx: Ctx, n: int, profile: ReferenceProfile, deltas: dict[int, Win
             res["autovacuum_tables"] = sorted(autovacuum.tables)
     res["load_end"] = os.getloadavg()[0]
     return res
+
+
+def profiled(call: Callable[[], Any]) -> tuple[float, dict[str, Any]]:
+    """One call under cProfile: its wall time in ms and :func:`top_costs`."""
+    prof = cProfile.Profile()
+    prof.enable()
+    t0 = time.perf_counter()
+    call()
+    ms = (time.perf_counter() - t0) * 1e3
+    prof.disable()
+    return ms, top_costs(prof)
 
 
 def top_costs(prof: cProfile.Profile, top: int = 20) -> dict[str, Any]:

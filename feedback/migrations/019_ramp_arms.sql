@@ -89,14 +89,21 @@ CREATE TABLE ramp_latency (
     PRIMARY KEY (rollout_id, period, version, bucket)
 );
 
--- the error of a prediction against a label, as feedback/rollout/controller.py row_errors counts it (NULL: none)
+-- the rollouts under way: the ones whose requests the figures count
+CREATE VIEW active_rollouts AS SELECT * FROM rollouts WHERE state IN ('ramping', 'paused', 'holding');
+
+-- the error of a prediction against a label, as feedback/rollout/controller.py row_errors counts it (NULL: none).
+-- A regression error past 1e150 is none: the per-user sums hold squares of the errors, and float8 arithmetic that
+-- overflows raises, which would fail the writer's transaction (a prediction of 1e308 and a label of -1e308 are
+-- valid events); numeric arithmetic here, for the same reason.
 CREATE FUNCTION ramp_error(task text, prediction jsonb, label jsonb) RETURNS double precision
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE
         WHEN prediction IS NULL OR label IS NULL OR jsonb_typeof(prediction) = 'null' THEN NULL
         WHEN task = 'classification' THEN (prediction <> label)::int::float8
         WHEN jsonb_typeof(prediction) = 'number' AND jsonb_typeof(label) = 'number'
-            THEN abs(prediction::float8 - label::float8)
+             AND abs(prediction::numeric - label::numeric) <= 1e150
+            THEN abs(prediction::numeric - label::numeric)::float8
     END
 $$;
 
@@ -105,8 +112,11 @@ $$;
 CREATE FUNCTION ramp_period(starts timestamptz[], at timestamptz) RETURNS integer
 LANGUAGE sql IMMUTABLE AS $$ SELECT width_bucket(at - interval '1 microsecond', starts) - 1 $$;
 
+-- (the top bucket holds every latency past 1e300 ms: 1.02 to a larger power overflows a float)
 CREATE FUNCTION ramp_bucket(ms double precision) RETURNS integer
-LANGUAGE sql IMMUTABLE AS $$ SELECT CASE WHEN ms <= 0.001 THEN -349 ELSE ceil(ln(ms) / ln(1.02))::int END $$;
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN ms <= 0.001 THEN -349 ELSE least(ceil(ln(ms) / ln(1.02)), 34884)::int END
+$$;
 
 -- a segment attribute's value as Python's str() writes it (arm_stats groups by str(segment.get(attribute)))
 CREATE FUNCTION ramp_part(segment jsonb, attribute text) RETURNS text
@@ -194,6 +204,9 @@ DECLARE
     routed text[];
     met text[];
 BEGIN
+    IF cardinality(ids) = 0 THEN  -- a statement of other models' rows while a ramp is under way
+        RETURN;
+    END IF;
     WITH n AS (
         SELECT p.prediction_id, ro.rollout_id, ramp_period(ro.period_starts, p.predicted_at) AS period,
                p.model_version AS version, coalesce(p.routing_key, p.prediction_id) AS unit,
@@ -202,8 +215,7 @@ BEGIN
                    ELSE ARRAY[''] || ARRAY(SELECT ramp_part(p.segment, a) FROM unnest(ro.segments) AS a) END AS parts,
                p.error IS NOT NULL AS failed, p.latency_ms
         FROM predictions p
-        JOIN rollouts ro ON ro.model_name = p.model_name AND ro.state IN ('ramping', 'paused', 'holding')
-            AND ro.period_starts IS NOT NULL AND p.model_version IN (ro.champion, ro.challenger)
+        JOIN active_rollouts ro ON ro.model_name = p.model_name AND ro.period_starts IS NOT NULL AND p.model_version IN (ro.champion, ro.challenger)
             AND p.predicted_at > ro.period_starts[1]
         WHERE p.prediction_id = ANY(ids)
           AND NOT EXISTS (SELECT 1 FROM ramp_rows r WHERE r.prediction_id = p.prediction_id
@@ -247,12 +259,11 @@ $$;
 
 CREATE FUNCTION ramp_on_predictions() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT SET plan_cache_mode = force_custom_plan AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM rollouts WHERE state IN ('ramping', 'paused', 'holding')) THEN
+    IF NOT EXISTS (SELECT 1 FROM active_rollouts) THEN
         RETURN NULL;
     END IF;
     PERFORM ramp_count(ARRAY(SELECT n.prediction_id FROM new_rows n
-        WHERE EXISTS (SELECT 1 FROM rollouts ro WHERE ro.model_name = n.model_name
-                      AND ro.state IN ('ramping', 'paused', 'holding')
+        WHERE EXISTS (SELECT 1 FROM active_rollouts ro WHERE ro.model_name = n.model_name
                       AND n.model_version IN (ro.champion, ro.challenger))));
     RETURN NULL;
 END
@@ -263,7 +274,7 @@ CREATE FUNCTION ramp_on_labels() RETURNS trigger LANGUAGE plpgsql SET search_pat
 DECLARE
     changed text[];
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM rollouts WHERE state IN ('ramping', 'paused', 'holding')) THEN
+    IF NOT EXISTS (SELECT 1 FROM active_rollouts) THEN
         RETURN NULL;
     END IF;
     IF TG_OP = 'UPDATE' THEN
@@ -287,7 +298,7 @@ $$;
 
 CREATE FUNCTION ramp_on_shadow() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT SET plan_cache_mode = force_custom_plan AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM rollouts WHERE state IN ('ramping', 'paused', 'holding')) THEN
+    IF NOT EXISTS (SELECT 1 FROM active_rollouts) THEN
         RETURN NULL;
     END IF;
     PERFORM ramp_settle(ARRAY(SELECT prediction_id FROM new_rows));

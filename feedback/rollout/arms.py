@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 
 from feedback.monitoring.windows import PROFILE_LOCK_CLASS
-from feedback.rollout.rules import ArmStats, UnitStats, UserSums, cuped_sums
+from feedback.rollout.rules import ArmStats, UnitStats, UserSums, cuped_sums, with_adjusted
 
 WHOLE = -1  # the whole ramp: its periods' counts summed (its users' figures are kept per period only)
 #: a step's CUPED adjustment needs the champion's shadow-scored prediction on at least this share of the
@@ -35,6 +35,8 @@ WHOLE = -1  # the whole ramp: its periods' counts summed (its users' figures are
 CUPED_MIN_COVERAGE = 0.9
 #: the latency buckets' growth: a bucket holds (GAMMA^(i-1), GAMMA^i] ms
 GAMMA = 1.02
+#: the top bucket holds every latency past this (migration 019's ``ramp_bucket``): a percentile reads it as this
+LATENCY_CEILING_MS = 1e300
 #: placeholders (labels stored before their prediction) older than this are dropped: they only have to outlive the
 #: transactions that could meet them
 PLACEHOLDER_S = 600
@@ -145,23 +147,14 @@ class Figures:
             return
         if b.c_labelled < CUPED_MIN_COVERAGE * b.labelled:
             return
-        segments_b, segments_a = dict(stats[challenger].segments), dict(stats[champion].segments)
-        parts = sorted(part for (p, v, part), s in self.sums.items() if p == period and v == challenger
-                       and s.c_users > 0)
-        for part in parts:
+        adjusted = {}
+        for (p, v, part), pb in sorted(self.sums.items()):
             pa = self.sums.get((period, champion, part))
-            if pa is None or pa.labelled <= 0:
+            if p != period or v != challenger or pb.c_users <= 0 or pa is None or pa.labelled <= 0:
                 continue
-            adjusted = cuped_sums(self.sums[(period, challenger, part)].with_covariate(), pa.with_covariate())
-            if adjusted is None:
-                continue
-            if part:
-                segments_b[part], segments_a[part] = adjusted
-            else:
-                stats[challenger] = replace(stats[challenger], units=adjusted[0])
-                stats[champion] = replace(stats[champion], units=adjusted[1])
-        stats[challenger] = replace(stats[challenger], segments=segments_b)
-        stats[champion] = replace(stats[champion], segments=segments_a)
+            if (pair := cuped_sums(pb.with_covariate(), pa.with_covariate())) is not None:
+                adjusted[part] = pair
+        with_adjusted(stats, challenger, champion, adjusted)
 
 
 def read(cur: psycopg.Cursor[Any], rollout_id: str, latency_periods: Sequence[int] | None = None) -> Figures:
@@ -245,5 +238,5 @@ def tidy(cur: psycopg.Cursor[Any]) -> None:
     predictions, stored first, would pile up over a ramp's weeks). One the prediction comes for later is not needed:
     its writer finds the label committed."""
     cur.execute("DELETE FROM ramp_rows WHERE rollout_id IS NULL AND (placed_at < now() - make_interval(secs => %s)"
-                " OR NOT EXISTS (SELECT 1 FROM rollouts WHERE state IN ('ramping', 'paused', 'holding')))",
+                " OR NOT EXISTS (SELECT 1 FROM active_rollouts))",
                 (PLACEHOLDER_S,))

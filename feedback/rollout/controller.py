@@ -56,6 +56,7 @@ from feedback.rollout.rules import (
     rollback_findings,
     step_ready,
     users_within,
+    with_adjusted,
 )
 from feedback.rollout.shadow import model_watermark
 from feedback.rollout.urgency import answers_later_change, degradation, episode
@@ -776,6 +777,10 @@ def arm_stats(cur: psycopg.Cursor[Any], model: ModelConfig, versions: Sequence[s
                           "error": row_errors(model, [r[3] for r in rows], labels)})
     for attribute in model.segments:
         frame[attribute] = [str((r[2] or {}).get(attribute)) for r in rows]
+    if covariate is not None:
+        frame["covariate"] = np.where(frame["version"] == champion, frame["error"],
+                                      row_errors(model, [r[5] for r in rows], labels))
+    frame = frame[frame["error"].notna()]  # a labelled request counts where its error does (the kept figures too)
     for v, part in frame.groupby("version"):
         segments = {}
         for attribute in model.segments:
@@ -784,8 +789,6 @@ def arm_stats(cur: psycopg.Cursor[Any], model: ModelConfig, versions: Sequence[s
         stats[str(v)] = replace(stats[str(v)], labelled=len(part), error=float(part["error"].mean()),
                                 units=unit_stats(part), segments=segments)
     if covariate is not None:
-        frame["covariate"] = np.where(frame["version"] == champion, frame["error"],
-                                      row_errors(model, [r[5] for r in rows], labels))
         _adjust(stats, frame, model, *covariate)
     return stats
 
@@ -802,18 +805,9 @@ def _adjust(stats: dict[str, ArmStats], frame: pd.DataFrame, model: ModelConfig,
     for attribute in model.segments:
         for value, seg in b.groupby(attribute):
             pairs[f"{attribute}={value}"] = (seg, a[a[attribute] == value])
-    segments_b, segments_a = dict(stats[challenger].segments), dict(stats[champion].segments)
-    for name, (pb, pa) in pairs.items():
-        adjusted = cuped_units(pb, pa) if len(pa) else None
-        if adjusted is None:
-            continue
-        if name:
-            segments_b[name], segments_a[name] = adjusted
-        else:
-            stats[challenger] = replace(stats[challenger], units=adjusted[0])
-            stats[champion] = replace(stats[champion], units=adjusted[1])
-    stats[challenger] = replace(stats[challenger], segments=segments_b)
-    stats[champion] = replace(stats[champion], segments=segments_a)
+    adjusted = {name: pair for name, (pb, pa) in pairs.items()
+                if len(pa) and (pair := cuped_units(pb, pa)) is not None}
+    with_adjusted(stats, challenger, champion, adjusted)
 
 
 def shadow_ratio(per_user: pd.DataFrame, rows: int) -> float | None:
@@ -849,13 +843,19 @@ def unit_stats(rows: pd.DataFrame) -> UnitStats:
                      var=float(per_user.var(ddof=1)) if n > 1 else 0.0)
 
 
+#: a regression error past this is none (NaN), as the ramp's kept figures count it (migration 019's ``ramp_error``):
+#: their sums hold squares of the errors
+MAX_ERROR = 1e150
+
+
 def row_errors(model: ModelConfig, predictions: Sequence[Any], labels: Sequence[Any]) -> np.ndarray:
     """Per request: misclassified (0/1) for classification, absolute error for regression; NaN where the
-    prediction is missing."""
+    prediction is missing or the error is past ``MAX_ERROR``."""
     if model.task == "classification":
         return np.array([math.nan if p is None else float(p != y) for p, y in zip(predictions, labels, strict=True)])
-    return np.array([math.nan if p is None or y is None else abs(float(p) - float(y))
-                     for p, y in zip(predictions, labels, strict=True)])
+    errors = np.array([math.nan if p is None or y is None else abs(float(p) - float(y))
+                       for p, y in zip(predictions, labels, strict=True)])
+    return np.where(errors <= MAX_ERROR, errors, math.nan)
 
 
 def _values(row: Any) -> tuple[Any, ...]:

@@ -425,6 +425,20 @@ def cuped_sums(b: UserSums, a: UserSums) -> tuple[UnitStats, UnitStats] | None:
     return out[0], out[1]
 
 
+def with_adjusted(stats: dict[str, ArmStats], challenger: str, champion: str,
+                  adjusted: Mapping[str, tuple[UnitStats, UnitStats]]) -> None:
+    """Put CUPED-adjusted users' figures (challenger's, champion's) into both arms' figures: part '' the overall
+    ones, ``attribute=value`` a segment value's."""
+    segments_b, segments_a = dict(stats[challenger].segments), dict(stats[champion].segments)
+    for part, (b, a) in adjusted.items():
+        if part:
+            segments_b[part], segments_a[part] = b, a
+    overall = adjusted.get("")
+    stats[challenger] = replace(stats[challenger], segments=segments_b,
+                                **({"units": overall[0]} if overall else {}))
+    stats[champion] = replace(stats[champion], segments=segments_a, **({"units": overall[1]} if overall else {}))
+
+
 def _user_means(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Each user's mean error and mean covariate (users in order of first appearance; NaN rows left out)."""
     kept = frame[frame["error"].notna() & frame["covariate"].notna()]
