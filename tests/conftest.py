@@ -28,26 +28,26 @@ from feedback.store import FeedbackStore, migrate  # noqa: E402
 from pitstop import stack  # noqa: E402
 from pitstop.settings import Topics  # noqa: E402
 
-#: The test files that take longest (measured with --durations: 50 s to 150 s each), longest first. `make test`
-#: runs `--dist loadfile`: each file runs whole on one of 2 workers, so a long file dealt out last keeps one worker
-#: busy while the other idles. These files run first, the rest in their collection order; xdist's own order (files
+#: The test files that take longest (measured with --durations), longest first. `make test`
+#: runs `--dist loadfile`: each file runs whole on one worker, so a long file dealt out last keeps one worker
+#: busy while the others idle. These files run first, the rest in their collection order; xdist's own order (files
 #: with more tests first, which put these one- and two-test files last) is off in pyproject.toml
 #: (--no-loadscope-reorder).
-LONGEST_FIRST = (
-    "tests/integration/test_demo_runs.py",
-    "tests/integration/test_pipeline.py",
-    "tests/integration/test_faults.py",
-    "tests/integration/test_rollout_controller.py",
-    "tests/integration/test_triggers_cli.py",
-    "tests/integration/test_demo.py",
-    "tests/integration/test_windows.py",
-    "tests/integration/test_rollout_e2e.py",
-    "tests/unit/test_rollout_rules.py",
-    "tests/integration/test_triggers.py",
-    "tests/integration/test_cli.py",
-    "tests/integration/test_retrain_recipe.py",
-    "tests/integration/test_triggers_stream.py",
-    "tests/unit/test_trainers.py",
+LONGEST_FIRST = (  # seconds in a `make test` of 2026-12-07, beside another run
+    "tests/integration/test_faults.py",  # 143
+    "tests/integration/test_pipeline.py",  # 126
+    "tests/integration/test_rollout_e2e.py",  # 114
+    "tests/integration/test_demo_runs.py",  # 107
+    "tests/integration/test_triggers_cli.py",  # 97
+    "tests/integration/test_triggers_stream.py",  # 96
+    "tests/integration/test_rollout_controller.py",  # 95
+    "tests/integration/test_demo.py",  # 93
+    "tests/integration/test_retrain_recipe.py",  # 87
+    "tests/integration/test_triggers.py",  # 80
+    "tests/unit/test_trainers.py",  # 69
+    "tests/integration/test_cli.py",  # 69
+    "tests/integration/test_windows.py",  # 125 before its backlog was cut to 12,500 rows
+    "tests/unit/test_rollout_rules.py",  # 96 before the simulated ramps asked each count once
 )
 
 

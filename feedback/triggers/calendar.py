@@ -211,6 +211,12 @@ class EventClock:
         with self._lock:
             self._reset()
 
+    @property
+    def watermark(self) -> datetime | None:
+        """The newest event timestamp seen (None: none yet)."""
+        with self._lock:
+            return self._watermark
+
     def now(self, watermark: datetime | None, wall_now: datetime) -> datetime | None:
         """The clock's reading given the newest event timestamp (None: none known) and the wall time; aware UTC.
 

@@ -14,6 +14,7 @@ The engine reads and writes through a :class:`Ledger`: the database for the live
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -77,6 +78,18 @@ class Decision:
         """The same verdict, whatever time it was looked at."""
         keys = ("status", "urgency", "sentence", "suppressed_by", "change_point", "labels_since_change")
         return all(getattr(self, k) == getattr(other, k) for k in keys)
+
+
+@dataclass(frozen=True, slots=True)
+class Look:
+    """One look at a model (:meth:`Decider.look`): the decisions that are new or changed, the clock's reading, whether
+    a verdict stands (a decision the look settled, changed or not: its ``decided_at`` follows the clock, and
+    storm control's clocks may free it) and when the scheduled refresh falls due."""
+
+    changed: list[Decision]
+    now: datetime | None = None
+    standing: bool = False
+    refresh_due: datetime | None = None
 
 
 def decision_id(model: str, kind: str, *parts: str | datetime | None) -> str:
@@ -171,35 +184,46 @@ class Decider:
     def decide(self, ledger: Ledger, model: ModelConfig, evaluation: Evaluation | None, *,
                wall_now: datetime) -> list[Decision]:
         """Every decision of this look at ``model`` that is new or changed (fired, pending, suppressed, ...)."""
+        return self.look(ledger, model, evaluation, wall_now=wall_now).changed
+
+    def look(self, ledger: Ledger, model: ModelConfig, evaluation: Evaluation | None, *, wall_now: datetime) -> Look:
+        """One look at ``model``: its decisions that are new or changed, and what the next look depends on."""
         if not model.triggers.enabled:
-            return []
+            return Look([])
         watermark = evaluation.evaluated_at if evaluation is not None else None
         now = self.clocks[model.name].now(watermark, wall_now)
         if now is None:
-            return []  # no event yet: nothing to decide on, not even the calendar
+            return Look([])  # no event yet: nothing to decide on, not even the calendar
         out: list[Decision] = []
+        standing = False
+
+        def settle(candidate: Decision) -> None:
+            nonlocal standing
+            standing = True
+            out.extend(self._settle(ledger, model, candidate))
+
         if evaluation is not None:
             found = self._windows(ledger, model, evaluation, now)
             if found is not None:
-                out += self._settle(ledger, model, found)
+                settle(found)
                 pool = _pool_look(model, found, now)
                 # the trigger topic is a contract other teams' retrain jobs consume: a look with nothing to
                 # score publishes nothing (asked each round until the retrain fires; a champion may retire)
                 if pool is not None and ledger.has_former_champion(model.name):
-                    out += self._settle(ledger, model, pool)
+                    settle(pool)
         calendar = self._calendar(ledger, model, now)
         if calendar is not None:
-            out += self._settle(ledger, model, calendar)
+            settle(calendar)
         volume = self._volume(ledger, model, now)
         if volume is not None:
-            out += self._settle(ledger, model, volume)
-        refresh = self._refresh(ledger, model, now)
+            settle(volume)
+        refresh, refresh_due = self._refresh(ledger, model, now)
         if refresh is not None:
-            out += self._settle(ledger, model, refresh)
+            settle(refresh)
         follow_up = self._follow_up(ledger, model, evaluation, now)
         if follow_up is not None:
-            out += self._settle(ledger, model, follow_up)
-        return out
+            settle(follow_up)
+        return Look(out, now=now, standing=standing, refresh_due=refresh_due)
 
     def manual(self, ledger: Ledger, model: ModelConfig, *, reason: str, requested_by: str, request_id: str,
                at: datetime) -> Decision:
@@ -334,25 +358,29 @@ class Decider:
             evidence={"labels": labels, "volume": k, "since": _iso(since) if since else None},
         )
 
-    def _refresh(self, ledger: Ledger, model: ModelConfig, now: datetime) -> Decision | None:
+    def _refresh(self, ledger: Ledger, model: ModelConfig, now: datetime
+                 ) -> tuple[Decision | None, datetime | None]:
         """The scheduled refresh: ``refresh`` after the last training (any kind), a candidate of the current
         concept that replaces the champion only when significantly better on the newest labels. It yields to a
         change still waiting for its labels (the episode's own retrain is coming) and trains on the episode's
-        rows (from its change point) when one has fired."""
+        rows (from its change point) when one has fired. Also returns when it falls due (None: no clock yet)."""
         t = model.triggers
         if t.refresh_s is None:
-            return None
+            return None, None
         since = ledger.history(model.name, now).last_trained_at or ledger.first_seen(model)
-        if since is None or now - since < timedelta(seconds=t.refresh_s):
-            return None
+        if since is None:
+            return None, None
+        due = since + timedelta(seconds=t.refresh_s)
+        if now < due:
+            return None, due
         episode = ledger.episode(model.name)
         change = episode.change_point if episode is not None else None
         newer = ledger.latest_change(model.name)
         if newer is not None and (change is None or newer > change):
-            return None  # a change is pending: its retrain, not a refresh, learns what comes after it
+            return None, due  # a change is pending: its retrain, not a refresh, learns what comes after it
         labels = ledger.labels_since(model, None, since, now)
         if labels == 0:
-            return None
+            return None, due
         age_h = (now - since).total_seconds() / 3600
         rows = f"the rows since the change ({change:%Y-%m-%d %H:%M} UTC)" if change is not None else "recent rows"
         return Decision(
@@ -363,7 +391,7 @@ class Decider:
                       "champion only if significantly better on the newest labels"),
             evidence={"since": _iso(since), "labels": labels, "refresh_s": t.refresh_s,
                       "episode": episode.decision_id if episode is not None else None},
-        )
+        ), due
 
     # --- storm control and the record -----------------------------------------------------------------
 
@@ -384,12 +412,19 @@ class Decider:
                 decision = replace(decision, status="suppressed", suppressed_by=reason)
             else:
                 decision = replace(decision, fired_at=decision.decided_at)
-        ledger.save(decision)
+        if stored is None or not _same_record(stored, decision):
+            ledger.save(decision)  # a look that changes nothing writes nothing (TriggerEngine skips on that)
         if decision.status == "fired":
             ledger.publish(decision)
         if stored is not None and stored.same_as(decision):
             return []
         return [decision]
+
+
+def _same_record(stored: Decision, new: Decision) -> bool:
+    """Whether saving ``new`` over ``stored`` would leave the row as it is (the evidence as JSON stores it)."""
+    return (replace(stored, evidence={}) == replace(new, evidence={})
+            and json.loads(json.dumps(dict(stored.evidence))) == json.loads(json.dumps(dict(new.evidence))))
 
 
 def _pool_look(model: ModelConfig, d: Decision, now: datetime) -> Decision | None:
@@ -509,6 +544,7 @@ class PostgresLedger:
     def __init__(self, cur: psycopg.Cursor[Any], *, max_training_s: Mapping[str, int]) -> None:
         self.cur = cur
         self.max_training_s = max_training_s
+        self.wrote = False  # whether anything was saved, published or set through this ledger
 
     def lock(self, model: str) -> None:
         """Serialise this model's decisions (monitor rounds, manual requests) until the transaction ends."""
@@ -546,6 +582,7 @@ class PostgresLedger:
         return None if row is None else _decision(row)
 
     def save(self, d: Decision) -> None:
+        self.wrote = True
         self.cur.execute(_UPSERT, (
             d.decision_id, d.model_name, d.model_version, d.kind, d.urgency, d.status, d.sentence, d.suppressed_by,
             d.change_point, d.labels_since_change, d.labels_needed, d.first_decided_at or d.decided_at, d.decided_at,
@@ -553,6 +590,7 @@ class PostgresLedger:
         ))
 
     def publish(self, d: Decision) -> None:
+        self.wrote = True
         enqueue(self.cur, d.decision_id, topics.RETRAIN_TRIGGERS, d.model_name, trigger_event(d))
 
     def calendar_slot(self, model: str) -> datetime | None:
@@ -560,6 +598,7 @@ class PostgresLedger:
         return None if row is None else row[0]
 
     def set_calendar_slot(self, model: str, slot: datetime) -> None:
+        self.wrote = True
         self.cur.execute(
             "INSERT INTO trigger_state (model_name, calendar_slot) VALUES (%s, %s) ON CONFLICT (model_name) "
             "DO UPDATE SET calendar_slot = excluded.calendar_slot, updated_at = now()", (model, slot))
@@ -636,13 +675,25 @@ def _decision(row: Sequence[Any]) -> Decision:
 
 class TriggerEngine:
     """The live engine: one look at every model with triggers after each monitor round, in one transaction per
-    model; alerts go out after commit."""
+    model; alerts go out after commit.
 
-    def __init__(self, config: MonitoringConfig, alerts: AlertSink) -> None:
+    A look costs a dozen statements, so a model is looked at only when something its look reads may have
+    changed (:class:`_Seen`): its evaluations, its rows in the ledger's tables (:func:`ledger_marks`), or its
+    clock (when a verdict stands, a calendar slot or the refresh falls due, or a training fired ahead of the
+    clock comes within it). A round where nothing changed reads one statement for all models.
+    """
+
+    def __init__(self, config: MonitoringConfig, alerts: AlertSink, *, skip_unchanged: bool = True) -> None:
         self.config = config
         self.decider = Decider(config)
         self.alerts = alerts
         self.max_training_s = {n: m.triggers.max_training_s for n, m in config.models.items()}
+        #: False: look at every model every round (the reference the skipping is tested against)
+        self.skip_unchanged = skip_unchanged
+        self._seen: dict[str, _Seen] = {}
+        #: models looked at and skipped by the last :meth:`run`
+        self.looked: list[str] = []
+        self.skipped: list[str] = []
 
     def _ledger(self, cur: psycopg.Cursor[Any]) -> PostgresLedger:
         return PostgresLedger(cur, max_training_s=self.max_training_s)
@@ -652,18 +703,43 @@ class TriggerEngine:
         """Decide for every model with triggers (of ``models``, when given: a monitor worker's share); returns the
         decisions that are new or changed."""
         wall_now = wall_now or datetime.now(UTC)
+        evaluations = list(evaluations)
+        names = [name for name, model in sorted(self.config.models.items())
+                 if model.triggers.enabled and (models is None or name in models)]
         with conn.cursor() as cur:
             champions = dict(cur.execute("SELECT model_name, champion FROM deployments").fetchall())
+            marks = ledger_marks(cur, names) if self.skip_unchanged and self._seen else {}
         live = live_evaluations(evaluations, champions)
+        by_model: dict[str, list[Evaluation]] = {}
+        for ev in evaluations:
+            by_model.setdefault(ev.model_name, []).append(ev)
         changed: list[Decision] = []
-        for name, model in sorted(self.config.models.items()):
-            if not model.triggers.enabled or (models is not None and name not in models):
+        self.looked, self.skipped = [], []
+        for name in names:
+            model = self.config.models[name]
+            evs = _identity(by_model.get(name, ()))
+            ev = live.get(name)
+            clock = self.decider.clocks[name]
+            now = clock.now(ev.evaluated_at if ev is not None else None, wall_now)
+            if now is None:
+                continue  # no event yet: a look would decide nothing, not even the calendar
+            seen = self._seen.pop(name, None)
+            if seen is not None and seen.holds(evs, marks.get(name, ()), now, self.decider.schedules.get(name)):
+                self._seen[name] = seen
+                self.skipped.append(name)
                 continue
+            self.looked.append(name)
             with conn.transaction(), conn.cursor() as cur:
                 ledger = self._ledger(cur)
                 ledger.lock(name)
-                found = self.decider.decide(ledger, model, live.get(name), wall_now=wall_now)
-            changed += found
+                mark = ledger_marks(cur, [name]).get(name, ()) if self.skip_unchanged else ()
+                look = self.decider.look(ledger, model, ev, wall_now=wall_now)
+            changed += look.changed
+            if self.skip_unchanged and not ledger.wrote and look.now is not None:
+                # the look changed nothing: the next one would see what it saw, until something moves
+                watermark = clock.watermark
+                self._seen[name] = _Seen(evs, mark, look.now, idle=watermark is not None and look.now > watermark,
+                                         standing=look.standing, refresh_due=look.refresh_due)
         for decision in changed:
             log.info("retrain decision %s: %s (%s, %s): %s", decision.decision_id, decision.status, decision.kind,
                      decision.urgency, decision.sentence)
@@ -681,6 +757,67 @@ class TriggerEngine:
             at = at or _event_now(cur, model) or datetime.now(UTC)
             return self.decider.manual(ledger, config, reason=reason, requested_by=requested_by,
                                        request_id=request_id, at=at)
+
+
+def _identity(evaluations: Iterable[Evaluation]) -> tuple[Evaluation, ...]:
+    return tuple(sorted(evaluations, key=lambda ev: ev.model_version))
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """What a model's last look read, when it wrote nothing. A look is a function of the model's evaluations, its
+    rows in the ledger's tables and its clock's reading; while they stay as they were, the next look would decide
+    the same and write nothing, so it is skipped.
+
+    The clock alone may move (a model without traffic runs on wall time after an hour): the look is then the same
+    unless a verdict stands (its ``decided_at`` follows the clock; cooldown, the daily cap and a running training's
+    age are clocks too), a calendar slot or the refresh falls due, a decision was fired ahead of the reading (a
+    manual request at the newest window's end) or a window may start at or after the reading (label counts run
+    up to it: only once the clock has run past every event are they fixed).
+    """
+
+    evaluations: tuple[Evaluation, ...]  # the very objects: the monitor hands over the same one while unchanged
+    mark: tuple[Any, ...]
+    now: datetime
+    idle: bool
+    standing: bool
+    refresh_due: datetime | None
+
+    def holds(self, evaluations: tuple[Evaluation, ...], mark: tuple[Any, ...], now: datetime | None,
+              schedule: Schedule | None) -> bool:
+        if (now is None or mark != self.mark or len(evaluations) != len(self.evaluations)
+                or any(a is not b for a, b in zip(evaluations, self.evaluations, strict=True))):
+            return False
+        if now == self.now:
+            return True
+        fired_ahead = _newest_fired(mark)
+        return (self.idle and not self.standing and (fired_ahead is None or fired_ahead <= self.now)
+                and (schedule is None or schedule.latest_slot(now) == schedule.latest_slot(self.now))
+                and not (self.refresh_due is not None and self.now < self.refresh_due <= now))
+
+
+# every table a look reads besides the windows (which change only with the model's evaluations): a change to any row
+# changes the count or the sum of the rows' xmin (an updated row is a new tuple with the updater's transaction id)
+_MARK_TABLES = ("retrain_decisions", "retrain_outcomes", "trigger_resets", "trigger_state", "detector_events",
+                "model_versions", "rollouts", "deployments")
+_MARKS = "SELECT model_name, t, count(*), sum(x), max(f) FROM (" + " UNION ALL ".join(
+    f"SELECT model_name, {i} AS t, xmin::text::bigint AS x, "
+    f"{'fired_at' if table == 'retrain_decisions' else 'NULL::timestamptz'} AS f "
+    f"FROM {table} WHERE model_name = ANY(%(m)s)" for i, table in enumerate(_MARK_TABLES)
+) + ") rows GROUP BY 1, 2 ORDER BY 1, 2"
+
+
+def ledger_marks(cur: psycopg.Cursor[Any], models: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+    """Per model, a mark of its rows in the tables a look reads (one statement for all): equal marks, equal rows.
+    Its first entry, when the model has decisions, carries their newest ``fired_at``."""
+    marks: dict[str, list[Any]] = {}
+    for model, table, count, xsum, fired in cur.execute(_MARKS, {"m": list(models)}).fetchall():
+        marks.setdefault(model, []).append((table, count, int(xsum), fired))
+    return {model: tuple(rows) for model, rows in marks.items()}
+
+
+def _newest_fired(mark: tuple[Any, ...]) -> datetime | None:
+    return mark[0][3] if mark and mark[0][0] == 0 else None
 
 
 def live_evaluations(evaluations: Iterable[Evaluation],
