@@ -1099,7 +1099,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_details(results)
     for r in results:
-        print(f"\nN={r['models']}: a round where nothing changed, with the decisions (the worker's; models where nothing changed are skipped): "
+        print(f"\nN={r['models']}: a round where nothing changed, with the decisions (the worker's): "
               f"{_cell(r['idle_decisions'])} ms, against {_cell(r['nothing_changed'])} for the round alone")
         if "profile" in r:
             print_profile(r)
