@@ -55,7 +55,6 @@ import numpy as np
 import orjson
 import pandas as pd
 import psycopg
-from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -75,7 +74,7 @@ from feedback.rollout.shadow import (  # noqa: E402
     start_shadow,
 )
 from feedback.rollout.tick import RolloutTick  # noqa: E402
-from feedback.store import FeedbackStore, migrate  # noqa: E402
+from feedback.store import FeedbackStore, drop_store, migrate  # noqa: E402
 from feedback.triggers.engine import TriggerEngine  # noqa: E402
 from pitstop import stack  # noqa: E402
 from pitstop.router import Deployment  # noqa: E402
@@ -154,7 +153,7 @@ def database(database_url: str | None = None) -> Iterator[_Database]:
             yield db
         finally:
             with contextlib.suppress(Exception), psycopg.connect(url, autocommit=True) as conn:
-                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+                drop_store(conn, schema)
         return
     state_dir = Path(tempfile.mkdtemp(prefix="pitstop-bench-loop-"))
     db = _Database("", schema, pgdata=state_dir / "pgdata", state_dir=state_dir)

@@ -86,7 +86,7 @@ from psycopg import sql
 from feedback.config import ModelConfig, MonitoringConfig, load_config
 from feedback.monitoring.profile import LABEL, PREDICTION, ROWS, SCORE, ReferenceProfile, build_profile, category_key
 from feedback.monitoring.windows import WindowUpdater, install_profile, reference_columns
-from feedback.store import FeedbackStore, migrate
+from feedback.store import FeedbackStore, drop_store, migrate
 from pitstop import stack
 from pitstop.client import PitstopProducer
 from pitstop.settings import Topics
@@ -381,9 +381,7 @@ def stop_stack(ctx: Ctx, *, keep: bool) -> None:
             psycopg.connect(ctx.database_url, autocommit=True) as conn,
         ):
             for schema in ctx.schemas:
-                conn.execute(
-                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
-                )
+                drop_store(conn, schema)
         with contextlib.suppress(Exception):
             from kafka.admin import KafkaAdminClient
 

@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench._postgres import database, machine  # noqa: E402
 from feedback.config import parse_config  # noqa: E402
-from feedback.store import migrate  # noqa: E402
+from feedback.store import drop_store, migrate  # noqa: E402
 from retrain_worker.dataset import SNAPSHOT, DatasetSpec, load_dataset  # noqa: E402
 from retrain_worker.pipeline import best_level_starts, production_best, stored_production_best  # noqa: E402
 
@@ -201,7 +201,7 @@ def run_count(database_url: str, n: int, since: int, repeat: int, seed: int) -> 
                 "stretch_rows": len(stretches) * since, "stretches": len(stretches)}
     finally:
         with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+            drop_store(conn, schema)
 
 
 # --- the report --------------------------------------------------------------------------------------------------

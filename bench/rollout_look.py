@@ -108,7 +108,7 @@ from feedback.config import parse_config  # noqa: E402
 from feedback.registry.versions import ModelVersion, Registry  # noqa: E402
 from feedback.rollout.controller import Controller, arm_stats, publish_deployment, record_event  # noqa: E402
 from feedback.rollout.rules import ArmStats, PromotionTest, UnitStats  # noqa: E402
-from feedback.store import FeedbackStore, migrate  # noqa: E402
+from feedback.store import FeedbackStore, drop_store, migrate  # noqa: E402
 from schemas import OutcomeEvent, PredictionEvent  # noqa: E402
 
 TARGET_MS = 20.0
@@ -559,7 +559,7 @@ def run_count(database_url: str, n: int, repeat: int, seed: int, explain: bool) 
             res["writes"] = write_cost(store, seed, user_hash)
     finally:
         with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+            drop_store(conn, schema)
     return res
 
 

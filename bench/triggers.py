@@ -131,7 +131,6 @@ from typing import Any
 import numpy as np
 import psutil
 import psycopg
-from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -151,7 +150,7 @@ from feedback.monitoring.windows import (  # noqa: E402
     reference_columns,
     series_kinds,
 )
-from feedback.store import FeedbackStore, migrate  # noqa: E402
+from feedback.store import FeedbackStore, drop_store, migrate  # noqa: E402
 from feedback.triggers.engine import Decision, TriggerEngine  # noqa: E402
 from pitstop import stack  # noqa: E402
 from schemas import PredictionEvent  # noqa: E402
@@ -413,7 +412,7 @@ def stop_stack(ctx: Ctx) -> None:
     if ctx.external:
         with contextlib.suppress(Exception), psycopg.connect(ctx.database_url, autocommit=True) as conn:
             for schema in ctx.schemas:
-                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+                drop_store(conn, schema)
     if ctx.pgdata is not None:
         with contextlib.suppress(Exception):
             stack.stop_postgres(ctx.pgdata)

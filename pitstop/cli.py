@@ -87,6 +87,22 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_analyst_url(args: argparse.Namespace, settings: Settings) -> int:
+    import psycopg
+
+    from feedback.query import AnalystRoleMissing, analyst_url
+
+    database_url = settings.require_reachable_database()
+    try:
+        _say(analyst_url(database_url, settings.db_schema))
+    except AnalystRoleMissing as exc:
+        raise PitstopError(str(exc)) from None
+    except psycopg.errors.UndefinedFunction:
+        msg = f"schema {settings.db_schema} has no analysts' role yet: run `pitstop migrate` first"
+        raise PitstopError(msg) from None
+    return 0
+
+
 def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
     from pitstop.stack import ensure_topics
 
@@ -216,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
     mig = sub.add_parser("migrate", help="apply the database migrations to the configured database")
     mig.set_defaults(func=cmd_migrate)
+    analyst = sub.add_parser("analyst-url", help="the connection string of the analysts' read-only role (it reads "
+                             "the documented views and nothing else)")
+    analyst.set_defaults(func=cmd_analyst_url)
     top = sub.add_parser("topics", help="create the topics on the configured broker (final partition count)")
     top.set_defaults(func=cmd_topics)
     demo = sub.add_parser("demo", help="a synthetic model whose data drifts; shows the join filling up")

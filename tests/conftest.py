@@ -24,7 +24,7 @@ for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import psycopg  # noqa: E402
 import pytest  # noqa: E402
 
-from feedback.store import FeedbackStore, migrate  # noqa: E402
+from feedback.store import FeedbackStore, drop_store, migrate  # noqa: E402
 from pitstop import stack  # noqa: E402
 from pitstop.settings import Topics  # noqa: E402
 
@@ -118,7 +118,7 @@ def db_schema(services: Services, unique_name: str) -> Iterator[str]:
     migrate(services.database_url, unique_name)
     yield unique_name
     with psycopg.connect(services.database_url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{unique_name}" CASCADE')
+        drop_store(conn, unique_name)
 
 
 @pytest.fixture

@@ -9,7 +9,9 @@ from feedback.store.database import (
     DeadLetterRecord,
     FeedbackStore,
     WriteStats,
+    analyst_role,
     connect_kwargs,
+    drop_store,
     insert_dead_letters,
     migrate,
 )
@@ -20,7 +22,9 @@ __all__ = [
     "DeadLetterRecord",
     "FeedbackStore",
     "WriteStats",
+    "analyst_role",
     "connect_kwargs",
+    "drop_store",
     "insert_dead_letters",
     "migrate",
 ]

@@ -255,6 +255,18 @@ def migrate(database_url: str, schema: str) -> list[str]:
     return applied
 
 
+def analyst_role(schema: str) -> str:
+    """The analysts' role of the store in ``schema`` (migration 020): ``<schema>_analyst``, as PostgreSQL cuts a name
+    (63 bytes)."""
+    return (schema + "_analyst").encode()[:63].decode(errors="ignore")
+
+
+def drop_store(conn: psycopg.Connection[Any], schema: str) -> None:
+    """Drop the store in ``schema``: the schema with everything in it, and its analysts' role."""
+    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(analyst_role(schema))))
+
+
 def _migration_files() -> list[tuple[str, str]]:
     folder = resources.files("feedback") / "migrations"
     files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))

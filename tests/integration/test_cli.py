@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import psycopg
 
+from feedback.store import drop_store
 from pitstop import stack
 from pitstop.settings import read_env_file
 from tests.conftest import Services, wait_until
@@ -171,7 +172,7 @@ def test_each_command_needs_only_the_services_it_uses(services: Services, tmp_pa
         assert migrate.stdout.startswith(f"schema {unique_name}: applied "), migrate.stdout
     finally:
         with psycopg.connect(services.database_url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{unique_name}" CASCADE')
+            drop_store(conn, unique_name)
     topics = _pitstop(tmp_path, "topics", extra_env={"PITSTOP_KAFKA_BOOTSTRAP": services.kafka_bootstrap,
                                                      "PITSTOP_TOPIC_PREFIX": f"{unique_name}."})
     assert topics.returncode == 0, topics.stderr

@@ -16,7 +16,7 @@ import jsonschema
 import psycopg
 from kafka import KafkaConsumer, KafkaProducer
 
-from feedback.store import DeadLetterRecord, FeedbackStore, migrate
+from feedback.store import DeadLetterRecord, FeedbackStore, drop_store, migrate
 from feedback.store.database import _migration_files
 from feedback.store.ingest import DEAD_LETTER_RAW_PREFIX_BYTES, InboundMessage, Ingestor
 from pitstop import stack
@@ -198,7 +198,7 @@ def test_dead_letters_migration_keeps_existing_rows(services: Services, unique_n
             assert (bytes(row[1]), bytes(row[2]), row[3]) == (b"{", hashlib.sha256(b"{").digest(), 5)
             assert isinstance(row[0], int)
         finally:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            drop_store(conn, schema)
 
 
 def test_topic_id_migration_keeps_existing_rows_and_their_key(services: Services, unique_name: str) -> None:
@@ -229,4 +229,4 @@ def test_topic_id_migration_keeps_existing_rows_and_their_key(services: Services
                 assert (again.dead_letters, again.dead_letter_ids) == (0, (old[0][0],))
                 assert other_life.dead_letters == 1
         finally:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            drop_store(conn, schema)

@@ -17,7 +17,7 @@ from feedback.alerts import LogAlertSink
 from feedback.config import MonitoringConfig, parse_config
 from feedback.monitoring.round import Monitor
 from feedback.monitoring.windows import WindowUpdater
-from feedback.store import FeedbackStore, migrate
+from feedback.store import FeedbackStore, drop_store, migrate
 from feedback.triggers.engine import TriggerEngine
 from tests.factories import T0, drifting_hour
 
@@ -74,7 +74,7 @@ def stores(services, unique_name, config) -> Iterator[tuple[FeedbackStore, Feedb
     finally:
         with psycopg.connect(services.database_url, autocommit=True) as conn:
             for name in names:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+                drop_store(conn, name)
 
 
 def _hour(hour: int) -> tuple[list, list]:

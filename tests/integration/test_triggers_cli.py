@@ -24,7 +24,7 @@ from feedback.alerts import LogAlertSink
 from feedback.config import MonitoringConfig, parse_config
 from feedback.monitoring.round import Monitor
 from feedback.monitoring.windows import WindowUpdater
-from feedback.store import FeedbackStore, migrate
+from feedback.store import FeedbackStore, drop_store, migrate
 from feedback.triggers.engine import TriggerEngine
 from pitstop.settings import Topics
 from tests.conftest import Services
@@ -110,7 +110,7 @@ def history(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Ite
                              schema=schema, decision_id=decision_id, fired_at=fired_at, sentence=sentence)
     finally:
         with psycopg.connect(services.database_url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            drop_store(conn, schema)
 
 
 @pytest.fixture

@@ -1,0 +1,110 @@
+"""The analysts' role: from the URL `pitstop analyst-url` prints, the documented views read the stored rows, and
+nothing can be written, dropped or read beside them (artifact bytes, raw dead letters, another store's schema)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from feedback.query import AnalystRoleMissing, analyst_url
+from feedback.store import FeedbackStore, analyst_role, drop_store, migrate
+from tests.factories import outcome, prediction
+
+
+@pytest.fixture
+def other_schema(services) -> Iterator[str]:
+    name = f"t_other_{uuid.uuid4().hex[:8]}"
+    migrate(services.database_url, name)
+    yield name
+    with psycopg.connect(services.database_url, autocommit=True) as conn:
+        drop_store(conn, name)
+
+
+def _views(services, schema: str) -> set[str]:
+    with psycopg.connect(services.database_url) as conn:
+        return {v for (v,) in conn.execute("SELECT viewname FROM pg_views WHERE schemaname = %s", (schema,))}
+
+
+def test_the_analyst_reads_the_views_and_nothing_else(services, db_schema, other_schema) -> None:
+    with FeedbackStore(services.database_url, db_schema) as store:
+        store.write_batch([prediction(1), prediction(2)], [outcome(1, label=0)])
+    url = analyst_url(services.database_url, db_schema)
+    assert url == analyst_url(services.database_url, db_schema)  # twice: harmless, the same
+    assert url.startswith(f"postgresql://{analyst_role(db_schema)}@") and "password" not in url
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT current_user, current_schema()").fetchone() == (analyst_role(db_schema),
+                                                                                      db_schema)
+        granted = conn.execute("SELECT analyst_views()").fetchone()[0]
+        assert set(granted) == _views(services, db_schema), "a view neither granted nor listed as internal"
+        for view in granted:
+            conn.execute(sql.SQL("SELECT * FROM {} LIMIT 1").format(sql.Identifier(view)))
+        rows = conn.execute("SELECT prediction_id, label FROM feedback ORDER BY prediction_id").fetchall()
+        assert rows == [("p-1", 0), ("p-2", None)]
+        conn.execute("SET default_transaction_read_only = off")  # its own setting is no defence: the rights are
+        forbidden = [
+            "INSERT INTO predictions (prediction_id) VALUES ('x')",
+            "UPDATE current_labels SET label = '1'",
+            "DELETE FROM active_rollouts",  # an updatable view: only the rights stop it
+            "CREATE TABLE scratch (i int)",
+            f'DROP SCHEMA "{db_schema}" CASCADE',
+            "SELECT data FROM model_artifacts",
+            "SELECT raw FROM dead_letters",
+            "SELECT * FROM window_counts",
+            "SELECT * FROM predictions",
+            sql.SQL("SELECT * FROM {}.feedback").format(sql.Identifier(other_schema)),
+            sql.SQL("SELECT * FROM {}.predictions").format(sql.Identifier(other_schema)),
+            "SELECT grant_analyst_views()",
+        ]
+        for statement in forbidden:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+    with psycopg.connect(services.database_url, options=f"-c search_path={db_schema}") as conn:
+        assert conn.execute("SELECT count(*) FROM predictions").fetchone()[0] == 2
+
+
+def test_a_database_user_that_may_not_create_roles_migrates_and_is_told_what_to_do(services) -> None:
+    """On a managed database the store's user often lacks CREATEROLE: the migrations go through, and analyst-url
+    says what an administrator must run; once the role exists, it gets its grants."""
+    owner = f"t_owner_{uuid.uuid4().hex[:8]}"
+    schema = f"t_norole_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(services.database_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(owner)))
+        dbname = admin.execute("SELECT current_database()").fetchone()[0]
+        admin.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(sql.Identifier(dbname),
+                                                                         sql.Identifier(owner)))
+    owner_url = psycopg.conninfo.make_conninfo(services.database_url, user=owner)
+    try:
+        migrate(owner_url, schema)
+        with pytest.raises(AnalystRoleMissing, match=f"CREATE ROLE {analyst_role(schema)} LOGIN"):
+            analyst_url(owner_url, schema)
+        with psycopg.connect(services.database_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(analyst_role(schema))))
+        url = analyst_url(owner_url, schema)
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT count(*) FROM feedback").fetchone() == (0,)
+    finally:
+        with psycopg.connect(services.database_url, autocommit=True) as admin:
+            drop_store(admin, schema)
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(owner)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(owner)))
+
+
+def test_the_command_prints_one_url_and_fails_in_one_line(services, db_schema) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PITSTOP_")}
+    env.update(PITSTOP_DATABASE_URL=services.database_url, PITSTOP_DB_SCHEMA=db_schema)
+    done = subprocess.run([sys.executable, "-m", "pitstop.cli", "analyst-url"], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout == analyst_url(services.database_url, db_schema) + "\n", done
+    env["PITSTOP_DB_SCHEMA"] = "t_never_migrated"
+    done = subprocess.run([sys.executable, "-m", "pitstop.cli", "analyst-url"], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 1 and done.stdout == "" and done.stderr.count("\n") == 1, done
+    assert "run `pitstop migrate` first" in done.stderr, done.stderr
