@@ -10,10 +10,19 @@
 -- A database user without CREATEROLE cannot create it: the migration then says so and goes on (an administrator
 -- creates the role and runs `pitstop migrate` again: grant_analyst_views() grants it the views).
 
+-- Drift over time: every window's drift results (drift_latest holds only each series' latest window).
+CREATE VIEW drift_by_window AS
+SELECT model_name, model_version, segment, feature, metric, window_start, window_end, value, threshold, p_value,
+       status, sample_size, sentence, evaluated_at
+FROM monitor_results
+WHERE kind = 'drift';
+COMMENT ON VIEW drift_by_window IS 'Every window''s drift statistics per model version, segment and feature.';
+
 -- The views analysts read (docs/analysts.md). A migration adding a view for them replaces this function and
 -- calls grant_analyst_views().
 CREATE FUNCTION analyst_views() RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
-    SELECT ARRAY['feedback', 'label_coverage', 'unmatched_outcomes', 'drift_latest', 'performance_by_window',
+    SELECT ARRAY['feedback', 'label_coverage', 'unmatched_outcomes', 'drift_latest', 'drift_by_window',
+                 'performance_by_window',
                  'retrain_decisions_view', 'model_registry', 'shadow_feedback', 'version_trail', 'active_rollouts']
 $$;
 

@@ -108,3 +108,79 @@ def test_the_command_prints_one_url_and_fails_in_one_line(services, db_schema) -
                           text=True, timeout=60, check=False)
     assert done.returncode == 1 and done.stdout == "" and done.stderr.count("\n") == 1, done
     assert "run `pitstop migrate` first" in done.stderr, done.stderr
+
+
+def _questions() -> list[str]:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "analysts.md").read_text()
+    return re.findall(r"```sql\n(.*?)```", text, flags=re.S)
+
+
+def test_the_ten_questions_and_the_dataframes_answer_as_the_analyst(services, db_schema) -> None:
+    """Every query of docs/analysts.md runs as the analysts' role on a store with a drifting model (decided on by
+    the trigger engine), and answers what the stored rows say; so do feedback.query's DataFrames."""
+    from datetime import timedelta
+
+    import pandas as pd
+
+    from feedback import query
+    from feedback.alerts import LogAlertSink
+    from feedback.config import parse_config
+    from feedback.monitoring.round import Monitor
+    from feedback.monitoring.windows import WindowUpdater
+    from feedback.triggers.engine import TriggerEngine
+    from tests.factories import DRIFT_TOML, T0, drifting_hour
+
+    config = parse_config(DRIFT_TOML)
+    preds, labels = [], []
+    with FeedbackStore(services.database_url, db_schema, windows=WindowUpdater(config)) as store:
+        monitor, engine = Monitor(store, store.windows), TriggerEngine(config, LogAlertSink())
+        for hour in range(8):
+            p, o = drifting_hour(hour, drift=True)
+            unlabelled = {e.prediction_id for e in p[:40]}  # the newest rows wait for their labels
+            o = [e for e in o if hour < 7 or e.prediction_id not in unlabelled]
+            store.write_batch(p, o)
+            preds += p
+            labels += o
+            monitor.run_once(after=lambda conn, evs, at=T0 + timedelta(hours=hour + 1): engine.run(conn, evs,
+                                                                                                 wall_now=at))
+    questions = _questions()
+    assert len(questions) == 10
+    with psycopg.connect(analyst_url(services.database_url, db_schema)) as conn:
+        answers = [conn.execute(q).fetchall() for q in questions]
+        assert all(answers[:9]), [i + 1 for i, a in enumerate(answers) if not a]
+
+        truth = pd.DataFrame({"id": [e.prediction_id for e in preds], "prediction": [e.prediction for e in preds],
+                              "confidence": [max(e.probabilities.values()) for e in preds],
+                              "at": [e.predicted_at for e in preds]}).merge(
+            pd.DataFrame({"id": [e.prediction_id for e in labels], "label": [e.label for e in labels]}),
+            on="id", how="left")
+        labelled = truth[truth["label"].notna()]
+        [(_, _, n, k, coverage, _)] = answers[0]
+        assert (n, k) == (len(truth), len(labelled)) and float(coverage) == round(len(labelled) / len(truth), 3)
+        by_day = {(v, day): float(acc) for v, day, _, acc in answers[1]}
+        assert by_day == {("v1", pd.Timestamp(T0).floor("D").to_pydatetime()): pytest.approx(
+            (labelled["label"] == labelled["prediction"]).mean())}
+        drifting = {row[2] for row in answers[3]}
+        assert drifting == {"age", "tenure"}, drifting  # the two features drifting_hour shifts
+
+        wrong = labelled[(labelled["label"] != labelled["prediction"]) & (labelled["confidence"] >= 0.9)]
+        mistakes = query.confident_mistakes(conn, "churn", confidence=0.9, limit=100_000)
+        assert set(mistakes["prediction_id"]) == set(wrong["id"]) and mistakes["confidence"].is_monotonic_decreasing
+        assert [r[0] for r in answers[6]] == list(mistakes["prediction_id"][:50])
+        queue = query.labelling_queue(conn, "churn", limit=10)
+        waiting = truth[truth["label"].isna()].sort_values(["confidence", "at"], ascending=[True, False])
+        assert list(queue["prediction_id"]) == list(waiting["id"][:10])
+        assert [r[0] for r in answers[7]][:10] == list(queue["prediction_id"])
+
+        windows = query.performance(conn, "churn", "v1", T0, T0 + timedelta(hours=8))
+        accuracy = windows[(windows["segment"] == "*") & (windows["metric"] == "accuracy")]
+        assert list(accuracy["value"]) == [r[2] for r in answers[2]]
+        age = query.drift(conn, "churn", "age")
+        psi = age[age["metric"] == "psi"]
+        assert [round(v, 4) for v in psi["value"]] == [float(r[1]) for r in answers[4]]
+        assert psi["status"].iloc[-1] == "drift" and psi["status"].iloc[0] != "drift"
+        with pytest.raises(ValueError, match="timezone-aware"):
+            query.performance(conn, "churn", "v1", T0.replace(tzinfo=None), T0 + timedelta(hours=8))
