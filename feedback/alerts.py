@@ -1,4 +1,5 @@
-"""The alert sink: critical retrain decisions, unjudged drift and a tripped circuit breaker, to the log and a webhook.
+"""The alert sink: critical retrain decisions, unjudged drift and a tripped circuit breaker, to the log and a webhook
+(Pitstop's own JSON, a Slack incoming webhook's payload, or Alertmanager's API shape).
 
 A sink's ``send`` never blocks its caller and never raises: the webhook is POSTed from a daemon thread
 fed by a bounded queue, so a slow, failing or hanging receiver costs alerts, never the engine's loop.
@@ -15,7 +16,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -122,6 +123,52 @@ class Alert:
         return orjson.dumps(body, option=_JSON_OPTIONS)
 
 
+#: the webhook bodies Pitstop speaks (PITSTOP_ALERT_FORMAT)
+FORMATS = ("pitstop", "slack", "alertmanager")
+#: an alert kind's severity, for receivers that route on it (Alertmanager's ``severity`` label)
+SEVERITY = {"critical": "critical", "unjudged_drift": "warning", "circuit_breaker": "warning",
+            "not_recovered": "warning", "holdout_stale": "info"}
+
+
+def slack_body(alert: Alert) -> bytes:
+    r"""A Slack incoming webhook's payload: one ``text`` in Slack's markup (``&``, ``<`` and ``>`` escaped, as Slack
+    asks, so a sentence can never become a link or a mention).
+
+    >>> orjson.loads(slack_body(Alert(alert_id="a-1", model_name="churn", kind="critical", sentence="acc < 0.8",
+    ...                               at=datetime(2026, 1, 5, 3, 0, tzinfo=UTC))))["text"]
+    '*critical* churn: acc &lt; 0.8\n_2026-01-05 03:00 UTC, alert a-1_'
+    """
+    def escape(text: str) -> str:
+        return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+    text = (f"*{escape(alert.kind)}* {escape(alert.model_name)}: {escape(alert.sentence)}\n"
+            f"_{alert.at:%Y-%m-%d %H:%M} UTC, alert {escape(alert.alert_id)}_")
+    return orjson.dumps({"text": text})
+
+
+def alertmanager_body(alert: Alert) -> bytes:
+    """Alertmanager's API shape (``POST /api/v2/alerts``): a list of one alert, labelled by name, model, kind and
+    severity (so Alertmanager groups and routes on them), the sentence and id as annotations, ``startsAt`` the event
+    time. Alertmanager resolves it after its ``resolve_timeout``: an alert is an event here, not a standing state.
+
+    >>> orjson.loads(alertmanager_body(Alert(alert_id="a-1", model_name="churn", kind="critical", sentence="s",
+    ...                                      at=datetime(2026, 1, 5, 3, 0, tzinfo=UTC))))[0]["labels"]
+    {'alertname': 'PitstopCritical', 'kind': 'critical', 'model': 'churn', 'severity': 'critical'}
+    """
+    name = "Pitstop" + "".join(part.capitalize() for part in alert.kind.split("_"))
+    return orjson.dumps([{
+        "labels": {"alertname": name, "model": alert.model_name, "kind": alert.kind,
+                   "severity": SEVERITY.get(alert.kind, "warning")},
+        "annotations": {"summary": alert.sentence, "alert_id": alert.alert_id,
+                        "details": orjson.dumps(dict(alert.details), option=_JSON_OPTIONS).decode()},
+        "startsAt": alert.at.isoformat(),
+    }], option=_JSON_OPTIONS)
+
+
+BODIES: Mapping[str, Callable[[Alert], bytes]] = MappingProxyType({
+    "pitstop": Alert.to_json, "slack": slack_body, "alertmanager": alertmanager_body})
+
+
 class AlertSink(Protocol):
     """Where alerts go. ``send`` returns at once and never raises; ``close`` waits at most ``timeout_s``."""
 
@@ -189,6 +236,7 @@ class WebhookAlertSink:
         max_attempts: int = 8,
         backoff: Backoff = WEBHOOK_BACKOFF,
         max_queued: int = 1000,
+        body: Callable[[Alert], bytes] = Alert.to_json,
     ) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -199,6 +247,7 @@ class WebhookAlertSink:
                   f"{max_queued}"
             raise ValueError(msg)
         self.url = url
+        self.body = body
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts
         self.backoff = backoff
@@ -259,7 +308,7 @@ class WebhookAlertSink:
                 log.exception("webhook %s: alert %s not delivered", _where(self.url), alert.alert_id)
 
     def _deliver(self, alert: Alert) -> None:
-        body = alert.to_json()
+        body = self.body(alert)
         for attempt in range(1, self.max_attempts + 1):
             failure = self._post(body)
             if failure is None:
@@ -318,12 +367,13 @@ class FanOut:
                 log.exception("alert sink %s failed to close", type(sink).__name__)
 
 
-def alert_sink(webhook_url: str | None) -> AlertSink:
-    """The configured sink: the log always, and the webhook too when a URL is given (PITSTOP_ALERT_WEBHOOK).
+def alert_sink(webhook_url: str | None, body_format: str = "pitstop") -> AlertSink:
+    """The configured sink: the log always, and the webhook too when a URL is given (PITSTOP_ALERT_WEBHOOK), its
+    bodies in ``body_format`` (PITSTOP_ALERT_FORMAT: one of :data:`FORMATS`).
 
     >>> type(alert_sink(None)).__name__
     'LogAlertSink'
     """
     if webhook_url is None:
         return LogAlertSink()
-    return FanOut(LogAlertSink(), WebhookAlertSink(webhook_url))
+    return FanOut(LogAlertSink(), WebhookAlertSink(webhook_url, body=BODIES[body_format]))

@@ -54,7 +54,7 @@ def run(settings: Settings, *, should_stop: Callable[[], bool] | None = None) ->
     # and two seconds has left its share to the others)
     monitor = Monitor(store, windows, worker_id=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
                       lease_s=3 * settings.monitor_interval_s + 2)
-    alerts = alert_sink(settings.alert_webhook)
+    alerts = alert_sink(settings.alert_webhook, settings.alert_format)
     engine = TriggerEngine(settings.monitoring, alerts)
     outbox = OutboxPublisher(bootstrap, settings.topics.prefix, client_id=f"{client_id}-outbox")
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", client_id=client_id, retries=5,

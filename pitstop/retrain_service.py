@@ -43,7 +43,7 @@ def run(settings: Settings, *, should_stop: Callable[[], bool] | None = None) ->
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", client_id=f"{retrain_group(settings)}-dlq")
     outbox = OutboxPublisher(bootstrap, settings.topics.prefix, client_id=f"{retrain_group(settings)}-outbox")
     store = FeedbackStore(database_url, settings.db_schema, max_size=3).open()
-    alerts = alert_sink(settings.alert_webhook)  # a stale held-out set
+    alerts = alert_sink(settings.alert_webhook, settings.alert_format)  # a stale held-out set
     worker = RetrainWorker(
         store, RetrainPipeline(store, settings.monitoring, alerts=alerts), consumer,
         dead_letter_topic=settings.topics.dead_letter,

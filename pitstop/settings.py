@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from feedback.alerts import FORMATS as ALERT_FORMATS
 from feedback.config import EMPTY, ModelConfig, MonitoringConfig, load_config
 from feedback.errors import ModelConfigError
 from feedback.topics import Topics
@@ -65,6 +66,8 @@ class Settings:
     rollout_interval_s: float = 2.0
     #: where alerts are POSTed as JSON, besides the log (PITSTOP_ALERT_WEBHOOK); None: the log only
     alert_webhook: str | None = None
+    #: the webhook's body: Pitstop's JSON, a Slack incoming webhook's or Alertmanager's (PITSTOP_ALERT_FORMAT)
+    alert_format: str = "pitstop"
     #: where ``monitoring`` came from, in words, for messages ("" when from PITSTOP_CONFIG or ./pitstop.toml)
     config_origin: str = ""
     #: the sentence refusing a PITSTOP_CONFIG that differs from the running stack's (None: no difference); the
@@ -119,6 +122,10 @@ class Settings:
         if webhook is not None and not _is_http_url(webhook):
             msg = "PITSTOP_ALERT_WEBHOOK"
             raise ConfigError(msg, webhook, "an http:// or https:// URL")
+        alert_format = env.get("PITSTOP_ALERT_FORMAT", "pitstop")
+        if alert_format not in ALERT_FORMATS:
+            msg = "PITSTOP_ALERT_FORMAT"
+            raise ConfigError(msg, alert_format, " or ".join(ALERT_FORMATS))
         monitoring, origin, conflict = _monitoring(env.get("PITSTOP_CONFIG") or None,
                                                    _running_config(state_dir))
         return cls(
@@ -147,6 +154,7 @@ class Settings:
                                     lambda v: 1 <= v <= 10_000),
             log_level=level,
             alert_webhook=webhook,
+            alert_format=alert_format,
         )
 
     def require_model(self, model: str) -> ModelConfig:

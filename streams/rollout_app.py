@@ -52,7 +52,7 @@ def build_rollout_app(settings: Settings, *, ready_file: Path | None = None) -> 
     dead_letter = app.topic(topics.dead_letter, value_type=bytes, key_type=bytes, value_serializer="raw",
                             key_serializer="raw")
     store = FeedbackStore(database_url, settings.db_schema, max_size=4)
-    alerts = alert_sink(settings.alert_webhook)
+    alerts = alert_sink(settings.alert_webhook, settings.alert_format)
     tick = RolloutTick(store, settings.monitoring, alerts, score_budget_s=SCORE_BUDGET_S,
                        judge_every_s=JUDGE_EVERY_ROUNDS * settings.rollout_interval_s)
     topic_ids = TopicIds(bootstrap, client_id=f"{app_id}-topic-ids")

@@ -332,3 +332,39 @@ def test_webhook_url_must_be_http() -> None:
     for url in ("ftp://example.com/hook", "hooks.example.com/x", "http://"):
         with pytest.raises(ValueError, match="http:// or https://"):
             WebhookAlertSink(url)
+
+
+def test_slack_and_alertmanager_receive_their_own_shapes(serve: Callable[..., Receiver]) -> None:
+    """PITSTOP_ALERT_FORMAT's bodies, each POSTed to a local server through the configured sink: Slack's incoming
+    webhook payload (its markup escaped, so a sentence cannot inject a link or a mention) and Alertmanager's
+    /api/v2/alerts list (labels to route on, the sentence and id as annotations, the event time as startsAt)."""
+    alert = make_alert(sentence="accuracy <0.71> & falling <!channel>")
+    slack, manager = serve(), serve()
+    for receiver, body_format in ((slack, "slack"), (manager, "alertmanager")):
+        sink = alert_sink(receiver.url, body_format)
+        sink.send(alert)
+        sink.close(timeout_s=5.0)
+        assert receiver.count() == 1
+        assert receiver.requests[0][1]["Content-Type"] == "application/json"
+    [slack_body] = slack.bodies()
+    assert set(slack_body) == {"text"}
+    text = slack_body["text"]
+    assert text.startswith("*critical* churn: accuracy &lt;0.71&gt; &amp; falling &lt;!channel&gt;\n")
+    assert "<" not in text and alert.alert_id in text
+    [alerts] = manager.bodies()
+    assert alerts == [{
+        "labels": {"alertname": "PitstopCritical", "model": "churn", "kind": "critical", "severity": "critical"},
+        "annotations": {"summary": alert.sentence, "alert_id": alert.alert_id,
+                        "details": '{"floor":0.8,"observed":0.71,"window":[1,2]}'},
+        "startsAt": alert.at.isoformat(),
+    }]
+    assert datetime.fromisoformat(alerts[0]["startsAt"]) == alert.at
+
+
+def test_every_kind_has_a_severity_and_an_alert_name() -> None:
+    from feedback.alerts import KINDS, SEVERITY, alertmanager_body
+
+    assert set(SEVERITY) == set(KINDS)
+    for kind in KINDS:
+        [body] = orjson.loads(alertmanager_body(make_alert(kind=kind)))
+        assert body["labels"]["alertname"].startswith("Pitstop") and "_" not in body["labels"]["alertname"]

@@ -75,6 +75,15 @@ def test_alert_webhook_is_an_http_url_or_nothing() -> None:
         assert str(info.value) == f"PITSTOP_ALERT_WEBHOOK={bad!r}: expected an http:// or https:// URL"
 
 
+def test_alert_format_is_one_the_webhook_speaks() -> None:
+    base = {"PITSTOP_STATE_DIR": "/nonexistent"}
+    assert Settings.from_env(base).alert_format == "pitstop"
+    assert Settings.from_env({**base, "PITSTOP_ALERT_FORMAT": "slack"}).alert_format == "slack"
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**base, "PITSTOP_ALERT_FORMAT": "teams"})
+    assert str(info.value) == "PITSTOP_ALERT_FORMAT='teams': expected pitstop or slack or alertmanager"
+
+
 _SECONDS = ("PITSTOP_MONITOR_INTERVAL_S", "PITSTOP_ROLLOUT_INTERVAL_S", "PITSTOP_BATCH_WITHIN_S",
             "PITSTOP_MAX_FUTURE_SKEW_S")
 _COUNTS = ("PITSTOP_PARTITIONS", "PITSTOP_MAX_EVENT_BYTES", "PITSTOP_MAX_MESSAGE_BYTES", "PITSTOP_BATCH_MESSAGES",
