@@ -30,7 +30,8 @@ log = logging.getLogger("pitstop.alerts")
 
 SCHEMA_VERSION = 1
 #: what an alert is about; others may be added, a receiver should pass unknown kinds through
-KINDS = ("critical", "unjudged_drift", "circuit_breaker", "not_recovered", "holdout_stale")
+KINDS = ("critical", "unjudged_drift", "circuit_breaker", "not_recovered", "holdout_stale", "shadow_failed",
+         "shadow_escalated", "rollout_abandoned", "rollback", "approval_waiting")
 _JSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
 #: 0.5, 1, 2, 4, 8, 16, 30 s between the 8 attempts of the default: about a minute, plus the requests
 WEBHOOK_BACKOFF = Backoff(first_s=0.5, max_s=30.0)
@@ -127,7 +128,9 @@ class Alert:
 FORMATS = ("pitstop", "slack", "alertmanager")
 #: an alert kind's severity, for receivers that route on it (Alertmanager's ``severity`` label)
 SEVERITY = {"critical": "critical", "unjudged_drift": "warning", "circuit_breaker": "warning",
-            "not_recovered": "warning", "holdout_stale": "info"}
+            "not_recovered": "warning", "holdout_stale": "info", "shadow_failed": "warning",
+            "shadow_escalated": "warning", "rollout_abandoned": "warning", "rollback": "critical",
+            "approval_waiting": "info"}
 
 
 def slack_body(alert: Alert) -> bytes:

@@ -206,8 +206,9 @@ class RetrainConfig:
     holdout_rows: int = 500
     holdout_refresh_s: int = 7 * DAY_S
     holdout_max_age_s: int = 30 * DAY_S
-    #: "shadow": a passing candidate waits for shadow evaluation; "after-gates": it becomes champion at once
-    promotion: Literal["shadow", "after-gates"] = "shadow"
+    #: "shadow": a passing candidate waits for shadow evaluation, then ramps; "approval": the same, but it ramps only
+    #: once a person approved it (`pitstop approve`); "after-gates": it becomes champion at once
+    promotion: Literal["shadow", "approval", "after-gates"] = "shadow"
     #: recency counted in labels: candidate half-lives as fractions of the training rows, each trained beside the
     #: configured weights; the one whose model predicts the recent test window best is the recipe (its weights
     #: multiply the configured ones). Slow drift wants short memories, a stable concept long ones; no fixed
@@ -218,6 +219,11 @@ class RetrainConfig:
     #: model that never learns them lags a drift by a fifth of its rows. "train": the gated model as it is
     final_fit: Literal["all", "train"] = "all"
     gates: RetrainGates = field(default_factory=RetrainGates)
+
+    @property
+    def shadowed(self) -> bool:
+        """Whether a candidate goes through shadow evaluation and the ramp (``shadow`` and ``approval``)."""
+        return self.promotion in ("shadow", "approval")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -602,7 +608,7 @@ _RETRAIN: Mapping[str, _Convert] = {
     "holdout_rows": _integer(0),
     "holdout_refresh": _duration,
     "holdout_max_age": _duration,
-    "promotion": _choice("shadow", "after-gates"),
+    "promotion": _choice("shadow", "approval", "after-gates"),
     "final_fit": _choice("all", "train"),
     "recency_search": _fractions,
 }

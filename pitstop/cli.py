@@ -185,6 +185,16 @@ def cmd_rollout_command(args: argparse.Namespace, settings: Settings) -> int:
     return rollout_cli.run(settings, command, args.model, say=_say)
 
 
+def cmd_verdict(args: argparse.Namespace, settings: Settings) -> int:
+    from pitstop import rollout_cli
+    from pitstop.triggers_cli import check_by, check_reason
+
+    extra = ({"reason": check_reason(args.reason, "the candidate must not ramp", "worse on the new tiers")}
+             if args.command == "reject" else {})
+    by = check_by(args.by) if args.by is not None else None
+    return rollout_cli.run(settings, args.command, args.model, say=_say, by=by, version=args.version, **extra)
+
+
 def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
     from pitstop import rollout_cli
 
@@ -333,6 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "pause":
             cmd.add_argument("--resume", action="store_true", help="resume a paused ramp (its step's dwell restarts)")
         cmd.set_defaults(func=cmd_rollout_command, rollout_verb=verb)
+    for verb, text in (("approve", "let a candidate ramp once its shadow passed (promotion = \"approval\")"),
+                       ("reject", "end a candidate before its ramp, with a reason (promotion = \"approval\")")):
+        cmd = sub.add_parser(verb, help=text)
+        cmd.add_argument("--model", required=True)
+        cmd.add_argument("--version", required=True)
+        if verb == "reject":
+            cmd.add_argument("--reason", required=True, help="why, in one line (the version's trail keeps it)")
+        cmd.add_argument("--by", help="who decides (default: the user running the command)")
+        cmd.set_defaults(func=cmd_verdict)
     rollout_group = sub.add_parser("rollout", help="the ramp's latch")
     rollout_sub = rollout_group.add_subparsers(dest="rollout_command", required=True)
     clear = rollout_sub.add_parser("clear", help="clear a latched rollback so that ramps of the model start again")

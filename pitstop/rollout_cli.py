@@ -1,4 +1,4 @@
-"""`pitstop rollback | promote | pause | rollout clear | drill`: a person's hand on the ramp.
+"""`pitstop rollback | promote | pause | rollout clear | drill | approve | reject`: a person's hand on the ramp.
 
 Each command is one transaction in the feedback store (feedback/rollout/controller.py) whose deployment message
 goes out through the outbox; the command publishes it at once when a broker is configured (the outbox relay of
@@ -43,15 +43,17 @@ def actor() -> str:
         return "operator"
 
 
-def run(settings: Settings, command: str, model: str, *, say: Say, **kwargs: Any) -> int:
-    """One command (``rollback``, ``promote``, ``pause``, ``resume``, ``clear``) on ``model``; its sentence."""
+def run(settings: Settings, command: str, model: str, *, say: Say, by: str | None = None, **kwargs: Any) -> int:
+    """One command (``rollback``, ``promote``, ``pause``, ``resume``, ``clear``, ``approve``, ``reject``) on
+    ``model``, by ``by`` (the user running it by default); its sentence."""
+    who = by or actor()
     with _session(settings) as (store, controller):  # the database first, as every command
         settings.require_model(model)  # then the same one line as every command, naming the file and the models
         try:
             if command == "resume":
-                sentence = controller.pause(model, actor(), resume=True)
+                sentence = controller.pause(model, who, resume=True)
             else:
-                sentence = getattr(controller, command)(model, actor(), **kwargs)
+                sentence = getattr(controller, command)(model, who, **kwargs)
         except RolloutError as exc:
             raise PitstopError(str(exc)) from None
         _publish(settings, store)
@@ -64,9 +66,10 @@ def drill(settings: Settings, model: str, *, switch_s: float = 30.0, wait_s: flo
     """Rehearse an automatic rollback; 0 when it fired and every router switched within ``switch_s``
     (``settle_s`` more are given to the model servers' producers and the ingest to store the last requests)."""
     config = settings.require_model(model)
-    if config.retrain.promotion != "shadow":
-        msg = (f"the rollout worker ramps only models with promotion = \"shadow\"; {model} has promotion = "
-               f"{config.retrain.promotion!r} in {settings.monitoring.path}, so nothing would roll the drill back; "
+    if not config.retrain.shadowed:
+        msg = (f"the rollout worker ramps only models with promotion = \"shadow\" or \"approval\"; {model} has "
+               f"promotion = {config.retrain.promotion!r} in {settings.monitoring.path}, so nothing would roll the "
+               "drill back; "
                f"set retrain.promotion = \"shadow\" for {model} and restart the stack")
         raise PitstopError(msg)
     with _session(settings) as (store, controller):

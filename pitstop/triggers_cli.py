@@ -122,7 +122,7 @@ def reset_breaker(settings: Settings, model: str, *, by: str | None, say: Say) -
     """Reset the model's circuit breaker (a trigger_resets row); says what its state was."""
     config = settings.require_model(model)
     if by is not None:
-        by = _check_by(by)
+        by = check_by(by)
     from feedback.triggers.engine import PostgresLedger
 
     limit = config.triggers.circuit_breaker
@@ -154,7 +154,7 @@ def request_retrain(settings: Settings, model: str, *, reason: str, request_id: 
                "false); enable them to request a retrain")
         raise PitstopError(msg)
     reason = check_reason(reason)
-    by = _check_by(by if by is not None else _user())
+    by = check_by(by if by is not None else _user())
     now = datetime.now(UTC)
     if request_id is None:
         request_id = default_request_id(reason, now)
@@ -178,8 +178,8 @@ def request_retrain(settings: Settings, model: str, *, reason: str, request_id: 
     return 0 if decision.status == "fired" else 1
 
 
-def check_reason(reason: str) -> str:
-    """The reason of a manual request, stripped: one line, 1 to 500 characters.
+def check_reason(reason: str, why: str = "the model needs retraining", example: str = "new plan tiers") -> str:
+    """The reason of a manual request (or a person's verdict), stripped: one line, 1 to 500 characters.
 
     >>> check_reason("  new features in the feed ")
     'new features in the feed'
@@ -190,7 +190,7 @@ def check_reason(reason: str) -> str:
     """
     text = reason.strip()
     if not text:
-        msg = '--reason is empty: say why the model needs retraining, e.g. --reason "new plan tiers"'
+        msg = f'--reason is empty: say why {why}, e.g. --reason "{example}"'
         raise PitstopError(msg)
     if len(text) > MAX_REASON_CHARS:
         msg = (f"--reason is {len(text)} characters long: keep it to {MAX_REASON_CHARS} (one sentence; link the "
@@ -216,7 +216,7 @@ def default_request_id(reason: str, at: datetime) -> str:
     return f"{at.astimezone(UTC):%Y%m%dT%H%MZ}-{digest}"
 
 
-def _check_by(by: str) -> str:
+def check_by(by: str) -> str:
     text = by.strip()
     if not text or len(text) > MAX_BY_CHARS or _CONTROL.search(text):
         msg = f"--by {by!r}: expected a name of 1 to {MAX_BY_CHARS} characters on one line"

@@ -26,7 +26,7 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,12 @@ WHERE s.model_name = %s AND s.status = 'passed'
   AND NOT EXISTS (SELECT 1 FROM rollouts r WHERE r.model_name = s.model_name AND r.challenger = s.version
                   AND r.recorded_at >= s.updated_at)
 ORDER BY s.decided_at DESC NULLS LAST LIMIT 1
+"""
+_APPROVAL = "SELECT verdict, actor, reason, recorded_at FROM approvals WHERE model_name = %s AND version = %s"
+_RECORD_APPROVAL = """
+INSERT INTO approvals (model_name, version, verdict, actor, reason) VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (model_name, version) DO UPDATE SET verdict = excluded.verdict, actor = excluded.actor,
+    reason = excluded.reason, recorded_at = now()
 """
 # who started a ramp: the actor of its first step (the controller, or a person's command such as a drill)
 _STARTED_BY = "SELECT actor FROM rollout_events WHERE rollout_id = %s AND kind = 'step' ORDER BY event_id LIMIT 1"
@@ -154,7 +160,7 @@ class Controller:
         results = []
         for name in models if models is not None else sorted(self.config.models):
             model = self.config.model(name)
-            if model is None or model.retrain.promotion != "shadow":
+            if model is None or not model.retrain.shadowed:
                 continue
             pending: list[Alert] = []
             try:
@@ -190,6 +196,14 @@ class Controller:
     def pause(self, name: str, actor: str, *, resume: bool = False) -> str:
         """Freeze the ramp at its share (rollback rules still apply), or resume it (its step's dwell restarts)."""
         return self._command(name, actor, "resume" if resume else "pause")
+
+    def approve(self, name: str, actor: str, version: str) -> str:
+        """A person lets ``version`` ramp once its shadow passed (``promotion = "approval"``); twice is harmless."""
+        return self._command(name, actor, "approve", version=version)
+
+    def reject(self, name: str, actor: str, version: str, reason: str) -> str:
+        """A person ends ``version`` before its ramp, with a reason: it becomes ``rejected``; twice is harmless."""
+        return self._command(name, actor, "reject", version=version, reason=reason)
 
     def clear(self, name: str, actor: str) -> str:
         """Clear a latched rollback: ramps of the model may start again."""
@@ -267,6 +281,10 @@ class _Look:
             return LookResult(model_name=name, state=None, changed=False, sentence=(
                 f"{version} passed its shadow but waits: {held}; `pitstop rollout clear --model {name}` lets "
                 "ramps start again"))
+        if self.model.retrain.promotion == "approval":
+            waiting = self.approval(version)
+            if waiting is not None:
+                return waiting
         champion = self.champion_version(shadow)
         earlier = self.cur.execute("SELECT count(*) AS n FROM rollouts WHERE model_name = %s AND challenger = %s",
                                    (name, version)).fetchone()["n"]
@@ -314,6 +332,26 @@ class _Look:
                     reason=sentence)
         self.event(rollout_id, version, "step", share, sentence, {"plan": plan, "champion_before": before.n})
         return LookResult(model_name=name, state="ramping", sentence=sentence, changed=True)
+
+    def approval(self, version: str) -> LookResult | None:
+        """None when a person approved ``version``'s ramp; else why it waits (said once: an event of its trail and
+        an alert), or nothing to start when it was rejected."""
+        name = self.model.name
+        row = self.cur.execute(_APPROVAL, (name, version)).fetchone()
+        if row is not None and row["verdict"] == "approved":
+            return None
+        if row is not None:  # rejected (its stage too, unless a person moved it since)
+            return LookResult(model_name=name, state=None, changed=False,
+                              sentence=f"{version} was rejected by {row['actor']}: it does not ramp")
+        sentence = (f"{version} passed its shadow and waits for a person: `pitstop approve --model {name} --version "
+                    f"{version}` starts its ramp, `pitstop reject --model {name} --version {version} --reason ...` "
+                    "ends it")
+        said = self.cur.execute("SELECT 1 FROM rollout_events WHERE model_name = %s AND version = %s AND kind = "
+                                "'waiting' AND evidence ? 'approval'", (name, version)).fetchone()
+        if said is None:
+            self.event(None, version, "waiting", None, sentence, {"approval": "waiting"})
+            self.alert("approval_waiting", sentence, version)
+        return LookResult(model_name=name, state=None, changed=said is None, sentence=sentence)
 
     def champion_version(self, shadow: Mapping[str, Any]) -> str | None:
         deployed = self.cur.execute("SELECT champion FROM deployments WHERE model_name = %s",
@@ -672,6 +710,60 @@ class _Look:
                     reason=sentence)
         self.event(rollout_id, version, "step", share, sentence, {"drill": True}, actor=actor)
         return sentence
+
+    def by_approve(self, actor: str, version: str) -> str:
+        name = self.model.name
+        self.now = self.now or datetime.now(UTC)  # a model without traffic yet: the command's own time
+        stage = self.awaiting(version, "approved")
+        row = self.cur.execute(_APPROVAL, (name, version)).fetchone()
+        if row is not None:
+            return f"{name} {version} was already approved by {row['actor']} at {row['recorded_at']:%Y-%m-%d %H:%M} UTC"
+        self.cur.execute(_RECORD_APPROVAL, (name, version, "approved", actor, None))
+        passed = self.cur.execute("SELECT 1 FROM shadows WHERE model_name = %s AND version = %s AND status = 'passed'",
+                                  (name, version)).fetchone()
+        when = "at the rollout worker's next look" if passed else "once its shadow passes"
+        sentence = f"{actor} approved {version} ({stage}): its ramp starts {when}"
+        self.event(None, version, "approved", None, sentence, {}, actor=actor)
+        return sentence
+
+    def by_reject(self, actor: str, version: str, reason: str) -> str:
+        name = self.model.name
+        self.now = self.now or datetime.now(UTC)
+        stage = self.awaiting(version, "rejected")
+        row = self.cur.execute(_APPROVAL, (name, version)).fetchone()
+        if row is not None and row["verdict"] == "rejected":
+            return f"{name} {version} was already rejected by {row['actor']}: {row['reason']}"
+        sentence = f"{actor} rejected {version} ({stage}): {reason}"
+        self.cur.execute(_RECORD_APPROVAL, (name, version, "rejected", actor, reason))
+        self.registry.move(self.rcur, name, version, "rejected", reason=sentence)
+        self.event(None, version, "rejected", None, sentence, {"reason": reason}, actor=actor)
+        return sentence
+
+    def awaiting(self, version: str, verdict: str) -> str:
+        """The stage of ``version``, which waits for a person's verdict: a candidate (shadow under way or to come,
+        or passed); else why no verdict is asked of it."""
+        name = self.model.name
+        if self.model.retrain.promotion != "approval":
+            msg = (f"{name} promotes {self.model.retrain.promotion!r}: no candidate waits for a person; set "
+                   f"retrain.promotion = \"approval\" for {name} to ask for one")
+            raise RolloutError(msg)
+        found = self.registry.get(self.rcur, name, version)
+        if found is None:
+            msg = f"{name} {version} is not in the registry (`pitstop models list --model {name}`)"
+            raise RolloutError(msg)
+        row = self.cur.execute(_APPROVAL, (name, version)).fetchone()
+        if row is not None and row["verdict"] == verdict:
+            return found.stage  # the same verdict again: said, not refused
+        if row is not None and row["verdict"] == "rejected":
+            msg = (f"{name} {version} was rejected by {row['actor']} ({row['reason']}): a rejected version never "
+                   "ramps; the next retrain trains a new candidate")
+            raise RolloutError(msg)
+        if found.stage not in ("candidate", "shadow"):
+            msg = (f"{name} {version} is at stage {found.stage}: only a candidate before its ramp can be "
+                   f"{verdict}" + (f" (`pitstop rollback --model {name}` ends a ramp)" if found.stage == "canary"
+                                   else ""))
+            raise RolloutError(msg)
+        return found.stage
 
     def by_clear(self, actor: str) -> str:
         latch = self.cur.execute("DELETE FROM rollback_latches WHERE model_name = %s RETURNING version, reason",

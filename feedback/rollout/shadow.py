@@ -236,7 +236,7 @@ def start_shadow(conn: psycopg.Connection[Any], registry: Registry, candidate: C
         return result("ignored", f"model {name!r} is not configured here")
     if candidate.stage != "candidate":
         return result("ignored", f"{version_name} was published as {candidate.stage}: no shadow evaluation")
-    if model.retrain.promotion != "shadow":
+    if not model.retrain.shadowed:
         return result("ignored", f"{name} promotes {model.retrain.promotion}: no shadow evaluation")
     failure: Alert | None = None
     with conn.transaction(), conn.cursor() as cur:

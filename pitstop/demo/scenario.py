@@ -187,7 +187,7 @@ class _LiveDemo:
             self._closers.insert(0, self.serving.close)
             self.feed.serve(RoutedServer(self.serving))
             model = settings.monitoring.model(MODEL_NAME)
-            if model is not None and model.retrain.promotion == "shadow":
+            if model is not None and model.retrain.shadowed:
                 controller = Controller(self.store, settings.monitoring, LogAlertSink())
                 self.acts = Acts(self.store, controller, wall_start=self.wall_start,
                                  drill_version=f"bad-{self.wall_start:%Y%m%dT%H%M%S}", publish=self.publish_outbox,

@@ -684,3 +684,67 @@ def test_a_drill_a_person_started_is_not_superseded_and_is_rolled_back(store: Fe
         looks += controller.look()
     assert [r.state for r in looks if r.changed] == ["rolled_back"], [r.sentence for r in looks]
     assert _stages(store)["v4"] == "rejected"
+
+
+def test_with_approval_a_passed_shadow_waits_for_a_person_and_a_rejected_candidate_never_ramps(
+        services, db_schema, store: FeedbackStore, tmp_path) -> None:
+    """promotion = "approval": the passed shadow waits (said once in the trail, with an alert) until `pitstop
+    approve`, then ramps at the next look; `pitstop reject` makes a candidate rejected for good. Each command twice
+    is harmless; a command that cannot apply is one line saying why."""
+    import os
+    import subprocess
+    import sys
+
+    approval = FAST.replace('promotion = "shadow"', 'promotion = "approval"')
+    _setup(store)
+    with store.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        Registry().register(cur, ModelVersion(model_name="churn", version="v3", stage="candidate"),
+                            serialise(_model()), reason="test")
+    controller, alerts = _controller(store, approval)
+    world = World(store, error={"v1": 0.30, "v2": 0.20})
+    for _ in range(2):
+        world.hour(served_by="v1")
+        [result] = controller.look()
+        assert result.state is None and "v2 passed its shadow and waits for a person" in result.sentence
+    assert [(k, s) for k, s, _, _ in _events(store)] == [("waiting", None)] and not _messages(store)
+    assert [a.kind for a in alerts.sent] == ["approval_waiting"]
+
+    paths = {"shadow": tmp_path / "shadow.toml", "approval": tmp_path / "approval.toml"}
+    paths["shadow"].write_text(FAST)
+    paths["approval"].write_text(approval)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PITSTOP_")}
+    env.update(PITSTOP_DATABASE_URL=services.database_url, PITSTOP_DB_SCHEMA=db_schema)
+
+    def cli(*args: str, config: str = "approval") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pitstop.cli", *args], env={**env, "PITSTOP_CONFIG":
+                              str(paths[config])}, capture_output=True, text=True, timeout=60, check=False)
+
+    def refused(done: subprocess.CompletedProcess[str], fragment: str) -> None:
+        assert done.returncode == 1 and done.stdout == "" and done.stderr.count("\n") == 1, done
+        assert fragment in done.stderr, done.stderr
+
+    approve = ("approve", "--model", "churn", "--version", "v2", "--by", "ana")
+    done = cli(*approve)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "ana approved v2 (shadow): its ramp starts at the rollout worker's next look\n"
+    assert "was already approved by ana" in cli(*approve).stdout
+    refused(cli(*approve, config="shadow"), "promotes 'shadow': no candidate waits for a person")
+    refused(cli("approve", "--model", "churn", "--version", "v9"), "churn v9 is not in the registry")
+    world.hour(served_by="v1")
+    [result] = controller.look()
+    assert result.state == "ramping" and _messages(store)[-1].challenger == "v2"
+    refused(cli("reject", "--model", "churn", "--version", "v2", "--reason", "late doubts"),
+            "is at stage canary: only a candidate before its ramp can be rejected (`pitstop rollback --model churn`")
+
+    reject = ("reject", "--model", "churn", "--version", "v3", "--reason", "worse on the new tiers", "--by", "bo")
+    done = cli(*reject)
+    assert done.returncode == 0 and done.stdout == "bo rejected v3 (candidate): worse on the new tiers\n", done
+    assert "was already rejected by bo: worse on the new tiers" in cli(*reject).stdout
+    refused(cli("approve", "--model", "churn", "--version", "v3"), "was rejected by bo (worse on the new tiers)")
+    refused(cli("reject", "--model", "churn", "--version", "v3", "--reason", "  "), "--reason is empty")
+    assert _stages(store) == {"v1": "champion", "v2": "canary", "v3": "rejected"}
+    with store.pool.connection() as conn:
+        trail = conn.execute("SELECT version, step, sentence FROM version_trail WHERE model_name = 'churn' AND step IN"
+                             " ('waiting', 'approved', 'rejected') ORDER BY recorded_at, source, seq").fetchall()
+    assert [(v, s) for v, s, _ in trail] == [("v2", "waiting"), ("v2", "approved"), ("v3", "rejected")]
+    assert trail[1][2].endswith("(by ana)") and trail[2][2].endswith("(by bo)")

@@ -330,7 +330,7 @@ floor = 0.5
                                                                                                 "after-gates", 0.5)
     assert retrain.trainer == "retrain_worker.trainers:gradient_boosting" and retrain.gates.max_ratio == 1.05
     for table, message in [('trainer = "nope"', "models.m.retrain.trainer = 'nope': expected a trainer as"),
-                           ('promotion = "now"', "expected 'shadow' or 'after-gates'"),
+                           ('promotion = "now"', "expected one of 'shadow', 'approval', 'after-gates'"),
                            ("[models.m.retrain.gates]\nmax_ratio = 0.9", "retrain.gates.max_ratio = 0.9")]:
         with pytest.raises(ModelConfigError) as raised:
             parse_config(f'[models.m]\ntask = "regression"\n[models.m.retrain]\n{table}\n')
