@@ -192,7 +192,8 @@ def cmd_verdict(args: argparse.Namespace, settings: Settings) -> int:
     extra = ({"reason": check_reason(args.reason, "the candidate must not ramp", "worse on the new tiers")}
              if args.command == "reject" else {})
     by = check_by(args.by) if args.by is not None else None
-    return rollout_cli.run(settings, args.command, args.model, say=_say, by=by, version=args.version, **extra)
+    command = "deploy_version" if args.command == "deploy" else args.command
+    return rollout_cli.run(settings, command, args.model, say=_say, by=by, version=args.version, **extra)
 
 
 def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
@@ -344,7 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--resume", action="store_true", help="resume a paused ramp (its step's dwell restarts)")
         cmd.set_defaults(func=cmd_rollout_command, rollout_verb=verb)
     for verb, text in (("approve", "let a candidate ramp once its shadow passed (promotion = \"approval\")"),
-                       ("reject", "end a candidate before its ramp, with a reason (promotion = \"approval\")")):
+                       ("reject", "end a candidate before its ramp, with a reason (promotion = \"approval\")"),
+                       ("deploy", "make a registered version the champion now: a model's first deployment, or a "
+                                  "person's hand (the same versioned deployment message as a ramp)")):
         cmd = sub.add_parser(verb, help=text)
         cmd.add_argument("--model", required=True)
         cmd.add_argument("--version", required=True)

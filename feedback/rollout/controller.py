@@ -205,6 +205,11 @@ class Controller:
         """A person ends ``version`` before its ramp, with a reason: it becomes ``rejected``; twice is harmless."""
         return self._command(name, actor, "reject", version=version, reason=reason)
 
+    def deploy_version(self, name: str, actor: str, version: str) -> str:
+        """A person makes ``version`` the champion now (a model's first deployment, or their hand), through the same
+        versioned deployment message as a ramp; refused while a ramp is under way."""
+        return self._command(name, actor, "deploy", version=version)
+
     def clear(self, name: str, actor: str) -> str:
         """Clear a latched rollback: ramps of the model may start again."""
         return self._command(name, actor, "clear")
@@ -764,6 +769,40 @@ class _Look:
                                    else ""))
             raise RolloutError(msg)
         return found.stage
+
+    def by_deploy(self, actor: str, version: str) -> str:
+        name = self.model.name
+        self.now = self.now or datetime.now(UTC)  # a first deployment comes before any traffic
+        active = self.cur.execute(_ACTIVE, (name,)).fetchone()
+        if active is not None:
+            msg = (f"{name} has a ramp of {active['challenger']} under way: `pitstop promote --model {name}` or "
+                   f"`pitstop rollback --model {name}` ends it first")
+            raise RolloutError(msg)
+        found = self.registry.get(self.rcur, name, version)
+        if found is None:
+            msg = f"{name} {version} is not in the registry (`pitstop models list --model {name}`)"
+            raise RolloutError(msg)
+        deployed = self.cur.execute("SELECT champion FROM deployments WHERE model_name = %s", (name,)).fetchone()
+        if found.stage == "champion" and deployed is not None and deployed["champion"] == version:
+            return f"{name} {version} is already the champion; nothing changed"
+        if found.stage not in ("candidate", "shadow", "previous", "champion"):
+            msg = f"{name} {version} is {found.stage}: only a candidate or a former champion can be deployed"
+            raise RolloutError(msg)
+        refusal = self.rollback_target_refusal(version)
+        if refusal is not None:
+            msg = f"{name} {version} does not load, so it is not deployed: " + refusal.split(": ", 1)[1]
+            raise RolloutError(msg)
+        current = self.registry.champion(self.rcur, name)
+        sentence = f"{actor} deployed {version} as champion of {name}" + (
+            f" (in place of {current.version})" if current is not None and current.version != version else "")
+        for stage in ("canary", "champion") if found.stage == "shadow" else ("champion",):
+            if found.stage != "champion":
+                self.registry.move(self.rcur, name, version, stage, reason=sentence)  # type: ignore[arg-type]
+        self.retire_old_champions()
+        self.deploy(champion=version, challenger=None, share=0.0, salt=f"{name}/{version}", state="steady",
+                    reason=sentence)
+        self.event(None, version, "promoted", 1.0, sentence, {"deployed_by": actor}, actor=actor)
+        return sentence
 
     def by_clear(self, actor: str) -> str:
         latch = self.cur.execute("DELETE FROM rollback_latches WHERE model_name = %s RETURNING version, reason",

@@ -748,3 +748,49 @@ def test_with_approval_a_passed_shadow_waits_for_a_person_and_a_rejected_candida
                              " ('waiting', 'approved', 'rejected') ORDER BY recorded_at, source, seq").fetchall()
     assert [(v, s) for v, s, _ in trail] == [("v2", "waiting"), ("v2", "approved"), ("v3", "rejected")]
     assert trail[1][2].endswith("(by ana)") and trail[2][2].endswith("(by bo)")
+
+
+def test_a_person_deploys_a_version_through_the_same_deployment_messages(services, db_schema, store: FeedbackStore,
+                                                                          tmp_path) -> None:
+    """`pitstop deploy`: refused while a ramp is under way; a former champion deployed by hand becomes champion
+    with the next versioned deployment message and an event naming the person; twice changes nothing."""
+    import os
+    import subprocess
+    import sys
+
+    _setup(store)
+    controller, _ = _controller(store)
+    world = World(store, error={"v1": 0.30, "v2": 0.20})
+    world.hour(served_by="v1")
+    _run(world, controller, 1)  # the ramp of v2 starts
+    config = tmp_path / "pitstop.toml"
+    config.write_text(FAST)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PITSTOP_")}
+    env.update(PITSTOP_DATABASE_URL=services.database_url, PITSTOP_DB_SCHEMA=db_schema, PITSTOP_CONFIG=str(config))
+
+    def deploy(version: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pitstop.cli", "deploy", "--model", "churn", "--version", version,
+                               "--by", "ana"], env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    during = deploy("v1")
+    assert during.returncode == 1 and during.stderr.count("\n") == 1, during
+    assert "has a ramp of v2 under way: `pitstop promote --model churn` or `pitstop rollback" in during.stderr
+    controller.promote("churn", "bo")
+    before = _messages(store)
+    done = deploy("v1")
+    assert done.returncode == 0 and done.stdout == "ana deployed v1 as champion of churn (in place of v2)\n", done
+    assert _stages(store) == {"v1": "champion", "v2": "previous"}
+    [message] = _messages(store)[len(before):]
+    assert (message.champion, message.challenger, message.challenger_share) == ("v1", None, 0.0)
+    assert message.message_version == before[-1].message_version + 1
+    again = deploy("v1")
+    assert again.returncode == 0 and "v1 is already the champion; nothing changed" in again.stdout
+    assert len(_messages(store)) == len(before) + 1
+    unknown = deploy("v9")
+    assert unknown.returncode == 1 and "churn v9 is not in the registry" in unknown.stderr
+    kind, share, _, sentence = _events(store)[-1]
+    assert (kind, share, sentence) == ("promoted", 1.0, "ana deployed v1 as champion of churn (in place of v2)")
+    with store.pool.connection() as conn:
+        [(trail,)] = conn.execute("SELECT sentence FROM version_trail WHERE model_name = 'churn' AND version = 'v1'"
+                                  " AND step = 'promoted'").fetchall()
+    assert trail == "ana deployed v1 as champion of churn (in place of v2) (by ana)"
