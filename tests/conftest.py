@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 import uuid
@@ -55,6 +56,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The files of LONGEST_FIRST first, in its order; every file's tests stay together and in their order."""
     rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
+@pytest.fixture
+def pitstop_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+                 ) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Runs `pitstop ARGS` in this process (``pitstop.cli.main``: the command line's own code, argument parsing and
+    error lines included, without an interpreter's start-up) with the PITSTOP_* variables of ``env`` only; returns
+    what a subprocess would: the exit code, stdout and stderr."""
+    from pitstop.cli import main
+
+    def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+        for key in [k for k in os.environ if k.startswith("PITSTOP_")]:
+            monkeypatch.delenv(key)
+        for key, value in env.items():
+            if key.startswith("PITSTOP_"):
+                monkeypatch.setenv(key, value)
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["pitstop", *args], code, out, err)
+
+    return run
 
 
 @dataclass(frozen=True)

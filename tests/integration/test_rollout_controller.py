@@ -330,7 +330,7 @@ def test_a_persons_commands_pause_resume_promote_roll_back_and_clear(store: Feed
 
 
 def test_the_command_line_pauses_trails_promotes_and_says_what_to_do(services, db_schema, store: FeedbackStore,
-                                                                      tmp_path) -> None:
+                                                                      tmp_path, pitstop_main) -> None:
     """`pitstop pause`, `pitstop models trail`, `pitstop promote`, `pitstop rollback` against the real database,
     without a broker; a command with nothing to act on is one line on stderr saying what to do, exit 1."""
     import os
@@ -348,10 +348,10 @@ def test_the_command_line_pauses_trails_promotes_and_says_what_to_do(services, d
     env.update(PITSTOP_DATABASE_URL=services.database_url, PITSTOP_DB_SCHEMA=db_schema, PITSTOP_CONFIG=str(config))
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "pitstop.cli", *args], env=env, capture_output=True, text=True,
-                              timeout=60, check=False)
+        return pitstop_main(env, *args)
 
-    paused = cli("pause", "--model", "churn")
+    paused = subprocess.run([sys.executable, "-m", "pitstop.cli", "pause", "--model", "churn"], env=env,
+                            capture_output=True, text=True, timeout=60, check=False)  # once from a shell's view
     assert paused.returncode == 0 and "paused the ramp of v2 at 5%" in paused.stdout, paused.stderr
     trail = cli("models", "trail", "churn", "v2")
     assert trail.returncode == 0, trail.stderr
@@ -687,7 +687,7 @@ def test_a_drill_a_person_started_is_not_superseded_and_is_rolled_back(store: Fe
 
 
 def test_with_approval_a_passed_shadow_waits_for_a_person_and_a_rejected_candidate_never_ramps(
-        services, db_schema, store: FeedbackStore, tmp_path) -> None:
+        services, db_schema, store: FeedbackStore, tmp_path, pitstop_main) -> None:
     """promotion = "approval": the passed shadow waits (said once in the trail, with an alert) until `pitstop
     approve`, then ramps at the next look; `pitstop reject` makes a candidate rejected for good. Each command twice
     is harmless; a command that cannot apply is one line saying why."""
@@ -716,15 +716,15 @@ def test_with_approval_a_passed_shadow_waits_for_a_person_and_a_rejected_candida
     env.update(PITSTOP_DATABASE_URL=services.database_url, PITSTOP_DB_SCHEMA=db_schema)
 
     def cli(*args: str, config: str = "approval") -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "pitstop.cli", *args], env={**env, "PITSTOP_CONFIG":
-                              str(paths[config])}, capture_output=True, text=True, timeout=60, check=False)
+        return pitstop_main({**env, "PITSTOP_CONFIG": str(paths[config])}, *args)
 
     def refused(done: subprocess.CompletedProcess[str], fragment: str) -> None:
         assert done.returncode == 1 and done.stdout == "" and done.stderr.count("\n") == 1, done
         assert fragment in done.stderr, done.stderr
 
     approve = ("approve", "--model", "churn", "--version", "v2", "--by", "ana")
-    done = cli(*approve)
+    done = subprocess.run([sys.executable, "-m", "pitstop.cli", *approve], env={**env, "PITSTOP_CONFIG":
+                          str(paths["approval"])}, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "ana approved v2 (shadow): its ramp starts at the rollout worker's next look\n"
     assert "was already approved by ana" in cli(*approve).stdout
@@ -751,7 +751,7 @@ def test_with_approval_a_passed_shadow_waits_for_a_person_and_a_rejected_candida
 
 
 def test_a_person_deploys_a_version_through_the_same_deployment_messages(services, db_schema, store: FeedbackStore,
-                                                                          tmp_path) -> None:
+                                                                          tmp_path, pitstop_main) -> None:
     """`pitstop deploy`: refused while a ramp is under way; a former champion deployed by hand becomes champion
     with the next versioned deployment message and an event naming the person; twice changes nothing."""
     import os
@@ -769,10 +769,10 @@ def test_a_person_deploys_a_version_through_the_same_deployment_messages(service
     env.update(PITSTOP_DATABASE_URL=services.database_url, PITSTOP_DB_SCHEMA=db_schema, PITSTOP_CONFIG=str(config))
 
     def deploy(version: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "pitstop.cli", "deploy", "--model", "churn", "--version", version,
-                               "--by", "ana"], env=env, capture_output=True, text=True, timeout=60, check=False)
+        return pitstop_main(env, "deploy", "--model", "churn", "--version", version, "--by", "ana")
 
-    during = deploy("v1")
+    during = subprocess.run([sys.executable, "-m", "pitstop.cli", "deploy", "--model", "churn", "--version", "v1"],
+                            env=env, capture_output=True, text=True, timeout=60, check=False)
     assert during.returncode == 1 and during.stderr.count("\n") == 1, during
     assert "has a ramp of v2 under way: `pitstop promote --model churn` or `pitstop rollback" in during.stderr
     controller.promote("churn", "bo")

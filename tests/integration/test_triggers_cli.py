@@ -231,26 +231,27 @@ def test_replay_with_higher_drop_levels_fires_nothing(history: DriftedHistory) -
     assert counts(history.database_url, history.schema) == before
 
 
-def test_replay_errors_are_one_line(history: DriftedHistory) -> None:
+def test_replay_errors_are_one_line(history: DriftedHistory, pitstop_main) -> None:
     """A reversed range, an unknown version, a range without windows, a malformed instant and bad overrides each
-    fail with one line naming what is wrong."""
+    fail with one line naming what is wrong (the first from a shell, the others by the command line's main)."""
     base = ("triggers", "replay", "--model", "churn")
     one_line_error(run_cli(history.env, *base, "--from", "2026-03-02", "--to", "2026-03-01"),
                    "--from 2026-03-02 00:00 is after --to 2026-03-01 00:00")
-    one_line_error(run_cli(history.env, *base, "--from", "2026-03-01", "--to", "2026-03-02", "--version", "v9"),
+    main = pitstop_main
+    one_line_error(main(history.env, *base, "--from", "2026-03-01", "--to", "2026-03-02", "--version", "v9"),
                    "churn v9: no reference profile", "versions with one: v1")
-    one_line_error(run_cli(history.env, *base, "--from", "2025-01-01", "--to", "2025-01-02"),
+    one_line_error(main(history.env, *base, "--from", "2025-01-01", "--to", "2025-01-02"),
                    "churn: no windows with rows between 2025-01-01 00:00 and 2025-01-02 00:00 UTC",
                    "its windows with rows lie between 2026-03-01 12:00 and 2026-03-01 22:00 UTC")
-    one_line_error(run_cli(history.env, *base, "--from", "2026-3-1", "--to", "2026-03-02"),
+    one_line_error(main(history.env, *base, "--from", "2026-3-1", "--to", "2026-03-02"),
                    "--from '2026-3-1': expected an instant")
-    one_line_error(run_cli(history.env, *base, "--from", "2026-03-01", "--to", "2026-03-02", "--set",
+    one_line_error(main(history.env, *base, "--from", "2026-03-01", "--to", "2026-03-02", "--set",
                            "triggers.performance.elevatd=0.1"),
                    "models.churn.triggers.performance.elevatd: unknown key", "did you mean 'elevated'?")
-    one_line_error(run_cli(history.env, *base, "--from", "2026-03-01", "--to", "2026-03-02", "--set",
+    one_line_error(main(history.env, *base, "--from", "2026-03-01", "--to", "2026-03-02", "--set",
                            "triggers.performance.elevated=2"),
                    "models.churn.triggers.performance.elevated = 2: expected a number greater than 0 and less than 1")
-    one_line_error(run_cli(history.env, *base, "--from", "2026-03-01", "--to", "2026-03-02", "--set", "psi"),
+    one_line_error(main(history.env, *base, "--from", "2026-03-01", "--to", "2026-03-02", "--set", "psi"),
                    "--set 'psi' is not key=value")
 
 
