@@ -22,10 +22,12 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 from kafka import KafkaProducer
 
+from feedback import metrics
 from feedback.alerts import alert_sink
 from feedback.monitoring.round import Monitor
 from feedback.monitoring.windows import WindowUpdater
@@ -59,6 +61,7 @@ def run(settings: Settings, *, should_stop: Callable[[], bool] | None = None) ->
     outbox = OutboxPublisher(bootstrap, settings.topics.prefix, client_id=f"{client_id}-outbox")
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", client_id=client_id, retries=5,
                              max_block_ms=10_000)
+    settings.serve_metrics(client_id)
     ready = os.environ.get("PITSTOP_READY_FILE")
     log.info("monitor worker: a round every %g s over %d model(s)", settings.monitor_interval_s,
              len(settings.monitoring.models))
@@ -92,17 +95,29 @@ def run(settings: Settings, *, should_stop: Callable[[], bool] | None = None) ->
 def run_monitor_round(monitor: Monitor, engine: TriggerEngine | None = None) -> list[tuple[str, bytes]]:
     """One monitor round, then the retrain decisions on its evaluations (under the round's lock); the summaries of
     the versions it evaluated, as (model, message) pairs. A failed round is logged and skipped: the next round
-    evaluates again from the store (a decision already fired stays fired)."""
-    after = None if engine is None else (
-        lambda conn, evaluations: engine.run(conn, evaluations, models=monitor.claimed))
+    evaluates again from the store (a decision already fired stays fired). Its time, windows and decisions go to
+    the worker's metrics."""
+    started = time.monotonic()
+
+    def after(conn: Any, evaluations: list[Any]) -> None:
+        assert engine is not None
+        for d in engine.run(conn, evaluations, models=monitor.claimed):
+            metrics.DECISIONS.labels(d.model_name, d.kind, d.status).inc()
+
     try:
-        result = monitor.run_once(after=after)
+        result = monitor.run_once(after=None if engine is None else after)
     except TRANSIENT_ERRORS as exc:
+        metrics.ROUNDS_FAILED.inc()
         log.warning("monitor round skipped, database unavailable: %s", exc)
         return []
     except Exception:
+        metrics.ROUNDS_FAILED.inc()
         log.exception("monitor round failed; the next round starts afresh")
         return []
+    metrics.ROUND_SECONDS.observe(time.monotonic() - started)
+    models = monitor.updater.config.models
+    for ev in result.evaluations:  # the versions evaluated this round; the others' windows have not moved
+        metrics.set_windows(ev, models[ev.model_name].metric)
     for model, version in result.profiles_built:
         log.info("reference profile built for %s %s from its first predictions", model, version)
     return [(s["model_name"], orjson.dumps(s)) for s in result.summaries]

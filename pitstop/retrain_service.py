@@ -51,6 +51,7 @@ def run(settings: Settings, *, should_stop: Callable[[], bool] | None = None) ->
         flush_dead_letters=lambda: producer.flush(timeout=30), publish=lambda: outbox.publish(store),
         topic_id=topic_ids,
     )
+    settings.serve_metrics(retrain_group(settings))
     log.info("retrain worker: consuming %s (group %s)", settings.topics.retrain_triggers, retrain_group(settings))
     try:
         worker.run(stopping)

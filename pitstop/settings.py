@@ -68,6 +68,11 @@ class Settings:
     alert_webhook: str | None = None
     #: the webhook's body: Pitstop's JSON, a Slack incoming webhook's or Alertmanager's (PITSTOP_ALERT_FORMAT)
     alert_format: str = "pitstop"
+    #: where this worker process serves its Prometheus metrics (PITSTOP_METRICS_PORT; 0: a free port; None: not
+    #: served), on PITSTOP_METRICS_ADDRESS, written as a file_sd target to PITSTOP_METRICS_FILE when set
+    metrics_port: int | None = None
+    metrics_address: str = "127.0.0.1"
+    metrics_file: Path | None = None
     #: where ``monitoring`` came from, in words, for messages ("" when from PITSTOP_CONFIG or ./pitstop.toml)
     config_origin: str = ""
     #: the sentence refusing a PITSTOP_CONFIG that differs from the running stack's (None: no difference); the
@@ -155,7 +160,23 @@ class Settings:
             log_level=level,
             alert_webhook=webhook,
             alert_format=alert_format,
+            metrics_port=_read(env, "PITSTOP_METRICS_PORT", int, None, "a port between 0 and 65535 (0: any free one)",
+                               lambda v: v is not None and 0 <= v <= 65_535),
+            metrics_address=env.get("PITSTOP_METRICS_ADDRESS") or "127.0.0.1",
+            metrics_file=Path(env["PITSTOP_METRICS_FILE"]) if env.get("PITSTOP_METRICS_FILE") else None,
         )
+
+    def serve_metrics(self, worker: str) -> str | None:
+        """Serve this worker process's metrics when PITSTOP_METRICS_PORT is set (`pitstop up` sets it for each
+        worker); ``host:port``, or None."""
+        from feedback.metrics import serve
+
+        try:
+            return serve(self.metrics_port, address=self.metrics_address, target_file=self.metrics_file,
+                         worker=worker)
+        except OSError as exc:
+            msg = "PITSTOP_METRICS_PORT"
+            raise ConfigError(msg, str(self.metrics_port), f"a free port on {self.metrics_address} ({exc})") from None
 
     def require_model(self, model: str) -> ModelConfig:
         """A configured model's settings, or the one line naming the configured models."""

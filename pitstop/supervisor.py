@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +22,7 @@ import psycopg
 
 from feedback.config import load_config
 from feedback.errors import ModelConfigError
+from feedback.metrics import read_target
 from feedback.store import migrate
 from pitstop import stack
 from pitstop.errors import StackError
@@ -108,6 +110,7 @@ def start_stack(settings: Settings, workers: int, *, on_step: Callable[[str], No
             "PITSTOP_STATE_DIR": str(state_dir.resolve()),
             "PITSTOP_CONFIG": record.config,  # the copy: what the commands read is what the workers run with
         }
+        shutil.rmtree(state_dir / "metrics", ignore_errors=True)  # the addresses of an earlier stack's workers
         for index in range(workers):
             record.workers.append(_start_worker(running, index))
         record.save(state_dir)
@@ -160,22 +163,42 @@ def _log_path(running: RunningStack, index: int) -> Path:
     return running.state_dir / "logs" / f"worker-{index}.log"
 
 
+#: each kind of worker's first metrics port past PITSTOP_METRICS_PORT, when it is set (one port each: up to 64
+#: ingest and 64 monitor workers); unset, every worker serves on a free port, as its file says
+_METRICS_SLOTS = {"worker-": 0, stack.MONITOR_PREFIX: 64, stack.RETRAIN_PREFIX: 128, stack.ROLLOUT_PREFIX: 129}
+
+
+def metrics_file(state_dir: Path, name: str) -> Path:
+    """Where the worker ``name`` writes the address of its metrics (a Prometheus file_sd target)."""
+    return state_dir / "metrics" / f"{name}.json"
+
+
+def _metrics_env(running: RunningStack, prefix: str, index: int) -> dict[str, str]:
+    base = running.settings.metrics_port
+    port = 0 if base is None else base + _METRICS_SLOTS[prefix] + index
+    return {"PITSTOP_METRICS_PORT": str(port),
+            "PITSTOP_METRICS_FILE": str(metrics_file(running.state_dir, f"{prefix}{index}").resolve())}
+
+
 def _start_retrain_worker(running: RunningStack, index: int) -> stack.ProcessRecord:
     log_path = running.state_dir / "logs" / f"{stack.RETRAIN_PREFIX}{index}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    return stack.start_retrain_worker(running.worker_env, log_path, index)
+    env = {**running.worker_env, **_metrics_env(running, stack.RETRAIN_PREFIX, index)}
+    return stack.start_retrain_worker(env, log_path, index)
 
 
 def _start_monitor_worker(running: RunningStack, index: int) -> stack.ProcessRecord:
     log_path = running.state_dir / "logs" / f"{stack.MONITOR_PREFIX}{index}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    return stack.start_monitor_worker(running.worker_env, log_path, index)
+    env = {**running.worker_env, **_metrics_env(running, stack.MONITOR_PREFIX, index)}
+    return stack.start_monitor_worker(env, log_path, index)
 
 
 def _start_rollout_worker(running: RunningStack, index: int) -> stack.ProcessRecord:
     log_path = running.state_dir / "logs" / f"{stack.ROLLOUT_PREFIX}{index}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    return stack.start_rollout_worker(running.worker_env, log_path, index)
+    env = {**running.worker_env, **_metrics_env(running, stack.ROLLOUT_PREFIX, index)}
+    return stack.start_rollout_worker(env, log_path, index)
 
 
 def _restart(running: RunningStack, worker: stack.ProcessRecord, position: int) -> stack.ProcessRecord:
@@ -201,7 +224,7 @@ def _start_worker(running: RunningStack, index: int) -> stack.ProcessRecord:
     ready.unlink(missing_ok=True)
     log_path = _log_path(running, index)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**running.worker_env, "PITSTOP_READY_FILE": str(ready.resolve())}
+    env = {**running.worker_env, "PITSTOP_READY_FILE": str(ready.resolve()), **_metrics_env(running, "worker-", index)}
     return stack.start_worker(env, log_path, index)
 
 
@@ -374,6 +397,9 @@ def health(settings: Settings, *, now: datetime | None = None) -> list[tuple[str
                      f"{record.config_from or '(none)'}; models: {models}"))
     for worker in record.workers:
         healthy, detail = _worker_health(worker, record.restarts.get(worker.name), now)
+        served = read_target(metrics_file(settings.state_dir, worker.name))
+        if served is not None:
+            detail += f"; metrics http://{served}/metrics"
         rows.append((worker.name, f"pid {worker.pid}", healthy, detail))
     return rows
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from feedback import metrics
 from feedback.store import FeedbackStore
 from feedback.store.ingest import TRANSIENT_ERRORS, InboundMessage
 from retrain_worker.intake import TriggerEvent, TriggerIntake, publish_dead_letters
@@ -74,7 +75,9 @@ class RetrainWorker:
         return True
 
     def _answer(self, trigger: TriggerEvent, should_stop: Callable[[], bool]) -> bool:
-        """Handle ``trigger`` until it has an outcome; False when asked to stop first."""
+        """Handle ``trigger`` until it has an outcome; False when asked to stop first. The training's time and
+        outcome go to the worker's metrics."""
+        started = time.monotonic()
         while not should_stop():
             try:
                 outcome = self.pipeline.handle(trigger)
@@ -92,9 +95,12 @@ class RetrainWorker:
                 log.exception("trigger %s: attempt %d of %d failed", trigger.trigger_id, tries, self.max_tries)
                 if tries >= self.max_tries:
                     self.pipeline.give_up(trigger, f"gave up after {tries} tries: {reason}")
+                    metrics.TRAININGS.labels(trigger.model_name, "failed").inc()
                     return True
                 continue
             log.info("trigger %s: %s: %s", trigger.trigger_id, outcome.result, outcome.sentence)
+            metrics.TRAINING_SECONDS.labels(trigger.model_name).observe(time.monotonic() - started)
+            metrics.TRAININGS.labels(trigger.model_name, outcome.result).inc()
             try:
                 self.publish()
             except Exception as exc:  # the ingest workers' relay publishes it later

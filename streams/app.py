@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
@@ -14,6 +16,7 @@ from typing import Any, NoReturn, Protocol
 import faust
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
+from feedback import metrics
 from feedback.errors import IngestStopped
 from feedback.monitoring.windows import WindowUpdater
 from feedback.store import DeadLetterRecord, FeedbackStore
@@ -21,6 +24,7 @@ from feedback.store.ingest import (
     DEAD_LETTER_RAW_PREFIX_BYTES,
     InboundMessage,
     Ingestor,
+    IngestResult,
     dead_letter_key,
     encode_dead_letter,
 )
@@ -60,19 +64,39 @@ def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.Ap
     async def _forget_topic_ids(sender: faust.App, **_: Any) -> None:
         topic_ids.forget()  # a broker that came back (topics made again) is rejoined through a rebalance
 
+    kinds = {topics.predictions: "prediction", topics.outcomes: "outcome"}
+
+    def counted_ingest(messages: list[InboundMessage]) -> IngestResult:
+        started = time.monotonic()
+        result = ingestor.ingest(messages)
+        metrics.count_batch(result, Counter(kinds.get(m.topic, "other") for m in messages),
+                            time.monotonic() - started)
+        return result
+
     @app.agent(inputs, name="ingest", concurrency=1)
     async def ingest(stream: faust.StreamT[Any]) -> None:
         # A batch is acked only after the transaction holding it has committed (feedback.store.ingest).
         # Reading the next batch while writing this one measured no faster (BENCHMARKS.md).
         async for events in stream.noack_take(settings.batch_messages, within=settings.batch_within_s):
-            await handle_then_ack(stream, events, ingestor.ingest, dead_letter)
+            await handle_then_ack(stream, events, counted_ingest, dead_letter)
+            _record_lag(app, events)
 
     @app.on_before_shutdown.connect
     async def _stop_ingest(sender: faust.App, **_: Any) -> None:
         ingestor.stop()
 
+    settings.serve_metrics(settings.app_id)
     store.open(wait=False)  # connects in the background; the first batch waits for it
     return app
+
+
+def _record_lag(app: faust.App, events: list[Any]) -> None:
+    """Each partition of the batch: how many messages its end is ahead of the batch's last (the consumer lag)."""
+    last = {e.message.tp: e.message.offset for e in events}
+    for tp, offset in last.items():
+        highwater = app.consumer.highwater(tp)
+        if highwater is not None:
+            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - offset - 1))
 
 
 def faust_app(settings: Settings, app_id: str, bootstrap: str, *, ready_file: Path | None = None) -> faust.App:

@@ -12,6 +12,7 @@ from typing import Any
 
 import faust
 
+from feedback import metrics
 from feedback.alerts import alert_sink
 from feedback.rollout.shadow import CandidateIntake
 from feedback.rollout.tick import RolloutTick
@@ -73,8 +74,12 @@ def build_rollout_app(settings: Settings, *, ready_file: Path | None = None) -> 
 
     def ramp_round() -> None:
         # a ramp's deployment message goes out at once (the ingest's relay would publish it within seconds)
-        if any(look.changed for look in tick.ramps()):
+        looks = tick.ramps()
+        if any(look.changed for look in looks):
             publish_outbox(outbox, store)
+        metrics.count_rollbacks(looks)
+        with store.pool.connection() as conn, conn.cursor() as cur:
+            metrics.set_rollout(cur)
 
     # The tick's rounds (feedback/rollout/tick.py), in order, each in a worker thread: shadows score and are
     # judged, then the ramp controller looks (a shadow that passed starts its ramp in the same tick). A failure in
@@ -92,6 +97,7 @@ def build_rollout_app(settings: Settings, *, ready_file: Path | None = None) -> 
         await asyncio.to_thread(outbox.close)
         await asyncio.to_thread(alerts.close)
 
+    settings.serve_metrics(app_id)
     store.open(wait=False)  # connects in the background; the first batch and round wait for it
     return app
 

@@ -53,6 +53,41 @@ def _postmaster_running(pgdata: Path) -> bool:
     return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
 
 
+def _check_metrics(stack_dir: Path) -> None:
+    """Every worker serves its Prometheus metrics on 127.0.0.1, writes its address as a file_sd target, and `pitstop
+    status` lists it; each worker's own series are there, the monitor's rounds counted."""
+    import re
+    import urllib.request
+
+    from feedback.metrics import read_target
+
+    folder = stack_dir / ".pitstop" / "metrics"
+    names = ("worker-0", "worker-1", "monitor-0", "monitor-1", "retrain-0", "rollout-0")
+    wait_until(lambda: all(read_target(folder / f"{n}.json") for n in names), 60,
+               lambda: f"metrics targets written: {sorted(p.name for p in folder.glob('*.json'))}")
+    targets = {n: json.loads((folder / f"{n}.json").read_text()) for n in names}
+    assert all(t[0]["labels"]["worker"] and t[0]["targets"][0].startswith("127.0.0.1:") for t in targets.values())
+    rows = {r["component"]: r for r in json.loads(_pitstop(stack_dir, "status", "--json").stdout)}
+    for name in names:
+        assert f"metrics http://{read_target(folder / f'{name}.json')}/metrics" in rows[name]["detail"], rows[name]
+
+    def scrape(name: str) -> str:
+        with urllib.request.urlopen(f"http://{read_target(folder / f'{name}.json')}/metrics", timeout=10) as answer:
+            return answer.read().decode()
+
+    own = {"worker-0": "pitstop_ingest_batch_seconds histogram", "worker-1": "pitstop_events_total counter",
+           "retrain-0": "pitstop_trainings_total counter", "rollout-0": "pitstop_version_stage gauge",
+           "monitor-1": "pitstop_retrain_decisions_total counter"}
+    for name, series in own.items():
+        assert f"# TYPE {series}" in scrape(name), name
+
+    def rounds() -> float:
+        found = re.search(r"^pitstop_monitor_round_seconds_count (\S+)$", scrape("monitor-0"), flags=re.M)
+        return float(found.group(1)) if found else 0.0
+
+    wait_until(lambda: rounds() >= 1, 60, lambda: "monitor-0 counted no round")
+
+
 def test_up_detach_status_down(stack_dir: Path, tmp_path: Path) -> None:
     """`up --detach` returns when ready with a usable env file, after stopping a PostgreSQL left running on its
     data (and saying so); `status` is healthy and names the configuration the workers run with; commands without
@@ -89,6 +124,7 @@ def test_up_detach_status_down(stack_dir: Path, tmp_path: Path) -> None:
             wait_until(lambda: conn.execute("SELECT count(*) FROM pitstop.monitor_workers").fetchone()[0] == 2, 30,
                        lambda: "the two monitor workers did not both say they are alive")
         assert demo_config_path() in rows["config"]["detail"] and "churn" in rows["config"]["detail"]
+        _check_metrics(stack_dir)
         again = _pitstop(stack_dir, "up", "--detach")
         assert again.returncode == 1 and "already running" in again.stderr
         assert len(again.stderr.strip().splitlines()) == 1
