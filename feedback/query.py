@@ -16,6 +16,7 @@ from urllib.parse import quote, urlencode
 
 import pandas as pd
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from feedback.store import analyst_role, connect_kwargs
@@ -25,19 +26,22 @@ class AnalystRoleMissing(Exception):
     """The analysts' role does not exist and the configured database user may not create it."""
 
 
-def analyst_url(database_url: str, schema: str) -> str:
-    """The ``postgresql://`` URL analysts connect with: the store's address as the role ``<schema>_analyst``, without
-    the operator's password (a server that asks for one needs the role given a password by an administrator).
+def analyst_url(database_url: str, schema: str, password: str | None = None) -> str:
+    """The ``postgresql://`` URL analysts connect with: the store's address as the role ``<schema>_analyst``, never
+    with the operator's password; with ``password`` (PITSTOP_ANALYST_PASSWORD), the role is given it and the URL
+    carries it (a server that asks for one needs it).
 
     Grants the role the schema's views first (creating it when it is missing and this user may), so the URL works
     the moment it is printed; the same call twice is harmless.
     """
+    role = analyst_role(schema)
     with psycopg.connect(database_url, connect_timeout=10, **connect_kwargs(schema)) as conn:
         if not conn.execute("SELECT grant_analyst_views()").fetchone()[0]:
-            role = analyst_role(schema)
             msg = (f"the role {role} does not exist and this database user may not create it: an administrator runs "
                    f"CREATE ROLE {role} LOGIN, then this command again")
             raise AnalystRoleMissing(msg)
+        if password is not None:
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
     info = {k: v for k, v in conninfo_to_dict(database_url).items() if v is not None}
     info.pop("password", None)
     info.pop("user", None)
@@ -49,7 +53,8 @@ def analyst_url(database_url: str, schema: str) -> str:
         address += f":{port}"
     info["options"] = f"-c search_path={schema}"  # whatever defaults the role was given
     query = f"?{urlencode(info, quote_via=quote)}"
-    return f"postgresql://{quote(analyst_role(schema), safe='')}@{address}/{quote(dbname, safe='')}{query}"
+    secret = "" if password is None else ":" + quote(password, safe="")
+    return f"postgresql://{quote(role, safe='')}{secret}@{address}/{quote(dbname, safe='')}{query}"
 
 
 # --- DataFrames for the common questions (each reads the documented views only: the analysts' role runs them) ----

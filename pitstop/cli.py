@@ -84,6 +84,14 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     applied = migrate(database_url, settings.db_schema)
     _say(f"schema {settings.db_schema}: applied {', '.join(applied)}" if applied
          else f"schema {settings.db_schema}: up to date")
+    if settings.analyst_password is not None:  # the analysts' role gets its password (docker-compose's Grafana)
+        from feedback.query import AnalystRoleMissing, analyst_url
+
+        try:
+            analyst_url(database_url, settings.db_schema, settings.analyst_password)
+        except AnalystRoleMissing as exc:
+            raise PitstopError(str(exc)) from None
+        _say(f"schema {settings.db_schema}: the analysts' role has the password of PITSTOP_ANALYST_PASSWORD")
     return 0
 
 
@@ -94,7 +102,7 @@ def cmd_analyst_url(args: argparse.Namespace, settings: Settings) -> int:
 
     database_url = settings.require_reachable_database()
     try:
-        _say(analyst_url(database_url, settings.db_schema))
+        _say(analyst_url(database_url, settings.db_schema, settings.analyst_password))
     except AnalystRoleMissing as exc:
         raise PitstopError(str(exc)) from None
     except psycopg.errors.UndefinedFunction:

@@ -73,6 +73,8 @@ class Settings:
     metrics_port: int | None = None
     metrics_address: str = "127.0.0.1"
     metrics_file: Path | None = None
+    #: the analysts' role's password, set by `pitstop migrate` and carried by `pitstop analyst-url` (None: none)
+    analyst_password: str | None = field(default=None, repr=False)
     #: where ``monitoring`` came from, in words, for messages ("" when from PITSTOP_CONFIG or ./pitstop.toml)
     config_origin: str = ""
     #: the sentence refusing a PITSTOP_CONFIG that differs from the running stack's (None: no difference); the
@@ -164,6 +166,7 @@ class Settings:
                                lambda v: v is not None and 0 <= v <= 65_535),
             metrics_address=env.get("PITSTOP_METRICS_ADDRESS") or "127.0.0.1",
             metrics_file=Path(env["PITSTOP_METRICS_FILE"]) if env.get("PITSTOP_METRICS_FILE") else None,
+            analyst_password=env.get("PITSTOP_ANALYST_PASSWORD") or None,
         )
 
     def serve_metrics(self, worker: str) -> str | None:

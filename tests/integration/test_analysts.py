@@ -95,7 +95,7 @@ def test_a_database_user_that_may_not_create_roles_migrates_and_is_told_what_to_
             admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(owner)))
 
 
-def test_the_command_prints_one_url_and_fails_in_one_line(services, db_schema) -> None:
+def test_the_command_prints_one_url_and_fails_in_one_line(services, db_schema, pitstop_main) -> None:
     import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PITSTOP_")}
@@ -103,6 +103,18 @@ def test_the_command_prints_one_url_and_fails_in_one_line(services, db_schema) -
     done = subprocess.run([sys.executable, "-m", "pitstop.cli", "analyst-url"], env=env, capture_output=True,
                           text=True, timeout=60, check=False)
     assert done.returncode == 0 and done.stdout == analyst_url(services.database_url, db_schema) + "\n", done
+    # with PITSTOP_ANALYST_PASSWORD (docker-compose's Grafana) migrate gives the role its password, and the URL has it
+    secret = {**env, "PITSTOP_ANALYST_PASSWORD": "s3cret/:@"}
+    migrated = pitstop_main(secret, "migrate")
+    assert migrated.returncode == 0 and "the analysts' role has the password" in migrated.stdout, migrated
+    with psycopg.connect(services.database_url) as conn:
+        stored = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
+                              (analyst_role(db_schema),)).fetchone()[0]
+    assert stored is not None and stored.startswith("SCRAM-SHA-256$")
+    url = pitstop_main(secret, "analyst-url").stdout.strip()
+    assert psycopg.conninfo.conninfo_to_dict(url)["password"] == "s3cret/:@"
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT current_user").fetchone()[0] == analyst_role(db_schema)
     env["PITSTOP_DB_SCHEMA"] = "t_never_migrated"
     done = subprocess.run([sys.executable, "-m", "pitstop.cli", "analyst-url"], env=env, capture_output=True,
                           text=True, timeout=60, check=False)
@@ -184,3 +196,36 @@ def test_the_ten_questions_and_the_dataframes_answer_as_the_analyst(services, db
         assert psi["status"].iloc[-1] == "drift" and psi["status"].iloc[0] != "drift"
         with pytest.raises(ValueError, match="timezone-aware"):
             query.performance(conn, "churn", "v1", T0.replace(tzinfo=None), T0 + timedelta(hours=8))
+
+        # the Grafana dashboard's panels on the feedback store read as this role too (Grafana's time filter macro
+        # stands for a range holding every row)
+        for panel in _dashboard_panels("pitstop-feedback"):
+            rows = conn.execute(panel["targets"][0]["rawSql"].replace("$__timeFilter(window_start)", "true")).fetchall()
+            assert rows or "Timeline" in panel["title"] or "Fleet" in panel["title"], panel["title"]
+
+
+def _dashboard_panels(uid: str) -> list[dict]:
+    import json
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).parents[2] / "deploy" / "grafana" / "dashboards" / "pitstop.json")
+                           .read_text())
+    return [p for p in dashboard["panels"] if p["datasource"]["uid"] == uid]
+
+
+def test_the_dashboards_prometheus_panels_ask_for_series_the_workers_serve() -> None:
+    import re
+
+    from prometheus_client import REGISTRY
+
+    import feedback.metrics  # noqa: F401 - registers the series
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    served = {f.name + suffix for f in REGISTRY.collect() if f.name.startswith("pitstop_")
+              for suffix in suffixes.get(f.type, ())}
+    panels = _dashboard_panels("pitstop-prometheus")
+    assert len(panels) >= 6
+    for panel in panels:
+        for target in panel["targets"]:
+            names = set(re.findall(r"pitstop_[a-z_]+", target["expr"]))
+            assert names and names <= served, (panel["title"], names - served)
