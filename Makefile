@@ -23,7 +23,16 @@ demo: $(STAMP)
 # workers and 831-842 s with 2 on the same busy machine; 4 workers, 722 s, made timing-bound tests fail).
 WORKERS ?= $(shell $(PYTHON) -c 'import os; print((os.cpu_count() or 1) + 1)')
 
-test: $(STAMP)
+# what the tests need from Debian: a real Prometheus scrapes the workers (tests/integration/test_cli.py); installed
+# once with apt-get when missing (as root, as on the CI machines)
+SYSTEM := $(VENV)/.system-packages
+
+$(SYSTEM): | $(BIN)/python
+	command -v prometheus >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends prometheus >/dev/null)
+	touch $@
+
+test: $(STAMP) $(SYSTEM)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile
 

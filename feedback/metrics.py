@@ -141,8 +141,9 @@ def count_rollbacks(looks: Iterable[Any]) -> None:
 def serve(port: int | None, *, address: str = "127.0.0.1", target_file: Path | None = None,
           worker: str | None = None) -> str | None:
     """Serve this process's metrics on ``address:port`` (0: a free port) from a daemon thread; None: not served.
-    Returns ``host:port``. With ``target_file``, writes it there as a Prometheus file_sd target labelled with the
-    ``worker`` (replaced atomically; `pitstop status` reads it too)."""
+    Returns ``host:port``. With ``target_file``, writes it there as a Prometheus file_sd target labelled ``worker``
+    with the file's name (`pitstop up` names it after the worker: ``monitor-1.json``), else with ``worker``
+    (replaced atomically; `pitstop status` reads it too)."""
     if port is None:
         return None
     server, _ = start_http_server(port, addr=address)
@@ -150,7 +151,7 @@ def serve(port: int | None, *, address: str = "127.0.0.1", target_file: Path | N
     if target_file is not None:
         target_file.parent.mkdir(parents=True, exist_ok=True)
         part = target_file.with_suffix(".part")
-        part.write_text(json.dumps([{"targets": [where], "labels": {"worker": worker or "pitstop",
+        part.write_text(json.dumps([{"targets": [where], "labels": {"worker": target_file.stem,
                                                                     "pid": str(os.getpid())}}]))
         part.replace(target_file)
     log.info("metrics on http://%s/metrics", where)

@@ -53,7 +53,7 @@ def _postmaster_running(pgdata: Path) -> bool:
     return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
 
 
-def _check_metrics(stack_dir: Path) -> None:
+def _check_metrics(stack_dir: Path, tmp_path: Path) -> None:
     """Every worker serves its Prometheus metrics on 127.0.0.1, writes its address as a file_sd target, and `pitstop
     status` lists it; each worker's own series are there, the monitor's rounds counted."""
     import re
@@ -86,6 +86,45 @@ def _check_metrics(stack_dir: Path) -> None:
         return float(found.group(1)) if found else 0.0
 
     wait_until(lambda: rounds() >= 1, 60, lambda: "monitor-0 counted no round")
+    _prometheus_scrapes(folder, names, tmp_path)
+
+
+def _prometheus_scrapes(folder: Path, names: tuple[str, ...], tmp_path: Path) -> None:
+    """A real Prometheus (Debian's package, installed by `make test`) given the workers' target files scrapes every
+    worker, labelled with its name, and holds the series each serves."""
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "prometheus.yml"
+    config.write_text("global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: pitstop\n    file_sd_configs:\n"
+                      f"      - files: ['{folder}/*.json']\n        refresh_interval: 1s\n")
+    log = (tmp_path / "prometheus.log").open("wb")
+    server = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                               f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+
+    def query(promql: str) -> list[dict]:
+        url = f"http://127.0.0.1:{port}/api/v1/query?query={urllib.parse.quote(promql)}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                return json.loads(answer.read())["data"]["result"]
+        except OSError:
+            return []
+
+    try:
+        wait_until(lambda: {r["metric"]["worker"] for r in query('up{job="pitstop"} == 1')} == set(names), 60,
+                   lambda: f"up: {query('up')}; log: {(tmp_path / 'prometheus.log').read_text()[-500:]}")
+        by_worker = {r["metric"]["worker"] for r in query("pitstop_ingest_batch_seconds_count")}
+        assert {"worker-0", "worker-1"} <= by_worker, by_worker
+        wait_until(lambda: {r["metric"]["worker"] for r in query("pitstop_monitor_round_seconds_count > 0")}
+                   == {"monitor-0", "monitor-1"}, 60, lambda: "the monitor workers' rounds were not scraped")
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+        log.close()
 
 
 def test_up_detach_status_down(stack_dir: Path, tmp_path: Path) -> None:
@@ -124,7 +163,7 @@ def test_up_detach_status_down(stack_dir: Path, tmp_path: Path) -> None:
             wait_until(lambda: conn.execute("SELECT count(*) FROM pitstop.monitor_workers").fetchone()[0] == 2, 30,
                        lambda: "the two monitor workers did not both say they are alive")
         assert demo_config_path() in rows["config"]["detail"] and "churn" in rows["config"]["detail"]
-        _check_metrics(stack_dir)
+        _check_metrics(stack_dir, tmp_path)
         again = _pitstop(stack_dir, "up", "--detach")
         assert again.returncode == 1 and "already running" in again.stderr
         assert len(again.stderr.strip().splitlines()) == 1
