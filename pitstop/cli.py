@@ -111,6 +111,28 @@ def cmd_analyst_url(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from pitstop.dashboard.app import Served, build_app
+
+    database_url = settings.require_database()
+    try:
+        served = Served(build_app(database_url, settings.db_schema, settings.monitoring), args.host, args.port)
+    except OSError as exc:
+        msg = f"{exc}: choose another --port"
+        raise PitstopError(msg) from None
+    _say(f"dashboard on {served.url} (read-only; Ctrl-C stops it)")
+    try:
+        while served.thread.is_alive():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        served.stop()
+    return 0
+
+
 def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
     from pitstop.stack import ensure_topics
 
@@ -251,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
     mig = sub.add_parser("migrate", help="apply the database migrations to the configured database")
     mig.set_defaults(func=cmd_migrate)
+    board = sub.add_parser("dashboard", help="serve the read-only web page of the fleet and each model")
+    board.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
+    board.add_argument("--port", type=int, default=8765, help="the port (default 8765; 0: any free one)")
+    board.set_defaults(func=cmd_dashboard)
     analyst = sub.add_parser("analyst-url", help="the connection string of the analysts' read-only role (it reads "
                              "the documented views and nothing else)")
     analyst.set_defaults(func=cmd_analyst_url)

@@ -9,16 +9,12 @@ from typing import Any
 import psycopg
 
 from feedback.store import connect_kwargs
+from pitstop import queries
 from pitstop.errors import PitstopError
 from pitstop.settings import Settings
 
 Say = Callable[[str], None]
 
-_LIST = """
-SELECT model_name, version, stage, trigger_id, trainer, created_at, encode(sha256, 'hex'), gates_passed
-FROM model_registry WHERE (%(m)s::text IS NULL OR model_name = %(m)s)
-ORDER BY model_name, created_at DESC, version DESC
-"""
 _VERSION = """
 SELECT v.version, v.stage, v.trigger_id, v.trainer, v.params, v.lineage, v.metrics, v.created_at,
        encode(a.sha256, 'hex'), a.format, a.size_bytes
@@ -46,8 +42,8 @@ ORDER BY p.started_at
 def list_models(settings: Settings, model: str | None, *, as_json: bool, say: Say) -> int:
     """Every registered version, newest first per model."""
     with _connect(settings) as conn:
-        rows = conn.execute(_LIST, {"m": model}).fetchall()
-    keys = ("model", "version", "stage", "trigger_id", "trainer", "created_at", "sha256", "gates_passed")
+        rows = conn.execute(queries.REGISTRY, {"m": model}).fetchall()
+    keys = queries.REGISTRY_KEYS
     if as_json:
         say(json.dumps([dict(zip(keys, r, strict=True)) for r in rows], default=str))
         return 0
@@ -129,16 +125,12 @@ def _connect(settings: Settings) -> psycopg.Connection[Any]:
     return psycopg.connect(settings.require_database(), connect_timeout=5, **connect_kwargs(settings.db_schema))
 
 
-_TRAIL = """
-SELECT recorded_at, at, step, sentence FROM version_trail WHERE model_name = %s AND version = %s
-ORDER BY recorded_at, source, seq
-"""
 
 
 def trail(settings: Settings, model: str, version: str, *, as_json: bool, say: Say) -> int:
     """The chain of one version, from the decision that asked for it to promotion or rollback."""
     with _connect(settings) as conn:
-        rows = conn.execute(_TRAIL, (model, version)).fetchall()
+        rows = conn.execute(queries.TRAIL, (model, version)).fetchall()
     if not rows:
         msg = f"{model} {version} has no trail: it is not in the registry; `pitstop models list` shows what is"
         raise PitstopError(msg)

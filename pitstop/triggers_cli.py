@@ -21,6 +21,7 @@ from feedback.config import ModelConfig
 from feedback.errors import ModelConfigError
 from feedback.outbox import relay
 from feedback.store import connect_kwargs
+from pitstop import queries
 from pitstop.errors import ConfigFileError, PitstopError
 from pitstop.settings import Settings
 
@@ -45,18 +46,6 @@ _INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6}
 _INSTANT_EXPECTED = ("an instant such as 2026-03-01, 2026-03-01T12:00 or 2026-03-01T12:00:00Z (UTC unless an offset "
                      "is given)")
 
-_LIST = """
-SELECT v.decision_id, v.model_version, v.kind, v.urgency, v.status, v.decided_at, v.fired_at, v.change_point,
-       v.labels_since_change, v.labels_needed, v.sentence, v.suppressed_by, v.outcome, v.outcome_sentence,
-       v.published_at, EXISTS (SELECT 1 FROM outbox x WHERE x.event_id = v.decision_id) AS in_outbox
-FROM retrain_decisions_view v
-WHERE v.model_name = %s
-ORDER BY v.decided_at DESC, v.decision_id
-LIMIT %s
-"""
-_LIST_KEYS = ("decision_id", "model_version", "kind", "urgency", "status", "decided_at", "fired_at", "change_point",
-              "labels_since_change", "labels_needed", "sentence", "suppressed_by", "outcome", "outcome_sentence",
-              "published_at", "in_outbox")
 _RESET = """
 INSERT INTO trigger_resets (model_name, reset_by) VALUES (%s, coalesce(%s, current_user)) ON CONFLICT DO NOTHING
 """
@@ -74,7 +63,8 @@ def list_decisions(settings: Settings, model: str, *, limit: int, as_json: bool,
         msg = f"--limit {limit}: expected an integer >= 1"
         raise PitstopError(msg)
     with _database(settings) as conn:
-        rows = [dict(zip(_LIST_KEYS, row, strict=True)) for row in conn.execute(_LIST, (model, limit)).fetchall()]
+        rows = [dict(zip(queries.DECISION_KEYS, row, strict=True))
+                for row in conn.execute(queries.DECISIONS, (model, limit)).fetchall()]
     if as_json:
         say(json.dumps([{**r, "event": _event_state(r)} for r in rows], default=_json_default))
         return 0

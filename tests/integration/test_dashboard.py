@@ -1,0 +1,141 @@
+"""The dashboard's server against a real store: its JSON documents say what the stored rows say (checked with SQL),
+an unknown model or version is a 404 with one sentence, a database that does not answer a 503 with one sentence,
+nothing changes state, and the page and its charting library are served from this process (no CDN)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from feedback.alerts import LogAlertSink
+from feedback.config import MonitoringConfig, parse_config
+from feedback.monitoring.round import Monitor
+from feedback.monitoring.windows import WindowUpdater
+from feedback.registry.artifacts import serialise
+from feedback.registry.versions import ModelVersion, Registry
+from feedback.rollout.controller import publish_deployment
+from feedback.store import FeedbackStore
+from feedback.triggers.engine import TriggerEngine
+from pitstop.dashboard.app import Served, build_app
+from tests.factories import DRIFT_TOML, T0, drifting_hour
+
+CONFIG = DRIFT_TOML.replace("[models.churn.triggers]", '[models.churn.triggers]\ncalendar = "0 3 * * *"')
+
+
+def get(url: str, method: str = "GET") -> tuple[int, Any]:
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=20) as answer:
+            body = answer.read()
+            status, kind = answer.status, answer.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as exc:
+        body, status, kind = exc.read(), exc.code, exc.headers.get("Content-Type", "")
+    return status, json.loads(body) if kind.startswith("application/json") else body.decode()
+
+
+@pytest.fixture
+def config() -> MonitoringConfig:
+    return parse_config(CONFIG)
+
+
+@pytest.fixture
+def served(services, db_schema, config) -> Iterator[tuple[str, FeedbackStore]]:
+    with FeedbackStore(services.database_url, db_schema, windows=WindowUpdater(config)) as store:
+        with store.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            from sklearn.linear_model import LogisticRegression
+
+            model = LogisticRegression().fit([[0.0], [1.0]], [0, 1])
+            Registry().register(cur, ModelVersion(model_name="churn", version="v1", stage="champion"),
+                                serialise(model), reason="first deployment")
+            publish_deployment(cur, "churn", champion="v1", challenger=None, share=0.0, salt="churn/v1",
+                               state="steady", reason="first deployment", at=T0)
+        monitor, engine = Monitor(store, store.windows), TriggerEngine(config, LogAlertSink())
+        for hour in range(8):
+            store.write_batch(*drifting_hour(hour, drift=True))
+            monitor.run_once(after=lambda conn, evs, at=T0 + timedelta(hours=hour + 1): engine.run(conn, evs,
+                                                                                                 wall_now=at))
+        dashboard = Served(build_app(services.database_url, db_schema, config))
+        try:
+            yield dashboard.url, store
+        finally:
+            dashboard.stop()
+
+
+def test_the_documents_say_what_the_store_holds(served: tuple[str, FeedbackStore]) -> None:
+    url, store = served
+    status, fleet = get(f"{url}/api/fleet")
+    assert status == 200
+    [churn] = fleet["models"]
+    assert (churn["model"], churn["champion"], churn["challenger"], churn["stage"]) == ("churn", "v1", None, "steady")
+    drifting, judged = store.rows(
+        "SELECT count(*) FILTER (WHERE status = 'drift'), count(*) FILTER (WHERE status <> 'unjudged')"
+        " FROM drift_latest WHERE model_name = 'churn' AND model_version = 'v1' AND segment = '*' AND metric = 'drift'"
+        " AND left(feature, 2) <> '__'")[0]
+    assert (churn["features_drifting"], churn["features_judged"]) == (drifting, judged) and drifting >= 2
+    [(value, start)] = store.rows(
+        "SELECT value, window_start FROM performance_by_window WHERE model_name = 'churn' AND model_version = 'v1'"
+        " AND segment = '*' AND metric = 'accuracy' AND status <> 'unjudged' ORDER BY window_start DESC LIMIT 1")
+    assert churn["performance"]["value"] == pytest.approx(value) and churn["performance"]["window_start"].startswith(
+        start.strftime("%Y-%m-%dT%H:%M"))
+    assert churn["next_calendar_slot"].startswith("2026-03-02T03:00")  # after the newest window's end
+    assert fleet["dead_letters_last_hour"] == 0
+
+    status, page = get(f"{url}/api/models/churn")
+    assert status == 200
+    [(decision_id, sentence)] = store.rows(
+        "SELECT decision_id, sentence FROM retrain_decisions ORDER BY decided_at DESC, decision_id LIMIT 1")
+    assert (page["latest_decision"]["decision_id"], page["latest_decision"]["sentence"]) == (decision_id, sentence)
+    newest = max(c["window_start"] for c in page["drift"])
+    assert {c["feature"] for c in page["drift"] if c["window_start"] == newest and c["status"] == "drift"} == {
+        "age", "tenure"}
+    cells = store.rows("SELECT count(*) FROM drift_by_window WHERE model_name = 'churn' AND model_version = 'v1'"
+                       " AND segment = '*' AND metric = 'drift' AND left(feature, 2) <> '__'")[0][0]
+    assert len(page["drift"]) == cells  # 8 windows: all within the heat map's 24
+    stored = store.rows("SELECT value FROM performance_by_window WHERE model_name = 'churn' AND segment = '*'"
+                        " AND metric = 'accuracy' ORDER BY window_start")
+    assert [p["value"] for p in page["performance"]["v1"]] == pytest.approx([v for (v,) in stored], nan_ok=True)
+    assert [e["step"] for e in page["timeline"]] == ["stage"] and page["versions"][0]["version"] == "v1"
+    status, trail = get(f"{url}/api/models/churn/versions/v1/trail")
+    assert status == 200 and trail[0]["sentence"].startswith("registered -> champion")
+
+
+def test_unknown_names_are_404_writes_are_refused_and_the_page_needs_no_cdn(
+        served: tuple[str, FeedbackStore]) -> None:
+    url, store = served
+    for path in ("/api/models/eta", "/api/models/churn/versions/v9/trail"):
+        status, doc = get(url + path)
+        assert status == 404 and set(doc) == {"error"} and doc["error"].count("\n") == 0, (path, doc)
+    assert "no model 'eta' in the configuration (configured: churn)" in get(f"{url}/api/models/eta")[1]["error"]
+    status, html = get(f"{url}/models/eta")
+    assert status == 404 and "No model eta in the configuration" in html
+    before = store.rows("SELECT count(*) FROM retrain_decisions")
+    for path in ("/api/fleet", "/api/models/churn", "/"):
+        assert get(url + path, method="POST")[0] == 405
+    assert store.rows("SELECT count(*) FROM retrain_decisions") == before
+    status, html = get(url + "/models/churn")
+    assert status == 200 and '<script src="/static/plotly.min.js">' in html and "http" not in html.split("<body>")[1]
+    status, js = get(url + "/static/plotly.min.js")
+    assert status == 200 and len(js) > 1_000_000 and "plotly" in js[:2000].lower()
+    assert url.startswith("http://127.0.0.1:")
+
+
+def test_a_database_that_does_not_answer_is_a_503_in_one_sentence(config: MonitoringConfig) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dashboard = Served(build_app(f"postgresql://postgres@127.0.0.1:{port}/postgres", "pitstop", config))
+    try:
+        for path in ("/api/fleet", "/api/models/churn"):
+            status, doc = get(dashboard.url + path)
+            assert status == 503 and doc["error"].startswith("the feedback store does not answer"), doc
+            assert doc["error"].count("\n") == 0
+        assert get(dashboard.url + "/")[0] == 200  # the page itself, which says so
+    finally:
+        dashboard.stop()
