@@ -23,13 +23,16 @@ demo: $(STAMP)
 # workers and 831-842 s with 2 on the same busy machine; 4 workers, 722 s, made timing-bound tests fail).
 WORKERS ?= $(shell $(PYTHON) -c 'import os; print((os.cpu_count() or 1) + 1)')
 
-# what the tests need from Debian: a real Prometheus scrapes the workers (tests/integration/test_cli.py); installed
-# once with apt-get when missing (as root, as on the CI machines)
+# what the tests need from Debian: a real Prometheus scrapes the workers (tests/integration/test_cli.py), and
+# headless Chromium, driven by Playwright, opens the dashboard (tests/integration/test_dashboard.py); installed once
+# with apt-get when missing (as root, as on the CI machines). Playwright never downloads a browser of its own.
 SYSTEM := $(VENV)/.system-packages
+DEBIAN_PACKAGES := prometheus chromium
 
 $(SYSTEM): | $(BIN)/python
-	command -v prometheus >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq --no-install-recommends prometheus >/dev/null)
+	missing=$$(for p in $(DEBIAN_PACKAGES); do command -v $$p >/dev/null || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 	touch $@
 
 test: $(STAMP) $(SYSTEM)

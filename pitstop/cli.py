@@ -11,6 +11,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pitstop.errors import PitstopError
 from pitstop.output import OUTPUT_CLOSED, say, silence_stdout
@@ -111,17 +112,27 @@ def cmd_analyst_url(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+DASHBOARD_PORT = 8765
+
+
 def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
     from pitstop.dashboard.app import Served, build_app
 
     database_url = settings.require_database()
+    app = build_app(database_url, settings.db_schema, settings.monitoring)
     try:
-        served = Served(build_app(database_url, settings.db_schema, settings.monitoring), args.host, args.port)
+        served = Served(app, args.host, args.port)
     except OSError as exc:
-        msg = f"{exc}: choose another --port"
-        raise PitstopError(msg) from None
+        if args.port != DASHBOARD_PORT:
+            msg = f"{exc}: choose another --port"
+            raise PitstopError(msg) from None
+        served = Served(app, args.host, 0)  # the default port is taken (another stack's dashboard): any free one
+    if args.address_file is not None:
+        part = args.address_file.with_suffix(".part")
+        part.write_text(served.url)
+        part.replace(args.address_file)
     _say(f"dashboard on {served.url} (read-only; Ctrl-C stops it)")
     try:
         while served.thread.is_alive():
@@ -275,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     mig.set_defaults(func=cmd_migrate)
     board = sub.add_parser("dashboard", help="serve the read-only web page of the fleet and each model")
     board.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
-    board.add_argument("--port", type=int, default=8765, help="the port (default 8765; 0: any free one)")
+    board.add_argument("--port", type=int, default=DASHBOARD_PORT,
+                       help=f"the port (default {DASHBOARD_PORT}, or a free one when it is taken; 0: any free one)")
+    board.add_argument("--address-file", type=Path, help=argparse.SUPPRESS)  # where `pitstop up` reads the URL
     board.set_defaults(func=cmd_dashboard)
     analyst = sub.add_parser("analyst-url", help="the connection string of the analysts' read-only role (it reads "
                              "the documented views and nothing else)")
@@ -428,7 +441,7 @@ def _unreachable(exc: Exception, settings: Settings) -> str | None:
 _USE_MODEL_CONFIG = ("demo", "monitor", "reference", "triggers", "retrain", "retrain-worker", "monitor-worker",
                      "rollout-worker", "rollback", "promote", "pause", "rollout", "drill")
 #: commands that run until stopped, whose logs are for diagnosis
-_WORKERS = ("up", "retrain-worker", "monitor-worker", "rollout-worker")
+_WORKERS = ("up", "retrain-worker", "monitor-worker", "rollout-worker", "dashboard")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

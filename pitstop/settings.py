@@ -73,6 +73,8 @@ class Settings:
     metrics_port: int | None = None
     metrics_address: str = "127.0.0.1"
     metrics_file: Path | None = None
+    #: the port of the dashboard `pitstop up` starts (PITSTOP_DASHBOARD_PORT; taken: a free one; 0: any free one)
+    dashboard_port: int = 8765
     #: the analysts' role's password, set by `pitstop migrate` and carried by `pitstop analyst-url` (None: none)
     analyst_password: str | None = field(default=None, repr=False)
     #: where ``monitoring`` came from, in words, for messages ("" when from PITSTOP_CONFIG or ./pitstop.toml)
@@ -167,6 +169,8 @@ class Settings:
             metrics_address=env.get("PITSTOP_METRICS_ADDRESS") or "127.0.0.1",
             metrics_file=Path(env["PITSTOP_METRICS_FILE"]) if env.get("PITSTOP_METRICS_FILE") else None,
             analyst_password=env.get("PITSTOP_ANALYST_PASSWORD") or None,
+            dashboard_port=_read(env, "PITSTOP_DASHBOARD_PORT", int, 8765, "a port between 0 and 65535",
+                                 lambda v: 0 <= v <= 65_535),
         )
 
     def serve_metrics(self, worker: str) -> str | None:

@@ -468,6 +468,17 @@ def start_monitor_worker(env: Mapping[str, str], log_path: Path, index: int) -> 
 ROLLOUT_PREFIX = "rollout-"
 
 
+DASHBOARD_PREFIX = "dashboard-"
+
+
+def start_dashboard(env: Mapping[str, str], log_path: Path, address_file: Path, port: int) -> ProcessRecord:
+    """Start the dashboard process (``pitstop dashboard``) with ``env``; it writes its URL to ``address_file``."""
+    marker = f"--address-file={address_file}"
+    proc = _spawn([sys.executable, "-m", "pitstop.cli", "dashboard", "--port", str(port), marker], log_path,
+                  {**os.environ, **env})
+    return ProcessRecord.of(proc.pid, f"{DASHBOARD_PREFIX}0", marker)
+
+
 def start_rollout_worker(env: Mapping[str, str], log_path: Path, index: int) -> ProcessRecord:
     """Start one rollout worker process (``python -m streams rollout-worker``: shadows and the ramp) with
     ``env``."""

@@ -129,6 +129,9 @@ def start_stack(settings: Settings, workers: int, *, on_step: Callable[[str], No
             record.workers.append(_start_rollout_worker(running, index))
         record.save(state_dir)
         on_step(f"rollout   {ROLLOUT_WORKERS} rollout worker(s) started (shadow evaluation of candidates)")
+        record.workers.append(_start_dashboard(running))
+        record.save(state_dir)
+        on_step(f"dashboard {_dashboard_url(state_dir, wait_s=15) or 'starting (pitstop status shows where)'}")
         (state_dir / ENV_FILE_NAME).write_text(
             f"PITSTOP_KAFKA_BOOTSTRAP={running.kafka_bootstrap}\nPITSTOP_DATABASE_URL={running.database_url}\n"
             f"{STACK_DIR_VAR}={state_dir.resolve()}\n"
@@ -201,8 +204,35 @@ def _start_rollout_worker(running: RunningStack, index: int) -> stack.ProcessRec
     return stack.start_rollout_worker(env, log_path, index)
 
 
+def dashboard_file(state_dir: Path) -> Path:
+    """Where the dashboard `pitstop up` started writes its URL."""
+    return state_dir / "run" / "dashboard.url"
+
+
+def _start_dashboard(running: RunningStack) -> stack.ProcessRecord:
+    """The dashboard, on PITSTOP_DASHBOARD_PORT (8765 by default, or a free port when it is taken)."""
+    log_path = running.state_dir / "logs" / f"{stack.DASHBOARD_PREFIX}0.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    address = dashboard_file(running.state_dir)
+    address.parent.mkdir(parents=True, exist_ok=True)
+    address.unlink(missing_ok=True)
+    return stack.start_dashboard(running.worker_env, log_path, address.resolve(), running.settings.dashboard_port)
+
+
+def _dashboard_url(state_dir: Path, *, wait_s: float = 0.0) -> str | None:
+    deadline = time.monotonic() + wait_s
+    while True:
+        with contextlib.suppress(OSError):
+            return dashboard_file(state_dir).read_text().strip() or None
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.1)
+
+
 def _restart(running: RunningStack, worker: stack.ProcessRecord, position: int) -> stack.ProcessRecord:
     """Start again the worker recorded at ``position``, of its own kind."""
+    if worker.name.startswith(stack.DASHBOARD_PREFIX):
+        return _start_dashboard(running)
     if worker.name.startswith(stack.RETRAIN_PREFIX):
         return _start_retrain_worker(running, int(worker.name.removeprefix(stack.RETRAIN_PREFIX)))
     if worker.name.startswith(stack.ROLLOUT_PREFIX):
@@ -213,7 +243,8 @@ def _restart(running: RunningStack, worker: stack.ProcessRecord, position: int) 
 
 
 def _worker_log(running: RunningStack, worker: stack.ProcessRecord, position: int) -> Path:
-    if worker.name.startswith((stack.RETRAIN_PREFIX, stack.ROLLOUT_PREFIX, stack.MONITOR_PREFIX)):
+    if worker.name.startswith((stack.RETRAIN_PREFIX, stack.ROLLOUT_PREFIX, stack.MONITOR_PREFIX,
+                               stack.DASHBOARD_PREFIX)):
         return running.state_dir / "logs" / f"{worker.name}.log"
     return _log_path(running, position)
 
@@ -231,7 +262,8 @@ def _start_worker(running: RunningStack, index: int) -> stack.ProcessRecord:
 def _wait_ready(running: RunningStack) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     for index, worker in enumerate(running.record.workers):
-        if worker.name.startswith((stack.RETRAIN_PREFIX, stack.ROLLOUT_PREFIX, stack.MONITOR_PREFIX)):
+        if worker.name.startswith((stack.RETRAIN_PREFIX, stack.ROLLOUT_PREFIX, stack.MONITOR_PREFIX,
+                               stack.DASHBOARD_PREFIX)):
             continue  # ready when it polls: nothing waits on it
         while not _ready_file(running, index).exists():
             if not stack.is_ours(worker):
@@ -332,6 +364,7 @@ def run_detached(settings: Settings, workers: int, say: Callable[[str], None]) -
             env_file = state_dir / ENV_FILE_NAME
             say(f"Pitstop is up (supervisor pid {proc.pid}); services written to {env_file}:")
             say(env_file.read_text().rstrip())
+            say(f"dashboard {_dashboard_url(state_dir) or 'starting (pitstop status shows where)'}")
             return 0
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
@@ -400,6 +433,8 @@ def health(settings: Settings, *, now: datetime | None = None) -> list[tuple[str
         served = read_target(metrics_file(settings.state_dir, worker.name))
         if served is not None:
             detail += f"; metrics http://{served}/metrics"
+        if worker.name.startswith(stack.DASHBOARD_PREFIX) and (url := _dashboard_url(settings.state_dir)):
+            detail += f"; {url}"
         rows.append((worker.name, f"pid {worker.pid}", healthy, detail))
     return rows
 

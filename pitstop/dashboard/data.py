@@ -66,7 +66,10 @@ FROM performance_by_window
 WHERE model_name = %s AND segment = '*' AND metric = %s
 ORDER BY model_version, window_start
 """
-_VERSIONS = "SELECT DISTINCT model_version FROM performance_by_window WHERE model_name = %s"
+# the decision changed last (decision times are event times, and several share the newest)
+_LATEST_DECISION = """
+SELECT decision_id FROM retrain_decisions WHERE model_name = %s ORDER BY updated_at DESC, decided_at DESC LIMIT 1
+"""
 
 
 class UnknownModel(LookupError):
@@ -148,11 +151,19 @@ def model_page(conn: psycopg.Connection[Any], config: MonitoringConfig, name: st
         for row in conn.execute(queries.TRAIL, (name, v["version"])).fetchall():
             timeline.append({"version": v["version"], **dict(zip(("recorded_at", "at", "step", "sentence"), row,
                                                                  strict=True))})
-    timeline.sort(key=lambda e: e["recorded_at"], reverse=True)
+    trained = {e["sentence"] for e in timeline if e["step"] == "decision"}
+    for d in decisions:  # the decisions no version answers yet (the trail holds those that one does)
+        line = f"{d['kind']} ({d['urgency']}, {d['status']}): {d['sentence']}"
+        if not any(t.startswith(line) for t in trained):
+            timeline.append({"version": d["model_version"] or "-", "recorded_at": d["decided_at"],
+                             "at": d["fired_at"] or d["decided_at"], "step": "decision", "sentence": line})
+    timeline.sort(key=lambda e: e["at"] or e["recorded_at"], reverse=True)
     dead = [dict(zip(("received_at", "topic", "reason"), r, strict=True))
             for r in conn.execute(_DEAD_LETTER_REASONS).fetchall()]
+    latest = _one(conn, _LATEST_DECISION, (name,))
+    newest = next((d for d in decisions if d["decision_id"] == latest), decisions[0] if decisions else None)
     return {"model": name, "metric": model.metric, "summary": summary,
-            "latest_decision": decisions[0] if decisions else None, "decisions": decisions, "drift": heat,
+            "latest_decision": newest, "decisions": decisions, "drift": heat,
             "performance": series, "versions": versions, "timeline": timeline[:200], "dead_letters": dead}
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -157,8 +158,12 @@ def test_up_detach_status_down(stack_dir: Path, tmp_path: Path) -> None:
         assert status.returncode == 0, status.stdout + status.stderr
         rows = {r["component"]: r for r in json.loads(status.stdout)}
         assert set(rows) == {"supervisor", "broker", "database", "config", "worker-0", "worker-1", "monitor-0",
-                             "monitor-1", "retrain-0", "rollout-0"}
+                             "monitor-1", "retrain-0", "rollout-0", "dashboard-0"}
         assert all(r["healthy"] for r in rows.values())
+        dashboard = up.stdout.splitlines()[-1].removeprefix("dashboard ")  # the last line `up` prints
+        assert dashboard.startswith("http://127.0.0.1:") and dashboard in rows["dashboard-0"]["detail"], up.stdout
+        with urllib.request.urlopen(f"{dashboard}/api/fleet", timeout=10) as answer:
+            assert [m["model"] for m in json.loads(answer.read())["models"]] == ["churn"]
         with psycopg.connect(env["PITSTOP_DATABASE_URL"]) as conn:  # both monitor workers share the models
             wait_until(lambda: conn.execute("SELECT count(*) FROM pitstop.monitor_workers").fetchone()[0] == 2, 30,
                        lambda: "the two monitor workers did not both say they are alive")

@@ -90,7 +90,7 @@ def test_the_documents_say_what_the_store_holds(served: tuple[str, FeedbackStore
     status, page = get(f"{url}/api/models/churn")
     assert status == 200
     [(decision_id, sentence)] = store.rows(
-        "SELECT decision_id, sentence FROM retrain_decisions ORDER BY decided_at DESC, decision_id LIMIT 1")
+        "SELECT decision_id, sentence FROM retrain_decisions ORDER BY updated_at DESC LIMIT 1")
     assert (page["latest_decision"]["decision_id"], page["latest_decision"]["sentence"]) == (decision_id, sentence)
     newest = max(c["window_start"] for c in page["drift"])
     assert {c["feature"] for c in page["drift"] if c["window_start"] == newest and c["status"] == "drift"} == {
@@ -101,7 +101,10 @@ def test_the_documents_say_what_the_store_holds(served: tuple[str, FeedbackStore
     stored = store.rows("SELECT value FROM performance_by_window WHERE model_name = 'churn' AND segment = '*'"
                         " AND metric = 'accuracy' ORDER BY window_start")
     assert [p["value"] for p in page["performance"]["v1"]] == pytest.approx([v for (v,) in stored], nan_ok=True)
-    assert [e["step"] for e in page["timeline"]] == ["stage"] and page["versions"][0]["version"] == "v1"
+    assert sorted(e["step"] for e in page["timeline"]) == ["decision", "stage"], page["timeline"]
+    decided = [e["sentence"] for e in page["timeline"] if e["step"] == "decision"]
+    assert decided == [f"drift (elevated, fired): {sentence}"]
+    assert page["versions"][0]["version"] == "v1"
     status, trail = get(f"{url}/api/models/churn/versions/v1/trail")
     assert status == 200 and trail[0]["sentence"].startswith("registered -> champion")
 
@@ -139,3 +142,42 @@ def test_a_database_that_does_not_answer_is_a_503_in_one_sentence(config: Monito
         assert get(dashboard.url + "/")[0] == 200  # the page itself, which says so
     finally:
         dashboard.stop()
+
+
+def test_the_pages_in_a_real_browser_show_the_model_and_follow_a_new_decision(
+        served: tuple[str, FeedbackStore], config: MonitoringConfig, tmp_path) -> None:
+    """Headless Chromium (Debian's, driven by Playwright; `make test` installs it): the fleet page lists the champion,
+    the model page shows it, a drifting cell and a timeline entry, then a decision landing in the store shows without
+    a reload. Screenshots are kept in the test's folder."""
+    from playwright.sync_api import sync_playwright
+
+    url, store = served
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                             args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(url + "/")
+            page.wait_for_selector("tr[data-model=churn] .champion:text('v1')", timeout=15_000)
+            page.screenshot(path=tmp_path / "fleet.png", full_page=True)
+
+            page.goto(url + "/models/churn")
+            page.wait_for_selector("#champion:text('v1')", timeout=15_000)
+            page.wait_for_selector("#drifting [data-feature=age]", timeout=15_000)
+            page.wait_for_selector("#heat .main-svg", timeout=15_000)  # Plotly drew the heat map
+            assert page.locator("#timeline li[data-step=stage]").count() >= 1
+            page.screenshot(path=tmp_path / "model.png", full_page=True)
+
+            engine = TriggerEngine(config, LogAlertSink())
+            with store.pool.connection() as conn:
+                engine.manual(conn, "churn", reason="seen in the browser", requested_by="ana", request_id="b-1")
+            page.wait_for_selector("#decision-sentence:text('manual request by ana: seen in the browser')",
+                                   timeout=20_000)  # the page's next refresh, without a reload
+            page.screenshot(path=tmp_path / "model-after-decision.png", full_page=True)
+            assert not errors, errors
+        finally:
+            browser.close()
+    assert all((tmp_path / name).stat().st_size > 10_000 for name in ("fleet.png", "model.png",
+                                                                       "model-after-decision.png"))
