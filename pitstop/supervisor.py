@@ -131,7 +131,7 @@ def start_stack(settings: Settings, workers: int, *, on_step: Callable[[str], No
         on_step(f"rollout   {ROLLOUT_WORKERS} rollout worker(s) started (shadow evaluation of candidates)")
         record.workers.append(_start_dashboard(running))
         record.save(state_dir)
-        on_step(f"dashboard {_dashboard_url(state_dir, wait_s=15) or 'starting (pitstop status shows where)'}")
+        on_step(f"dashboard {dashboard_url(state_dir, wait_s=30) or 'starting (pitstop status shows where)'}")
         (state_dir / ENV_FILE_NAME).write_text(
             f"PITSTOP_KAFKA_BOOTSTRAP={running.kafka_bootstrap}\nPITSTOP_DATABASE_URL={running.database_url}\n"
             f"{STACK_DIR_VAR}={state_dir.resolve()}\n"
@@ -219,7 +219,7 @@ def _start_dashboard(running: RunningStack) -> stack.ProcessRecord:
     return stack.start_dashboard(running.worker_env, log_path, address.resolve(), running.settings.dashboard_port)
 
 
-def _dashboard_url(state_dir: Path, *, wait_s: float = 0.0) -> str | None:
+def dashboard_url(state_dir: Path, *, wait_s: float = 0.0) -> str | None:
     deadline = time.monotonic() + wait_s
     while True:
         with contextlib.suppress(OSError):
@@ -364,7 +364,7 @@ def run_detached(settings: Settings, workers: int, say: Callable[[str], None]) -
             env_file = state_dir / ENV_FILE_NAME
             say(f"Pitstop is up (supervisor pid {proc.pid}); services written to {env_file}:")
             say(env_file.read_text().rstrip())
-            say(f"dashboard {_dashboard_url(state_dir) or 'starting (pitstop status shows where)'}")
+            say(f"dashboard {dashboard_url(state_dir) or 'starting (pitstop status shows where)'}")
             return 0
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
@@ -433,7 +433,7 @@ def health(settings: Settings, *, now: datetime | None = None) -> list[tuple[str
         served = read_target(metrics_file(settings.state_dir, worker.name))
         if served is not None:
             detail += f"; metrics http://{served}/metrics"
-        if worker.name.startswith(stack.DASHBOARD_PREFIX) and (url := _dashboard_url(settings.state_dir)):
+        if worker.name.startswith(stack.DASHBOARD_PREFIX) and (url := dashboard_url(settings.state_dir)):
             detail += f"; {url}"
         rows.append((worker.name, f"pid {worker.pid}", healthy, detail))
     return rows

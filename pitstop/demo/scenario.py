@@ -735,6 +735,9 @@ def run(
         if _detached_stack_running(settings):
             bootstrap, database_url = settings.require_services()
             _say(f"stack     using the running stack (broker {bootstrap}); it stays up afterwards")
+            url = supervisor.dashboard_url(settings.state_dir)
+            if url is not None:
+                _say(f"dashboard {url}")
             if settings.monitoring.model(MODEL_NAME) is None:
                 _say(f"note      no monitoring configuration for {MODEL_NAME}: start the stack with "
                      f"PITSTOP_CONFIG={demo_config_path()} to see drift")

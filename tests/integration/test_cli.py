@@ -160,8 +160,14 @@ def test_up_detach_status_down(stack_dir: Path, tmp_path: Path) -> None:
         assert set(rows) == {"supervisor", "broker", "database", "config", "worker-0", "worker-1", "monitor-0",
                              "monitor-1", "retrain-0", "rollout-0", "dashboard-0"}
         assert all(r["healthy"] for r in rows.values())
-        dashboard = up.stdout.splitlines()[-1].removeprefix("dashboard ")  # the last line `up` prints
-        assert dashboard.startswith("http://127.0.0.1:") and dashboard in rows["dashboard-0"]["detail"], up.stdout
+        from pitstop.supervisor import dashboard_url
+
+        dashboard = dashboard_url(stack_dir / ".pitstop", wait_s=60)  # `up` says where too, once it listens
+        assert dashboard is not None and dashboard.startswith("http://127.0.0.1:"), up.stdout
+        last = up.stdout.splitlines()[-1]
+        assert last in (f"dashboard {dashboard}", "dashboard starting (pitstop status shows where)"), up.stdout
+        rows = {r["component"]: r for r in json.loads(_pitstop(stack_dir, "status", "--json").stdout)}
+        assert dashboard in rows["dashboard-0"]["detail"], rows["dashboard-0"]
         with urllib.request.urlopen(f"{dashboard}/api/fleet", timeout=10) as answer:
             assert [m["model"] for m in json.loads(answer.read())["models"]] == ["churn"]
         with psycopg.connect(env["PITSTOP_DATABASE_URL"]) as conn:  # both monitor workers share the models

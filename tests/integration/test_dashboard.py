@@ -5,11 +5,13 @@ nothing changes state, and the page and its charting library are served from thi
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -147,8 +149,8 @@ def test_a_database_that_does_not_answer_is_a_503_in_one_sentence(config: Monito
 def test_the_pages_in_a_real_browser_show_the_model_and_follow_a_new_decision(
         served: tuple[str, FeedbackStore], config: MonitoringConfig, tmp_path) -> None:
     """Headless Chromium (Debian's, driven by Playwright; `make test` installs it): the fleet page lists the champion,
-    the model page shows it, a drifting cell and a timeline entry, then a decision landing in the store shows without
-    a reload. Screenshots are kept in the test's folder."""
+    the model page shows it, a drifting cell and a timeline entry, then a decision and a candidate landing in the
+    store show without a reload. Screenshots are kept in test-output/dashboard."""
     from playwright.sync_api import sync_playwright
 
     url, store = served
@@ -176,8 +178,22 @@ def test_the_pages_in_a_real_browser_show_the_model_and_follow_a_new_decision(
             page.wait_for_selector("#decision-sentence:text('manual request by ana: seen in the browser')",
                                    timeout=20_000)  # the page's next refresh, without a reload
             page.screenshot(path=tmp_path / "model-after-decision.png", full_page=True)
+
+            with store.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:  # a candidate lands
+                from sklearn.linear_model import LogisticRegression
+
+                Registry().register(cur, ModelVersion(model_name="churn", version="v2", stage="candidate"),
+                                    serialise(LogisticRegression().fit([[0.0], [1.0]], [0, 1])),
+                                    reason="trained for the drift")
+            page.wait_for_selector("#timeline li:has-text('registered -> candidate: trained for the drift')",
+                                   timeout=20_000)
+            page.screenshot(path=tmp_path / "model-after-candidate.png", full_page=True)
             assert not errors, errors
         finally:
             browser.close()
-    assert all((tmp_path / name).stat().st_size > 10_000 for name in ("fleet.png", "model.png",
-                                                                       "model-after-decision.png"))
+    shots = ("fleet.png", "model.png", "model-after-decision.png", "model-after-candidate.png")
+    assert all((tmp_path / name).stat().st_size > 10_000 for name in shots)
+    kept = Path(__file__).parents[2] / "test-output" / "dashboard"  # the screenshots outlive pytest's folders
+    kept.mkdir(parents=True, exist_ok=True)
+    for name in shots:
+        shutil.copyfile(tmp_path / name, kept / name)
