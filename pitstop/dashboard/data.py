@@ -37,10 +37,15 @@ _LIVE_VERSION = """
 SELECT model_version FROM performance_by_window WHERE model_name = %s AND segment = '*'
 ORDER BY window_start DESC, model_version DESC LIMIT 1
 """
+# the features drifting in the newest judged window (the newest window may still wait for its rows)
 _DRIFT_SHARE = """
 SELECT count(*) FILTER (WHERE status = 'drift'), count(*) FILTER (WHERE status <> 'unjudged')
-FROM drift_latest
-WHERE model_name = %s AND model_version = %s AND segment = '*' AND metric = 'drift' AND left(feature, 2) <> '__'
+FROM drift_by_window
+WHERE model_name = %(m)s AND model_version = %(v)s AND segment = '*' AND metric = 'drift'
+  AND left(feature, 2) <> '__'
+  AND window_start = (SELECT max(window_start) FROM drift_by_window
+                      WHERE model_name = %(m)s AND model_version = %(v)s AND segment = '*' AND metric = 'drift'
+                        AND status <> 'unjudged' AND left(feature, 2) <> '__')
 """
 _LATEST_PERFORMANCE = """
 SELECT window_start, metric, value, ci_low, ci_high, threshold, status, sample_size, label_coverage
@@ -90,7 +95,7 @@ def _summary(conn: psycopg.Connection[Any], model: ModelConfig) -> dict[str, Any
     drifting = judged = 0
     performance = None
     if live is not None:
-        drifting, judged = conn.execute(_DRIFT_SHARE, (name, live)).fetchone()
+        drifting, judged = conn.execute(_DRIFT_SHARE, {"m": name, "v": live}).fetchone()
         row = conn.execute(_LATEST_PERFORMANCE, (name, live, model.metric)).fetchone()
         if row is not None:
             performance = dict(zip(("window_start", "metric", "value", "ci_low", "ci_high", "threshold", "status",

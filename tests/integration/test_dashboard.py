@@ -76,10 +76,13 @@ def test_the_documents_say_what_the_store_holds(served: tuple[str, FeedbackStore
     assert status == 200
     [churn] = fleet["models"]
     assert (churn["model"], churn["champion"], churn["challenger"], churn["stage"]) == ("churn", "v1", None, "steady")
+    [(newest_judged,)] = store.rows(
+        "SELECT max(window_start) FROM monitor_results WHERE model_name = 'churn' AND model_version = 'v1'"
+        " AND segment = '*' AND kind = 'drift' AND metric = 'drift' AND status <> 'unjudged'")
     drifting, judged = store.rows(
-        "SELECT count(*) FILTER (WHERE status = 'drift'), count(*) FILTER (WHERE status <> 'unjudged')"
-        " FROM drift_latest WHERE model_name = 'churn' AND model_version = 'v1' AND segment = '*' AND metric = 'drift'"
-        " AND left(feature, 2) <> '__'")[0]
+        "SELECT count(*) FILTER (WHERE status = 'drift'), count(*) FROM monitor_results WHERE model_name = 'churn'"
+        " AND model_version = 'v1' AND segment = '*' AND kind = 'drift' AND metric = 'drift'"
+        " AND left(feature, 2) <> '__' AND window_start = %s", (newest_judged,))[0]
     assert (churn["features_drifting"], churn["features_judged"]) == (drifting, judged) and drifting >= 2
     [(value, start)] = store.rows(
         "SELECT value, window_start FROM performance_by_window WHERE model_name = 'churn' AND model_version = 'v1'"
