@@ -115,20 +115,31 @@ def cmd_analyst_url(args: argparse.Namespace, settings: Settings) -> int:
 DASHBOARD_PORT = 8765
 
 
+def _port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
     from pitstop.dashboard.app import Served, build_app
 
     database_url = settings.require_database()
-    app = build_app(database_url, settings.db_schema, settings.monitoring)
+    port = args.port
+    if port == DASHBOARD_PORT and not _port_free(args.host, port):
+        port = 0  # the default port is taken (another stack's dashboard): any free one
     try:
-        served = Served(app, args.host, args.port)
+        served = Served(build_app(database_url, settings.db_schema, settings.monitoring), args.host, port)
     except OSError as exc:
-        if args.port != DASHBOARD_PORT:
-            msg = f"{exc}: choose another --port"
-            raise PitstopError(msg) from None
-        served = Served(app, args.host, 0)  # the default port is taken (another stack's dashboard): any free one
+        msg = f"{exc}: choose another --port"
+        raise PitstopError(msg) from None
     if args.address_file is not None:
         part = args.address_file.with_suffix(".part")
         part.write_text(served.url)
@@ -431,8 +442,10 @@ def _unreachable(exc: Exception, settings: Settings) -> str | None:
     if isinstance(exc, psycopg.errors.UndefinedTable):
         cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return f"schema {settings.db_schema}: {cause}; apply the migrations with `pitstop migrate`"
-    if isinstance(exc, kafka_errors.NoBrokersAvailable | kafka_errors.KafkaConnectionError
-                  | kafka_errors.KafkaTimeoutError):
+    # kafka-python 3 has no NoBrokersAvailable (2.x raised it where 3 raises KafkaConnectionError)
+    unreachable = tuple(getattr(kafka_errors, name) for name in ("NoBrokersAvailable", "KafkaConnectionError",
+                                                                   "KafkaTimeoutError") if hasattr(kafka_errors, name))
+    if isinstance(exc, unreachable):
         return unreachable_broker(settings.kafka_bootstrap or "", exc)
     return None
 

@@ -50,10 +50,12 @@ def list_models(settings: Settings, model: str | None, *, as_json: bool, say: Sa
     if not rows:
         say(f"no registered versions{f' of {model}' if model else ''} yet")
         return 0
-    say(f"{'model':<12} {'version':<24} {'stage':<10} {'created (UTC)':<17} {'gates':<8} {'sha256':<12} trigger")
+    wm = max(12, *(len(r[0]) for r in rows))  # the columns as wide as their longest name
+    wv = max(24, *(len(r[1]) for r in rows))
+    say(f"{'model':<{wm}} {'version':<{wv}} {'stage':<10} {'created (UTC)':<17} {'gates':<8} {'sha256':<12} trigger")
     for m, version, stage, trigger, _trainer, created, sha, gates in rows:
-        say(f"{m:<12} {version:<24} {stage:<10} {created:%Y-%m-%d %H:%M}  {gates or '-':<8} {(sha or '-')[:12]:<12} "
-            f"{trigger or '-'}")
+        say(f"{m:<{wm}} {version:<{wv}} {stage:<10} {created:%Y-%m-%d %H:%M}  {gates or '-':<8} "
+            f"{(sha or '-')[:12]:<12} {trigger or '-'}")
     return 0
 
 

@@ -405,6 +405,8 @@ def health(settings: Settings, *, now: datetime | None = None) -> list[tuple[str
         rows.append(("broker", "-", False, "not configured: run `pitstop up --detach` or set PITSTOP_KAFKA_BOOTSTRAP"))
     else:
         kind = "external" if settings.external_kafka else "local Tansu"
+        if not settings.external_kafka and record.broker is not None:
+            kind += f" (pid {record.broker.pid})"
         host, _, port = bootstrap.split(",")[0].rpartition(":")
         try:  # every broker address is checked, external ones too
             socket.create_connection((host, int(port)), timeout=2).close()
@@ -415,6 +417,8 @@ def health(settings: Settings, *, now: datetime | None = None) -> list[tuple[str
         rows.append(("database", "-", False, "not configured: run `pitstop up --detach` or set PITSTOP_DATABASE_URL"))
     else:
         kind = "external" if settings.external_database else "local PostgreSQL"
+        if not settings.external_database and record.postgres is not None:
+            kind = f"local PostgreSQL (pid {record.postgres.pid})"
         try:
             with psycopg.connect(database_url, connect_timeout=3) as conn:
                 version = conn.execute("SHOW server_version").fetchone()

@@ -49,14 +49,13 @@ def _error(status: int, sentence: str) -> JSONResponse:
 
 def build_app(database_url: str, schema: str, config: MonitoringConfig) -> Starlette:
     """The dashboard over the store in ``schema``, for the models of ``config``."""
-    pool = ConnectionPool(database_url, min_size=0, max_size=4, kwargs=connect_kwargs(schema), timeout=3.0,
-                          open=False, name="pitstop-dashboard", reconnect_timeout=0)
+    pools: list[ConnectionPool] = []  # the running server's (a server that failed to start closed its own)
     page = resources.files("pitstop.dashboard").joinpath("page.html").read_text().replace(
         "{{REFRESH_MS}}", str(REFRESH_S * 1000))
 
     def read(fn: Any, *args: Any) -> JSONResponse:
         try:
-            with pool.connection() as conn:
+            with pools[-1].connection() as conn:
                 return JSONResponse(fn(conn, *args))
         except data.UnknownModel as exc:
             return _error(404, str(exc))
@@ -105,7 +104,10 @@ def build_app(database_url: str, schema: str, config: MonitoringConfig) -> Starl
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        pool = ConnectionPool(database_url, min_size=0, max_size=4, kwargs=connect_kwargs(schema), timeout=3.0,
+                              open=False, name="pitstop-dashboard", reconnect_timeout=0)
         pool.open(wait=False)  # a database that is down is the page's to say, not a failed start
+        pools.append(pool)
         try:
             yield
         finally:

@@ -160,6 +160,7 @@ def test_up_detach_status_down(stack_dir: Path, tmp_path: Path) -> None:
         assert set(rows) == {"supervisor", "broker", "database", "config", "worker-0", "worker-1", "monitor-0",
                              "monitor-1", "retrain-0", "rollout-0", "dashboard-0"}
         assert all(r["healthy"] for r in rows.values())
+        assert "(pid " in rows["broker"]["detail"] and "(pid " in rows["database"]["detail"], rows
         from pitstop.supervisor import dashboard_url
 
         dashboard = dashboard_url(stack_dir / ".pitstop", wait_s=60)  # `up` says where too, once it listens

@@ -80,6 +80,7 @@ def test_models_list_and_show_print_the_registry(services, db_schema, store: Fee
         _register(registry, cur, "v1", "champion")
         _register(registry, cur, "v2")
         registry.move(cur, "churn", "v2", "rejected", reason="challenger log loss 0.4 > 1.05 x champion 0.3")
+        _register(registry, cur, "20261111T1800Z-refit-6b29ab")  # a retrained version's name: 27 characters
     env = {k: v for k, v in os.environ.items() if not k.startswith("PITSTOP_")}
     env.update(PITSTOP_DATABASE_URL=services.database_url, PITSTOP_DB_SCHEMA=db_schema)
 
@@ -92,6 +93,8 @@ def test_models_list_and_show_print_the_registry(services, db_schema, store: Fee
     lines = listed.stdout.splitlines()
     assert lines[1].split()[:3] == ["churn", "v2", "rejected"] and lines[2].split()[:3] == ["churn", "v1", "champion"]
     assert "1 of 1" in lines[1]
+    column = lines[0].index("stage")  # a long version name widens its column: every row still lines up
+    assert [line[column:].split()[0] for line in lines[1:]] == ["rejected", "champion", "candidate"], lines
     shown = cli("models", "show", "churn", "v2")
     assert shown.returncode == 0, shown.stderr
     assert "candidate -> rejected: challenger log loss 0.4 > 1.05 x champion 0.3" in shown.stdout

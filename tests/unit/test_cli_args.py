@@ -24,3 +24,16 @@ def test_numeric_arguments_must_be_finite_and_positive(args: list[str], value: s
     assert info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"argument {args[-2]}:" in error and value in error, error
+
+
+def test_an_unexpected_error_is_told_apart_from_an_unreachable_service() -> None:
+    """main's last resort reads the error's kind (kafka-python 3 has no NoBrokersAvailable: asking for it raised an
+    AttributeError in place of the error)."""
+    from kafka.errors import KafkaConnectionError
+
+    from pitstop.cli import _unreachable
+    from pitstop.settings import Settings
+
+    settings = Settings(kafka_bootstrap="127.0.0.1:1")
+    assert _unreachable(ValueError("a bug"), settings) is None
+    assert "127.0.0.1:1" in (_unreachable(KafkaConnectionError("refused"), settings) or "")
