@@ -350,6 +350,7 @@ def run_detached(settings: Settings, workers: int, say: Callable[[str], None]) -
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir / "up.log"
     with open(log_path, "ab") as out:
+        start = out.tell()  # what earlier runs wrote is not this one's to quote
         proc = subprocess.Popen(
             [sys.executable, "-m", "pitstop.cli", "up", "--workers", str(workers)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
@@ -357,7 +358,8 @@ def run_detached(settings: Settings, workers: int, say: Callable[[str], None]) -
     deadline = time.monotonic() + READY_TIMEOUT_S + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            msg = f"`pitstop up` exited with code {proc.returncode}: {_tail(log_path)} (full log: {log_path})"
+            msg = (f"`pitstop up` exited with code {proc.returncode}: {_tail(log_path, since=start)} "
+                   f"(full log: {log_path})")
             raise StackError(msg)
         record = stack.StackRecord.load(state_dir)
         if record.ready and record.supervisor is not None and record.supervisor.pid == proc.pid:
@@ -491,9 +493,13 @@ def _last_lines(path: Path, n: int) -> list[str]:
     return tail.decode(errors="replace").splitlines()[-n:]
 
 
-def _tail(path: Path, lines: int = 3) -> str:
+def _tail(path: Path, lines: int = 3, *, since: int = 0) -> str:
+    """The last ``lines`` lines of ``path`` written after its first ``since`` bytes (the log of this run, in a file
+    earlier runs appended to)."""
     try:
-        text = path.read_text(errors="replace").strip().splitlines()
+        with path.open("rb") as log:
+            log.seek(since)
+            text = log.read().decode(errors="replace").strip().splitlines()
     except FileNotFoundError:
         return "(no log)"
-    return " | ".join(text[-lines:])
+    return " | ".join(text[-lines:]) or "(nothing logged)"

@@ -37,3 +37,17 @@ def test_an_unexpected_error_is_told_apart_from_an_unreachable_service() -> None
     settings = Settings(kafka_bootstrap="127.0.0.1:1")
     assert _unreachable(ValueError("a bug"), settings) is None
     assert "127.0.0.1:1" in (_unreachable(KafkaConnectionError("refused"), settings) or "")
+
+
+def test_a_failed_up_quotes_its_own_log_lines_not_an_earlier_runs(tmp_path) -> None:
+    """`up.log` is appended to by every `pitstop up --detach`: a failure quotes what this run wrote."""
+    from pitstop.supervisor import _tail
+
+    log = tmp_path / "up.log"
+    log.write_text("ready     PITSTOP_KAFKA_BOOTSTRAP=127.0.0.1:1\nstopped\n")
+    start = log.stat().st_size
+    assert _tail(log, since=start) == "(nothing logged)"
+    with log.open("a") as out:
+        out.write("pitstop up: PostgreSQL did not start\n")
+    assert _tail(log, since=start) == "pitstop up: PostgreSQL did not start"
+    assert "ready" in _tail(log)
