@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -71,19 +72,26 @@ def count_batch(result: Any, kinds: Mapping[str, int], seconds: float) -> None:
 
 
 def reason_category(reason: str) -> str:
-    """A dead letter's reason as a bounded label: the words before its first colon, in lower case, with spaces as
-    underscores, at most 40 characters.
+    """A dead letter's reason as a bounded label: the word before its first colon (every reason Pitstop writes starts
+    with one: ``schema``, ``not_json``, ``too_large``, ``database``, ...), in lower case with spaces as underscores;
+    ``other`` when that is not a word of at most 40 letters, digits and underscores (a reason carrying data), and
+    ``unknown`` when empty.
 
     >>> reason_category("schema: prediction_id is required")
     'schema'
     >>> reason_category("database: value too long for type character varying(10)")
     'database'
+    >>> reason_category("message of 9,000,001 bytes")
+    'other'
     """
     head = reason.split(":", 1)[0].strip().lower().replace(" ", "_")
-    return head[:40] or "unknown"
+    if not head:
+        return "unknown"
+    return head if _CATEGORY.fullmatch(head) else "other"
 
 
 WINDOW_STATUSES = ("degraded", "drift", "stable", "unjudged")
+_CATEGORY = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 
 def count_windows(evaluation: Evaluation, metric: str) -> dict[str, int]:

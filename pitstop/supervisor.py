@@ -171,6 +171,10 @@ def _log_path(running: RunningStack, index: int) -> Path:
 _METRICS_SLOTS = {"worker-": 0, stack.MONITOR_PREFIX: 64, stack.RETRAIN_PREFIX: 128, stack.ROLLOUT_PREFIX: 129}
 
 
+#: the processes besides the ingest workers: each logs to ``<name>.log`` and is ready once it runs
+_NAMED_PREFIXES = (stack.RETRAIN_PREFIX, stack.ROLLOUT_PREFIX, stack.MONITOR_PREFIX, stack.DASHBOARD_PREFIX)
+
+
 def metrics_file(state_dir: Path, name: str) -> Path:
     """Where the worker ``name`` writes the address of its metrics (a Prometheus file_sd target)."""
     return state_dir / "metrics" / f"{name}.json"
@@ -243,8 +247,7 @@ def _restart(running: RunningStack, worker: stack.ProcessRecord, position: int) 
 
 
 def _worker_log(running: RunningStack, worker: stack.ProcessRecord, position: int) -> Path:
-    if worker.name.startswith((stack.RETRAIN_PREFIX, stack.ROLLOUT_PREFIX, stack.MONITOR_PREFIX,
-                               stack.DASHBOARD_PREFIX)):
+    if worker.name.startswith(_NAMED_PREFIXES):
         return running.state_dir / "logs" / f"{worker.name}.log"
     return _log_path(running, position)
 
@@ -262,8 +265,7 @@ def _start_worker(running: RunningStack, index: int) -> stack.ProcessRecord:
 def _wait_ready(running: RunningStack) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     for index, worker in enumerate(running.record.workers):
-        if worker.name.startswith((stack.RETRAIN_PREFIX, stack.ROLLOUT_PREFIX, stack.MONITOR_PREFIX,
-                               stack.DASHBOARD_PREFIX)):
+        if worker.name.startswith(_NAMED_PREFIXES):
             continue  # ready when it polls: nothing waits on it
         while not _ready_file(running, index).exists():
             if not stack.is_ours(worker):

@@ -91,10 +91,15 @@ def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.Ap
 
 
 def _record_lag(app: faust.App, events: list[Any]) -> None:
-    """Each partition of the batch: how many messages its end is ahead of the batch's last (the consumer lag)."""
+    """Each partition of the batch: how many messages its end is ahead of the batch's last (the consumer lag).
+    The batch is acked already; a partition revoked meanwhile (aiokafka asserts it is assigned) leaves its gauge as
+    it was: a metric never stops the agent."""
     last = {e.message.tp: e.message.offset for e in events}
     for tp, offset in last.items():
-        highwater = app.consumer.highwater(tp)
+        try:
+            highwater = app.consumer.highwater(tp)
+        except Exception:  # revoked by a rebalance, or a consumer going away
+            continue
         if highwater is not None:
             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - offset - 1))
 

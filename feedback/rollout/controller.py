@@ -39,7 +39,7 @@ from feedback import topics
 from feedback.alerts import Alert, AlertSink
 from feedback.config import ModelConfig, MonitoringConfig, RolloutConfig
 from feedback.outbox import enqueue
-from feedback.registry.versions import Registry
+from feedback.registry.versions import ModelVersion, Registry
 from feedback.rollout import arms
 from feedback.rollout.arms import CUPED_MIN_COVERAGE, WHOLE
 from feedback.rollout.rules import (
@@ -228,7 +228,8 @@ class Controller:
               conn.cursor() as registry_cur):
             cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_SPACE, _lock_key(name)))
             look = _Look(cur, registry_cur, model, self.registry, [])
-            look.now = watermark(cur, name)
+            # event time; a model without traffic yet (a first deployment) has none: the command's own time
+            look.now = watermark(cur, name) or datetime.now(UTC)
             sentence = getattr(look, f"by_{command}")(actor, **kwargs)
         log.info("rollout %s: %s", name, sentence)
         return sentence
@@ -368,13 +369,19 @@ class _Look:
 
     def rollback_target_refusal(self, champion: str) -> str | None:
         """Why the champion cannot be the ramp's rollback target (None: it loads, or serves outside the registry)."""
-        version = self.registry.get(self.rcur, self.model.name, champion)
+        failure = self.load_failure(champion)
+        return None if failure is None else f"the champion {champion}, the rollback target, does not load: {failure}"
+
+    def load_failure(self, version_name: str) -> str | None:
+        """Why ``version_name`` does not load from the registry (None: it loads, or serves outside the registry:
+        the model's own servers serve it)."""
+        version = self.registry.get(self.rcur, self.model.name, version_name)
         if version is None or version.artifact is None:
-            return None  # served by the model's own servers, not from the registry: they keep serving it
+            return None
         try:
             self.registry.load(self.rcur, version)
         except Exception as exc:
-            return f"the champion {champion}, the rollback target, does not load: {type(exc).__name__}: {exc}"
+            return f"{type(exc).__name__}: {exc}"
         return None
 
     def champion_units(self, champion: str, shadow: Mapping[str, Any], per_user: pd.DataFrame) -> UnitStats:
@@ -718,7 +725,6 @@ class _Look:
 
     def by_approve(self, actor: str, version: str) -> str:
         name = self.model.name
-        self.now = self.now or datetime.now(UTC)  # a model without traffic yet: the command's own time
         stage = self.awaiting(version, "approved")
         row = self.cur.execute(_APPROVAL, (name, version)).fetchone()
         if row is not None:
@@ -733,7 +739,6 @@ class _Look:
 
     def by_reject(self, actor: str, version: str, reason: str) -> str:
         name = self.model.name
-        self.now = self.now or datetime.now(UTC)
         stage = self.awaiting(version, "rejected")
         row = self.cur.execute(_APPROVAL, (name, version)).fetchone()
         if row is not None and row["verdict"] == "rejected":
@@ -744,6 +749,15 @@ class _Look:
         self.event(None, version, "rejected", None, sentence, {"reason": reason}, actor=actor)
         return sentence
 
+    def registered(self, version: str) -> ModelVersion:
+        """``version`` of this model in the registry, or the command's one-line refusal."""
+        found = self.registry.get(self.rcur, self.model.name, version)
+        if found is None:
+            name = self.model.name
+            msg = f"{name} {version} is not in the registry (`pitstop models list --model {name}`)"
+            raise RolloutError(msg)
+        return found
+
     def awaiting(self, version: str, verdict: str) -> str:
         """The stage of ``version``, which waits for a person's verdict: a candidate (shadow under way or to come,
         or passed); else why no verdict is asked of it."""
@@ -752,10 +766,7 @@ class _Look:
             msg = (f"{name} promotes {self.model.retrain.promotion!r}: no candidate waits for a person; set "
                    f"retrain.promotion = \"approval\" for {name} to ask for one")
             raise RolloutError(msg)
-        found = self.registry.get(self.rcur, name, version)
-        if found is None:
-            msg = f"{name} {version} is not in the registry (`pitstop models list --model {name}`)"
-            raise RolloutError(msg)
+        found = self.registered(version)
         row = self.cur.execute(_APPROVAL, (name, version)).fetchone()
         if row is not None and row["verdict"] == verdict:
             return found.stage  # the same verdict again: said, not refused
@@ -772,25 +783,21 @@ class _Look:
 
     def by_deploy(self, actor: str, version: str) -> str:
         name = self.model.name
-        self.now = self.now or datetime.now(UTC)  # a first deployment comes before any traffic
         active = self.cur.execute(_ACTIVE, (name,)).fetchone()
         if active is not None:
             msg = (f"{name} has a ramp of {active['challenger']} under way: `pitstop promote --model {name}` or "
                    f"`pitstop rollback --model {name}` ends it first")
             raise RolloutError(msg)
-        found = self.registry.get(self.rcur, name, version)
-        if found is None:
-            msg = f"{name} {version} is not in the registry (`pitstop models list --model {name}`)"
-            raise RolloutError(msg)
+        found = self.registered(version)
         deployed = self.cur.execute("SELECT champion FROM deployments WHERE model_name = %s", (name,)).fetchone()
         if found.stage == "champion" and deployed is not None and deployed["champion"] == version:
             return f"{name} {version} is already the champion; nothing changed"
         if found.stage not in ("candidate", "shadow", "previous", "champion"):
             msg = f"{name} {version} is {found.stage}: only a candidate or a former champion can be deployed"
             raise RolloutError(msg)
-        refusal = self.rollback_target_refusal(version)
-        if refusal is not None:
-            msg = f"{name} {version} does not load, so it is not deployed: " + refusal.split(": ", 1)[1]
+        failure = self.load_failure(version)
+        if failure is not None:
+            msg = f"{name} {version} does not load, so it is not deployed: {failure}"
             raise RolloutError(msg)
         current = self.registry.champion(self.rcur, name)
         sentence = f"{actor} deployed {version} as champion of {name}" + (
