@@ -7,6 +7,7 @@ what ``pitstop up`` started, and only that.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import json
 import logging
@@ -17,6 +18,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -347,11 +349,15 @@ def _pg_run_as() -> dict[str, Any]:
     """Postgres refuses to run as root: as root, run it as a system user of its own."""
     if os.geteuid() != 0:
         return {}
-    try:
-        pwd.getpwnam(PG_SYSTEM_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", PG_SYSTEM_USER],
-                       check=True, capture_output=True)
+    # Several processes start servers at once on a bare machine (make test's workers): two useradd at once leave
+    # /etc/passwd half-written for the others (initdb: "could not look up effective user ID"), so one at a time
+    with (Path(tempfile.gettempdir()) / "pitstop-postgres-user.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            pwd.getpwnam(PG_SYSTEM_USER)
+        except KeyError:
+            subprocess.run(["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", PG_SYSTEM_USER],
+                           check=True, capture_output=True)
     return {"user": PG_SYSTEM_USER}
 
 
