@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pitstop.errors import PitstopError
-from pitstop.output import OUTPUT_CLOSED, say, silence_stdout
+from pitstop.output import OUTPUT_CLOSED, reply, say, silence_stdout
 from pitstop.settings import Settings
 
 
@@ -62,7 +62,7 @@ def cmd_down(args: argparse.Namespace, settings: Settings) -> int:
     from pitstop import supervisor
 
     stopped = supervisor.take_down(settings)
-    _say(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    reply(_say, args.json, f"stopped: {', '.join(stopped)}" if stopped else "nothing was running", stopped=stopped)
     return 0
 
 
@@ -83,8 +83,8 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
     database_url = settings.require_database()
     applied = migrate(database_url, settings.db_schema)
-    _say(f"schema {settings.db_schema}: applied {', '.join(applied)}" if applied
-         else f"schema {settings.db_schema}: up to date")
+    lines = [f"schema {settings.db_schema}: applied {', '.join(applied)}" if applied
+             else f"schema {settings.db_schema}: up to date"]
     if settings.analyst_password is not None:  # the analysts' role gets its password (docker-compose's Grafana)
         from feedback.query import AnalystRoleMissing, analyst_url
 
@@ -92,7 +92,13 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
             analyst_url(database_url, settings.db_schema, settings.analyst_password)
         except AnalystRoleMissing as exc:
             raise PitstopError(str(exc)) from None
-        _say(f"schema {settings.db_schema}: the analysts' role has the password of PITSTOP_ANALYST_PASSWORD")
+        lines.append(f"schema {settings.db_schema}: the analysts' role has the password of PITSTOP_ANALYST_PASSWORD")
+    if not args.json:
+        for line in lines:
+            _say(line)
+    else:
+        reply(_say, True, "; ".join(lines), schema=settings.db_schema, applied=applied,
+              analyst_password_set=settings.analyst_password is not None)
     return 0
 
 
@@ -103,12 +109,18 @@ def cmd_analyst_url(args: argparse.Namespace, settings: Settings) -> int:
 
     database_url = settings.require_reachable_database()
     try:
-        _say(analyst_url(database_url, settings.db_schema, settings.analyst_password))
+        url = analyst_url(database_url, settings.db_schema, settings.analyst_password)
     except AnalystRoleMissing as exc:
         raise PitstopError(str(exc)) from None
     except psycopg.errors.UndefinedFunction:
         msg = f"schema {settings.db_schema} has no analysts' role yet: run `pitstop migrate` first"
         raise PitstopError(msg) from None
+    if args.json:
+        from feedback.store import analyst_role
+
+        _say(json.dumps({"url": url, "schema": settings.db_schema, "role": analyst_role(settings.db_schema)}))
+    else:
+        _say(url)
     return 0
 
 
@@ -144,7 +156,7 @@ def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
         part = args.address_file.with_suffix(".part")
         part.write_text(served.url)
         part.replace(args.address_file)
-    _say(f"dashboard on {served.url} (read-only; Ctrl-C stops it)")
+    reply(_say, args.json, f"dashboard on {served.url} (read-only; Ctrl-C stops it)", url=served.url)
     try:
         while served.thread.is_alive():
             time.sleep(0.5)
@@ -160,7 +172,9 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
 
     bootstrap = settings.require_reachable_kafka()
     ensure_topics(bootstrap, settings.topics.all(), settings.partitions, compacted=settings.topics.compacted())
-    _say(f"topics {', '.join(settings.topics.all())}: present ({settings.partitions} partitions when created)")
+    reply(_say, args.json,
+          f"topics {', '.join(settings.topics.all())}: present ({settings.partitions} partitions when created)",
+          topics=settings.topics.all(), partitions=settings.partitions, compacted=sorted(settings.topics.compacted()))
     return 0
 
 
@@ -184,7 +198,8 @@ def cmd_reference_import(args: argparse.Namespace, settings: Settings) -> int:
     from pitstop.monitoring_cli import import_reference
 
     return import_reference(settings, args.model, args.version, Path(args.file), label_column=args.label_column,
-                            prediction_column=args.prediction_column, score_column=args.score_column, say=_say)
+                            prediction_column=args.prediction_column, score_column=args.score_column,
+                            as_json=args.json, say=_say)
 
 
 def cmd_triggers_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -196,7 +211,7 @@ def cmd_triggers_list(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_triggers_reset(args: argparse.Namespace, settings: Settings) -> int:
     from pitstop.triggers_cli import reset_breaker
 
-    return reset_breaker(settings, args.model, by=args.by, say=_say)
+    return reset_breaker(settings, args.model, by=args.by, as_json=args.json, say=_say)
 
 
 def cmd_triggers_replay(args: argparse.Namespace, settings: Settings) -> int:
@@ -209,7 +224,8 @@ def cmd_triggers_replay(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
     from pitstop.triggers_cli import request_retrain
 
-    return request_retrain(settings, args.model, reason=args.reason, request_id=args.id, by=args.by, say=_say)
+    return request_retrain(settings, args.model, reason=args.reason, request_id=args.id, by=args.by,
+                           wait_s=args.wait, as_json=args.json, say=_say)
 
 
 def cmd_models_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -234,7 +250,7 @@ def cmd_rollout_command(args: argparse.Namespace, settings: Settings) -> int:
     from pitstop import rollout_cli
 
     command = "resume" if getattr(args, "resume", False) else args.rollout_verb
-    return rollout_cli.run(settings, command, args.model, say=_say)
+    return rollout_cli.run(settings, command, args.model, say=_say, as_json=args.json)
 
 
 def cmd_verdict(args: argparse.Namespace, settings: Settings) -> int:
@@ -245,13 +261,15 @@ def cmd_verdict(args: argparse.Namespace, settings: Settings) -> int:
              if args.command == "reject" else {})
     by = check_by(args.by) if args.by is not None else None
     command = "deploy_version" if args.command == "deploy" else args.command
-    return rollout_cli.run(settings, command, args.model, say=_say, by=by, version=args.version, **extra)
+    return rollout_cli.run(settings, command, args.model, say=_say, as_json=args.json, by=by, version=args.version,
+                           **extra)
 
 
 def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
     from pitstop import rollout_cli
 
-    return rollout_cli.drill(settings, args.model, switch_s=args.switch, wait_s=args.wait, say=_say)
+    return rollout_cli.drill(settings, args.model, switch_s=args.switch, wait_s=args.wait, as_json=args.json,
+                             say=_say)
 
 
 def cmd_retrain_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -281,6 +299,11 @@ def cmd_rollout_worker(args: argparse.Namespace, settings: Settings) -> int:
     os.execv(sys.executable, [sys.executable, "-m", "streams", "rollout-worker", f"--instance={args.instance}"])
 
 
+def _json_flag(parser: argparse.ArgumentParser,
+               text: str = "one JSON object instead of the sentence: what was done, with the sentence") -> None:
+    parser.add_argument("--json", action="store_true", help=text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pitstop", description="Keep production models fresh.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -289,22 +312,27 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--detach", action="store_true", help="return once ready; writes .pitstop/env")
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop what `pitstop up` started, and only that")
+    _json_flag(down)
     down.set_defaults(func=cmd_down)
     status = sub.add_parser("status", help="what runs where, and whether it is healthy")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
     mig = sub.add_parser("migrate", help="apply the database migrations to the configured database")
+    _json_flag(mig)
     mig.set_defaults(func=cmd_migrate)
     board = sub.add_parser("dashboard", help="serve the read-only web page of the fleet and each model")
     board.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
     board.add_argument("--port", type=int, default=DASHBOARD_PORT,
                        help=f"the port (default {DASHBOARD_PORT}, or a free one when it is taken; 0: any free one)")
     board.add_argument("--address-file", type=Path, help=argparse.SUPPRESS)  # where `pitstop up` reads the URL
+    _json_flag(board, "its address as one JSON object, then it serves")
     board.set_defaults(func=cmd_dashboard)
     analyst = sub.add_parser("analyst-url", help="the connection string of the analysts' read-only role (it reads "
                              "the documented views and nothing else)")
+    _json_flag(analyst, "one JSON object: the URL, the schema and the role")
     analyst.set_defaults(func=cmd_analyst_url)
     top = sub.add_parser("topics", help="create the topics on the configured broker (final partition count)")
+    _json_flag(top)
     top.set_defaults(func=cmd_topics)
     demo = sub.add_parser("demo", help="a synthetic model whose data drifts; shows the join filling up")
     demo.add_argument("--duration", type=_finite_positive, default=None, help="seconds to run (default: until Ctrl-C)")
@@ -329,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--prediction-column", default=None, help="default: 'prediction' when present")
     imp.add_argument("--score-column", default=None)
     imp.add_argument("file")
+    _json_flag(imp)
     imp.set_defaults(func=cmd_reference_import)
     trig = sub.add_parser("triggers", help="retrain decisions: list them, reset the circuit breaker, replay the rules")
     trig_sub = trig.add_subparsers(dest="triggers_command", required=True)
@@ -340,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     treset = trig_sub.add_parser("reset", help="reset the circuit breaker: automatic retraining resumes")
     treset.add_argument("--model", required=True)
     treset.add_argument("--by", default=None, help="who resets it (default: the database user)")
+    _json_flag(treset)
     treset.set_defaults(func=cmd_triggers_reset)
     treplay = trig_sub.add_parser(
         "replay", help="re-run the decision rules over stored windows and say when they would have fired; "
@@ -363,6 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--id", default=None, help="request id (default: the UTC minute and a hash of the reason, "
                          "so a repeat within the minute is the same request)")
     retrain.add_argument("--by", default=None, help="who asks (default: the login name)")
+    retrain.add_argument("--wait", type=_finite_positive, nargs="?", const=3600.0, default=None, metavar="S",
+                         help="follow the training the request starts until its outcome, at most S seconds (default "
+                         "3600), with a progress line on a terminal; exit code 1 when it was rejected or failed, "
+                         "or had no outcome in time")
+    _json_flag(retrain)
     retrain.set_defaults(func=cmd_retrain)
     worker = sub.add_parser("retrain-worker", help="answer retrain triggers: train, gate, register, publish "
                             "candidates (runs until Ctrl-C)")
@@ -401,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--model", required=True)
         if verb == "pause":
             cmd.add_argument("--resume", action="store_true", help="resume a paused ramp (its step's dwell restarts)")
+        _json_flag(cmd)
         cmd.set_defaults(func=cmd_rollout_command, rollout_verb=verb)
     for verb, text in (("approve", "let a candidate ramp once its shadow passed (promotion = \"approval\")"),
                        ("reject", "end a candidate before its ramp, with a reason (promotion = \"approval\")"),
@@ -412,11 +448,13 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "reject":
             cmd.add_argument("--reason", required=True, help="why, in one line (the version's trail keeps it)")
         cmd.add_argument("--by", help="who decides (default: the user running the command)")
+        _json_flag(cmd)
         cmd.set_defaults(func=cmd_verdict)
     rollout_group = sub.add_parser("rollout", help="the ramp's latch")
     rollout_sub = rollout_group.add_subparsers(dest="rollout_command", required=True)
     clear = rollout_sub.add_parser("clear", help="clear a latched rollback so that ramps of the model start again")
     clear.add_argument("--model", required=True)
+    _json_flag(clear)
     clear.set_defaults(func=cmd_rollout_command, rollout_verb="clear")
     drill = sub.add_parser("drill", help="rehearse an automatic rollback: deploy a challenger that fails every "
                            "request, check the rollback fires and every router switches in time")
@@ -425,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds every router has to switch after the rollback (default 30)")
     drill.add_argument("--wait", type=_finite_positive, default=300.0, metavar="S",
                        help="seconds to wait for the automatic rollback (default 300)")
+    _json_flag(drill, "one JSON object at the end (whether it passed, the requests served, the rollback, the "
+               "routers' switch) instead of the lines as it goes")
     drill.set_defaults(func=cmd_drill)
     return parser
 

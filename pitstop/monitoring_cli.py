@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from feedback.monitoring.round import Monitor
 from feedback.monitoring.windows import WindowUpdater, install_profile, reference_columns, series_kinds
 from feedback.store import FeedbackStore
 from pitstop.errors import PitstopError
+from pitstop.output import Progress, reply
 from pitstop.settings import Settings
 
 _DRIFT = """
@@ -133,24 +135,37 @@ def _p(x: float | None) -> str:
 
 
 def import_reference(settings: Settings, model: str, version: str, path: Path, *, label_column: str | None,
-                     prediction_column: str | None, score_column: str | None, say: Callable[[str], None]) -> int:
-    """Profile a training set (CSV or Parquet) as the version's reference and recount its windows."""
+                     prediction_column: str | None, score_column: str | None, say: Callable[[str], None],
+                     as_json: bool = False) -> int:
+    """Profile a training set (CSV or Parquet) as the version's reference and recount its windows; a progress bar
+    on a terminal while the file is read and while the stored predictions are recounted."""
     import pandas as pd
 
     config = settings.require_model(model)
     if not path.is_file():
         msg = f"{path}: no such file; give a CSV or Parquet training set"
         raise PitstopError(msg)
+    parquet = path.suffix.lower() in (".parquet", ".pq")
+    bar = Progress(f"import {model} {version}")
     try:
-        frame = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
+        if parquet:
+            bar.status(f"reading {path.name}")
+            frame = pd.read_parquet(path)
+        else:
+            size_mib = path.stat().st_size >> 20
+            with _Read(path, lambda at: bar.update(at >> 20, size_mib, f"MiB of {path.name} read")) as handle:
+                frame = pd.read_csv(handle)
     except Exception as exc:  # pandas raises many types; the operator needs the one line
-        msg = f"{path}: cannot read as {'Parquet' if path.suffix.lower() in ('.parquet', '.pq') else 'CSV'}: {exc}"
+        bar.close()
+        msg = f"{path}: cannot read as {'Parquet' if parquet else 'CSV'}: {exc}"
         raise PitstopError(msg) from None
     special = {c for c in (label_column, prediction_column, score_column) if c}
     missing = sorted(c for c in special if c not in frame.columns)
     if missing:
+        bar.close()
         msg = f"{path}: no column {', '.join(missing)}; columns are {', '.join(map(str, frame.columns))}"
         raise PitstopError(msg)
+    bar.status(f"profiling {len(frame.columns)} columns of {len(frame):,} rows")
     label = label_column or ("label" if "label" in frame.columns else None)
     prediction = prediction_column or ("prediction" if "prediction" in frame.columns else None)
     features = {str(c): _values(frame[c]) for c in frame.columns if c not in {label, prediction, score_column}}
@@ -163,11 +178,37 @@ def import_reference(settings: Settings, model: str, version: str, path: Path, *
     profile = build_profile(model, version, columns, series_kinds(config), source=f"import:{path.name}")
     database_url = settings.require_reachable_database()
     updater = WindowUpdater(settings.monitoring)
-    with FeedbackStore(database_url, settings.db_schema, windows=updater) as store, store.pool.connection() as conn:
-        n = install_profile(conn, updater, profile)
-    say(f"{model} {version}: reference from {path.name} ({len(frame)} rows, {len(profile.series)} series); "
-        f"{n} stored predictions recounted")
+    bar.status("recounting the stored predictions")
+    try:
+        with (FeedbackStore(database_url, settings.db_schema, windows=updater) as store,
+              store.pool.connection() as conn):
+            n = install_profile(conn, updater, profile,
+                                progress=lambda done, total: bar.update(done, total, "predictions recounted"))
+    finally:
+        bar.close()
+    sentence = (f"{model} {version}: reference from {path.name} ({len(frame)} rows, {len(profile.series)} series); "
+                f"{n} stored predictions recounted")
+    reply(say, as_json, sentence, model=model, version=version, file=str(path), rows=len(frame),
+          series=sorted(profile.series), recounted=n)
     return 0
+
+
+class _Read(io.FileIO):
+    """A file whose reader reports how far it read (pandas reads a CSV from it in blocks of 256 KiB)."""
+
+    def __init__(self, path: Path, seen: Callable[[int], object]) -> None:
+        super().__init__(path, "r")
+        self.seen = seen
+
+    def read(self, size: int = -1) -> bytes:
+        data = super().read(size)
+        self.seen(self.tell())
+        return data or b""
+
+    def readinto(self, buffer: Any) -> int | None:
+        n = super().readinto(buffer)
+        self.seen(self.tell())
+        return n
 
 
 def _values(column: Any) -> Sequence[Any]:

@@ -29,6 +29,7 @@ from feedback.rollout.drill import FailingModel
 from feedback.store import FeedbackStore
 from pitstop.errors import PitstopError
 from pitstop.outbox_relay import OutboxPublisher
+from pitstop.output import Progress, reply
 from pitstop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,11 @@ def actor() -> str:
         return "operator"
 
 
-def run(settings: Settings, command: str, model: str, *, say: Say, by: str | None = None, **kwargs: Any) -> int:
-    """One command (``rollback``, ``promote``, ``pause``, ``resume``, ``clear``, ``approve``, ``reject``) on
-    ``model``, by ``by`` (the user running it by default); its sentence."""
+def run(settings: Settings, command: str, model: str, *, say: Say, by: str | None = None, as_json: bool = False,
+        **kwargs: Any) -> int:
+    """One command (``rollback``, ``promote``, ``pause``, ``resume``, ``clear``, ``approve``, ``reject``,
+    ``deploy_version``) on ``model``, by ``by`` (the user running it by default); its sentence, or with ``as_json``
+    one object: the command, its arguments, the sentence and the model's deployment and ramp after it."""
     who = by or actor()
     with _session(settings) as (store, controller):  # the database first, as every command
         settings.require_model(model)  # then the same one line as every command, naming the file and the models
@@ -57,14 +60,43 @@ def run(settings: Settings, command: str, model: str, *, say: Say, by: str | Non
         except RolloutError as exc:
             raise PitstopError(str(exc)) from None
         _publish(settings, store)
-    say(sentence)
+        after = _after(store, model) if as_json else {}
+    reply(say, as_json, sentence, command=command.removesuffix("_version"), model=model, by=who, **kwargs, **after)
     return 0
 
 
+_AFTER = """
+SELECT d.message_version, d.champion, d.challenger, d.challenger_share, d.state,
+       r.challenger, r.state, r.share, l.version
+FROM (SELECT %(model)s AS model_name) m
+LEFT JOIN deployments d USING (model_name)
+LEFT JOIN rollouts r ON r.model_name = m.model_name AND r.state IN ('ramping', 'paused', 'holding')
+LEFT JOIN rollback_latches l ON l.model_name = m.model_name
+"""
+
+
+def _after(store: FeedbackStore, model: str) -> dict[str, Any]:
+    """The model's state after a command, for ``--json``: the deployment the routers follow, the ramp under way
+    and the latch (each null when there is none)."""
+    message, champion, challenger, share, state, ramp_version, ramp_state, ramp_share, latched = store.rows(
+        _AFTER, {"model": model})[0]
+    return {
+        "deployment": None if message is None else {"message_version": message, "champion": champion,
+                                                    "challenger": challenger, "challenger_share": share,
+                                                    "state": state},
+        "ramp": None if ramp_version is None else {"challenger": ramp_version, "state": ramp_state,
+                                                   "share": ramp_share},
+        "latched": latched,
+    }
+
+
 def drill(settings: Settings, model: str, *, switch_s: float = 30.0, wait_s: float = 300.0, settle_s: float = 5.0,
-          say: Say, clock: Callable[[], float] = time.monotonic) -> int:
+          say: Say, as_json: bool = False, clock: Callable[[], float] = time.monotonic) -> int:
     """Rehearse an automatic rollback; 0 when it fired and every router switched within ``switch_s``
-    (``settle_s`` more are given to the model servers' producers and the ingest to store the last requests)."""
+    (``settle_s`` more are given to the model servers' producers and the ingest to store the last requests).
+
+    Its lines are said as it goes, with a progress line on a terminal while it waits; with ``as_json``, one object
+    at the end instead."""
     config = settings.require_model(model)
     if not config.retrain.shadowed:
         msg = (f"the rollout worker ramps only models with promotion = \"shadow\" or \"approval\"; {model} has "
@@ -72,8 +104,15 @@ def drill(settings: Settings, model: str, *, switch_s: float = 30.0, wait_s: flo
                "drill back; "
                f"set retrain.promotion = \"shadow\" for {model} and restart the stack")
         raise PitstopError(msg)
+    report: dict[str, Any] = {"model": model, "switch_s": switch_s, "wait_s": wait_s}
+
+    def finish(passed: bool, sentence: str) -> int:
+        reply(say, as_json, sentence, **report, passed=passed)
+        return 0 if passed else 1
+
     with _session(settings) as (store, controller):
         version = f"drill-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+        report["version"] = version
         registry = Registry()
         _refuse_drill(store, registry, model)  # every refusal before the first write
         with store.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
@@ -82,47 +121,63 @@ def drill(settings: Settings, model: str, *, switch_s: float = 30.0, wait_s: flo
                                                 lineage={"drill": True}),
                               serialise(FailingModel(), "pickle"), reason="rollback drill: fails every request")
         try:
-            say(controller.drill(model, actor(), version))
+            report["started"] = controller.drill(model, actor(), version)
         except RolloutError as exc:
             raise PitstopError(str(exc)) from None
+        if not as_json:
+            say(report["started"])
         _publish(settings, store)
         rollout_id = f"{model}/{version}"
-        deadline = clock() + wait_s
+        served_sql = "SELECT count(*) FROM predictions WHERE model_name = %s AND model_version = %s"
+        started = clock()
+        deadline = started + wait_s
         rolled_back = None
-        while clock() < deadline:
-            rolled_back = store.rows("SELECT recorded_at, sentence FROM rollout_events WHERE rollout_id = %s AND "
-                                     "kind = 'rolled_back'", (rollout_id,))
-            if rolled_back:
-                break
-            _publish(settings, store)
-            time.sleep(0.5)
-        served = store.scalar("SELECT count(*) FROM predictions WHERE model_name = %s AND model_version = %s",
-                              (model, version))
+        bar = Progress(f"drill {model}")
+        try:
+            while clock() < deadline:
+                rolled_back = store.rows("SELECT recorded_at, sentence FROM rollout_events WHERE rollout_id = %s AND "
+                                         "kind = 'rolled_back'", (rollout_id,))
+                if rolled_back:
+                    break
+                _publish(settings, store)
+                if bar.on:
+                    bar.status(f"waiting for the automatic rollback, {clock() - started:.0f} of {wait_s:g} s; "
+                               f"{store.scalar(served_sql, (model, version)):,} requests reached {version}")
+                time.sleep(0.5)
+        finally:
+            bar.close()
+        served = store.scalar(served_sql, (model, version))
+        report["served"] = served
         if not rolled_back:
             controller.rollback(model, actor())
             controller.clear(model, actor())
             _publish(settings, store)
-            say(f"drill FAILED: no automatic rollback within {wait_s:g} s; {served:,} requests reached {version} "
-                "(the failure rule needs 30); is the rollout worker running and traffic routed through the router? "
-                "The drill version was rolled back by hand.")
-            return 1
+            return finish(False, f"drill FAILED: no automatic rollback within {wait_s:g} s; {served:,} requests "
+                          f"reached {version} (the failure rule needs 30); is the rollout worker running and traffic "
+                          "routed through the router? The drill version was rolled back by hand.")
         at, sentence = rolled_back[0]
-        say(f"rollback fired: {sentence}")
-        wait_until = clock() + switch_s + settle_s  # the routers' switch, then the ingest's batching
-        while clock() < wait_until:
-            time.sleep(0.5)
+        report["rolled_back_at"], report["rolled_back"] = at, sentence
+        if not as_json:
+            say(f"rollback fired: {sentence}")
+        watched = clock()
+        wait_until = watched + switch_s + settle_s  # the routers' switch, then the ingest's batching
+        try:
+            while clock() < wait_until:
+                bar.status(f"watching every router switch: {clock() - watched:.0f} of {switch_s + settle_s:g} s")
+                time.sleep(0.5)
+        finally:
+            bar.close()
         last = store.scalar("SELECT max(ingested_at) FROM predictions WHERE model_name = %s AND model_version = %s",
                             (model, version))
         controller.clear(model, actor())
         lag = None if last is None else (last - at).total_seconds()
+        report["last_request_after_s"] = lag
         if lag is not None and lag > switch_s:
-            say(f"drill FAILED: a request served by {version} reached the store {lag:.1f} s after the rollback "
-                f"(limit {switch_s:g} s): a router did not switch in time")
-            return 1
+            return finish(False, f"drill FAILED: a request served by {version} reached the store {lag:.1f} s after "
+                          f"the rollback (limit {switch_s:g} s): a router did not switch in time")
         after = "none after it" if lag is None or lag <= 0 else f"the last {lag:.1f} s after it"
-        say(f"drill passed: {served:,} requests reached {version} before the rollback, {after}; every router "
-            f"switched within {switch_s:g} s. The drill's latch is cleared.")
-        return 0
+        return finish(True, f"drill passed: {served:,} requests reached {version} before the rollback, {after}; "
+                      f"every router switched within {switch_s:g} s. The drill's latch is cleared.")
 
 
 _ACTIVE_RAMP = "SELECT challenger, state, share FROM rollouts WHERE model_name = %s AND state IN ('ramping', " \

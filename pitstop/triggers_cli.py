@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import re
-import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +23,7 @@ from feedback.outbox import relay
 from feedback.store import connect_kwargs
 from pitstop import queries
 from pitstop.errors import ConfigFileError, PitstopError
+from pitstop.output import Progress, json_default, reply
 from pitstop.settings import Settings
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def list_decisions(settings: Settings, model: str, *, limit: int, as_json: bool,
         rows = [dict(zip(queries.DECISION_KEYS, row, strict=True))
                 for row in conn.execute(queries.DECISIONS, (model, limit)).fetchall()]
     if as_json:
-        say(json.dumps([{**r, "event": _event_state(r)} for r in rows], default=_json_default))
+        say(json.dumps([{**r, "event": _event_state(r)} for r in rows], default=json_default))
         return 0
     if not rows:
         say(f"{model}: no retrain decisions yet")
@@ -108,7 +109,7 @@ def _event_state(row: dict[str, Any]) -> str:
 # --- pitstop triggers reset -------------------------------------------------------------------------------------
 
 
-def reset_breaker(settings: Settings, model: str, *, by: str | None, say: Say) -> int:
+def reset_breaker(settings: Settings, model: str, *, by: str | None, say: Say, as_json: bool = False) -> int:
     """Reset the model's circuit breaker (a trigger_resets row); says what its state was."""
     config = settings.require_model(model)
     if by is not None:
@@ -123,9 +124,11 @@ def reset_breaker(settings: Settings, model: str, *, by: str | None, say: Say) -
         cur.execute(_RESET, (model, by))
     in_row = f"{rejected} rejected candidate{'s' if rejected != 1 else ''} in a row since the last reset, limit {limit}"
     if rejected >= limit:
-        say(f"{model}: circuit breaker was tripped ({in_row}); reset: automatic retraining resumes")
+        sentence = f"{model}: circuit breaker was tripped ({in_row}); reset: automatic retraining resumes"
     else:
-        say(f"{model}: circuit breaker was not tripped ({in_row}); reset recorded: automatic retraining goes on")
+        sentence = f"{model}: circuit breaker was not tripped ({in_row}); reset recorded: automatic retraining goes on"
+    reply(say, as_json, sentence, model=model, was_tripped=rejected >= limit, rejected_in_row=rejected, limit=limit,
+          by=by)
     return 0
 
 
@@ -133,10 +136,13 @@ def reset_breaker(settings: Settings, model: str, *, by: str | None, say: Say) -
 
 
 def request_retrain(settings: Settings, model: str, *, reason: str, request_id: str | None, by: str | None,
-                    say: Say) -> int:
-    """Record a manual retrain request; publish its event at once when a broker is configured.
+                    say: Say, wait_s: float | None = None, as_json: bool = False,
+                    clock: Callable[[], float] = time.monotonic) -> int:
+    """Record a manual retrain request; publish its event at once when a broker is configured; with ``wait_s``,
+    follow the training it starts until its outcome (a progress line on a terminal), at most ``wait_s`` seconds.
 
-    Exit code 0 when the request fired (now or by an earlier identical request), 1 when storm control held it back.
+    Exit code 0 when the request fired (now or by an earlier identical request), 1 when storm control held it back;
+    when waiting, 0 only when the training ended with a candidate (or a former champion, for a pool decision).
     """
     config = settings.require_model(model)
     if not config.triggers.enabled:
@@ -156,16 +162,62 @@ def request_retrain(settings: Settings, model: str, *, reason: str, request_id: 
 
     did = decision_id(model, "manual", request_id)
     engine = TriggerEngine(settings.monitoring, LogAlertSink())
+    lines: list[str] = []
+    out = lines.append if as_json else say
     with _database(settings) as conn:
         stored = conn.execute(_STORED, (did,)).fetchone()
         decision = engine.manual(conn, model, reason=reason, requested_by=by, request_id=request_id)
         if stored is not None:
-            say(f"{model}: request {did} was already recorded at {_second(stored[1])} UTC (wall clock; the same "
+            out(f"{model}: request {did} was already recorded at {_second(stored[1])} UTC (wall clock; the same "
                 "reason within the same minute, or the same --id): one decision")
-        say(_decision_line(decision))
-        if decision.status == "fired":
-            say(_publish(settings, conn, decision))
-    return 0 if decision.status == "fired" else 1
+        out(_decision_line(decision))
+        event = _publish(settings, conn, decision) if decision.status == "fired" else None
+        if event is not None:
+            out(event)
+        outcome = None
+        if wait_s is not None and decision.status == "fired":
+            outcome = _follow_training(conn, model, did, wait_s, clock)
+            out(outcome["sentence"])
+    code = (1 if decision.status != "fired"
+            else 0 if outcome is None or outcome["outcome"] in ("candidate", "unchanged") else 1)
+    if as_json:
+        say(json.dumps({**_decision_document(decision), "model": model, "requested_by": by,
+                        "already_recorded_at": None if stored is None else stored[1], "event": event,
+                        "training": outcome, "sentence": "; ".join(lines)}, default=json_default))
+    return code
+
+
+_FOLLOW = """
+SELECT o.outcome, o.sentence, v.version, p.step, p.detail
+FROM (SELECT %(id)s::text AS trigger_id) t
+LEFT JOIN retrain_outcomes o USING (trigger_id)
+LEFT JOIN model_versions v ON v.trigger_id = t.trigger_id
+LEFT JOIN retrain_progress p ON p.trigger_id = t.trigger_id
+"""
+
+
+def _follow_training(conn: psycopg.Connection[Any], model: str, trigger_id: str, wait_s: float,
+                     clock: Callable[[], float]) -> dict[str, Any]:
+    """Wait for a fired trigger's outcome, its step shown on a terminal; the outcome, or ``timeout``."""
+    started = clock()
+    bar = Progress(f"retrain {model}")
+    try:
+        while True:
+            outcome, sentence, version, step, detail = conn.execute(_FOLLOW, {"id": trigger_id}).fetchone()
+            waited = clock() - started
+            if outcome is not None:
+                said = f"{model}: training {outcome}" + (f" ({version})" if version else "") + f": {sentence}"
+                return {"outcome": outcome, "version": version, "sentence": said, "waited_s": round(waited, 1)}
+            if waited >= wait_s:
+                where = f"still {step}: {detail}" if step else "no retrain worker has taken it"
+                said = (f"{model}: no outcome within {wait_s:g} s ({where}); the training goes on: follow it with "
+                        f"`pitstop models show {model}`")
+                return {"outcome": "timeout", "version": None, "sentence": said, "waited_s": round(waited, 1)}
+            bar.status(f"{step}: {detail} ({waited:.0f} s)" if step
+                       else f"waiting for a retrain worker to take the request ({waited:.0f} s)")
+            time.sleep(0.5)
+    finally:
+        bar.close()
 
 
 def check_reason(reason: str, why: str = "the model needs retraining", example: str = "new plan tiers") -> str:
@@ -331,13 +383,13 @@ def replay_triggers(settings: Settings, model: str, *, start: str, end: str, ver
                      else f"it has no {_duration(config.window_s)} windows with rows at all")
             msg = f"{whose}: no windows with rows between {_minute(t1)} and {_minute(t2)} UTC; {where}"
             raise PitstopError(msg)
-        bar = _Progress(progress_to if progress_to is not None else sys.stderr, f"replay {model} {chosen}")
+        bar = Progress(f"replay {model} {chosen}", progress_to)
         try:
-            result = replay(cur, config, profile, ends, progress=bar.update)
+            result = replay(cur, config, profile, ends, progress=lambda done, total: bar.update(done, total, "windows"))
         finally:
             bar.close()
     if as_json:
-        say(json.dumps(_replay_document(result, overrides), default=_json_default))
+        say(json.dumps(_replay_document(result, overrides), default=json_default))
         return 0
     with_overrides = f"; --set {', '.join(overrides)}" if overrides else ""
     say(f"replay {model} {chosen}: {len(ends)} windows ending {_minute(ends[0])} to {_minute(ends[-1])} UTC "
@@ -432,53 +484,6 @@ def _decision_document(d: Decision) -> dict[str, Any]:
     }
 
 
-class _Progress:
-    """A progress line on a terminal, rewritten with \\r every 2% (at most 51 writes, then one clearing it); silent
-    when the stream is not a terminal (a pipe, a file, a test's capture).
-
-    >>> import io
-    >>> class Terminal(io.StringIO):
-    ...     def isatty(self) -> bool:
-    ...         return True
-    >>> shown = Terminal()
-    >>> bar = _Progress(shown, "replay churn v1")
-    >>> for done in range(1, 8761):
-    ...     bar.update(done, 8760)
-    >>> bar.close()
-    >>> writes = shown.getvalue().split("\\r")[1:]
-    >>> len(writes), writes[-2], writes[-1] == "\\x1b[K"
-    (52, 'replay churn v1: 8760/8760 windows (100%)', True)
-    >>> quiet = io.StringIO()
-    >>> _Progress(quiet, "replay").update(1, 2)
-    >>> quiet.getvalue()
-    ''
-    """
-
-    def __init__(self, stream: TextIO, label: str) -> None:
-        self.stream = stream
-        self.label = label
-        self.shown = -1
-        try:
-            self.on = stream.isatty()
-        except (AttributeError, ValueError):  # a closed or odd stream
-            self.on = False
-
-    def update(self, done: int, total: int) -> None:
-        if not self.on or total < 1:
-            return
-        step = done * 50 // total
-        if step == self.shown:
-            return
-        self.shown = step
-        self.stream.write(f"\r{self.label}: {done}/{total} windows ({done * 100 // total}%)")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.on and self.shown >= 0:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-
-
 # --- shared -----------------------------------------------------------------------------------------------------
 
 
@@ -519,9 +524,3 @@ def _duration(seconds: int) -> str:
         if seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    return str(value)

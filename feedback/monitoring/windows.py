@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -684,13 +684,16 @@ LIMIT %s
 """
 
 REBUILD_CHUNK = 5000
+_VERSION_COUNT = "SELECT count(*) FROM predictions WHERE model_name = %s AND model_version = %s"
 
 
-def install_profile(conn: psycopg.Connection[Any], updater: WindowUpdater, profile: ReferenceProfile) -> int:
+def install_profile(conn: psycopg.Connection[Any], updater: WindowUpdater, profile: ReferenceProfile, *,
+                    progress: Callable[[int, int], object] | None = None) -> int:
     """Store ``profile`` for its version and recount every stored row of the version in its bins.
 
     Runs in one transaction under the version's exclusive lock, so no ingest transaction
-    writes the version meanwhile; returns the number of predictions counted.
+    writes the version meanwhile; returns the number of predictions counted. ``progress`` is called with the rows
+    recounted so far and their total after each chunk.
     """
     version = (profile.model_name, profile.model_version)
     config = updater.config.models[profile.model_name]
@@ -701,6 +704,7 @@ def install_profile(conn: psycopg.Connection[Any], updater: WindowUpdater, profi
             cur.execute(statement, {"m": version[0], "v": version[1]})
         updater.profiles(cur, [version])
         n = 0
+        total = cur.execute(_VERSION_COUNT, version).fetchone()[0] if progress is not None else 0
         with conn.cursor(name="pitstop_rebuild") as rows:
             rows.execute(_VERSION_PREDICTIONS, version)
             while chunk := rows.fetchmany(REBUILD_CHUNK):
@@ -710,6 +714,8 @@ def install_profile(conn: psycopg.Connection[Any], updater: WindowUpdater, profi
                 updater.count_labels(cur, [e.prediction_id for e in events], delta, detectors=False)
                 updater.write(cur, delta)
                 n += len(events)
+                if progress is not None:
+                    progress(n, max(total, n))
         updater.unprofiled.discard(version)
     return n
 

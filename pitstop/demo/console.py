@@ -211,23 +211,44 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-_COLUMNS = (  # (title, width); every value is right-aligned but the event time
-    ("wall", 5), ("event time UTC", 14), ("drift", 5), ("serving", 10), ("sent p", 7), ("sent o", 7),
+_COLUMNS = (  # (title, width) in the order shown; every value is right-aligned but the event time
+    ("wall", 5), ("event time", 10), ("drift", 5), ("serving", 10), ("sent p", 7), ("sent o", 7),
     ("stored", 7), ("joined", 7), ("cover", 6), ("fixed", 5), ("early", 5), ("dead", 5),
     (f"acc{_hours(ACCURACY_WINDOW)}", 6), ("in/s", 5),
 )
+#: the order columns are given up in when the terminal is narrower than the whole table: the figures the legend
+#: calls secondary first; the wall and event times, drift, serving, the join and accuracy stay at 80 columns
+_DROPPED_FIRST = ("sent o", "fixed", "early", "in/s", "sent p", "dead")
 
 
-def _table_row(values: Sequence[str]) -> str:
-    """One line of the live table.
+def table_columns(width: int) -> tuple[int, ...]:
+    """The indexes of the live table's columns that fit ``width`` characters (a terminal's), in their order.
 
-    >>> header = _table_row([title for title, _ in _COLUMNS])
+    >>> [_COLUMNS[i][0] for i in table_columns(80)]
+    ['wall', 'event time', 'drift', 'serving', 'sent p', 'stored', 'joined', 'cover', 'dead', 'acc12h']
+    >>> len(table_columns(200)), len(table_columns(10))
+    (14, 8)
+    """
+    shown = list(range(len(_COLUMNS)))
+    dropping = iter(_DROPPED_FIRST)
+    while sum(_COLUMNS[i][1] + 1 for i in shown) - 1 > width:
+        title = next(dropping, None)
+        if title is None:
+            break  # the core columns stay, even when they wrap
+        shown = [i for i in shown if _COLUMNS[i][0] != title]
+    return tuple(shown)
+
+
+def _table_row(values: Sequence[str], shown: Sequence[int]) -> str:
+    """One line of the live table, of the ``shown`` columns.
+
+    >>> header = _table_row([title for title, _ in _COLUMNS], table_columns(80))
     >>> header[:56], len(header)
-    (' wall event time UTC drift    serving  sent p  sent o  s', 107)
+    (' wall event time drift    serving  sent p  stored  joine', 77)
     """
     cells = [
-        f"{value:<{width}}" if i == 1 else f"{value:>{width}}"
-        for i, (value, (_, width)) in enumerate(zip(values, _COLUMNS, strict=True))
+        f"{values[i]:<{_COLUMNS[i][1]}}" if i == 1 else f"{values[i]:>{_COLUMNS[i][1]}}"
+        for i in shown
     ]
     return " ".join(cells)
 
@@ -374,7 +395,7 @@ def rollout_step(kind: str, share: float | None) -> str:
 
 
 def timeline_lines(entries: Sequence[TimelineEntry], tag: Callable[[str], str], width: int = 118) -> list[str]:
-    """The timeline as the console prints it: event time, step, version, then the sentence, wrapped.
+    """The timeline as the console prints it: event time, step, version, then the sentence, wrapped at ``width``.
 
     >>> e = TimelineEntry(at=datetime(2026, 11, 2, 3, 4), recorded_at=datetime(2026, 11, 30), step="ramp 5%",
     ...                   version="b", sentence="b serves 5%")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -57,6 +58,7 @@ from pitstop.demo.console import (
     read_counts,
     rollout_step,
     serving_cell,
+    table_columns,
     timeline,
     timeline_lines,
     version_tag,
@@ -165,6 +167,10 @@ class _LiveDemo:
         )
         self.caught_up = False
         self.lines = 0
+        # the table and the timeline fit the terminal (80 columns when the output is not one), the timeline at most
+        # 118 wide
+        self.width = shutil.get_terminal_size((80, 24)).columns
+        self.columns = table_columns(self.width)
         self.recent: deque[tuple[float, int]] = deque(maxlen=4)
         self.decisions_seen: set[tuple[str, str]] = set()
         self.rollout_event_seen = 0
@@ -351,12 +357,12 @@ class _LiveDemo:
         then, rows_then = self.recent[0]
         rate = (counts.rows - rows_then) / (elapsed_s - then) if elapsed_s > then else 0.0
         if self.lines % HEADER_EVERY_LINES == 0:
-            _say(_table_row([title for title, _ in _COLUMNS]))
+            _say(_table_row([title for title, _ in _COLUMNS], self.columns))
         self.lines += 1
         drift = float(drift_fraction((self.event_now - self.clock_start).total_seconds()))
         _say(_table_row([
             f"{elapsed_s:.0f}s",
-            f"{self.event_now:%Y-%m-%d %Hh}",
+            f"{self.event_now:%m-%d %Hh}",
             f"{drift:.0%}",
             serving_cell(self.serving.deployment(MODEL_NAME), self.tag),
             f"{self.predictions_sent:,}",
@@ -369,7 +375,7 @@ class _LiveDemo:
             f"{counts.dead_letters:,}",
             "-" if accuracy is None else f"{accuracy:.1%}",
             f"{rate:,.0f}",
-        ]))
+        ], self.columns))
         if self.lines % MONITOR_EVERY_LINES == 0:
             self._monitor_line()
             self._ramp_line()
@@ -599,7 +605,7 @@ class _LiveDemo:
              f"feed's clock read when it was recorded (`pitstop models trail {MODEL_NAME} V` shows one version's):")
         for version in self.names:
             _say(f"  {self.tag(version):<4} {MODEL_NAME} {version}")
-        for line in timeline_lines(entries, self.tag):
+        for line in timeline_lines(entries, self.tag, min(self.width, 119) - 1):
             _say(line)
 
     def close(self) -> None:

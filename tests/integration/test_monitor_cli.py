@@ -85,9 +85,12 @@ def test_imported_reference_flags_the_shifted_feature(services, db_schema, cli_e
     training["label"] = rng.integers(0, 2, 5000)
     path = tmp_path / f"train{suffix}"
     training.to_csv(path, index=False) if suffix == ".csv" else training.to_parquet(path)
-    done = run_cli(cli_env, "reference", "import", "--model", "churn", "--version", "v1", str(path))
+    done = run_cli(cli_env, "reference", "import", "--model", "churn", "--version", "v1", str(path), "--json")
     assert done.returncode == 0, done.stderr
-    assert f"reference from train{suffix} (5000 rows" in done.stdout
+    imported = json.loads(done.stdout)
+    assert f"reference from train{suffix} (5000 rows" in imported["sentence"]
+    assert (imported["rows"], imported["recounted"], imported["file"]) == (5000, 0, str(path))
+    assert {"age", "income", "plan", "__label__"} <= set(imported["series"]), imported["series"]
     with FeedbackStore(services.database_url, db_schema,
                        windows=WindowUpdater(load_config(cli_env["PITSTOP_CONFIG"]))) as store:
         publish_windows(store, rng, hours=6, per_hour=600)

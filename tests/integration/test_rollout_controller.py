@@ -727,7 +727,11 @@ def test_with_approval_a_passed_shadow_waits_for_a_person_and_a_rejected_candida
                           str(paths["approval"])}, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "ana approved v2 (shadow): its ramp starts at the rollout worker's next look\n"
-    assert "was already approved by ana" in cli(*approve).stdout
+    again = json.loads(cli(*approve, "--json").stdout)  # --json: what was done, and the model's state after it
+    assert "was already approved by ana" in again["sentence"]
+    assert {k: again[k] for k in ("command", "model", "version", "by", "ramp", "latched", "deployment")} == {
+        "command": "approve", "model": "churn", "version": "v2", "by": "ana", "ramp": None, "latched": None,
+        "deployment": None}  # no ramp until the next look; this store's champion was never sent to routers
     refused(cli(*approve, config="shadow"), "promotes 'shadow': no candidate waits for a person")
     refused(cli("approve", "--model", "churn", "--version", "v9"), "churn v9 is not in the registry")
     world.hour(served_by="v1")
@@ -737,8 +741,12 @@ def test_with_approval_a_passed_shadow_waits_for_a_person_and_a_rejected_candida
             "is at stage canary: only a candidate before its ramp can be rejected (`pitstop rollback --model churn`")
 
     reject = ("reject", "--model", "churn", "--version", "v3", "--reason", "worse on the new tiers", "--by", "bo")
-    done = cli(*reject)
-    assert done.returncode == 0 and done.stdout == "bo rejected v3 (candidate): worse on the new tiers\n", done
+    done = cli(*reject, "--json")
+    assert done.returncode == 0, done
+    rejected = json.loads(done.stdout)
+    assert rejected["sentence"] == "bo rejected v3 (candidate): worse on the new tiers", rejected
+    assert (rejected["reason"], rejected["ramp"]["challenger"], rejected["ramp"]["state"]) == (
+        "worse on the new tiers", "v2", "ramping")
     assert "was already rejected by bo: worse on the new tiers" in cli(*reject).stdout
     refused(cli("approve", "--model", "churn", "--version", "v3"), "was rejected by bo (worse on the new tiers)")
     refused(cli("reject", "--model", "churn", "--version", "v3", "--reason", "  "), "--reason is empty")
@@ -783,8 +791,11 @@ def test_a_person_deploys_a_version_through_the_same_deployment_messages(service
     [message] = _messages(store)[len(before):]
     assert (message.champion, message.challenger, message.challenger_share) == ("v1", None, 0.0)
     assert message.message_version == before[-1].message_version + 1
-    again = deploy("v1")
-    assert again.returncode == 0 and "v1 is already the champion; nothing changed" in again.stdout
+    again = pitstop_main(env, "deploy", "--model", "churn", "--version", "v1", "--json")
+    assert again.returncode == 0, again
+    doc = json.loads(again.stdout)
+    assert "v1 is already the champion; nothing changed" in doc["sentence"] and doc["command"] == "deploy"
+    assert doc["deployment"]["champion"] == "v1" and doc["deployment"]["message_version"] == message.message_version
     assert len(_messages(store)) == len(before) + 1
     unknown = deploy("v9")
     assert unknown.returncode == 1 and "churn v9 is not in the registry" in unknown.stderr

@@ -289,10 +289,12 @@ def test_reset_twice_is_harmless_and_clears_a_tripped_breaker(services: Services
         assert done.returncode == 0, done.stderr
         assert done.stdout == ("churn: circuit breaker was tripped (4 rejected candidates in a row since the last "
                                "reset, limit 3); reset: automatic retraining resumes\n")
-        done = run_cli(env, "triggers", "reset", "--model", "churn", "--by", "ana")
+        done = run_cli(env, "triggers", "reset", "--model", "churn", "--by", "ana", "--json")
         assert done.returncode == 0, done.stderr
-        assert done.stdout == ("churn: circuit breaker was not tripped (0 rejected candidates in a row since the last "
-                               "reset, limit 3); reset recorded: automatic retraining goes on\n"), done.stdout
+        assert json.loads(done.stdout) == {
+            "model": "churn", "was_tripped": False, "rejected_in_row": 0, "limit": 3, "by": "ana",
+            "sentence": "churn: circuit breaker was not tripped (0 rejected candidates in a row since the last reset, "
+                        "limit 3); reset recorded: automatic retraining goes on"}, done.stdout
         assert store.rows("SELECT reset_by FROM trigger_resets ORDER BY reset_at")[1] == ("ana",)
 
         Monitor(store, store.windows).run_once(  # type: ignore[arg-type]

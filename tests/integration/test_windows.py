@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import random
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -296,8 +298,10 @@ def test_a_first_n_profile_over_a_large_backlog_counts_every_row_once(services, 
         _assert_counted_once(s)
 
 
-def test_an_imported_reference_over_a_large_backlog_counts_every_row_once(services, db_schema, tmp_path) -> None:
-    """`pitstop reference import` over a backlog of many recount chunks counts each row once, and again when re-run."""
+def test_an_imported_reference_over_a_large_backlog_counts_every_row_once(services, db_schema, tmp_path,
+                                                                          monkeypatch) -> None:
+    """`pitstop reference import` over a backlog of many recount chunks counts each row once, and again when re-run;
+    on a terminal its progress bar follows the recount to the stored total, then clears."""
     import pandas as pd
 
     from pitstop.monitoring_cli import import_reference
@@ -311,12 +315,24 @@ def test_an_imported_reference_over_a_large_backlog_counts_every_row_once(servic
     ref = events(400, seed=99)
     csv = tmp_path / "train.csv"
     pd.DataFrame([{**e.features, "prediction": e.prediction} for e in ref]).to_csv(csv, index=False)
+    class Terminal(io.StringIO):  # stderr on a terminal: the progress bar is drawn
+        def isatty(self) -> bool:
+            return True
+
     with FeedbackStore(services.database_url, db_schema, windows=WindowUpdater(settings.monitoring)) as s:
         _backlog(s)
+        stored = s.scalar("SELECT count(*) FROM predictions WHERE model_version = 'v1'")
         for _ in range(2):  # the same command twice
+            terminal = Terminal()
+            monkeypatch.setattr(sys, "stderr", terminal)
             assert import_reference(settings, "churn", "v1", csv, label_column=None, prediction_column=None,
                                     score_column=None, say=lambda _: None) == 0
             _assert_counted_once(s)
+            drawn = [w.replace("\x1b[K", "") for w in terminal.getvalue().split("\r")[1:]]
+            recounts = [int(w.split("% ")[1].split("/")[0].replace(",", "")) for w in drawn if "recounted" in w]
+            assert recounts == sorted(recounts) and len(recounts) > 2, drawn  # the backlog is many chunks
+            assert drawn[-2].endswith(f"100% {stored:,}/{stored:,} predictions recounted"), drawn
+            assert drawn[-1] == "", drawn  # cleared: the answer's line starts clean
 
 
 def test_the_sweep_reaches_a_missed_label_behind_many_uncountable_ones(services, db_schema, monitored) -> None:
