@@ -3,6 +3,7 @@ nothing can be written, dropped or read beside them (artifact bytes, raw dead le
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -105,13 +106,19 @@ def test_the_command_prints_one_url_and_fails_in_one_line(services, db_schema, p
     assert done.returncode == 0 and done.stdout == analyst_url(services.database_url, db_schema) + "\n", done
     # with PITSTOP_ANALYST_PASSWORD (docker-compose's Grafana) migrate gives the role its password, and the URL has it
     secret = {**env, "PITSTOP_ANALYST_PASSWORD": "s3cret/:@"}
-    migrated = pitstop_main(secret, "migrate")
-    assert migrated.returncode == 0 and "the analysts' role has the password" in migrated.stdout, migrated
+    migrated = pitstop_main(secret, "migrate", "--json")
+    assert migrated.returncode == 0, migrated
+    assert json.loads(migrated.stdout) == {
+        "schema": db_schema, "applied": [], "analyst_password_set": True,
+        "sentence": f"schema {db_schema}: up to date; schema {db_schema}: the analysts' role has the password of "
+                    "PITSTOP_ANALYST_PASSWORD"}
     with psycopg.connect(services.database_url) as conn:
         stored = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
                               (analyst_role(db_schema),)).fetchone()[0]
     assert stored is not None and stored.startswith("SCRAM-SHA-256$")
-    url = pitstop_main(secret, "analyst-url").stdout.strip()
+    answer = json.loads(pitstop_main(secret, "analyst-url", "--json").stdout)
+    assert (answer["schema"], answer["role"]) == (db_schema, analyst_role(db_schema))
+    url = answer["url"]
     assert psycopg.conninfo.conninfo_to_dict(url)["password"] == "s3cret/:@"
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT current_user").fetchone()[0] == analyst_role(db_schema)

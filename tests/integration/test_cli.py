@@ -211,8 +211,9 @@ def test_up_detach_status_down(stack_dir: Path, tmp_path: Path) -> None:
     assert not (stack_dir / ".pitstop" / "env").exists()
     after = _pitstop(stack_dir, "status")
     assert after.returncode == 1 and "DOWN" in after.stdout
-    twice = _pitstop(stack_dir, "down")
-    assert twice.returncode == 0 and twice.stdout.strip() == "nothing was running", twice.stdout
+    twice = _pitstop(stack_dir, "down", "--json")
+    assert twice.returncode == 0, twice
+    assert json.loads(twice.stdout) == {"stopped": [], "sentence": "nothing was running"}, twice.stdout
     stale = _exported(tmp_path, tmp_path / "env", "status", "--json")  # a shell that exported it earlier
     rows = {r["component"]: r for r in json.loads(stale.stdout)}
     assert rows["broker"]["detail"].startswith("not configured"), rows["broker"]
@@ -252,18 +253,29 @@ def test_each_command_needs_only_the_services_it_uses(services: Services, tmp_pa
     early = _pitstop(tmp_path, "models", "list", extra_env=database)
     assert early.returncode == 1 and len(early.stderr.strip().splitlines()) == 1, early.stderr
     assert early.stderr.strip().endswith("apply the migrations with `pitstop migrate`"), early.stderr
-    migrate = _pitstop(tmp_path, "migrate", extra_env={"PITSTOP_DATABASE_URL": services.database_url,
-                                                       "PITSTOP_DB_SCHEMA": unique_name})
+    migrate = _pitstop(tmp_path, "migrate", "--json", extra_env={"PITSTOP_DATABASE_URL": services.database_url,
+                                                                 "PITSTOP_DB_SCHEMA": unique_name})
     try:
         assert migrate.returncode == 0, migrate.stderr
-        assert migrate.stdout.startswith(f"schema {unique_name}: applied "), migrate.stdout
+        applied = json.loads(migrate.stdout)
+        assert applied["sentence"].startswith(f"schema {unique_name}: applied "), applied
+        every = sorted(p.name for p in (Path(__file__).parents[2] / "feedback" / "migrations").glob("*.sql"))
+        assert applied["applied"] == every and applied["schema"] == unique_name, applied
     finally:
         with psycopg.connect(services.database_url, autocommit=True) as conn:
             drop_store(conn, unique_name)
-    topics = _pitstop(tmp_path, "topics", extra_env={"PITSTOP_KAFKA_BOOTSTRAP": services.kafka_bootstrap,
-                                                     "PITSTOP_TOPIC_PREFIX": f"{unique_name}."})
+    topics = _pitstop(tmp_path, "topics", "--json", extra_env={"PITSTOP_KAFKA_BOOTSTRAP": services.kafka_bootstrap,
+                                                               "PITSTOP_TOPIC_PREFIX": f"{unique_name}."})
     assert topics.returncode == 0, topics.stderr
-    assert f"{unique_name}.predictions" in topics.stdout
+    created = json.loads(topics.stdout)
+    assert f"{unique_name}.predictions" in created["topics"] and f"{unique_name}.deployments" in created["compacted"]
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
+    try:
+        assert set(created["topics"]) <= set(admin.list_topics())
+    finally:
+        admin.close()
 
 
 def test_an_unreachable_service_is_one_line_saying_what_to_do(tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import threading
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from feedback.registry.versions import Registry
 from feedback.store import FeedbackStore
 from feedback.triggers.engine import PostgresLedger
 from retrain_worker.dataset import DatasetSpec, load_dataset, load_stretches
-from retrain_worker.intake import TriggerEvent
+from retrain_worker.intake import TriggerEvent, decode_trigger
 from retrain_worker.pipeline import (
     BEST_LEVEL_BLOCKS,
     RetrainPipeline,
@@ -129,6 +131,46 @@ def test_a_trainer_that_raises_fails_the_trigger_with_its_reason(store: Feedback
     assert "\n" not in result.sentence
     assert store.scalar("SELECT count(*) FROM model_versions") == 0
     assert store.rows("SELECT outcome, sentence FROM retrain_outcomes") == [("failed", result.sentence)]
+
+
+def test_retrain_wait_follows_the_training_to_its_outcome(services, db_schema, store: FeedbackStore, tmp_path,
+                                                          pitstop_main) -> None:
+    """`pitstop retrain --wait` follows the training its request starts, as the retrain worker's pipeline records it:
+    with no worker it gives up after its wait (exit 1, the request stands); the same request again follows the
+    pipeline through to its candidate (exit 0), whose version --json names as the registry does."""
+    _concept_change(store)
+    config = tmp_path / "pitstop.toml"
+    config.write_text(TOML)
+    env = {"PITSTOP_DATABASE_URL": services.database_url, "PITSTOP_DB_SCHEMA": db_schema,
+           "PITSTOP_CONFIG": str(config), "PITSTOP_STATE_DIR": str(tmp_path / "state")}
+    request = ("retrain", "--model", "churn", "--reason", "new plan tiers", "--id", "r-1", "--by", "ana", "--json")
+    alone = pitstop_main(env, *request, "--wait", "1")
+    assert alone.returncode == 1, alone
+    doc = json.loads(alone.stdout)
+    assert (doc["status"], doc["training"]["outcome"]) == ("fired", "timeout"), doc
+    assert "(no retrain worker has taken it); the request stands" in doc["training"]["sentence"]
+
+    [(payload,)] = store.rows("SELECT payload FROM outbox WHERE topic = 'retrain-triggers'")
+    trigger = decode_trigger(json.dumps(payload).encode())
+    assert trigger.trigger_id == doc["decision_id"]
+    results: list[Any] = []
+
+    def worker() -> None:  # the retrain worker's pipeline, a moment after the command starts following
+        time.sleep(1.0)
+        results.append(RetrainPipeline(store, parse_config(TOML)).handle(trigger))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    followed = pitstop_main(env, *request, "--wait", "120")
+    thread.join()
+    assert followed.returncode == 0, followed
+    doc = json.loads(followed.stdout)
+    [result] = results
+    [(version,)] = store.rows("SELECT version FROM model_versions WHERE trigger_id = %s", (trigger.trigger_id,))
+    assert doc["training"]["outcome"] == "candidate" and doc["training"]["version"] == version == result.version
+    assert doc["training"]["waited_s"] >= 1.0, doc["training"]  # it waited for the worker, then read its outcome
+    assert doc["training"]["sentence"] == f"churn: training candidate ({version}): {result.sentence}"
+    assert doc["already_recorded_at"] is not None  # one request, followed twice
 
 
 def test_too_little_data_is_rejected_before_training(store: FeedbackStore) -> None:

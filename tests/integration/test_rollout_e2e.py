@@ -6,6 +6,7 @@ controller rolls it back, every router switches within the drill's limit, and th
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pandas as pd
+import pytest
 from kafka import KafkaConsumer
 from sklearn.linear_model import LogisticRegression
 
@@ -155,7 +157,8 @@ def test_a_candidate_goes_through_shadow_and_ramp_to_champion_then_a_drill_is_ro
             said: list[str] = []
             result: list[int] = []
             drill = threading.Thread(target=lambda: result.append(
-                rollout_cli.drill(settings, "churn", switch_s=3.0, wait_s=60.0, settle_s=1.0, say=said.append)))
+                rollout_cli.drill(settings, "churn", switch_s=3.0, wait_s=60.0, settle_s=1.0, say=said.append,
+                                  as_json=True)))
             drill.start()
             while drill.is_alive():
                 # the drill times when the last request its version served reached the store: written as served
@@ -167,7 +170,14 @@ def test_a_candidate_goes_through_shadow_and_ramp_to_champion_then_a_drill_is_ro
     rolled_back = store.rows("SELECT sentence FROM rollout_events WHERE kind = 'rolled_back'")
     assert len(rolled_back) == 1 and "fails every request" not in rolled_back[0][0]
     assert "failed" in rolled_back[0][0] and "(100.0%)" in rolled_back[0][0]
-    assert any("drill passed" in s and "switched within 3 s" in s for s in said), said
+    [report] = [json.loads(s) for s in said]  # --json: one object at the end
+    assert report["passed"] is True and "switched within 3 s" in report["sentence"], report
+    version = report["version"]
+    served = store.scalar("SELECT count(*) FROM predictions WHERE model_version = %s", (version,))
+    assert report["served"] == served > 0 and report["rolled_back"] == rolled_back[0][0]
+    last = store.scalar("SELECT max(ingested_at) - %s FROM predictions WHERE model_version = %s",
+                        (datetime.fromisoformat(report["rolled_back_at"]), version))
+    assert report["last_request_after_s"] == pytest.approx(last.total_seconds()), report
     assert store.rows("SELECT stage FROM model_versions WHERE version LIKE 'drill-%%'") == [("rejected",)]
     assert store.scalar("SELECT count(*) FROM rollback_latches") == 0  # the drill cleared its own latch
     assert serving.route("churn", "u1") == "v2"

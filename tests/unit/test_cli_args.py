@@ -1,6 +1,10 @@
-"""The command line's numeric arguments: refused by the parser when not finite and positive."""
+"""The command line: numeric arguments refused by the parser when not finite and positive, errors told apart, and
+--json on every command that answers."""
 
 from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
 
 import pytest
 
@@ -51,3 +55,29 @@ def test_a_failed_up_quotes_its_own_log_lines_not_an_earlier_runs(tmp_path) -> N
         out.write("pitstop up: PostgreSQL did not start\n")
     assert _tail(log, since=start) == "pitstop up: PostgreSQL did not start"
     assert "ready" in _tail(log)
+
+
+#: commands that run until stopped (their output is a log or a live console); `pitstop status --json` is their
+#: machine-readable side
+_LONG_RUNNING = {"up", "demo", "retrain-worker", "monitor-worker", "rollout-worker"}
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
+              ) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every leaf command of the parser, with its words."""
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subparsers:
+        yield prefix, parser
+        return
+    for name, sub in subparsers[0].choices.items():
+        yield from _commands(sub, (*prefix, name))
+
+
+def test_every_command_that_answers_has_json() -> None:
+    """Each command that does something and returns takes --json (a script reads the answer, not the sentence)."""
+    commands = dict(_commands(build_parser()))
+    assert len(commands) > 25 and ("models", "trail") in commands  # the walk reaches nested commands
+    missing = [" ".join(words) for words, parser in commands.items()
+               if words[0] not in _LONG_RUNNING
+               and not any("--json" in a.option_strings for a in parser._actions)]
+    assert missing == []
