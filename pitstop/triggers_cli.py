@@ -175,7 +175,7 @@ def request_retrain(settings: Settings, model: str, *, reason: str, request_id: 
         if event is not None:
             out(event)
         outcome = None
-        if wait_s is not None and decision.status in ("fired", "pending"):  # pending: behind a running training
+        if wait_s is not None and decision.status == "fired":  # a held-back request has no training to follow
             outcome = _follow_training(conn, model, did, wait_s, clock)
             out(outcome["sentence"])
     if outcome is not None:
@@ -190,9 +190,8 @@ def request_retrain(settings: Settings, model: str, *, reason: str, request_id: 
 
 
 _FOLLOW = """
-SELECT d.status, d.suppressed_by, o.outcome, o.sentence, v.version, p.step, p.detail
+SELECT o.outcome, o.sentence, v.version, p.step, p.detail
 FROM (SELECT %(id)s::text AS trigger_id) t
-LEFT JOIN retrain_decisions d ON d.decision_id = t.trigger_id
 LEFT JOIN retrain_outcomes o USING (trigger_id)
 LEFT JOIN model_versions v ON v.trigger_id = t.trigger_id
 LEFT JOIN retrain_progress p ON p.trigger_id = t.trigger_id
@@ -201,27 +200,23 @@ LEFT JOIN retrain_progress p ON p.trigger_id = t.trigger_id
 
 def _follow_training(conn: psycopg.Connection[Any], model: str, trigger_id: str, wait_s: float,
                      clock: Callable[[], float]) -> dict[str, Any]:
-    """Wait for a trigger's outcome, its step shown on a terminal: a pending decision until it fires (a running
-    training ended), then the retrain worker's steps; the outcome, ``suppressed`` or ``timeout``."""
+    """Wait for a fired trigger's outcome, the retrain worker's step shown on a terminal; the outcome, or
+    ``timeout``."""
     started = clock()
     bar = Progress(f"retrain {model}")
     try:
         while True:
-            status, why, outcome, sentence, version, step, detail = conn.execute(_FOLLOW, {"id": trigger_id}).fetchone()
+            outcome, sentence, version, step, detail = conn.execute(_FOLLOW, {"id": trigger_id}).fetchone()
             waited = clock() - started
             if outcome is not None:
                 said = f"{model}: training {outcome}" + (f" ({version})" if version else "") + f": {sentence}"
-            elif status == "suppressed":
-                outcome, said = "suppressed", f"{model}: the request was held back before it fired: {why}"
             elif waited >= wait_s:
-                where = (f"still {step}: {detail}" if step else "it waits for the running training to end"
-                         if status == "pending" else "no retrain worker has taken it")
+                where = f"still {step}: {detail}" if step else "no retrain worker has taken it"
                 outcome, said = "timeout", (f"{model}: no outcome within {wait_s:g} s ({where}); the request stands: "
                                             f"follow it with `pitstop models show {model}`")
             if outcome is not None:
                 return {"outcome": outcome, "version": version, "sentence": said, "waited_s": round(waited, 1)}
             bar.status(f"{step}: {detail} ({waited:.0f} s)" if step
-                       else f"waiting for the running training to end ({waited:.0f} s)" if status == "pending"
                        else f"waiting for a retrain worker to take the request ({waited:.0f} s)")
             time.sleep(0.5)
     finally:

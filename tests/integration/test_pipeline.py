@@ -136,8 +136,9 @@ def test_a_trainer_that_raises_fails_the_trigger_with_its_reason(store: Feedback
 def test_retrain_wait_follows_the_training_to_its_outcome(services, db_schema, store: FeedbackStore, tmp_path,
                                                           pitstop_main) -> None:
     """`pitstop retrain --wait` follows the training its request starts, as the retrain worker's pipeline records it:
-    with no worker it gives up after its wait (exit 1, the request stands); the same request again follows the
-    pipeline through to its candidate (exit 0), whose version --json names as the registry does."""
+    with no worker it gives up after its wait (exit 1, the request stands), and a second request held back by it
+    is not followed; the first request again follows the pipeline through to its candidate (exit 0), whose version
+    --json names as the registry does."""
     _concept_change(store)
     config = tmp_path / "pitstop.toml"
     config.write_text(TOML)
@@ -149,10 +150,15 @@ def test_retrain_wait_follows_the_training_to_its_outcome(services, db_schema, s
     doc = json.loads(alone.stdout)
     assert (doc["status"], doc["training"]["outcome"]) == ("fired", "timeout"), doc
     assert "(no retrain worker has taken it); the request stands" in doc["training"]["sentence"]
+    behind = pitstop_main(env, "retrain", "--model", "churn", "--reason", "other", "--id", "r-2", "--json",
+                          "--wait", "1")  # r-1 counts as a running training: r-2 is held back, nothing to follow
+    doc = json.loads(behind.stdout)
+    assert behind.returncode == 1 and (doc["status"], doc["training"]) == ("suppressed", None), doc
+    assert doc["suppressed_by"] == "a training for this model is already running (trigger churn/manual/r-1)", doc
 
     [(payload,)] = store.rows("SELECT payload FROM outbox WHERE topic = 'retrain-triggers'")
     trigger = decode_trigger(json.dumps(payload).encode())
-    assert trigger.trigger_id == doc["decision_id"]
+    assert trigger.trigger_id == "churn/manual/r-1"
     results: list[Any] = []
 
     def worker() -> None:  # the retrain worker's pipeline, a moment after the command starts following
