@@ -227,7 +227,7 @@ class Decider:
 
     def manual(self, ledger: Ledger, model: ModelConfig, *, reason: str, requested_by: str, request_id: str,
                at: datetime) -> Decision:
-        """A person's retrain request: it passes cooldown, cap and breaker, but waits for a running training."""
+        """A person's retrain request: it passes cooldown, cap and breaker, but not a running training (held back)."""
         candidate = Decision(
             decision_id=decision_id(model.name, "manual", request_id), model_name=model.name, model_version=None,
             kind="manual", urgency="routine", status="fired", sentence=f"manual request by {requested_by}: {reason}",
