@@ -47,8 +47,9 @@ def _error(status: int, sentence: str) -> JSONResponse:
     return JSONResponse({"error": sentence}, status_code=status)
 
 
-def build_app(database_url: str, schema: str, config: MonitoringConfig) -> Starlette:
-    """The dashboard over the store in ``schema``, for the models of ``config``."""
+def build_app(database_url: str, schema: str, config: MonitoringConfig, *, wait_s: float = 3.0) -> Starlette:
+    """The dashboard over the store in ``schema``, for the models of ``config``; a request waits at most ``wait_s``
+    for a connection before it answers 503."""
     pools: list[ConnectionPool] = []  # the running server's (a server that failed to start closed its own)
     page = resources.files("pitstop.dashboard").joinpath("page.html").read_text().replace(
         "{{REFRESH_MS}}", str(REFRESH_S * 1000))
@@ -104,7 +105,7 @@ def build_app(database_url: str, schema: str, config: MonitoringConfig) -> Starl
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pool = ConnectionPool(database_url, min_size=0, max_size=4, kwargs=connect_kwargs(schema), timeout=3.0,
+        pool = ConnectionPool(database_url, min_size=0, max_size=4, kwargs=connect_kwargs(schema), timeout=wait_s,
                               open=False, name="pitstop-dashboard", reconnect_timeout=0)
         pool.open(wait=False)  # a database that is down is the page's to say, not a failed start
         pools.append(pool)

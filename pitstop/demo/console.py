@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -187,7 +191,45 @@ def read_counts(store: FeedbackStore) -> StoreCounts:
 
 
 def _say(line: str = "") -> None:
-    say(line)  # a reader that left raises BrokenPipeError once: the demo stops its stack on the way out
+    """Say a line of the console, wrapped at the terminal's width; whole when the output is not a terminal."""
+    width = console_width()
+    for part in [line] if width is None else wrapped(line, width - 1):
+        say(part)  # a reader that left raises BrokenPipeError once: the demo stops its stack on the way out
+
+
+def console_width() -> int | None:
+    """The width the console fits: ``COLUMNS`` when set, the terminal's when stdout is one, else None (a pipe or a
+    file: lines stay whole, for grep and for the tests that read them)."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    except (AttributeError, ValueError):  # a closed or odd stdout
+        return None
+
+
+_LABEL = re.compile(r"^\s*\S+(?: \S+)?\s{2,}")  # "monitor   ", "             pass  ": where the text starts
+
+
+def wrapped(line: str, width: int) -> list[str]:
+    """``line`` in lines of at most ``width`` characters, each continuation indented to where the text after the
+    line's label starts (a word, or two, then two spaces or more), so the labels stay a column of their own.
+
+    >>> for part in wrapped("monitor   window 11-09 06h: drifting features: days_since_login, usage_gb (of 8)", 40):
+    ...     print(part)
+    monitor   window 11-09 06h: drifting
+              features: days_since_login,
+              usage_gb (of 8)
+    >>> wrapped("   12s 11-07 06h     0%", 40)
+    ['   12s 11-07 06h     0%']
+    """
+    if len(line) <= width:
+        return [line]
+    label = _LABEL.match(line)
+    indent = len(label.group(0)) if label and len(label.group(0)) <= width // 2 else len(line) - len(line.lstrip())
+    return textwrap.wrap(line, width=width, subsequent_indent=" " * indent, break_long_words=False,
+                         break_on_hyphens=False) or [line]
 
 
 def _hours(delta: timedelta) -> str:
@@ -221,15 +263,18 @@ _COLUMNS = (  # (title, width) in the order shown; every value is right-aligned 
 _DROPPED_FIRST = ("sent o", "fixed", "early", "in/s", "sent p", "dead")
 
 
-def table_columns(width: int) -> tuple[int, ...]:
-    """The indexes of the live table's columns that fit ``width`` characters (a terminal's), in their order.
+def table_columns(width: int | None) -> tuple[int, ...]:
+    """The indexes of the live table's columns that fit ``width`` characters (a terminal's; None: no limit), in their
+    order.
 
     >>> [_COLUMNS[i][0] for i in table_columns(80)]
     ['wall', 'event time', 'drift', 'serving', 'sent p', 'stored', 'joined', 'cover', 'dead', 'acc12h']
-    >>> len(table_columns(200)), len(table_columns(10))
-    (14, 8)
+    >>> len(table_columns(200)), len(table_columns(10)), len(table_columns(None))
+    (14, 8, 14)
     """
     shown = list(range(len(_COLUMNS)))
+    if width is None:
+        return tuple(shown)
     dropping = iter(_DROPPED_FIRST)
     while sum(_COLUMNS[i][1] + 1 for i in shown) - 1 > width:
         title = next(dropping, None)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import signal
 import threading
 import time
@@ -54,6 +53,7 @@ from pitstop.demo.console import (
     _say,
     _span,
     _table_row,
+    console_width,
     deployment_sentence,
     read_counts,
     rollout_step,
@@ -167,9 +167,9 @@ class _LiveDemo:
         )
         self.caught_up = False
         self.lines = 0
-        # the table and the timeline fit the terminal (80 columns when the output is not one), the timeline at most
-        # 118 wide
-        self.width = shutil.get_terminal_size((80, 24)).columns
+        # the table and the timeline fit the terminal (whole when the output is not one), the timeline at most 118
+        # wide
+        self.width = console_width()
         self.columns = table_columns(self.width)
         self.recent: deque[tuple[float, int]] = deque(maxlen=4)
         self.decisions_seen: set[tuple[str, str]] = set()
@@ -605,7 +605,7 @@ class _LiveDemo:
              f"feed's clock read when it was recorded (`pitstop models trail {MODEL_NAME} V` shows one version's):")
         for version in self.names:
             _say(f"  {self.tag(version):<4} {MODEL_NAME} {version}")
-        for line in timeline_lines(entries, self.tag, min(self.width, 119) - 1):
+        for line in timeline_lines(entries, self.tag, min(self.width or 119, 119) - 1):
             _say(line)
 
     def close(self) -> None:

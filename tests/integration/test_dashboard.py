@@ -138,7 +138,7 @@ def test_a_database_that_does_not_answer_is_a_503_in_one_sentence(config: Monito
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    dashboard = Served(build_app(f"postgresql://postgres@127.0.0.1:{port}/postgres", "pitstop", config))
+    dashboard = Served(build_app(f"postgresql://postgres@127.0.0.1:{port}/postgres", "pitstop", config, wait_s=0.5))
     try:
         for path in ("/api/fleet", "/api/models/churn"):
             status, doc = get(dashboard.url + path)
