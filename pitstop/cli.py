@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from pitstop.errors import PitstopError
 from pitstop.output import OUTPUT_CLOSED, reply, say, silence_stdout
@@ -304,8 +305,15 @@ def _json_flag(parser: argparse.ArgumentParser,
     parser.add_argument("--json", action="store_true", help=text)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors are one line saying what to do (its own are the usage, then the error)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}; `{self.prog} --help` lists the arguments\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pitstop", description="Keep production models fresh.")
+    parser = _Parser(prog="pitstop", description="Keep production models fresh.")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the broker, database and ingest workers (local unless configured)")
     up.add_argument("--workers", type=_count, default=1, help="ingest worker processes in one consumer group")

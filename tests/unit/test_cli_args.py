@@ -81,3 +81,17 @@ def test_every_command_that_answers_has_json() -> None:
                if words[0] not in _LONG_RUNNING
                and not any("--json" in a.option_strings for a in parser._actions)]
     assert missing == []
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["retrain", "--model"], "pitstop retrain: argument --model: expected one argument"),
+    (["models", "show"], "pitstop models show: the following arguments are required: model"),
+    (["nosuch"], "pitstop: argument command: invalid choice: 'nosuch'"),
+])
+def test_a_usage_error_is_one_line_saying_what_to_do(args: list[str], fragment: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(args)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.count("\n") == 1 and err.startswith(fragment), err
+    assert err.rstrip().endswith(f"`{fragment.split(':')[0]} --help` lists the arguments"), err
