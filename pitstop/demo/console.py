@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import sys
@@ -198,15 +197,15 @@ def _say(line: str = "") -> None:
 
 
 def console_width() -> int | None:
-    """The width the console fits: ``COLUMNS`` when set, the terminal's when stdout is one, else None (a pipe or a
-    file: lines stay whole, for grep and for the tests that read them)."""
-    columns = os.environ.get("COLUMNS", "")
-    if columns.isdigit() and int(columns) > 0:
-        return int(columns)
+    """The width the console fits when stdout is a terminal (``COLUMNS`` when set, else the terminal's), else None:
+    a pipe or a file gets whole lines, for grep and for the tests that read them, whatever ``COLUMNS`` says
+    (pytest-xdist's workers export COLUMNS=80)."""
     try:
-        return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+        if not sys.stdout.isatty():
+            return None
     except (AttributeError, ValueError):  # a closed or odd stdout
         return None
+    return shutil.get_terminal_size().columns
 
 
 _LABEL = re.compile(r"^\s*\S+(?: \S+)?\s{2,}")  # "monitor   ", "             pass  ": where the text starts

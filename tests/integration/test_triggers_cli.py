@@ -151,7 +151,8 @@ def test_list_shows_the_fired_decision_with_its_sentence(history: DriftedHistory
 
     refused = run_cli(history.env, "triggers", "list", "--model", "churn", "--limit", "0")  # by the parser
     assert refused.returncode == 2 and refused.stdout == "", refused
-    assert refused.stderr.splitlines()[-1].endswith("argument --limit: '0': expected an integer >= 1"), refused.stderr
+    assert refused.stderr == ("pitstop triggers list: argument --limit: '0': expected an integer >= 1; `pitstop "
+                              "triggers list --help` lists the arguments\n"), refused.stderr  # one line
     one_line_error(run_cli(history.env, "triggers", "list", "--model", "nope"), "configured models: churn")
 
 
