@@ -34,21 +34,21 @@ from pitstop.settings import Topics  # noqa: E402
 #: busy while the others idle. These files run first, the rest in their collection order; xdist's own order (files
 #: with more tests first, which put these one- and two-test files last) is off in pyproject.toml
 #: (--no-loadscope-reorder).
-LONGEST_FIRST = (  # seconds in a `make test` of 2026-12-07, beside another run
-    "tests/integration/test_faults.py",  # 143
-    "tests/integration/test_pipeline.py",  # 126
-    "tests/integration/test_rollout_e2e.py",  # 114
-    "tests/integration/test_demo_runs.py",  # 107
-    "tests/integration/test_triggers_cli.py",  # 97
-    "tests/integration/test_triggers_stream.py",  # 96
-    "tests/integration/test_rollout_controller.py",  # 95
-    "tests/integration/test_demo.py",  # 93
-    "tests/integration/test_retrain_recipe.py",  # 87
-    "tests/integration/test_triggers.py",  # 80
-    "tests/unit/test_trainers.py",  # 69
-    "tests/integration/test_cli.py",  # 69
-    "tests/integration/test_windows.py",  # 125 before its backlog was cut to 12,500 rows
-    "tests/unit/test_rollout_rules.py",  # 96 before the simulated ramps asked each count once
+LONGEST_FIRST = (  # seconds in a fresh clone's `make test` of 2026-12-07 (06:00 UTC)
+    "tests/integration/test_faults.py",  # 141
+    "tests/integration/test_pipeline.py",  # 139
+    "tests/integration/test_demo.py",  # 111
+    "tests/integration/test_triggers_stream.py",  # 100
+    "tests/integration/test_triggers.py",  # 94
+    "tests/integration/test_cli.py",  # 93
+    "tests/integration/test_triggers_cli.py",  # 90
+    "tests/integration/test_rollout_e2e.py",  # 85
+    "tests/integration/test_rollout_controller.py",  # 84
+    "tests/integration/test_retrain_recipe.py",  # 77
+    "tests/integration/test_demo_runs.py",  # 125 before its shadow timed 2 rows a chunk, not 20
+    "tests/unit/test_trainers.py",  # 51
+    "tests/integration/test_windows.py",  # 47
+    "tests/integration/test_ingest_stream.py",  # 34
 )
 
 
