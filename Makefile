@@ -18,7 +18,7 @@ $(BIN)/uv: | $(BIN)/python
 	$(BIN)/pip install --quiet uv==$(UV_VERSION)
 
 $(STAMP): $(BIN)/uv pyproject.toml
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev]'
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
