@@ -16,8 +16,8 @@ Modes (``BENCH_MODE``):
   ``iter`` - ``async for value in stream``, the plainest agent.
 
 When the count reaches ``BENCH_EXPECTED_MESSAGES`` it writes ``BENCH_DONE_FILE`` (JSON with the
-wall-clock times of the first and the last count, and how many the first count was) and keeps
-running until it is stopped.
+wall-clock times of the first and the last count, how many the first count was, and the times and
+counts where it first reached 10 % and 90 % of the messages) and keeps running until it is stopped.
 """
 
 from __future__ import annotations
@@ -64,13 +64,16 @@ def main() -> int:
     channel = app.topic(
         *topics, value_type=bytes, key_type=bytes, value_serializer="raw", key_serializer="raw"
     )
-    state: dict[str, Any] = {"messages": 0, "first": None, "first_count": 0, "done": False}
+    state: dict[str, Any] = {"messages": 0, "first": None, "first_count": 0, "done": False, "marks": {}}
 
     def count(n: int) -> None:
         if state["first"] is None:
             state["first"] = time.time()
             state["first_count"] = n
         state["messages"] += n
+        for share in (0.1, 0.9):  # the 10-90 % window: a start-up stall and the last stragglers left out
+            if share not in state["marks"] and state["messages"] >= share * expected:
+                state["marks"][share] = (time.time(), state["messages"])
         if not state["done"] and state["messages"] >= expected:
             state["done"] = True
             record = {
@@ -78,6 +81,8 @@ def main() -> int:
                 "first_count": state["first_count"],
                 "last": time.time(),
                 "messages": state["messages"],
+                "t10": state["marks"][0.1][0], "n10": state["marks"][0.1][1],
+                "t90": state["marks"][0.9][0], "n90": state["marks"][0.9][1],
             }
             tmp = done_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(record))

@@ -592,6 +592,8 @@ def run_bare(ctx: Ctx, content: Content, mode: str) -> dict[str, Any]:
     messages = result["messages"]
     seconds = max(result["last"] - result["first"], 1e-6)
     rate = (messages - result["first_count"]) / seconds if messages > result["first_count"] else 0.0
+    # the 10-90 % window (issue 19): the messages counted between the first counts past 10 % and past 90 %
+    rate_10_90 = (result["n90"] - result["n10"]) / max(result["t90"] - result["t10"], 1e-6)
     return {
         "mode": mode,
         "messages": messages,
@@ -599,6 +601,7 @@ def run_bare(ctx: Ctx, content: Content, mode: str) -> dict[str, Any]:
         "seconds": seconds,
         "msgs_per_s": rate,
         "events_per_s": rate * content.events / messages,
+        "events_per_s_10_90": rate_10_90 * content.events / messages,
         "ready_to_last_s": result["last"] - t_ready,
         "ready_to_last_msgs_per_s": messages / (result["last"] - t_ready),
         "ready_to_first_s": result["first"] - t_ready,
@@ -802,6 +805,13 @@ def run_worker_drain(
                 "SELECT extract(epoch FROM min(ingested_at))::float8,"
                 " extract(epoch FROM max(ingested_at))::float8 FROM predictions"
             ).fetchone()  # type: ignore[misc]
+            # the 10-90 % window (issue 19): the stored rows' transaction starts, predictions and outcomes alike;
+            # the worker's start-up stall (3-7 s on Tansu) and the last transaction's tail are left out
+            t10, t90 = conn.execute(
+                "SELECT extract(epoch FROM percentile_disc(0.1) WITHIN GROUP (ORDER BY at))::float8,"
+                " extract(epoch FROM percentile_disc(0.9) WITHIN GROUP (ORDER BY at))::float8"
+                " FROM (SELECT ingested_at AS at FROM predictions UNION ALL SELECT ingested_at FROM outcomes) r"
+            ).fetchone()  # type: ignore[misc]
     finally:
         stop(ctx, record)
         if monitor_worker is not None:
@@ -814,6 +824,7 @@ def run_worker_drain(
         "messages": len(content.messages),
         "seconds": seconds,
         "events_per_s": content.events / seconds,
+        "events_per_s_10_90": 0.8 * content.events / max(t90 - t10, 1e-6),
         "msgs_per_s": len(content.messages) / seconds,
         "ready_to_done_s": t_done - t_ready,
         "ready_to_done_events_per_s": content.events / (t_done - t_ready),
@@ -1315,15 +1326,18 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         elif "take" in bare:
             ref = bare["take"]["events_per_s"]
             ratio = w["events_per_s"] / ref
+            ratio_10_90 = w["events_per_s_10_90"] / bare["take"]["events_per_s_10_90"]
             add(
                 (
                     "",
-                    "target: worker / bare agent (take)",
-                    f"{ratio:.2f}x",
+                    "target: worker / bare agent (take), 10-90 % of rows",
+                    f"{ratio_10_90:.2f}x",
                     f">= {TARGET_SINGLE_VS_BARE}x",
-                    _verdict(ratio >= TARGET_SINGLE_VS_BARE),
+                    _verdict(ratio_10_90 >= TARGET_SINGLE_VS_BARE),
                 )
             )
+            add(("", "   the same, first write to last (biased by the start-up stall)", f"{ratio:.2f}x",
+                 "(information)", ""))
             d = r.get("worker_diag")
             if d:
                 ratio = d["events_per_s"] / ref

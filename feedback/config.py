@@ -240,6 +240,7 @@ class RolloutConfig:
     shadow_max_failure_rate: float = 0.01  # failures also count as errors; past this share the shadow fails
     shadow_backfill_s: int = 30 * DAY_S  # predictions made before the shadow, unlabelled at its cutoff, score it
     agreement_alert: float = 0.8  # agreement below this is escalated to a person (it fails nothing)
+    shadow_latency_rows: int = 20  # rows of each scored chunk predicted alone and timed (reported, not judged)
     gap_p99_ratio: float = 3.0  # regression: p99 |gap| <= this x the champion's p99 absolute error
     gap_p99_proba: float = 0.9  # classification: p99 of the positive-class probability gap (multiclass: the class
     # probabilities' total variation distance) <= this
@@ -650,6 +651,7 @@ _ROLLOUT: Mapping[str, _Convert] = {
     "shadow_max_failure_rate": _number(_UNIT_INTERVAL, lambda x: 0 <= x <= 1),
     "shadow_backfill": _duration,
     "agreement_alert": _number(_UNIT_INTERVAL, lambda x: 0 <= x <= 1),
+    "shadow_latency_rows": _integer(0),
     "gap_p99_ratio": _number(_POSITIVE, lambda x: x > 0),
     "gap_p99_proba": _number("a number greater than 0 and at most 1", lambda x: 0 < x <= 1),
     "steps": _shares,

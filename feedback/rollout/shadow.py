@@ -54,9 +54,6 @@ log = logging.getLogger(__name__)
 
 SHADOW_LOCK_CLASS = 0x5348  # advisory lock class of "a model's shadows" (start, scoring, judging)
 ACTOR = "shadow"
-#: rows of each chunk predicted one at a time and timed; the others are scored in one batch call, which has no
-#: per-request latency (their ``latency_ms`` is NULL)
-LATENCY_SAMPLE_ROWS = 20
 #: characters of a failure kept in ``shadow_predictions.error``
 ERROR_CHARS = 300
 ACTIVE = ("waiting", "running")
@@ -446,7 +443,7 @@ class ShadowScore:
 
 
 def score_rows(fitted: Any, features: Sequence[Mapping[str, Any]], *, task: str,
-               timed_rows: int = LATENCY_SAMPLE_ROWS) -> list[ShadowScore]:
+               timed_rows: int = 20) -> list[ShadowScore]:
     """Score rows of features (as logged) with a model reading a DataFrame, as ``retrain_worker`` trains them.
 
     The first ``timed_rows`` are predicted one at a time and timed; the rest in one batch call. If the batch
@@ -622,7 +619,7 @@ def _connection(store_or_conn: FeedbackStore | psycopg.Connection[Any]) -> Itera
 
 def score_round(store_or_conn: FeedbackStore | psycopg.Connection[Any], registry: Registry,
                 config: MonitoringConfig, *, chunk: int = 2000, budget_s: float = 5.0,
-                timed_rows: int = LATENCY_SAMPLE_ROWS, models: ShadowModelCache | None = None,
+                timed_rows: int | None = None, models: ShadowModelCache | None = None,
                 cursors: ScanCursors | None = None, clock: Callable[[], float] = time.monotonic) -> ScoreStats:
     """Start the waiting shadows no rollout holds back any more, then let each running shadow score the
     predictions it has not scored yet, ``chunk`` rows at a time, until none is left or ``budget_s`` is spent.
@@ -633,7 +630,9 @@ def score_round(store_or_conn: FeedbackStore | psycopg.Connection[Any], registry
     chunk at most. A backlog larger than the round drains over the next rounds. An error in one model's scoring
     is logged and the model skipped this round; a model another process is scoring is skipped too. Within a round
     the scan resumes after the last row it selected; across rounds too with ``cursors`` (:class:`ScanCursors`),
-    else each round starts from the beginning of the window.
+    else each round starts from the beginning of the window. ``timed_rows``: rows of each chunk predicted one at a
+    time and timed (default: the model's ``rollout.shadow_latency_rows``); the others are scored in one batch call,
+    which has no per-request latency (their ``latency_ms`` is NULL).
     """
     stats = ScoreStats()
     cursors = cursors or ScanCursors()
@@ -706,7 +705,7 @@ def _start_waiting(conn: psycopg.Connection[Any], stats: ScoreStats) -> None:
 
 
 def _score_chunk(conn: psycopg.Connection[Any], registry: Registry, model: ModelConfig, version_name: str,
-                 started: datetime, after: Position, chunk: int, timed_rows: int, models: ShadowModelCache,
+                 started: datetime, after: Position, chunk: int, timed_rows: int | None, models: ShadowModelCache,
                  stats: ScoreStats, *, served: str | None = None) -> tuple[int, Position | None] | None:
     """Score up to ``chunk`` unscored rows of one shadow after ``after`` in one transaction under the model's lock;
     how many rows it selected and the last one's position. None: another process holds the lock, or the shadow is
@@ -738,7 +737,8 @@ def _score_chunk(conn: psycopg.Connection[Any], registry: Registry, model: Model
             "served": served}).fetchall()
         if not rows:
             return 0, None
-        scores = score_rows(fitted, [_features(r[1]) for r in rows], task=model.task, timed_rows=timed_rows)
+        scores = score_rows(fitted, [_features(r[1]) for r in rows], task=model.task,
+                            timed_rows=model.rollout.shadow_latency_rows if timed_rows is None else timed_rows)
         cur.execute(_INSERT_SCORES, (
             model.name, version_name, [r[0] for r in rows],
             [None if s.error is not None else _json(s.prediction) for s in scores],

@@ -18,7 +18,7 @@ from feedback.alerts import AlertSink
 from feedback.config import MonitoringConfig
 from feedback.registry.versions import Registry
 from feedback.rollout.controller import Controller, LookResult
-from feedback.rollout.shadow import LATENCY_SAMPLE_ROWS, ScanCursors, ShadowModelCache, judge_round, score_round
+from feedback.rollout.shadow import ScanCursors, ShadowModelCache, judge_round, score_round
 
 
 class RolloutTick:
@@ -27,13 +27,12 @@ class RolloutTick:
     ``score_budget_s``: the time a tick's scoring may take (a slow shadow model waits for the next tick);
     ``judge_every_s``: the least time between two judgements (a judgement loads every labelled row of a shadow,
     and verdicts measured in hours of event time lose nothing by waiting). The defaults score everything and judge
-    at every tick, as a replay wants. ``timed_rows``: rows of each scored chunk predicted alone and timed (their
-    latency is reported, not judged).
+    at every tick, as a replay wants.
     """
 
     def __init__(self, store: Any, config: MonitoringConfig, alerts: AlertSink, *,
                  registry: Registry | None = None, score_budget_s: float = math.inf, judge_every_s: float = 0.0,
-                 timed_rows: int = LATENCY_SAMPLE_ROWS, clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.config = config
         self.alerts = alerts
@@ -43,14 +42,13 @@ class RolloutTick:
         self.controller = Controller(store, config, alerts, registry=self.registry)
         self.score_budget_s = score_budget_s
         self.judge_every_s = judge_every_s
-        self.timed_rows = timed_rows
         self.clock = clock
         self._judged_at = -math.inf
 
     def shadows(self) -> None:
         """Score what the shadows have not scored, and judge them when ``judge_every_s`` has passed."""
         score_round(self.store, self.registry, self.config, budget_s=self.score_budget_s, models=self.models,
-                    cursors=self.cursors, clock=self.clock, timed_rows=self.timed_rows)
+                    cursors=self.cursors, clock=self.clock)
         if self.clock() - self._judged_at >= self.judge_every_s:
             self._judged_at = self.clock()
             judge_round(self.store, self.registry, self.config, self.alerts)

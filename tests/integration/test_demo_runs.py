@@ -147,8 +147,10 @@ MAX_HOURS = 130
 RECOVERY = 0.04
 #: demo.toml's rollout with its durations scaled down (the ramp's rules, steps and tests as they are), so that both
 #: acts play in about 85 event hours at 200 predictions an hour instead of about 190 (about 15 s)
+# single-row predictions, timed, were most of this test: the shadow times 2 rows a chunk (the production 20 are
+# reported, not judged) and the server 2 requests a version a tick, enough for latency rules judging from 60
 FAST_ROLLOUT = {"shadow_min_duration_s": 8 * 3600, "dwell_s": (3600, 3600, 3600, 4 * 3600),
-                "step_min_requests": 30, "hold_s": 6 * 3600}
+                "step_min_requests": 30, "hold_s": 6 * 3600, "shadow_latency_rows": 2, "min_latency_samples": 60}
 FAST_CONFIG = replace(CONFIG, models={**CONFIG.models, world.MODEL_NAME: replace(
     CHURN, rollout=replace(CHURN.rollout, **FAST_ROLLOUT))})
 
@@ -205,13 +207,11 @@ def play_acts(store: FeedbackStore, feed: world.DemoFeed, *, max_hours: int = MA
     engine = TriggerEngine(FAST_CONFIG, _NoAlerts())
     pipeline = RetrainPipeline(store, FAST_CONFIG)
     registry = Registry()
-    # a shadow times 2 rows a chunk alone, not the production 20 (its latency is reported, not judged; the 20 were
-    # a third of this test)
-    tick = RolloutTick(store, FAST_CONFIG, _NoAlerts(), registry=registry, timed_rows=2)
+    tick = RolloutTick(store, FAST_CONFIG, _NoAlerts(), registry=registry)
     since = datetime.now(UTC) - timedelta(seconds=1)
     register_first_champion(store, feed.model_version, at=feed.clock_start, registry=registry)
     serving = ServingRouter(RouteTable(KillSwitch({})), ModelCache(store))
-    feed.serve(RoutedServer(serving))
+    feed.serve(RoutedServer(serving, timed=2))
     said: list[str] = []
     acts = Acts(store, tick.controller, wall_start=since, drill_version="bad-test", publish=lambda: None,
                 say=said.append, tag=str, registry=registry)
