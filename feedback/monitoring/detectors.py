@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from river import drift
+if TYPE_CHECKING:
+    from river import drift
 
 from feedback.config import DetectorConfig
 
@@ -54,14 +55,14 @@ class ErrorStreamDetectors:
         self.n = 0
         self.scale: float | None = None if self.scaled else 1.0
         self._warmup: list[float] = []
-        self.adwin = drift.ADWIN(delta=self.config.adwin_delta)
+        self.adwin = _drift().ADWIN(delta=self.config.adwin_delta)
         self.page_hinkley = self._new_page_hinkley()
         self._ph_sum = 0.0
         self._ph_count = 0
 
     def _new_page_hinkley(self) -> drift.PageHinkley:
         c = self.config
-        return drift.PageHinkley(
+        return _drift().PageHinkley(
             min_instances=c.page_hinkley_min_instances,
             delta=c.page_hinkley_delta,
             threshold=c.page_hinkley_threshold,
@@ -131,7 +132,8 @@ class ErrorStreamDetectors:
         if not isinstance(doc, dict) or doc.get("state_version") != STATE_VERSION:
             msg = f"detector state is not version {STATE_VERSION} of ErrorStreamDetectors' state"
             raise TypeError(msg)
-        if not isinstance(doc["adwin"], drift.ADWIN) or not isinstance(doc["page_hinkley"], drift.PageHinkley):
+        river = _drift()
+        if not isinstance(doc["adwin"], river.ADWIN) or not isinstance(doc["page_hinkley"], river.PageHinkley):
             msg = "detector state does not hold river's ADWIN and PageHinkley"
             raise TypeError(msg)
         detectors = cls(config, scaled=True)
@@ -148,3 +150,11 @@ def config_document(config: DetectorConfig) -> dict[str, Any]:
     0.002
     """
     return {"state_version": STATE_VERSION, **asdict(config)}
+
+
+def _drift() -> Any:
+    """river's drift detectors, imported when first used: `river.drift` imports river's datasets, and with them
+    scikit-learn and pandas (about 0.9 s at every worker's start, most of which never count a label)."""
+    from river import drift
+
+    return drift
