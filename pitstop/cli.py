@@ -514,7 +514,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise PitstopError(settings.config_conflict)
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if settings.log_level != "DEBUG" and args.command not in _WORKERS:
-            logging.getLogger("kafka").setLevel(logging.WARNING)  # a command's output is its lines, not the client's
+            # a command's output is its lines, not its libraries' or its own modules' INFO logging (the controller
+            # logs each step it takes for the workers' logs); warnings and errors still show
+            logging.getLogger().setLevel(max(logging.getLevelName(settings.log_level), logging.WARNING))
         return int(args.func(args, settings))
     except PitstopError as exc:
         print(f"pitstop {args.command}: {exc}", file=sys.stderr)

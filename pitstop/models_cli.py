@@ -11,6 +11,7 @@ import psycopg
 from feedback.store import connect_kwargs
 from pitstop import queries
 from pitstop.errors import PitstopError
+from pitstop.output import json_default
 from pitstop.settings import Settings
 
 Say = Callable[[str], None]
@@ -45,7 +46,7 @@ def list_models(settings: Settings, model: str | None, *, as_json: bool, say: Sa
         rows = conn.execute(queries.REGISTRY, {"m": model}).fetchall()
     keys = queries.REGISTRY_KEYS
     if as_json:
-        say(json.dumps([dict(zip(keys, r, strict=True)) for r in rows], default=str))
+        say(json.dumps([dict(zip(keys, r, strict=True)) for r in rows], default=json_default))
         return 0
     if not rows:
         say(f"no registered versions{f' of {model}' if model else ''} yet")
@@ -82,7 +83,7 @@ def show_model(settings: Settings, model: str, version: str | None, *, as_json: 
         "lineage": lineage, "metrics": metrics, "training": [dict(zip(_RUNNING_KEYS, r, strict=True)) for r in running],
     }
     if as_json:
-        say(json.dumps(doc, default=str))
+        say(json.dumps(doc, default=json_default))
         return 0
     _say_running(running, say)
     say(f"{model} {v}: {stage}; trainer {trainer or '-'}; trigger {trigger or '-'}")
@@ -98,7 +99,7 @@ def show_model(settings: Settings, model: str, version: str | None, *, as_json: 
             say(f"    {mark:<4} {set_name:<8} {name:<28} {sentence}{size_text}")
     say("  lineage:")
     for key, value in (lineage or {}).items():
-        say(f"    {key}: {json.dumps(value, default=str)}")
+        say(f"    {key}: {json.dumps(value, default=json_default)}")
     return 0
 
 
@@ -108,7 +109,7 @@ _RUNNING_KEYS = ("trigger_id", "worker", "step", "detail", "started_at", "update
 def _show_running(model: str, running: list[tuple[Any, ...]], *, as_json: bool, say: Say) -> int:
     if as_json:
         say(json.dumps({"model": model, "version": None,
-                        "training": [dict(zip(_RUNNING_KEYS, r, strict=True)) for r in running]}, default=str))
+                        "training": [dict(zip(_RUNNING_KEYS, r, strict=True)) for r in running]}, default=json_default))
         return 0
     say(f"{model}: no registered version yet")
     _say_running(running, say)
@@ -138,7 +139,7 @@ def trail(settings: Settings, model: str, version: str, *, as_json: bool, say: S
         raise PitstopError(msg)
     if as_json:
         say(json.dumps([dict(zip(("recorded_at", "at", "step", "sentence"), r, strict=True)) for r in rows],
-                       default=str))
+                       default=json_default))
         return 0
     say(f"{model} {version}: {len(rows)} steps (times UTC; event time in brackets where the step has one)")
     for recorded, at, step, sentence in rows:

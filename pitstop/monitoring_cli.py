@@ -14,7 +14,7 @@ from feedback.monitoring.round import Monitor
 from feedback.monitoring.windows import WindowUpdater, install_profile, reference_columns, series_kinds
 from feedback.store import FeedbackStore
 from pitstop.errors import PitstopError
-from pitstop.output import Progress, reply
+from pitstop.output import Progress, json_default, reply
 from pitstop.settings import Settings
 
 _DRIFT = """
@@ -69,7 +69,7 @@ def monitor_report(settings: Settings, model: str, *, version: str | None, segme
         chosen = [version] if version else versions
         report = [_version_report(store, config, v, segment, windows) for v in chosen]
     if as_json:
-        say(json.dumps(report, default=str))
+        say(json.dumps(report, default=json_default))
     else:
         for r in report:
             _print_report(r, say)
