@@ -7,8 +7,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint clean
 
-# The packages go in with uv, pinned: it installs the same pinned versions as pip in about 9 s where pip took 60-70 s
-# of `make test`'s 10 minutes on these machines (BENCHMARKS.md, "make test").
+# The packages go in with uv, pinned: it installs the same pinned versions as pip, bytecode compiled as pip does
+# (PYTHONDONTWRITEBYTECODE may be set: without it every process compiles its imports again), in about 40 s where
+# pip took 60-70 s of `make test`'s 10 minutes on these machines (BENCHMARKS.md, "The test suite").
 UV_VERSION := 0.13.9
 
 $(BIN)/python:

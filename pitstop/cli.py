@@ -116,12 +116,9 @@ def cmd_analyst_url(args: argparse.Namespace, settings: Settings) -> int:
     except psycopg.errors.UndefinedFunction:
         msg = f"schema {settings.db_schema} has no analysts' role yet: run `pitstop migrate` first"
         raise PitstopError(msg) from None
-    if args.json:
-        from feedback.store import analyst_role
+    from feedback.store import analyst_role
 
-        _say(json.dumps({"url": url, "schema": settings.db_schema, "role": analyst_role(settings.db_schema)}))
-    else:
-        _say(url)
+    reply(_say, args.json, url, url=url, schema=settings.db_schema, role=analyst_role(settings.db_schema))
     return 0
 
 

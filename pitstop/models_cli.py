@@ -128,8 +128,6 @@ def _connect(settings: Settings) -> psycopg.Connection[Any]:
     return psycopg.connect(settings.require_database(), connect_timeout=5, **connect_kwargs(settings.db_schema))
 
 
-
-
 def trail(settings: Settings, model: str, version: str, *, as_json: bool, say: Say) -> int:
     """The chain of one version, from the decision that asked for it to promotion or rollback."""
     with _connect(settings) as conn:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from feedback.config import ModelConfig
-from feedback.monitoring.profile import build_profile
+from feedback.monitoring.profile import ReferenceProfile, build_profile
 from feedback.monitoring.round import Monitor
 from feedback.monitoring.windows import WindowUpdater, install_profile, reference_columns, series_kinds
 from feedback.store import FeedbackStore
@@ -139,14 +139,30 @@ def import_reference(settings: Settings, model: str, version: str, path: Path, *
                      as_json: bool = False) -> int:
     """Profile a training set (CSV or Parquet) as the version's reference and recount its windows; a progress bar
     on a terminal while the file is read and while the stored predictions are recounted."""
-    import pandas as pd
-
     config = settings.require_model(model)
     if not path.is_file():
         msg = f"{path}: no such file; give a CSV or Parquet training set"
         raise PitstopError(msg)
-    parquet = path.suffix.lower() in (".parquet", ".pq")
     bar = Progress(f"import {model} {version}")
+    try:  # the bar is cleared however the import ends, so an error's one line starts clean
+        n, rows, profile = _import(settings, config, model, version, path, bar, label_column=label_column,
+                                   prediction_column=prediction_column, score_column=score_column)
+    finally:
+        bar.close()
+    sentence = (f"{model} {version}: reference from {path.name} ({rows} rows, {len(profile.series)} series); "
+                f"{n} stored predictions recounted")
+    reply(say, as_json, sentence, model=model, version=version, file=str(path), rows=rows,
+          series=sorted(profile.series), recounted=n)
+    return 0
+
+
+def _import(settings: Settings, config: ModelConfig, model: str, version: str, path: Path, bar: Progress, *,
+            label_column: str | None, prediction_column: str | None, score_column: str | None,
+            ) -> tuple[int, int, ReferenceProfile]:
+    """Read, profile and install: the stored predictions recounted, the file's rows and the profile."""
+    import pandas as pd
+
+    parquet = path.suffix.lower() in (".parquet", ".pq")
     try:
         if parquet:
             bar.status(f"reading {path.name}")
@@ -156,13 +172,11 @@ def import_reference(settings: Settings, model: str, version: str, path: Path, *
             with _Read(path, lambda at: bar.update(at >> 20, size_mib, f"MiB of {path.name} read")) as handle:
                 frame = pd.read_csv(handle)
     except Exception as exc:  # pandas raises many types; the operator needs the one line
-        bar.close()
         msg = f"{path}: cannot read as {'Parquet' if parquet else 'CSV'}: {exc}"
         raise PitstopError(msg) from None
     special = {c for c in (label_column, prediction_column, score_column) if c}
     missing = sorted(c for c in special if c not in frame.columns)
     if missing:
-        bar.close()
         msg = f"{path}: no column {', '.join(missing)}; columns are {', '.join(map(str, frame.columns))}"
         raise PitstopError(msg)
     bar.status(f"profiling {len(frame.columns)} columns of {len(frame):,} rows")
@@ -179,18 +193,10 @@ def import_reference(settings: Settings, model: str, version: str, path: Path, *
     database_url = settings.require_reachable_database()
     updater = WindowUpdater(settings.monitoring)
     bar.status("recounting the stored predictions")
-    try:
-        with (FeedbackStore(database_url, settings.db_schema, windows=updater) as store,
-              store.pool.connection() as conn):
-            n = install_profile(conn, updater, profile,
-                                progress=lambda done, total: bar.update(done, total, "predictions recounted"))
-    finally:
-        bar.close()
-    sentence = (f"{model} {version}: reference from {path.name} ({len(frame)} rows, {len(profile.series)} series); "
-                f"{n} stored predictions recounted")
-    reply(say, as_json, sentence, model=model, version=version, file=str(path), rows=len(frame),
-          series=sorted(profile.series), recounted=n)
-    return 0
+    with FeedbackStore(database_url, settings.db_schema, windows=updater) as store, store.pool.connection() as conn:
+        n = install_profile(conn, updater, profile,
+                            progress=lambda done, total: bar.update(done, total, "predictions recounted"))
+    return n, len(frame), profile
 
 
 class _Read(io.FileIO):
@@ -200,10 +206,10 @@ class _Read(io.FileIO):
         super().__init__(path, "r")
         self.seen = seen
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int = -1) -> bytes | None:
         data = super().read(size)
         self.seen(self.tell())
-        return data or b""
+        return data
 
     def readinto(self, buffer: Any) -> int | None:
         n = super().readinto(buffer)

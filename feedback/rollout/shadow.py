@@ -443,7 +443,7 @@ class ShadowScore:
 
 
 def score_rows(fitted: Any, features: Sequence[Mapping[str, Any]], *, task: str,
-               timed_rows: int = 20) -> list[ShadowScore]:
+               timed_rows: int) -> list[ShadowScore]:
     """Score rows of features (as logged) with a model reading a DataFrame, as ``retrain_worker`` trains them.
 
     The first ``timed_rows`` are predicted one at a time and timed; the rest in one batch call. If the batch
