@@ -34,6 +34,10 @@ JOINED = Counter("pitstop_labels_joined", "Labels joined to a prediction: set fo
 DEAD_LETTERS = Counter("pitstop_dead_letters", "Messages dead-lettered, by the category of their reason", ["reason"])
 BATCH_SECONDS = Histogram("pitstop_ingest_batch_seconds", "Time to store one batch (its transaction included)",
                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+BATCH_MESSAGES = Histogram("pitstop_ingest_batch_messages", "Messages in one batch (PITSTOP_BATCH_MESSAGES at most)",
+                           buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10_000, 50_000))
+BATCH_BYTES = Histogram("pitstop_ingest_batch_bytes", "Keys' and values' bytes in one batch (PITSTOP_BATCH_BYTES at "
+                        "most, and one message)", buckets=tuple(2.0 ** k for k in range(10, 28, 2)))
 CONSUMER_LAG = Gauge("pitstop_consumer_lag_messages", "Messages behind the end of each assigned input partition",
                      ["topic", "partition"])
 # --- the monitor ---------------------------------------------------------------------------------------------------
@@ -56,11 +60,13 @@ STAGE = Gauge("pitstop_version_stage", "1 for each version's current registry st
 ROLLBACKS = Counter("pitstop_rollbacks", "Ramps the rollout worker rolled back on its rules", ["model"])
 
 
-def count_batch(result: Any, kinds: Mapping[str, int], seconds: float) -> None:
-    """One ingested batch (:class:`feedback.store.ingest.IngestResult`): its messages by kind, what was new to the
-    store, the labels joined, its dead letters by reason, and its time."""
+def count_batch(result: Any, kinds: Mapping[str, int], nbytes: int, seconds: float) -> None:
+    """One ingested batch (:class:`feedback.store.ingest.IngestResult`): its messages by kind and its bytes, what was
+    new to the store, the labels joined, its dead letters by reason, and its time."""
     for kind, n in kinds.items():
         EVENTS.labels(kind).inc(n)
+    BATCH_MESSAGES.observe(sum(kinds.values()))
+    BATCH_BYTES.observe(nbytes)
     stats = result.stats
     STORED.labels("prediction").inc(stats.predictions)
     STORED.labels("outcome").inc(stats.outcomes)

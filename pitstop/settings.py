@@ -52,7 +52,9 @@ class Settings:
     app_id: str = "pitstop-ingest"
     state_dir: Path = Path(".pitstop")
     limits: Limits = field(default_factory=Limits)
-    batch_messages: int = 500
+    batch_messages: int = 5000
+    #: a take ends at this many bytes of keys and values too (the message crossing it included)
+    batch_bytes: int = 16 * 1024 * 1024
     batch_within_s: float = 0.2
     max_events_per_txn: int = 5000
     fetch_max_wait_ms: int = 100
@@ -156,7 +158,8 @@ class Settings:
             app_id=app_id,
             state_dir=state_dir,
             limits=limits,
-            batch_messages=_read(env, "PITSTOP_BATCH_MESSAGES", int, 500, "an integer > 0", _positive),
+            batch_messages=_read(env, "PITSTOP_BATCH_MESSAGES", int, 5000, "an integer > 0", _positive),
+            batch_bytes=_read(env, "PITSTOP_BATCH_BYTES", int, 16 * 1024 * 1024, "an integer > 0", _positive),
             batch_within_s=_read(env, "PITSTOP_BATCH_WITHIN_S", _finite, 0.2, _SECONDS, _a_day_at_most),
             max_events_per_txn=_read(env, "PITSTOP_MAX_EVENTS_PER_TXN", int, 5000, "an integer > 0", _positive),
             fetch_max_wait_ms=_read(env, "PITSTOP_FETCH_MAX_WAIT_MS", int, 100, "milliseconds between 1 and 10000",

@@ -32,6 +32,7 @@ from pitstop.settings import Settings
 from pitstop.topic_ids import TopicIds
 from schemas import EventKind
 from streams.consumer import set_fetch_max_wait
+from streams.take import message_bytes, take_batches
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +71,15 @@ def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.Ap
         started = time.monotonic()
         result = ingestor.ingest(messages)
         metrics.count_batch(result, Counter(kinds.get(m.topic, "other") for m in messages),
-                            time.monotonic() - started)
+                            sum(map(message_bytes, messages)), time.monotonic() - started)
         return result
 
     @app.agent(inputs, name="ingest", concurrency=1)
     async def ingest(stream: faust.StreamT[Any]) -> None:
         # A batch is acked only after the transaction holding it has committed (feedback.store.ingest).
         # Reading the next batch while writing this one measured no faster (BENCHMARKS.md).
-        async for events in stream.noack_take(settings.batch_messages, within=settings.batch_within_s):
+        async for events in take_batches(stream, settings.batch_messages, settings.batch_bytes,
+                                         settings.batch_within_s):
             await handle_then_ack(stream, events, counted_ingest, dead_letter)
             _record_lag(app, events)
 

@@ -30,7 +30,8 @@ def _counts(store: FeedbackStore) -> tuple[int, int, int, int]:
 def test_plain_kafka_client_single_events_join_in_any_order(
     services: Services, topics: Topics, store: FeedbackStore, start_worker: Callable[..., Any]
 ) -> None:
-    """Single JSON events from a plain kafka-python producer, keyed by prediction_id, are joined."""
+    """Single JSON events from a plain kafka-python producer, keyed by prediction_id, are joined; with a take
+    bounded at one byte, every message is a batch (a transaction) of its own."""
     producer = KafkaProducer(bootstrap_servers=services.kafka_bootstrap, acks="all")
     # outcomes first for ids 0-9, then every prediction, then outcomes for 10-19, a duplicate
     # of each and a correction of id 3
@@ -41,7 +42,7 @@ def test_plain_kafka_client_single_events_join_in_any_order(
     sends += [(topics.outcomes, outcome_dict(i, label=i % 2)) for i in range(20)]
     sends += [(topics.predictions, prediction_dict(i)) for i in range(5)]
     sends += [(topics.outcomes, outcome_dict(3, label=7, observed_at="2026-03-05T00:00:00Z"))]
-    worker = start_worker()
+    worker = start_worker(PITSTOP_BATCH_BYTES="1")
     for topic, doc in sends:
         producer.send(topic, key=doc["prediction_id"].encode(), value=json.dumps(doc).encode())
     producer.flush()
@@ -50,6 +51,8 @@ def test_plain_kafka_client_single_events_join_in_any_order(
                lambda: f"counts {_counts(store)}\n{worker.log_tail()}")
     assert store.scalar("SELECT label FROM feedback WHERE prediction_id = 'p-3'") == 7
     assert store.scalar("SELECT count(*) FROM feedback WHERE label_delay = interval '1 day'") == 19
+    # each prediction was first stored by a transaction of its own (a take ends at the message crossing the bound)
+    assert store.scalar("SELECT count(DISTINCT ingested_at) FROM predictions") == 20
 
 
 def test_pitstop_producer_batches_are_joined(

@@ -22,7 +22,7 @@ def test_every_metric_follows_the_conventions() -> None:
         assert name.startswith("pitstop_"), name
         assert set(metric._labelnames) <= BOUNDED, (name, metric._labelnames)
         if isinstance(metric, Histogram):
-            assert name.endswith("_seconds"), name
+            assert name.endswith(("_seconds", "_bytes", "_messages")), name  # a base unit, or what is counted
     metrics.TRAININGS.labels("churn", "candidate").inc(0)  # a sample of a labelled counter, to see its name
     counted = [s.name for f in REGISTRY.collect() if f.type == "counter" and f.name.startswith("pitstop_")
                for s in f.samples]
@@ -47,13 +47,18 @@ def test_a_batch_counts_its_messages_joins_and_dead_letters_by_reason_category()
     def value(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0
 
-    before = {"p": value("pitstop_events_total", kind="prediction"), "schema": value(
+    before = {"batches": value("pitstop_ingest_batch_messages_count"), "messages": value(
+        "pitstop_ingest_batch_messages_sum"), "bytes": value("pitstop_ingest_batch_bytes_sum"),
+        "p": value("pitstop_events_total", kind="prediction"), "schema": value(
         "pitstop_dead_letters_total", reason="schema"), "set": value("pitstop_labels_joined_total", change="set")}
     result = SimpleNamespace(stats=SimpleNamespace(predictions=3, outcomes=2, labels_set=2, labels_corrected=1),
                              dead_letters=[SimpleNamespace(reason="schema: prediction_id is required"),
                                            SimpleNamespace(reason="schema: extra field 'x'")])
-    metrics.count_batch(result, {"prediction": 4, "outcome": 3}, 0.05)
+    metrics.count_batch(result, {"prediction": 4, "outcome": 3}, 2_100, 0.05)
     assert value("pitstop_events_total", kind="prediction") - before["p"] == 4
+    assert value("pitstop_ingest_batch_messages_count") - before["batches"] == 1
+    assert value("pitstop_ingest_batch_messages_sum") - before["messages"] == 7
+    assert value("pitstop_ingest_batch_bytes_sum") - before["bytes"] == 2_100
     assert value("pitstop_dead_letters_total", reason="schema") - before["schema"] == 2
     assert value("pitstop_labels_joined_total", change="set") - before["set"] == 2
     assert metrics.reason_category("Too Big For The Topic: 9 MB") == "too_big_for_the_topic"
