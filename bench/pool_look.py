@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench._postgres import database, machine  # noqa: E402
 from feedback.config import parse_config  # noqa: E402
-from feedback.store import drop_store, migrate  # noqa: E402
+from feedback.store import drop_store, ensure_partitions, index_loaded_predictions, migrate  # noqa: E402
 from retrain_worker.dataset import SNAPSHOT, DatasetSpec, load_dataset  # noqa: E402
 from retrain_worker.pipeline import best_level_starts, production_best, stored_production_best  # noqa: E402
 
@@ -116,12 +116,15 @@ def _chunks(n: int, since: int, seed: int) -> Iterator[tuple[str, str]]:
 def load(database_url: str, schema: str, n: int, since: int, seed: int) -> None:
     with psycopg.connect(database_url, autocommit=True, options=f"-c search_path={schema}") as conn:
         with conn.transaction(), conn.cursor() as cur:
+            weeks = [CHANGE - SPREAD + timedelta(days=d) for d in range((DECIDED - CHANGE + SPREAD).days + 2)]
+            ensure_partitions(cur, {"predictions": weeks, "outcomes": weeks})
             for p, o in _chunks(n, since, seed):
                 with cur.copy("COPY predictions (prediction_id, model_name, model_version, predicted_at, features,"
                               " prediction, probabilities, segment, latency_ms) FROM STDIN") as copy:
                     copy.write(p)
                 with cur.copy("COPY outcomes (prediction_id, observed_at, label, source) FROM STDIN") as copy:
                     copy.write(o)
+            index_loaded_predictions(cur)
         for table in ("predictions", "outcomes"):
             conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(table)))
 

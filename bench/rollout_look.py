@@ -108,7 +108,7 @@ from feedback.config import parse_config  # noqa: E402
 from feedback.registry.versions import ModelVersion, Registry  # noqa: E402
 from feedback.rollout.controller import Controller, arm_stats, publish_deployment, record_event  # noqa: E402
 from feedback.rollout.rules import ArmStats, PromotionTest, UnitStats  # noqa: E402
-from feedback.store import FeedbackStore, drop_store, migrate  # noqa: E402
+from feedback.store import FeedbackStore, drop_store, ensure_partitions, index_loaded_predictions, migrate  # noqa: E402
 from schemas import OutcomeEvent, PredictionEvent  # noqa: E402
 
 TARGET_MS = 20.0
@@ -201,10 +201,13 @@ _COPY = {
 def load(store: FeedbackStore, text: dict[str, list[str]]) -> None:
     with store.pool.connection() as conn:
         with conn.transaction(), conn.cursor() as cur:
+            hours = [T0 + timedelta(hours=h) for h in range(-24, 24 * 8)]  # the ramp's rows and their labels
+            ensure_partitions(cur, {"predictions": hours, "outcomes": hours})
             for table, statement in _COPY.items():
                 with cur.copy(statement) as copy:
                     for part in text[table]:
                         copy.write(part)
+            index_loaded_predictions(cur)
         vacuum(store, _COPY)
 
 

@@ -22,6 +22,9 @@ Task = Literal["classification", "regression"]
 ScoreSource = Literal["probabilities", "score", "none"]
 
 DAY_S = 86_400
+#: the store keeps a model's rows this long unless told otherwise: the retraining history's default (365 days) and
+#: room for the labels of its oldest rows
+DEFAULT_RETENTION_S = 400 * DAY_S
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "ece")
 #: a classification model without ``positive_class`` (any number of classes): its metrics
 MULTICLASS_METRICS = ("accuracy", "macro_f1", "weighted_f1", "log_loss", "ece")
@@ -301,6 +304,9 @@ class ModelConfig:
     max_segment_values: int = 20
     confidence: float = 0.95
     alpha: float = 0.01
+    #: how long the store keeps the model's predictions and outcomes (`pitstop db prune`): at least the retraining
+    #: history, with room for the labels of its oldest rows
+    retention_s: int = DEFAULT_RETENTION_S
     thresholds: Thresholds = field(default_factory=Thresholds)
     feature_thresholds: Mapping[str, Thresholds] = field(default_factory=lambda: MappingProxyType({}))
     features: Mapping[str, FeatureKind] = field(default_factory=lambda: MappingProxyType({}))
@@ -328,7 +334,8 @@ class ModelConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MonitoringConfig:
-    """Every configured model by name, and the file they came from ("" when there is none).
+    """Every configured model by name, the file they came from ("" when there is none), and the retention of the
+    models it does not name (`[defaults] retention`).
 
     >>> EMPTY.model("churn") is None
     True
@@ -336,6 +343,7 @@ class MonitoringConfig:
 
     path: str
     models: Mapping[str, ModelConfig]
+    retention_s: int = DEFAULT_RETENTION_S
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", MappingProxyType(dict(self.models)))
@@ -344,8 +352,26 @@ class MonitoringConfig:
         """The configuration of one model, or None when the file does not name it."""
         return self.models.get(name)
 
+    @property
+    def longest_retention_s(self) -> int:
+        """How long the store keeps a week of rows: a weekly partition holds every model's rows, so it goes when the
+        longest retention, a model's or the default's, is past it."""
+        return max([self.retention_s, *(m.retention_s for m in self.models.values())])
+
 
 EMPTY = MonitoringConfig(path="", models={})
+
+
+def duration_text(seconds: int) -> str:
+    """A number of seconds as :func:`parse_duration_s` reads it, in the largest unit that divides it.
+
+    >>> duration_text(400 * 86_400), duration_text(5_400), duration_text(61)
+    ('400d', '90m', '61s')
+    """
+    for unit in ("d", "h", "m"):
+        if seconds % _UNIT_S[unit] == 0:
+            return f"{seconds // _UNIT_S[unit]}{unit}"
+    return f"{seconds}s"
 
 
 def parse_duration_s(value: object) -> int:
@@ -470,17 +496,6 @@ def _window(value: Any) -> int:
 
 _UNIT_INTERVAL = "a number between 0 and 1"
 _POSITIVE_EXPECTED = "the positive label as it appears in events (a non-empty string, an integer or a boolean)"
-_KNOBS: Mapping[str, _Convert] = {
-    "window": _window,
-    "span": _integer(1, 10_000),
-    "min_rows": _integer(1),
-    "min_labels": _integer(1),
-    "min_label_coverage": _number(_UNIT_INTERVAL, lambda x: 0 <= x <= 1),
-    "reference_rows": _integer(100),
-    "max_segment_values": _integer(1),
-    "confidence": _number("a number between 0.5 and 0.999", lambda x: 0.5 <= x <= 0.999),
-    "alpha": _number("a number greater than 0 and less than 1", lambda x: 0 < x < 1),
-}
 _THRESHOLDS: Mapping[str, _Convert] = {
     "psi": _number("a number >= 0", lambda x: x >= 0),
     "ks": _number(_UNIT_INTERVAL, lambda x: 0 <= x <= 1),
@@ -511,6 +526,20 @@ def _duration(value: Any) -> int:
         return parse_duration_s(value)
     except ValueError:
         raise _Expected(_DURATION_EXPECTED) from None
+
+
+_KNOBS: Mapping[str, _Convert] = {
+    "window": _window,
+    "span": _integer(1, 10_000),
+    "min_rows": _integer(1),
+    "min_labels": _integer(1),
+    "min_label_coverage": _number(_UNIT_INTERVAL, lambda x: 0 <= x <= 1),
+    "reference_rows": _integer(100),
+    "max_segment_values": _integer(1),
+    "confidence": _number("a number between 0.5 and 0.999", lambda x: 0.5 <= x <= 0.999),
+    "alpha": _number("a number greater than 0 and less than 1", lambda x: 0 < x < 1),
+    "retention": _duration,
+}
 
 
 def _optional_duration(value: Any) -> int | None:
@@ -727,6 +756,7 @@ class _Parser:
         return MonitoringConfig(
             path=self.path,
             models={name: self.model(name, table, defaults) for name, table in models.items()},
+            retention_s=defaults.knobs.get("retention", DEFAULT_RETENTION_S),
         )
 
     def model(self, name: str, value: Any, defaults: _Layer) -> ModelConfig:
@@ -754,6 +784,14 @@ class _Parser:
         knobs = {**defaults.knobs, **own.knobs}
         if "window" in knobs:
             knobs["window_s"] = knobs.pop("window")
+        retrain = self.retrain(table, at, defaults)
+        if "retention" in knobs:
+            knobs["retention_s"] = knobs.pop("retention")
+        if knobs.get("retention_s", DEFAULT_RETENTION_S) < retrain.history_s:
+            source = own if "retention" in own.knobs else defaults
+            self.fail((*source.at, "retention"), duration_text(knobs.get("retention_s", DEFAULT_RETENTION_S)),
+                      f"a duration at least retrain.history ({duration_text(retrain.history_s)}) of model {name!r}: "
+                      "training reads its rows that far back")
         return ModelConfig(
             name=name,
             task=task,
@@ -768,7 +806,7 @@ class _Parser:
             performance=performance,
             detectors=DetectorConfig(**{**defaults.sections["detectors"], **own.sections["detectors"]}),
             triggers=self.triggers(table, at, metric, defaults),
-            retrain=self.retrain(table, at, defaults),
+            retrain=retrain,
             rollout=self.rollout(table, at, defaults),
             **knobs,
         )

@@ -103,6 +103,46 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_db_prune(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import timedelta
+
+    from feedback.store.retention import PruneRunning, prune
+
+    retention = timedelta(seconds=settings.monitoring.longest_retention_s)
+    try:
+        result = prune(settings.require_database(), settings.db_schema, retention=retention, dry_run=args.dry_run)
+    except PruneRunning as exc:
+        raise PitstopError(str(exc)) from None
+    verb = "would drop" if args.dry_run else "dropped"
+    drops = [s for s in result.steps if s.drop]
+    pinned = [s for s in result.steps if not s.drop and "points into it" in s.reason]
+    lines = [f"{verb} {s.partition.name} (about {s.partition.rows:,} rows): {s.reason}" for s in drops]
+    lines += [f"kept {s.partition.name}: {s.reason}" for s in pinned]
+    if result.cutoff is None:
+        summary = f"{verb} 0 of {len(result.steps)} partitions: the store holds no prediction"
+    else:
+        within = len(result.steps) - len(drops) - len(pinned)
+        summary = (f"{verb} {len(drops)} of {len(result.steps)} partitions; {within} within the retention "
+                   f"({retention.days} days before the newest week of predictions, {result.watermark:%Y-%m-%d}: rows "
+                   f"after {result.cutoff:%Y-%m-%d} kept)")
+    if not args.dry_run and result.cutoff is not None:
+        seconds = sum(result.seconds.values())
+        summary += (f"; cleared {result.ids_cleared:,} ids' rows, {result.unmatched_labels:,} labels without a "
+                    f"prediction and {result.dead_letters:,} dead letters past it, in {seconds:.1f} s")
+    if args.json:
+        reply(_say, True, summary, dry_run=args.dry_run, watermark=result.watermark, cutoff=result.cutoff,
+              retention_days=retention.days,
+              partitions=[{"table": s.partition.table, "name": s.partition.name, "week": s.partition.lower,
+                           "rows_estimate": s.partition.rows, "drop": s.drop, "reason": s.reason}
+                          for s in result.steps],
+              dropped=result.dropped, ids_cleared=result.ids_cleared, unmatched_labels=result.unmatched_labels,
+              dead_letters=result.dead_letters, seconds=result.seconds)
+    else:
+        for line in [*lines, summary]:
+            _say(line)
+    return 0
+
+
 def cmd_analyst_url(args: argparse.Namespace, settings: Settings) -> int:
     import psycopg
 
@@ -325,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     mig = sub.add_parser("migrate", help="apply the database migrations to the configured database")
     _json_flag(mig)
     mig.set_defaults(func=cmd_migrate)
+    db = sub.add_parser("db", help="the feedback store's upkeep").add_subparsers(dest="db_command", required=True)
+    prune = db.add_parser("prune", help="drop the weekly partitions of predictions and outcomes past the retention "
+                          "(the longest of the models' and [defaults] retention in PITSTOP_CONFIG, else 400 days)")
+    prune.add_argument("--dry-run", action="store_true", help="say what would be dropped and kept, and why")
+    _json_flag(prune)
+    prune.set_defaults(func=cmd_db_prune)
     board = sub.add_parser("dashboard", help="serve the read-only web page of the fleet and each model")
     board.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
     board.add_argument("--port", type=int, default=DASHBOARD_PORT,

@@ -8,6 +8,9 @@ among the workers alive (rendezvous hashing, `monitor_workers`), under one advis
 means more monitor workers, on more machines. Every :data:`OUTBOX_INTERVAL_S` the outbox is relayed:
 the decisions of this process and of any other that wrote one without a broker (a manual `pitstop retrain`).
 
+Once a day (:data:`PRUNE_INTERVAL_S`, the first a minute after start) a thread prunes the partitions past the
+retention (feedback/store/retention.py), one monitor worker at a time: the others find its lock taken and skip.
+
 Nothing here holds state the database does not: a worker killed mid-round has committed each decision with its
 outbox row or not at all, and the next round (of a restarted worker, or of another) decides again from the
 store; a decision id is deterministic, so none is made twice.
@@ -18,9 +21,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +48,9 @@ log = logging.getLogger(__name__)
 #: seconds between looks at the outbox for events to publish
 OUTBOX_INTERVAL_S = 2.0
 GROUP_SUFFIX = "-monitor"
+#: seconds between the daily prunes, and before the first
+PRUNE_INTERVAL_S = 86_400.0
+PRUNE_FIRST_S = 60.0
 
 
 def run(settings: Settings, *, should_stop: Callable[[], bool] | None = None) -> int:
@@ -65,6 +73,8 @@ def run(settings: Settings, *, should_stop: Callable[[], bool] | None = None) ->
     ready = os.environ.get("PITSTOP_READY_FILE")
     log.info("monitor worker: a round every %g s over %d model(s)", settings.monitor_interval_s,
              len(settings.monitoring.models))
+    pruner = threading.Thread(target=prune_daily, args=(settings, stopping), name="pitstop-prune", daemon=True)
+    pruner.start()
     try:
         next_round = time.monotonic()
         share: list[str] | None = None
@@ -90,6 +100,26 @@ def run(settings: Settings, *, should_stop: Callable[[], bool] | None = None) ->
             except Exception:  # a clean-up failure must not hide the original error
                 log.exception("monitor worker clean-up failed")
     return 0
+
+
+def prune_daily(settings: Settings, stopping: Callable[[], bool]) -> None:
+    """Prune the store every :data:`PRUNE_INTERVAL_S` until ``stopping()``; a failed prune is logged and tried again
+    at the next, and one that another worker runs is skipped."""
+    from feedback.store.retention import PruneRunning, prune
+
+    retention = timedelta(seconds=settings.monitoring.longest_retention_s)
+    _wait(stopping, PRUNE_FIRST_S)
+    while not stopping():
+        try:
+            result = prune(settings.require_database(), settings.db_schema, retention=retention)
+            if result.dropped:
+                log.info("prune: dropped %s (rows before %s past the %d-day retention); cleared %d ids' rows",
+                         ", ".join(result.dropped), result.cutoff, retention.days, result.ids_cleared)
+        except PruneRunning:
+            log.debug("prune: another worker is pruning")
+        except Exception:  # a prune never stops the monitor worker
+            log.exception("prune failed; trying again in %g s", PRUNE_INTERVAL_S)
+        _wait(stopping, PRUNE_INTERVAL_S)
 
 
 def run_monitor_round(monitor: Monitor, engine: TriggerEngine | None = None) -> list[tuple[str, bytes]]:

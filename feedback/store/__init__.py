@@ -12,6 +12,8 @@ from feedback.store.database import (
     analyst_role,
     connect_kwargs,
     drop_store,
+    ensure_partitions,
+    index_loaded_predictions,
     insert_dead_letters,
     migrate,
 )
@@ -25,6 +27,8 @@ __all__ = [
     "analyst_role",
     "connect_kwargs",
     "drop_store",
+    "ensure_partitions",
+    "index_loaded_predictions",
     "insert_dead_letters",
     "migrate",
 ]

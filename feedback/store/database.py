@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from importlib import resources
 from typing import Any, Protocol
@@ -38,14 +39,22 @@ _COPY_PREDICTIONS = "COPY _in_predictions FROM STDIN"
 _COPY_OUTCOMES = "COPY _in_outcomes FROM STDIN"
 
 # Sorted by key so that concurrent writers take row locks in one order and never deadlock; of
-# duplicates inside one batch the first wins, as it does across batches.
+# duplicates inside one batch the first wins, as it does across batches. prediction_index holds each id once across
+# the partitions of predictions (migration 022): a prediction is new when its id is.
 _INSERT_PREDICTIONS = """
+WITH first AS (
+    SELECT DISTINCT ON (prediction_id) * FROM _in_predictions ORDER BY prediction_id, ord
+), fresh AS (
+    INSERT INTO prediction_index (prediction_id, predicted_at)
+    SELECT prediction_id, predicted_at FROM first ORDER BY prediction_id
+    ON CONFLICT (prediction_id) DO NOTHING
+    RETURNING prediction_id
+)
 INSERT INTO predictions (prediction_id, model_name, model_version, predicted_at, features,
     prediction, probabilities, score, routing_key, segment, latency_ms, error)
-SELECT DISTINCT ON (prediction_id) prediction_id, model_name, model_version, predicted_at, features,
+SELECT prediction_id, model_name, model_version, predicted_at, features,
     prediction, probabilities, score, routing_key, segment, latency_ms, error
-FROM _in_predictions ORDER BY prediction_id, ord
-ON CONFLICT (prediction_id) DO NOTHING
+FROM first JOIN fresh USING (prediction_id)
 """
 # a monitored store counts the new ones (feedback/monitoring/windows.py)
 _INSERT_PREDICTIONS_RETURNING = _INSERT_PREDICTIONS + "RETURNING prediction_id\n"
@@ -89,7 +98,9 @@ _INSERT_OUTCOMES_COUNTED = _NEW_OUTCOMES + """, joined AS (
                SELECT 1 FROM reference_profiles r
                WHERE r.model_name = p.model_name AND r.model_version = p.model_version) AS countable
     FROM latest l
-    LEFT JOIN LATERAL (SELECT * FROM predictions p WHERE p.prediction_id = l.prediction_id OFFSET 0) p ON true
+    LEFT JOIN prediction_index i USING (prediction_id)
+    LEFT JOIN LATERAL (SELECT * FROM predictions p
+                       WHERE p.prediction_id = l.prediction_id AND p.predicted_at = i.predicted_at OFFSET 0) p ON true
 ), changed AS (
     INSERT INTO current_labels AS cur (prediction_id, label, observed_at, source, counted_label)
     SELECT prediction_id, label, observed_at, source, CASE WHEN countable THEN label END
@@ -290,6 +301,7 @@ class FeedbackStore:
     ) -> None:
         self.database_url = database_url
         self.schema = schema
+        self._partitions_due = 0.0  # monotonic time the partitions ahead are next made
         #: keeps the monitoring windows in step with every write, when models are monitored
         self.windows = windows if windows is not None and windows.enabled else None
         self.pool = ConnectionPool(
@@ -324,7 +336,43 @@ class FeedbackStore:
         outcomes: Sequence[OutcomeEvent],
         dead_letters: Sequence[DeadLetterRecord] = (),
     ) -> WriteStats:
-        """Write one batch in one transaction; a redelivered batch changes nothing."""
+        """Write one batch in one transaction; a redelivered batch changes nothing.
+
+        The weekly partitions of the coming weeks are made ahead, at most once an hour (:meth:`ensure_partitions`);
+        a batch holding a time no partition covers (an old prediction replayed, a late label) rolls back, has its
+        partitions made, and is written again."""
+        if time.monotonic() >= self._partitions_due:
+            self._partitions_due = time.monotonic() + PARTITIONS_AHEAD_EVERY_S
+            try:  # a prune detaching a partition holds the lock attaching takes: try again in a minute
+                self.ensure_partitions(partitions_ahead(datetime.now(UTC)), lock_timeout_s=1.0)
+            except psycopg.errors.LockNotAvailable:
+                self._partitions_due = time.monotonic() + 60.0
+        try:
+            return self._write_batch(predictions, outcomes, dead_letters)
+        except psycopg.errors.CheckViolation as exc:
+            if not str(exc).startswith("no partition of relation"):
+                raise
+        made = self.ensure_partitions({"predictions": [p.predicted_at for p in predictions],
+                                       "outcomes": [o.observed_at for o in outcomes]})
+        log.info("made partitions %s for a batch", ", ".join(made))
+        return self._write_batch(predictions, outcomes, dead_letters)
+
+    def ensure_partitions(self, times: Mapping[str, Iterable[datetime]], *,
+                          lock_timeout_s: float | None = None) -> list[str]:
+        """:func:`ensure_partitions` in a transaction of its own, waiting at most ``lock_timeout_s`` for a lock
+        (``psycopg.errors.LockNotAvailable`` past it), else as long as it takes."""
+        with self.pool.connection() as conn, conn.transaction():
+            if lock_timeout_s is not None:
+                timeout = sql.Literal(f"{lock_timeout_s * 1000:.0f}ms")
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(timeout))
+            return ensure_partitions(conn, times)
+
+    def _write_batch(
+        self,
+        predictions: Sequence[PredictionEvent],
+        outcomes: Sequence[OutcomeEvent],
+        dead_letters: Sequence[DeadLetterRecord],
+    ) -> WriteStats:
         n_outcomes = labels_set = labels_corrected = 0
         counted: list[Any] = []
         windows = self.windows
@@ -361,6 +409,38 @@ class FeedbackStore:
         """All rows of a read-only query."""
         with self.pool.connection() as conn:
             return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+
+
+#: How far ahead of now the writers keep the event tables' partitions made, and how often they check.
+PARTITIONS_AHEAD = timedelta(weeks=2)
+PARTITIONS_AHEAD_EVERY_S = 3600.0
+
+
+def partitions_ahead(now: datetime) -> dict[str, list[datetime]]:
+    """The times whose weekly partitions the writers keep made: this week's and the next :data:`PARTITIONS_AHEAD`'s
+    (an event may be up to a day ahead of the clock, ``Limits.max_future_skew_s``)."""
+    weeks = [now + timedelta(weeks=k) for k in range(PARTITIONS_AHEAD // timedelta(weeks=1) + 1)]
+    return {"predictions": weeks, "outcomes": weeks}
+
+
+def ensure_partitions(conn: psycopg.Connection[Any] | psycopg.Cursor[Any],
+                      times: Mapping[str, Iterable[datetime]]) -> list[str]:
+    """Make the weekly partitions of each event table (``predictions``, ``outcomes``) that ``times`` fall in and that
+    are missing (migration 022); returns the partitions made."""
+    made: list[str] = []
+    for table, at in times.items():
+        days = sorted({t.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0) for t in at})
+        if days:
+            row = conn.execute("SELECT ensure_partitions(%s, %s)", (table, days)).fetchone()
+            made += row[0] if row else []
+    return made
+
+
+def index_loaded_predictions(conn: psycopg.Connection[Any] | psycopg.Cursor[Any]) -> int:
+    """For a loader that writes ``predictions`` itself (a bench, a test) rather than through :meth:`write_batch`:
+    index the ids it stored, so that their labels find them and their ids stay unique; returns how many."""
+    return conn.execute("INSERT INTO prediction_index (prediction_id, predicted_at)"
+                        " SELECT prediction_id, predicted_at FROM predictions ON CONFLICT DO NOTHING").rowcount
 
 
 def _configure(conn: psycopg.Connection[Any], *, setup: str) -> None:

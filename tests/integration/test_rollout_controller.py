@@ -20,7 +20,7 @@ from feedback.config import parse_config
 from feedback.registry.artifacts import serialise
 from feedback.registry.versions import ModelVersion, Registry
 from feedback.rollout.controller import Controller, RolloutError
-from feedback.store import FeedbackStore
+from feedback.store import FeedbackStore, ensure_partitions, index_loaded_predictions
 from pitstop.router import parse_deployment
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
@@ -154,9 +154,11 @@ def _setup(store: FeedbackStore, *, shadow_error: float = 0.2, served_error: flo
             rows.append((f"s{i}", at, Jsonb(classes[served]), f"u{i % 1000}"))
             shadow_rows.append((f"s{i}", Jsonb(classes[shadow])))
             labels.append((f"s{i}", Jsonb(classes[label]), at + timedelta(minutes=5)))
+        ensure_partitions(cur, {"predictions": [row[1] for row in rows]})
         cur.executemany("INSERT INTO predictions (prediction_id, model_name, model_version, predicted_at, features,"
                         " prediction, routing_key, latency_ms) VALUES (%s, 'churn', 'v1', %s, '{}', %s, %s, 4)",
                         rows)
+        index_loaded_predictions(cur)
         cur.executemany("INSERT INTO shadow_predictions (model_name, version, prediction_id, prediction)"
                         " VALUES ('churn', 'v2', %s, %s)", shadow_rows)
         cur.executemany("INSERT INTO current_labels (prediction_id, label, observed_at) VALUES (%s, %s, %s)", labels)
@@ -431,8 +433,10 @@ def test_a_3_class_shadow_much_worse_than_the_champion_fails(store: FeedbackStor
 
     _setup(store, classes=MODES, shadow_error=0.6, shadow_status="running")
     with store.pool.connection() as conn:
+        ensure_partitions(conn, {"predictions": [T0 + timedelta(days=2)]})
         conn.execute("INSERT INTO predictions (prediction_id, model_name, model_version, predicted_at, features,"
                      " prediction) VALUES ('late', 'churn', 'v1', %s, '{}', '\"bus\"')", (T0 + timedelta(days=2),))
+        index_loaded_predictions(conn)
     [judged] = judge_round(store, Registry(), parse_config(MULTICLASS))
     assert judged.verdict.status == "failed", judged.verdict.sentence
     figures = judged.verdict.figures
