@@ -214,14 +214,16 @@ def _detach(conn: psycopg.Connection[Any], part: Partition) -> None:
 
 _CLEAR = """
 WITH ids AS (
-    SELECT prediction_id, predicted_at FROM {part} WHERE prediction_id > %(after)s ORDER BY prediction_id LIMIT %(n)s
+    SELECT prediction_id, predicted_at, model_name FROM {part} WHERE prediction_id > %(after)s
+    ORDER BY prediction_id LIMIT %(n)s
 ), index_rows AS (
     DELETE FROM prediction_index i USING ids
     WHERE i.prediction_id = ids.prediction_id AND i.predicted_at = ids.predicted_at
 ), labels AS (
     DELETE FROM current_labels c USING ids WHERE c.prediction_id = ids.prediction_id
-), shadows AS (
-    DELETE FROM shadow_predictions s USING ids WHERE s.prediction_id = ids.prediction_id
+), shadows AS (  -- by its key: every version of the prediction's model (a shadow's, or a champion's in a ramp)
+    DELETE FROM shadow_predictions s USING ids JOIN model_versions v ON v.model_name = ids.model_name
+    WHERE s.model_name = v.model_name AND s.version = v.version AND s.prediction_id = ids.prediction_id
 ), ramps AS (
     DELETE FROM ramp_rows r USING ids WHERE r.prediction_id = ids.prediction_id
 )

@@ -123,6 +123,10 @@ def test_prune_drops_the_weeks_past_retention_keeps_what_versions_point_to_and_c
         conn.execute("INSERT INTO holdout_sets (model_name, created_at, window_start, window_end, prediction_ids)"
                      " VALUES ('fraud', %s, %s, %s, '{}')", (weeks[3], weeks[2] + timedelta(hours=3),
                                                             weeks[2] + timedelta(hours=4)))
+        # per-id rows of a dropped week (ids 0-1) and of a kept one (id 4000): a shadow's scores, a ramp's rows
+        conn.execute("INSERT INTO shadow_predictions (model_name, version, prediction_id, prediction) VALUES"
+                     " ('churn', 'v0', 'p-0', '1'), ('churn', 'v1', 'p-1', '0'), ('churn', 'v1', 'p-4000', '1')")
+        conn.execute("INSERT INTO ramp_rows (prediction_id) VALUES ('p-0'), ('p-4000')")
         conn.execute("INSERT INTO current_labels (prediction_id, label, observed_at) VALUES ('never-came', '1', %s),"
                      " ('never-came-recent', '1', %s)", (weeks[0], weeks[5]))
         conn.execute("INSERT INTO dead_letters (source_topic, source_partition, source_offset, element_index, raw,"
@@ -153,6 +157,8 @@ def test_prune_drops_the_weeks_past_retention_keeps_what_versions_point_to_and_c
     assert store.scalar("SELECT count(*) FROM current_labels") == 1200 + 1  # kept predictions' and the recent orphan
     assert store.scalar("SELECT count(*) FROM outcomes") == 600  # observed in weeks 4 and 5
     assert store.scalar("SELECT count(*) FROM dead_letters") == 1
+    assert store.rows("SELECT prediction_id FROM shadow_predictions") == [("p-4000",)]
+    assert store.rows("SELECT prediction_id FROM ramp_rows") == [("p-4000",)]
     # the same command again: nothing more to drop
     again = prune(services.database_url, store.schema, now=now, retention=retention)
     assert again.dropped == [] and again.ids_cleared == 0
