@@ -115,7 +115,7 @@ FROM (SELECT count(*) AS visits, min(predicted_at) AS first FROM predictions
       WHERE model_name = %s AND predicted_at > %s AND predicted_at <= %s
       GROUP BY coalesce(routing_key, prediction_id)) u
 """
-_DEPLOYMENT = "SELECT * FROM deployments WHERE model_name = %s FOR UPDATE"
+_DEPLOYMENT = "SELECT message_version FROM deployments WHERE model_name = %s FOR UPDATE"
 _UPSERT_DEPLOYMENT = """
 INSERT INTO deployments (model_name, message_version, champion, challenger, challenger_share, salt, state,
                          decided_at, reason)
@@ -873,8 +873,8 @@ def publish_deployment(cur: psycopg.Cursor[Any], model: str, *, champion: str, c
                        salt: str, state: str, reason: str, at: datetime | None) -> int:
     """Write the model's next deployment and its message (one message_version higher) to the outbox; returns
     the message version."""
-    row = cur.execute(_DEPLOYMENT, (model,)).fetchone()
-    current = (row["message_version"] if isinstance(row, dict) else row[0]) if row is not None else 0
+    row = cur.execute(_DEPLOYMENT, (model,)).fetchone()  # a tuple or a dict, by the caller's cursor
+    current = 0 if row is None else int(row["message_version"] if isinstance(row, dict) else row[0])
     doc = {"model_name": model, "message_version": current + 1, "champion": champion, "challenger": challenger,
            "challenger_share": share if challenger else 0.0, "salt": salt, "state": state, "decided_at": at,
            "reason": reason[:2000]}

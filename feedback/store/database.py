@@ -342,9 +342,9 @@ class FeedbackStore:
         a batch holding a time no partition covers (an old prediction replayed, a late label) rolls back, has its
         partitions made, and is written again."""
         if time.monotonic() >= self._partitions_due:
-            self._partitions_due = time.monotonic() + PARTITIONS_AHEAD_EVERY_S
             try:  # a prune detaching a partition holds the lock attaching takes: try again in a minute
                 self.ensure_partitions(partitions_ahead(datetime.now(UTC)), lock_timeout_s=1.0)
+                self._partitions_due = time.monotonic() + PARTITIONS_AHEAD_EVERY_S
             except psycopg.errors.LockNotAvailable:
                 self._partitions_due = time.monotonic() + 60.0
         try:

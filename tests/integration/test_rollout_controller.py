@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from feedback.config import parse_config
 from feedback.registry.artifacts import serialise
 from feedback.registry.versions import ModelVersion, Registry
-from feedback.rollout.controller import Controller, RolloutError
+from feedback.rollout.controller import Controller, RolloutError, publish_deployment
 from feedback.store import FeedbackStore, ensure_partitions, index_loaded_predictions
 from pitstop.router import parse_deployment
 
@@ -809,3 +809,15 @@ def test_a_person_deploys_a_version_through_the_same_deployment_messages(service
         [(trail,)] = conn.execute("SELECT sentence FROM version_trail WHERE model_name = 'churn' AND version = 'v1'"
                                   " AND step = 'promoted'").fetchall()
     assert trail == "ana deployed v1 as champion of churn (in place of v2) (by ana)"
+
+
+def test_a_deployment_published_again_on_a_plain_cursor_is_one_version_higher(store: FeedbackStore) -> None:
+    """The demo registers its first champion with a plain (tuple) cursor; run twice on one store, the second
+    deployment read the model's name as the version it followed (a TypeError)."""
+    with store.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        for _ in range(2):
+            version = publish_deployment(cur, "churn", champion="v1", challenger=None, share=0.0, salt="churn/v1",
+                                         state="steady", reason="first deployment", at=T0)
+    assert version == 2
+    assert store.scalar("SELECT message_version FROM deployments WHERE model_name = 'churn'") == 2
+    assert store.rows("SELECT event_id FROM outbox ORDER BY 1") == [("deployment/churn/1",), ("deployment/churn/2",)]
