@@ -116,7 +116,7 @@ def cmd_db_prune(args: argparse.Namespace, settings: Settings) -> int:
     verb = "would drop" if args.dry_run else "dropped"
     drops = [s for s in result.steps if s.drop]
     pinned = [s for s in result.steps if not s.drop and "points into it" in s.reason]
-    lines = [f"{verb} {s.partition.name} (about {s.partition.rows:,} rows): {s.reason}" for s in drops]
+    lines = [f"{verb} {s.partition.name} ({_rows_estimate(s.partition.rows)}): {s.reason}" for s in drops]
     lines += [f"kept {s.partition.name}: {s.reason}" for s in pinned]
     if result.cutoff is None:
         summary = f"{verb} 0 of {len(result.steps)} partitions: the store holds no prediction"
@@ -141,6 +141,10 @@ def cmd_db_prune(args: argparse.Namespace, settings: Settings) -> int:
         for line in [*lines, summary]:
             _say(line)
     return 0
+
+
+def _rows_estimate(rows: int | None) -> str:
+    return "rows not counted yet" if rows is None else f"about {rows:,} rows"
 
 
 def cmd_analyst_url(args: argparse.Namespace, settings: Settings) -> int:

@@ -53,7 +53,7 @@ class Partition:
     name: str
     lower: datetime
     upper: datetime
-    rows: int  # PostgreSQL's estimate (pg_class.reltuples), 0 when never analysed
+    rows: int | None  # PostgreSQL's estimate (pg_class.reltuples); None until ANALYZE (or autovacuum) counted it
     attached: bool  # False: detached by a prune that stopped before dropping it
 
 
@@ -103,7 +103,8 @@ def partitions(conn: psycopg.Connection[Any]) -> list[Partition]:
         else:  # detached: its name is its week
             lower = datetime.strptime(match[2], "%Y%m%d").replace(tzinfo=UTC)
             upper = lower + timedelta(weeks=1)
-        found.append(Partition(table, name, lower, upper, max(int(reltuples), 0), parent is not None))
+        found.append(Partition(table, name, lower, upper, None if reltuples < 0 else int(reltuples),
+                               parent is not None))
     return sorted(found, key=lambda p: (p.lower, p.table))
 
 
