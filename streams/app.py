@@ -32,6 +32,7 @@ from pitstop.settings import Settings
 from pitstop.topic_ids import TopicIds
 from schemas import EventKind
 from streams.consumer import set_fetch_max_wait
+from streams.drain import use_direct_hand_off
 from streams.take import message_bytes, take_batches
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.Ap
     """The ingest app: one agent consumes predictions and outcomes and writes them to Postgres."""
     bootstrap, database_url = settings.require_services()
     set_fetch_max_wait(settings.fetch_max_wait_ms)
+    use_direct_hand_off()
     topics = settings.topics
     app = faust_app(settings, settings.app_id, bootstrap, ready_file=ready_file)
     inputs = app.topic(topics.predictions, topics.outcomes, value_type=bytes, key_type=bytes,
