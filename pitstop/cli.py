@@ -115,7 +115,7 @@ def cmd_db_prune(args: argparse.Namespace, settings: Settings) -> int:
         raise PitstopError(str(exc)) from None
     verb = "would drop" if args.dry_run else "dropped"
     drops = [s for s in result.steps if s.drop]
-    pinned = [s for s in result.steps if not s.drop and "points into it" in s.reason]
+    pinned = [s for s in result.steps if s.kind in ("pinned", "foreign")]
     lines = [f"{verb} {s.partition.name} ({_rows_estimate(s.partition.rows)}): {s.reason}" for s in drops]
     lines += [f"kept {s.partition.name}: {s.reason}" for s in pinned]
     if result.cutoff is None:
@@ -133,7 +133,7 @@ def cmd_db_prune(args: argparse.Namespace, settings: Settings) -> int:
         reply(_say, True, summary, dry_run=args.dry_run, watermark=result.watermark, cutoff=result.cutoff,
               retention_days=retention.days,
               partitions=[{"table": s.partition.table, "name": s.partition.name, "week": s.partition.lower,
-                           "rows_estimate": s.partition.rows, "drop": s.drop, "reason": s.reason}
+                           "rows_estimate": s.partition.rows, "drop": s.drop, "kind": s.kind, "reason": s.reason}
                           for s in result.steps],
               dropped=result.dropped, ids_cleared=result.ids_cleared, unmatched_labels=result.unmatched_labels,
               dead_letters=result.dead_letters, seconds=result.seconds)

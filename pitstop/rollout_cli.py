@@ -169,13 +169,19 @@ def drill(settings: Settings, model: str, *, switch_s: float = 30.0, wait_s: flo
             bar.close()
         last = store.scalar("SELECT max(ingested_at) FROM predictions WHERE model_name = %s AND model_version = %s",
                             (model, version))
+        # the requests that reached the store by the rollback, and those served before the routers switched that
+        # reached it after (the switch may take switch_s)
+        served, after_it = store.rows(
+            "SELECT count(*) FILTER (WHERE ingested_at <= %s), count(*) FILTER (WHERE ingested_at > %s)"
+            " FROM predictions WHERE model_name = %s AND model_version = %s", (at, at, model, version))[0]
+        report["served"], report["served_after"] = served, after_it
         controller.clear(model, actor())
         lag = None if last is None else (last - at).total_seconds()
         report["last_request_after_s"] = lag
         if lag is not None and lag > switch_s:
             return finish(False, f"drill FAILED: a request served by {version} reached the store {lag:.1f} s after "
                           f"the rollback (limit {switch_s:g} s): a router did not switch in time")
-        after = "none after it" if lag is None or lag <= 0 else f"the last {lag:.1f} s after it"
+        after = "none after it" if lag is None or lag <= 0 else f"{after_it:,} after it, the last {lag:.1f} s after"
         return finish(True, f"drill passed: {served:,} requests reached {version} before the rollback, {after}; "
                       f"every router switched within {switch_s:g} s. The drill's latch is cleared.")
 

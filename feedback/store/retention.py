@@ -20,7 +20,8 @@ Dropping is done so that the ingest never waits on it:
    own transaction;
 3. ``DROP TABLE`` of the detached table, which no query reads any more.
 
-A prune that stops anywhere is taken up by the next: a detached table of ours that still exists is finished first.
+A prune that stops anywhere is taken up by the next: a table it detached (its comment says so) is finished first; a
+partition someone else detached, to archive it say, is left alone.
 Labels whose prediction never came and dead letters past the retention are deleted too.
 """
 
@@ -40,6 +41,9 @@ from psycopg import sql
 CHUNK = 10_000
 #: the tables partitioned by week, and the column each is partitioned by
 PARTITIONED = {"predictions": "predicted_at", "outcomes": "observed_at"}
+#: the comment a prune puts on a partition before detaching it: a detached table without it was detached by someone
+#: else (to archive it, say) and is left alone
+DETACHING = "pitstop prune: detaching, to drop"
 #: the stages whose versions' data windows keep their rows
 LIVE_STAGES = ("candidate", "shadow", "canary", "champion", "previous")
 
@@ -54,7 +58,8 @@ class Partition:
     lower: datetime
     upper: datetime
     rows: int | None  # PostgreSQL's estimate (pg_class.reltuples); None until ANALYZE (or autovacuum) counted it
-    attached: bool  # False: detached by a prune that stopped before dropping it
+    attached: bool
+    ours: bool  # detached, by a prune that stopped before dropping it (its comment is DETACHING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +76,8 @@ class Step:
     partition: Partition
     drop: bool
     reason: str
+    #: past, leftover (dropped); within, pinned, foreign (kept: in the retention, pointed into, detached by another)
+    kind: str
 
 
 @dataclass(slots=True)
@@ -89,11 +96,12 @@ def partitions(conn: psycopg.Connection[Any]) -> list[Partition]:
     """The weekly partitions of the event tables, attached or left detached by an interrupted prune, oldest first."""
     found: list[Partition] = []
     rows = conn.execute(
-        "SELECT c.relname, p.relname, pg_get_expr(c.relpartbound, c.oid), c.reltuples::bigint"
+        "SELECT c.relname, p.relname, pg_get_expr(c.relpartbound, c.oid), c.reltuples::bigint,"
+        " obj_description(c.oid, 'pg_class') = %s"
         " FROM pg_class c LEFT JOIN pg_inherits h ON h.inhrelid = c.oid LEFT JOIN pg_class p ON p.oid = h.inhparent"
         " WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r'"
-        " AND c.relname ~ '^(predictions|outcomes)_[0-9]{8}$'").fetchall()
-    for name, parent, bound, reltuples in rows:
+        " AND c.relname ~ '^(predictions|outcomes)_[0-9]{8}$'", (DETACHING,)).fetchall()
+    for name, parent, bound, reltuples, ours in rows:
         match = _NAME.match(name)
         if match is None:
             continue
@@ -104,7 +112,7 @@ def partitions(conn: psycopg.Connection[Any]) -> list[Partition]:
             lower = datetime.strptime(match[2], "%Y%m%d").replace(tzinfo=UTC)
             upper = lower + timedelta(weeks=1)
         found.append(Partition(table, name, lower, upper, None if reltuples < 0 else int(reltuples),
-                               parent is not None))
+                               parent is not None, parent is None and bool(ours)))
     return sorted(found, key=lambda p: (p.lower, p.table))
 
 
@@ -146,17 +154,19 @@ def plan(conn: psycopg.Connection[Any], *, retention: timedelta,
     steps = []
     for part in found:
         if not part.attached:
-            steps.append(Step(part, True, "detached by an earlier prune that stopped before dropping it"))
+            steps.append(Step(part, True, "detached by an earlier prune that stopped before dropping it", "leftover")
+                         if part.ours else
+                         Step(part, False, "detached by someone else (not by a prune): left alone", "foreign"))
         elif cutoff is None:
-            steps.append(Step(part, False, "the store holds no prediction: nothing is past the retention"))
+            steps.append(Step(part, False, "the store holds no prediction: nothing is past the retention", "within"))
         elif part.upper > cutoff:
             steps.append(Step(part, False, f"within the retention ({_days(retention)}: rows after "
-                                           f"{cutoff:%Y-%m-%d %H:%M} UTC are kept)"))
+                                           f"{cutoff:%Y-%m-%d %H:%M} UTC are kept)", "within"))
         elif part.table == "predictions" and (pin := next((p for p in kept_for if _overlaps(p, part)), None)):
-            steps.append(Step(part, False, f"past the retention, kept: {pin.what} points into it"))
+            steps.append(Step(part, False, f"past the retention, kept: {pin.what} points into it", "pinned"))
         else:
             steps.append(Step(part, True, f"past the retention ({_days(retention)}): its week ended before "
-                                          f"{cutoff:%Y-%m-%d %H:%M} UTC"))
+                                          f"{cutoff:%Y-%m-%d %H:%M} UTC", "past"))
     return now, cutoff, steps
 
 
@@ -182,6 +192,7 @@ def prune(database_url: str, schema: str, *, retention: timedelta, now: datetime
             progress(f"dropping {step.partition.name}")
             part = step.partition
             started = time.monotonic()
+            conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(sql.Identifier(part.name), sql.Literal(DETACHING)))
             _detach(conn, part)
             seconds["detach"] += time.monotonic() - started
             if part.table == "predictions":

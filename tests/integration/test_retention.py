@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 
 from feedback.store import FeedbackStore, drop_store, migrate
 from feedback.store.database import _migration_files
-from feedback.store.retention import prune
+from feedback.store.retention import DETACHING, prune
 from tests.conftest import Services
 from tests.factories import outcome, prediction
 
@@ -168,13 +168,20 @@ def test_a_prune_stopped_after_the_detach_is_finished_by_the_next(services: Serv
     weeks = [MONDAY, MONDAY + timedelta(weeks=5)]
     _week_of_rows(store, weeks[0], range(200))
     _week_of_rows(store, weeks[1], range(1000, 1200))
-    with _connect(services, store.schema) as conn:  # a prune killed between its detach and its drop
+    _week_of_rows(store, weeks[0] + timedelta(days=1), range(500, 510))  # week 0 again: 210 rows
+    with _connect(services, store.schema) as conn:  # a prune killed between its detach and its drop ...
+        conn.execute(f"COMMENT ON TABLE predictions_{weeks[0]:%Y%m%d} IS '{DETACHING}'")  # type: ignore[arg-type]
         conn.execute(f"ALTER TABLE predictions DETACH PARTITION predictions_{weeks[0]:%Y%m%d}")  # type: ignore[arg-type]
+        # ... and a week someone detached to archive it
+        conn.execute(f"ALTER TABLE outcomes DETACH PARTITION outcomes_{weeks[0]:%Y%m%d}")  # type: ignore[arg-type]
     assert store.scalar("SELECT count(*) FROM predictions") == 200
     result = prune(services.database_url, store.schema, now=weeks[1], retention=timedelta(days=1))
-    assert f"predictions_{weeks[0]:%Y%m%d}" in result.dropped and result.ids_cleared == 200
+    assert result.dropped == [f"predictions_{weeks[0]:%Y%m%d}"] and result.ids_cleared == 210
     assert store.scalar("SELECT count(*) FROM prediction_index") == 200
     assert store.scalar("SELECT to_regclass(%s)", (f"predictions_{weeks[0]:%Y%m%d}",)) is None
+    left = {s.partition.name: s.reason for s in result.steps if not s.drop}
+    assert "left alone" in left[f"outcomes_{weeks[0]:%Y%m%d}"]
+    assert store.scalar(f"SELECT count(*) FROM outcomes_{weeks[0]:%Y%m%d}") == 210  # type: ignore[arg-type]
 
 
 def test_the_ingest_goes_on_while_a_prune_waits_for_a_long_reader(services: Services, store: FeedbackStore) -> None:

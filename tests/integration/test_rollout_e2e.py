@@ -173,8 +173,11 @@ def test_a_candidate_goes_through_shadow_and_ramp_to_champion_then_a_drill_is_ro
     [report] = [json.loads(s) for s in said]  # --json: one object at the end
     assert report["passed"] is True and "switched within 3 s" in report["sentence"], report
     version = report["version"]
-    served = store.scalar("SELECT count(*) FROM predictions WHERE model_version = %s", (version,))
-    assert report["served"] == served > 0 and report["rolled_back"] == rolled_back[0][0]
+    at = datetime.fromisoformat(report["rolled_back_at"])
+    served, after = store.rows("SELECT count(*) FILTER (WHERE ingested_at <= %s), count(*) FILTER (WHERE ingested_at"
+                               " > %s) FROM predictions WHERE model_version = %s", (at, at, version))[0]
+    assert (report["served"], report["served_after"]) == (served, after) and served > 0
+    assert report["rolled_back"] == rolled_back[0][0]
     last = store.scalar("SELECT max(ingested_at) - %s FROM predictions WHERE model_version = %s",
                         (datetime.fromisoformat(report["rolled_back_at"]), version))
     assert report["last_request_after_s"] == pytest.approx(last.total_seconds()), report
