@@ -36,6 +36,7 @@ from pitstop.settings import Topics  # noqa: E402
 #: (--no-loadscope-reorder).
 LONGEST_FIRST = (  # seconds in a fresh clone's `make test` of 2026-12-07 (06:00 UTC)
     "tests/integration/test_faults.py",  # 141
+    "tests/integration/test_rebalance.py",  # 33 (2026-12-07 09:05 UTC, alone)
     "tests/integration/test_pipeline.py",  # 139
     "tests/integration/test_demo.py",  # 111
     "tests/integration/test_triggers_stream.py",  # 100

@@ -50,7 +50,7 @@ COMMENT ON FUNCTION ensure_partitions(text, timestamptz[]) IS
     'Makes the missing weekly partitions of predictions or outcomes for the given times; returns their names.';
 
 -- Turn ``tbl`` into a table partitioned by range of ``col`` with the primary key ``pkey``, rows and all.
-CREATE FUNCTION pg_temp.partition_in_place(tbl text, col text, pkey text[]) RETURNS void
+CREATE OR REPLACE FUNCTION pg_temp.partition_in_place(tbl text, col text, pkey text[]) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     v record;
@@ -123,6 +123,7 @@ $$;
 INSERT INTO prediction_index (prediction_id, predicted_at) SELECT prediction_id, predicted_at FROM predictions;
 SELECT pg_temp.partition_in_place('predictions', 'predicted_at', ARRAY['prediction_id', 'predicted_at']);
 SELECT pg_temp.partition_in_place('outcomes', 'observed_at', ARRAY['prediction_id', 'observed_at', 'label']);
+DROP FUNCTION pg_temp.partition_in_place(text, text, text[]);  -- a session migrating several schemas makes it again
 COMMENT ON TABLE predictions IS
     'One row per prediction_id, first arrival wins (prediction_index keeps the ids unique across the weekly '
     'partitions); redelivered or duplicated predictions change nothing.';
