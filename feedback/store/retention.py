@@ -38,7 +38,7 @@ import psycopg
 from psycopg import sql
 
 #: ids whose per-id rows one transaction deletes
-CHUNK = 10_000
+CHUNK = 1_000
 #: the tables partitioned by week, and the column each is partitioned by
 PARTITIONED = {"predictions": "predicted_at", "outcomes": "observed_at"}
 #: the comment a prune puts on a partition before detaching it: a detached table without it was detached by someone

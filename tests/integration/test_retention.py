@@ -109,7 +109,10 @@ def _week_of_rows(store: FeedbackStore, week: datetime, ids: range, *, labelled:
 
 
 def test_prune_drops_the_weeks_past_retention_keeps_what_versions_point_to_and_clears_their_ids(
-        services: Services, store: FeedbackStore) -> None:
+        services: Services, store: FeedbackStore, monkeypatch: Any) -> None:
+    from feedback.store import retention
+
+    monkeypatch.setattr(retention, "CHUNK", 100)  # a dropped week's 300 ids: three chunks, the last one full
     weeks = [MONDAY + timedelta(weeks=k) for k in range(6)]
     for k, week in enumerate(weeks):
         _week_of_rows(store, week, range(k * 1000, k * 1000 + 300))
