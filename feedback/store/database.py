@@ -354,7 +354,8 @@ class FeedbackStore:
                 raise
         made = self.ensure_partitions({"predictions": [p.predicted_at for p in predictions],
                                        "outcomes": [o.observed_at for o in outcomes]})
-        log.info("made partitions %s for a batch", ", ".join(made))
+        if made:  # else another writer made them meanwhile
+            log.info("made partitions %s for a batch", ", ".join(made))
         return self._write_batch(predictions, outcomes, dead_letters)
 
     def ensure_partitions(self, times: Mapping[str, Iterable[datetime]], *,

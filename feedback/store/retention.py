@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -175,7 +175,7 @@ class PruneRunning(Exception):  # noqa: N818 - a state, not an error of the call
 
 
 def prune(database_url: str, schema: str, *, retention: timedelta, now: datetime | None = None,
-          dry_run: bool = False, progress: Callable[[str], None] = lambda _: None) -> PruneResult:
+          dry_run: bool = False) -> PruneResult:
     """Drop the partitions past ``retention`` (see the module's docstring); ``dry_run``: only the plan. One prune of
     a store at a time: another running raises :class:`PruneRunning`."""
     with psycopg.connect(database_url, autocommit=True, options=f"-c search_path={schema}") as conn:
@@ -189,7 +189,6 @@ def prune(database_url: str, schema: str, *, retention: timedelta, now: datetime
             return result
         seconds = dict.fromkeys(("detach", "clear ids", "drop"), 0.0)
         for step in (s for s in steps if s.drop):
-            progress(f"dropping {step.partition.name}")
             part = step.partition
             started = time.monotonic()
             conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(sql.Identifier(part.name), sql.Literal(DETACHING)))
