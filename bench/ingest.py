@@ -1115,9 +1115,10 @@ def _bulk_producer(bootstrap: str, prefix: str, n: int, seed: int, out_path: str
     )
 
 
+# the tables are partitioned by week (migration 022): the counters are the partitions'
 PROGRESS_SQL = """
-SELECT coalesce(sum(n_tup_ins), 0)::bigint FROM pg_stat_user_tables
-WHERE schemaname = current_schema() AND relname IN ('predictions', 'outcomes')
+SELECT coalesce(sum(s.n_tup_ins), 0)::bigint FROM pg_stat_user_tables s JOIN pg_inherits i ON i.inhrelid = s.relid
+WHERE i.inhparent IN ('predictions'::regclass, 'outcomes'::regclass)
 """
 
 

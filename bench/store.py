@@ -159,9 +159,11 @@ def run_prune(url: str, weeks: int, rows: int, seed: int) -> dict[str, Any]:
     _log(f"prune: {weeks} weeks of {rows:,} predictions and outcomes loaded in {load_s:.0f} s")
     latencies: list[tuple[float, float]] = []  # (monotonic start, seconds) of each writer batch
     stop = threading.Event()
+    writer_pid: list[int] = []
 
     def writer() -> None:
-        with FeedbackStore(url, schema) as store:
+        with FeedbackStore(url, schema, max_size=1) as store:
+            writer_pid.append(store.scalar("SELECT pg_backend_pid()"))
             for k, (preds, outs) in enumerate(_events(10**9, NOW - timedelta(hours=1), timedelta(days=365), "w",
                                                       seed + 2)):
                 if stop.is_set():
@@ -176,6 +178,8 @@ def run_prune(url: str, weeks: int, rows: int, seed: int) -> dict[str, Any]:
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
     time.sleep(5.0)
+    waits = WaitSampler(url, writer_pid[0])
+    waits.start()
     began = time.monotonic()
     retention = NOW - (old + timedelta(weeks=weeks)) - timedelta(days=1)
     result = prune(url, schema, retention=retention)
@@ -183,15 +187,62 @@ def run_prune(url: str, weeks: int, rows: int, seed: int) -> dict[str, Any]:
     time.sleep(2.0)
     stop.set()
     thread.join(timeout=30)
+    waits.done.set()
+    waits.join()
     before = [s * 1000 for t, s in latencies if t < began]
     during = [s * 1000 for t, s in latencies if began <= t <= ended]
     figures = {
         "weeks": weeks, "rows_per_week": rows, "dropped": result.dropped, "ids_cleared": result.ids_cleared,
         "prune_seconds": ended - began, "seconds_by_partition": result.seconds,
         "writer_ms_before": _summary(before), "writer_ms_during": _summary(during),
+        "slow_batches": [waits.during(t, t + s, began) for t, s in latencies if s > SLOW_S],
+        "server_during_prune": waits.tally(began, ended),
     }
     _log(f"prune: {json.dumps(figures, default=str)}")
     return figures
+
+
+SLOW_S = 0.1  # a writer batch slower than this is a pause (the target: none during a prune)
+
+WAITS_SQL = """
+SELECT pid = %s, backend_type, coalesce(wait_event_type || ':' || wait_event, 'CPU'), state
+FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND (state IS DISTINCT FROM 'idle' OR pid = %s)
+"""
+
+
+class WaitSampler(threading.Thread):
+    """What the server's processes wait on, every 5 ms (``pg_stat_activity``): the writer's backend apart, and
+    every other busy process by its type (the prune's backend, autovacuum, the checkpointer, the WAL writer)."""
+
+    def __init__(self, url: str, writer_pid: int) -> None:
+        super().__init__(daemon=True)
+        self.url, self.writer_pid = url, writer_pid
+        self.samples: list[tuple[float, str, list[str]]] = []  # (monotonic, writer's wait, the others')
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self.done.is_set():
+                rows = conn.execute(WAITS_SQL, (self.writer_pid, self.writer_pid)).fetchall()
+                mine = next((f"{w} ({st})" for me, _, w, st in rows if me), "?")
+                others = [f"{kind}: {w}" for me, kind, w, st in rows if not me and w not in ("Activity:"
+                          "CheckpointerMain", "Activity:WalWriterMain", "Activity:BgWriterHibernate",
+                          "Activity:BgWriterMain", "Activity:AutoVacuumMain", "Activity:LogicalLauncherMain")]
+                self.samples.append((time.monotonic(), mine, others))
+                self.done.wait(0.005)
+
+    def tally(self, start: float, end: float) -> dict[str, dict[str, int]]:
+        inside = [(m, o) for t, m, o in self.samples if start <= t <= end]
+        writer: dict[str, int] = {}
+        others: dict[str, int] = {}
+        for mine, rest in inside:
+            writer[mine] = writer.get(mine, 0) + 1
+            for other in rest:
+                others[other] = others.get(other, 0) + 1
+        return {"samples": {"n": len(inside)}, "writer": writer, "others": others}
+
+    def during(self, start: float, end: float, origin: float) -> dict[str, Any]:
+        return {"at_s": round(start - origin, 3), "ms": round(1000 * (end - start), 1), **self.tally(start, end)}
 
 
 def _summary(ms: list[float]) -> dict[str, float]:

@@ -20,6 +20,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -128,9 +129,13 @@ class Ingestor:
         #: the id the broker gave a topic, asked for a dead letter's only (its row is keyed by the topic's life)
         self.topic_id = topic_id
         self.stopping = threading.Event()
+        self._write_thread: ThreadPoolExecutor | None = None
 
     def ingest(self, messages: Sequence[InboundMessage]) -> IngestResult:
         """Decode and write ``messages``; returns once every event in them is committed.
+
+        A full chunk is written by the writer thread while this one decodes the next (psycopg waits on the server
+        without the GIL): the chunks still commit one at a time, in order. The last chunk is written here.
 
         Raises :class:`IngestStopped` only when :meth:`stop` is called during an outage; then
         nothing of the unwritten part is acked and it is redelivered after restart.
@@ -139,27 +144,40 @@ class Ingestor:
         now = self.clock()
         chunk: list[_Decoded] = []
         pending_dead: list[DeadLetterRecord] = []
-        for message in messages:
-            kind = self._kind(message.topic)
-            decoded = decode_message(kind, message.value, now=now, limits=self.limits)
-            pending_dead.extend(
-                DeadLetterRecord(
-                    source_topic=message.topic, source_topic_id=self.topic_id(message.topic),
-                    source_partition=message.partition,
-                    source_offset=message.offset, element_index=r.index, key=message.key, raw=r.raw,
-                    reason=r.reason, received_at=now,
+        writing: Future[None] | None = None
+        try:
+            for message in messages:
+                kind = self._kind(message.topic)
+                decoded = decode_message(kind, message.value, now=now, limits=self.limits)
+                pending_dead.extend(
+                    DeadLetterRecord(
+                        source_topic=message.topic, source_topic_id=self.topic_id(message.topic),
+                        source_partition=message.partition,
+                        source_offset=message.offset, element_index=r.index, key=message.key, raw=r.raw,
+                        reason=r.reason, received_at=now,
+                    )
+                    for r in decoded.rejected
                 )
-                for r in decoded.rejected
-            )
-            chunk.extend(_Decoded(message, i, e) for i, e in zip(_element_indexes(message, decoded), decoded.events,
-                                                                 strict=True))
-            result.events += len(decoded.events)
-            if len(chunk) >= self.max_events_per_txn:
-                self._write_chunk(chunk, pending_dead, result)
-                chunk, pending_dead = [], []
+                chunk.extend(_Decoded(message, i, e) for i, e in zip(_element_indexes(message, decoded),
+                                                                     decoded.events, strict=True))
+                result.events += len(decoded.events)
+                if len(chunk) >= self.max_events_per_txn:
+                    if writing is not None:
+                        before, writing = writing, None
+                        before.result()
+                    writing = self._writer().submit(self._write_chunk, chunk, pending_dead, result)
+                    chunk, pending_dead = [], []
+        finally:
+            if writing is not None:  # whatever happened here, no write of this call outlives it
+                writing.result()
         if chunk or pending_dead:
             self._write_chunk(chunk, pending_dead, result)
         return result
+
+    def _writer(self) -> ThreadPoolExecutor:
+        if self._write_thread is None:
+            self._write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pitstop-ingest-write")
+        return self._write_thread
 
     def stop(self) -> None:
         """Make a call blocked on a database outage give up (at shutdown)."""

@@ -24,8 +24,8 @@ KINDS = {P_TOPIC: EventKind.PREDICTION, O_TOPIC: EventKind.OUTCOME}
 class Feeder:
     """Turns events into Kafka-shaped messages with increasing offsets and ingests them."""
 
-    def __init__(self, store: FeedbackStore) -> None:
-        self.ingestor = Ingestor(store, KINDS, clock=lambda: NOW)
+    def __init__(self, store: FeedbackStore, per_txn: int = 5000) -> None:
+        self.ingestor = Ingestor(store, KINDS, clock=lambda: NOW, max_events_per_txn=per_txn)
         self.offset = 0
 
     def message(self, topic: str, value: bytes, key: bytes | None = None) -> InboundMessage:
@@ -94,6 +94,34 @@ def test_duplicate_prediction_with_other_content_keeps_the_first(store: Feedback
     f.feed(prediction(5, prediction=0))
     f.feed(prediction(5, prediction=1, model_version="v2"))
     assert store.rows("SELECT prediction, model_version FROM predictions") == [(0, "v1")]
+
+
+def test_chunks_written_beside_the_decode_commit_one_at_a_time_in_order(store: FeedbackStore) -> None:
+    """A call of many chunks: each is a transaction of its own, they commit in the order of the messages (the
+    first of a prediction's differing copies wins, in a later chunk than its duplicates too)."""
+    f = Feeder(store, per_txn=2)
+    events = [prediction(i) for i in range(9)] + [prediction(0, prediction=1, model_version="v2")]
+    f.feed(*events)
+    rows = store.rows("SELECT prediction_id, ingested_at FROM predictions ORDER BY predicted_at")
+    assert [r[0] for r in rows] == [f"p-{i}" for i in range(9)]
+    starts = [r[1] for r in rows]
+    assert starts == sorted(starts)
+    assert len(set(starts)) == 5  # chunks of two: (0 1) (2 3) (4 5) (6 7) (8 0'), one transaction each
+    assert store.rows("SELECT prediction, model_version FROM predictions WHERE prediction_id = 'p-0'") == [(0, "v1")]
+
+
+def test_a_store_fault_in_a_chunk_written_beside_the_decode_stops_the_call_there(store: FeedbackStore) -> None:
+    """A store fault raised in the writer thread reaches the caller, and no chunk after it is written: the
+    messages stay unacked and come again after restart."""
+    f = Feeder(store, per_txn=1)
+    f.feed(prediction(0))  # the partitions ahead are made by the first write
+    with store.pool.connection() as conn:
+        conn.execute("ALTER TABLE outcomes RENAME TO outcomes_away")
+    messages = [f.event_message(prediction(1)), f.event_message(outcome(1)), f.event_message(prediction(2))]
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        f.ingestor.ingest(messages)
+    assert store.rows("SELECT prediction_id FROM predictions ORDER BY 1") == [("p-0",), ("p-1",)]
+    assert store.scalar("SELECT count(*) FROM dead_letters") == 0
 
 
 def test_correction_replaces_the_label_and_keeps_history(store: FeedbackStore) -> None:
@@ -209,9 +237,9 @@ def _expected(events: list[PredictionEvent | OutcomeEvent]) -> dict[str, Any]:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10_000), order_seed=st.integers(0, 10_000), batch=st.integers(1, 40),
-       dup_rate=st.sampled_from([0.0, 0.1, 0.5]))
+       dup_rate=st.sampled_from([0.0, 0.1, 0.5]), per_txn=st.integers(1, 50))
 def test_any_order_duplication_and_batching_ends_in_the_same_rows(
-    services: Any, db_schema: str, seed: int, order_seed: int, batch: int, dup_rate: float
+    services: Any, db_schema: str, seed: int, order_seed: int, batch: int, dup_rate: float, per_txn: int
 ) -> None:
     """Shuffled, duplicated, re-batched events give exactly the rows a Python model of the join gives."""
     events = _scenario(seed)
@@ -221,7 +249,7 @@ def test_any_order_duplication_and_batching_ends_in_the_same_rows(
     with psycopg.connect(services.database_url, options=f"-c search_path={db_schema}", autocommit=True) as conn:
         conn.execute("TRUNCATE predictions, outcomes, current_labels, dead_letters")
     with FeedbackStore(services.database_url, db_schema) as store:
-        f = Feeder(store)
+        f = Feeder(store, per_txn)
         for start in range(0, len(stream), batch):
             chunk = stream[start:start + batch]
             preds = [e for e in chunk if isinstance(e, PredictionEvent)]
