@@ -15,6 +15,7 @@ recursion.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -263,15 +264,16 @@ def _check_prediction(doc: Any, horizon: datetime) -> PredictionEvent:
     if len(features) > _MAX_FEATURES:
         msg = f"schema: features has {len(features)} entries, more than {_MAX_FEATURES}"
         raise _Invalid(msg)
-    for name, value in features.items():
-        if not (type(value) in _FEATURE_TYPES or value is None):
+    for name, value in features.items():  # the hottest loop of the ingest: the checks inline, a reason made on failure
+        kind = type(value)
+        if kind is str:
+            if len(value) > _MAX_TEXT or "\x00" in value:
+                _check_text(value, f"features.{name}", 0, _MAX_TEXT)
+        elif kind not in _FEATURE_TYPES and value is not None:
             msg = f"schema: features.{name} must be a number, string, bool or null, got {_type_name(value)}"
-            raise _Invalid(
-                msg
-            )
-        if type(value) is str:
-            _check_text(value, f"features.{name}", 0, _MAX_TEXT)
-        _check_text(name, "a feature name", 1, _MAX_ID)
+            raise _Invalid(msg)
+        if not 1 <= len(name) <= _MAX_ID or "\x00" in name:  # a JSON object's keys are strings
+            _check_text(name, "a feature name", 1, _MAX_ID)
     get = doc.get
     probabilities = get("probabilities")
     if probabilities is not None:
@@ -335,7 +337,7 @@ _SHOWN = reprlib.Repr()
 _SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlist, _SHOWN.maxdict = 3, 40, 40, 4, 4
 
 def _check_fields(doc: dict[str, Any], required: Sequence[str], allowed: frozenset[str], what: str) -> None:
-    if len(doc) < len(required) or not doc.keys() >= set(required):
+    if len(doc) < len(required) or not doc.keys() >= _as_set(required):
         missing = ", ".join(k for k in required if k not in doc)
         msg = f"schema: {what} is missing {missing}"
         raise _Invalid(msg)
@@ -347,10 +349,24 @@ def _check_fields(doc: dict[str, Any], required: Sequence[str], allowed: frozens
     if version != SCHEMA_VERSION or type(version) is bool:
         msg = f"schema: schema_version must be {SCHEMA_VERSION}, got {_SHOWN.repr(version)}"
         raise _Invalid(msg)
-    for key in allowed.difference(required):
-        if key in doc and doc[key] is None and key != "error":
+    for key in _optional(allowed, required):
+        if doc.get(key, _ABSENT) is None:
             msg = f"schema: {key} must be omitted rather than null"
             raise _Invalid(msg)
+
+
+_ABSENT = object()
+
+
+@functools.cache
+def _as_set(fields: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(fields)
+
+
+@functools.cache
+def _optional(allowed: frozenset[str], required: tuple[str, ...]) -> tuple[str, ...]:
+    """The optional fields that must be omitted rather than null (``error`` may be null)."""
+    return tuple(sorted(allowed.difference(required, ("error",))))
 
 
 def _check_text(value: Any, what: str, min_len: int, max_len: int) -> str:
