@@ -127,19 +127,22 @@ def run(args: argparse.Namespace, ctx: bench.Ctx) -> dict[str, Any]:
     sampler.start()
     try:
         with ctx.connect(schema) as conn:
-            last_progress, last_labels = time.monotonic(), -1
+            last_progress, last_stored = time.monotonic(), -1
             while True:
                 time.sleep(ROWS_EVERY_S)
-                labels = bench.scalar(conn, "SELECT count(*) FROM current_labels")
-                if labels >= n and not producer.is_alive() and (
+                predictions, labels = conn.execute(
+                    "SELECT (SELECT count(*) FROM predictions), (SELECT count(*) FROM current_labels)").fetchone()
+                if predictions >= n and labels >= n and not producer.is_alive() and (
                         bench.scalar(conn, "SELECT count(label) FROM feedback") >= n):
                     break
-                if labels != last_labels:
-                    last_progress, last_labels = time.monotonic(), labels
+                if predictions + labels != last_stored:
+                    last_progress, last_stored = time.monotonic(), predictions + labels
                 elif time.monotonic() - last_progress > 180 or not stack.is_ours(worker):
-                    msg = f"the worker stalled at {labels:,}/{n:,} labels:\n{bench._tail(log_path)}"
+                    msg = (f"the worker stalled at {predictions:,} predictions and {labels:,} labels of {n:,}:\n"
+                           f"{bench._tail(log_path)}")
                     raise RuntimeError(msg)
-                bench._log(f"{labels:,}/{n:,} labels stored")
+                bench._log(f"{predictions:,} predictions and {labels:,} labels of {n:,} stored; worker RSS "
+                           f"{sampler.rss[-1][1]['worker']:.0f} MiB")
             seconds = time.monotonic() - sampler.t0
             cpu = meter.percent()
             cpu["monitor"] = round(100 * (bench._cpu_s(monitor_worker.pid, False) - monitor_cpu0) / seconds, 1)

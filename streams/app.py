@@ -33,7 +33,7 @@ from pitstop.topic_ids import TopicIds
 from schemas import EventKind
 from streams.consumer import set_fetch_max_wait
 from streams.drain import use_direct_hand_off
-from streams.take import message_bytes, take_batches
+from streams.take import bound_stream_buffers, message_bytes, take_batches
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ def build_app(settings: Settings, *, ready_file: Path | None = None) -> faust.Ap
     use_direct_hand_off()
     topics = settings.topics
     app = faust_app(settings, settings.app_id, bootstrap, ready_file=ready_file)
+    bound_stream_buffers(app, settings.batch_bytes)  # a backlog of large messages waits in Kafka, not here
     inputs = app.topic(topics.predictions, topics.outcomes, value_type=bytes, key_type=bytes,
                        value_serializer="raw", key_serializer="raw")
     dead_letter = app.topic(topics.dead_letter, value_type=bytes, key_type=bytes,

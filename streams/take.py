@@ -16,11 +16,12 @@ upgrade move them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import faust
 from mode.utils.futures import notify
+from mode.utils.queues import ThrowableQueue
 
 #: The Stream internals this module relies on (checked by the tests against the installed Faust).
 STREAM_INTERNALS = ("add_processor", "_enable_passive", "_processors", "_active_agens", "current_event", "wait",
@@ -97,3 +98,70 @@ def take_batches(stream: Any, max_messages: int, max_bytes: int, within: float) 
     agen = noack_take_bounded(stream, max_messages, max_bytes, within)
     stream._active_agens.add(agen)
     return agen
+
+
+class ByteBoundedQueue(ThrowableQueue):
+    """Faust's stream buffer (``App.FlowControlQueue``), bounded in bytes as well as in messages.
+
+    Faust counts a stream's buffer in messages (``stream_buffer_maxsize``, 4,096): the conductor pauses fetching a
+    partition once the buffer holds 80 % of that, and resumes it once the buffer is down to 40 % (or empty). With
+    batched messages of 130 KB a backlog filled it with 4,096 of them, 537 MB (``bench/soak.py``), and messages of
+    up to ``PITSTOP_MAX_MESSAGE_BYTES`` could fill it with gigabytes. This queue is under that same pressure once it
+    holds ``max_bytes`` of keys and values too, and its pressure drops only once both its messages and its bytes
+    are down to 40 %. A message already fetched is still taken in (as Faust does), so it can hold ``max_bytes``
+    plus what the fetcher had in hand."""
+
+    def __init__(self, *args: Any, max_bytes: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_bytes = max_bytes
+        self.bytes = 0
+
+    def _put(self, item: Any) -> None:  # asyncio.Queue's own hooks: every put and get goes through them
+        self.bytes += _item_bytes(item)
+        super()._put(item)  # type: ignore[misc]
+
+    def _get(self) -> Any:
+        item = super()._get()  # type: ignore[misc]
+        self.bytes -= _item_bytes(item)
+        return item
+
+    def clear(self) -> None:
+        super().clear()
+        self.bytes = 0
+
+    def in_pressure_high_state(self, callback: Callable[[], None]) -> bool:
+        pending = self._pending_pressure_drop_callbacks
+        if callback not in pending and (self.qsize() >= self.pressure_high_size or self.bytes >= self.max_bytes):
+            pending.add(callback)
+            self.on_pressure_high()
+            return True
+        return False
+
+    def maybe_endorse_pressure_drop(self) -> None:
+        pending = self._pending_pressure_drop_callbacks
+        if not pending:
+            return
+        if not self.qsize():  # empty: every paused partition resumes
+            for resume in pending:
+                resume()
+            pending.clear()
+            self.on_pressure_drop()
+        elif self.qsize() <= self.pressure_drop_size and self.bytes <= self.max_bytes * self.pressure_drop_ratio:
+            pending.pop()()  # one partition resumes a get; the items left call the others'
+            self.on_pressure_drop()
+
+
+def _item_bytes(item: Any) -> int:
+    """A buffered event's message's bytes (:func:`message_bytes`); 0 for anything else a queue may hold."""
+    message = getattr(item, "message", None)
+    return message_bytes(message) if message is not None else 0
+
+
+def bound_stream_buffers(app: faust.App, max_bytes: int) -> None:
+    """Make ``app``'s stream buffers :class:`ByteBoundedQueue` of ``max_bytes``."""
+
+    def flow_control_queue(maxsize: int | None = None, *, clear_on_resume: bool = False) -> ThrowableQueue:
+        return ByteBoundedQueue(maxsize=maxsize, flow_control=app.flow_control, clear_on_resume=clear_on_resume,
+                                max_bytes=max_bytes)
+
+    app.FlowControlQueue = flow_control_queue  # type: ignore[method-assign]
