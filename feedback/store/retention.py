@@ -247,10 +247,10 @@ def _clear_ids(conn: psycopg.Connection[Any], name: str) -> int:
     (a prune taken up again starts over: the deletes find nothing the second time)."""
     statement = sql.SQL(_CLEAR).format(part=sql.Identifier(name))
     after, cleared = "", 0
-    # Each chunk's commit does not wait for its WAL to reach the disk: a thousand fsyncs in 20 s stalled the ingest's
-    # commits behind them (its staging tables' truncation waited on the file system, 100-320 ms; BENCHMARKS.md
-    # "What the writer waits on during a prune"). A crash loses at most the last chunks' deletes, which the next
-    # prune makes again; the drop that follows commits synchronously, and with it every chunk before it.
+    # Each chunk's commit does not wait for its WAL to reach the disk: a thousand fsyncs of its own are a thousand the
+    # ingest's commits may queue behind (BENCHMARKS.md "What the ingest waits on during a prune": this leaves the
+    # pauses' cause, the WAL the clearing writes, in place). A crash loses at most the last chunks' deletes, which the
+    # next prune makes again; the drop that follows commits synchronously, and with it every chunk before it.
     conn.execute("SET synchronous_commit = off")
     try:
         while True:
