@@ -11,7 +11,9 @@ PITSTOP_DATABASE_URL is set):
 * **prune**: ``--prune-weeks`` weeks of ``--prune-rows`` predictions each (and their outcomes) bulk-loaded 60 weeks
   ago, plus a current week, then ``retention.prune`` (the code of ``pitstop db prune``) with a retention that
   drops exactly those weeks, while a writer thread stores 100 events every 20 ms through ``write_batch``: the
-  prune's time by phase (detach, clearing the ids' rows, drop), and the writer's batch latency before and during.
+  prune's time by phase (detach, clearing the ids' rows, drop), and the writer's batch latency before and during;
+  meanwhile ``pg_stat_activity`` is sampled every 5 ms, and each writer batch over 100 ms is reported with what
+  the writer's backend and every other busy server process waited on during it.
 * **big**: a store bulk-loaded (COPY, then the index and labels filled by SQL) with ``--big-rows`` rows
   (predictions and outcomes, half each) over 52 weeks, ``VACUUM ANALYZE``; then ``--throughput-events`` events
   written through ``write_batch`` into this week, against the same into an empty store, ``--repeat`` times each
