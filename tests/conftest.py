@@ -34,23 +34,42 @@ from pitstop.settings import Topics  # noqa: E402
 #: busy while the others idle. These files run first, the rest in their collection order; xdist's own order (files
 #: with more tests first, which put these one- and two-test files last) is off in pyproject.toml
 #: (--no-loadscope-reorder).
-LONGEST_FIRST = (  # seconds in a fresh clone's `make test` of 2026-12-07 (06:00 UTC)
-    "tests/integration/test_faults.py",  # 141
-    "tests/integration/test_rebalance.py",  # 33 (2026-12-07 09:05 UTC, alone)
-    "tests/integration/test_pipeline.py",  # 139
-    "tests/integration/test_demo.py",  # 111
-    "tests/integration/test_triggers_stream.py",  # 100
-    "tests/integration/test_triggers.py",  # 94
-    "tests/integration/test_cli.py",  # 93
-    "tests/integration/test_triggers_cli.py",  # 90
-    "tests/integration/test_rollout_e2e.py",  # 85
-    "tests/integration/test_rollout_controller.py",  # 84
-    "tests/integration/test_retrain_recipe.py",  # 77
-    "tests/integration/test_demo_runs.py",  # 125 before its shadow timed 2 rows a chunk, not 20
-    "tests/unit/test_trainers.py",  # 51
-    "tests/integration/test_windows.py",  # 47
-    "tests/integration/test_ingest_stream.py",  # 34
+LONGEST_FIRST = (  # seconds in `make test` of 2026-12-07 11:02 UTC; a file changed since: less its measured saving
+    "tests/integration/test_faults.py",  # 130
+    "tests/integration/test_rebalance.py",  # 29 (33 alone); it starts beside test_faults.py, on another worker
+    "tests/integration/test_pipeline.py",  # 161
+    "tests/integration/test_demo.py",  # 94
+    "tests/integration/test_rollout_e2e.py",  # 90 (98 before its settle waited for the controller's looks)
+    "tests/integration/test_triggers_stream.py",  # 70
+    "tests/integration/test_demo_runs.py",  # 65
+    "tests/integration/test_triggers.py",  # 63
+    "tests/integration/test_retrain_recipe.py",  # 60
+    "tests/integration/test_cli.py",  # 60
+    "tests/integration/test_windows.py",  # 41
+    "tests/integration/test_rollout_controller.py",  # 40
+    "tests/integration/test_triggers_cli.py",  # 40 (71 with every command a process of its own)
+    "tests/unit/test_trainers.py",  # 30
+    "tests/unit/test_rollout_rules.py",  # 26
+    "tests/integration/test_dashboard.py",  # 23
 )
+
+
+#: the project's own packages, whose modules every process the suite starts imports
+_PACKAGES = ("pitstop", "feedback", "streams", "retrain_worker", "schemas", "tests")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The project's own modules compiled to bytecode (in their ``__pycache__``, which git ignores) before any test
+    starts a process. With PYTHONDONTWRITEBYTECODE set, as on these machines, no process writes bytecode: every
+    worker, command, trainer and demo the suite starts (some 200) compiled the 25,000 lines of the project's source
+    it imports again (the installed packages are compiled by `make test`'s install). A source changed afterwards is
+    compiled again when it is imported (its size and time no longer match the bytecode's), so nothing stale runs.
+    The first process (xdist's controller) compiles; the others find the bytecode up to date."""
+    import compileall
+
+    root = Path(__file__).resolve().parents[1]
+    for package in _PACKAGES:
+        compileall.compile_dir(root / package, quiet=2)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -170,6 +189,12 @@ class WorkerHandle:
 
     def log_tail(self, n: int = 30) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def wait_ready(self, timeout_s: float = 60) -> WorkerHandle:
+        """Wait for a worker started with ``wait=False`` to say it is ready (tests start two at once this way: most
+        of a worker's start is waiting for its consumer group, in which the other starts)."""
+        wait_until(self.ready_file.exists, timeout_s, lambda: f"{self.log_path.stem} not ready:\n{self.log_tail()}")
+        return self
 
 
 @pytest.fixture

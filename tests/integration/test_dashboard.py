@@ -4,16 +4,19 @@ nothing changes state, and the page and its charting library are served from thi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from feedback.alerts import LogAlertSink
@@ -23,8 +26,9 @@ from feedback.monitoring.windows import WindowUpdater
 from feedback.registry.artifacts import serialise
 from feedback.registry.versions import ModelVersion, Registry
 from feedback.rollout.controller import publish_deployment
-from feedback.store import FeedbackStore
+from feedback.store import FeedbackStore, drop_store, migrate
 from feedback.triggers.engine import TriggerEngine
+from pitstop.dashboard import app
 from pitstop.dashboard.app import Served, build_app
 from tests.factories import DRIFT_TOML, T0, drifting_hour
 
@@ -47,9 +51,11 @@ def config() -> MonitoringConfig:
     return parse_config(CONFIG)
 
 
-@pytest.fixture
-def served(services, db_schema, config) -> Iterator[tuple[str, FeedbackStore]]:
-    with FeedbackStore(services.database_url, db_schema, windows=WindowUpdater(config)) as store:
+@contextlib.contextmanager
+def _serving(database_url: str, schema: str, config: MonitoringConfig) -> Iterator[tuple[str, FeedbackStore]]:
+    """Eight hours of a drifting workload judged and decided in ``schema``, a champion deployed, and the dashboard
+    serving it."""
+    with FeedbackStore(database_url, schema, windows=WindowUpdater(config)) as store:
         with store.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             from sklearn.linear_model import LogisticRegression
 
@@ -63,11 +69,34 @@ def served(services, db_schema, config) -> Iterator[tuple[str, FeedbackStore]]:
             store.write_batch(*drifting_hour(hour, drift=True))
             monitor.run_once(after=lambda conn, evs, at=T0 + timedelta(hours=hour + 1): engine.run(conn, evs,
                                                                                                  wall_now=at))
-        dashboard = Served(build_app(services.database_url, db_schema, config))
+        dashboard = Served(build_app(database_url, schema, config))
         try:
             yield dashboard.url, store
         finally:
             dashboard.stop()
+
+
+@pytest.fixture(scope="module")
+def served(services) -> Iterator[tuple[str, FeedbackStore]]:
+    """The served store, built once for the tests that only read it (a schema of this module's own)."""
+    schema = f"t_dashboard_{uuid.uuid4().hex[:8]}"
+    migrate(services.database_url, schema)
+    try:
+        with _serving(services.database_url, schema, parse_config(CONFIG)) as served:
+            yield served
+    finally:
+        with psycopg.connect(services.database_url, autocommit=True) as conn:
+            drop_store(conn, schema)
+
+
+@pytest.fixture
+def served_to_change(services, db_schema, config,
+                     monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, FeedbackStore]]:
+    """The same in this test's own schema, for a test that writes to it; its pages refresh every 2 s instead of 5 s
+    (the same refresh in place: the test waits less for the next one)."""
+    monkeypatch.setattr(app, "REFRESH_S", 2)
+    with _serving(services.database_url, db_schema, config) as served:
+        yield served
 
 
 def test_the_documents_say_what_the_store_holds(served: tuple[str, FeedbackStore]) -> None:
@@ -150,13 +179,13 @@ def test_a_database_that_does_not_answer_is_a_503_in_one_sentence(config: Monito
 
 
 def test_the_pages_in_a_real_browser_show_the_model_and_follow_a_new_decision(
-        served: tuple[str, FeedbackStore], config: MonitoringConfig, tmp_path) -> None:
+        served_to_change: tuple[str, FeedbackStore], config: MonitoringConfig, tmp_path) -> None:
     """Headless Chromium (Debian's, driven by Playwright; `make test` installs it): the fleet page lists the champion,
     the model page shows it, a drifting cell and a timeline entry, then a decision and a candidate landing in the
     store show without a reload. Screenshots are kept in test-output/dashboard."""
     from playwright.sync_api import sync_playwright
 
-    url, store = served
+    url, store = served_to_change
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
                                              args=["--no-sandbox"])

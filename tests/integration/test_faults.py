@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from feedback.store import FeedbackStore, migrate
 from pitstop import stack
 from pitstop.client import PitstopProducer
 from pitstop.settings import Topics
-from tests.conftest import Services, wait_until
+from tests.conftest import Services, stack_root, wait_until
 from tests.factories import outcome, prediction
 
 
@@ -34,15 +35,27 @@ def _publish(services: Services, topics: Topics, ids: range, batch_size: int = 5
                 producer.publish(outcome(i, label=5, after_s=99_999))
 
 
-@pytest.fixture
-def own_postgres(stack_dir: Path) -> Iterator[tuple[Path, int, str]]:
-    """A PostgreSQL server of this test's own, so the test can stop it without hurting others."""
-    pgdata, port = stack_dir / "pgdata", stack.free_port()
+@pytest.fixture(scope="module")
+def module_postgres() -> Iterator[tuple[Path, int, str]]:
+    """A PostgreSQL server of this module's own, initialised once for the tests that stop it."""
+    root = stack_root()
+    pgdata, port = root / "pgdata", stack.free_port()
     stack.start_postgres(pgdata, port)
     try:
         yield pgdata, port, stack.postgres_url(f"127.0.0.1:{port}")
     finally:
         stack.stop_postgres(pgdata)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def own_postgres(module_postgres: tuple[Path, int, str]) -> tuple[Path, int, str]:
+    """A PostgreSQL server no other test uses while this one runs, so the test can stop it without hurting others:
+    this module's, running (started again if a test before left it stopped); each test has a schema of its own."""
+    pgdata, port, _ = module_postgres
+    if stack.postgres_pid(pgdata) is None:
+        stack.start_postgres(pgdata, port)
+    return module_postgres
 
 
 def test_database_outage_holds_the_stream_and_loses_nothing(

@@ -38,8 +38,10 @@ def test_worker_counts_windows_and_publishes_rounds(
     prediction and label exactly once, and publishes a schema-valid round that flags the shifted feature."""
     config = tmp_path / "pitstop.toml"
     config.write_text(TOML)
-    ingest = start_worker(PITSTOP_CONFIG=str(config))
-    monitor = start_worker(kind="monitor", PITSTOP_CONFIG=str(config), PITSTOP_MONITOR_INTERVAL_S="1")
+    ingest = start_worker(PITSTOP_CONFIG=str(config), wait=False)  # both start at once: neither waits for the other
+    monitor = start_worker(kind="monitor", PITSTOP_CONFIG=str(config), PITSTOP_MONITOR_INTERVAL_S="1", wait=False)
+    ingest.wait_ready()
+    monitor.wait_ready()
 
     def tail() -> str:  # what both logged, for a failure's message
         return f"ingest:\n{ingest.log_tail()}\nmonitor:\n{monitor.log_tail()}"

@@ -95,10 +95,20 @@ class Server:
 
 
 def _settle(store: FeedbackStore, at_most_s: float = 1.5) -> None:
-    """Give the worker's rounds (0.5 s apart) the time to look at the new hour: until an event, or at most 1.5 s."""
+    """Give the worker's rounds (0.5 s apart) the time to look at the new hour: until an event, or until two of the
+    ramp controller's looks began after it was written (the second in a round that began after it, its shadow
+    scoring included), or at most 1.5 s. A look that waits (for its dwell, requests or evidence) records its sentence
+    in the ramp's row, whose ``updated_at`` is the look's transaction start; the shadow's rounds and the hold record
+    nothing, and there the 1.5 s hold as before."""
+    written = store.scalar("SELECT clock_timestamp()")  # after the hour's commit
     before = store.scalar("SELECT count(*) FROM rollout_events")
+    looks: set[datetime] = set()
     deadline = time.monotonic() + at_most_s
     while time.monotonic() < deadline and store.scalar("SELECT count(*) FROM rollout_events") == before:
+        looks.update(at for (at,) in store.rows("SELECT updated_at FROM rollouts WHERE state = 'ramping' "
+                                                "AND updated_at > %s", (written,)))
+        if len(looks) >= 2:
+            return
         time.sleep(0.1)
 
 

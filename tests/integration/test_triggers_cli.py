@@ -1,16 +1,18 @@
 """`pitstop triggers list | reset | replay` and `pitstop retrain` as subprocesses against the real store and broker,
-over a drifting workload: what they print, what they write, and what they refuse with one line."""
+over a drifting workload: what they print, what they write, and what they refuse with one line. Each test's first
+command runs as a subprocess, as a shell runs it; most further ones by the command line's main in this process."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,6 +56,27 @@ def run_hours(store: FeedbackStore, engine: TriggerEngine, hours: range) -> None
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pitstop.cli", *args], env=env, capture_output=True, text=True,
                           timeout=120, check=False)
+
+
+#: how a command's process prints a log record on stderr (``pitstop.cli.main``'s ``logging.basicConfig``)
+_LOG_LINE = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@pytest.fixture
+def in_process(pitstop_main, caplog: pytest.LogCaptureFixture) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`pitstop ARGS` by the command line's main in this process, for a test's commands after its first from a shell:
+    the same exit code, stdout and stderr without an interpreter's start-up (a second or more on a loaded machine).
+    Its log records at WARNING and above are added to its stderr as its process would print them (here they reach
+    pytest's handlers instead), so that a one-line check sees them as from a shell."""
+
+    def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+        caplog.clear()
+        done = pitstop_main(env, *args)
+        logged = "".join(_LOG_LINE.format(record) + "\n" for record in caplog.records
+                         if record.levelno >= logging.WARNING)
+        return subprocess.CompletedProcess(done.args, done.returncode, done.stdout, done.stderr + logged)
+
+    return run
 
 
 def cli_env(services: Services, schema: str, config: Path, **extra: str) -> dict[str, str]:
@@ -128,7 +151,7 @@ def monitoring(config_path: Path) -> MonitoringConfig:
 # --- list -------------------------------------------------------------------------------------------------------
 
 
-def test_list_shows_the_fired_decision_with_its_sentence(history: DriftedHistory) -> None:
+def test_list_shows_the_fired_decision_with_its_sentence(history: DriftedHistory, in_process) -> None:
     """`triggers list` shows the drift decision the engine fired: kind, urgency, status, change point, labels, the
     sentence whole and its event still queued in the outbox; --json gives the same as objects."""
     done = run_cli(history.env, "triggers", "list", "--model", "churn")
@@ -140,7 +163,7 @@ def test_list_shows_the_fired_decision_with_its_sentence(history: DriftedHistory
     assert row[-2:] == ["queued", "-"], lines[2]
     assert lines[3].strip() == f"fired {minute(history.fired_at)}: {history.sentence}"
 
-    done = run_cli(history.env, "triggers", "list", "--model", "churn", "--json")
+    done = in_process(history.env, "triggers", "list", "--model", "churn", "--json")
     assert done.returncode == 0, done.stderr
     [decision] = json.loads(done.stdout)
     assert decision["decision_id"] == history.decision_id and decision["sentence"] == history.sentence
@@ -149,11 +172,11 @@ def test_list_shows_the_fired_decision_with_its_sentence(history: DriftedHistory
     assert decision["labels_since_change"] >= decision["labels_needed"] == 5000
     assert decision["event"] == "queued" and decision["published_at"] is None and decision["outcome"] is None
 
-    refused = run_cli(history.env, "triggers", "list", "--model", "churn", "--limit", "0")  # by the parser
+    refused = in_process(history.env, "triggers", "list", "--model", "churn", "--limit", "0")  # by the parser
     assert refused.returncode == 2 and refused.stdout == "", refused
     assert refused.stderr == ("pitstop triggers list: argument --limit: '0': expected an integer >= 1; `pitstop "
                               "triggers list --help` lists the arguments\n"), refused.stderr  # one line
-    one_line_error(run_cli(history.env, "triggers", "list", "--model", "nope"), "configured models: churn")
+    one_line_error(in_process(history.env, "triggers", "list", "--model", "nope"), "configured models: churn")
 
 
 def test_list_shows_pool_and_refit_decisions_which_need_no_label_count(services: Services, db_schema: str,
@@ -183,7 +206,7 @@ def test_list_shows_pool_and_refit_decisions_which_need_no_label_count(services:
 # --- replay -----------------------------------------------------------------------------------------------------
 
 
-def test_replay_fires_at_the_change_point_and_writes_nothing(history: DriftedHistory) -> None:
+def test_replay_fires_at_the_change_point_and_writes_nothing(history: DriftedHistory, in_process) -> None:
     """A replay over the drifting history fires the live engine's decision at the same event time with the drift's
     change point, after a pending wait for labels, and leaves every trigger table as it was."""
     before = counts(history.database_url, history.schema)
@@ -200,7 +223,7 @@ def test_replay_fires_at_the_change_point_and_writes_nothing(history: DriftedHis
     assert lines[-1] == (f"would have fired 1 retrain over 10 windows of churn v1: first at {minute(history.fired_at)} "
                          f"UTC (drift, elevated, change point {minute(CHANGE)} UTC); also 1 pending")
 
-    done = run_cli(history.env, *args, "--json")
+    done = in_process(history.env, *args, "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["fired"] == 1 and report["first_fired_at"] == history.fired_at.isoformat().replace("+00:00", "Z")
@@ -213,7 +236,7 @@ def test_replay_fires_at_the_change_point_and_writes_nothing(history: DriftedHis
     assert counts(history.database_url, history.schema) == before
 
 
-def test_replay_with_higher_drop_levels_fires_nothing(history: DriftedHistory) -> None:
+def test_replay_with_higher_drop_levels_fires_nothing(history: DriftedHistory, in_process) -> None:
     """With the elevated and critical drops raised to 50% and 60% for the replay only, the same history fires no
     retrain (the drift is watched), and the stored configuration and decisions are untouched."""
     before = counts(history.database_url, history.schema)
@@ -225,9 +248,9 @@ def test_replay_with_higher_drop_levels_fires_nothing(history: DriftedHistory) -
     assert report["fired"] == 0 and report["first_fired_at"] is None and report["events"] == []
     assert {t["status"] for t in report["transitions"]} == {"watch"}, report["transitions"]
     assert report["overrides"] == ["triggers.performance.elevated=0.5", "triggers.performance.critical=0.6"]
-    done = run_cli(history.env, "triggers", "replay", "--model", "churn", "--from", "2026-03-01", "--to",
-                   "2026-03-02", "--set", "triggers.performance.elevated=0.5", "--set",
-                   "triggers.performance.critical=0.6")
+    done = in_process(history.env, "triggers", "replay", "--model", "churn", "--from", "2026-03-01", "--to",
+                      "2026-03-02", "--set", "triggers.performance.elevated=0.5", "--set",
+                      "triggers.performance.critical=0.6")
     assert done.stdout.splitlines()[-1] == "would have fired no retrain over 24 windows of churn v1; also 1 watch"
     assert counts(history.database_url, history.schema) == before
 
@@ -268,7 +291,7 @@ def reject(store: FeedbackStore, *trigger_ids: str) -> None:
 
 
 def test_reset_twice_is_harmless_and_clears_a_tripped_breaker(services: Services, db_schema: str, config_path: Path,
-                                                              monitoring: MonitoringConfig) -> None:
+                                                              monitoring: MonitoringConfig, in_process) -> None:
     """After three rejected candidates a manual retrain still fires, but the drift decision is held back by the
     breaker until `triggers reset`; a second reset finds nothing tripped (the count starts again at a reset)."""
     env = cli_env(services, db_schema, config_path)
@@ -290,7 +313,7 @@ def test_reset_twice_is_harmless_and_clears_a_tripped_breaker(services: Services
         assert done.returncode == 0, done.stderr
         assert done.stdout == ("churn: circuit breaker was tripped (4 rejected candidates in a row since the last "
                                "reset, limit 3); reset: automatic retraining resumes\n")
-        done = run_cli(env, "triggers", "reset", "--model", "churn", "--by", "ana", "--json")
+        done = in_process(env, "triggers", "reset", "--model", "churn", "--by", "ana", "--json")
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout) == {
             "model": "churn", "was_tripped": False, "rejected_in_row": 0, "limit": 3, "by": "ana",
@@ -309,7 +332,7 @@ def test_reset_twice_is_harmless_and_clears_a_tripped_breaker(services: Services
 
 
 def test_retrain_twice_within_a_minute_makes_one_decision(services: Services, db_schema: str,
-                                                          config_path: Path) -> None:
+                                                          config_path: Path, in_process) -> None:
     """The same request repeated within a minute is one decision with one event, and says so; another request
     while that training runs is recorded as suppressed, with exit code 1."""
     env = cli_env(services, db_schema, config_path)
@@ -330,7 +353,7 @@ def test_retrain_twice_within_a_minute_makes_one_decision(services: Services, db
         assert conn.execute("SELECT decision_id, status FROM retrain_decisions").fetchall() == [(request, "fired")]
         assert conn.execute("SELECT event_id FROM outbox").fetchall() == [(request,)]
 
-    other = run_cli(env, "retrain", "--model", "churn", "--reason", "another reason", "--id", "r-2", "--by", "bo")
+    other = in_process(env, "retrain", "--model", "churn", "--reason", "another reason", "--id", "r-2", "--by", "bo")
     assert other.returncode == 1, other.stderr
     assert other.stdout == (f"churn: suppressed churn/manual/r-2: a training for this model is already running "
                             f"(trigger {request}); request: manual request by bo: another reason\n")
@@ -339,28 +362,28 @@ def test_retrain_twice_within_a_minute_makes_one_decision(services: Services, db
 
 
 def test_malformed_retrain_requests_fail_with_one_line(services: Services, db_schema: str,
-                                                       config_path: Path) -> None:
+                                                       config_path: Path, in_process) -> None:
     """An unknown model, an empty, blank, multi-line or 501-character reason, a bad id and a model whose triggers
     are disabled each fail with one line saying what to do, and record nothing."""
     env = cli_env(services, db_schema, config_path)
     retrain = ("retrain", "--model")
     one_line_error(run_cli(env, *retrain, "nope", "--reason", "x"), "model 'nope' is not configured",
                    "configured models: churn, legacy")
-    one_line_error(run_cli(env, *retrain, "churn", "--reason", ""), "--reason is empty")
-    one_line_error(run_cli(env, *retrain, "churn", "--reason", " \t "), "--reason is empty")
-    one_line_error(run_cli(env, *retrain, "churn", "--reason", "x" * 501), "--reason is 501 characters long",
+    one_line_error(in_process(env, *retrain, "churn", "--reason", ""), "--reason is empty")
+    one_line_error(in_process(env, *retrain, "churn", "--reason", " \t "), "--reason is empty")
+    one_line_error(in_process(env, *retrain, "churn", "--reason", "x" * 501), "--reason is 501 characters long",
                    "keep it to 500")
-    one_line_error(run_cli(env, *retrain, "churn", "--reason", "two\nlines"), "give one line")
-    one_line_error(run_cli(env, *retrain, "churn", "--reason", "x", "--id", "a b"), "--id 'a b'")
-    one_line_error(run_cli(env, *retrain, "legacy", "--reason", "x"), "model 'legacy' has retrain triggers disabled",
+    one_line_error(in_process(env, *retrain, "churn", "--reason", "two\nlines"), "give one line")
+    one_line_error(in_process(env, *retrain, "churn", "--reason", "x", "--id", "a b"), "--id 'a b'")
+    one_line_error(in_process(env, *retrain, "legacy", "--reason", "x"), "model 'legacy' has retrain triggers disabled",
                    "enable them")
     assert counts(services.database_url, db_schema)["retrain_decisions"] == 0
-    done = run_cli(env, *retrain, "churn", "--reason", "x" * 500, "--id", "long")
+    done = in_process(env, *retrain, "churn", "--reason", "x" * 500, "--id", "long")
     assert done.returncode == 0, done.stderr
 
 
 def test_retrain_with_a_broker_publishes_the_event(services: Services, db_schema: str, config_path: Path,
-                                                   topics: Topics) -> None:
+                                                   topics: Topics, in_process) -> None:
     """With a broker configured the fired request's event is on `<prefix>retrain-triggers` when the command returns,
     valid against its schema and marked published; with the broker unreachable it stays in the outbox."""
     env = cli_env(services, db_schema, config_path, PITSTOP_KAFKA_BOOTSTRAP=services.kafka_bootstrap,
@@ -383,7 +406,7 @@ def test_retrain_with_a_broker_publishes_the_event(services: Services, db_schema
     assert {k: event[k] for k in ("trigger_id", "model_name", "kind", "urgency", "requested_by", "reason")} == {
         "trigger_id": "churn/manual/r-1", "model_name": "churn", "kind": "manual", "urgency": "routine",
         "requested_by": "ana", "reason": "manual request by ana: new plan tiers"}
-    listed = json.loads(run_cli(env, "triggers", "list", "--model", "churn", "--json").stdout)
+    listed = json.loads(in_process(env, "triggers", "list", "--model", "churn", "--json").stdout)
     assert [(d["decision_id"], d["event"]) for d in listed] == [("churn/manual/r-1", "published")]
 
     with psycopg.connect(services.database_url, autocommit=True, options=f"-c search_path={db_schema}") as conn:

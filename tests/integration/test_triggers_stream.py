@@ -58,8 +58,10 @@ def test_a_drifting_stream_publishes_exactly_one_trigger(
     drift's first window and whose evidence names the drifted features."""
     config = tmp_path / "pitstop.toml"
     config.write_text(TOML)
-    ingest = start_worker(PITSTOP_CONFIG=str(config))
-    monitor = start_worker(kind="monitor", PITSTOP_CONFIG=str(config), PITSTOP_MONITOR_INTERVAL_S="1")
+    ingest = start_worker(PITSTOP_CONFIG=str(config), wait=False)  # both start at once: neither waits for the other
+    monitor = start_worker(kind="monitor", PITSTOP_CONFIG=str(config), PITSTOP_MONITOR_INTERVAL_S="1", wait=False)
+    ingest.wait_ready()
+    monitor.wait_ready()
 
     def tail() -> str:  # what both logged, for a failure's message
         return f"ingest:\n{ingest.log_tail()}\nmonitor:\n{monitor.log_tail()}"
@@ -95,8 +97,10 @@ def test_a_stable_stream_of_the_same_size_publishes_none(
     """Without drift, the same volume of traffic through the same worker decides nothing and publishes nothing."""
     config = tmp_path / "pitstop.toml"
     config.write_text(TOML)
-    ingest = start_worker(PITSTOP_CONFIG=str(config))
-    monitor = start_worker(kind="monitor", PITSTOP_CONFIG=str(config), PITSTOP_MONITOR_INTERVAL_S="1")
+    ingest = start_worker(PITSTOP_CONFIG=str(config), wait=False)  # both start at once: neither waits for the other
+    monitor = start_worker(kind="monitor", PITSTOP_CONFIG=str(config), PITSTOP_MONITOR_INTERVAL_S="1", wait=False)
+    ingest.wait_ready()
+    monitor.wait_ready()
 
     def tail() -> str:  # what both logged, for a failure's message
         return f"ingest:\n{ingest.log_tail()}\nmonitor:\n{monitor.log_tail()}"
