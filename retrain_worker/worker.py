@@ -23,6 +23,7 @@ from feedback.store import FeedbackStore
 from feedback.store.ingest import TRANSIENT_ERRORS, InboundMessage
 from retrain_worker.intake import TriggerEvent, TriggerIntake, publish_dead_letters
 from retrain_worker.pipeline import ModelBusy, RetrainPipeline
+from retrain_worker.trainers import start_trainer_server
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ class RetrainWorker:
         self.max_tries = max_tries
 
     def run(self, should_stop: Callable[[], bool]) -> None:
-        """Poll and answer until ``should_stop()``."""
+        """Poll and answer until ``should_stop()``; the trainer server starts loading its imports meanwhile."""
+        start_trainer_server()
         while not should_stop():
             batches = self.consumer.poll(timeout_ms=1000)
             for tp, records in sorted(batches.items(), key=lambda kv: (kv[0].topic, kv[0].partition)):

@@ -23,6 +23,7 @@ from retrain_worker.trainers import (
     linear,
     load_trainer,
     online_forest,
+    start_trainer_server,
     train_with_budget,
 )
 from tests import trainer_fixtures
@@ -215,9 +216,10 @@ def test_load_trainer_wraps_a_factory_that_rejects_the_task() -> None:
 
 
 def descendants() -> set[int]:
-    """This process's descendants, with multiprocessing's resource tracker already among them (spawning starts it
-    once and it lives as long as this process)."""
+    """This process's descendants, with multiprocessing's resource tracker and the trainer server already among
+    them (each is started once and lives as long as this process; the trainings are the server's children)."""
     resource_tracker.ensure_running()
+    start_trainer_server()
     return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
@@ -268,6 +270,23 @@ def test_train_with_budget_stops_a_hanging_trainer_and_what_it_started(tmp_path:
     helper = int(pid_file.read_text())
     _, alive = psutil.wait_procs([psutil.Process(helper)] if psutil.pid_exists(helper) else [], timeout=5)
     assert not alive
+
+
+def test_train_with_budget_runs_the_trainer_in_the_callers_environment_at_the_call(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trainer server is started before the variable is set; the training still sees it, as a spawned
+    process would (a trainer reading its settings from the environment)."""
+    start_trainer_server()
+    fits = tmp_path / "fits"
+    monkeypatch.setenv(trainer_fixtures.FITS_FILE, str(fits))
+    X, y = pd.DataFrame({"x": np.arange(40.0)}), pd.Series([0, 1] * 20)
+    train_with_budget("tests.trainer_fixtures:broken_second_fit", "classification", X, y, np.ones(len(X)),
+                      budget_s=60)
+    assert fits.read_text() == "1"
+    monkeypatch.delenv(trainer_fixtures.FITS_FILE)
+    with pytest.raises(TrainerError, match="fit raised KeyError"):
+        train_with_budget("tests.trainer_fixtures:broken_second_fit", "classification", X, y, np.ones(len(X)),
+                          budget_s=60)
 
 
 def test_train_with_budget_reports_a_dead_process() -> None:
