@@ -46,6 +46,8 @@ promotion = "shadow"
 [models.churn.rollout]
 shadow_min_labels = 200
 shadow_min_duration = "1h"
+# shares of 20 % and up: the first step has the evidence it needs in an hour or two (at 5 % it took seven)
+steps = [0.2, 0.3, 0.4, 0.5, 1.0]
 dwell = ["1h", "1h", "1h", "1h"]
 hold = "1h"
 step_min_requests = 30
