@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -222,20 +222,41 @@ def is_ours(record: ProcessRecord) -> bool:
 
 def stop_process(record: ProcessRecord, timeout_s: float = 10.0) -> bool:
     """SIGTERM, then SIGKILL after ``timeout_s``; returns False when it was not running."""
-    if not is_ours(record):
-        _reap(record.pid)
-        return False
-    proc = psutil.Process(record.pid)
-    with contextlib.suppress(psutil.NoSuchProcess):
-        proc.send_signal(signal.SIGTERM)
+    return stop_processes([record], timeout_s)[0]
+
+
+def stop_processes(records: Sequence[ProcessRecord], timeout_s: float = 10.0) -> list[bool]:
+    """SIGTERM to each of ``records`` at once, then SIGKILL to any still running ``timeout_s`` later; for each,
+    whether it was running. Stopping several workers together takes as long as the slowest, not the sum."""
+    signalled: list[psutil.Process | None] = []
+    running: list[bool] = []
+    for record in records:
+        if not is_ours(record):
+            _reap(record.pid)
+            signalled.append(None)
+            running.append(False)
+            continue
+        running.append(True)
         try:
-            proc.wait(timeout_s)
-        except psutil.TimeoutExpired:
-            log.warning("%s (pid %d) ignored SIGTERM for %.0f s; killing it", record.name, record.pid, timeout_s)
-            proc.kill()
-            proc.wait(5)
-    _reap(record.pid)
-    return True
+            proc = psutil.Process(record.pid)
+            proc.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:  # it ended between the check and the signal
+            proc = None
+        signalled.append(proc)
+    deadline = time.monotonic() + timeout_s
+    for record, proc, was_running in zip(records, signalled, running, strict=True):
+        if proc is not None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                try:
+                    proc.wait(max(0.0, deadline - time.monotonic()))
+                except psutil.TimeoutExpired:
+                    log.warning("%s (pid %d) ignored SIGTERM for %.0f s; killing it", record.name, record.pid,
+                                timeout_s)
+                    proc.kill()
+                    proc.wait(5)
+        if was_running:
+            _reap(record.pid)
+    return running
 
 
 def kill_process(record: ProcessRecord) -> None:

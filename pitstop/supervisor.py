@@ -310,10 +310,9 @@ def _forget(state_dir: Path) -> None:
 
 def stop_recorded(record: stack.StackRecord) -> list[str]:
     """Stop every process in ``record`` that is still ours; returns what was stopped."""
-    stopped = []
-    for worker in record.workers:
-        if stack.stop_process(worker):
-            stopped.append(worker.name)
+    # the workers together (each takes a second or two to leave its group), then what they use
+    stopped = [w.name for w, running in zip(record.workers, stack.stop_processes(record.workers), strict=True)
+               if running]
     if record.broker is not None and stack.stop_process(record.broker):
         stopped.append("broker")
     if record.postgres is not None and record.pgdata and stack.is_ours(record.postgres):

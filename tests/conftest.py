@@ -34,23 +34,33 @@ from pitstop.settings import Topics  # noqa: E402
 #: busy while the others idle. These files run first, the rest in their collection order; xdist's own order (files
 #: with more tests first, which put these one- and two-test files last) is off in pyproject.toml
 #: (--no-loadscope-reorder).
-LONGEST_FIRST = (  # seconds in `make test` of 2026-12-07 11:02 UTC; a file changed since: less its measured saving
-    "tests/integration/test_faults.py",  # 130
-    "tests/integration/test_rebalance.py",  # 29 (33 alone); it starts beside test_faults.py, on another worker
-    "tests/integration/test_pipeline.py",  # 161
-    "tests/integration/test_demo.py",  # 94
-    "tests/integration/test_rollout_e2e.py",  # 90 (98 before its settle waited for the controller's looks)
-    "tests/integration/test_triggers_stream.py",  # 70
-    "tests/integration/test_demo_runs.py",  # 65
-    "tests/integration/test_triggers.py",  # 63
-    "tests/integration/test_retrain_recipe.py",  # 60
-    "tests/integration/test_cli.py",  # 60
-    "tests/integration/test_windows.py",  # 41
-    "tests/integration/test_rollout_controller.py",  # 40
-    "tests/integration/test_triggers_cli.py",  # 40 (71 with every command a process of its own)
-    "tests/unit/test_trainers.py",  # 30
-    "tests/unit/test_rollout_rules.py",  # 26
-    "tests/integration/test_dashboard.py",  # 23
+LONGEST_FIRST = (  # seconds in two `make test` runs of 2026-12-07 14:18 and 15:02 UTC, averaged
+    "tests/integration/test_faults.py",  # 144
+    "tests/integration/test_pipeline.py",  # 128
+    "tests/integration/test_triggers.py",  # 102
+    "tests/integration/test_demo.py",  # 99
+    "tests/integration/test_triggers_stream.py",  # 88
+    "tests/integration/test_rollout_controller.py",  # 83
+    "tests/integration/test_cli.py",  # 82
+    "tests/integration/test_rollout_e2e.py",  # 72
+    "tests/integration/test_demo_runs.py",  # 69
+    "tests/integration/test_windows.py",  # 68
+    "tests/integration/test_triggers_cli.py",  # 63
+    "tests/unit/test_trainers.py",  # 42
+    "tests/integration/test_retrain_recipe.py",  # 38
+    "tests/integration/test_rebalance.py",  # 33
+    "tests/integration/test_demo_stops.py",  # 31
+    "tests/integration/test_ingest_stream.py",  # 30
+    "tests/integration/test_monitor_cli.py",  # 30
+    "tests/integration/test_shadow.py",  # 28
+    "tests/integration/test_dashboard.py",  # 27
+    "tests/unit/test_rollout_rules.py",  # 27
+    "tests/integration/test_hostile_input.py",  # 25
+    "tests/integration/test_join.py",  # 24
+    "tests/integration/test_trigger_skipping.py",  # 21
+    "tests/unit/test_trigger_rules.py",  # 20
+    "tests/integration/test_dead_letters.py",  # 19
+    "tests/integration/test_monitor_stream.py",  # 15
 )
 
 
@@ -227,8 +237,7 @@ def start_worker(
         return handle
 
     yield _start
-    for handle in started:
-        stack.stop_process(handle.record, timeout_s=15)
+    stack.stop_processes([handle.record for handle in started], timeout_s=15)
 
 
 def wait_until(condition: Callable[[], object], timeout_s: float, describe: Callable[[], str],
