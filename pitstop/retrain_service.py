@@ -35,7 +35,8 @@ def run(settings: Settings, *, should_stop: Callable[[], bool] | None = None) ->
     topic_ids = TopicIds(bootstrap, client_id=f"{retrain_group(settings)}-topic-ids")
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, group_id=retrain_group(settings),
-        enable_auto_commit=False, auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=1000,
+        enable_auto_commit=False, auto_offset_reset="earliest",
+        session_timeout_ms=round(settings.kafka_session_timeout_s * 1000), heartbeat_interval_ms=1000,
         max_poll_records=20, max_poll_interval_ms=max(300_000, int(longest * 2000)),  # a training between polls
     )
     # a broker that came back (topics made again) is rejoined through a rebalance

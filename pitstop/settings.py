@@ -58,6 +58,9 @@ class Settings:
     batch_within_s: float = 0.2
     max_events_per_txn: int = 5000
     fetch_max_wait_ms: int = 100
+    #: how long a consumer group waits on a silent worker before moving its partitions (a worker killed without
+    #: leaving is noticed this late); workers send a heartbeat every second, so at least 3
+    kafka_session_timeout_s: float = 6.0
     log_level: str = "INFO"
     #: the models to monitor, from PITSTOP_CONFIG (default ./pitstop.toml when it exists)
     monitoring: MonitoringConfig = EMPTY
@@ -164,6 +167,8 @@ class Settings:
             max_events_per_txn=_read(env, "PITSTOP_MAX_EVENTS_PER_TXN", int, 5000, "an integer > 0", _positive),
             fetch_max_wait_ms=_read(env, "PITSTOP_FETCH_MAX_WAIT_MS", int, 100, "milliseconds between 1 and 10000",
                                     lambda v: 1 <= v <= 10_000),
+            kafka_session_timeout_s=_read(env, "PITSTOP_KAFKA_SESSION_TIMEOUT_S", _finite, 6.0,
+                                          "seconds between 3 and 300", lambda v: 3 <= v <= 300),
             log_level=level,
             alert_webhook=webhook,
             alert_format=alert_format,

@@ -120,7 +120,7 @@ def faust_app(settings: Settings, app_id: str, bootstrap: str, *, ready_file: Pa
         broker=f"kafka://{bootstrap}",
         datadir=str(datadir),
         web_enabled=False,
-        broker_session_timeout=6,
+        broker_session_timeout=settings.kafka_session_timeout_s,
         broker_heartbeat_interval=1,
         topic_partitions=settings.partitions,
         topic_allow_declare=False,

@@ -42,6 +42,8 @@ def test_env_file_fills_in_local_services_and_environment_wins(tmp_path: Path) -
     ("PITSTOP_DATABASE_URL", "sqlite:///x", "a postgresql:// URL"),
     ("PITSTOP_LOG_LEVEL", "LOUD", "DEBUG, INFO, WARNING or ERROR"),
     ("PITSTOP_FETCH_MAX_WAIT_MS", "0", "milliseconds between 1 and 10000"),
+    ("PITSTOP_KAFKA_SESSION_TIMEOUT_S", "2", "seconds between 3 and 300"),
+    ("PITSTOP_KAFKA_SESSION_TIMEOUT_S", "301", "seconds between 3 and 300"),
 ])
 def test_bad_value_names_key_value_and_expectation(key: str, value: str, expected: str) -> None:
     """Each bad value fails at once with the key, the value and what was expected."""
@@ -85,7 +87,7 @@ def test_alert_format_is_one_the_webhook_speaks() -> None:
 
 
 _SECONDS = ("PITSTOP_MONITOR_INTERVAL_S", "PITSTOP_ROLLOUT_INTERVAL_S", "PITSTOP_BATCH_WITHIN_S",
-            "PITSTOP_MAX_FUTURE_SKEW_S")
+            "PITSTOP_MAX_FUTURE_SKEW_S", "PITSTOP_KAFKA_SESSION_TIMEOUT_S")
 _COUNTS = ("PITSTOP_PARTITIONS", "PITSTOP_MAX_EVENT_BYTES", "PITSTOP_MAX_MESSAGE_BYTES", "PITSTOP_BATCH_MESSAGES",
            "PITSTOP_BATCH_BYTES", "PITSTOP_MAX_EVENTS_PER_TXN", "PITSTOP_FETCH_MAX_WAIT_MS", "PITSTOP_MONITOR_WORKERS")
 
