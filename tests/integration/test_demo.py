@@ -33,6 +33,8 @@ from tests.conftest import stack_root
 # shadow starts at once) comes 2-3 s later.
 DEMO_SECONDS = 66
 TIMEOUT_S = 200.0
+#: how much later than its recorded_at a shadow's start may commit (see test_demo_console_matches_the_store)
+SHADOW_START_COMMIT_S = timedelta(seconds=10)
 
 
 @dataclass(frozen=True)
@@ -270,11 +272,15 @@ def _check_console(conn: psycopg.Connection[Any], text: str, first_version: str,
                      re.MULTILINE), timeline
     assert re.search(r"^  \d\d-\d\d \d\d:\d\d  gates +v2 +\d+ passed, 0 failed", timeline, re.MULTILINE), timeline
     # the timeline shows the shadow's start when the store holds it; the demo's workers run on until its stack stops,
-    # so a shadow that started after the demo read its timeline is in the store only
+    # so a shadow that started after the demo read its timeline is in the store only. Its recorded_at is its
+    # transaction's start, and that transaction loads the candidate's artifact (the rollout worker's first load
+    # imports skops: seconds on a busy machine) before it commits: a start recorded up to that long before the read
+    # can still have been invisible to it (twice so in `make test` once retraining got faster)
     started = [at for (at,) in _sql(conn, "SELECT recorded_at FROM rollout_events WHERE version = %s "
                                           "AND kind = 'shadow_started'", (version,))]
     if re.search(r"^  \d\d-\d\d \d\d:\d\d  shadow started +v2 ", timeline, re.MULTILINE) is not None:
         assert len(started) == 1, (started, timeline)
     else:
-        assert len(started) != 1 or started[0] > timeline_read_after, (started, timeline_read_after, timeline)
+        assert len(started) != 1 or started[0] > timeline_read_after - SHADOW_START_COMMIT_S, (
+            started, timeline_read_after, timeline)
     assert "scenario  not played out: act one:" in text, text
