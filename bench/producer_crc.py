@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _modes import each_in_its_own_process  # bench/_modes.py, beside this script
 
 MODES = ("c", "python")
 MESSAGE = (b'{"prediction_id":"p-000001","model_name":"churn","model_version":"v1","predicted_at":'
@@ -61,11 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode:
         print(json.dumps(_one_mode(args.mode, args.messages)))
         return 0
-    report = {"messages": args.messages, "message_bytes": len(MESSAGE)}
-    for mode in MODES:  # each in a fresh process: the patch of one must not reach the other
-        out = subprocess.run([sys.executable, __file__, "--mode", mode, "--messages", str(args.messages)],
-                             check=True, capture_output=True, text=True).stdout
-        report[mode] = json.loads(out.strip().splitlines()[-1])
+    # the pure Python mode patches kafka-python: it must not reach the other
+    report = {"messages": args.messages, "message_bytes": len(MESSAGE),
+              **each_in_its_own_process(__file__, MODES, "--messages", str(args.messages))}
     report["cpu_ratio"] = round(report["python"]["cpu_s"] / report["c"]["cpu_s"], 2)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -17,9 +17,10 @@ import argparse
 import json
 import multiprocessing
 import statistics
-import subprocess
 import sys
 import time
+
+from _modes import each_in_its_own_process  # bench/_modes.py, beside this script
 
 MODES = ("server", "spawn")
 
@@ -53,10 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_one_mode(args.mode, args.trainings)))
         return 0
     report = {}
-    for mode in MODES:
-        out = subprocess.run([sys.executable, __file__, "--mode", mode, "--trainings", str(args.trainings)],
-                             check=True, capture_output=True, text=True).stdout
-        times = json.loads(out.strip().splitlines()[-1])
+    for mode, times in each_in_its_own_process(__file__, MODES, "--trainings", str(args.trainings)).items():
         report[mode] = {"first_s": round(times[0], 3), "later_median_s": round(statistics.median(times[1:]), 3),
                         "later_max_s": round(max(times[1:]), 3), "trainings": len(times)}
     if args.json:

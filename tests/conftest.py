@@ -240,7 +240,7 @@ def start_worker(
         handle = WorkerHandle(start(env, log_path, index), log_path, ready)
         started.append(handle)
         if wait:
-            wait_until(ready.exists, 60, lambda: f"{kind} worker not ready:\n{handle.log_tail()}")
+            handle.wait_ready()
         return handle
 
     yield _start
