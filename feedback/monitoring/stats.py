@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from scipy import special, stats
+from scipy import special
 
 __all__ = [
     "DRIFT_TESTS",
@@ -294,7 +294,9 @@ def _kstwo_sf(d: FloatArray, n: FloatArray) -> FloatArray:
     out[pelz_good] = 1.0 - _pelz_good_cdf(n[pelz_good], d[pelz_good])
     slow = rubin_low | dmtw | (rest & small & (d < 0.5) & (nx2 <= 4.0))
     if slow.any():
-        out[slow] = stats.kstwo.sf(d[slow], n[slow])
+        from scipy.stats import kstwo  # here: scipy.stats costs a process 1.3 s to import, and few p-values come here
+
+        out[slow] = kstwo.sf(d[slow], n[slow])
     return np.clip(out, 0.0, 1.0)
 
 

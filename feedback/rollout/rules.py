@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import beta, binom, binomtest, norm, ttest_1samp
+from scipy.special import ndtr, ndtri
+from scipy.stats import beta, binom, binomtest, ttest_1samp
 
 from feedback.config import RolloutConfig
 from feedback.rollout.sequential import SequentialTest, required_per_arm
@@ -169,7 +170,7 @@ def _error(challenger: ArmStats, champion: ArmStats, config: RolloutConfig, unit
         return None
     significance = ""
     if units is not None:
-        p = float(norm.sf(units.d / math.sqrt(units.v))) if units.v > 0 else (0.0 if units.d > 0 else 1.0)
+        p = float(ndtr(-units.d / math.sqrt(units.v))) if units.v > 0 else (0.0 if units.d > 0 else 1.0)
         if p >= FAILURE_ALPHA:
             return None
         significance = f", p = {p:.2g} on {units.n_b:,} and {units.n_a:,} users"
@@ -412,7 +413,7 @@ def cuped_sums(b: UserSums, a: UserSums) -> tuple[UnitStats, UnitStats] | None:
     theta = sum(cxy for _, _, cxy in centred) / sum(cxx for _, cxx, _ in centred)
     (_, cxx_b, _), (_, cxx_a, _) = centred
     se = math.sqrt(cxx_b / (b.n - 1) / b.n + cxx_a / (a.n - 1) / a.n)
-    if se > 0 and abs(b.sx / b.n - a.sx / a.n) / se > norm.isf(CUPED_BALANCE_ALPHA / 2):
+    if se > 0 and abs(b.sx / b.n - a.sx / a.n) / se > -ndtri(CUPED_BALANCE_ALPHA / 2):
         return None
     x_bar = (b.sx + a.sx) / (b.n + a.n)
     var_y = [cyy / (s.n - 1) for s, (cyy, _, _) in zip((b, a), centred, strict=True)]

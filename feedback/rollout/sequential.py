@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import norm
+from scipy.special import ndtri
 
 
 def required_per_arm(effect_sd: float, *, alpha: float = 0.05, power: float = 0.8) -> int:
@@ -42,7 +42,7 @@ def required_per_arm(effect_sd: float, *, alpha: float = 0.05, power: float = 0.
     if not effect_sd > 0 or not 0 < alpha < 1 or not 0 < power < 1:
         msg = f"effect_sd must be > 0 and alpha, power in (0, 1), got {effect_sd}, {alpha}, {power}"
         raise ValueError(msg)
-    z = norm.ppf(1 - alpha / 2) + norm.ppf(power)
+    z = ndtri(1 - alpha / 2) + ndtri(power)
     return math.ceil(2 * z * z / (effect_sd * effect_sd))
 
 

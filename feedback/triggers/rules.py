@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from scipy.stats import norm
+from scipy.special import ndtri
 
 from feedback.config import ModelConfig, TriggerConfig
 
@@ -306,7 +306,7 @@ def pooled_drop(signals: Sequence[WindowSignal], baseline: float | None, model: 
     if baseline is None or model.metric not in POOLABLE or perf.pool_windows < 2:
         return None
     judged = [s for s in signals if s.perf is not None]
-    z = float(norm.ppf(0.5 + model.confidence / 2))
+    z = float(ndtri(0.5 + model.confidence / 2))  # the normal quantile: scipy.stats.norm.ppf's own formula
     m = max(2, perf.persist)  # a pool is a persistent drop: never fewer windows than ``persist`` asks in a row
     while m <= min(perf.pool_windows, len(judged)):
         run = judged[-m:]
