@@ -61,10 +61,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from feedback.features import feature_frame
 from feedback.monitoring.profile import category_key
 from feedback.registry.versions import Registry
 from feedback.store import FeedbackStore
@@ -290,7 +290,7 @@ class ServingRouter:
         error: str | None = None
         started = time.perf_counter()
         try:
-            frame = pd.DataFrame.from_records([dict(features)])
+            frame = feature_frame([features])
             prediction = to_value(np.asarray(loaded.predict(frame))[0])
             if hasattr(loaded, "predict_proba") and hasattr(loaded, "classes_"):
                 probabilities = class_probabilities(loaded.classes_, loaded.predict_proba(frame)[0])

@@ -117,18 +117,20 @@ def conform(X: pd.DataFrame, feature_names: Sequence[str], categories: dict[str,
     for name in feature_names:
         column = X[name] if name in X.columns else pd.Series(np.nan, index=X.index, dtype=object)
         if name in categories:
-            # unseen values become missing first: pandas is deprecating categoricals built from unknown values
+            # each value's place among the training categories, an unseen or missing one -1: missing (built from
+            # codes, the categories hashed once; a model server conforms one row at a time)
             known = pd.Index(categories[name], dtype=object)
-            values = _as_strings(column)
-            values = values.where(values.isin(known))
-            columns[name] = pd.Categorical(values, categories=known)
+            codes = known.get_indexer(_string_values(column))
+            columns[name] = pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(known))
         elif pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column.dtype):
-            columns[name] = column.astype(np.float64)
+            columns[name] = column.to_numpy(dtype=np.float64)
         else:  # as logged: a string, or a boolean, where a number was seen in training is missing
             values = column.astype(object)
             values = values.where(~values.map(lambda v: isinstance(v, bool | np.bool_)).astype(bool))
             columns[name] = pd.to_numeric(values, errors="coerce").astype(np.float64)
-    return pd.DataFrame(columns, index=X.index)
+    # column names of numpy's object dtype, not pandas' string dtype: sklearn checks them at every step of a
+    # pipeline, and pandas' Arrow strings made a one-row prediction half again as long
+    return pd.DataFrame(columns, index=X.index, columns=pd.Index(list(columns), dtype=object))
 
 
 def _is_numeric(column: pd.Series) -> bool:
@@ -142,8 +144,17 @@ def _is_numeric(column: pd.Series) -> bool:
 
 def _as_strings(column: pd.Series) -> pd.Series:
     """Each present value as its string, missing values as NaN, in an object column."""
-    values = column.astype(object)
-    return values.map(str).where(values.notna(), np.nan)
+    return pd.Series(_string_values(column), index=column.index, dtype=object)
+
+
+def _string_values(column: pd.Series) -> np.ndarray:
+    """:func:`_as_strings` as an object array (without a Series' construction: a model server conforms one row at
+    a time)."""
+    values = column.to_numpy(dtype=object)
+    strings = np.empty(len(values), dtype=object)
+    strings[:] = [str(v) for v in values]
+    strings[pd.isna(values)] = np.nan
+    return strings
 
 
 def _labels(y: pd.Series | np.ndarray, task: str) -> np.ndarray:

@@ -42,6 +42,7 @@ from psycopg.types.json import Jsonb
 from feedback.alerts import Alert, AlertSink
 from feedback.config import ModelConfig, MonitoringConfig, RolloutConfig
 from feedback.errors import IngestStopped
+from feedback.features import feature_frame
 from feedback.monitoring.profile import category_key
 from feedback.registry.versions import ModelVersion, Registry
 from feedback.rollout.shadow_gate import ShadowRows, ShadowVerdict, finite, probability_gap, shadow_verdict, span
@@ -458,7 +459,7 @@ def score_rows(fitted: Any, features: Sequence[Mapping[str, Any]], *, task: str,
     ...                                               timed_rows=1)]
     [(2.0, None), (None, 'ValueError: negative x'), (0.5, None)]
     """
-    frame = pd.DataFrame.from_records(list(features))
+    frame = feature_frame(features)
     n = len(frame)
     timed = min(max(timed_rows, 0), n)
     out: list[ShadowScore] = []

@@ -29,9 +29,9 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from kafka import KafkaConsumer
 
+from feedback.features import feature_frame
 from feedback.registry.artifacts import serialise
 from feedback.registry.versions import ModelVersion, Registry
 from feedback.rollout.controller import publish_deployment
@@ -104,7 +104,7 @@ class RoutedServer:
         error_prediction: Value = self.serving.error_prediction
         answers: list[tuple[Value, dict[str, float] | None, str | None]]
         try:
-            X = pd.DataFrame.from_records([dict(r.features) for r in batch])
+            X = feature_frame(r.features for r in batch)
             predicted = np.asarray(model.predict(X))
             proba = (np.asarray(model.predict_proba(X))
                      if hasattr(model, "predict_proba") and hasattr(model, "classes_") else None)

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from feedback.features import feature_frame
 from schemas import EventKind, OutcomeEvent, PredictionEvent, event_to_dict
 
 SEED = 20260611
@@ -153,7 +154,7 @@ class ServedModel:
         """The requests served by the model (probabilities rounded as served), under its version."""
         if not requests:
             return []
-        X = pd.DataFrame.from_records([dict(r.features) for r in requests])
+        X = feature_frame(r.features for r in requests)
         proba = np.asarray(self.model.predict_proba(X), dtype=float)
         classes = [str(c) for c in np.asarray(self.model.classes_).tolist()]
         p1s = proba[:, classes.index("1")] if "1" in classes else np.zeros(len(X))

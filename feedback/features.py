@@ -1,0 +1,29 @@
+"""The frame a model is handed: events' features as logged, one row an event."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def feature_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """``rows`` (features by name) as a DataFrame, each value's column typed as pandas infers it, a name missing
+    from a row missing there. The column names are of numpy's object dtype, not pandas' string dtype: scikit-learn
+    checks a frame's names at every step of a pipeline, and with pandas' Arrow strings a one-row prediction of a
+    logistic regression took 3.2 ms instead of 2.6 (bench/serving.py).
+
+    >>> frame = feature_frame([{"x": 1.5, "plan": "a"}, {"x": 2}])
+    >>> frame.columns.dtype, frame["x"].tolist(), frame["plan"].tolist()
+    (dtype('O'), [1.5, 2.0], ['a', nan])
+    >>> feature_frame([]).shape
+    (0, 0)
+    """
+    rows = [dict(row) for row in rows]
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    # as pandas.DataFrame.from_records builds it, dtypes and missing values alike (tests/unit/test_features.py),
+    # in two thirds of its time
+    return pd.DataFrame([[row.get(name, np.nan) for name in names] for row in rows],
+                        columns=pd.Index(names, dtype=object))
