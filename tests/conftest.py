@@ -95,9 +95,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
 
 
+#: the ``pitstop_main`` fixture's runner: ``run(env, *args)``
+PitstopMain = Callable[..., subprocess.CompletedProcess[str]]
+
+
 @pytest.fixture
-def pitstop_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-                 ) -> Callable[..., subprocess.CompletedProcess[str]]:
+def pitstop_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> PitstopMain:
     """Runs `pitstop ARGS` in this process (``pitstop.cli.main``: the command line's own code, argument parsing and
     error lines included, without an interpreter's start-up) with the PITSTOP_* variables of ``env`` only; returns
     what a subprocess would: the exit code, stdout and stderr."""

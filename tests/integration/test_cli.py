@@ -11,11 +11,12 @@ from pathlib import Path
 
 import psutil
 import psycopg
+import pytest
 
 from feedback.store import drop_store
 from pitstop import stack
 from pitstop.settings import read_env_file
-from tests.conftest import Services, wait_until
+from tests.conftest import PitstopMain, Services, wait_until
 
 
 def _pitstop(cwd: Path, *args: str, extra_env: dict[str, str] | None = None,
@@ -219,12 +220,14 @@ def test_up_detach_status_down(stack_dir: Path, tmp_path: Path) -> None:
     assert rows["broker"]["detail"].startswith("not configured"), rows["broker"]
 
 
-def test_bad_setting_fails_with_one_line_naming_the_key(tmp_path: Path) -> None:
+def test_bad_setting_fails_with_one_line_naming_the_key(tmp_path: Path, pitstop_main: PitstopMain,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A malformed setting stops the command with one line: the key, the value, what was expected."""
-    result = _pitstop(tmp_path, "status", extra_env={"PITSTOP_PARTITIONS": "four"})
+    monkeypatch.chdir(tmp_path)
+    result = pitstop_main({"PITSTOP_PARTITIONS": "four"}, "status")
     assert result.returncode == 1
     assert result.stderr.strip() == "pitstop status: PITSTOP_PARTITIONS='four': expected an integer between 1 and 1000"
-    bad_url = _pitstop(tmp_path, "migrate", extra_env={"PITSTOP_DATABASE_URL": "mysql://x"})
+    bad_url = pitstop_main({"PITSTOP_DATABASE_URL": "mysql://x"}, "migrate")
     assert bad_url.stderr.strip() == "pitstop migrate: PITSTOP_DATABASE_URL='mysql://x': expected a postgresql:// URL"
 
 
@@ -246,15 +249,17 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_each_command_needs_only_the_services_it_uses(services: Services, tmp_path: Path, unique_name: str) -> None:
+def test_each_command_needs_only_the_services_it_uses(services: Services, tmp_path: Path, unique_name: str,
+                                                      pitstop_main: PitstopMain,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """`migrate` needs a database and no broker, `topics` a broker and no database; each works with only its own.
     A command on a schema not migrated yet says to migrate, in one line."""
+    monkeypatch.chdir(tmp_path)
     database = {"PITSTOP_DATABASE_URL": services.database_url, "PITSTOP_DB_SCHEMA": unique_name}
-    early = _pitstop(tmp_path, "models", "list", extra_env=database)
+    early = pitstop_main(database, "models", "list")
     assert early.returncode == 1 and len(early.stderr.strip().splitlines()) == 1, early.stderr
     assert early.stderr.strip().endswith("apply the migrations with `pitstop migrate`"), early.stderr
-    migrate = _pitstop(tmp_path, "migrate", "--json", extra_env={"PITSTOP_DATABASE_URL": services.database_url,
-                                                                 "PITSTOP_DB_SCHEMA": unique_name})
+    migrate = pitstop_main(database, "migrate", "--json")
     try:
         assert migrate.returncode == 0, migrate.stderr
         applied = json.loads(migrate.stdout)
@@ -264,8 +269,8 @@ def test_each_command_needs_only_the_services_it_uses(services: Services, tmp_pa
     finally:
         with psycopg.connect(services.database_url, autocommit=True) as conn:
             drop_store(conn, unique_name)
-    topics = _pitstop(tmp_path, "topics", "--json", extra_env={"PITSTOP_KAFKA_BOOTSTRAP": services.kafka_bootstrap,
-                                                               "PITSTOP_TOPIC_PREFIX": f"{unique_name}."})
+    topics = pitstop_main({"PITSTOP_KAFKA_BOOTSTRAP": services.kafka_bootstrap,
+                           "PITSTOP_TOPIC_PREFIX": f"{unique_name}."}, "topics", "--json")
     assert topics.returncode == 0, topics.stderr
     created = json.loads(topics.stdout)
     assert f"{unique_name}.predictions" in created["topics"] and f"{unique_name}.deployments" in created["compacted"]
@@ -278,26 +283,29 @@ def test_each_command_needs_only_the_services_it_uses(services: Services, tmp_pa
         admin.close()
 
 
-def test_an_unreachable_service_is_one_line_saying_what_to_do(tmp_path: Path) -> None:
+def test_an_unreachable_service_is_one_line_saying_what_to_do(tmp_path: Path, pitstop_main: PitstopMain,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A database or broker that does not answer stops a command with one line naming it and what to do, never a
     traceback: migrate, models list, monitor, rollback against a closed port; topics against a closed broker."""
+    monkeypatch.chdir(tmp_path)
     database = f"postgresql://postgres@127.0.0.1:{_closed_port()}/postgres"
     for args in (["migrate"], ["models", "list"], ["rollback", "--model", "churn"]):
-        done = _pitstop(tmp_path, *args, extra_env={"PITSTOP_DATABASE_URL": database})
+        done = pitstop_main({"PITSTOP_DATABASE_URL": database}, *args)
         assert done.returncode == 1, done.stdout + done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1, done.stderr
         assert lines[0].startswith(f"pitstop {args[0]}: cannot reach the database at {database}"), lines[0]
         assert "pitstop up --detach" in lines[0] and "PITSTOP_DATABASE_URL" in lines[0], lines[0]
     bootstrap = f"127.0.0.1:{_closed_port()}"
-    done = _pitstop(tmp_path, "topics", extra_env={"PITSTOP_KAFKA_BOOTSTRAP": bootstrap}, timeout_s=60)
+    done = pitstop_main({"PITSTOP_KAFKA_BOOTSTRAP": bootstrap}, "topics")
     assert done.returncode == 1, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"pitstop topics: cannot reach the broker at {bootstrap}"), lines[0]
 
 
-def test_drill_refuses_before_writing_anything(services: Services, db_schema: str, tmp_path: Path) -> None:
+def test_drill_refuses_before_writing_anything(services: Services, db_schema: str, tmp_path: Path,
+                                               pitstop_main: PitstopMain, monkeypatch: pytest.MonkeyPatch) -> None:
     """`pitstop drill` on a model that is not configured, or that has no champion to fall back to, is one line
     saying what to do, and registers nothing (it used to register its failing version, then refuse)."""
     from pitstop.demo.scenario import demo_config_path
@@ -305,7 +313,8 @@ def test_drill_refuses_before_writing_anything(services: Services, db_schema: st
     env = {"PITSTOP_DATABASE_URL": services.database_url, "PITSTOP_DB_SCHEMA": db_schema,
            "PITSTOP_CONFIG": demo_config_path()}
     for model, expected in (("nosuch", "model 'nosuch' is not configured in "), ("churn", "no champion")):
-        done = _pitstop(tmp_path, "drill", "--model", model, extra_env=env)
+        monkeypatch.chdir(tmp_path)
+        done = pitstop_main(env, "drill", "--model", model)
         assert done.returncode == 1, done.stdout + done.stderr
         with psycopg.connect(services.database_url) as conn:
             written = conn.execute(f'SELECT version FROM "{db_schema}".model_versions').fetchall()

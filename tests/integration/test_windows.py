@@ -262,15 +262,26 @@ def test_regression_windows_match_sklearn_on_rows_queried_back(services, db_sche
     assert got["r2"].value == pytest.approx(skm.r2_score(y, yhat), abs=1e-6)
 
 
-BACKLOG = 12_500  # two and a half of the recount chunks (REBUILD_CHUNK, 5,000)
+#: the recount's chunk in these tests (5,000 in production): the backlog is two and a half chunks, a tenth of
+#: the rows it took at the real size
+CHUNK = 500
+BACKLOG = 1_250
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from feedback.monitoring import windows
+
+    monkeypatch.setattr(windows, "REBUILD_CHUNK", CHUNK)
 
 
 def _backlog(store: FeedbackStore) -> None:
-    """``BACKLOG`` predictions (every third labelled) stored before their version has a profile."""
+    """``BACKLOG`` predictions (every third labelled) stored before their version has a profile, in two batches."""
     ev = events(BACKLOG, seed=3)
     labels = [outcome(i, label=i % 2) for i in range(0, BACKLOG, 3)]
-    for i in range(0, BACKLOG, 10_000):
-        store.write_batch(ev[i : i + 10_000], [o for o in labels if i <= int(o.prediction_id[2:]) < i + 10_000])
+    half = BACKLOG // 2
+    for i in range(0, BACKLOG, half):
+        store.write_batch(ev[i : i + half], [o for o in labels if i <= int(o.prediction_id[2:]) < i + half])
 
 
 def _assert_counted_once(store: FeedbackStore) -> None:
@@ -286,7 +297,7 @@ def _assert_counted_once(store: FeedbackStore) -> None:
     assert labelled == expected_labels
 
 
-def test_a_first_n_profile_over_a_large_backlog_counts_every_row_once(services, db_schema) -> None:
+def test_a_first_n_profile_over_a_large_backlog_counts_every_row_once(services, db_schema, small_chunks) -> None:
     """A profile built from the first N predictions over a backlog of many recount chunks counts each row once."""
     with FeedbackStore(services.database_url, db_schema, windows=WindowUpdater(CONFIG)) as s:
         _backlog(s)
@@ -299,7 +310,7 @@ def test_a_first_n_profile_over_a_large_backlog_counts_every_row_once(services, 
 
 
 def test_an_imported_reference_over_a_large_backlog_counts_every_row_once(services, db_schema, tmp_path,
-                                                                          monkeypatch) -> None:
+                                                                          monkeypatch, small_chunks) -> None:
     """`pitstop reference import` over a backlog of many recount chunks counts each row once, and again when re-run;
     on a terminal its progress bar follows the recount to the stored total, then clears."""
     import pandas as pd
