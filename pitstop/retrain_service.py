@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 
 from feedback.alerts import alert_sink
 from feedback.store import FeedbackStore
 from pitstop.outbox_relay import OutboxPublisher
 from pitstop.settings import Settings
 from pitstop.stopping import stop_requested
-from pitstop.topic_ids import ForgetTopicIds, TopicIds
+from pitstop.topic_ids import TopicIds
 from retrain_worker.pipeline import RetrainPipeline
 from retrain_worker.worker import RetrainWorker
 
@@ -25,6 +26,21 @@ GROUP_SUFFIX = "-retrain"
 def retrain_group(settings: Settings) -> str:
     """The retrain workers' consumer group: the app id's, with a suffix (never the ingest's group)."""
     return settings.app_id + GROUP_SUFFIX
+
+
+class ForgetTopicIds(ConsumerRebalanceListener):
+    """A kafka-python consumer's rebalance listener that makes ``topic_ids`` look again after each assignment: a
+    broker that came back (topics made again) is rejoined through a rebalance, as the Faust workers do. (Here, not in
+    pitstop/topic_ids.py: the Faust workers import that module, and kafka-python only for a dead letter's lookup.)"""
+
+    def __init__(self, topic_ids: TopicIds) -> None:
+        self.topic_ids = topic_ids
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.topic_ids.forget()
 
 
 def run(settings: Settings, *, should_stop: Callable[[], bool] | None = None) -> int:

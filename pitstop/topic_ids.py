@@ -4,9 +4,6 @@ asked with kafka-python's admin client, so that the Faust workers and the retrai
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-from kafka import ConsumerRebalanceListener
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +50,3 @@ class TopicIds:
         topic_id = str(described.get("topic_id") or "")
         # a broker without topic ids answers with the zero id
         return "" if topic_id.strip("0-A=") == "" else topic_id
-
-
-class ForgetTopicIds(ConsumerRebalanceListener):
-    """A kafka-python consumer's rebalance listener that makes ``topic_ids`` look again after each assignment: a
-    broker that came back (topics made again) is rejoined through a rebalance, as the Faust workers do."""
-
-    def __init__(self, topic_ids: TopicIds) -> None:
-        self.topic_ids = topic_ids
-
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        pass
-
-    def on_partitions_assigned(self, assigned: Any) -> None:
-        self.topic_ids.forget()
