@@ -41,33 +41,34 @@ from pitstop.settings import Topics  # noqa: E402
 #: busy while the others idle. These files run first, the rest in their collection order; xdist's own order (files
 #: with more tests first, which put these one- and two-test files last) is off in pyproject.toml
 #: (--no-loadscope-reorder).
-LONGEST_FIRST = (  # seconds in two `make test` runs of 2026-12-07 14:18 and 15:02 UTC, averaged
-    "tests/integration/test_faults.py",  # 144
-    "tests/integration/test_pipeline.py",  # 128
-    "tests/integration/test_triggers.py",  # 102
-    "tests/integration/test_demo.py",  # 99
-    "tests/integration/test_triggers_stream.py",  # 88
-    "tests/integration/test_rollout_controller.py",  # 83
-    "tests/integration/test_cli.py",  # 82
-    "tests/integration/test_rollout_e2e.py",  # 72
-    "tests/integration/test_demo_runs.py",  # 69
-    "tests/integration/test_windows.py",  # 68
-    "tests/integration/test_triggers_cli.py",  # 63
-    "tests/unit/test_trainers.py",  # 42
-    "tests/integration/test_retrain_recipe.py",  # 38
-    "tests/integration/test_rebalance.py",  # 33
-    "tests/integration/test_demo_stops.py",  # 31
-    "tests/integration/test_ingest_stream.py",  # 30
-    "tests/integration/test_monitor_cli.py",  # 30
-    "tests/integration/test_shadow.py",  # 28
-    "tests/integration/test_dashboard.py",  # 27
+LONGEST_FIRST = (  # seconds in two fresh clones' `make test` of 2026-12-07 17:34 and 17:49 UTC, averaged
+    "tests/integration/test_faults.py",  # 120
+    "tests/integration/test_pipeline.py",  # 119
+    "tests/integration/test_triggers_stream.py",  # 103
+    "tests/integration/test_rollout_controller.py",  # 100
+    "tests/integration/test_demo.py",  # 98
+    "tests/integration/test_triggers.py",  # 90
+    "tests/integration/test_demo_runs.py",  # 89
+    "tests/integration/test_rollout_e2e.py",  # 77
+    "tests/integration/test_cli.py",  # 70
+    "tests/integration/test_windows.py",  # 47
+    "tests/integration/test_triggers_cli.py",  # 41
+    "tests/unit/test_trainers.py",  # 40
+    "tests/integration/test_retrain_recipe.py",  # 31
+    "tests/integration/test_shadow.py",  # 30
+    "tests/integration/test_hostile_input.py",  # 28
     "tests/unit/test_rollout_rules.py",  # 27
-    "tests/integration/test_hostile_input.py",  # 25
-    "tests/integration/test_join.py",  # 24
-    "tests/integration/test_trigger_skipping.py",  # 21
-    "tests/unit/test_trigger_rules.py",  # 20
-    "tests/integration/test_dead_letters.py",  # 19
-    "tests/integration/test_monitor_stream.py",  # 15
+    "tests/integration/test_rebalance.py",  # 27
+    "tests/integration/test_dashboard.py",  # 27
+    "tests/integration/test_ingest_stream.py",  # 26
+    "tests/integration/test_trigger_skipping.py",  # 26
+    "tests/integration/test_demo_stops.py",  # 26
+    "tests/unit/test_codec_schema.py",  # 22
+    "tests/integration/test_join.py",  # 21
+    "tests/integration/test_monitor_cli.py",  # 21
+    "tests/integration/test_analysts.py",  # 15
+    "tests/integration/test_dead_letters.py",  # 13
+    "tests/integration/test_monitor_results.py",  # 13
 )
 
 
