@@ -151,17 +151,15 @@ def _setup(store: FeedbackStore, *, shadow_error: float = 0.2, served_error: flo
             label = int(rng.integers(len(classes)))
             served = label if rng.random() >= served_error else _wrong(label, classes, rng)
             shadow = label if rng.random() > shadow_error else _wrong(label, classes, rng)
-            rows.append((f"s{i}", at, Jsonb(classes[served]), f"u{i % 1000}"))
-            shadow_rows.append((f"s{i}", Jsonb(classes[shadow])))
+            rows.append((f"s{i}", "churn", "v1", at, Jsonb({}), Jsonb(classes[served]), f"u{i % 1000}", 4))
+            shadow_rows.append(("churn", "v2", f"s{i}", Jsonb(classes[shadow])))
             labels.append((f"s{i}", Jsonb(classes[label]), at + timedelta(minutes=5)))
-        ensure_partitions(cur, {"predictions": [row[1] for row in rows]})
-        cur.executemany("INSERT INTO predictions (prediction_id, model_name, model_version, predicted_at, features,"
-                        " prediction, routing_key, latency_ms) VALUES (%s, 'churn', 'v1', %s, '{}', %s, %s, 4)",
-                        rows)
+        ensure_partitions(cur, {"predictions": [row[3] for row in rows]})
+        _copy(cur, "predictions (prediction_id, model_name, model_version, predicted_at, features, prediction,"
+              " routing_key, latency_ms)", rows)
         index_loaded_predictions(cur)
-        cur.executemany("INSERT INTO shadow_predictions (model_name, version, prediction_id, prediction)"
-                        " VALUES ('churn', 'v2', %s, %s)", shadow_rows)
-        cur.executemany("INSERT INTO current_labels (prediction_id, label, observed_at) VALUES (%s, %s, %s)", labels)
+        _copy(cur, "shadow_predictions (model_name, version, prediction_id, prediction)", shadow_rows)
+        _copy(cur, "current_labels (prediction_id, label, observed_at)", labels)
         cur.execute("INSERT INTO shadows (model_name, version, champion, cutoff, started_at, status, sentence,"
                     " decided_at) VALUES ('churn', 'v2', 'v1', %s, %s, %s, %s, %s)",
                     (T0 - timedelta(hours=31), T0 - timedelta(hours=30), shadow_status, shadow_status, T0))
