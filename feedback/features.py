@@ -18,12 +18,13 @@ def feature_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     >>> frame = feature_frame([{"x": 1.5, "plan": "a"}, {"x": 2}])
     >>> frame.columns.dtype, frame["x"].tolist(), frame["plan"].tolist()
     (dtype('O'), [1.5, 2.0], ['a', nan])
-    >>> feature_frame([]).shape
-    (0, 0)
+    >>> feature_frame([]).shape, feature_frame([{}]).shape  # a request without features is a row all the same
+    ((0, 0), (1, 0))
     """
     rows = [dict(row) for row in rows]
     names = list(dict.fromkeys(name for row in rows for name in row))
     # as pandas.DataFrame.from_records builds it, dtypes and missing values alike (tests/unit/test_features.py),
-    # in two thirds of its time
+    # in two thirds of its time; but rows without a feature stay rows (from_records gives no row when no row has a
+    # column, so a model without features was handed nothing to predict on)
     return pd.DataFrame([[row.get(name, np.nan) for name in names] for row in rows],
                         columns=pd.Index(names, dtype=object))

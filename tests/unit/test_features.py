@@ -31,3 +31,9 @@ def test_the_frame_is_from_records_with_object_column_names() -> None:
             msg = f"{rows!r}: {exc}"
             raise AssertionError(msg) from None
         assert frame.columns.dtype == object, rows
+
+
+def test_requests_without_features_are_rows() -> None:
+    """A request with no feature is still a request: one row (from_records gives none when no row has a column)."""
+    assert feature_frame([{}, {}]).shape == (2, 0)
+    assert feature_frame([]).shape == (0, 0)
