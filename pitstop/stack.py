@@ -228,23 +228,22 @@ def stop_process(record: ProcessRecord, timeout_s: float = 10.0) -> bool:
 def stop_processes(records: Sequence[ProcessRecord], timeout_s: float = 10.0) -> list[bool]:
     """SIGTERM to each of ``records`` at once, then SIGKILL to any still running ``timeout_s`` later; for each,
     whether it was running. Stopping several workers together takes as long as the slowest, not the sum."""
-    signalled: list[psutil.Process | None] = []
-    running: list[bool] = []
+    # for each record: whether it was running, and the process signalled (None if it ended before the signal)
+    signalled: list[tuple[ProcessRecord, bool, psutil.Process | None]] = []
     for record in records:
         if not is_ours(record):
             _reap(record.pid)
-            signalled.append(None)
-            running.append(False)
+            signalled.append((record, False, None))
             continue
-        running.append(True)
         try:
             proc = psutil.Process(record.pid)
             proc.send_signal(signal.SIGTERM)
         except psutil.NoSuchProcess:  # it ended between the check and the signal
-            proc = None
-        signalled.append(proc)
+            signalled.append((record, True, None))
+        else:
+            signalled.append((record, True, proc))
     deadline = time.monotonic() + timeout_s
-    for record, proc, was_running in zip(records, signalled, running, strict=True):
+    for record, was_running, proc in signalled:
         if proc is not None:
             with contextlib.suppress(psutil.NoSuchProcess):
                 try:
@@ -256,7 +255,7 @@ def stop_processes(records: Sequence[ProcessRecord], timeout_s: float = 10.0) ->
                     proc.wait(5)
         if was_running:
             _reap(record.pid)
-    return running
+    return [was_running for _, was_running, _ in signalled]
 
 
 def kill_process(record: ProcessRecord) -> None:

@@ -312,8 +312,8 @@ def test_drill_refuses_before_writing_anything(services: Services, db_schema: st
 
     env = {"PITSTOP_DATABASE_URL": services.database_url, "PITSTOP_DB_SCHEMA": db_schema,
            "PITSTOP_CONFIG": demo_config_path()}
+    monkeypatch.chdir(tmp_path)
     for model, expected in (("nosuch", "model 'nosuch' is not configured in "), ("churn", "no champion")):
-        monkeypatch.chdir(tmp_path)
         done = pitstop_main(env, "drill", "--model", model)
         assert done.returncode == 1, done.stdout + done.stderr
         with psycopg.connect(services.database_url) as conn:
