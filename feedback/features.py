@@ -1,4 +1,4 @@
-"""The frame a model is handed: events' features as logged, one row an event."""
+"""The frame a model is handed (events' features as logged, one row an event), and what it answers."""
 
 from __future__ import annotations
 
@@ -28,3 +28,23 @@ def feature_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     # column, so a model without features was handed nothing to predict on)
     return pd.DataFrame([[row.get(name, np.nan) for name in names] for row in rows],
                         columns=pd.Index(names, dtype=object))
+
+
+def model_answers(model: Any, X: pd.DataFrame, *, probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """``model``'s predictions for ``X`` and, if ``probabilities``, its ``predict_proba(X)`` (``None`` when it has
+    none). A model with ``predict_and_proba(X)`` answers both in one pass (the default trainers' models do: a
+    pipeline's transforms run once, not twice); any other is asked ``predict`` then ``predict_proba``.
+
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> X = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0]})
+    >>> fitted = LogisticRegression().fit(X, [0, 0, 1, 1])
+    >>> predicted, proba = model_answers(fitted, X, probabilities=True)
+    >>> predicted.tolist(), proba.shape, model_answers(fitted, X, probabilities=False)[1]
+    ([0, 0, 1, 1], (4, 2), None)
+    """
+    wants = probabilities and hasattr(model, "predict_proba")
+    if wants and hasattr(model, "predict_and_proba"):
+        predicted, proba = model.predict_and_proba(X)
+        return np.asarray(predicted), np.asarray(proba)
+    predicted = np.asarray(model.predict(X))
+    return predicted, np.asarray(model.predict_proba(X)) if wants else None

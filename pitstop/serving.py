@@ -64,7 +64,7 @@ import numpy as np
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from feedback.features import feature_frame
+from feedback.features import feature_frame, model_answers
 from feedback.monitoring.profile import category_key
 from feedback.registry.versions import Registry
 from feedback.store import FeedbackStore
@@ -290,10 +290,11 @@ class ServingRouter:
         error: str | None = None
         started = time.perf_counter()
         try:
-            frame = feature_frame([features])
-            prediction = to_value(np.asarray(loaded.predict(frame))[0])
-            if hasattr(loaded, "predict_proba") and hasattr(loaded, "classes_"):
-                probabilities = class_probabilities(loaded.classes_, loaded.predict_proba(frame)[0])
+            predicted, proba = model_answers(loaded, feature_frame([features]),
+                                             probabilities=hasattr(loaded, "classes_"))
+            prediction = to_value(predicted[0])
+            if proba is not None:
+                probabilities = class_probabilities(loaded.classes_, proba[0])
         except Exception as exc:  # the model's failure is data on the event, not the caller's crash
             prediction, probabilities, error = self.error_prediction, None, error_text(exc)
         latency_ms = (time.perf_counter() - started) * 1000.0

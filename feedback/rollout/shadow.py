@@ -42,7 +42,7 @@ from psycopg.types.json import Jsonb
 from feedback.alerts import Alert, AlertSink
 from feedback.config import ModelConfig, MonitoringConfig, RolloutConfig
 from feedback.errors import IngestStopped
-from feedback.features import feature_frame
+from feedback.features import feature_frame, model_answers
 from feedback.monitoring.profile import category_key
 from feedback.registry.versions import ModelVersion, Registry
 from feedback.rollout.shadow_gate import ShadowRows, ShadowVerdict, finite, probability_gap, shadow_verdict, span
@@ -486,13 +486,14 @@ def score_rows(fitted: Any, features: Sequence[Mapping[str, Any]], *, task: str,
 
 
 def _predict(fitted: Any, X: pd.DataFrame, task: str) -> list[ShadowScore]:
-    predicted = np.asarray(fitted.predict(X)).reshape(-1)
+    predicted, proba = model_answers(fitted, X, probabilities=task == "classification")
+    predicted = predicted.reshape(-1)
     if len(predicted) != len(X):
         msg = f"the model answered {len(predicted)} predictions for {len(X)} rows"
         raise ValueError(msg)
     probabilities: list[dict[str, float] | None] = [None] * len(X)
-    if task == "classification" and hasattr(fitted, "predict_proba"):
-        proba = np.asarray(fitted.predict_proba(X), dtype=np.float64)
+    if proba is not None:
+        proba = proba.astype(np.float64, copy=False)
         classes = [category_key(_plain(c)) for c in np.asarray(fitted.classes_).tolist()]
         if proba.shape != (len(X), len(classes)):
             msg = f"predict_proba answered shape {proba.shape} for {len(X)} rows and {len(classes)} classes"

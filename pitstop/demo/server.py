@@ -28,10 +28,9 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-import numpy as np
 from kafka import KafkaConsumer
 
-from feedback.features import feature_frame
+from feedback.features import feature_frame, model_answers
 from feedback.registry.artifacts import serialise
 from feedback.registry.versions import ModelVersion, Registry
 from feedback.rollout.controller import publish_deployment
@@ -105,9 +104,7 @@ class RoutedServer:
         answers: list[tuple[Value, dict[str, float] | None, str | None]]
         try:
             X = feature_frame(r.features for r in batch)
-            predicted = np.asarray(model.predict(X))
-            proba = (np.asarray(model.predict_proba(X))
-                     if hasattr(model, "predict_proba") and hasattr(model, "classes_") else None)
+            predicted, proba = model_answers(model, X, probabilities=hasattr(model, "classes_"))
             answers = [_answer(predicted[j], None if proba is None else (model.classes_, proba[j]), error_prediction)
                        for j in range(len(batch))]
         except Exception as exc:  # the model's failure is data on the events, not the server's crash

@@ -13,10 +13,16 @@ import pandas as pd
 import psutil
 import pytest
 import skops.io
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
 from skops.io.exceptions import UntrustedTypesFoundException
 from threadpoolctl import threadpool_limits
 
 from retrain_worker.trainers import (
+    SklearnTrainer,
     TrainerError,
     artifact_types,
     gradient_boosting,
@@ -177,6 +183,33 @@ def test_online_forest_pickles(task: str) -> None:
     model = online_forest(task=task).fit(X, y, np.ones(len(X)))
     loaded = pickle.loads(pickle.dumps(model))
     np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+
+
+@pytest.mark.parametrize("make", [
+    *(DEFAULTS[name] for name in DEFAULTS),
+    # a team's pipelines through SklearnTrainer: one step only, and a step left as passthrough
+    lambda task: SklearnTrainer(task, lambda num, cat: Pipeline([("model", HistGradientBoostingClassifier(
+        categorical_features="from_dtype", max_iter=20))])),
+    lambda task: SklearnTrainer(task, lambda num, cat: Pipeline([
+        ("columns", ColumnTransformer([("numbers", SimpleImputer(), num), ("categories", "drop", cat)])),
+        ("nothing", "passthrough"), ("model", LogisticRegression())])),
+], ids=[*DEFAULTS, "one_step_pipeline", "passthrough_step"])
+def test_predict_and_proba_is_predict_and_predict_proba_in_one_pass(make: Callable[..., object]) -> None:
+    """The one-pass answer the serving router asks for equals ``predict`` and ``predict_proba`` asked apart,
+    exactly: on rows with unseen categories and missing columns, on one row, and three labels."""
+    X = features(300, seed=6)
+    y = pd.Series(np.where(X["plan"] == "pro", "b", np.where(X["x"].fillna(0.0) > 0, "a", "c")), dtype=object)
+    model = make(task="classification").fit(X, y, np.ones(len(X)))  # type: ignore[attr-defined]
+    X_new = features(60, seed=7).assign(plan=lambda f: f["plan"].where(f.index % 5 > 0, "enterprise"))
+    for frame in (X_new, X_new.drop(columns="x"), X_new.iloc[3:4]):
+        predicted, proba = model.predict_and_proba(frame)
+        np.testing.assert_array_equal(predicted, model.predict(frame))
+        np.testing.assert_array_equal(proba, model.predict_proba(frame))
+    assert len(np.unique(model.predict(X_new))) > 1
+    regression = make(task="regression") if make in DEFAULTS.values() else None
+    if regression is not None:
+        X_r, y_r = drifting("regression", n=200)
+        assert not hasattr(regression.fit(X_r, y_r, np.ones(len(X_r))), "predict_and_proba")
 
 
 def test_regression_models_have_no_predict_proba() -> None:
