@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from feedback.features import feature_frame
+from feedback.features import feature_frame, model_answers
 from schemas import EventKind, OutcomeEvent, PredictionEvent, event_to_dict
 
 SEED = 20260611
@@ -155,10 +155,10 @@ class ServedModel:
         if not requests:
             return []
         X = feature_frame(r.features for r in requests)
-        proba = np.asarray(self.model.predict_proba(X), dtype=float)
+        answered, proba = model_answers(self.model, X, probabilities=True)
         classes = [str(c) for c in np.asarray(self.model.classes_).tolist()]
-        p1s = proba[:, classes.index("1")] if "1" in classes else np.zeros(len(X))
-        predicted = np.asarray(self.model.predict(X)).tolist()
+        p1s = np.asarray(proba, dtype=float)[:, classes.index("1")] if "1" in classes else np.zeros(len(X))
+        predicted = answered.tolist()
         return [replace(r, model_version=self.version, prediction=int(y),
                         probabilities={"0": round(1.0 - p, 4), "1": p}, score=p)
                 for r, y, p in zip(requests, predicted, (round(float(p), 4) for p in p1s), strict=True)]
