@@ -44,6 +44,7 @@ from feedback.config import ModelConfig, MonitoringConfig, RolloutConfig
 from feedback.errors import IngestStopped
 from feedback.features import feature_frame, model_answers
 from feedback.monitoring.profile import category_key
+from feedback.registry.artifacts import ArtifactRef
 from feedback.registry.versions import ModelVersion, Registry
 from feedback.rollout.shadow_gate import ShadowRows, ShadowVerdict, finite, probability_gap, shadow_verdict, span
 from feedback.rollout.urgency import answers_later_change, degradation
@@ -237,6 +238,8 @@ def start_shadow(conn: psycopg.Connection[Any], registry: Registry, candidate: C
     if not model.retrain.shadowed:
         return result("ignored", f"{name} promotes {model.retrain.promotion}: no shadow evaluation")
     failure: Alert | None = None
+    cache = models or MODELS
+    preloaded = _preload(conn, registry, cache, candidate)
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(_LOCK, (SHADOW_LOCK_CLASS, name))
         version = registry.get(cur, name, version_name)
@@ -261,7 +264,10 @@ def start_shadow(conn: psycopg.Connection[Any], registry: Registry, candidate: C
                     "cutoff": cutoff.isoformat(), "cutoff_source": cutoff_source, "champion": champion_name}
         status, sentence = "running", ""
         try:
-            (models or MODELS).put(version, registry.load(cur, version))
+            if preloaded is None or preloaded[0] != version.artifact:  # the registry row changed since: load it here
+                cache.put(version, registry.load(cur, version))
+            elif isinstance(preloaded[1], Exception):
+                raise preloaded[1]
         except psycopg.Error:
             raise  # the database, not the artifact: the transaction is gone, the intake retries
         except Exception as exc:  # a corrupt artifact, a type skops does not trust, a class that is gone
@@ -292,6 +298,26 @@ def start_shadow(conn: psycopg.Connection[Any], registry: Registry, candidate: C
             alerts.send(failure)
         return result("failed", failure.sentence)
     return result("waiting" if status == "waiting" else "started", sentence)
+
+
+def _preload(conn: psycopg.Connection[Any], registry: Registry, cache: ShadowModelCache,
+             candidate: CandidateEvent) -> tuple[ArtifactRef, Any] | None:
+    """The candidate's artifact and its model loaded into ``cache`` (or the exception loading it raised), before
+    the model's shadow lock is taken: deserialising a large model, and the process's first skops import (seconds on
+    a busy machine), must not hold back the model's scoring and judging rounds. None when the registry has no such
+    candidate with the event's digest (the locked transaction says why). A database error is raised: the intake
+    retries."""
+    with conn.cursor() as cur:
+        version = registry.get(cur, candidate.model_name, candidate.version)
+        if (version is None or version.artifact is None or version.stage != "candidate"
+                or version.artifact.hexdigest != candidate.artifact_sha256):
+            return None
+        try:
+            return version.artifact, cache.get(cur, registry, version)
+        except psycopg.Error:
+            raise
+        except Exception as exc:  # a corrupt artifact, a type skops does not trust, a class that is gone
+            return version.artifact, exc
 
 
 def _cutoff(cur: psycopg.Cursor[Any], version: ModelVersion) -> tuple[datetime | None, str]:

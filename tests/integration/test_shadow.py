@@ -195,6 +195,42 @@ def test_a_candidate_that_does_not_load_is_rejected_with_the_reason(store: Feedb
     assert [a.kind for a in sink.alerts] == ["shadow_failed"]
 
 
+class _SlowRegistry(Registry):
+    """A registry whose artifact loads wait until the test lets them go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loading, self.release = threading.Event(), threading.Event()
+
+    def load(self, cur: Any, version: ModelVersion) -> Any:
+        self.loading.set()
+        assert self.release.wait(30)
+        return super().load(cur, version)
+
+
+def test_the_candidate_loads_before_the_models_shadow_lock_is_taken(store: FeedbackStore) -> None:
+    """Deserialising the candidate (seconds for a large model, or for the process's first skops import) holds no
+    lock: the model's scoring and judging rounds go on meanwhile. The start then takes the lock and starts."""
+    v2 = _champion_and_candidate(store)
+    _predictions(store, range(3))
+    registry, started = _SlowRegistry(), []
+    with store.pool.connection() as conn:
+        pid = conn.info.backend_pid
+        thread = threading.Thread(target=lambda: started.append(
+            start_shadow(conn, registry, _event(v2), _config(), models=ShadowModelCache())))
+        thread.start()
+        try:
+            assert registry.loading.wait(30)
+            held = store.scalar("SELECT count(*) FROM pg_locks WHERE pid = %s AND locktype = 'advisory'", (pid,))
+            in_transaction = store.scalar("SELECT state FROM pg_stat_activity WHERE pid = %s", (pid,))
+        finally:
+            registry.release.set()
+            thread.join(30)
+    assert (held, in_transaction) == (0, "idle")
+    assert [s.outcome for s in started] == ["started"]
+    assert store.rows("SELECT version, status FROM shadows") == [("v2", "running")]
+
+
 def test_the_intake_dead_letters_what_it_cannot_start(store: FeedbackStore) -> None:
     """Of a batch of candidate messages, one not JSON, one against the schema and one the registry contradicts are
     dead letters with their reasons; the valid one starts its shadow, and the same batch again stores nothing new."""
