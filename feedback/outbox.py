@@ -50,7 +50,8 @@ def relay(conn: psycopg.Connection[Any], send: Send, flush: Flush, *, topic_pref
     ids: list[int] = []
     try:
         with conn.transaction(), conn.cursor() as cur:
-            if not cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (RELAY_LOCK,)).fetchone()[0]:
+            if not cur.execute("SELECT pg_try_advisory_xact_lock(%s, hashtext(current_schema()))",
+                               (RELAY_LOCK,)).fetchone()[0]:
                 return 0
             rows = cur.execute(_UNSENT, (batch,)).fetchall()
             if not rows:

@@ -33,7 +33,7 @@ from feedback.monitoring.windows import WindowUpdater, install_profile, referenc
 from feedback.outbox import enqueue
 from feedback.registry.artifacts import serialise
 from feedback.registry.versions import GateRecord, ModelVersion, Registry
-from feedback.store import FeedbackStore
+from feedback.store import FeedbackStore, lock_key
 from feedback.triggers.rules import CHANGE_KINDS
 from retrain_worker import holdout
 from retrain_worker.dataset import SEGMENT_PREFIX, SNAPSHOT, Dataset, DatasetSpec, load_dataset, load_stretches
@@ -131,7 +131,7 @@ class RetrainPipeline:
         the model. Returns the stored outcome when the trigger has one already."""
         model = self.config.models.get(trigger.model_name)
         with self.store.pool.connection() as lock:
-            if not lock.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
+            if not lock.execute(f"SELECT pg_try_advisory_lock(%s, {lock_key()})",
                                 (RETRAIN_LOCK_CLASS, trigger.model_name)).fetchone()[0]:
                 msg = f"{trigger.model_name} is being trained by another worker"
                 raise ModelBusy(msg)
@@ -146,7 +146,7 @@ class RetrainPipeline:
                     return self._pool_look(trigger, model)
                 return self._retrain(trigger, model)
             finally:
-                lock.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (RETRAIN_LOCK_CLASS, trigger.model_name))
+                lock.execute(f"SELECT pg_advisory_unlock(%s, {lock_key()})", (RETRAIN_LOCK_CLASS, trigger.model_name))
 
     def give_up(self, trigger: TriggerEvent, reason: str) -> Outcome:
         """Record ``trigger`` as failed with ``reason`` (after its tries ran out)."""

@@ -27,7 +27,7 @@ from feedback.monitoring.windows import (
     install_profile,
     profile_from_first_predictions,
 )
-from feedback.store import FeedbackStore
+from feedback.store import FeedbackStore, lock_key
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,10 @@ WRITE_ROWS = 20_000
 _TRY_SWEEP_LOCK = "SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))"
 _SWEEP_UNLOCK = "SELECT pg_advisory_unlock(%s, hashtext(current_schema()))"
 _CLAIM_MODELS = f"""
-SELECT m FROM unnest(%s::text[]) AS m WHERE pg_try_advisory_lock({MODEL_LOCK}, hashtext(current_schema() || '/' || m))
+SELECT m FROM unnest(%s::text[]) AS m WHERE pg_try_advisory_lock({MODEL_LOCK}, {lock_key("m")})
 """
 _RELEASE_MODELS = f"""
-SELECT pg_advisory_unlock({MODEL_LOCK}, hashtext(current_schema() || '/' || m)) FROM unnest(%s::text[]) AS m
+SELECT pg_advisory_unlock({MODEL_LOCK}, {lock_key("m")}) FROM unnest(%s::text[]) AS m
 """
 # the monitor workers of the store: each says it is alive at every round (and within long ones)
 _HEARTBEAT = """

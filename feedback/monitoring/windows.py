@@ -50,6 +50,7 @@ from feedback.monitoring.profile import (
     build_profile,
     category_key,
 )
+from feedback.store.database import lock_key
 from schemas import PredictionEvent
 
 log = logging.getLogger(__name__)
@@ -150,15 +151,15 @@ WHERE (model_name, model_version) IN (SELECT * FROM unnest(%s::text[], %s::text[
 
 # Every transaction that counts holds its models' locks shared; installing a profile holds its
 # model's lock exclusively, so it never interleaves with counting.
-_LOCK_SHARED = """
-SELECT count(pg_advisory_xact_lock_shared(%s, hashtext(m)))
+_LOCK_SHARED = f"""
+SELECT count(pg_advisory_xact_lock_shared(%s, {lock_key("m")}))
 FROM (SELECT m FROM unnest(%s::text[]) AS t(m) ORDER BY m) AS sorted
 """
 
 # A version's detectors are updated by one transaction at a time: the lock is taken before the state is
 # read, so it also covers the first write, when there is no row yet for FOR UPDATE to lock.
-_LOCK_DETECTORS = """
-SELECT count(pg_advisory_xact_lock(%s, hashtext(m || '/' || v)))
+_LOCK_DETECTORS = f"""
+SELECT count(pg_advisory_xact_lock(%s, {lock_key("m || '/' || v")}))
 FROM (SELECT * FROM unnest(%s::text[], %s::text[]) AS t(m, v) ORDER BY m, v) AS sorted
 """
 DETECTOR_LOCK_CLASS = 0x5044  # advisory lock class of "a version's detector state"
@@ -651,7 +652,7 @@ def _error(config: ModelConfig, label: Any, prediction: Any) -> float:
 
 # --- profiles: installing one recounts the version ---------------------------------------------
 
-_LOCK_EXCLUSIVE = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
+_LOCK_EXCLUSIVE = f"SELECT pg_advisory_xact_lock(%s, {lock_key()})"
 
 _SAVE_PROFILE = """
 INSERT INTO reference_profiles (model_name, model_version, source, n_rows, profile)

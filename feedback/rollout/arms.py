@@ -28,6 +28,7 @@ import psycopg
 
 from feedback.monitoring.windows import PROFILE_LOCK_CLASS
 from feedback.rollout.rules import ArmStats, UnitStats, UserSums, cuped_sums, with_adjusted
+from feedback.store.database import lock_key
 
 WHOLE = -1  # the whole ramp: its periods' counts summed (its users' figures are kept per period only)
 #: a step's CUPED adjustment needs the champion's shadow-scored prediction on at least this share of the
@@ -51,7 +52,7 @@ SELECT period, version, bucket, n FROM ramp_latency
 WHERE rollout_id = %(rollout)s AND (%(periods)s::int[] IS NULL OR period = ANY(%(periods)s::int[]))
 ORDER BY bucket
 """
-_LOCK_EXCLUSIVE = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
+_LOCK_EXCLUSIVE = f"SELECT pg_advisory_xact_lock(%s, {lock_key()})"
 
 
 @dataclass(frozen=True, slots=True)

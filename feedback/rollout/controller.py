@@ -21,7 +21,6 @@ deployments.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -60,6 +59,7 @@ from feedback.rollout.rules import (
 )
 from feedback.rollout.shadow import model_watermark
 from feedback.rollout.urgency import answers_later_change, degradation, episode
+from feedback.store.database import lock_key
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ class Controller:
             raise RolloutError(msg)
         with (self.store.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur,
               conn.cursor() as registry_cur):
-            cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_SPACE, _lock_key(name)))
+            cur.execute(f"SELECT pg_advisory_xact_lock(%s, {lock_key()})", (_LOCK_SPACE, name))
             look = _Look(cur, registry_cur, model, self.registry, [])
             # event time; a model without traffic yet (a first deployment) has none: the command's own time
             look.now = watermark(cur, name) or datetime.now(UTC)
@@ -235,12 +235,8 @@ class Controller:
         return sentence
 
 
-def _lock_key(model: str) -> int:
-    return int.from_bytes(hashlib.sha256(model.encode()).digest()[:4], "big") % 2**31  # an int4
-
-
 def _try_lock(cur: psycopg.Cursor[Any], model: str) -> bool:
-    row = cur.execute("SELECT pg_try_advisory_xact_lock(%s, %s) AS locked", (_LOCK_SPACE, _lock_key(model))).fetchone()
+    row = cur.execute(f"SELECT pg_try_advisory_xact_lock(%s, {lock_key()}) AS locked", (_LOCK_SPACE, model)).fetchone()
     return bool(row and row["locked"])
 
 

@@ -48,7 +48,7 @@ from feedback.registry.artifacts import ArtifactRef
 from feedback.registry.versions import ModelVersion, Registry
 from feedback.rollout.shadow_gate import ShadowRows, ShadowVerdict, finite, probability_gap, shadow_verdict, span
 from feedback.rollout.urgency import answers_later_change, degradation
-from feedback.store import DeadLetterRecord, FeedbackStore, insert_dead_letters
+from feedback.store import DeadLetterRecord, FeedbackStore, insert_dead_letters, lock_key
 from feedback.store.ingest import TRANSIENT_ERRORS, Backoff, InboundMessage, retry_transient
 from schemas.validation import InvalidDocument, load_document, utc_time
 
@@ -172,8 +172,8 @@ SELECT max((SELECT max(p.predicted_at) FROM predictions p
             WHERE p.model_name = %(model)s AND p.model_version = v.model_version))
 FROM versions v WHERE v.model_version IS NOT NULL
 """
-_LOCK = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
-_TRY_LOCK = "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))"
+_LOCK = f"SELECT pg_advisory_xact_lock(%s, {lock_key()})"
+_TRY_LOCK = f"SELECT pg_try_advisory_xact_lock(%s, {lock_key()})"
 _SHADOW = "SELECT status, cutoff, started_at, verdict FROM shadows WHERE model_name = %s AND version = %s FOR UPDATE"
 _ACTIVE_ROLLOUT = """
 SELECT challenger, state FROM rollouts WHERE model_name = %s AND state IN ('ramping', 'paused', 'holding')

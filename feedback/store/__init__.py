@@ -15,6 +15,7 @@ from feedback.store.database import (
     ensure_partitions,
     index_loaded_predictions,
     insert_dead_letters,
+    lock_key,
     migrate,
 )
 
@@ -30,5 +31,6 @@ __all__ = [
     "ensure_partitions",
     "index_loaded_predictions",
     "insert_dead_letters",
+    "lock_key",
     "migrate",
 ]

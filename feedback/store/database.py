@@ -24,6 +24,16 @@ log = logging.getLogger(__name__)
 
 _MIGRATIONS_LOCK = 0x5049_5453  # "PITS": one migrator at a time across processes
 
+
+def lock_key(name: str = "%s") -> str:
+    """SQL for the advisory lock key of ``name`` (an SQL expression, by default a parameter) in the store of the
+    connection's schema: stores in other schemas of the same database never wait on each other's locks.
+
+    >>> lock_key(), lock_key("m || '/' || v")
+    ("hashtext(current_schema() || '/' || %s)", "hashtext(current_schema() || '/' || m || '/' || v)")
+    """
+    return f"hashtext(current_schema() || '/' || {name})"
+
 _STAGE_TABLES = """
 CREATE TEMP TABLE IF NOT EXISTS _in_predictions (
     prediction_id text, model_name text, model_version text, predicted_at timestamptz,

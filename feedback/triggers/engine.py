@@ -30,6 +30,7 @@ from feedback.config import ModelConfig, MonitoringConfig
 from feedback.monitoring.evaluate import Evaluation
 from feedback.outbox import enqueue
 from feedback.registry.versions import Registry
+from feedback.store.database import lock_key
 from feedback.triggers.calendar import EventClock, Schedule, parse_schedule
 from feedback.triggers.rules import (
     CHANGE_KINDS,
@@ -548,7 +549,7 @@ class PostgresLedger:
 
     def lock(self, model: str) -> None:
         """Serialise this model's decisions (monitor rounds, manual requests) until the transaction ends."""
-        self.cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (TRIGGER_LOCK_CLASS, model))
+        self.cur.execute(f"SELECT pg_advisory_xact_lock(%s, {lock_key()})", (TRIGGER_LOCK_CLASS, model))
 
     def history(self, model: str, at: datetime) -> History:
         last, day, trained, running = self.cur.execute(
