@@ -19,7 +19,7 @@ import pytest
 
 from feedback.config import parse_config
 from feedback.registry.versions import Registry
-from feedback.store import FeedbackStore, lock_key
+from feedback.store import FeedbackStore, connect_kwargs, lock_key
 from feedback.triggers.engine import PostgresLedger
 from retrain_worker.dataset import DatasetSpec, load_dataset, load_stretches
 from retrain_worker.intake import TriggerEvent, decode_trigger
@@ -255,7 +255,7 @@ def test_one_training_per_model_across_workers(store: FeedbackStore) -> None:
 
     _concept_change(store, hours=7)
     pipeline = RetrainPipeline(store, parse_config(TOML))
-    with psycopg.connect(store.database_url, autocommit=True) as other:
+    with psycopg.connect(store.database_url, **connect_kwargs(store.schema)) as other:  # a worker of this store
         other.execute(f"SELECT pg_advisory_lock(%s, {lock_key()})", (RETRAIN_LOCK_CLASS, "churn"))
         with pytest.raises(ModelBusy, match="being trained by another worker"):
             pipeline.handle(_trigger(hours_after=7))
