@@ -25,6 +25,7 @@ that every ingest transaction writing that version holds shared.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections import defaultdict
@@ -247,6 +248,22 @@ class _Cells:
 
 OTHER_SEGMENT = "__other__"
 MISSING_SEGMENT = "__missing__"
+#: a segment value longer than this (UTF-8 bytes) is keyed by its first SEGMENT_PREFIX characters, '…' and its md5
+SEGMENT_VALUE_BYTES = 128
+SEGMENT_PREFIX = 32
+
+
+def segment_value(value: str) -> str:
+    """``value`` as the window and ramp tables key it: itself, or past SEGMENT_VALUE_BYTES its first SEGMENT_PREFIX
+    characters, '…' and its md5 (distinct values stay distinct). A btree entry holds at most 2,704 bytes, and the
+    contract allows 10,000 characters; the ramp's SQL (``ramp_part``, migration 023) writes the same.
+
+    >>> segment_value("eu"), segment_value("x" * 200)
+    ('eu', 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…30a83621ce5422fbdfdd539777458c78')
+    """
+    if len(value) <= SEGMENT_PREFIX or len(raw := value.encode("utf-8", "surrogatepass")) <= SEGMENT_VALUE_BYTES:
+        return value
+    return f"{value[:SEGMENT_PREFIX]}…{hashlib.md5(raw).hexdigest()}"  # noqa: S324  # a key, not a secret
 
 
 def segments_of(
@@ -270,7 +287,7 @@ def segments_of(
     values = segment or {}
     out = [ALL]
     for a in config.segments:
-        value = values.get(a, MISSING_SEGMENT)
+        value = segment_value(values.get(a, MISSING_SEGMENT))
         if known is not None:
             seen = known.setdefault(a, set())
             if value not in seen:

@@ -37,6 +37,7 @@ from psycopg.types.json import Jsonb
 from feedback import topics
 from feedback.alerts import Alert, AlertSink
 from feedback.config import ModelConfig, MonitoringConfig, RolloutConfig
+from feedback.monitoring.windows import segment_value
 from feedback.outbox import enqueue
 from feedback.registry.versions import ModelVersion, Registry
 from feedback.rollout import arms
@@ -910,7 +911,7 @@ def arm_stats(cur: psycopg.Cursor[Any], model: ModelConfig, versions: Sequence[s
     frame = pd.DataFrame({"version": [r[0] for r in rows], "unit": [r[1] for r in rows],
                           "error": row_errors(model, [r[3] for r in rows], labels)})
     for attribute in model.segments:
-        frame[attribute] = [str((r[2] or {}).get(attribute)) for r in rows]
+        frame[attribute] = [segment_value(str((r[2] or {}).get(attribute))) for r in rows]
     if covariate is not None:
         frame["covariate"] = np.where(frame["version"] == champion, frame["error"],
                                       row_errors(model, [r[5] for r in rows], labels))

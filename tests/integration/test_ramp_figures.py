@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 
 from feedback.config import parse_config
-from feedback.monitoring.windows import WindowUpdater
+from feedback.monitoring.windows import WindowUpdater, segment_value
 from feedback.registry.versions import ModelVersion, Registry
 from feedback.rollout import arms
 from feedback.rollout.controller import arm_stats
@@ -35,6 +37,8 @@ segments = ["region"]
 promotion = "shadow"
 """)
 MODEL = CONFIG.models["churn"]
+#: a segment value past what a btree key holds whole (2,704 bytes; the contract allows 10,000 characters)
+LONG_REGION = "région-" * 500
 RID = "churn/v2"
 
 
@@ -84,7 +88,7 @@ class Traffic:
                 predicted_at=start + span * float(self.rng.random()), features={"x": 1.0},
                 prediction=None if failed else int(self.rng.integers(2)),
                 routing_key=None if user == 59 else f"u{user}",
-                segment=None if user % 7 == 0 else {"region": ("eu", "us", "apac")[user % 3]},
+                segment=None if user % 7 == 0 else {"region": ("eu", "us", "apac", LONG_REGION)[user % 4]},
                 latency_ms=None if self.seq % 13 == 0 else float(self.rng.lognormal(2.0, 0.5)),
                 error="RuntimeError: boom" if failed else None))
         return out
@@ -301,3 +305,20 @@ def test_values_at_their_extremes_are_counted_or_left_out_never_fail_the_write(s
         held = cur.execute("SELECT count(*) FILTER (WHERE err IS NOT NULL), count(*) FROM ramp_rows").fetchone()
     assert whole["v1"].latency_p99_ms is not None and whole["v1"].latency_p99_ms > 1e299
     assert held == (60, 150)  # 2e150 and past are none (the raw rows' figures agree: above)
+
+
+TEXT = st.text(st.characters(blacklist_characters="\x00"), max_size=300)  # what PostgreSQL's text holds
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.lists(TEXT, min_size=1, max_size=40))
+def test_the_ramps_sql_keys_a_segment_value_as_python_does(ingest: FeedbackStore, values: list[str]) -> None:
+    """``ramp_part`` (the triggers' key of a request's segment value, migration 023) equals what ``arm_stats`` keys
+    from the raw rows (``segment_value``), at the 128-byte bound in one to four bytes a character and beyond."""
+    edges = ["", "eu", "x" * 128, "x" * 129, "é" * 64, "é" * 65, "漢" * 42, "漢" * 43, "😀" * 32, "😀" * 33,
+             "ab" * 5_000]
+    every = [*edges, *values]
+    got = [k for (k,) in ingest.rows(
+        "SELECT ramp_part(jsonb_build_object('region', v), 'region') FROM unnest(%s::text[]) WITH ORDINALITY AS t(v, i)"
+        " ORDER BY i", (every,))]
+    assert got == [f"region={segment_value(v)}" for v in every]

@@ -56,7 +56,7 @@ def test_an_existing_store_migrates_in_place_rows_views_triggers_and_grants_kept
                     conn.execute("INSERT INTO current_labels (prediction_id, label, observed_at) VALUES (%s, '1', %s)",
                                  (f"p-{i}", MONDAY + timedelta(days=i, hours=5)))
             assert "022_partitions.sql" not in {r[0] for r in conn.execute("SELECT name FROM schema_migrations")}
-        assert migrate(services.database_url, unique_name) == ["022_partitions.sql"]
+        assert migrate(services.database_url, unique_name) == [name for name, _ in files if name >= "022"]
         with _connect(services, unique_name) as conn:
             assert {r[0] for r in conn.execute("SELECT c.relname FROM pg_partitioned_table t JOIN pg_class c"
                                                " ON c.oid = t.partrelid WHERE c.relnamespace ="

@@ -19,7 +19,13 @@ from feedback.config import parse_config
 from feedback.monitoring import performance
 from feedback.monitoring.incremental import exact_stats
 from feedback.monitoring.profile import LABEL, PREDICTION, ROWS, SCORE, build_profile
-from feedback.monitoring.windows import WindowUpdater, count_uncounted, install_profile, profile_from_first_predictions
+from feedback.monitoring.windows import (
+    WindowUpdater,
+    count_uncounted,
+    install_profile,
+    profile_from_first_predictions,
+    segment_value,
+)
 from feedback.store import FeedbackStore
 from tests.factories import T0, outcome, prediction
 
@@ -111,6 +117,25 @@ def test_feature_counts_equal_a_recount_of_the_stored_rows(monitored: FeedbackSt
         assert {k: tuple(v) for k, v in expected.items()} == got
     total = sum(c[0] for (seg, _, s), c in counts.items() if s == ROWS and seg == "*")
     assert total == 300
+
+
+def test_segment_values_of_any_length_are_stored_and_counted_apart(monitored: FeedbackStore) -> None:
+    """Segment values up to the contract's 10,000 characters, multibyte ones included, are stored and counted in
+    windows of their own (keyed by segment_value: a btree entry holds 2,704 bytes); values that share their first
+    32 characters stay apart, and one at exactly 128 bytes is keyed as itself."""
+    rng = random.Random(5)
+    alphabet = "abcdé漢😀"
+    values = ["x" * 128, "é" * 64, "😀" * 33, *("".join(rng.choice(alphabet) for _ in range(n))
+                                            for n in (200, 1_000, 3_000, 10_000)), "s" * 32 + "a" * 200,
+              "s" * 32 + "b" * 200]
+    ev = [prediction(i, predicted_at=T0 + timedelta(minutes=i), segment={"region": v}) for i, v in enumerate(values)]
+    monitored.write_batch(ev, [outcome(i) for i in range(len(ev))])
+    assert monitored.scalar("SELECT count(*) FROM predictions") == len(values)
+    assert monitored.scalar("SELECT count(*) FROM dead_letters") == 0
+    keys = {seg for (seg,) in monitored.rows("SELECT DISTINCT segment FROM window_performance WHERE segment <> '*'")}
+    assert keys == {f"region={segment_value(v)}" for v in values} and len(keys) == len(values)
+    assert {"region=" + "x" * 128, "region=" + "é" * 64} <= keys
+    assert max(len(k.encode()) for k in keys) <= len("region=") + 128 + 3 + 32
 
 
 def test_performance_matches_sklearn_on_rows_queried_back(monitored: FeedbackStore) -> None:
