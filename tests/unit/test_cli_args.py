@@ -87,6 +87,9 @@ def test_every_command_that_answers_has_json() -> None:
     (["retrain", "--model"], "pitstop retrain: argument --model: expected one argument"),
     (["models", "show"], "pitstop models show: the following arguments are required: model"),
     (["nosuch"], "pitstop: argument command: invalid choice: 'nosuch'"),
+    (["monitor", "status", "--model", "churn"], "pitstop monitor: unrecognized arguments: status"),
+    (["models", "trail", "churn", "v2", "--bogus", "x"], "pitstop models trail: unrecognized arguments: --bogus x"),
+    (["--bogus"], "pitstop: the following arguments are required: command"),
 ])
 def test_a_usage_error_is_one_line_saying_what_to_do(args: list[str], fragment: str,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
