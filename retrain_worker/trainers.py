@@ -204,6 +204,8 @@ class TabularModel:
             if len(final.steps) > 1:
                 Xt = final[:-1].transform(Xt)
             final = final.steps[-1][1]
+        if type(final) is HistGradientBoostingClassifier:
+            return _boosting_answers(final, Xt)
         return final.predict(Xt), final.predict_proba(Xt)
 
     @property
@@ -212,6 +214,16 @@ class TabularModel:
 
     def __repr__(self) -> str:
         return f"TabularModel({self.estimator!r}, {len(self.feature_names)} features)"
+
+
+def _boosting_answers(model: HistGradientBoostingClassifier, X: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``model.predict(X)`` and ``model.predict_proba(X)`` from one pass over the trees: each of the two computes
+    the raw predictions on its own, categorical encoding included (10 of a one-row request's 24 ms). The two lines
+    below are scikit-learn 1.9's own ``predict`` and ``predict_proba`` after their ``_raw_predict``; a test holds
+    them equal to the two calls for the pinned version, so an upgrade that changes them fails it."""
+    raw = model._raw_predict(X)
+    encoded = (raw.ravel() > 0).astype(int) if raw.shape[1] == 1 else np.argmax(raw, axis=1)
+    return model.classes_[encoded], model._loss.predict_proba(raw)
 
 
 @dataclass(frozen=True, slots=True)

@@ -194,11 +194,14 @@ def test_online_forest_pickles(task: str) -> None:
         ("columns", ColumnTransformer([("numbers", SimpleImputer(), num), ("categories", "drop", cat)])),
         ("nothing", "passthrough"), ("model", LogisticRegression())])),
 ], ids=[*DEFAULTS, "one_step_pipeline", "passthrough_step"])
-def test_predict_and_proba_is_predict_and_predict_proba_in_one_pass(make: Callable[..., object]) -> None:
+@pytest.mark.parametrize("labels", [2, 3])
+def test_predict_and_proba_is_predict_and_predict_proba_in_one_pass(make: Callable[..., object], labels: int) -> None:
     """The one-pass answer the serving router asks for equals ``predict`` and ``predict_proba`` asked apart,
-    exactly: on rows with unseen categories and missing columns, on one row, and three labels."""
+    exactly: on rows with unseen categories and missing columns, on one row, with two labels and three."""
     X = features(300, seed=6)
     y = pd.Series(np.where(X["plan"] == "pro", "b", np.where(X["x"].fillna(0.0) > 0, "a", "c")), dtype=object)
+    if labels == 2:
+        y = pd.Series(np.where(X["x"].fillna(0.0) > 0, "a", "b"), dtype=object)
     model = make(task="classification").fit(X, y, np.ones(len(X)))  # type: ignore[attr-defined]
     X_new = features(60, seed=7).assign(plan=lambda f: f["plan"].where(f.index % 5 > 0, "enterprise"))
     for frame in (X_new, X_new.drop(columns="x"), X_new.iloc[3:4]):
