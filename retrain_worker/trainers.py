@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+import sklearn
 from sklearn.base import BaseEstimator
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
@@ -204,7 +205,7 @@ class TabularModel:
             if len(final.steps) > 1:
                 Xt = final[:-1].transform(Xt)
             final = final.steps[-1][1]
-        if type(final) is HistGradientBoostingClassifier:
+        if type(final) is HistGradientBoostingClassifier and _BOOSTING_ONE_PASS:
             return _boosting_answers(final, Xt)
         return final.predict(Xt), final.predict_proba(Xt)
 
@@ -216,11 +217,16 @@ class TabularModel:
         return f"TabularModel({self.estimator!r}, {len(self.feature_names)} features)"
 
 
+#: the scikit-learn versions whose gradient-boosting classifier :func:`_boosting_answers` was read against (any
+#: other answers through ``predict`` and ``predict_proba``, one pass each)
+_BOOSTING_ONE_PASS = sklearn.__version__.split(".")[:2] == ["1", "9"]
+
+
 def _boosting_answers(model: HistGradientBoostingClassifier, X: Any) -> tuple[np.ndarray, np.ndarray]:
     """``model.predict(X)`` and ``model.predict_proba(X)`` from one pass over the trees: each of the two computes
     the raw predictions on its own, categorical encoding included (10 of a one-row request's 24 ms). The two lines
-    below are scikit-learn 1.9's own ``predict`` and ``predict_proba`` after their ``_raw_predict``; a test holds
-    them equal to the two calls for the pinned version, so an upgrade that changes them fails it."""
+    below are scikit-learn 1.9's own ``predict`` and ``predict_proba`` after their ``_raw_predict`` (private: used on
+    1.9 only, see :data:`_BOOSTING_ONE_PASS`); a test holds them equal to the two calls."""
     raw = model._raw_predict(X)
     encoded = (raw.ravel() > 0).astype(int) if raw.shape[1] == 1 else np.argmax(raw, axis=1)
     return model.classes_[encoded], model._loss.predict_proba(raw)
