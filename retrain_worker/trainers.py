@@ -199,7 +199,7 @@ class TabularModel:
     def predict_and_proba(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """``predict(X)`` and ``predict_proba(X)`` in one pass: ``X`` conformed once and, for a pipeline, its
         transforms run once (as :meth:`sklearn.pipeline.Pipeline.predict` runs them) for both of the last step's
-        answers. A one-row request of the default linear pipeline costs about half (bench/serving.py)."""
+        answers. A one-row request of the default linear pipeline costs about 40 % less (bench/serving.py)."""
         Xt, final = conform(X, self.feature_names, self.categories), self.estimator
         if isinstance(final, Pipeline):
             if len(final.steps) > 1:
