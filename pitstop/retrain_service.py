@@ -16,6 +16,7 @@ from pitstop.settings import Settings
 from pitstop.stopping import stop_requested
 from pitstop.topic_ids import TopicIds
 from retrain_worker.pipeline import RetrainPipeline
+from retrain_worker.trainers import start_trainer_server
 from retrain_worker.worker import RetrainWorker
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ def run(settings: Settings, *, should_stop: Callable[[], bool] | None = None) ->
     settings.serve_metrics(retrain_group(settings))
     log.info("retrain worker: consuming %s (group %s)", settings.topics.retrain_triggers, retrain_group(settings))
     try:
+        start_trainer_server(settings.state_dir / "run" / "trainer-servers")  # and a killed worker's folder goes
         worker.run(stopping)
     finally:
         for close in (consumer.close, lambda: producer.close(timeout=10), outbox.close, store.close,

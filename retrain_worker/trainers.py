@@ -19,16 +19,19 @@ import importlib
 import multiprocessing
 import os
 import pickle
+import shutil
 import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+import psutil
 import sklearn
 from sklearn.base import BaseEstimator
 from sklearn.compose import ColumnTransformer
@@ -450,15 +453,41 @@ def _trainer_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def start_trainer_server() -> None:
+def start_trainer_server(records: Path | None = None) -> None:
     """Start the server trainings fork from, if not yet running, without waiting for its imports: a worker calls
     this at its start so that its first training does not wait for them either. The server exits with its
-    caller."""
+    caller.
+
+    With ``records`` (a folder), the server's temporary folder (``pymp-*``, holding its socket: multiprocessing
+    removes it at a normal exit, a SIGKILL leaves it behind) is recorded there under this process's id, after the
+    folders recorded by processes no longer alive are removed."""
     context = _trainer_context()
     if context.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
+        from multiprocessing import forkserver, util
 
+        if records is not None:
+            remove_dead_servers_folders(records)
         forkserver.ensure_running()
+        if records is not None:
+            records.mkdir(parents=True, exist_ok=True)
+            (records / str(os.getpid())).write_text(util.get_temp_dir())
+
+
+def remove_dead_servers_folders(records: Path) -> list[Path]:
+    """Remove the temporary folders recorded in ``records`` (:func:`start_trainer_server`) by processes no longer
+    alive, and their records; returns the folders removed. A process alive under a recorded id (even another one
+    that took a dead worker's id) keeps its folder; only a ``pymp-*`` folder is ever removed."""
+    removed = []
+    for record in records.glob("*") if records.is_dir() else ():
+        if not record.name.isdigit() or int(record.name) == os.getpid() or psutil.pid_exists(int(record.name)):
+            continue
+        with contextlib.suppress(OSError):
+            folder = Path(record.read_text().strip())
+            if folder.name.startswith("pymp-") and folder.is_dir():
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+            record.unlink(missing_ok=True)
+    return removed
 
 
 def train_with_budget(trainer_spec: str, task: str, X: pd.DataFrame, y: pd.Series, sample_weight: np.ndarray, *,

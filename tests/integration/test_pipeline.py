@@ -325,6 +325,9 @@ def test_a_worker_killed_mid_training_leaves_the_champion_and_the_trigger_for_th
             orphan.kill()
     assert store.scalar("SELECT count(*) FROM retrain_outcomes") == 0
     assert store.scalar("SELECT count(*) FROM model_versions") == 0
+    record = tmp_path / "state" / "run" / "trainer-servers" / str(hanging.pid)
+    left = Path(record.read_text())
+    assert left.name.startswith("pymp-") and left.is_dir()  # the killed worker's trainer server's, left behind
     worker = start(TOML)
     try:
         wait_until(lambda: store.scalar("SELECT count(*) FROM retrain_outcomes") == 1, 120,
@@ -334,6 +337,7 @@ def test_a_worker_killed_mid_training_leaves_the_champion_and_the_trigger_for_th
         worker.wait(timeout=60)
     assert store.rows("SELECT outcome FROM retrain_outcomes") == [("candidate",)]
     assert store.scalar("SELECT stage FROM model_versions") == "champion"
+    assert not left.exists() and not record.exists()  # removed by the next worker's start
 
 
 def _concepts(store: FeedbackStore, schedule: list[tuple[int, int, str]], per_hour: int = 600) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from retrain_worker.trainers import (
     linear,
     load_trainer,
     online_forest,
+    remove_dead_servers_folders,
     start_trainer_server,
     train_with_budget,
 )
@@ -339,3 +341,29 @@ def test_train_with_budget_reports_a_trainer_that_cannot_load() -> None:
     X, y = drifting("classification", n=50)
     with pytest.raises(TrainerError, match=r"^trainer 'mypkg.x:make': cannot import mypkg.x \(No module named"):
         train_with_budget("mypkg.x:make", "classification", X, y, np.ones(len(X)), budget_s=30)
+
+
+def test_the_folders_of_dead_trainer_servers_are_removed_and_no_other(tmp_path: Path) -> None:
+    """A folder recorded by a process that is gone is removed with its record; one recorded by a live process, or
+    one that is not a multiprocessing folder, stays."""
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    records = tmp_path / "records"
+    records.mkdir()
+    folders = {name: tmp_path / name for name in ("pymp-dead", "pymp-alive", "not-pymp")}
+    for folder in folders.values():
+        folder.mkdir()
+        (folder / "listener-x").write_text("")
+    (records / str(dead.pid)).write_text(str(folders["pymp-dead"]))
+    (records / str(os.getppid())).write_text(str(folders["pymp-alive"]))
+    (records / "not-a-pid").write_text(str(folders["pymp-alive"]))
+    gone_too = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone_too.wait()
+    (records / str(gone_too.pid)).write_text(str(folders["not-pymp"]))
+    assert remove_dead_servers_folders(records) == [folders["pymp-dead"]]
+    assert [f.name for f in folders.values() if f.exists()] == ["pymp-alive", "not-pymp"]
+    assert sorted(r.name for r in records.iterdir()) == sorted([str(os.getppid()), "not-a-pid"])
+    assert remove_dead_servers_folders(tmp_path / "nowhere") == []
