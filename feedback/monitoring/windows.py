@@ -279,6 +279,8 @@ def segments_of(
     >>> c = parse_config('[models.m]\ntask = "regression"\nsegments = ["region"]').models["m"]
     >>> segments_of(c, {"region": "eu"}), segments_of(c, None)
     (['*', 'region=eu'], ['*', 'region=__missing__'])
+    >>> [segments_of(c, {"region": v})[1] for v in (None, 5, True)]  # not from the contract: stored, or by hand
+    ['region=None', 'region=5', 'region=True']
     >>> capped = parse_config('[models.m]\ntask = "regression"\nsegments = ["r"]\nmax_segment_values = 2').models["m"]
     >>> known = {}
     >>> [segments_of(capped, {"r": v}, known)[1] for v in "abca"]
@@ -287,7 +289,7 @@ def segments_of(
     values = segment or {}
     out = [ALL]
     for a in config.segments:
-        value = segment_value(values.get(a, MISSING_SEGMENT))
+        value = segment_value(str(values.get(a, MISSING_SEGMENT)))  # as the key was written: a stored None is 'None'
         if known is not None:
             seen = known.setdefault(a, set())
             if value not in seen:

@@ -11,7 +11,7 @@ every prediction of the run is served from the registry, the first version's inc
 :class:`RoutedServer` routes every request with :meth:`pitstop.serving.ServingRouter.route` (the deployment's
 hash on ``customer-<id>``: a customer stays on one version at a given share).
 :meth:`~pitstop.serving.ServingRouter.predict` serves one request at a time, about 11 ms for the linear pipeline on
-a laptop core (28 ms on these 2-core VMs, bench/serving.py): 200 requests a second would need two cores or more. So
+a laptop core (13-16 ms on these 2-core VMs, bench/serving.py): 200 requests a second would need two cores or more. So
 the first :data:`TIMED_PER_VERSION` requests of each version in a tick are served one at a time by ``predict``
 itself (their ``latency_ms`` is that request's), and the others in one call to the model the router loaded, with no
 latency (``latency_ms`` NULL: the rollback rules read latency from the timed requests only). A batch's time spread
@@ -49,7 +49,7 @@ ROUTE_TRIES = 3
 #: requests of each version in a tick served (and timed) one at a time: 12 a second for each arm with traffic (a 5%
 #: canary gets about 5 a tick at the demo's rate), so an arm has the rollback rules' 200 timed requests
 #: (``min_latency_samples``), which the step to 100% waits for, about 17 event hours into a ramp; they cost about
-#: 11 ms each on a laptop core (28 ms here), 130 ms a tick for two arms
+#: 11 ms each on a laptop core (13-16 ms here), 130 ms a tick for two arms
 TIMED_PER_VERSION = 6
 
 _ACTIVE_ROLLOUT = """
